@@ -1,0 +1,2 @@
+//! The `hl7-ihp` binary: command-line entry point.
+fn main() {}
