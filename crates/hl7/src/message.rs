@@ -1,0 +1,485 @@
+//! Zero-copy views of a parsed message: segments, fields, repetitions, components and
+//! subcomponents, all borrowing the input bytes.
+//!
+//! The parser records only where segments and fields start and end; repetitions, components
+//! and subcomponents are split on demand, because most fields are read once or not at all.
+//! Absent parts read as empty, as HL7 says they mean.
+
+use std::borrow::Cow;
+
+use crate::charset::Charset;
+use crate::error::SegmentId;
+use crate::escape;
+use crate::path::Path;
+
+/// The delimiters a message declares in MSH-1 and MSH-2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Delimiters {
+    /// MSH-1, usually `|`.
+    pub field: u8,
+    /// Usually `^`.
+    pub component: u8,
+    /// Usually `~`.
+    pub repetition: u8,
+    /// Usually `\`; absent when MSH-2 has fewer than three characters (then `\` is text).
+    pub escape: Option<u8>,
+    /// Usually `&`; absent when MSH-2 has fewer than four characters (then `&` is text).
+    pub subcomponent: Option<u8>,
+    /// The v2.7 truncation character, usually `#`; absent before v2.7.
+    pub truncation: Option<u8>,
+}
+
+impl Delimiters {
+    /// `|^~\&`, the delimiters nearly every sender uses.
+    pub const STANDARD: Delimiters = Delimiters {
+        field: b'|',
+        component: b'^',
+        repetition: b'~',
+        escape: Some(b'\\'),
+        subcomponent: Some(b'&'),
+        truncation: None,
+    };
+
+    /// The encoding characters as MSH-2 writes them.
+    pub fn encoding_characters(&self) -> String {
+        let mut out = String::with_capacity(5);
+        out.push(char::from(self.component));
+        out.push(char::from(self.repetition));
+        for c in [self.escape, self.subcomponent, self.truncation] {
+            match c {
+                Some(c) => out.push(char::from(c)),
+                None => break,
+            }
+        }
+        out
+    }
+}
+
+impl Default for Delimiters {
+    fn default() -> Self {
+        Self::STANDARD
+    }
+}
+
+/// What a view needs to split and decode: the delimiters and the charset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Ctx {
+    pub(crate) delimiters: Delimiters,
+    pub(crate) charset: Charset,
+}
+
+/// A half-open byte range into the input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Span {
+    pub(crate) start: u32,
+    pub(crate) end: u32,
+}
+
+impl Span {
+    pub(crate) fn new(start: usize, end: usize) -> Self {
+        // The parser refuses inputs over u32::MAX bytes, so these never truncate.
+        Self {
+            start: start as u32,
+            end: end as u32,
+        }
+    }
+
+    fn range(self) -> std::ops::Range<usize> {
+        self.start as usize..self.end as usize
+    }
+}
+
+/// Where one segment and its fields are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SegmentEntry {
+    pub(crate) id: SegmentId,
+    pub(crate) span: Span,
+    /// Index of field 0 (the id) in `Message::fields`.
+    pub(crate) first_field: u32,
+    /// Number of fields including field 0.
+    pub(crate) n_fields: u32,
+    /// MSH, BHS and FHS: fields 1 and 2 are the delimiters themselves, never split.
+    pub(crate) header: bool,
+}
+
+/// One parsed HL7 v2 message (or, as [`crate::Batch::envelope`], the envelope segments of a
+/// batch), borrowing the input.
+#[derive(Clone, Debug)]
+pub struct Message<'a> {
+    pub(crate) input: &'a [u8],
+    pub(crate) span: Span,
+    pub(crate) ctx: Ctx,
+    pub(crate) charset_known: bool,
+    pub(crate) segments: Vec<SegmentEntry>,
+    pub(crate) fields: Vec<Span>,
+}
+
+impl<'a> Message<'a> {
+    pub(crate) fn empty(input: &'a [u8], delimiters: Delimiters) -> Self {
+        Self {
+            input,
+            span: Span::new(0, 0),
+            ctx: Ctx {
+                delimiters,
+                charset: Charset::Default,
+            },
+            charset_known: true,
+            segments: Vec::new(),
+            fields: Vec::new(),
+        }
+    }
+
+    /// The message's bytes as received, from its first segment to the end of its last.
+    pub fn raw(&self) -> &'a [u8] {
+        &self.input[self.span.range()]
+    }
+
+    /// Byte offset of the message within the input given to the parser.
+    pub fn offset(&self) -> usize {
+        self.span.start as usize
+    }
+
+    /// The delimiters from MSH-1 and MSH-2.
+    pub fn delimiters(&self) -> Delimiters {
+        self.ctx.delimiters
+    }
+
+    /// The charset MSH-18 declares (the default when it is empty or unknown).
+    pub fn charset(&self) -> Charset {
+        self.ctx.charset
+    }
+
+    /// False when MSH-18 named a charset that is not understood.
+    pub fn charset_known(&self) -> bool {
+        self.charset_known
+    }
+
+    /// Number of segments.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// The segments in order.
+    pub fn segments(&self) -> impl ExactSizeIterator<Item = Segment<'_, 'a>> + '_ {
+        (0..self.segments.len()).map(move |index| Segment {
+            message: self,
+            index,
+        })
+    }
+
+    /// The segment at a 0-based index.
+    pub fn segment_at(&self, index: usize) -> Option<Segment<'_, 'a>> {
+        (index < self.segments.len()).then_some(Segment {
+            message: self,
+            index,
+        })
+    }
+
+    /// The first segment with this id.
+    pub fn segment(&self, id: &str) -> Option<Segment<'_, 'a>> {
+        self.segments_by_id(id).next()
+    }
+
+    /// Every segment with this id, in order.
+    pub fn segments_by_id(&self, id: &str) -> impl Iterator<Item = Segment<'_, 'a>> + '_ {
+        let wanted: Option<[u8; 3]> = id.as_bytes().try_into().ok();
+        self.segments()
+            .filter(move |segment| Some(segment.id().0) == wanted)
+    }
+
+    /// The raw bytes a path points to: `None` when the segment occurrence is absent, empty
+    /// when the field or part is.
+    pub fn query(&self, path: &Path) -> Option<&'a [u8]> {
+        let segment = self
+            .segments_by_id(path.segment.as_str())
+            .nth(path.occurrence.checked_sub(1)?)?;
+        let field = segment.field(path.field);
+        let raw = match (path.repetition, path.component) {
+            (None, None) => field.raw(),
+            (rep, None) => field.repetition(rep.unwrap_or(1)).raw(),
+            (rep, Some(component)) => {
+                let component = field.repetition(rep.unwrap_or(1)).component(component);
+                match path.subcomponent {
+                    Some(sub) => component.subcomponent(sub).raw(),
+                    None => component.raw(),
+                }
+            }
+        };
+        Some(raw)
+    }
+
+    /// Like [`Message::query`], with the path given as text (`OBX[2]-5.1`); `None` also when
+    /// the path does not parse.
+    pub fn get(&self, path: &str) -> Option<&'a [u8]> {
+        self.query(&path.parse().ok()?)
+    }
+
+    /// Text of the part a path points to, escapes decoded and charset applied.
+    pub fn get_text(&self, path: &str) -> Option<Cow<'a, str>> {
+        let path: Path = path.parse().ok()?;
+        let raw = self.query(&path)?;
+        // MSH-1 and MSH-2 are the delimiters themselves: never unescape them.
+        let literal = path.field <= 2 && is_header_id(path.segment);
+        Some(if literal {
+            self.ctx.charset.decode(raw)
+        } else {
+            decode_text(raw, self.ctx)
+        })
+    }
+
+    /// Decodes raw bytes of this message (escapes, then charset) to text.
+    pub fn text_of(&self, raw: &'a [u8]) -> Cow<'a, str> {
+        decode_text(raw, self.ctx)
+    }
+}
+
+pub(crate) fn is_header_id(id: SegmentId) -> bool {
+    matches!(&id.0, b"MSH" | b"BHS" | b"FHS")
+}
+
+pub(crate) fn decode_text(raw: &[u8], ctx: Ctx) -> Cow<'_, str> {
+    match escape::unescape(raw, &ctx.delimiters) {
+        Cow::Borrowed(bytes) => ctx.charset.decode(bytes),
+        Cow::Owned(bytes) => Cow::Owned(ctx.charset.decode(&bytes).into_owned()),
+    }
+}
+
+/// One segment of a message.
+#[derive(Clone, Copy, Debug)]
+pub struct Segment<'m, 'a> {
+    message: &'m Message<'a>,
+    index: usize,
+}
+
+impl<'m, 'a> Segment<'m, 'a> {
+    fn entry(&self) -> &'m SegmentEntry {
+        &self.message.segments[self.index]
+    }
+
+    /// The segment id (`MSH`, `PID`, `OBX`, …).
+    pub fn id(&self) -> SegmentId {
+        self.entry().id
+    }
+
+    /// 0-based position of the segment in its message.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The segment's bytes, without its terminator.
+    pub fn raw(&self) -> &'a [u8] {
+        &self.message.input[self.entry().span.range()]
+    }
+
+    /// Byte offset of the segment within the parser's input.
+    pub fn offset(&self) -> usize {
+        self.entry().span.start as usize
+    }
+
+    /// The highest field number present (MSH counts MSH-1 and MSH-2).
+    pub fn field_count(&self) -> usize {
+        self.entry().n_fields as usize - 1
+    }
+
+    /// Field `n` (1-based; 0 is the segment id); empty when absent.
+    pub fn field(&self, n: usize) -> Field<'a> {
+        let entry = self.entry();
+        let ctx = self.message.ctx;
+        if n >= entry.n_fields as usize {
+            return Field(Part::empty(ctx));
+        }
+        let span = self.message.fields[entry.first_field as usize + n];
+        let literal = n == 0 || (entry.header && n <= 2);
+        Field(Part {
+            raw: &self.message.input[span.range()],
+            ctx,
+            literal,
+        })
+    }
+
+    /// Fields 1 to [`Segment::field_count`].
+    pub fn fields(&self) -> impl Iterator<Item = Field<'a>> + 'm {
+        let segment = *self;
+        (1..=self.field_count()).map(move |n| segment.field(n))
+    }
+}
+
+/// Raw bytes plus what is needed to split and decode them.
+#[derive(Clone, Copy, Debug)]
+struct Part<'a> {
+    raw: &'a [u8],
+    ctx: Ctx,
+    /// MSH-1, MSH-2 and segment ids: one value, never split or unescaped.
+    literal: bool,
+}
+
+impl<'a> Part<'a> {
+    fn empty(ctx: Ctx) -> Self {
+        Self {
+            raw: b"",
+            ctx,
+            literal: false,
+        }
+    }
+
+    fn separator(&self, separator: Option<u8>) -> Option<u8> {
+        if self.literal { None } else { separator }
+    }
+
+    fn nth(&self, separator: Option<u8>, n: usize) -> Part<'a> {
+        let raw = split(self.raw, self.separator(separator))
+            .nth(n.wrapping_sub(1))
+            .unwrap_or(b"");
+        Part { raw, ..*self }
+    }
+
+    fn all(&self, separator: Option<u8>) -> impl Iterator<Item = Part<'a>> + use<'a> {
+        let part = *self;
+        split(self.raw, self.separator(separator)).map(move |raw| Part { raw, ..part })
+    }
+
+    fn text(&self) -> Cow<'a, str> {
+        if self.literal {
+            self.ctx.charset.decode(self.raw)
+        } else {
+            decode_text(self.raw, self.ctx)
+        }
+    }
+}
+
+/// Splits on a separator; no separator yields the whole input once. An empty input yields
+/// one empty part, as an empty field holds one empty repetition.
+pub(crate) fn split(raw: &[u8], separator: Option<u8>) -> Split<'_> {
+    Split {
+        rest: Some(raw),
+        separator,
+    }
+}
+
+/// Iterator of [`split`].
+#[derive(Clone, Debug)]
+pub(crate) struct Split<'a> {
+    rest: Option<&'a [u8]>,
+    separator: Option<u8>,
+}
+
+impl<'a> Iterator for Split<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let rest = self.rest?;
+        match self.separator.and_then(|sep| memchr::memchr(sep, rest)) {
+            Some(at) => {
+                self.rest = Some(&rest[at + 1..]);
+                Some(&rest[..at])
+            }
+            None => {
+                self.rest = None;
+                Some(rest)
+            }
+        }
+    }
+}
+
+macro_rules! value_methods {
+    () => {
+        /// The raw bytes, escape sequences as sent.
+        pub fn raw(&self) -> &'a [u8] {
+            self.0.raw
+        }
+
+        /// True when nothing was sent here.
+        pub fn is_empty(&self) -> bool {
+            self.0.raw.is_empty()
+        }
+
+        /// True for the HL7 null `""` (the sender asks for the value to be deleted).
+        pub fn is_null(&self) -> bool {
+            self.0.raw == b"\"\""
+        }
+
+        /// The raw bytes decoded by the message's charset, escape sequences left as sent.
+        pub fn raw_text(&self) -> Cow<'a, str> {
+            self.0.ctx.charset.decode(self.0.raw)
+        }
+
+        /// The text: escape sequences decoded, then the message's charset applied.
+        pub fn text(&self) -> Cow<'a, str> {
+            self.0.text()
+        }
+    };
+}
+
+/// One field: its repetitions split on demand.
+#[derive(Clone, Copy, Debug)]
+pub struct Field<'a>(Part<'a>);
+
+impl<'a> Field<'a> {
+    value_methods!();
+
+    /// Repetition `n` (1-based); empty when absent.
+    pub fn repetition(&self, n: usize) -> Repetition<'a> {
+        Repetition(self.0.nth(Some(self.0.ctx.delimiters.repetition), n))
+    }
+
+    /// All repetitions; an empty field has one empty repetition.
+    pub fn repetitions(&self) -> impl Iterator<Item = Repetition<'a>> + use<'a> {
+        self.0
+            .all(Some(self.0.ctx.delimiters.repetition))
+            .map(Repetition)
+    }
+
+    /// Component `n` (1-based) of the first repetition.
+    pub fn component(&self, n: usize) -> Component<'a> {
+        self.repetition(1).component(n)
+    }
+}
+
+/// One repetition of a field.
+#[derive(Clone, Copy, Debug)]
+pub struct Repetition<'a>(Part<'a>);
+
+impl<'a> Repetition<'a> {
+    value_methods!();
+
+    /// Component `n` (1-based); empty when absent.
+    pub fn component(&self, n: usize) -> Component<'a> {
+        Component(self.0.nth(Some(self.0.ctx.delimiters.component), n))
+    }
+
+    /// All components; an empty repetition has one empty component.
+    pub fn components(&self) -> impl Iterator<Item = Component<'a>> + use<'a> {
+        self.0
+            .all(Some(self.0.ctx.delimiters.component))
+            .map(Component)
+    }
+}
+
+/// One component of a repetition.
+#[derive(Clone, Copy, Debug)]
+pub struct Component<'a>(Part<'a>);
+
+impl<'a> Component<'a> {
+    value_methods!();
+
+    /// Subcomponent `n` (1-based); empty when absent. Without a subcomponent character
+    /// (`MSH|^~|`) the whole component is subcomponent 1.
+    pub fn subcomponent(&self, n: usize) -> Subcomponent<'a> {
+        Subcomponent(self.0.nth(self.0.ctx.delimiters.subcomponent, n))
+    }
+
+    /// All subcomponents; an empty component has one empty subcomponent.
+    pub fn subcomponents(&self) -> impl Iterator<Item = Subcomponent<'a>> + use<'a> {
+        self.0
+            .all(self.0.ctx.delimiters.subcomponent)
+            .map(Subcomponent)
+    }
+}
+
+/// One subcomponent, the smallest part.
+#[derive(Clone, Copy, Debug)]
+pub struct Subcomponent<'a>(Part<'a>);
+
+impl<'a> Subcomponent<'a> {
+    value_methods!();
+}
