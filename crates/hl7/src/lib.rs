@@ -22,6 +22,6 @@ pub mod timestamp;
 
 pub use charset::Charset;
 pub use error::{ParseError, ParseErrorKind, Position, SegmentId};
-pub use message::{Component, Delimiters, Field, Message, Repetition, Segment, Subcomponent};
+pub use message::{Component, Delimiters, Field, Message, Repetition, Segment, Subcomponent, Tree};
 pub use parse::{Batch, parse, parse_batch};
 pub use path::Path;

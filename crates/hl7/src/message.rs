@@ -12,6 +12,9 @@ use crate::error::SegmentId;
 use crate::escape;
 use crate::path::Path;
 
+/// Segments → fields → repetitions → components → subcomponent strings; see [`Message::tree`].
+pub type Tree = Vec<Vec<Vec<Vec<Vec<String>>>>>;
+
 /// The delimiters a message declares in MSH-1 and MSH-2.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Delimiters {
@@ -225,6 +228,41 @@ impl<'a> Message<'a> {
         } else {
             decode_text(raw, self.ctx)
         })
+    }
+
+    /// The whole message as nested text, the shape `hl7-ihp parse --json` prints: segments,
+    /// each a list of fields whose element 0 is the segment id; each field a list of
+    /// repetitions, each a list of components, each a list of subcomponent strings.
+    /// MSH-1 and MSH-2 are one string each. Text is decoded by MSH-18; escape sequences are
+    /// decoded only when `decode_escapes` is true.
+    pub fn tree(&self, decode_escapes: bool) -> Tree {
+        let text = |part: Part<'a>| -> String {
+            if decode_escapes {
+                part.text().into_owned()
+            } else {
+                self.ctx.charset.decode(part.raw).into_owned()
+            }
+        };
+        self.segments()
+            .map(|segment| {
+                (0..=segment.field_count())
+                    .map(|n| {
+                        let field = segment.field(n);
+                        field
+                            .repetitions()
+                            .map(|repetition| {
+                                repetition
+                                    .components()
+                                    .map(|component| {
+                                        component.subcomponents().map(|sub| text(sub.0)).collect()
+                                    })
+                                    .collect()
+                            })
+                            .collect()
+                    })
+                    .collect()
+            })
+            .collect()
     }
 
     /// Decodes raw bytes of this message (escapes, then charset) to text.
