@@ -8,12 +8,14 @@
 //! - [`escape`]: escape sequences, decoding and encoding.
 //! - [`charset`]: text decoding by MSH-18.
 //! - [`timestamp`]: HL7 DTM, DT and TM values.
+//! - [`extract`]: header, patient, location and observations of a message.
 //! - [`error`]: typed parse errors with positions.
 #![deny(missing_docs)]
 
 pub mod charset;
 pub mod error;
 pub mod escape;
+pub mod extract;
 pub mod message;
 pub mod mllp;
 pub mod parse;
