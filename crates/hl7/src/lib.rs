@@ -9,9 +9,11 @@
 //! - [`charset`]: text decoding by MSH-18.
 //! - [`timestamp`]: HL7 DTM, DT and TM values.
 //! - [`extract`]: header, patient, location and observations of a message.
+//! - [`ack`]: which ACK a message asks for, and its bytes.
 //! - [`error`]: typed parse errors with positions.
 #![deny(missing_docs)]
 
+pub mod ack;
 pub mod charset;
 pub mod error;
 pub mod escape;
