@@ -4,6 +4,7 @@
 //! configuration error.
 
 mod cli;
+mod store;
 mod parse_command;
 
 use std::process::ExitCode;
