@@ -144,7 +144,8 @@ pub fn parse_batch(input: &[u8]) -> Result<Batch<'_>, ParseError> {
                 pos = skip_blank_lines(input, stop);
                 continue;
             }
-            Some(_) if messages.is_empty() && envelope.is_none() => {
+            _ if messages.is_empty() && envelope.is_none() => {
+                // Whatever stands first, it is not a header: the same error `parse` gives.
                 return Err(ParseError::new(ParseErrorKind::NotAMessage, position));
             }
             Some(_) => {
