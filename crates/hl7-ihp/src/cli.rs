@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::ReceiveArgs;
+
 /// Receives HL7 v2 data from medical devices over MLLP and hands it to the IHP platform.
 #[derive(Debug, Parser)]
 #[command(name = "hl7-ihp", version, about)]
@@ -16,6 +18,9 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the MLLP receiver: store every message durably, answer with HL7 ACKs, keep the
+    /// patient JSON files current.
+    Receive(ReceiveArgs),
     /// Print the structure of HL7 v2 files (one message, a batch, or MLLP-framed messages).
     Parse(ParseArgs),
 }

@@ -153,7 +153,13 @@ impl MllpCodec {
         self.head_len
     }
 
-    /// The decoder's counters so far.
+    /// True while a frame has started and not ended: the receiver's mid-frame timeout
+    /// applies then, its idle timeout otherwise.
+    pub fn in_frame(&self) -> bool {
+        !matches!(self.state, State::Idle)
+    }
+
+    /// The counters so far.
     pub fn stats(&self) -> MllpStats {
         self.stats
     }

@@ -1,0 +1,162 @@
+//! One MLLP connection: read a frame, hand it to `ingest`, write its ACKs, repeat.
+//!
+//! One message is in flight per connection: the next frame is read only after the ACKs of
+//! the previous one are written, so a slow store slows its senders instead of filling
+//! memory. Silence between frames is bounded by the idle timeout, a started frame by the
+//! mid-frame timeout, and writing an ACK by the mid-frame timeout too.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use hl7::mllp::{MllpCodec, MllpItem, MllpStats};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_util::codec::Decoder;
+
+use crate::config::Limits;
+use crate::ingest::Ingest;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// How much to read at a time.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Why a connection ended, for its log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Close {
+    PeerClosed,
+    IdleTimeout,
+    FrameTimeout,
+    WriteTimeout,
+    Shutdown,
+    ReadError,
+    WriteError,
+}
+
+impl Close {
+    fn as_str(self) -> &'static str {
+        match self {
+            Close::PeerClosed => "peer closed",
+            Close::IdleTimeout => "idle timeout",
+            Close::FrameTimeout => "frame timeout",
+            Close::WriteTimeout => "write timeout",
+            Close::Shutdown => "shutdown",
+            Close::ReadError => "read error",
+            Close::WriteError => "write error",
+        }
+    }
+}
+
+/// Serves one connection until the peer closes, a timeout fires, or shutdown is asked for
+/// (then the message in hand is finished and answered first).
+pub async fn serve<S: Store>(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    ingest: Arc<Ingest<S>>,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut codec = MllpCodec::with_max_frame_len(limits.max_frame_bytes);
+    let mut buffer = BytesMut::with_capacity(READ_CHUNK);
+    let mut counted = MllpStats::default();
+    let mut n_frames = 0u64;
+    let close = 'connection: loop {
+        // Everything already buffered first: a read may have brought several frames.
+        loop {
+            let item = match codec.decode(&mut buffer) {
+                Ok(Some(item)) => item,
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::warn!(%peer, %error, "framing failed");
+                    break 'connection Close::ReadError;
+                }
+            };
+            n_frames += 1;
+            let acks = match item {
+                MllpItem::Frame(frame) => ingest.frame(&frame, peer).await,
+                MllpItem::Oversized { len, head } => {
+                    ingest
+                        .oversized(len, &head, limits.max_frame_bytes, peer)
+                        .await
+                }
+            };
+            if let Err(close) = write_acks(&mut stream, &acks, limits.frame_timeout).await {
+                break 'connection close;
+            }
+            Metrics::add(&metrics.acks_sent, acks.len() as u64);
+            if *shutdown.borrow() {
+                break 'connection Close::Shutdown;
+            }
+        }
+        count_framing(&codec, &mut counted, &metrics);
+        if *shutdown.borrow() {
+            break Close::Shutdown;
+        }
+        let (timeout, on_timeout) = if codec.in_frame() {
+            (limits.frame_timeout, Close::FrameTimeout)
+        } else {
+            (limits.idle_timeout, Close::IdleTimeout)
+        };
+        buffer.reserve(READ_CHUNK);
+        tokio::select! {
+            changed = shutdown.changed() => {
+                // A dropped sender means the server is going away too.
+                if changed.is_err() || *shutdown.borrow() {
+                    break Close::Shutdown;
+                }
+            }
+            read = tokio::time::timeout(timeout, stream.read_buf(&mut buffer)) => match read {
+                Err(_) => {
+                    Metrics::inc(&metrics.connections_timed_out);
+                    break on_timeout;
+                }
+                Ok(Ok(0)) => break Close::PeerClosed,
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => break Close::ReadError,
+            }
+        }
+    };
+    count_framing(&codec, &mut counted, &metrics);
+    let partial = codec.in_frame();
+    tracing::info!(
+        %peer,
+        n_frames,
+        reason = close.as_str(),
+        partial_frame_dropped = partial,
+        "connection closed"
+    );
+}
+
+async fn write_acks(stream: &mut TcpStream, acks: &[Vec<u8>], timeout: Duration) -> Result<(), Close> {
+    if acks.is_empty() {
+        return Ok(());
+    }
+    let mut out = Vec::with_capacity(acks.iter().map(|a| a.len() + 3).sum());
+    for ack in acks {
+        out.extend_from_slice(&hl7::mllp::frame(ack));
+    }
+    match tokio::time::timeout(timeout, stream.write_all(&out)).await {
+        Err(_) => Err(Close::WriteTimeout),
+        Ok(Err(_)) => Err(Close::WriteError),
+        Ok(Ok(())) => Ok(()),
+    }
+}
+
+/// Adds what the codec counted since the last call to the shared metrics.
+fn count_framing(codec: &MllpCodec, counted: &mut MllpStats, metrics: &Metrics) {
+    let now = codec.stats();
+    Metrics::add(&metrics.mllp_bytes_skipped, now.n_bytes_skipped - counted.n_bytes_skipped);
+    Metrics::add(
+        &metrics.mllp_frames_without_cr,
+        now.n_frames_without_cr - counted.n_frames_without_cr,
+    );
+    Metrics::add(
+        &metrics.mllp_frames_restarted,
+        now.n_frames_restarted - counted.n_frames_restarted,
+    );
+    *counted = now;
+}

@@ -1,0 +1,433 @@
+//! From a frame to its ACKs: parse, extract, store, and decide the answer in one place.
+//!
+//! `ingest` is the only module that decides an ACK code ([`answer`]); `connection` only
+//! writes what it gets. A positive ACK is built only from a [`Stored`] that the store
+//! returned after its commit, so nothing is acknowledged before it is durable.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hl7::ack::{
+    AckError, AckMode, AckOptions, ErrorCode, ErrorLocation, Outcome, build_ack,
+    build_reject_without_header, choose_ack,
+};
+use hl7::extract::{Extract, extract};
+use hl7::{Message, ParseError, SegmentId};
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+
+use crate::config::PatientIdentity;
+use crate::metrics::Metrics;
+use crate::store::{
+    Content, MessageKey, NewMessage, ObservationData, PatientData, Store, Stored,
+    Verdict,
+};
+
+/// What ingest needs to know of the settings.
+#[derive(Clone, Debug)]
+pub struct IngestSettings {
+    /// ACK mode.
+    pub ack_mode: AckMode,
+    /// Our MSH-3 where the sender left MSH-5 empty.
+    pub ack_application: String,
+    /// Our MSH-4 where the sender left MSH-6 empty.
+    pub ack_facility: String,
+    /// How patients are identified.
+    pub patient_identity: PatientIdentity,
+}
+
+/// Turns frames into stored messages and ACK bytes.
+#[derive(Debug)]
+pub struct Ingest<S> {
+    store: S,
+    settings: IngestSettings,
+    metrics: Arc<Metrics>,
+    /// Woken after every commit that accepted something: the JSON exporter listens.
+    export_wake: Arc<Notify>,
+    /// Fresh ACK control ids: a per-process prefix and a counter.
+    ack_prefix: String,
+    ack_counter: AtomicU64,
+}
+
+/// One message of a frame, ready to store, with what its answer needs.
+struct Prepared {
+    /// Taken out when the batch goes to the store.
+    new: Option<NewMessage>,
+    /// The decision before storing.
+    verdict: Verdict,
+    accept_ack_type: String,
+    application_ack_type: String,
+    error: Option<AckError>,
+}
+
+impl<S: Store> Ingest<S> {
+    /// An ingest over a store.
+    pub fn new(store: S, settings: IngestSettings, metrics: Arc<Metrics>, export_wake: Arc<Notify>) -> Self {
+        let boot = jiff::Timestamp::now().as_millisecond().unsigned_abs();
+        Self {
+            store,
+            settings,
+            metrics,
+            export_wake,
+            ack_prefix: format!("A{}", base36(boot)),
+            ack_counter: AtomicU64::new(0),
+        }
+    }
+
+    /// Handles one frame: its ACKs in order (none when the sender asked for none).
+    pub async fn frame(&self, frame: &[u8], peer: SocketAddr) -> Vec<Vec<u8>> {
+        Metrics::inc(&self.metrics.frames);
+        let received_at = jiff::Timestamp::now();
+        let batch = match hl7::parse_batch(frame) {
+            Ok(batch) if !batch.messages().is_empty() => batch,
+            Ok(_) => {
+                let reason = "frame holds batch segments but no message".to_owned();
+                return self.unreadable(frame, reason, None, peer, received_at).await;
+            }
+            Err(error) => {
+                let location = ErrorLocation::of_parse_error(&error);
+                return self
+                    .unreadable(frame, describe(&error), location, peer, received_at)
+                    .await;
+            }
+        };
+        let messages = batch.messages();
+        let mut prepared: Vec<Prepared> = messages
+            .iter()
+            .map(|message| self.prepare(message, peer, received_at))
+            .collect();
+        let batch_for_store = prepared.iter_mut().filter_map(|p| p.new.take()).collect();
+        let stored = self.store.commit(batch_for_store).await;
+        if let Err(error) = &stored {
+            Metrics::inc(&self.metrics.store_failures);
+            tracing::warn!(%peer, error = %error, "store failed; answering with a reject");
+        }
+        let mut acks = Vec::with_capacity(messages.len());
+        let mut accepted_any = false;
+        for (index, (message, prepared)) in messages.iter().zip(&prepared).enumerate() {
+            let stored = match &stored {
+                Ok(results) => results.get(index).ok_or(()),
+                Err(_) => Err(()),
+            };
+            let (outcome, error) = answer(prepared, stored);
+            self.count(outcome, stored);
+            accepted_any |= outcome == Outcome::Accept;
+            let Some(code) = choose_ack(
+                &prepared.accept_ack_type,
+                &prepared.application_ack_type,
+                outcome,
+                self.settings.ack_mode,
+            ) else {
+                continue;
+            };
+            let control_id = self.next_control_id();
+            let time = ack_time();
+            let options = self.ack_options(&control_id, &time);
+            acks.push(build_ack(message, code, error.as_ref(), &options));
+        }
+        if accepted_any {
+            self.export_wake.notify_one();
+        }
+        acks
+    }
+
+    /// Handles a frame over the size limit: its head is kept, the answer is a reject.
+    pub async fn oversized(&self, len: usize, head: &[u8], limit: usize, peer: SocketAddr) -> Vec<Vec<u8>> {
+        Metrics::inc(&self.metrics.frames_oversized);
+        let reason = format!("frame of {len} bytes is over the limit of {limit} bytes");
+        self.unreadable(head, reason, None, peer, jiff::Timestamp::now())
+            .await
+    }
+
+    /// Keeps an unreadable frame (or an oversized frame's head) and builds its reject: with
+    /// the sender's header when its first segment can be read, else our minimal one.
+    async fn unreadable(
+        &self,
+        frame: &[u8],
+        reason: String,
+        location: Option<ErrorLocation>,
+        peer: SocketAddr,
+        received_at: jiff::Timestamp,
+    ) -> Vec<Vec<u8>> {
+        Metrics::inc(&self.metrics.messages_rejected);
+        tracing::warn!(%peer, reason = %reason, "rejected an unreadable frame");
+        let header = salvage_header(frame);
+        let key = header.as_ref().map(|message| key_of(&extract(message)));
+        let new = NewMessage {
+            received_at,
+            peer: peer.to_string(),
+            raw: frame.to_vec(),
+            key,
+            hash: Sha256::digest(frame).into(),
+            verdict: Verdict::Reject {
+                reason: reason.clone(),
+            },
+            content: None,
+        };
+        // Kept for inspection when the store is up; the answer is a reject either way.
+        if let Err(error) = self.store.commit(vec![new]).await {
+            Metrics::inc(&self.metrics.store_failures);
+            tracing::warn!(%peer, error = %error, "store failed while keeping a rejected frame");
+        }
+        let error = AckError {
+            code: ErrorCode::SegmentSequence,
+            location,
+            text: reason,
+        };
+        let control_id = self.next_control_id();
+        let time = ack_time();
+        let options = self.ack_options(&control_id, &time);
+        let ack = match &header {
+            Some(message) => {
+                let header = extract(message).header;
+                match choose_ack(
+                    &header.accept_ack_type,
+                    &header.application_ack_type,
+                    Outcome::Reject,
+                    self.settings.ack_mode,
+                ) {
+                    Some(code) => build_ack(message, code, Some(&error), &options),
+                    None => return Vec::new(),
+                }
+            }
+            None => build_reject_without_header(None, &error, &options),
+        };
+        Metrics::inc(&self.metrics.acks_sent);
+        vec![ack]
+    }
+
+    fn prepare(&self, message: &Message<'_>, peer: SocketAddr, received_at: jiff::Timestamp) -> Prepared {
+        if !message.charset_known() {
+            Metrics::inc(&self.metrics.charset_unknown);
+        }
+        let extract = extract(message);
+        let raw = message.raw();
+        let key = key_of(&extract);
+        let missing = extract.header.missing_required();
+        let (verdict, error, content) = match missing {
+            Some(missing) => {
+                let name = if missing.field == 9 {
+                    "MSH-9 (message type)"
+                } else {
+                    "MSH-10 (message control id)"
+                };
+                let reason = format!("{name} is empty");
+                let error = AckError {
+                    code: ErrorCode::RequiredFieldMissing,
+                    location: Some(ErrorLocation {
+                        segment: SegmentId(*b"MSH"),
+                        sequence: 1,
+                        field: Some(missing.field),
+                    }),
+                    text: reason.clone(),
+                };
+                (Verdict::Error { reason }, Some(error), None)
+            }
+            None => (
+                Verdict::Accept,
+                None,
+                Some(content_of(&extract, self.settings.patient_identity, received_at)),
+            ),
+        };
+        if let Some(reason) = verdict.reason() {
+            tracing::warn!(%peer, reason, "message answered with an error");
+        }
+        Prepared {
+            accept_ack_type: extract.header.accept_ack_type.to_string(),
+            application_ack_type: extract.header.application_ack_type.to_string(),
+            new: Some(NewMessage {
+                received_at,
+                peer: peer.to_string(),
+                raw: raw.to_vec(),
+                key: (missing.is_none()).then_some(key),
+                hash: Sha256::digest(raw).into(),
+                verdict: verdict.clone(),
+                content,
+            }),
+            verdict,
+            error,
+        }
+    }
+
+    fn count(&self, outcome: Outcome, stored: Result<&Stored, ()>) {
+        let metrics = &self.metrics;
+        if let Ok(Stored::Duplicate { .. }) = stored {
+            Metrics::inc(&metrics.messages_duplicate);
+        }
+        Metrics::inc(match outcome {
+            Outcome::Accept => &metrics.messages_accepted,
+            Outcome::Error => &metrics.messages_error,
+            Outcome::Reject => &metrics.messages_rejected,
+        });
+    }
+
+    fn next_control_id(&self) -> String {
+        let n = self.ack_counter.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{}", self.ack_prefix, base36(n))
+    }
+
+    fn ack_options<'x>(&'x self, control_id: &'x str, time: &'x str) -> AckOptions<'x> {
+        AckOptions {
+            application: &self.settings.ack_application,
+            facility: &self.settings.ack_facility,
+            control_id,
+            time,
+        }
+    }
+}
+
+/// The one place that turns what happened into the answer's family and its ERR.
+fn answer(prepared: &Prepared, stored: Result<&Stored, ()>) -> (Outcome, Option<AckError>) {
+    let store_failed = || AckError {
+        code: ErrorCode::ApplicationInternal,
+        location: None,
+        text: "the message could not be stored; send it again later".into(),
+    };
+    let verdict = match stored {
+        Err(()) => return (Outcome::Reject, Some(store_failed())),
+        Ok(Stored::New { .. }) => &prepared.verdict,
+        Ok(Stored::Duplicate { verdict, .. }) => verdict,
+    };
+    match verdict {
+        Verdict::Accept => (Outcome::Accept, None),
+        Verdict::Error { reason } => (Outcome::Error, prepared.error.clone().or_else(|| Some(plain_error(reason)))),
+        Verdict::Reject { reason } => (Outcome::Reject, Some(plain_error(reason))),
+    }
+}
+
+fn plain_error(reason: &str) -> AckError {
+    AckError {
+        code: ErrorCode::SegmentSequence,
+        location: None,
+        text: reason.to_owned(),
+    }
+}
+
+/// A parse error as the sender may read it: kind and position, never content.
+fn describe(error: &ParseError) -> String {
+    error.to_string()
+}
+
+/// The header of a frame that did not parse whole: its first non-blank line, when that is
+/// a readable MSH, so the reject can name the sender's control id.
+fn salvage_header(frame: &[u8]) -> Option<Message<'_>> {
+    let frame = frame.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(frame);
+    let start = frame.iter().position(|b| !b.is_ascii_whitespace())?;
+    let rest = &frame[start..];
+    let end = rest
+        .iter()
+        .position(|&b| b == b'\r' || b == b'\n')
+        .unwrap_or(rest.len());
+    hl7::parse(&rest[..end]).ok()
+}
+
+fn key_of(extract: &Extract<'_>) -> MessageKey {
+    MessageKey {
+        sending_application: extract.header.sending_application.to_string(),
+        sending_facility: extract.header.sending_facility.to_string(),
+        control_id: extract.header.control_id.to_string(),
+    }
+}
+
+fn content_of(extract: &Extract<'_>, identity: PatientIdentity, received_at: jiff::Timestamp) -> Content {
+    let patient = extract.patient.as_ref().and_then(|patient| {
+        let primary = patient.primary_id()?;
+        let key = match identity {
+            PatientIdentity::Id => primary.id.to_string(),
+            PatientIdentity::AuthorityAndId => {
+                format!("{}/{}", primary.assigning_authority, primary.id)
+            }
+        };
+        let identifiers = patient
+            .identifiers
+            .iter()
+            .map(|id| format!("{}^^^{}^{}", id.id, id.assigning_authority, id.id_type))
+            .collect::<Vec<_>>()
+            .join("~");
+        Some(PatientData {
+            key,
+            id: primary.id.to_string(),
+            assigning_authority: primary.assigning_authority.to_string(),
+            identifiers,
+            name: patient.name.display(),
+            birth_date: patient
+                .birth_date
+                .clone()
+                .unwrap_or_else(|| patient.birth_date_raw.to_string()),
+            sex: patient.sex.to_string(),
+            is_update: extract.header.message_type == "ADT",
+        })
+    });
+    let received_text = format_utc(received_at);
+    let observations = extract
+        .observations
+        .iter()
+        .enumerate()
+        .map(|(index, obx)| {
+            let (observed_at, observed_ms) = match obx.time {
+                Some(time) => {
+                    let instant = time
+                        .to_jiff_timestamp()
+                        .or_else(|| jiff::tz::Offset::UTC.to_timestamp(time.to_civil()).ok());
+                    (
+                        time.to_iso_string(),
+                        instant.map_or(received_at.as_millisecond(), |t| t.as_millisecond()),
+                    )
+                }
+                None => (received_text.clone(), received_at.as_millisecond()),
+            };
+            ObservationData {
+                index: u32::try_from(index).unwrap_or(u32::MAX),
+                value_type: obx.value_type.to_string(),
+                code: obx.code.to_string(),
+                code_text: obx.code_text.to_string(),
+                code_system: obx.code_system.to_string(),
+                sub_id: obx.sub_id.to_string(),
+                value: obx.value.to_string(),
+                numeric: obx.numeric,
+                units: obx.units.to_string(),
+                units_text: obx.units_text.to_string(),
+                reference_range: obx.reference_range.to_string(),
+                abnormal_flags: obx.abnormal_flags.to_string(),
+                status: obx.status.to_string(),
+                observed_at,
+                observed_ms,
+                equipment: obx.equipment.to_string(),
+            }
+        })
+        .collect();
+    Content {
+        message_type: extract.header.message_type.to_string(),
+        trigger: extract.header.trigger.to_string(),
+        version: extract.header.version.to_string(),
+        patient,
+        device: extract.header.sending_application.to_string(),
+        location: extract.location.as_ref().map(|l| l.to_string()),
+        observations,
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ`, the received time when a message gives no observation time.
+fn format_utc(time: jiff::Timestamp) -> String {
+    time.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// MSH-7 of our ACKs: now, in UTC with an explicit offset.
+fn ack_time() -> String {
+    jiff::Timestamp::now().strftime("%Y%m%d%H%M%S+0000").to_string()
+}
+
+fn base36(mut n: u64) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let mut out = Vec::with_capacity(13);
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_default()
+}

@@ -1,0 +1,121 @@
+//! The receiver's counters and gauges, rendered in the Prometheus text format for `/metrics`.
+//!
+//! Plain atomics: a handful of numbers updated per message do not need a metrics framework.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// Every metric of the receiver.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Connections accepted.
+    pub connections_accepted: AtomicU64,
+    /// Connections refused by the per-peer limit.
+    pub connections_refused: AtomicU64,
+    /// Connections open now.
+    pub connections_open: AtomicI64,
+    /// Connections closed for silence or a frame that took too long.
+    pub connections_timed_out: AtomicU64,
+    /// Accept failures (file descriptors exhausted and others).
+    pub accept_errors: AtomicU64,
+    /// Frames read whole.
+    pub frames: AtomicU64,
+    /// Messages stored and acknowledged positively.
+    pub messages_accepted: AtomicU64,
+    /// Messages answered with AE/CE.
+    pub messages_error: AtomicU64,
+    /// Messages answered with AR/CR (unreadable, oversized, store failure).
+    pub messages_rejected: AtomicU64,
+    /// Retransmissions recognised and not stored again.
+    pub messages_duplicate: AtomicU64,
+    /// Frames over the size limit.
+    pub frames_oversized: AtomicU64,
+    /// Bytes outside MLLP frames, skipped.
+    pub mllp_bytes_skipped: AtomicU64,
+    /// Frames ended by `0x1C` without `0x0D`.
+    pub mllp_frames_without_cr: AtomicU64,
+    /// Partial frames dropped because `0x0B` came again.
+    pub mllp_frames_restarted: AtomicU64,
+    /// Messages that reuse a stored control id with other content.
+    pub control_ids_reused: AtomicU64,
+    /// Messages whose MSH-18 names an unknown charset.
+    pub charset_unknown: AtomicU64,
+    /// Store commits that failed.
+    pub store_failures: AtomicU64,
+    /// ACKs written.
+    pub acks_sent: AtomicU64,
+    /// Connection tasks that panicked (a bug; the server goes on).
+    pub connection_panics: AtomicU64,
+}
+
+impl Metrics {
+    /// Adds one.
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds `n`.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(2048);
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let counters: [(&str, &str, u64); 17] = [
+            ("hl7ihp_connections_accepted_total", "Connections accepted.", get(&self.connections_accepted)),
+            ("hl7ihp_connections_refused_total", "Connections refused by the per-peer limit.", get(&self.connections_refused)),
+            ("hl7ihp_connections_timed_out_total", "Connections closed for silence or a slow frame.", get(&self.connections_timed_out)),
+            ("hl7ihp_accept_errors_total", "Failed accepts.", get(&self.accept_errors)),
+            ("hl7ihp_frames_total", "MLLP frames read whole.", get(&self.frames)),
+            ("hl7ihp_frames_oversized_total", "Frames over the size limit.", get(&self.frames_oversized)),
+            ("hl7ihp_mllp_bytes_skipped_total", "Bytes outside MLLP frames.", get(&self.mllp_bytes_skipped)),
+            ("hl7ihp_mllp_frames_without_cr_total", "Frames ended by 0x1C without 0x0D.", get(&self.mllp_frames_without_cr)),
+            ("hl7ihp_mllp_frames_restarted_total", "Partial frames dropped by a new 0x0B.", get(&self.mllp_frames_restarted)),
+            ("hl7ihp_control_ids_reused_total", "Messages reusing a stored control id with other content.", get(&self.control_ids_reused)),
+            ("hl7ihp_charset_unknown_total", "Messages whose MSH-18 is not understood.", get(&self.charset_unknown)),
+            ("hl7ihp_store_failures_total", "Failed store commits.", get(&self.store_failures)),
+            ("hl7ihp_acks_total", "ACKs written.", get(&self.acks_sent)),
+            ("hl7ihp_connection_panics_total", "Connection tasks that panicked.", get(&self.connection_panics)),
+            ("hl7ihp_messages_accepted_total", "Messages stored and acknowledged positively.", get(&self.messages_accepted)),
+            ("hl7ihp_messages_error_total", "Messages answered AE/CE.", get(&self.messages_error)),
+            ("hl7ihp_messages_rejected_total", "Messages answered AR/CR.", get(&self.messages_rejected)),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP hl7ihp_messages_duplicate_total Retransmissions recognised and not stored again.\n# TYPE hl7ihp_messages_duplicate_total counter\nhl7ihp_messages_duplicate_total {}",
+            get(&self.messages_duplicate)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP hl7ihp_connections_open Connections open now.\n# TYPE hl7ihp_connections_open gauge\nhl7ihp_connections_open {}",
+            self.connections_open.load(Ordering::Relaxed)
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let metrics = Metrics::default();
+        Metrics::inc(&metrics.messages_accepted);
+        Metrics::add(&metrics.mllp_bytes_skipped, 5);
+        let text = metrics.render();
+        assert!(text.contains("\nhl7ihp_messages_accepted_total 1\n"), "{text}");
+        assert!(text.contains("\nhl7ihp_mllp_bytes_skipped_total 5\n"), "{text}");
+        assert!(text.contains("# TYPE hl7ihp_connections_open gauge"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (name, value) = line.split_once(' ').unwrap();
+            assert!(name.starts_with("hl7ihp_"));
+            assert!(value.parse::<i64>().is_ok(), "{line}");
+        }
+    }
+}

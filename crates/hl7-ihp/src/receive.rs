@@ -1,0 +1,111 @@
+//! `hl7-ihp receive`: wires the store, the exporter, the HTTP side and the MLLP listener
+//! together, and takes them down in order on shutdown.
+//!
+//! `run` takes already-bound listeners and a shutdown future, so `main` and the tests drive
+//! the same code (STYLE.md §5).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+
+use crate::config::ReceiveConfig;
+use crate::export::{self, ExportOptions};
+use crate::http::{self, HttpState};
+use crate::ingest::{Ingest, IngestSettings};
+use crate::listener;
+use crate::metrics::Metrics;
+use crate::store::sqlite::{SqliteOptions, SqliteStore};
+
+/// Runs the receiver until `shutdown` completes: then it stops accepting, lets connections
+/// finish and answer the message in hand, brings the JSON files up to date and returns.
+pub async fn run(
+    config: ReceiveConfig,
+    mllp: TcpListener,
+    http_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let data_dir = config.data_dir.clone();
+    let dedupe = config.dedupe;
+    let store = tokio::task::spawn_blocking(move || {
+        SqliteStore::open(
+            &data_dir,
+            SqliteOptions {
+                dedupe,
+                ..SqliteOptions::default()
+            },
+        )
+    })
+    .await
+    .context("opening the store")?
+    .context("opening the store")?;
+    let metrics = Arc::new(Metrics::default());
+    let export_wake = Arc::new(Notify::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let exporter = tokio::spawn(export::run(
+        store.clone(),
+        config.data_dir.join("patients"),
+        ExportOptions {
+            max_records: config.json_max_records,
+            ..ExportOptions::default()
+        },
+        Arc::clone(&export_wake),
+        stop_rx.clone(),
+    ));
+
+    let http_task = http_listener.map(|listener| {
+        let state = HttpState {
+            metrics: Arc::clone(&metrics),
+        };
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(listener, http::router(state))
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|stop| *stop).await;
+                })
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "http server failed");
+            }
+        })
+    });
+
+    let ingest = Arc::new(Ingest::new(
+        store.clone(),
+        IngestSettings {
+            ack_mode: config.ack_mode,
+            ack_application: config.ack_application.clone(),
+            ack_facility: config.ack_facility.clone(),
+            patient_identity: config.patient_identity,
+        },
+        Arc::clone(&metrics),
+        Arc::clone(&export_wake),
+    ));
+    let accept = tokio::spawn(listener::run(
+        mllp,
+        ingest,
+        config.limits,
+        Arc::clone(&metrics),
+        stop_rx,
+    ));
+
+    shutdown.await;
+    tracing::info!("shutting down: no new connections, finishing the messages in hand");
+    let _ = stop_tx.send(true);
+    if let Err(error) = accept.await {
+        tracing::error!(%error, "the listener task failed");
+    }
+    match exporter.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::error!(%error, "the exporter failed"),
+        Err(error) => tracing::error!(%error, "the exporter task failed"),
+    }
+    if let Some(task) = http_task {
+        let _ = task.await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

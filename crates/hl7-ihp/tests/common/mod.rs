@@ -1,0 +1,243 @@
+//! Test harness: the real `hl7-ihp` binary on 127.0.0.1:0 with a temporary data directory,
+//! and a blocking MLLP client. Waits are on conditions with generous deadlines, never on
+//! fixed sleeps.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Generous: CI machines are busy.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_hl7-ihp")
+}
+
+pub fn samples() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../samples")
+}
+
+pub fn sample(name: &str) -> Vec<u8> {
+    std::fs::read(samples().join(name)).expect("sample message")
+}
+
+/// Polls `condition` every few milliseconds until it holds or the deadline passes.
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(2);
+    while !condition() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// A running receiver.
+pub struct Receiver {
+    child: Child,
+    pub mllp: SocketAddr,
+    pub http: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    logs: Arc<Mutex<String>>,
+}
+
+impl Receiver {
+    /// Starts `hl7-ihp receive` on loopback port 0 over `data_dir`.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Receiver {
+        let mut child = Command::new(binary())
+            .args(["receive", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--log-format", "json", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start hl7-ihp receive");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let logs = Arc::clone(&logs);
+            std::thread::spawn(move || {
+                let mut tx = Some(tx);
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(sender) = &tx
+                        && line.contains("\"listening\"")
+                    {
+                        let _ = sender.send(line.clone());
+                        tx = None;
+                    }
+                    let mut logs = logs.lock().unwrap();
+                    logs.push_str(&line);
+                    logs.push('\n');
+                }
+            });
+        }
+        let line = match rx.recv_timeout(DEADLINE) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("receiver did not start: {}", logs.lock().unwrap());
+            }
+        };
+        let event: serde_json::Value = serde_json::from_str(&line).expect("json log line");
+        let mllp = event["mllp"].as_str().expect("mllp address").parse().expect("address");
+        let http = event["http"].as_str().and_then(|a| a.parse().ok());
+        Receiver {
+            child,
+            mllp,
+            http,
+            data_dir: data_dir.to_path_buf(),
+            logs,
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(mut self) -> (ExitStatus, String) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let status = self.wait();
+        (status, self.logs())
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn wait(&mut self) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            if start.elapsed() > DEADLINE {
+                let _ = self.child.kill();
+                panic!("receiver did not exit: {}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// An HTTP GET on the receiver's HTTP address: status and body.
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        let address = self.http.expect("http enabled");
+        let mut stream = TcpStream::connect(address).expect("connect http");
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read http");
+        let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        (status, body)
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `hl7-ihp` with arguments to completion: status, stdout, stderr.
+pub fn run(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(binary()).args(args).output().expect("run hl7-ihp");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A blocking MLLP client.
+pub struct Client {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(address: SocketAddr) -> Client {
+        let stream = TcpStream::connect(address).expect("connect mllp");
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            buffer: Vec::new(),
+        }
+    }
+
+    pub fn write_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    pub fn send(&mut self, message: &[u8]) {
+        self.write_raw(&frame(message));
+    }
+
+    /// Reads one ACK frame's payload; `None` when the connection closed.
+    pub fn read_ack(&mut self) -> Option<Vec<u8>> {
+        loop {
+            if let Some(start) = self.buffer.iter().position(|&b| b == 0x0B)
+                && let Some(end) = self.buffer[start..].windows(2).position(|w| w == [0x1C, 0x0D])
+            {
+                let payload = self.buffer[start + 1..start + end].to_vec();
+                self.buffer.drain(..start + end + 2);
+                return Some(payload);
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Sends and waits for the ACK.
+    pub fn exchange(&mut self, message: &[u8]) -> Vec<u8> {
+        self.send(message);
+        self.read_ack().expect("an ACK")
+    }
+
+    /// True when the server closed the connection (reads EOF) within the deadline.
+    pub fn closed(&mut self) -> bool {
+        let mut chunk = [0u8; 64];
+        matches!(self.stream.read(&mut chunk), Ok(0) | Err(_))
+    }
+}
+
+pub fn frame(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + 3);
+    out.push(0x0B);
+    out.extend_from_slice(message);
+    out.extend_from_slice(&[0x1C, 0x0D]);
+    out
+}
+
+/// A field of an ACK by HL7 path, e.g. `MSA-1`.
+pub fn ack_field(ack: &[u8], path: &str) -> String {
+    let message = hl7::parse(ack).unwrap_or_else(|e| panic!("ACK does not parse: {e}: {}", String::from_utf8_lossy(ack)));
+    String::from_utf8_lossy(message.get(path).unwrap_or_default()).into_owned()
+}
+
+/// A message with the given control id, patient and value, standard delimiters, CR.
+pub fn oru(control_id: &str, patient: &str, value: u32) -> Vec<u8> {
+    format!(
+        "MSH|^~\\&|TESTDEV|WARD|HL7IHP|IHP|20261126101500||ORU^R01|{control_id}|P|2.5\rPID|||{patient}^^^HOSP^MR||Doe^Jane||19700101|F\rOBR|1||X|Y|||20261126101400\rOBX|1|NM|8867-4^Heart rate^LN||{value}|/min|60-100|N|||F\rOBX|2|NM|59408-5^SpO2^LN||97|%|90-100|N|||F\r"
+    )
+    .into_bytes()
+}
