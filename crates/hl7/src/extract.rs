@@ -225,8 +225,9 @@ pub fn extract<'a>(message: &Message<'a>) -> Extract<'a> {
     };
     let mut patient = None;
     let mut location = None;
-    let mut observations = Vec::new();
+    let mut observations = Vec::with_capacity(message.segment_count());
     let mut request_time: Option<Timestamp> = None;
+    let mut times = TimeCache::default();
     for segment in message.segments() {
         match &segment.id().0 {
             b"PID" if patient.is_none() => patient = Some(read_patient(&segment)),
@@ -237,7 +238,12 @@ pub fn extract<'a>(message: &Message<'a>) -> Extract<'a> {
                 }
             }
             b"OBR" => request_time = time_of(segment.field(7).component(1)),
-            b"OBX" => observations.push(read_observation(&segment, request_time, header.time)),
+            b"OBX" => observations.push(read_observation(
+                &segment,
+                request_time,
+                header.time,
+                &mut times,
+            )),
             _ => {}
         }
     }
@@ -247,6 +253,15 @@ pub fn extract<'a>(message: &Message<'a>) -> Extract<'a> {
         location,
         observations,
     }
+}
+
+/// The text of a field's first `N` components (first repetition), splitting it once.
+fn texts<'a, const N: usize>(field: Field<'a>) -> [Cow<'a, str>; N] {
+    let mut out: [Cow<'a, str>; N] = std::array::from_fn(|_| Cow::Borrowed(""));
+    for (slot, component) in out.iter_mut().zip(field.repetition(1).components()) {
+        *slot = component.text();
+    }
+    out
 }
 
 fn time_of(component: Component<'_>) -> Option<Timestamp> {
@@ -278,12 +293,12 @@ fn empty_header<'a>() -> Header<'a> {
 }
 
 fn header<'a>(msh: &Segment<'_, 'a>) -> Header<'a> {
-    let message_type = msh.field(9);
+    let [message_type, trigger, structure] = texts(msh.field(9));
     let time = msh.field(7).component(1);
     Header {
-        message_type: message_type.component(1).text(),
-        trigger: message_type.component(2).text(),
-        structure: message_type.component(3).text(),
+        message_type,
+        trigger,
+        structure,
         control_id: msh.field(10).text(),
         processing_id: msh.field(11).component(1).text(),
         version: msh.field(12).component(1).text(),
@@ -313,15 +328,16 @@ fn read_patient<'a>(pid: &Segment<'_, 'a>) -> Patient<'a> {
         })
         .collect();
     let name = pid.field(5).repetition(1);
+    let [_, given, middle, suffix, prefix] = texts(pid.field(5));
     let birth = pid.field(7).component(1).text();
     Patient {
         identifiers,
         name: PersonName {
             family: name.component(1).subcomponent(1).text(),
-            given: name.component(2).text(),
-            middle: name.component(3).text(),
-            suffix: name.component(4).text(),
-            prefix: name.component(5).text(),
+            given,
+            middle,
+            suffix,
+            prefix,
         },
         birth_date: timestamp::birth_date_iso(&birth),
         birth_date_raw: birth,
@@ -329,23 +345,40 @@ fn read_patient<'a>(pid: &Segment<'_, 'a>) -> Patient<'a> {
     }
 }
 
+/// The last OBX-14 read and its value: the OBX of one device report usually share a time.
+#[derive(Default)]
+struct TimeCache<'a> {
+    raw: &'a [u8],
+    time: Option<Timestamp>,
+}
+
+impl<'a> TimeCache<'a> {
+    fn get(&mut self, component: Component<'a>) -> Option<Timestamp> {
+        if component.raw() != self.raw || self.raw.is_empty() {
+            self.raw = component.raw();
+            self.time = time_of(component);
+        }
+        self.time
+    }
+}
+
 fn read_observation<'a>(
     obx: &Segment<'_, 'a>,
     request_time: Option<Timestamp>,
     message_time: Option<Timestamp>,
+    times: &mut TimeCache<'a>,
 ) -> Observation<'a> {
     let value_type = obx.field(2).text();
-    let code = obx.field(3);
-    let units = obx.field(6);
+    let [code, code_text, code_system] = texts(obx.field(3));
+    let [units, units_text, units_system] = texts(obx.field(6));
     let observed = obx.field(14).component(1);
     let (value, numeric) = read_value(obx.field(5), &value_type);
-    let code_system = code.component(3).text();
     // IEEE 11073 special values (NaN, NRes, ±infinity) are not measurements.
     let numeric = numeric.filter(|n| {
         !(code_system == "MDC"
             && [8_388_607.0, -8_388_608.0, 8_388_606.0, -8_388_606.0].contains(n))
     });
-    let (time, time_source) = match (time_of(observed), request_time, message_time) {
+    let (time, time_source) = match (times.get(observed), request_time, message_time) {
         (Some(t), _, _) => (Some(t), TimeSource::Observation),
         (None, Some(t), _) => (Some(t), TimeSource::Request),
         (None, None, Some(t)) => (Some(t), TimeSource::Message),
@@ -355,15 +388,15 @@ fn read_observation<'a>(
         segment_index: obx.index(),
         set_id: obx.field(1).text(),
         value_type,
-        code: code.component(1).text(),
-        code_text: code.component(2).text(),
+        code,
+        code_text,
         code_system,
         sub_id: obx.field(4).text(),
         value,
         numeric,
-        units: units.component(1).text(),
-        units_text: units.component(2).text(),
-        units_system: units.component(3).text(),
+        units,
+        units_text,
+        units_system,
         reference_range: obx.field(7).text(),
         abnormal_flags: joined(obx.field(8), "~"),
         status: obx.field(11).text(),

@@ -69,6 +69,9 @@ impl Default for Delimiters {
 pub(crate) struct Ctx {
     pub(crate) delimiters: Delimiters,
     pub(crate) charset: Charset,
+    /// False when the escape character never occurs after MSH-2: then no value needs
+    /// unescaping, the common case for device messages.
+    pub(crate) has_escape: bool,
 }
 
 /// A half-open byte range into the input.
@@ -115,6 +118,11 @@ pub struct Message<'a> {
     pub(crate) charset_known: bool,
     pub(crate) segments: Vec<SegmentEntry>,
     pub(crate) fields: Vec<Span>,
+    /// The message's bytes as text, when they are valid UTF-8 and the charset reads them as
+    /// UTF-8: values are then sliced from it instead of validated one by one. It starts at
+    /// `text_base` in the input.
+    pub(crate) text: Option<&'a str>,
+    pub(crate) text_base: usize,
 }
 
 impl<'a> Message<'a> {
@@ -125,11 +133,21 @@ impl<'a> Message<'a> {
             ctx: Ctx {
                 delimiters,
                 charset: Charset::Default,
+                has_escape: true,
             },
             charset_known: true,
             segments: Vec::new(),
             fields: Vec::new(),
+            text: None,
+            text_base: 0,
         }
+    }
+
+    /// The text of a span, when the message is known to be UTF-8 read as UTF-8.
+    fn text_at(&self, span: Span) -> Option<&'a str> {
+        let start = (span.start as usize).checked_sub(self.text_base)?;
+        let end = (span.end as usize).checked_sub(self.text_base)?;
+        self.text?.get(start..end)
     }
 
     /// The message's bytes as received, from its first segment to the end of its last.
@@ -240,7 +258,7 @@ impl<'a> Message<'a> {
             if decode_escapes {
                 part.text().into_owned()
             } else {
-                self.ctx.charset.decode(part.raw).into_owned()
+                part.raw_text().into_owned()
             }
         };
         self.segments()
@@ -330,6 +348,7 @@ impl<'m, 'a> Segment<'m, 'a> {
         let literal = n == 0 || (entry.header && n <= 2);
         Field(Part {
             raw: &self.message.input[span.range()],
+            utf8: self.message.text_at(span),
             ctx,
             literal,
         })
@@ -346,6 +365,8 @@ impl<'m, 'a> Segment<'m, 'a> {
 #[derive(Clone, Copy, Debug)]
 struct Part<'a> {
     raw: &'a [u8],
+    /// The same bytes as text, when known to be UTF-8 that the charset reads as UTF-8.
+    utf8: Option<&'a str>,
     ctx: Ctx,
     /// MSH-1, MSH-2 and segment ids: one value, never split or unescaped.
     literal: bool,
@@ -355,6 +376,7 @@ impl<'a> Part<'a> {
     fn empty(ctx: Ctx) -> Self {
         Self {
             raw: b"",
+            utf8: Some(""),
             ctx,
             literal: false,
         }
@@ -364,52 +386,79 @@ impl<'a> Part<'a> {
         if self.literal { None } else { separator }
     }
 
-    fn nth(&self, separator: Option<u8>, n: usize) -> Part<'a> {
-        let raw = split(self.raw, self.separator(separator))
-            .nth(n.wrapping_sub(1))
-            .unwrap_or(b"");
-        Part { raw, ..*self }
+    /// The bytes `start..end` of this part; delimiters are ASCII, so the cut never falls
+    /// inside a UTF-8 character and the text stays known.
+    fn cut(&self, start: usize, end: usize) -> Part<'a> {
+        Part {
+            raw: &self.raw[start..end],
+            utf8: self.utf8.and_then(|text| text.get(start..end)),
+            ..*self
+        }
     }
 
-    fn all(&self, separator: Option<u8>) -> impl Iterator<Item = Part<'a>> + use<'a> {
-        let part = *self;
-        split(self.raw, self.separator(separator)).map(move |raw| Part { raw, ..part })
+    fn nth(&self, separator: Option<u8>, n: usize) -> Part<'a> {
+        self.all(separator)
+            .nth(n.wrapping_sub(1))
+            .unwrap_or_else(|| Part::empty(self.ctx))
+    }
+
+    fn all(&self, separator: Option<u8>) -> Parts<'a> {
+        Parts {
+            rest: Some(*self),
+            separator: self.separator(separator),
+        }
+    }
+
+    fn raw_text(&self) -> Cow<'a, str> {
+        match self.utf8 {
+            Some(text) => Cow::Borrowed(text),
+            None => self.ctx.charset.decode(self.raw),
+        }
     }
 
     fn text(&self) -> Cow<'a, str> {
-        if self.literal {
-            self.ctx.charset.decode(self.raw)
-        } else {
+        let escaped = !self.literal
+            && self.ctx.has_escape
+            && self
+                .ctx
+                .delimiters
+                .escape
+                .is_some_and(|escape| find(escape, self.raw).is_some());
+        if escaped {
             decode_text(self.raw, self.ctx)
+        } else {
+            self.raw_text()
         }
     }
 }
 
-/// Splits on a separator; no separator yields the whole input once. An empty input yields
-/// one empty part, as an empty field holds one empty repetition.
-pub(crate) fn split(raw: &[u8], separator: Option<u8>) -> Split<'_> {
-    Split {
-        rest: Some(raw),
-        separator,
+/// The first `byte` in `haystack`: a plain loop for the short values HL7 is made of, where
+/// memchr's set-up costs more than it saves.
+fn find(byte: u8, haystack: &[u8]) -> Option<usize> {
+    if haystack.len() < 32 {
+        haystack.iter().position(|&b| b == byte)
+    } else {
+        memchr::memchr(byte, haystack)
     }
 }
 
-/// Iterator of [`split`].
+/// Splits a part on a separator; no separator yields the whole part once. An empty part
+/// yields one empty part, as an empty field holds one empty repetition.
 #[derive(Clone, Debug)]
-pub(crate) struct Split<'a> {
-    rest: Option<&'a [u8]>,
+struct Parts<'a> {
+    rest: Option<Part<'a>>,
     separator: Option<u8>,
 }
 
-impl<'a> Iterator for Split<'a> {
-    type Item = &'a [u8];
+impl<'a> Iterator for Parts<'a> {
+    type Item = Part<'a>;
 
-    fn next(&mut self) -> Option<&'a [u8]> {
+    fn next(&mut self) -> Option<Part<'a>> {
         let rest = self.rest?;
-        match self.separator.and_then(|sep| memchr::memchr(sep, rest)) {
+        match self.separator.and_then(|sep| find(sep, rest.raw)) {
             Some(at) => {
-                self.rest = Some(&rest[at + 1..]);
-                Some(&rest[..at])
+                self.rest = Some(rest.cut(at + 1, rest.raw.len()));
+                Some(rest.cut(0, at))
             }
             None => {
                 self.rest = None;
@@ -438,7 +487,7 @@ macro_rules! value_methods {
 
         /// The raw bytes decoded by the message's charset, escape sequences left as sent.
         pub fn raw_text(&self) -> Cow<'a, str> {
-            self.0.ctx.charset.decode(self.0.raw)
+            self.0.raw_text()
         }
 
         /// The text: escape sequences decoded, then the message's charset applied.

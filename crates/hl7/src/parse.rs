@@ -362,10 +362,11 @@ fn parse_message_at(
     };
     let (delimiters, msh2_end) = read_header_delimiters(input, start, first_end, position)?;
     let mut message = Message::empty(input, delimiters);
-    // About one field per 8 bytes and one segment per 80 in typical messages.
-    message
-        .fields
-        .reserve(first_end.saturating_sub(start) / 4 + 16);
+    // Typical messages have about one field per 8 bytes and one segment per 80; a batch's
+    // later messages are not counted, so cap the guess.
+    let expected = input.len().saturating_sub(start).min(64 * 1024);
+    message.fields.reserve(expected / 8 + 16);
+    message.segments.reserve(expected / 80 + 4);
     push_segment(
         &mut message,
         input,
@@ -404,11 +405,23 @@ fn parse_message_at(
         .map(|msh| msh.field(18).repetition(1).raw())
         .unwrap_or(b"");
     let choice = Charset::from_msh18(msh18);
+    let body = &input[start..end];
+    let has_escape = delimiters
+        .escape
+        .is_some_and(|escape| memchr(escape, &input[msh2_end.min(end)..end]).is_some());
     message.ctx = Ctx {
         delimiters,
         charset: choice.charset,
+        has_escape,
     };
     message.charset_known = choice.known;
+    // One validation for the whole message instead of one per value read.
+    let reads_as_utf8 =
+        matches!(choice.charset, Charset::Default | Charset::Utf8) || body.is_ascii();
+    if reads_as_utf8 {
+        message.text = std::str::from_utf8(body).ok();
+        message.text_base = start;
+    }
     Ok((message, pos))
 }
 
