@@ -15,9 +15,9 @@ use hl7::ack::{
 use hl7::extract::{Extract, extract};
 use hl7::{Message, ParseError, SegmentId};
 use sha2::{Digest, Sha256};
-use tokio::sync::Notify;
 
 use crate::config::PatientIdentity;
+use crate::export::ExportHandle;
 use crate::metrics::Metrics;
 use crate::store::{
     Content, MessageKey, NewMessage, ObservationData, PatientData, Store, Stored,
@@ -43,8 +43,8 @@ pub struct Ingest<S> {
     store: S,
     settings: IngestSettings,
     metrics: Arc<Metrics>,
-    /// Woken after every commit that accepted something: the JSON exporter listens.
-    export_wake: Arc<Notify>,
+    /// Told after every commit that accepted something: the JSON exporter listens.
+    export: ExportHandle,
     /// Fresh ACK control ids: a per-process prefix and a counter.
     ack_prefix: String,
     ack_counter: AtomicU64,
@@ -63,13 +63,13 @@ struct Prepared {
 
 impl<S: Store> Ingest<S> {
     /// An ingest over a store.
-    pub fn new(store: S, settings: IngestSettings, metrics: Arc<Metrics>, export_wake: Arc<Notify>) -> Self {
+    pub fn new(store: S, settings: IngestSettings, metrics: Arc<Metrics>, export: ExportHandle) -> Self {
         let boot = jiff::Timestamp::now().as_millisecond().unsigned_abs();
         Self {
             store,
             settings,
             metrics,
-            export_wake,
+            export,
             ack_prefix: format!("A{}", base36(boot)),
             ack_counter: AtomicU64::new(0),
         }
@@ -127,7 +127,7 @@ impl<S: Store> Ingest<S> {
             acks.push(build_ack(message, code, error.as_ref(), &options));
         }
         if accepted_any {
-            self.export_wake.notify_one();
+            self.export.changed();
         }
         acks
     }

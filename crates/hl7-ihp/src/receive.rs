@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 use crate::config::ReceiveConfig;
-use crate::export::{self, ExportOptions};
+use crate::export::{self, ExportHandle, ExportOptions};
 use crate::http::{self, HttpState};
 use crate::ingest::{Ingest, IngestSettings};
 use crate::listener;
@@ -42,18 +42,22 @@ pub async fn run(
     .context("opening the store")?
     .context("opening the store")?;
     let metrics = Arc::new(Metrics::default());
-    let export_wake = Arc::new(Notify::new());
+    let export_handle = ExportHandle::new();
     let (stop_tx, stop_rx) = watch::channel(false);
-
+    let patients_dir = config.data_dir.join("patients");
+    export::prepare_dir(&patients_dir).context("creating the patients folder")?;
+    let mut export_stop = stop_rx.clone();
     let exporter = tokio::spawn(export::run(
         store.clone(),
-        config.data_dir.join("patients"),
+        patients_dir,
         ExportOptions {
             max_records: config.json_max_records,
             ..ExportOptions::default()
         },
-        Arc::clone(&export_wake),
-        stop_rx.clone(),
+        export_handle.clone(),
+        async move {
+            let _ = export_stop.wait_for(|stop| *stop).await;
+        },
     ));
 
     let http_task = http_listener.map(|listener| {
@@ -82,7 +86,7 @@ pub async fn run(
             patient_identity: config.patient_identity,
         },
         Arc::clone(&metrics),
-        Arc::clone(&export_wake),
+        export_handle,
     ));
     let accept = tokio::spawn(listener::run(
         mllp,
