@@ -257,11 +257,7 @@ pub fn extract<'a>(message: &Message<'a>) -> Extract<'a> {
 
 /// The text of a field's first `N` components (first repetition), splitting it once.
 fn texts<'a, const N: usize>(field: Field<'a>) -> [Cow<'a, str>; N] {
-    let mut out: [Cow<'a, str>; N] = std::array::from_fn(|_| Cow::Borrowed(""));
-    for (slot, component) in out.iter_mut().zip(field.repetition(1).components()) {
-        *slot = component.text();
-    }
-    out
+    field.component_texts()
 }
 
 fn time_of(component: Component<'_>) -> Option<Timestamp> {

@@ -72,6 +72,23 @@ pub(crate) struct Ctx {
     /// False when the escape character never occurs after MSH-2: then no value needs
     /// unescaping, the common case for device messages.
     pub(crate) has_escape: bool,
+    /// False when the repetition character never occurs after MSH-2: every field then has
+    /// one repetition and splitting can be skipped.
+    pub(crate) has_repetition: bool,
+    /// Likewise for the subcomponent character.
+    pub(crate) has_subcomponent: bool,
+}
+
+impl Ctx {
+    fn repetition(&self) -> Option<u8> {
+        self.has_repetition.then_some(self.delimiters.repetition)
+    }
+
+    fn subcomponent(&self) -> Option<u8> {
+        self.delimiters
+            .subcomponent
+            .filter(|_| self.has_subcomponent)
+    }
 }
 
 /// A half-open byte range into the input.
@@ -134,6 +151,8 @@ impl<'a> Message<'a> {
                 delimiters,
                 charset: Charset::Default,
                 has_escape: true,
+                has_repetition: true,
+                has_subcomponent: true,
             },
             charset_known: true,
             segments: Vec::new(),
@@ -506,19 +525,53 @@ impl<'a> Field<'a> {
 
     /// Repetition `n` (1-based); empty when absent.
     pub fn repetition(&self, n: usize) -> Repetition<'a> {
-        Repetition(self.0.nth(Some(self.0.ctx.delimiters.repetition), n))
+        Repetition(self.0.nth(self.0.ctx.repetition(), n))
     }
 
     /// All repetitions; an empty field has one empty repetition.
     pub fn repetitions(&self) -> impl Iterator<Item = Repetition<'a>> + use<'a> {
-        self.0
-            .all(Some(self.0.ctx.delimiters.repetition))
-            .map(Repetition)
+        self.0.all(self.0.ctx.repetition()).map(Repetition)
     }
 
     /// Component `n` (1-based) of the first repetition.
     pub fn component(&self, n: usize) -> Component<'a> {
         self.repetition(1).component(n)
+    }
+
+    /// The text of the first `N` components of the first repetition (empty where absent),
+    /// splitting the field once: what extraction reads most.
+    pub fn component_texts<const N: usize>(&self) -> [Cow<'a, str>; N] {
+        let mut out: [Cow<'a, str>; N] = std::array::from_fn(|_| Cow::Borrowed(""));
+        let part = self.0;
+        // The common case, a UTF-8 field with no repetition and no escape in the message:
+        // slices of the text, nothing decoded or copied.
+        if let Some(text) = part.utf8
+            && !part.literal
+            && !part.ctx.has_escape
+            && !part.ctx.has_repetition
+        {
+            let separator = part.ctx.delimiters.component;
+            let mut start = 0;
+            let mut n = 0;
+            for (at, &byte) in text.as_bytes().iter().enumerate() {
+                if byte == separator {
+                    if n >= N {
+                        return out;
+                    }
+                    out[n] = Cow::Borrowed(text.get(start..at).unwrap_or(""));
+                    n += 1;
+                    start = at + 1;
+                }
+            }
+            if n < N {
+                out[n] = Cow::Borrowed(text.get(start..).unwrap_or(""));
+            }
+            return out;
+        }
+        for (slot, component) in out.iter_mut().zip(self.repetition(1).components()) {
+            *slot = component.text();
+        }
+        out
     }
 }
 
@@ -552,14 +605,12 @@ impl<'a> Component<'a> {
     /// Subcomponent `n` (1-based); empty when absent. Without a subcomponent character
     /// (`MSH|^~|`) the whole component is subcomponent 1.
     pub fn subcomponent(&self, n: usize) -> Subcomponent<'a> {
-        Subcomponent(self.0.nth(self.0.ctx.delimiters.subcomponent, n))
+        Subcomponent(self.0.nth(self.0.ctx.subcomponent(), n))
     }
 
     /// All subcomponents; an empty component has one empty subcomponent.
     pub fn subcomponents(&self) -> impl Iterator<Item = Subcomponent<'a>> + use<'a> {
-        self.0
-            .all(self.0.ctx.delimiters.subcomponent)
-            .map(Subcomponent)
+        self.0.all(self.0.ctx.subcomponent()).map(Subcomponent)
     }
 }
 

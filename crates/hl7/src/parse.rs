@@ -319,12 +319,16 @@ fn push_segment(
     }
     if rest < line_end {
         // input[rest] is the field separator.
+        // A plain loop: fields are short, and restarting a vectorised search at every
+        // separator costs more than looking at each byte once.
         let base = rest + 1;
         let mut field_start = base;
-        for at in memchr::memchr_iter(field_separator, &input[base..line_end]) {
-            let end = base + at;
-            message.fields.push(Span::new(field_start, end));
-            field_start = end + 1;
+        for (at, &byte) in input[base..line_end].iter().enumerate() {
+            if byte == field_separator {
+                let end = base + at;
+                message.fields.push(Span::new(field_start, end));
+                field_start = end + 1;
+            }
         }
         message.fields.push(Span::new(field_start, line_end));
     }
@@ -406,13 +410,16 @@ fn parse_message_at(
         .unwrap_or(b"");
     let choice = Charset::from_msh18(msh18);
     let body = &input[start..end];
-    let has_escape = delimiters
-        .escape
-        .is_some_and(|escape| memchr(escape, &input[msh2_end.min(end)..end]).is_some());
+    // Which optional delimiters occur at all after MSH-2: most device messages use none of
+    // them, and then values need no unescaping and fields no splitting into repetitions.
+    let after_msh2 = &input[msh2_end.min(end)..end];
+    let occurs = |byte: Option<u8>| byte.is_some_and(|b| memchr(b, after_msh2).is_some());
     message.ctx = Ctx {
         delimiters,
         charset: choice.charset,
-        has_escape,
+        has_escape: occurs(delimiters.escape),
+        has_repetition: occurs(Some(delimiters.repetition)),
+        has_subcomponent: occurs(delimiters.subcomponent),
     };
     message.charset_known = choice.known;
     // One validation for the whole message instead of one per value read.
