@@ -280,7 +280,11 @@ impl ReceiveConfig {
             args.max_connections_per_peer.clone(),
             &file.max_connections_per_peer,
         )?;
-        let idle_timeout = pick("idle_timeout", args.idle_timeout.clone(), &file.idle_timeout)?;
+        let idle_timeout = pick(
+            "idle_timeout",
+            args.idle_timeout.clone(),
+            &file.idle_timeout,
+        )?;
         let frame_timeout = pick(
             "frame_timeout",
             args.frame_timeout.clone(),
@@ -291,7 +295,11 @@ impl ReceiveConfig {
             args.ack_application.clone(),
             &file.ack_application,
         )?;
-        let ack_facility = pick("ack_facility", args.ack_facility.clone(), &file.ack_facility)?;
+        let ack_facility = pick(
+            "ack_facility",
+            args.ack_facility.clone(),
+            &file.ack_facility,
+        )?;
         let patient_identity = pick(
             "patient_identity",
             args.patient_identity.clone(),
@@ -379,7 +387,9 @@ fn read_file(path: &Path) -> Result<FileSettings, ConfigError> {
 
 fn address(setting: Option<Setting>, default: &str) -> Result<SocketAddr, ConfigError> {
     match setting {
-        None => Ok(default.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))),
+        None => Ok(default
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))),
         Some(s) => s
             .value
             .parse()
@@ -465,7 +475,10 @@ mod tests {
         let config = ReceiveConfig::from_args(&ReceiveArgs::default()).unwrap();
         assert_eq!(config.listen.to_string(), "0.0.0.0:2575");
         assert_eq!(config.data_dir, PathBuf::from("./data"));
-        assert_eq!(config.http.map(|a| a.to_string()).as_deref(), Some("127.0.0.1:8080"));
+        assert_eq!(
+            config.http.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:8080")
+        );
         assert!(config.dedupe);
         assert_eq!(config.ack_mode, AckMode::Auto);
         assert_eq!(config.json_max_records, 10_000);
@@ -503,7 +516,10 @@ mod tests {
             listen: Some("nowhere".into()),
             ..ReceiveArgs::default()
         });
-        assert!(message.contains("`listen`") && message.contains("--listen"), "{message}");
+        assert!(
+            message.contains("`listen`") && message.contains("--listen"),
+            "{message}"
+        );
         let message = error(ReceiveArgs {
             ack_mode: Some("sometimes".into()),
             ..ReceiveArgs::default()

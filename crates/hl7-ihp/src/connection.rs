@@ -131,7 +131,11 @@ pub async fn serve<S: Store>(
     );
 }
 
-async fn write_acks(stream: &mut TcpStream, acks: &[Vec<u8>], timeout: Duration) -> Result<(), Close> {
+async fn write_acks(
+    stream: &mut TcpStream,
+    acks: &[Vec<u8>],
+    timeout: Duration,
+) -> Result<(), Close> {
     if acks.is_empty() {
         return Ok(());
     }
@@ -149,7 +153,10 @@ async fn write_acks(stream: &mut TcpStream, acks: &[Vec<u8>], timeout: Duration)
 /// Adds what the codec counted since the last call to the shared metrics.
 fn count_framing(codec: &MllpCodec, counted: &mut MllpStats, metrics: &Metrics) {
     let now = codec.stats();
-    Metrics::add(&metrics.mllp_bytes_skipped, now.n_bytes_skipped - counted.n_bytes_skipped);
+    Metrics::add(
+        &metrics.mllp_bytes_skipped,
+        now.n_bytes_skipped - counted.n_bytes_skipped,
+    );
     Metrics::add(
         &metrics.mllp_frames_without_cr,
         now.n_frames_without_cr - counted.n_frames_without_cr,

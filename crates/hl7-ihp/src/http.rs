@@ -27,7 +27,10 @@ pub fn router(state: HttpState) -> Router {
 }
 
 async fn healthz() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], "{\"status\":\"ok\"}\n")
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        "{\"status\":\"ok\"}\n",
+    )
 }
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {

@@ -20,8 +20,7 @@ use crate::config::PatientIdentity;
 use crate::export::ExportHandle;
 use crate::metrics::Metrics;
 use crate::store::{
-    Content, MessageKey, NewMessage, ObservationData, PatientData, Store, Stored,
-    Verdict,
+    Content, MessageKey, NewMessage, ObservationData, PatientData, Store, Stored, Verdict,
 };
 
 /// What ingest needs to know of the settings.
@@ -63,7 +62,12 @@ struct Prepared {
 
 impl<S: Store> Ingest<S> {
     /// An ingest over a store.
-    pub fn new(store: S, settings: IngestSettings, metrics: Arc<Metrics>, export: ExportHandle) -> Self {
+    pub fn new(
+        store: S,
+        settings: IngestSettings,
+        metrics: Arc<Metrics>,
+        export: ExportHandle,
+    ) -> Self {
         let boot = jiff::Timestamp::now().as_millisecond().unsigned_abs();
         Self {
             store,
@@ -83,7 +87,9 @@ impl<S: Store> Ingest<S> {
             Ok(batch) if !batch.messages().is_empty() => batch,
             Ok(_) => {
                 let reason = "frame holds batch segments but no message".to_owned();
-                return self.unreadable(frame, reason, None, peer, received_at).await;
+                return self
+                    .unreadable(frame, reason, None, peer, received_at)
+                    .await;
             }
             Err(error) => {
                 let location = ErrorLocation::of_parse_error(&error);
@@ -133,7 +139,13 @@ impl<S: Store> Ingest<S> {
     }
 
     /// Handles a frame over the size limit: its head is kept, the answer is a reject.
-    pub async fn oversized(&self, len: usize, head: &[u8], limit: usize, peer: SocketAddr) -> Vec<Vec<u8>> {
+    pub async fn oversized(
+        &self,
+        len: usize,
+        head: &[u8],
+        limit: usize,
+        peer: SocketAddr,
+    ) -> Vec<Vec<u8>> {
         Metrics::inc(&self.metrics.frames_oversized);
         let reason = format!("frame of {len} bytes is over the limit of {limit} bytes");
         self.unreadable(head, reason, None, peer, jiff::Timestamp::now())
@@ -197,7 +209,12 @@ impl<S: Store> Ingest<S> {
         vec![ack]
     }
 
-    fn prepare(&self, message: &Message<'_>, peer: SocketAddr, received_at: jiff::Timestamp) -> Prepared {
+    fn prepare(
+        &self,
+        message: &Message<'_>,
+        peer: SocketAddr,
+        received_at: jiff::Timestamp,
+    ) -> Prepared {
         if !message.charset_known() {
             Metrics::inc(&self.metrics.charset_unknown);
         }
@@ -227,7 +244,11 @@ impl<S: Store> Ingest<S> {
             None => (
                 Verdict::Accept,
                 None,
-                Some(content_of(&extract, self.settings.patient_identity, received_at)),
+                Some(content_of(
+                    &extract,
+                    self.settings.patient_identity,
+                    received_at,
+                )),
             ),
         };
         if let Some(reason) = verdict.reason() {
@@ -291,7 +312,10 @@ fn answer(prepared: &Prepared, stored: Result<&Stored, ()>) -> (Outcome, Option<
     };
     match verdict {
         Verdict::Accept => (Outcome::Accept, None),
-        Verdict::Error { reason } => (Outcome::Error, prepared.error.clone().or_else(|| Some(plain_error(reason)))),
+        Verdict::Error { reason } => (
+            Outcome::Error,
+            prepared.error.clone().or_else(|| Some(plain_error(reason))),
+        ),
         Verdict::Reject { reason } => (Outcome::Reject, Some(plain_error(reason))),
     }
 }
@@ -330,7 +354,11 @@ fn key_of(extract: &Extract<'_>) -> MessageKey {
     }
 }
 
-fn content_of(extract: &Extract<'_>, identity: PatientIdentity, received_at: jiff::Timestamp) -> Content {
+fn content_of(
+    extract: &Extract<'_>,
+    identity: PatientIdentity,
+    received_at: jiff::Timestamp,
+) -> Content {
     let patient = extract.patient.as_ref().and_then(|patient| {
         let primary = patient.primary_id()?;
         let key = match identity {
@@ -415,7 +443,9 @@ fn format_utc(time: jiff::Timestamp) -> String {
 
 /// MSH-7 of our ACKs: now, in UTC with an explicit offset.
 fn ack_time() -> String {
-    jiff::Timestamp::now().strftime("%Y%m%d%H%M%S+0000").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y%m%d%H%M%S+0000")
+        .to_string()
 }
 
 fn base36(mut n: u64) -> String {

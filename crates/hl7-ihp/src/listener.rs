@@ -29,7 +29,10 @@ struct PeerCounts(Mutex<HashMap<IpAddr, usize>>);
 
 impl PeerCounts {
     fn enter(self: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<PeerGuard> {
-        let mut map = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let count = map.entry(ip).or_insert(0);
         if *count >= limit {
             return None;
@@ -148,7 +151,10 @@ pub async fn run<S: Store>(
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(n_connections = tasks.len(), "connections still busy at shutdown; closing them");
+        tracing::warn!(
+            n_connections = tasks.len(),
+            "connections still busy at shutdown; closing them"
+        );
         tasks.abort_all();
     }
 }

@@ -6,14 +6,18 @@
 mod cli;
 mod config;
 mod connection;
+mod demo;
 mod export;
 mod http;
 mod ingest;
+mod inspect;
 mod listener;
 mod logging;
 mod metrics;
 mod parse_command;
 mod receive;
+mod send;
+mod simulator;
 mod store;
 
 use std::process::ExitCode;
@@ -28,6 +32,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         cli::Command::Parse(args) => parse_command::run(&args),
         cli::Command::Receive(args) => receive_main(&args),
+        cli::Command::Demo(args) => demo::run(&args),
+        cli::Command::Send(args) => send::run(&args),
+        cli::Command::Patients(args) => inspect::patients(&args),
+        cli::Command::Show(args) => inspect::show(&args),
+        cli::Command::Messages(args) => inspect::messages(&args),
     };
     match result {
         Ok(code) => code,

@@ -64,26 +64,93 @@ impl Metrics {
         let mut out = String::with_capacity(2048);
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let counters: [(&str, &str, u64); 17] = [
-            ("hl7ihp_connections_accepted_total", "Connections accepted.", get(&self.connections_accepted)),
-            ("hl7ihp_connections_refused_total", "Connections refused by the per-peer limit.", get(&self.connections_refused)),
-            ("hl7ihp_connections_timed_out_total", "Connections closed for silence or a slow frame.", get(&self.connections_timed_out)),
-            ("hl7ihp_accept_errors_total", "Failed accepts.", get(&self.accept_errors)),
-            ("hl7ihp_frames_total", "MLLP frames read whole.", get(&self.frames)),
-            ("hl7ihp_frames_oversized_total", "Frames over the size limit.", get(&self.frames_oversized)),
-            ("hl7ihp_mllp_bytes_skipped_total", "Bytes outside MLLP frames.", get(&self.mllp_bytes_skipped)),
-            ("hl7ihp_mllp_frames_without_cr_total", "Frames ended by 0x1C without 0x0D.", get(&self.mllp_frames_without_cr)),
-            ("hl7ihp_mllp_frames_restarted_total", "Partial frames dropped by a new 0x0B.", get(&self.mllp_frames_restarted)),
-            ("hl7ihp_control_ids_reused_total", "Messages reusing a stored control id with other content.", get(&self.control_ids_reused)),
-            ("hl7ihp_charset_unknown_total", "Messages whose MSH-18 is not understood.", get(&self.charset_unknown)),
-            ("hl7ihp_store_failures_total", "Failed store commits.", get(&self.store_failures)),
+            (
+                "hl7ihp_connections_accepted_total",
+                "Connections accepted.",
+                get(&self.connections_accepted),
+            ),
+            (
+                "hl7ihp_connections_refused_total",
+                "Connections refused by the per-peer limit.",
+                get(&self.connections_refused),
+            ),
+            (
+                "hl7ihp_connections_timed_out_total",
+                "Connections closed for silence or a slow frame.",
+                get(&self.connections_timed_out),
+            ),
+            (
+                "hl7ihp_accept_errors_total",
+                "Failed accepts.",
+                get(&self.accept_errors),
+            ),
+            (
+                "hl7ihp_frames_total",
+                "MLLP frames read whole.",
+                get(&self.frames),
+            ),
+            (
+                "hl7ihp_frames_oversized_total",
+                "Frames over the size limit.",
+                get(&self.frames_oversized),
+            ),
+            (
+                "hl7ihp_mllp_bytes_skipped_total",
+                "Bytes outside MLLP frames.",
+                get(&self.mllp_bytes_skipped),
+            ),
+            (
+                "hl7ihp_mllp_frames_without_cr_total",
+                "Frames ended by 0x1C without 0x0D.",
+                get(&self.mllp_frames_without_cr),
+            ),
+            (
+                "hl7ihp_mllp_frames_restarted_total",
+                "Partial frames dropped by a new 0x0B.",
+                get(&self.mllp_frames_restarted),
+            ),
+            (
+                "hl7ihp_control_ids_reused_total",
+                "Messages reusing a stored control id with other content.",
+                get(&self.control_ids_reused),
+            ),
+            (
+                "hl7ihp_charset_unknown_total",
+                "Messages whose MSH-18 is not understood.",
+                get(&self.charset_unknown),
+            ),
+            (
+                "hl7ihp_store_failures_total",
+                "Failed store commits.",
+                get(&self.store_failures),
+            ),
             ("hl7ihp_acks_total", "ACKs written.", get(&self.acks_sent)),
-            ("hl7ihp_connection_panics_total", "Connection tasks that panicked.", get(&self.connection_panics)),
-            ("hl7ihp_messages_accepted_total", "Messages stored and acknowledged positively.", get(&self.messages_accepted)),
-            ("hl7ihp_messages_error_total", "Messages answered AE/CE.", get(&self.messages_error)),
-            ("hl7ihp_messages_rejected_total", "Messages answered AR/CR.", get(&self.messages_rejected)),
+            (
+                "hl7ihp_connection_panics_total",
+                "Connection tasks that panicked.",
+                get(&self.connection_panics),
+            ),
+            (
+                "hl7ihp_messages_accepted_total",
+                "Messages stored and acknowledged positively.",
+                get(&self.messages_accepted),
+            ),
+            (
+                "hl7ihp_messages_error_total",
+                "Messages answered AE/CE.",
+                get(&self.messages_error),
+            ),
+            (
+                "hl7ihp_messages_rejected_total",
+                "Messages answered AR/CR.",
+                get(&self.messages_rejected),
+            ),
         ];
         for (name, help, value) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
         }
         let _ = writeln!(
             out,
@@ -109,8 +176,14 @@ mod tests {
         Metrics::inc(&metrics.messages_accepted);
         Metrics::add(&metrics.mllp_bytes_skipped, 5);
         let text = metrics.render();
-        assert!(text.contains("\nhl7ihp_messages_accepted_total 1\n"), "{text}");
-        assert!(text.contains("\nhl7ihp_mllp_bytes_skipped_total 5\n"), "{text}");
+        assert!(
+            text.contains("\nhl7ihp_messages_accepted_total 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nhl7ihp_mllp_bytes_skipped_total 5\n"),
+            "{text}"
+        );
         assert!(text.contains("# TYPE hl7ihp_connections_open gauge"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (name, value) = line.split_once(' ').unwrap();

@@ -46,7 +46,8 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let patients_dir = config.data_dir.join("patients");
     export::prepare_dir(&patients_dir).context("creating the patients folder")?;
-    let mut export_stop = stop_rx.clone();
+    // The exporter stops after the connections, so its final round sees their last messages.
+    let (export_stop_tx, mut export_stop) = watch::channel(false);
     let exporter = tokio::spawn(export::run(
         store.clone(),
         patients_dir,
@@ -102,6 +103,7 @@ pub async fn run(
     if let Err(error) = accept.await {
         tracing::error!(%error, "the listener task failed");
     }
+    let _ = export_stop_tx.send(true);
     match exporter.await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => tracing::error!(%error, "the exporter failed"),

@@ -61,7 +61,10 @@ fn garbage_and_oversized_frames_are_rejected_and_the_server_goes_on() {
     let mut client = Client::connect(receiver.mllp);
     // Bytes outside a frame are skipped; the next frame is served.
     client.write_raw(b"noise before the frame\r\n");
-    assert_eq!(ack_field(&client.exchange(&oru("AFTER-NOISE", "P3", 1)), "MSA-1"), "AA");
+    assert_eq!(
+        ack_field(&client.exchange(&oru("AFTER-NOISE", "P3", 1)), "MSA-1"),
+        "AA"
+    );
     // A frame with no MSH: our minimal reject.
     let ack = client.exchange(b"PID|||1\rOBX|1|NM|X||1");
     assert_eq!(ack_field(&ack, "MSA-1"), "AR");
@@ -80,10 +83,16 @@ fn garbage_and_oversized_frames_are_rejected_and_the_server_goes_on() {
     let ack = client.exchange(&big);
     assert_eq!(ack_field(&ack, "MSA-1"), "AR");
     assert_eq!(ack_field(&ack, "MSA-2"), "BIG-1");
-    assert_eq!(ack_field(&client.exchange(&oru("AFTER-BIG", "P3", 3)), "MSA-1"), "AA");
+    assert_eq!(
+        ack_field(&client.exchange(&oru("AFTER-BIG", "P3", 3)), "MSA-1"),
+        "AA"
+    );
     // An empty frame.
     assert_eq!(ack_field(&client.exchange(b""), "MSA-1"), "AR");
-    assert_eq!(ack_field(&client.exchange(&oru("LAST", "P3", 4)), "MSA-1"), "AA");
+    assert_eq!(
+        ack_field(&client.exchange(&oru("LAST", "P3", 4)), "MSA-1"),
+        "AA"
+    );
 }
 
 fn with_ack_types(accept: &str, application: &str, control_id: &str) -> Vec<u8> {
@@ -98,14 +107,20 @@ fn ack_rules_follow_msh_15_and_16() {
     let (_dir, receiver) = start(&[]);
     let mut client = Client::connect(receiver.mllp);
     let ack = client.exchange(&with_ack_types("AL", "NE", "E-1"));
-    assert_eq!((ack_field(&ack, "MSA-1"), ack_field(&ack, "MSA-2")), ("CA".into(), "E-1".into()));
+    assert_eq!(
+        (ack_field(&ack, "MSA-1"), ack_field(&ack, "MSA-2")),
+        ("CA".into(), "E-1".into())
+    );
     let ack = client.exchange(&with_ack_types("NE", "AL", "E-2"));
     assert_eq!(ack_field(&ack, "MSA-1"), "AA");
     // NE/NE asks for nothing: no ACK; the next message's ACK is the next thing read.
     client.send(&with_ack_types("NE", "NE", "E-3"));
     client.send(&with_ack_types("ER", "NE", "E-4"));
     let ack = client.exchange(&with_ack_types("AL", "AL", "E-5"));
-    assert_eq!((ack_field(&ack, "MSA-1"), ack_field(&ack, "MSA-2")), ("CA".into(), "E-5".into()));
+    assert_eq!(
+        (ack_field(&ack, "MSA-1"), ack_field(&ack, "MSA-2")),
+        ("CA".into(), "E-5".into())
+    );
     // ER: only on error. A missing MSH-10 is an error.
     let ack = client.exchange(&with_ack_types("ER", "NE", ""));
     assert_eq!(ack_field(&ack, "MSA-1"), "CE");
@@ -121,8 +136,20 @@ fn ack_rules_follow_msh_15_and_16() {
 fn original_ack_mode_answers_aa_to_everything() {
     let (_dir, receiver) = start(&["--ack-mode", "original"]);
     let mut client = Client::connect(receiver.mllp);
-    assert_eq!(ack_field(&client.exchange(&with_ack_types("AL", "NE", "O-1")), "MSA-1"), "AA");
-    assert_eq!(ack_field(&client.exchange(&with_ack_types("NE", "NE", "O-2")), "MSA-1"), "AA");
+    assert_eq!(
+        ack_field(
+            &client.exchange(&with_ack_types("AL", "NE", "O-1")),
+            "MSA-1"
+        ),
+        "AA"
+    );
+    assert_eq!(
+        ack_field(
+            &client.exchange(&with_ack_types("NE", "NE", "O-2")),
+            "MSA-1"
+        ),
+        "AA"
+    );
 }
 
 #[test]
@@ -156,7 +183,10 @@ fn many_concurrent_senders() {
     }
     let (status, body) = receiver.http_get("/metrics");
     assert_eq!(status, 200);
-    assert!(body.contains("\nhl7ihp_messages_accepted_total 1000\n"), "{body}");
+    assert!(
+        body.contains("\nhl7ihp_messages_accepted_total 1000\n"),
+        "{body}"
+    );
 }
 
 #[test]
@@ -169,7 +199,10 @@ fn health_and_metrics() {
     client.write_raw(b"xx");
     client.exchange(&oru("M-1", "P9", 1));
     let (_, body) = receiver.http_get("/metrics");
-    assert!(body.contains("\nhl7ihp_mllp_bytes_skipped_total 2\n"), "{body}");
+    assert!(
+        body.contains("\nhl7ihp_mllp_bytes_skipped_total 2\n"),
+        "{body}"
+    );
     assert!(body.contains("\nhl7ihp_connections_open 1\n"), "{body}");
 }
 
@@ -188,10 +221,19 @@ fn per_peer_limit_refuses_extra_connections() {
     let (_dir, receiver) = start(&["--max-connections-per-peer", "2"]);
     let mut first = Client::connect(receiver.mllp);
     let mut second = Client::connect(receiver.mllp);
-    assert_eq!(ack_field(&first.exchange(&oru("L-1", "P", 1)), "MSA-1"), "AA");
-    assert_eq!(ack_field(&second.exchange(&oru("L-2", "P", 1)), "MSA-1"), "AA");
+    assert_eq!(
+        ack_field(&first.exchange(&oru("L-1", "P", 1)), "MSA-1"),
+        "AA"
+    );
+    assert_eq!(
+        ack_field(&second.exchange(&oru("L-2", "P", 1)), "MSA-1"),
+        "AA"
+    );
     let mut third = Client::connect(receiver.mllp);
-    assert!(third.closed(), "the third connection from one address is closed");
+    assert!(
+        third.closed(),
+        "the third connection from one address is closed"
+    );
     drop(first);
     // A slot frees when a connection ends.
     wait_until("a freed slot", || {
@@ -207,7 +249,9 @@ fn idle_connections_are_closed() {
     let mut client = Client::connect(receiver.mllp);
     client.exchange(&oru("I-1", "P", 1));
     assert!(client.closed());
-    wait_until("the timeout log line", || receiver.logs().contains("idle timeout"));
+    wait_until("the timeout log line", || {
+        receiver.logs().contains("idle timeout")
+    });
 }
 
 #[test]
@@ -226,11 +270,22 @@ fn logs_carry_no_patient_data() {
     let mut client = Client::connect(receiver.mllp);
     client.exchange(&sample("prototype-1.hl7"));
     client.exchange(&sample("pcd01-vitals.hl7"));
-    client.exchange(b"MSH|^~\\&|A|B|||2026||ORU^R01|BAD-3|P|2.5\rPID|||SECRET-ID-77||Geheim^Name\rbad|segment");
+    client.exchange(
+        b"MSH|^~\\&|A|B|||2026||ORU^R01|BAD-3|P|2.5\rPID|||SECRET-ID-77||Geheim^Name\rbad|segment",
+    );
     client.exchange(&with_ack_types("AL", "NE", ""));
     drop(client);
     let (_, logs) = receiver.terminate();
-    for secret in ["EVERYWOMAN", "555-44-4444", "Lindqvist", "MRN-1042", "SECRET-ID-77", "Geheim", "GLUCOSE", "FERNWOOD"] {
+    for secret in [
+        "EVERYWOMAN",
+        "555-44-4444",
+        "Lindqvist",
+        "MRN-1042",
+        "SECRET-ID-77",
+        "Geheim",
+        "GLUCOSE",
+        "FERNWOOD",
+    ] {
         assert!(!logs.contains(secret), "log carries {secret}: {logs}");
     }
     assert!(logs.contains("connection closed"), "{logs}");

@@ -48,8 +48,22 @@ pub struct Receiver {
 impl Receiver {
     /// Starts `hl7-ihp receive` on loopback port 0 over `data_dir`.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Receiver {
+        Receiver::start_on(data_dir, "127.0.0.1:0", extra)
+    }
+
+    /// Starts `hl7-ihp receive` on a given MLLP address (to restart on the same port).
+    pub fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> Receiver {
         let mut child = Command::new(binary())
-            .args(["receive", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--log-format", "json", "--data-dir"])
+            .args([
+                "receive",
+                "--listen",
+                listen,
+                "--http",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--data-dir",
+            ])
             .arg(data_dir)
             .args(extra)
             .env_remove("RUST_LOG")
@@ -87,7 +101,11 @@ impl Receiver {
             }
         };
         let event: serde_json::Value = serde_json::from_str(&line).expect("json log line");
-        let mllp = event["mllp"].as_str().expect("mllp address").parse().expect("address");
+        let mllp = event["mllp"]
+            .as_str()
+            .expect("mllp address")
+            .parse()
+            .expect("address");
         let http = event["http"].as_str().and_then(|a| a.parse().ok());
         Receiver {
             child,
@@ -108,7 +126,9 @@ impl Receiver {
 
     /// Sends SIGTERM and waits for the exit.
     pub fn terminate(mut self) -> (ExitStatus, String) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let status = self.wait();
         (status, self.logs())
     }
@@ -138,11 +158,22 @@ impl Receiver {
         let address = self.http.expect("http enabled");
         let mut stream = TcpStream::connect(address).expect("connect http");
         stream.set_read_timeout(Some(DEADLINE)).unwrap();
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).expect("read http");
-        let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        let status = response
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
         (status, body)
     }
 }
@@ -156,7 +187,10 @@ impl Drop for Receiver {
 
 /// Runs `hl7-ihp` with arguments to completion: status, stdout, stderr.
 pub fn run(args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(binary()).args(args).output().expect("run hl7-ihp");
+    let output = Command::new(binary())
+        .args(args)
+        .output()
+        .expect("run hl7-ihp");
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -172,13 +206,23 @@ pub struct Client {
 
 impl Client {
     pub fn connect(address: SocketAddr) -> Client {
-        let stream = TcpStream::connect(address).expect("connect mllp");
-        stream.set_read_timeout(Some(DEADLINE)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        Client {
+        Client::try_connect(address).expect("connect mllp")
+    }
+
+    /// `None` when the server is not there (for tests that kill it).
+    pub fn try_connect(address: SocketAddr) -> Option<Client> {
+        let stream = TcpStream::connect(address).ok()?;
+        stream.set_read_timeout(Some(DEADLINE)).ok()?;
+        stream.set_nodelay(true).ok()?;
+        Some(Client {
             stream,
             buffer: Vec::new(),
-        }
+        })
+    }
+
+    /// Like `send`, reporting a broken connection instead of panicking.
+    pub fn try_send(&mut self, message: &[u8]) -> bool {
+        self.stream.write_all(&frame(message)).is_ok()
     }
 
     pub fn write_raw(&mut self, bytes: &[u8]) {
@@ -193,7 +237,9 @@ impl Client {
     pub fn read_ack(&mut self) -> Option<Vec<u8>> {
         loop {
             if let Some(start) = self.buffer.iter().position(|&b| b == 0x0B)
-                && let Some(end) = self.buffer[start..].windows(2).position(|w| w == [0x1C, 0x0D])
+                && let Some(end) = self.buffer[start..]
+                    .windows(2)
+                    .position(|w| w == [0x1C, 0x0D])
             {
                 let payload = self.buffer[start + 1..start + end].to_vec();
                 self.buffer.drain(..start + end + 2);
@@ -230,7 +276,8 @@ pub fn frame(message: &[u8]) -> Vec<u8> {
 
 /// A field of an ACK by HL7 path, e.g. `MSA-1`.
 pub fn ack_field(ack: &[u8], path: &str) -> String {
-    let message = hl7::parse(ack).unwrap_or_else(|e| panic!("ACK does not parse: {e}: {}", String::from_utf8_lossy(ack)));
+    let message = hl7::parse(ack)
+        .unwrap_or_else(|e| panic!("ACK does not parse: {e}: {}", String::from_utf8_lossy(ack)));
     String::from_utf8_lossy(message.get(path).unwrap_or_default()).into_owned()
 }
 

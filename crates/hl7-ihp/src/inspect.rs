@@ -1,0 +1,112 @@
+//! The inspection commands: `patients`, `show` and `messages`, reading the store of a data
+//! directory (while a receiver runs on it, or not).
+
+use std::io::{self, Write};
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::cli::{MessagesArgs, PatientsArgs, ShowArgs};
+use crate::export;
+use crate::store::sqlite::{SqliteOptions, SqliteStore};
+use crate::store::{MessageFilter, Store};
+
+fn open(data_dir: &Path) -> anyhow::Result<SqliteStore> {
+    if !data_dir.exists() {
+        anyhow::bail!("no data directory at {}", data_dir.display());
+    }
+    SqliteStore::open(data_dir, SqliteOptions::default())
+        .with_context(|| format!("opening the store in {}", data_dir.display()))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// `hl7-ihp patients`: one line per patient.
+pub fn patients(args: &PatientsArgs) -> anyhow::Result<ExitCode> {
+    let store = open(&args.data_dir)?;
+    let patients = runtime()?.block_on(store.patients())?;
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let width = patients
+        .iter()
+        .map(|p| p.key.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(10);
+    writeln!(
+        out,
+        "{:<width$}  {:>12}  {:<24}  NAME",
+        "PATIENT", "OBSERVATIONS", "LAST RECEIVED"
+    )?;
+    for patient in &patients {
+        writeln!(
+            out,
+            "{:<width$}  {:>12}  {:<24}  {}",
+            patient.key, patient.n_observations, patient.last_received_at, patient.name
+        )?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hl7-ihp show <patient>`: the patient's document, the shape of their JSON file.
+pub fn show(args: &ShowArgs) -> anyhow::Result<ExitCode> {
+    let store = open(&args.data_dir)?;
+    let limit = if args.all {
+        None
+    } else {
+        export::record_limit(export::DEFAULT_MAX_RECORDS)
+    };
+    let records = runtime()?.block_on(store.patient_records(&args.patient, limit))?;
+    let Some(records) = records else {
+        eprintln!("hl7-ihp: no patient with that id");
+        return Ok(ExitCode::from(1));
+    };
+    let mut out = io::stdout().lock();
+    out.write_all(&export::render_document(&records))?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hl7-ihp messages`: stored frames, newest first; bodies only with `--raw`.
+pub fn messages(args: &MessagesArgs) -> anyhow::Result<ExitCode> {
+    let store = open(&args.data_dir)?;
+    let filter = MessageFilter {
+        rejected_only: args.rejected,
+        with_raw: args.raw,
+        limit: args.limit,
+    };
+    let messages = runtime()?.block_on(store.messages(filter))?;
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    writeln!(
+        out,
+        "{:>8}  {:<24}  {:<21}  {:<20}  {:<9}  SENDER / REASON",
+        "ID", "RECEIVED", "PEER", "CONTROL ID", "OUTCOME"
+    )?;
+    for message in &messages {
+        let detail = match &message.reason {
+            Some(reason) => format!("{}  ({reason})", message.sender),
+            None => message.sender.clone(),
+        };
+        writeln!(
+            out,
+            "{:>8}  {:<24}  {:<21}  {:<20}  {:<9}  {detail}",
+            message.id, message.received_at, message.peer, message.control_id, message.outcome
+        )?;
+        if let Some(raw) = &message.raw {
+            for line in String::from_utf8_lossy(raw)
+                .split(['\r', '\n'])
+                .filter(|l| !l.is_empty())
+            {
+                writeln!(out, "          {line}")?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,574 @@
+//! The device simulator's messages: the prototype's three glucose messages (built into the
+//! binary from `samples/`), bedside monitors speaking IHE PCD-01, or the user's own files.
+//!
+//! Each [`Source`] yields the next message of one connection; every message carries a fresh,
+//! unique MSH-10 (except `--verbatim` and files, which are sent as they are).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+/// The prototype's three ORU^R01 glucose messages, byte for byte.
+pub const PROTOTYPE: [&[u8]; 3] = [
+    include_bytes!("../../../samples/prototype-1.hl7"),
+    include_bytes!("../../../samples/prototype-2.hl7"),
+    include_bytes!("../../../samples/prototype-3.hl7"),
+];
+
+/// One message to send and what its answer must say.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    /// The message bytes (not framed).
+    pub bytes: Vec<u8>,
+    /// Its MSH-10: MSA-2 of the ACK must match it.
+    pub control_id: String,
+    /// False when MSH-15/16 ask for no ACK on success (then nothing is awaited).
+    pub expects_ack: bool,
+    /// A short label for the per-message line (`ORU^R01 glucose 182`).
+    pub label: String,
+}
+
+impl Outgoing {
+    /// Reads MSH-10 and the ACK request from the bytes.
+    pub fn from_bytes(bytes: Vec<u8>, label: String) -> Outgoing {
+        let (control_id, expects_ack) = match hl7::parse_batch(&bytes) {
+            Ok(batch) => match batch.messages().first() {
+                Some(message) => {
+                    let header = hl7::extract::extract(message).header;
+                    let expects = hl7::ack::choose_ack(
+                        &header.accept_ack_type,
+                        &header.application_ack_type,
+                        hl7::ack::Outcome::Accept,
+                        hl7::ack::AckMode::Auto,
+                    )
+                    .is_some();
+                    (header.control_id.into_owned(), expects)
+                }
+                None => (String::new(), true),
+            },
+            // An unreadable file is still sent; the receiver answers with a reject.
+            Err(_) => (String::new(), true),
+        };
+        Outgoing {
+            bytes,
+            control_id,
+            expects_ack,
+            label,
+        }
+    }
+}
+
+/// What to send.
+#[derive(Clone, Debug)]
+pub enum Scenario {
+    /// The prototype's three messages in order, in a loop.
+    Seed {
+        /// Send the bytes unchanged (the prototype's shared control id and old time).
+        verbatim: bool,
+    },
+    /// `patients` bedside monitors, one per patient.
+    Vitals {
+        /// How many patients (monitors) in all connections together.
+        patients: usize,
+    },
+    /// The user's files, in order, in a loop, as they are.
+    Files(Vec<(String, Vec<u8>)>),
+}
+
+/// Reads `--file` arguments: files, or folders of `.hl7` files (sorted). A file may hold one
+/// message, a batch, or MLLP-framed messages; CR or LF.
+pub fn read_files(paths: &[PathBuf]) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("cannot read {}", path.display()))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .collect();
+            entries.sort();
+            for entry in entries {
+                read_one(&entry, &mut out)?;
+            }
+        } else {
+            read_one(path, &mut out)?;
+        }
+    }
+    anyhow::ensure!(!out.is_empty(), "no messages in the given files");
+    Ok(out)
+}
+
+fn read_one(path: &Path, out: &mut Vec<(String, Vec<u8>)>) -> anyhow::Result<()> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    for payload in crate::parse_command::payloads(&bytes) {
+        out.push((name.clone(), payload));
+    }
+    Ok(())
+}
+
+/// The messages of one connection.
+#[derive(Debug)]
+pub struct Source {
+    scenario: Scenario,
+    /// Makes control ids unique across runs and connections.
+    prefix: String,
+    n_sent: u64,
+    monitors: Vec<Monitor>,
+    rng: Rng,
+}
+
+impl Source {
+    /// The source of connection `index` of `n_connections`; `run_id` distinguishes runs.
+    pub fn new(scenario: Scenario, run_id: &str, index: usize, n_connections: usize) -> Source {
+        let mut rng = Rng::new(
+            0x9E37_79B9_7F4A_7C15 ^ (index as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D),
+        );
+        let monitors = match &scenario {
+            Scenario::Vitals { patients } => (0..*patients)
+                .filter(|p| p % n_connections.max(1) == index)
+                .map(|p| Monitor::new(p, &mut rng))
+                .collect(),
+            _ => Vec::new(),
+        };
+        Source {
+            scenario,
+            prefix: format!("{run_id}{}", base36(index as u64)),
+            n_sent: 0,
+            monitors,
+            rng,
+        }
+    }
+
+    /// True when this connection has something to send (a vitals connection may have no
+    /// patient when there are more connections than patients).
+    pub fn is_empty(&self) -> bool {
+        matches!(self.scenario, Scenario::Vitals { .. }) && self.monitors.is_empty()
+    }
+
+    /// The next message.
+    pub fn next_message(&mut self) -> Outgoing {
+        let n = self.n_sent;
+        self.n_sent += 1;
+        let control_id = format!("{}-{}", self.prefix, base36(n));
+        match &self.scenario {
+            Scenario::Seed { verbatim } => {
+                let index = (n % 3) as usize;
+                let original = PROTOTYPE[index];
+                let value = ["182", "180", "184"][index];
+                let label = format!("ORU^R01 glucose {value}");
+                if *verbatim {
+                    return Outgoing::from_bytes(original.to_vec(), label);
+                }
+                let bytes =
+                    replace_msh_fields(original, &[(7, &hl7_now(false)), (10, &control_id)]);
+                Outgoing::from_bytes(bytes, label)
+            }
+            Scenario::Files(files) => {
+                let (name, bytes) = &files[(n % files.len() as u64) as usize];
+                Outgoing::from_bytes(bytes.clone(), name.clone())
+            }
+            Scenario::Vitals { .. } => {
+                let index = (n % self.monitors.len().max(1) as u64) as usize;
+                let rng = &mut self.rng;
+                let Some(monitor) = self.monitors.get_mut(index) else {
+                    return Outgoing::from_bytes(Vec::new(), String::new());
+                };
+                let (bytes, label) = monitor.next_message(&control_id, rng);
+                Outgoing::from_bytes(bytes, label)
+            }
+        }
+    }
+}
+
+/// Rewrites MSH fields (n ≥ 3) of a message, keeping every other byte.
+pub fn replace_msh_fields(message: &[u8], fields: &[(usize, &str)]) -> Vec<u8> {
+    let Ok(parsed) = hl7::parse(message) else {
+        return message.to_vec();
+    };
+    let Some(msh) = parsed.segment_at(0) else {
+        return message.to_vec();
+    };
+    let base = message.as_ptr() as usize;
+    let mut edits: Vec<(usize, usize, &str)> = fields
+        .iter()
+        .filter(|(n, _)| *n >= 3 && *n <= msh.field_count())
+        .map(|(n, text)| {
+            let raw = msh.field(*n).raw();
+            let start = raw.as_ptr() as usize - base;
+            (start, start + raw.len(), *text)
+        })
+        .collect();
+    edits.sort_by_key(|e| e.0);
+    let mut out = Vec::with_capacity(message.len() + 32);
+    let mut at = 0;
+    for (start, end, text) in edits {
+        out.extend_from_slice(&message[at..start]);
+        out.extend_from_slice(text.as_bytes());
+        at = end;
+    }
+    out.extend_from_slice(&message[at..]);
+    out
+}
+
+/// Now as an HL7 DTM, with the local offset when `offset` is true.
+pub fn hl7_now(offset: bool) -> String {
+    let now = jiff::ZonedDateTime::now();
+    if offset {
+        now.strftime("%Y%m%d%H%M%S%z").to_string()
+    } else {
+        now.strftime("%Y%m%d%H%M%S").to_string()
+    }
+}
+
+fn base36(mut n: u64) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let mut out = Vec::with_capacity(13);
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// A run id: the current time in base 36, so control ids stay unique across runs.
+pub fn run_id() -> String {
+    let ms = jiff::Timestamp::now().as_millisecond().unsigned_abs();
+    // Six base-36 digits of centiseconds wrap every ~25 days: enough to keep runs apart.
+    let id = base36((ms / 10) % 36u64.pow(6));
+    format!("{id:0>6}")
+}
+
+/// A small deterministic generator (xorshift64*): values drift the same way in every run.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded; zero is replaced by a constant.
+    pub fn new(seed: u64) -> Rng {
+        Rng(if seed == 0 {
+            0x853C_49E6_748F_EA9B
+        } else {
+            seed
+        })
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+const GIVEN: [&str; 12] = [
+    "Åsa", "Ben", "Chiara", "Dmitri", "Emeka", "Farah", "Gustav", "Hana", "Inès", "Jonas", "Kaito",
+    "Lena",
+];
+const FAMILY: [&str; 12] = [
+    "Lindqvist",
+    "Okafor",
+    "Rossi",
+    "Ivanov",
+    "Nwosu",
+    "Haddad",
+    "Berg",
+    "Sato",
+    "Dubois",
+    "Müller",
+    "Tanaka",
+    "Novak",
+];
+
+/// One vital sign: its MDC code, units and limits, and its current value.
+#[derive(Clone, Debug)]
+struct Metric {
+    code: &'static str,
+    refid: &'static str,
+    units: &'static str,
+    containment: &'static str,
+    normal: (f64, f64),
+    value: f64,
+    decimals: usize,
+}
+
+/// A bedside monitor bound to one patient and bed.
+#[derive(Clone, Debug)]
+struct Monitor {
+    eui64: String,
+    bed: String,
+    mrn: String,
+    given: &'static str,
+    family: &'static str,
+    birth_date: String,
+    sex: &'static str,
+    admitted: bool,
+    metrics: Vec<Metric>,
+}
+
+impl Monitor {
+    fn new(patient: usize, rng: &mut Rng) -> Monitor {
+        let metric = |code, refid, units, containment, normal: (f64, f64), decimals| Metric {
+            code,
+            refid,
+            units,
+            containment,
+            normal,
+            value: (normal.0 + normal.1) / 2.0,
+            decimals,
+        };
+        Monitor {
+            eui64: format!("0012A3FFFE{:06X}", 0x45_0000 + patient),
+            bed: format!("BED{:02}", patient + 1),
+            mrn: format!("MRN{:05}", patient + 1),
+            given: GIVEN[patient % GIVEN.len()],
+            family: FAMILY[(patient / GIVEN.len() + patient) % FAMILY.len()],
+            birth_date: format!(
+                "19{:02}{:02}{:02}",
+                30 + rng.next_u64() % 65,
+                1 + rng.next_u64() % 12,
+                1 + rng.next_u64() % 28
+            ),
+            sex: if patient % 2 == 0 { "F" } else { "M" },
+            admitted: false,
+            metrics: vec![
+                metric(
+                    "147842",
+                    "MDC_ECG_HEART_RATE",
+                    "264864^MDC_DIM_BEAT_PER_MIN^MDC",
+                    "1.1.1.1",
+                    (50.0, 120.0),
+                    0,
+                ),
+                metric(
+                    "150456",
+                    "MDC_PULS_OXIM_SAT_O2",
+                    "262688^MDC_DIM_PERCENT^MDC",
+                    "1.2.1.1",
+                    (90.0, 100.0),
+                    0,
+                ),
+                metric(
+                    "151562",
+                    "MDC_RESP_RATE",
+                    "264928^MDC_DIM_RESP_PER_MIN^MDC",
+                    "1.3.1.1",
+                    (8.0, 25.0),
+                    0,
+                ),
+                metric(
+                    "150021",
+                    "MDC_PRESS_BLD_NONINV_SYS",
+                    "266016^MDC_DIM_MMHG^MDC",
+                    "1.4.1.1",
+                    (90.0, 140.0),
+                    0,
+                ),
+                metric(
+                    "150022",
+                    "MDC_PRESS_BLD_NONINV_DIA",
+                    "266016^MDC_DIM_MMHG^MDC",
+                    "1.4.1.2",
+                    (60.0, 90.0),
+                    0,
+                ),
+                metric(
+                    "150023",
+                    "MDC_PRESS_BLD_NONINV_MEAN",
+                    "266016^MDC_DIM_MMHG^MDC",
+                    "1.4.1.3",
+                    (70.0, 105.0),
+                    0,
+                ),
+                metric(
+                    "150344",
+                    "MDC_TEMP",
+                    "268192^MDC_DIM_DEGC^MDC",
+                    "1.5.1.1",
+                    (36.0, 38.0),
+                    1,
+                ),
+            ],
+        }
+    }
+
+    fn header(&self, kind: &str, control_id: &str, now: &str) -> String {
+        format!(
+            "MSH|^~\\&|MONITOR^{eui}^EUI-64|ICU|HL7IHP|IHP|{now}||{kind}|{control_id}|P|2.6|||AL|NE||UNICODE UTF-8|||IHE_PCD_001^IHE PCD^1.3.6.1.4.1.19376.1.6.1.1.1^ISO\r",
+            eui = self.eui64
+        )
+    }
+
+    fn patient_segments(&self) -> String {
+        format!(
+            "PID|||{mrn}^^^HOSP^MR||{family}^{given}||{dob}|{sex}\rPV1||I|ICU^^{bed}^HOSP\r",
+            mrn = self.mrn,
+            family = self.family,
+            given = self.given,
+            dob = self.birth_date,
+            sex = self.sex,
+            bed = self.bed
+        )
+    }
+
+    /// An ADT^A01 the first time, then ORU^R01 with drifting values.
+    fn next_message(&mut self, control_id: &str, rng: &mut Rng) -> (Vec<u8>, String) {
+        let now = hl7_now(true);
+        if !self.admitted {
+            self.admitted = true;
+            let text = format!(
+                "{}EVN|A01|{now}\r{}",
+                self.header("ADT^A01^ADT_A01", control_id, &now),
+                self.patient_segments()
+            );
+            return (text.into_bytes(), format!("ADT^A01 admit {}", self.bed));
+        }
+        let mut text = self.header("ORU^R01^ORU_R01", control_id, &now);
+        text.push_str(&self.patient_segments());
+        text.push_str(&format!(
+            "OBR|1|{control_id}^MONITOR|{eui}^MONITOR^{eui}^EUI-64|69965^MDC_DEV_MON_PHYSIO_MULTI_PARAM_MDS^MDC|||{now}\r",
+            eui = self.eui64
+        ));
+        for (n, metric) in self.metrics.iter_mut().enumerate() {
+            // A random walk around the middle of the normal range; now and then a value
+            // outside it, as real patients do.
+            let (low, high) = metric.normal;
+            let span = high - low;
+            let middle = (low + high) / 2.0;
+            metric.value += (rng.unit() - 0.5) * span * 0.04 + (middle - metric.value) * 0.05;
+            let mut value = metric.value;
+            if rng.unit() < 0.03 {
+                value = if rng.unit() < 0.5 {
+                    low - span * 0.1
+                } else {
+                    high + span * 0.1
+                };
+            }
+            let flag = if value < low {
+                "L"
+            } else if value > high {
+                "H"
+            } else {
+                "N"
+            };
+            text.push_str(&format!(
+                "OBX|{set}|NM|{code}^{refid}^MDC|{containment}|{value:.decimals$}|{units}|{low:.decimals$}-{high:.decimals$}|{flag}|||R|||{now}||||{eui}^EUI-64\r",
+                set = n + 1,
+                code = metric.code,
+                refid = metric.refid,
+                containment = metric.containment,
+                decimals = metric.decimals,
+                units = metric.units,
+                eui = self.eui64,
+            ));
+        }
+        let label = format!("ORU^R01 vitals {}", self.bed);
+        (text.into_bytes(), label)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_scenario_rewrites_control_id_and_time_only() {
+        let mut source = Source::new(Scenario::Seed { verbatim: false }, "RUN001", 0, 1);
+        let first = source.next_message();
+        let message = hl7::parse(&first.bytes).unwrap();
+        assert_eq!(message.get("MSH-10").unwrap(), first.control_id.as_bytes());
+        assert_eq!(message.get("OBX-5.2").unwrap(), b"182");
+        assert_ne!(message.get("MSH-7").unwrap(), b"200202150930");
+        assert_eq!(message.get("MSH-2").unwrap(), b"^~");
+        let second = source.next_message();
+        assert_ne!(first.control_id, second.control_id);
+        assert_eq!(
+            hl7::parse(&second.bytes).unwrap().get("OBX-5.2").unwrap(),
+            b"180"
+        );
+        let original = hl7::parse(PROTOTYPE[0]).unwrap();
+        // Every segment but MSH is byte for byte the prototype's.
+        for (a, b) in message.segments().zip(original.segments()).skip(1) {
+            assert_eq!(a.raw(), b.raw());
+        }
+    }
+
+    #[test]
+    fn verbatim_sends_the_prototype_bytes() {
+        let mut source = Source::new(Scenario::Seed { verbatim: true }, "RUN001", 0, 1);
+        for expected in PROTOTYPE.iter().cycle().take(4) {
+            assert_eq!(source.next_message().bytes, *expected);
+        }
+    }
+
+    #[test]
+    fn vitals_admit_then_report_seven_mdc_metrics() {
+        let mut source = Source::new(Scenario::Vitals { patients: 3 }, "RUN002", 0, 2);
+        // Connection 0 of 2 serves patients 0 and 2.
+        let admit = source.next_message();
+        assert!(admit.label.starts_with("ADT^A01"));
+        let _ = source.next_message();
+        let report = source.next_message();
+        let message = hl7::parse(&report.bytes).unwrap();
+        assert!(report.expects_ack);
+        assert_eq!(message.get("MSH-9").unwrap(), b"ORU^R01^ORU_R01");
+        assert_eq!(message.get("MSH-12").unwrap(), b"2.6");
+        assert_eq!(message.segments_by_id("OBX").count(), 7);
+        let extract = hl7::extract::extract(&message);
+        assert!(
+            extract
+                .observations
+                .iter()
+                .all(|o| o.code_system == "MDC" && o.numeric.is_some())
+        );
+        assert!(
+            extract
+                .observations
+                .iter()
+                .all(|o| o.time.is_some_and(|t| t.offset().is_some()))
+        );
+        assert_eq!(extract.observations[0].equipment.len(), 16);
+        assert!(
+            (700..1400).contains(&report.bytes.len()),
+            "{}",
+            report.bytes.len()
+        );
+    }
+
+    #[test]
+    fn values_drift_and_sometimes_leave_the_normal_range() {
+        let mut source = Source::new(Scenario::Vitals { patients: 1 }, "RUN003", 0, 1);
+        let _ = source.next_message();
+        let mut flags = std::collections::BTreeSet::new();
+        let mut heart_rates = std::collections::BTreeSet::new();
+        for _ in 0..400 {
+            let message = source.next_message();
+            let parsed = hl7::parse(&message.bytes).unwrap();
+            for observation in hl7::extract::extract(&parsed).observations {
+                flags.insert(observation.abnormal_flags.into_owned());
+                if observation.code == "147842" {
+                    heart_rates.insert(observation.value.into_owned());
+                }
+            }
+        }
+        assert!(
+            flags.contains("N") && (flags.contains("H") || flags.contains("L")),
+            "{flags:?}"
+        );
+        assert!(heart_rates.len() > 5);
+    }
+}

@@ -1,0 +1,260 @@
+//! Durability: a receiver killed with SIGKILL at random moments under concurrent load loses
+//! no acknowledged message, and a full disk gets rejects, not lost messages, until space
+//! returns.
+//!
+//! The default suite runs 5 kill cycles; `HL7IHP_CRASH_CYCLES=100 cargo test -p hl7-ihp
+//! --test crash -- --nocapture` runs the long version.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Client, Receiver, ack_field, oru, wait_until};
+use serde_json::Value;
+
+const PATIENTS: usize = 4;
+const SENDERS: usize = 8;
+
+/// A small xorshift generator: the test prints its seed, so a failure can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Sends until the connection breaks; returns the control ids that were acknowledged AA.
+fn send_until_broken(
+    address: SocketAddr,
+    sender: usize,
+    cycle: usize,
+    stop: &AtomicBool,
+) -> Vec<String> {
+    let mut acked = Vec::new();
+    let Some(mut client) = Client::try_connect(address) else {
+        return acked;
+    };
+    for n in 0.. {
+        if stop.load(Ordering::Relaxed) || n > 100_000 {
+            break;
+        }
+        let id = format!("K{cycle}-{sender}-{n}");
+        let patient = format!("CRASH-{}", (sender + n) % PATIENTS);
+        if !client.try_send(&oru(&id, &patient, n as u32)) {
+            break;
+        }
+        match client.read_ack() {
+            Some(ack) => {
+                assert_eq!(ack_field(&ack, "MSA-2"), id);
+                if ack_field(&ack, "MSA-1") == "AA" {
+                    acked.push(id);
+                }
+            }
+            None => break,
+        }
+    }
+    acked
+}
+
+fn stored_control_ids(data_dir: &Path) -> BTreeSet<String> {
+    let data_dir = data_dir.to_str().unwrap();
+    let mut ids = BTreeSet::new();
+    for patient in 0..PATIENTS {
+        let (status, stdout, stderr) = common::run(&[
+            "show",
+            &format!("CRASH-{patient}"),
+            "--all",
+            "--data-dir",
+            data_dir,
+        ]);
+        if status != 0 {
+            assert!(stderr.contains("no patient"), "{stderr}");
+            continue;
+        }
+        let document: Value = serde_json::from_str(&stdout).unwrap();
+        for record in document["Records"].as_array().unwrap() {
+            ids.insert(record["MessageControlID"].as_str().unwrap().to_owned());
+        }
+    }
+    ids
+}
+
+fn file_control_ids(data_dir: &Path) -> BTreeSet<String> {
+    let mut ids = BTreeSet::new();
+    for patient in 0..PATIENTS {
+        let path = data_dir.join(format!("patients/patient_CRASH-{patient}.json"));
+        let Ok(text) = std::fs::read_to_string(path) else {
+            continue;
+        };
+        let Ok(document) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        for record in document["Records"].as_array().into_iter().flatten() {
+            if let Some(id) = record["MessageControlID"].as_str() {
+                ids.insert(id.to_owned());
+            }
+        }
+    }
+    ids
+}
+
+#[test]
+fn sigkill_under_load_loses_no_acknowledged_message() {
+    let cycles: usize = std::env::var("HL7IHP_CRASH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("crash test: {cycles} cycles, seed {seed}");
+    let mut rng = Rng(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let acked_all: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    for cycle in 0..cycles {
+        let receiver = Receiver::start(&data, &[]);
+        let stop = Arc::new(AtomicBool::new(false));
+        let senders: Vec<_> = (0..SENDERS)
+            .map(|sender| {
+                let address = receiver.mllp;
+                let stop = Arc::clone(&stop);
+                let acked_all = Arc::clone(&acked_all);
+                std::thread::spawn(move || {
+                    let acked = send_until_broken(address, sender, cycle, &stop);
+                    acked_all.lock().unwrap().extend(acked);
+                })
+            })
+            .collect();
+        // Kill at a random moment once the load is running.
+        let before = acked_all.lock().unwrap().len();
+        let delay = Duration::from_millis(50 + rng.next() % 700);
+        let started = Instant::now();
+        while started.elapsed() < delay {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        receiver.kill();
+        stop.store(true, Ordering::Relaxed);
+        for sender in senders {
+            sender.join().expect("sender");
+        }
+        let after = acked_all.lock().unwrap().len();
+        eprintln!(
+            "cycle {cycle}: killed after {delay:?}, {} acknowledged",
+            after - before
+        );
+    }
+    // Restart once more: everything acknowledged is in the store, and the files catch up.
+    let receiver = Receiver::start(&data, &[]);
+    let acked = acked_all.lock().unwrap().clone();
+    assert!(!acked.is_empty(), "no message was acknowledged at all");
+    let stored = stored_control_ids(&data);
+    let lost: Vec<_> = acked.difference(&stored).collect();
+    eprintln!(
+        "crash test: {} acknowledged, {} stored, {} lost",
+        acked.len(),
+        stored.len(),
+        lost.len()
+    );
+    assert!(lost.is_empty(), "acknowledged but not stored: {lost:?}");
+    // Each file holds at most the newest 10,000 records; this load stays well under that.
+    assert!(acked.len() < 10_000 * PATIENTS);
+    wait_until("the JSON files to hold every acknowledged message", || {
+        file_control_ids(&data).is_superset(&acked)
+    });
+    let (status, _) = receiver.terminate();
+    assert!(status.success());
+}
+
+/// Mounts a small tmpfs (needs root; skips otherwise) so the disk can really fill up.
+struct SmallDisk {
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().ok()?;
+        let path = dir.path().join("disk");
+        std::fs::create_dir(&path).ok()?;
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then_some(SmallDisk { path, _dir: dir })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).unwrap();
+    let block = vec![0u8; 64 * 1024];
+    while file.write_all(&block).is_ok() {}
+    let _ = file.sync_all();
+}
+
+#[test]
+fn a_full_disk_gets_rejects_and_storing_resumes_when_space_returns() {
+    let Some(disk) = SmallDisk::mount("8m") else {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    };
+    let data = disk.path.join("data");
+    let receiver = Receiver::start(&data, &[]);
+    let mut client = Client::connect(receiver.mllp);
+    assert_eq!(
+        ack_field(&client.exchange(&oru("FULL-0", "FULL", 1)), "MSA-1"),
+        "AA"
+    );
+    let filler = disk.path.join("filler");
+    fill(&filler);
+    // A message large enough to need new pages: the database cannot grow.
+    let big_note = "n".repeat(512 * 1024);
+    let big = format!(
+        "MSH|^~\\&|DEV|WARD|||2026||ORU^R01|FULL-1|P|2.5\rPID|||FULL||Doe^J\rOBX|1|TX|NOTE||{big_note}\r"
+    );
+    let ack = client.exchange(big.as_bytes());
+    assert_eq!(
+        ack_field(&ack, "MSA-1"),
+        "AR",
+        "a full disk is answered with a reject"
+    );
+    assert_eq!(ack_field(&ack, "ERR-3.1"), "207");
+    assert_eq!(ack_field(&ack, "MSA-2"), "FULL-1");
+    // The server is still serving.
+    let (status, _) = receiver.http_get("/healthz");
+    assert_eq!(status, 200);
+    std::fs::remove_file(&filler).unwrap();
+    // Without a restart, the retransmission is stored.
+    wait_until("storing to resume", || {
+        ack_field(&client.exchange(big.as_bytes()), "MSA-1") == "AA"
+    });
+    assert_eq!(
+        ack_field(&client.exchange(&oru("FULL-2", "FULL", 2)), "MSA-1"),
+        "AA"
+    );
+    let (status, logs) = receiver.terminate();
+    assert!(status.success(), "{logs}");
+}

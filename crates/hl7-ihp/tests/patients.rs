@@ -1,0 +1,305 @@
+//! The patient JSON files and the inspection commands, end to end: the prototype's messages
+//! give the prototype's file, duplicates are recognised, charsets and escapes arrive decoded,
+//! and no patient id can name a path outside `patients/`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{Client, Receiver, ack_field, oru, sample, wait_until};
+use serde_json::Value;
+
+fn start(extra: &[&str]) -> (tempfile::TempDir, Receiver) {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(&dir.path().join("data"), extra);
+    (dir, receiver)
+}
+
+fn read_json(path: &Path) -> Option<Value> {
+    let text = std::fs::read_to_string(path).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Waits until the patient's file holds `n` records, and returns it.
+fn file_with_records(path: &Path, n: usize) -> Value {
+    let mut document = None;
+    wait_until("the patient file to catch up", || {
+        document = read_json(path);
+        document
+            .as_ref()
+            .and_then(|d| d["Records"].as_array())
+            .is_some_and(|records| records.len() == n)
+    });
+    document.unwrap()
+}
+
+fn patients_dir(receiver: &Receiver) -> PathBuf {
+    receiver.data_dir.join("patients")
+}
+
+#[test]
+fn prototype_messages_give_the_prototypes_file() {
+    let (_dir, receiver) = start(&[]);
+    let mut client = Client::connect(receiver.mllp);
+    for n in 1..=3 {
+        assert_eq!(
+            ack_field(
+                &client.exchange(&sample(&format!("prototype-{n}.hl7"))),
+                "MSA-1"
+            ),
+            "AA"
+        );
+    }
+    let path = patients_dir(&receiver).join("patient_555-44-4444.json");
+    let document = file_with_records(&path, 3);
+    let info = &document["PatientInfo"];
+    assert_eq!(info["PatientID"], "555-44-4444");
+    assert_eq!(info["PatientName"], "EVE EVERYWOMAN");
+    assert_eq!(info["Sex"], "Female");
+    // 196203520 is not a valid HL7 date: kept as sent.
+    assert_eq!(info["DateOfBirth"], "196203520");
+    let records = document["Records"].as_array().unwrap();
+    let values: Vec<_> = records
+        .iter()
+        .map(|r| r["ObservationValue"].as_str().unwrap())
+        .collect();
+    assert_eq!(values, ["184", "180", "182"], "newest message first");
+    let record = &records[0];
+    assert_eq!(record["ObservationID"], "1554-5");
+    assert_eq!(record["Units"], "mg/dl");
+    assert_eq!(record["ReferenceRange"], "70_105");
+    assert_eq!(record["AbnormalFlags"], "H");
+    assert_eq!(record["Timestamp"], "2002-02-15T07:30:00");
+    assert_eq!(record["MessageControlID"], "CNTRL-3456");
+    assert!(record["ReceivedAt"].as_str().unwrap().ends_with('Z'));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let dir_mode = std::fs::metadata(patients_dir(&receiver))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(dir_mode, 0o700);
+
+    // The inspection commands agree with the file.
+    let data_dir = receiver.data_dir.to_str().unwrap().to_owned();
+    let (status, stdout, _) = common::run(&["show", "555-44-4444", "--data-dir", &data_dir]);
+    assert_eq!(status, 0);
+    let shown: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(shown["Records"], document["Records"]);
+    let (status, stdout, _) = common::run(&["patients", "--data-dir", &data_dir]);
+    assert_eq!(status, 0);
+    assert!(
+        stdout.contains("555-44-4444") && stdout.contains("EVE EVERYWOMAN"),
+        "{stdout}"
+    );
+    let (status, stdout, _) = common::run(&["messages", "--data-dir", &data_dir]);
+    assert_eq!(status, 0);
+    assert_eq!(stdout.matches("CNTRL-3456").count(), 3, "{stdout}");
+    assert!(!stdout.contains("EVERYWOMAN"), "bodies only with --raw");
+    let (_, stdout, _) = common::run(&["messages", "--raw", "--data-dir", &data_dir]);
+    assert!(stdout.contains("EVERYWOMAN"));
+    let (status, _, _) = common::run(&["show", "nobody", "--data-dir", &data_dir]);
+    assert_eq!(status, 1);
+}
+
+#[test]
+fn retransmissions_are_stored_once_and_reused_ids_are_kept() {
+    let (_dir, receiver) = start(&[]);
+    let mut client = Client::connect(receiver.mllp);
+    let message = oru("DUP-1", "DUP-PATIENT", 70);
+    for _ in 0..3 {
+        assert_eq!(ack_field(&client.exchange(&message), "MSA-1"), "AA");
+    }
+    // Same control id, new content: a sender that reuses ids. Kept.
+    assert_eq!(
+        ack_field(&client.exchange(&oru("DUP-1", "DUP-PATIENT", 71)), "MSA-1"),
+        "AA"
+    );
+    let path = patients_dir(&receiver).join("patient_DUP-PATIENT.json");
+    let document = file_with_records(&path, 4);
+    let values: Vec<_> = document["Records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["ObservationValue"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(values, ["71", "97", "70", "97"]);
+    let (_, body) = receiver.http_get("/metrics");
+    assert!(
+        body.contains("\nhl7ihp_messages_duplicate_total 2\n"),
+        "{body}"
+    );
+}
+
+#[test]
+fn dedupe_off_stores_every_frame() {
+    let (_dir, receiver) = start(&["--dedupe", "off"]);
+    let mut client = Client::connect(receiver.mllp);
+    let message = oru("DUP-2", "NODEDUPE", 70);
+    client.exchange(&message);
+    client.exchange(&message);
+    file_with_records(&patients_dir(&receiver).join("patient_NODEDUPE.json"), 4);
+}
+
+#[test]
+fn charsets_and_escapes_arrive_decoded() {
+    let (_dir, receiver) = start(&[]);
+    let mut client = Client::connect(receiver.mllp);
+    assert_eq!(
+        ack_field(&client.exchange(&sample("latin1-lf-escapes.hl7")), "MSA-1"),
+        "AA"
+    );
+    assert_eq!(
+        ack_field(&client.exchange(&sample("pcd01-vitals.hl7")), "MSA-1"),
+        "CA"
+    );
+    // PID-3 `A\F\77` is the id `A|77`; `|` is encoded in the file name.
+    let document = file_with_records(&patients_dir(&receiver).join("patient_A%7C77.json"), 2);
+    assert_eq!(document["PatientInfo"]["PatientID"], "A|77");
+    assert_eq!(
+        document["PatientInfo"]["PatientName"],
+        "Jürgen Müller&Schmidt"
+    );
+    let records = document["Records"].as_array().unwrap();
+    assert_eq!(
+        records[0]["ObservationValue"],
+        "line one\nline two A \\H\\bold\\N\\"
+    );
+    assert_eq!(records[1]["ObservationValue"], "<10");
+    let vitals = file_with_records(&patients_dir(&receiver).join("patient_MRN-1042.json"), 6);
+    assert_eq!(vitals["PatientInfo"]["PatientName"], "Åsa Lindqvist");
+    assert_eq!(vitals["PatientInfo"]["DateOfBirth"], "1958-02-14");
+    assert_eq!(
+        vitals["Records"][0]["Timestamp"],
+        "2026-11-26T10:14:58+01:00"
+    );
+    assert_eq!(vitals["Records"][0]["ObservationID"], "147842");
+}
+
+#[test]
+fn adt_updates_patient_info() {
+    let (_dir, receiver) = start(&[]);
+    let mut client = Client::connect(receiver.mllp);
+    client.exchange(&oru("A-1", "ADT-P", 70));
+    client.exchange(b"MSH|^~\\&|ADT|HOSP|||20261126||ADT^A08|A-2|P|2.5\rPID|||ADT-P^^^HOSP^MR||Smith^Anna||19800202|F");
+    let path = patients_dir(&receiver).join("patient_ADT-P.json");
+    wait_until("the ADT update in the file", || {
+        read_json(&path).is_some_and(|d| d["PatientInfo"]["PatientName"] == "Anna Smith")
+    });
+    let document = read_json(&path).unwrap();
+    assert_eq!(document["PatientInfo"]["DateOfBirth"], "1980-02-02");
+    assert_eq!(document["Records"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn patient_ids_never_name_a_path_outside_patients() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(&dir.path().join("data"), &[]);
+    let mut client = Client::connect(receiver.mllp);
+    let long = "L".repeat(300);
+    let ids: Vec<Vec<u8>> = vec![
+        b"../../x".to_vec(),
+        b"/abs/path".to_vec(),
+        b"a/b".to_vec(),
+        b"nul\0byte".to_vec(),
+        b".hidden".to_vec(),
+        b"..".to_vec(),
+        long.clone().into_bytes(),
+        format!("{long}2").into_bytes(),
+    ];
+    for (n, id) in ids.iter().enumerate() {
+        let mut message =
+            format!("MSH|^~\\&|DEV|WARD|||2026||ORU^R01|PATH-{n}|P|2.5\rPID|||").into_bytes();
+        message.extend_from_slice(id);
+        message.extend_from_slice(b"||Doe^J\rOBX|1|NM|X||1\r");
+        assert_eq!(ack_field(&client.exchange(&message), "MSA-1"), "AA");
+    }
+    let patients = receiver.data_dir.join("patients");
+    wait_until("one file per id", || {
+        std::fs::read_dir(&patients)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                    .count()
+            })
+            .unwrap_or(0)
+            == ids.len()
+    });
+    for entry in std::fs::read_dir(&patients).unwrap().flatten() {
+        let name = entry.file_name().into_string().unwrap();
+        assert!(
+            name.starts_with("patient_") && name.ends_with(".json"),
+            "{name}"
+        );
+        assert!(name.len() < 255);
+        assert!(entry.file_type().unwrap().is_file());
+        let document = read_json(&entry.path()).unwrap();
+        let id = document["PatientInfo"]["PatientID"]
+            .as_str()
+            .unwrap()
+            .as_bytes()
+            .to_vec();
+        assert!(ids.contains(&id), "{name}");
+    }
+    // Nothing appeared beside the data directory.
+    let outside: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(outside, [std::ffi::OsString::from("data")]);
+    assert!(!dir.path().join("x").exists() && !Path::new("/abs/path").exists());
+}
+
+#[test]
+fn json_files_catch_up_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let receiver = Receiver::start(&data, &[]);
+    let mut client = Client::connect(receiver.mllp);
+    for n in 0..20 {
+        client.exchange(&oru(&format!("R-{n}"), "RESTART", n));
+    }
+    let (status, _) = receiver.terminate();
+    assert!(status.success());
+    // After a clean stop the file is complete.
+    let path = data.join("patients/patient_RESTART.json");
+    assert_eq!(
+        read_json(&path).unwrap()["Records"]
+            .as_array()
+            .unwrap()
+            .len(),
+        40
+    );
+    let receiver = Receiver::start(&data, &[]);
+    let mut client = Client::connect(receiver.mllp);
+    client.exchange(&oru("R-20", "RESTART", 20));
+    file_with_records(&path, 42);
+}
+
+#[test]
+fn json_max_records_bounds_the_file() {
+    let (_dir, receiver) = start(&["--json-max-records", "5"]);
+    let mut client = Client::connect(receiver.mllp);
+    for n in 0..10 {
+        client.exchange(&oru(&format!("W-{n}"), "WINDOW", n));
+    }
+    let path = patients_dir(&receiver).join("patient_WINDOW.json");
+    wait_until("the newest message in the file", || {
+        read_json(&path).is_some_and(|d| d["Records"][0]["MessageControlID"] == "W-9")
+    });
+    assert_eq!(
+        read_json(&path).unwrap()["Records"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+    let data_dir = receiver.data_dir.to_str().unwrap().to_owned();
+    let (_, stdout, _) = common::run(&["show", "WINDOW", "--all", "--data-dir", &data_dir]);
+    let all: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(all["Records"].as_array().unwrap().len(), 20);
+}
