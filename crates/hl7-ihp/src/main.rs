@@ -4,8 +4,8 @@
 //! configuration error.
 
 mod cli;
-mod store;
 mod parse_command;
+mod store;
 
 use std::process::ExitCode;
 
