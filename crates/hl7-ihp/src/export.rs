@@ -35,9 +35,6 @@
 //! No log line names a patient or a file (file names contain patient ids): failures are
 //! logged as counts with the operating system's error.
 
-// Wired into `receive` by the receiver (issue #3); until then only the tests call it.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::fs;
@@ -1034,6 +1031,10 @@ mod tests {
     }
 
     impl Store for MemStore {
+        fn stats(&self) -> crate::store::StoreStats {
+            crate::store::StoreStats::default()
+        }
+
         async fn commit(&self, _: Vec<NewMessage>) -> Result<Vec<Stored>, StoreError> {
             Err(StoreError::Database("not in the test double".into()))
         }

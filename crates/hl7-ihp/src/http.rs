@@ -9,13 +9,18 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Extra, Metrics};
+
+/// Numbers kept outside [`Metrics`] (the store's, the exporter's), read at each scrape.
+pub type ExtraMetrics = Arc<dyn Fn() -> Vec<Extra> + Send + Sync>;
 
 /// What the handlers share.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct HttpState {
     /// The receiver's metrics.
     pub metrics: Arc<Metrics>,
+    /// The store's and the exporter's numbers.
+    pub extra: ExtraMetrics,
 }
 
 /// The router.
@@ -36,6 +41,6 @@ async fn healthz() -> impl IntoResponse {
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
+        state.metrics.render(&(state.extra)()),
     )
 }

@@ -36,8 +36,6 @@ pub struct Metrics {
     pub mllp_frames_without_cr: AtomicU64,
     /// Partial frames dropped because `0x0B` came again.
     pub mllp_frames_restarted: AtomicU64,
-    /// Messages that reuse a stored control id with other content.
-    pub control_ids_reused: AtomicU64,
     /// Messages whose MSH-18 names an unknown charset.
     pub charset_unknown: AtomicU64,
     /// Store commits that failed.
@@ -59,11 +57,11 @@ impl Metrics {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    /// The Prometheus text exposition, with the store's and the exporter's numbers.
+    pub fn render(&self, extra: &[Extra]) -> String {
         let mut out = String::with_capacity(2048);
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let counters: [(&str, &str, u64); 17] = [
+        let counters: [(&str, &str, u64); 16] = [
             (
                 "hl7ihp_connections_accepted_total",
                 "Connections accepted.",
@@ -108,11 +106,6 @@ impl Metrics {
                 "hl7ihp_mllp_frames_restarted_total",
                 "Partial frames dropped by a new 0x0B.",
                 get(&self.mllp_frames_restarted),
-            ),
-            (
-                "hl7ihp_control_ids_reused_total",
-                "Messages reusing a stored control id with other content.",
-                get(&self.control_ids_reused),
             ),
             (
                 "hl7ihp_charset_unknown_total",
@@ -162,8 +155,31 @@ impl Metrics {
             "# HELP hl7ihp_connections_open Connections open now.\n# TYPE hl7ihp_connections_open gauge\nhl7ihp_connections_open {}",
             self.connections_open.load(Ordering::Relaxed)
         );
+        for metric in extra {
+            let kind = if metric.counter { "counter" } else { "gauge" };
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}",
+                name = metric.name,
+                help = metric.help,
+                value = metric.value
+            );
+        }
         out
     }
+}
+
+/// A number kept elsewhere (the store, the exporter), rendered with the others.
+#[derive(Clone, Copy, Debug)]
+pub struct Extra {
+    /// Metric name.
+    pub name: &'static str,
+    /// One-line help.
+    pub help: &'static str,
+    /// Counter (true) or gauge.
+    pub counter: bool,
+    /// The value.
+    pub value: i64,
 }
 
 #[cfg(test)]
@@ -175,7 +191,15 @@ mod tests {
         let metrics = Metrics::default();
         Metrics::inc(&metrics.messages_accepted);
         Metrics::add(&metrics.mllp_bytes_skipped, 5);
-        let text = metrics.render();
+        let text = metrics.render(&[Extra {
+            name: "hl7ihp_store_transactions_total",
+            help: "Store transactions.",
+            counter: true,
+            value: 3,
+        }]);
+        assert!(text.contains(
+            "# TYPE hl7ihp_store_transactions_total counter\nhl7ihp_store_transactions_total 3\n"
+        ));
         assert!(
             text.contains("\nhl7ihp_messages_accepted_total 1\n"),
             "{text}"

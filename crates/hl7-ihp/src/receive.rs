@@ -13,10 +13,12 @@ use tokio::sync::watch;
 
 use crate::config::ReceiveConfig;
 use crate::export::{self, ExportHandle, ExportOptions};
+use crate::http::ExtraMetrics;
 use crate::http::{self, HttpState};
 use crate::ingest::{Ingest, IngestSettings};
 use crate::listener;
-use crate::metrics::Metrics;
+use crate::metrics::{Extra, Metrics};
+use crate::store::Store;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 
 /// Runs the receiver until `shutdown` completes: then it stops accepting, lets connections
@@ -64,6 +66,7 @@ pub async fn run(
     let http_task = http_listener.map(|listener| {
         let state = HttpState {
             metrics: Arc::clone(&metrics),
+            extra: extra_metrics(store.clone(), export_handle.clone()),
         };
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
@@ -114,4 +117,61 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The store's and the exporter's counters for `/metrics`.
+fn extra_metrics(store: SqliteStore, export: ExportHandle) -> ExtraMetrics {
+    Arc::new(move || {
+        let stats = store.stats();
+        let export = export.stats();
+        let counter = |name, help, value: u64| Extra {
+            name,
+            help,
+            counter: true,
+            value: i64::try_from(value).unwrap_or(i64::MAX),
+        };
+        vec![
+            counter(
+                "hl7ihp_store_transactions_total",
+                "Store transactions (group commits).",
+                stats.n_transactions,
+            ),
+            counter(
+                "hl7ihp_store_failed_transactions_total",
+                "Store transactions rolled back.",
+                stats.n_failed_transactions,
+            ),
+            counter(
+                "hl7ihp_store_messages_total",
+                "Messages stored as new.",
+                stats.n_stored,
+            ),
+            counter(
+                "hl7ihp_control_ids_reused_total",
+                "Messages reusing a stored control id with other content.",
+                stats.n_reused_control_ids,
+            ),
+            counter(
+                "hl7ihp_export_rounds_total",
+                "JSON exporter rounds.",
+                export.n_rounds,
+            ),
+            counter(
+                "hl7ihp_export_files_written_total",
+                "Patient JSON files written.",
+                export.n_files_written,
+            ),
+            counter(
+                "hl7ihp_export_write_failures_total",
+                "Patient JSON files that could not be written.",
+                export.n_write_failures,
+            ),
+            Extra {
+                name: "hl7ihp_export_watermark",
+                help: "Every change up to this message id is in the JSON files.",
+                counter: false,
+                value: export.watermark,
+            },
+        ]
+    })
 }

@@ -167,8 +167,10 @@ pub enum Stored {
         /// The message's id, increasing in commit order.
         id: i64,
     },
-    /// Same key and same bytes as a message already stored (dedupe on): not stored again.
-    /// It is answered like the first one.
+    /// Same key and same bytes as an accepted message already stored (dedupe on): not
+    /// stored again. It is answered like the first one. Errors and rejects are never
+    /// matched (a frame refused once is judged again), so today `verdict` is always
+    /// `Accept`.
     Duplicate {
         /// The first message's id.
         id: i64,
@@ -186,6 +188,35 @@ pub enum StoreError {
     /// The store is shutting down or its writer is gone.
     #[error("store closed")]
     Closed,
+    /// The database was written by a newer version of this program; opening it could
+    /// damage it, so it is refused.
+    #[error(
+        "the database has schema version {found}, newer than this program knows ({supported}); \
+         use a newer hl7-ihp"
+    )]
+    NewerSchema {
+        /// The version found in the database.
+        found: i64,
+        /// The newest version this program knows.
+        supported: i64,
+    },
+}
+
+/// Counters since the store was opened, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Transactions committed (one per group of waiting batches).
+    pub n_transactions: u64,
+    /// Transactions that failed and were rolled back; their callers got an error.
+    pub n_failed_transactions: u64,
+    /// Messages stored as new.
+    pub n_stored: u64,
+    /// Retransmissions recognised and not stored again.
+    pub n_duplicates: u64,
+    /// Messages stored as new although an accepted message with the same key (MSH-3, MSH-4,
+    /// MSH-10) and other bytes was already stored: a sender reusing control ids. Counted
+    /// only when duplicates are checked.
+    pub n_reused_control_ids: u64,
 }
 
 /// A patient for `hl7-ihp patients` and the API.
@@ -301,4 +332,7 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     /// Records the exporter's progress.
     fn set_export_watermark(&self, id: i64) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The counters, cheap to read (for `/metrics`).
+    fn stats(&self) -> StoreStats;
 }

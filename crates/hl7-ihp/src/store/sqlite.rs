@@ -1,1 +1,2141 @@
-//! The SQLite store.
+//! The SQLite store: one writer thread with group commit, a reader connection, and a
+//! checkpoint thread that keeps WAL checkpoints off the ACK path (DESIGN.md §6).
+//!
+//! `commit` sends its batch to the writer over a bounded queue. The writer takes every batch
+//! waiting (up to `max_batch` messages), writes them in one transaction, commits (the one
+//! fsync), and only then answers each caller. A failed transaction is rolled back and every
+//! caller in it gets [`StoreError::Database`]; the writer carries on with the next batches, so
+//! the store recovers by itself once the cause (a full disk) is gone.
+//!
+//! The per-message cost does not grow with a patient's history: messages and observations
+//! are append-only tables, a message adds one entry to each of two small indexes, and the
+//! writer remembers patients so that a message about a known patient reads nothing and
+//! writes no patient row unless the patient's data changed.
+
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
+use std::os::raw::c_int;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::{CachedStatement, Connection, OpenFlags, OptionalExtension, params};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    Content, MessageFilter, MessageKey, MessageSummary, NewMessage, ObservationData,
+    ObservationRow, PatientData, PatientRecords, PatientSummary, Store, StoreError, StoreStats,
+    Stored, Verdict,
+};
+
+/// The database file inside the data directory.
+pub const DB_FILE_NAME: &str = "hl7-ihp.sqlite3";
+
+/// The schema migrations; the database's `user_version` is how many have been applied.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_schema.sql")];
+
+/// Page size of a new database: the file system's block. Every index page a batch dirties
+/// is written to the WAL in full; 2 KiB pages wrote a quarter fewer bytes per message but
+/// cost as much time overall (measured), and would put most messages on overflow pages.
+const PAGE_SIZE: u32 = 4096;
+
+/// How long a connection waits for a lock held by another connection (the checkpointer, or
+/// another process) before the operation fails.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The writer's page cache, in KiB: the indexes' upper levels and recent leaves. Not larger:
+/// a B-tree page split leaves a page numbered far beyond the database's end in the cache,
+/// and the commit that follows then scans the cache's whole hash table to drop it, at a
+/// cost proportional to the cache size (measured: 14% of the writer's time at 64 MiB).
+const WRITER_CACHE_KIB: i64 = 16 * 1024;
+
+/// The reader's page cache, in KiB.
+const READER_CACHE_KIB: i64 = 16 * 1024;
+
+/// WAL frames (pages) after which the checkpointer copies the WAL into the database,
+/// concurrently with the writer.
+const CHECKPOINT_FRAMES: i32 = 8192;
+
+/// The checkpointer repeats its pass until the writer added fewer frames than this during
+/// one; the writer then copies that remainder itself.
+const CATCH_UP_FRAMES: i64 = 512;
+
+/// The size the WAL file is cut back to after a restart.
+const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+
+/// Patients the writer remembers (key → row and data); when full it forgets them all.
+const PATIENT_CACHE_CAPACITY: usize = 100_000;
+
+/// The `meta` row holding the exporter's progress.
+const EXPORT_WATERMARK: &str = "export_watermark";
+
+/// Settings of the SQLite store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SqliteOptions {
+    /// Recognise retransmissions (DESIGN.md §5, `--dedupe on|off`).
+    pub dedupe: bool,
+    /// At most this many messages per transaction (more only when one batch is larger).
+    pub max_batch: usize,
+    /// Batches that may wait for the writer before `commit` itself waits.
+    pub queue_depth: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            dedupe: true,
+            max_batch: 1024,
+            queue_depth: 4096,
+        }
+    }
+}
+
+/// The SQLite store; clones share one database, one writer and one reader.
+///
+/// Dropping the last clone waits until the writer has written the batches already queued.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// `None` only while dropping: closing the queue is what stops the writer.
+    requests: Option<mpsc::Sender<Request>>,
+    reader: Arc<Mutex<Connection>>,
+    counters: Arc<Counters>,
+    checkpoint: Arc<CheckpointSignal>,
+    writer: Option<JoinHandle<()>>,
+    checkpointer: Option<JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The writer finishes the batches already queued, then sees the queue closed.
+        self.requests.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+        self.checkpoint.shut_down();
+        if let Some(checkpointer) = self.checkpointer.take() {
+            let _ = checkpointer.join();
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    n_transactions: AtomicU64,
+    n_failed_transactions: AtomicU64,
+    n_stored: AtomicU64,
+    n_duplicates: AtomicU64,
+    n_reused_control_ids: AtomicU64,
+}
+
+/// Work for the writer thread.
+enum Request {
+    Commit {
+        messages: Vec<NewMessage>,
+        reply: oneshot::Sender<Result<Vec<Stored>, StoreError>>,
+    },
+    SetWatermark {
+        id: i64,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// Tests: the writer waits until the sender is dropped, so that batches pile up.
+    #[cfg(test)]
+    Hold(std::sync::mpsc::Receiver<()>),
+    /// Tests: runs SQL on the writer's connection outside any transaction.
+    #[cfg(test)]
+    Exec {
+        sql: String,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+impl Request {
+    fn n_messages(&self) -> usize {
+        match self {
+            Request::Commit { messages, .. } => messages.len(),
+            _ => 0,
+        }
+    }
+
+    /// Whether it joins a group transaction (test controls run alone).
+    fn is_write(&self) -> bool {
+        matches!(self, Request::Commit { .. } | Request::SetWatermark { .. })
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `<data_dir>/hl7-ihp.sqlite3`, brings its schema up to date
+    /// and starts the writer and checkpoint threads.
+    ///
+    /// The data directory is created owner-only (0700) and the database file 0600; SQLite
+    /// gives its WAL and shared-memory files the database file's permissions.
+    pub fn open(data_dir: &Path, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data_dir)
+            .map_err(|e| {
+                StoreError::Database(format!(
+                    "cannot create the data directory {}: {e}",
+                    data_dir.display()
+                ))
+            })?;
+        let path = data_dir.join(DB_FILE_NAME);
+        // Created here rather than by SQLite so that it is never readable by others, not
+        // even for a moment.
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| StoreError::Database(format!("cannot create {}: {e}", path.display())))?;
+
+        let writer_conn = open_writer(&path)?;
+        let reader = open_reader(&path)?;
+        let checkpointer_conn = open_checkpointer(&path)?;
+
+        let counters = Arc::new(Counters::default());
+        let checkpoint = Arc::new(CheckpointSignal::default());
+        let (requests, receiver) = mpsc::channel(options.queue_depth.max(1));
+        let writer = Writer {
+            conn: writer_conn,
+            requests: receiver,
+            dedupe: options.dedupe,
+            max_batch: options.max_batch.max(1),
+            state: WriterState::default(),
+            counters: Arc::clone(&counters),
+            checkpoint: Arc::clone(&checkpoint),
+        };
+        let writer = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
+        // Owned by `inner` from here on, so that a failure below still stops the writer.
+        let mut inner = Inner {
+            requests: Some(requests),
+            reader: Arc::new(Mutex::new(reader)),
+            counters,
+            checkpoint,
+            writer: Some(writer),
+            checkpointer: None,
+        };
+        let signal = Arc::clone(&inner.checkpoint);
+        let checkpointer = std::thread::Builder::new()
+            .name("store-checkpoint".into())
+            .spawn(move || run_checkpointer(checkpointer_conn, &signal))
+            .map_err(|e| {
+                StoreError::Database(format!("cannot start the checkpoint thread: {e}"))
+            })?;
+        inner.checkpointer = Some(checkpointer);
+        Ok(SqliteStore {
+            inner: Arc::new(inner),
+        })
+    }
+
+    async fn send(&self, request: Request) -> Result<(), StoreError> {
+        let requests = self.inner.requests.as_ref().ok_or(StoreError::Closed)?;
+        requests.send(request).await.map_err(|_| StoreError::Closed)
+    }
+
+    /// Runs `read` on the reader connection, off the async worker threads.
+    async fn read<T, F>(&self, read: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let reader = Arc::clone(&self.inner.reader);
+        tokio::task::spawn_blocking(move || {
+            let conn = lock(&reader);
+            // One snapshot for all the statements of a read.
+            let snapshot = conn.unchecked_transaction().map_err(database_error)?;
+            let value = read(&snapshot).map_err(database_error)?;
+            snapshot.commit().map_err(database_error)?;
+            Ok(value)
+        })
+        .await
+        .map_err(|_| StoreError::Database("the reader task failed".into()))?
+    }
+}
+
+impl Store for SqliteStore {
+    async fn commit(&self, messages: Vec<NewMessage>) -> Result<Vec<Stored>, StoreError> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::Commit { messages, reply }).await?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn patients(&self) -> Result<Vec<PatientSummary>, StoreError> {
+        self.read(read_patients).await
+    }
+
+    async fn patient_records(
+        &self,
+        key: &str,
+        limit: Option<usize>,
+    ) -> Result<Option<PatientRecords>, StoreError> {
+        let key = key.to_owned();
+        self.read(move |conn| read_patient_records(conn, &key, limit))
+            .await
+    }
+
+    async fn messages(&self, filter: MessageFilter) -> Result<Vec<MessageSummary>, StoreError> {
+        self.read(move |conn| read_messages(conn, &filter)).await
+    }
+
+    async fn patients_changed_since(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<(Vec<String>, i64), StoreError> {
+        self.read(move |conn| read_patients_changed_since(conn, after, limit))
+            .await
+    }
+
+    async fn export_watermark(&self) -> Result<i64, StoreError> {
+        self.read(|conn| {
+            conn.query_row(
+                "SELECT value FROM meta WHERE name = ?1",
+                [EXPORT_WATERMARK],
+                |row| row.get(0),
+            )
+            .optional()
+            .map(|id| id.unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn set_export_watermark(&self, id: i64) -> Result<(), StoreError> {
+        // Through the writer: it joins the next group transaction instead of competing
+        // with the writer for the database's write lock.
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::SetWatermark { id, reply }).await?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn stats(&self) -> StoreStats {
+        let counters = &self.inner.counters;
+        StoreStats {
+            n_transactions: counters.n_transactions.load(Ordering::Relaxed),
+            n_failed_transactions: counters.n_failed_transactions.load(Ordering::Relaxed),
+            n_stored: counters.n_stored.load(Ordering::Relaxed),
+            n_duplicates: counters.n_duplicates.load(Ordering::Relaxed),
+            n_reused_control_ids: counters.n_reused_control_ids.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn database_error(error: rusqlite::Error) -> StoreError {
+    // SQLite's messages name tables, columns and causes, never the values bound.
+    StoreError::Database(error.to_string())
+}
+
+/// Locks the reader; a panic in another reader leaves the connection itself usable.
+fn lock(reader: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    reader
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+// ---------------------------------------------------------------------------------------
+// Opening and migrations
+
+fn open_writer(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(database_error)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(database_error)?;
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(database_error)?;
+    let supported = MIGRATIONS.len() as i64;
+    if version > supported {
+        return Err(StoreError::NewerSchema {
+            found: version,
+            supported,
+        });
+    }
+    // Takes effect only on a database without tables, before WAL mode is set.
+    conn.pragma_update(None, "page_size", PAGE_SIZE)
+        .map_err(database_error)?;
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .map_err(database_error)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Database(format!(
+            "the database refused WAL mode (journal mode {mode})"
+        )));
+    }
+    // The bundled SQLite enforces foreign keys by default; that costs parent lookups and a
+    // temporary table on every insert of the ACK path, and the single writer keeps the
+    // references true by construction.
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = OFF;
+         PRAGMA cache_size = -{WRITER_CACHE_KIB};
+         PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT};
+         PRAGMA temp_store = MEMORY;"
+    ))
+    .map_err(database_error)?;
+    migrate(&conn, version)?;
+    // Replaces SQLite's automatic checkpoint, which would run inside the writer's commit:
+    // the checkpoint thread does it instead.
+    conn.wal_hook(Some(note_wal_frames));
+    Ok(conn)
+}
+
+fn migrate(conn: &Connection, from: i64) -> Result<(), StoreError> {
+    for (n, sql) in MIGRATIONS.iter().enumerate().skip(from.max(0) as usize) {
+        let version = n as i64 + 1;
+        // The schema change and its version number commit together or not at all.
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {version};\nCOMMIT;"
+        ))
+        .map_err(|e| {
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            StoreError::Database(format!("schema migration {version} failed: {e}"))
+        })?;
+    }
+    Ok(())
+}
+
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(database_error)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(database_error)?;
+    conn.execute_batch(&format!("PRAGMA cache_size = -{READER_CACHE_KIB};"))
+        .map_err(database_error)?;
+    Ok(conn)
+}
+
+fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(database_error)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(database_error)?;
+    // The checkpoint syncs the WAL before copying it and the database after.
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA wal_autocheckpoint = 0;")
+        .map_err(database_error)?;
+    Ok(conn)
+}
+
+// ---------------------------------------------------------------------------------------
+// Checkpoints
+
+thread_local! {
+    /// WAL frames after the writer's last commit, set by SQLite's WAL hook on the writer
+    /// thread (the hook is a plain function, so it cannot carry the store with it).
+    static WAL_FRAMES: Cell<i32> = const { Cell::new(0) };
+}
+
+fn note_wal_frames(_wal: &rusqlite::hooks::Wal, n_frames: c_int) -> rusqlite::Result<()> {
+    WAL_FRAMES.set(n_frames);
+    Ok(())
+}
+
+/// The hand-over between the writer and the checkpoint thread.
+///
+/// A PASSIVE checkpoint never blocks the writer, but the WAL starts over from its beginning
+/// only when a transaction begins with every frame already copied, and a busy writer always
+/// begins its next transaction before another thread finishes copying. So the checkpoint
+/// thread copies the bulk (repeating until it has caught up), and then the writer, between
+/// two transactions, copies the few frames added since; its next transaction restarts the
+/// WAL. The expensive part stays off the ACK path.
+#[derive(Default)]
+struct CheckpointSignal {
+    state: Mutex<CheckpointState>,
+    wake: Condvar,
+}
+
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+enum Pass {
+    #[default]
+    Idle,
+    Requested,
+    Running,
+    Done,
+}
+
+#[derive(Default)]
+struct CheckpointState {
+    pass: Pass,
+    shutdown: bool,
+}
+
+impl CheckpointSignal {
+    fn lock(&self) -> MutexGuard<'_, CheckpointState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The writer, after each transaction: returns true when the WAL is long and the
+    /// checkpoint thread has copied nearly all of it, so the writer should copy the rest.
+    fn after_commit(&self, n_frames: i32) -> bool {
+        let long = n_frames >= CHECKPOINT_FRAMES;
+        let mut state = self.lock();
+        match (state.pass, long) {
+            (Pass::Idle, true) => {
+                state.pass = Pass::Requested;
+                self.wake.notify_one();
+                false
+            }
+            // Done and still long: the writer's turn. Done but short: the WAL started over
+            // by itself, and a later pass must start afresh.
+            (Pass::Done, long) => {
+                state.pass = Pass::Idle;
+                long
+            }
+            _ => false,
+        }
+    }
+
+    fn shut_down(&self) {
+        self.lock().shutdown = true;
+        self.wake.notify_one();
+    }
+
+    /// The checkpoint thread: waits for a request; false at shutdown.
+    fn wait(&self) -> bool {
+        let mut state = self.lock();
+        loop {
+            if state.shutdown {
+                return false;
+            }
+            if state.pass == Pass::Requested {
+                state.pass = Pass::Running;
+                return true;
+            }
+            state = self.wake.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn done(&self) {
+        self.lock().pass = Pass::Done;
+    }
+}
+
+/// `PRAGMA wal_checkpoint(PASSIVE)`: copies what it can; returns the frames in the WAL.
+fn checkpoint_passive(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1))
+}
+
+fn run_checkpointer(conn: Connection, signal: &CheckpointSignal) {
+    while signal.wait() {
+        let mut previous = 0;
+        loop {
+            match checkpoint_passive(&conn) {
+                // Caught up, or the WAL has started over meanwhile.
+                Ok(n_frames) if n_frames - previous < CATCH_UP_FRAMES => break,
+                Ok(n_frames) => previous = n_frames,
+                Err(error) => {
+                    tracing::warn!(%error, "store checkpoint failed");
+                    break;
+                }
+            }
+        }
+        signal.done();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The writer
+
+struct Writer {
+    conn: Connection,
+    requests: mpsc::Receiver<Request>,
+    dedupe: bool,
+    max_batch: usize,
+    state: WriterState,
+    counters: Arc<Counters>,
+    checkpoint: Arc<CheckpointSignal>,
+}
+
+/// What the writer remembers between transactions. All of it is a cache of the database
+/// and is forgotten when a transaction fails.
+#[derive(Default)]
+struct WriterState {
+    /// The next message and observation ids; read from the database when `None`.
+    next_ids: Option<NextIds>,
+    patients: HashMap<String, CachedPatient>,
+}
+
+#[derive(Clone, Copy)]
+struct NextIds {
+    message: i64,
+    observation: i64,
+}
+
+/// A patient row as stored.
+struct CachedPatient {
+    row: i64,
+    fields: PatientFields,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+struct PatientFields {
+    patient_id: String,
+    assigning_authority: String,
+    identifiers: String,
+    name: String,
+    birth_date: String,
+    sex: String,
+}
+
+impl PatientFields {
+    fn from_data(patient: &PatientData) -> Self {
+        PatientFields {
+            patient_id: patient.id.clone(),
+            assigning_authority: patient.assigning_authority.clone(),
+            identifiers: patient.identifiers.clone(),
+            name: patient.name.clone(),
+            birth_date: patient.birth_date.clone(),
+            sex: patient.sex.clone(),
+        }
+    }
+
+    /// Merges what a message says about the patient; true when something changed.
+    ///
+    /// An ADT message replaces every field it carries; a field it leaves empty keeps its
+    /// value, because in HL7 an absent field means "no change", not "erase". Other messages
+    /// only fill in fields that are still empty, so a device with stale demographics never
+    /// overwrites what registration (ADT) said.
+    fn merge(&mut self, patient: &PatientData) -> bool {
+        let mut changed = false;
+        let pairs = [
+            (&mut self.patient_id, &patient.id),
+            (&mut self.assigning_authority, &patient.assigning_authority),
+            (&mut self.identifiers, &patient.identifiers),
+            (&mut self.name, &patient.name),
+            (&mut self.birth_date, &patient.birth_date),
+            (&mut self.sex, &patient.sex),
+        ];
+        for (stored, new) in pairs {
+            let take = !new.is_empty() && (stored.is_empty() || patient.is_update);
+            if take && stored != new {
+                stored.clone_from(new);
+                changed = true;
+            }
+        }
+        changed
+    }
+}
+
+/// What a transaction did, counted once it has committed.
+#[derive(Default)]
+struct Tally {
+    n_stored: u64,
+    n_duplicates: u64,
+    n_reused_control_ids: u64,
+}
+
+const SELECT_NEXT_IDS: &str = "SELECT (SELECT coalesce(max(id), 0) + 1 FROM messages), \
+     (SELECT coalesce(max(id), 0) + 1 FROM observations)";
+
+const FIND_KEY: &str = "SELECT sending_application, sending_facility, control_id \
+     FROM messages WHERE key_hash = ?1";
+
+const FIND_DUPLICATE: &str = "SELECT id, hash, sending_application, sending_facility, control_id \
+     FROM messages WHERE key_hash = ?1 AND hash_prefix = ?2 ORDER BY id";
+
+const FIND_PATIENT: &str = "SELECT id, patient_id, assigning_authority, identifiers, name, \
+     birth_date, sex FROM patients WHERE key = ?1";
+
+const INSERT_PATIENT: &str = "INSERT INTO patients (key, patient_id, assigning_authority, \
+     identifiers, name, birth_date, sex, created_ms, updated_ms) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)";
+
+const UPDATE_PATIENT: &str = "UPDATE patients SET patient_id = ?2, assigning_authority = ?3, \
+     identifiers = ?4, name = ?5, birth_date = ?6, sex = ?7, updated_ms = ?8 WHERE id = ?1";
+
+const INSERT_MESSAGE: &str = "INSERT INTO messages (id, received_ms, peer, \
+     sending_application, sending_facility, control_id, hash, outcome, reason, message_type, \
+     version, location, device, patient, first_observation, n_observations, key_hash, \
+     hash_prefix, raw) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)";
+
+const INSERT_OBSERVATION: &str = "INSERT INTO observations (id, message, patient, position, \
+     value_type, code, code_text, code_system, sub_id, value, numeric, units, units_text, \
+     reference_range, abnormal_flags, status, observed_at, observed_ms, equipment) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)";
+
+const SET_META: &str = "INSERT INTO meta (name, value) VALUES (?1, ?2) \
+     ON CONFLICT (name) DO UPDATE SET value = excluded.value";
+
+/// The writer's statements, prepared once per transaction.
+struct Statements<'c> {
+    find_key: CachedStatement<'c>,
+    find_duplicate: CachedStatement<'c>,
+    find_patient: CachedStatement<'c>,
+    insert_patient: CachedStatement<'c>,
+    update_patient: CachedStatement<'c>,
+    insert_message: CachedStatement<'c>,
+    insert_observation: CachedStatement<'c>,
+    set_meta: CachedStatement<'c>,
+}
+
+impl<'c> Statements<'c> {
+    fn prepare(conn: &'c Connection) -> rusqlite::Result<Self> {
+        Ok(Statements {
+            find_key: conn.prepare_cached(FIND_KEY)?,
+            find_duplicate: conn.prepare_cached(FIND_DUPLICATE)?,
+            find_patient: conn.prepare_cached(FIND_PATIENT)?,
+            insert_patient: conn.prepare_cached(INSERT_PATIENT)?,
+            update_patient: conn.prepare_cached(UPDATE_PATIENT)?,
+            insert_message: conn.prepare_cached(INSERT_MESSAGE)?,
+            insert_observation: conn.prepare_cached(INSERT_OBSERVATION)?,
+            set_meta: conn.prepare_cached(SET_META)?,
+        })
+    }
+}
+
+/// One request's answer from a successful transaction.
+enum Done {
+    Commit(Vec<Stored>),
+    Watermark,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut carried: Option<Request> = None;
+        loop {
+            let first = match carried.take() {
+                Some(request) => request,
+                None => match self.requests.blocking_recv() {
+                    Some(request) => request,
+                    None => return,
+                },
+            };
+            if !first.is_write() {
+                self.control(first);
+                continue;
+            }
+            // Group commit: everything already waiting joins this transaction.
+            let mut n_messages = first.n_messages();
+            let mut group = vec![first];
+            while n_messages < self.max_batch {
+                let Ok(request) = self.requests.try_recv() else {
+                    break;
+                };
+                if !request.is_write() {
+                    carried = Some(request);
+                    break;
+                }
+                n_messages += request.n_messages();
+                group.push(request);
+            }
+            self.run_group(group, n_messages);
+        }
+    }
+
+    fn run_group(&mut self, group: Vec<Request>, n_messages: usize) {
+        let mut tally = Tally::default();
+        match self.transaction(&group, &mut tally) {
+            Ok(done) => {
+                let counters = &self.counters;
+                counters.n_transactions.fetch_add(1, Ordering::Relaxed);
+                counters
+                    .n_stored
+                    .fetch_add(tally.n_stored, Ordering::Relaxed);
+                counters
+                    .n_duplicates
+                    .fetch_add(tally.n_duplicates, Ordering::Relaxed);
+                counters
+                    .n_reused_control_ids
+                    .fetch_add(tally.n_reused_control_ids, Ordering::Relaxed);
+                for (request, done) in group.into_iter().zip(done) {
+                    match (request, done) {
+                        (Request::Commit { reply, .. }, Done::Commit(stored)) => {
+                            let _ = reply.send(Ok(stored));
+                        }
+                        (Request::SetWatermark { reply, .. }, Done::Watermark) => {
+                            let _ = reply.send(Ok(()));
+                        }
+                        _ => unreachable!("answers follow the requests"),
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, n_messages, "store transaction failed");
+                self.counters
+                    .n_failed_transactions
+                    .fetch_add(1, Ordering::Relaxed);
+                // What the writer remembers may describe rows that were rolled back.
+                self.state = WriterState::default();
+                let message = error.to_string();
+                for request in group {
+                    let error = StoreError::Database(message.clone());
+                    match request {
+                        Request::Commit { reply, .. } => {
+                            let _ = reply.send(Err(error));
+                        }
+                        Request::SetWatermark { reply, .. } => {
+                            let _ = reply.send(Err(error));
+                        }
+                        #[cfg(test)]
+                        Request::Hold(_) | Request::Exec { .. } => {}
+                    }
+                }
+            }
+        }
+        if self.checkpoint.after_commit(WAL_FRAMES.get())
+            && let Err(error) = checkpoint_passive(&self.conn)
+        {
+            tracing::warn!(%error, "store checkpoint failed");
+        }
+    }
+
+    /// Writes a group in one transaction and commits it; on any error rolls it back.
+    fn transaction(&mut self, group: &[Request], tally: &mut Tally) -> rusqlite::Result<Vec<Done>> {
+        // A rollback that failed last time left the connection inside that transaction.
+        if !self.conn.is_autocommit() {
+            self.conn.execute_batch("ROLLBACK")?;
+        }
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let result = write_group(&self.conn, &mut self.state, self.dedupe, group, tally)
+            .and_then(|done| self.conn.execute_batch("COMMIT").map(|()| done));
+        // SQLite rolls some failures back by itself (a full disk, an I/O error); the
+        // connection must leave the transaction either way to be usable again.
+        if result.is_err()
+            && !self.conn.is_autocommit()
+            && let Err(error) = self.conn.execute_batch("ROLLBACK")
+        {
+            tracing::warn!(%error, "store rollback failed");
+        }
+        result
+    }
+
+    #[cfg(test)]
+    fn control(&mut self, request: Request) {
+        match request {
+            Request::Hold(release) => {
+                let _ = release.recv();
+            }
+            Request::Exec { sql, reply } => {
+                let _ = reply.send(self.conn.execute_batch(&sql).map_err(database_error));
+            }
+            Request::Commit { .. } | Request::SetWatermark { .. } => {
+                unreachable!("writes run in groups")
+            }
+        }
+    }
+
+    #[cfg(not(test))]
+    fn control(&mut self, _request: Request) {
+        unreachable!("only tests send control requests")
+    }
+}
+
+fn write_group(
+    conn: &Connection,
+    state: &mut WriterState,
+    dedupe: bool,
+    group: &[Request],
+    tally: &mut Tally,
+) -> rusqlite::Result<Vec<Done>> {
+    let mut statements = Statements::prepare(conn)?;
+    let mut next = match state.next_ids {
+        Some(next) => next,
+        None => conn.query_row(SELECT_NEXT_IDS, [], |row| {
+            Ok(NextIds {
+                message: row.get(0)?,
+                observation: row.get(1)?,
+            })
+        })?,
+    };
+    let mut done = Vec::with_capacity(group.len());
+    for request in group {
+        match request {
+            Request::Commit { messages, .. } => {
+                let mut stored = Vec::with_capacity(messages.len());
+                for message in messages {
+                    stored.push(write_message(
+                        &mut statements,
+                        state,
+                        &mut next,
+                        dedupe,
+                        message,
+                        tally,
+                    )?);
+                }
+                done.push(Done::Commit(stored));
+            }
+            Request::SetWatermark { id, .. } => {
+                statements.set_meta.execute(params![EXPORT_WATERMARK, id])?;
+                done.push(Done::Watermark);
+            }
+            #[cfg(test)]
+            Request::Hold(_) | Request::Exec { .. } => unreachable!("controls run alone"),
+        }
+    }
+    // Remembered only now: if the commit fails, the whole state is forgotten anyway.
+    state.next_ids = Some(next);
+    Ok(done)
+}
+
+fn write_message(
+    statements: &mut Statements<'_>,
+    state: &mut WriterState,
+    next: &mut NextIds,
+    dedupe: bool,
+    message: &NewMessage,
+    tally: &mut Tally,
+) -> rusqlite::Result<Stored> {
+    let accepted = message.verdict == Verdict::Accept;
+    // Only accepted messages take part in the duplicate check: a rejected frame sent again
+    // is judged again.
+    let key_hash = match (&message.key, accepted) {
+        (Some(key), true) => Some(key_hash(key)),
+        _ => None,
+    };
+    let hash_prefix = hash_prefix(&message.hash);
+    if let (true, Some(key_hash), Some(key)) = (dedupe, key_hash, &message.key) {
+        // One index probe for the usual case, a key never seen; the second only when the
+        // key is known.
+        if find_key(&mut statements.find_key, key_hash, key)? {
+            if let Some(id) = find_duplicate(statements, key_hash, hash_prefix, key, message)? {
+                tally.n_duplicates += 1;
+                return Ok(Stored::Duplicate {
+                    id,
+                    verdict: Verdict::Accept,
+                });
+            }
+            tally.n_reused_control_ids += 1;
+        }
+    }
+
+    let received_ms = message.received_at.as_millisecond();
+    let content: Option<&Content> = if accepted {
+        message.content.as_ref()
+    } else {
+        None
+    };
+    let patient = match content.and_then(|content| content.patient.as_ref()) {
+        Some(patient) => Some(patient_row(statements, state, patient, received_ms)?),
+        None => None,
+    };
+    let id = next.message;
+    let first_observation = next.observation;
+    let observations: &[ObservationData] = content.map_or(&[], |c| &c.observations);
+    let key = message.key.as_ref();
+    // Kept for every outcome when extracted, because it helps whoever inspects a reject.
+    let extracted = message.content.as_ref();
+    statements.insert_message.execute(params![
+        id,
+        received_ms,
+        message.peer,
+        key.map(|k| &k.sending_application),
+        key.map(|k| &k.sending_facility),
+        key.map(|k| &k.control_id),
+        &message.hash[..],
+        message.verdict.as_str(),
+        message.verdict.reason(),
+        extracted.map(|c| format!("{}^{}", c.message_type, c.trigger)),
+        extracted.map(|c| &c.version),
+        extracted.and_then(|c| c.location.as_ref()),
+        content.map(|c| &c.device),
+        patient,
+        first_observation,
+        observations.len() as i64,
+        key_hash,
+        key_hash.map(|_| hash_prefix),
+        message.raw,
+    ])?;
+    for (n, observation) in observations.iter().enumerate() {
+        statements.insert_observation.execute(params![
+            first_observation + n as i64,
+            id,
+            patient,
+            observation.index,
+            observation.value_type,
+            observation.code,
+            observation.code_text,
+            observation.code_system,
+            observation.sub_id,
+            observation.value,
+            observation.numeric,
+            observation.units,
+            observation.units_text,
+            observation.reference_range,
+            observation.abnormal_flags,
+            observation.status,
+            observation.observed_at,
+            observation.observed_ms,
+            observation.equipment,
+        ])?;
+    }
+    next.message += 1;
+    next.observation += observations.len() as i64;
+    tally.n_stored += 1;
+    Ok(Stored::New { id })
+}
+
+/// Whether an accepted message with this key is stored.
+fn find_key(
+    find_key: &mut CachedStatement<'_>,
+    key_hash: i64,
+    key: &MessageKey,
+) -> rusqlite::Result<bool> {
+    let mut rows = find_key.query([key_hash])?;
+    while let Some(row) = rows.next()? {
+        // Anything else is another key with the same 64-bit hash.
+        if row.get_ref(0)?.as_str()? == key.sending_application
+            && row.get_ref(1)?.as_str()? == key.sending_facility
+            && row.get_ref(2)?.as_str()? == key.control_id
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The first accepted message with this key and these bytes.
+fn find_duplicate(
+    statements: &mut Statements<'_>,
+    key_hash: i64,
+    hash_prefix: i64,
+    key: &MessageKey,
+    message: &NewMessage,
+) -> rusqlite::Result<Option<i64>> {
+    let mut rows = statements
+        .find_duplicate
+        .query(params![key_hash, hash_prefix])?;
+    while let Some(row) = rows.next()? {
+        if row.get_ref(1)?.as_blob()? == message.hash
+            && row.get_ref(2)?.as_str()? == key.sending_application
+            && row.get_ref(3)?.as_str()? == key.sending_facility
+            && row.get_ref(4)?.as_str()? == key.control_id
+        {
+            return Ok(Some(row.get(0)?));
+        }
+    }
+    Ok(None)
+}
+
+/// The patient's row id, creating or updating the row as [`PatientFields::merge`] says.
+fn patient_row(
+    statements: &mut Statements<'_>,
+    state: &mut WriterState,
+    patient: &PatientData,
+    received_ms: i64,
+) -> rusqlite::Result<i64> {
+    if !state.patients.contains_key(&patient.key) {
+        let found = statements
+            .find_patient
+            .query_row([&patient.key], |row| {
+                Ok(CachedPatient {
+                    row: row.get(0)?,
+                    fields: PatientFields {
+                        patient_id: row.get(1)?,
+                        assigning_authority: row.get(2)?,
+                        identifiers: row.get(3)?,
+                        name: row.get(4)?,
+                        birth_date: row.get(5)?,
+                        sex: row.get(6)?,
+                    },
+                })
+            })
+            .optional()?;
+        let cached = match found {
+            Some(cached) => cached,
+            None => {
+                let fields = PatientFields::from_data(patient);
+                let row = statements.insert_patient.insert(params![
+                    patient.key,
+                    fields.patient_id,
+                    fields.assigning_authority,
+                    fields.identifiers,
+                    fields.name,
+                    fields.birth_date,
+                    fields.sex,
+                    received_ms,
+                ])?;
+                CachedPatient { row, fields }
+            }
+        };
+        if state.patients.len() >= PATIENT_CACHE_CAPACITY {
+            state.patients.clear();
+        }
+        state.patients.insert(patient.key.clone(), cached);
+    }
+    let Some(cached) = state.patients.get_mut(&patient.key) else {
+        unreachable!("inserted above");
+    };
+    if cached.fields.merge(patient) {
+        let fields = &cached.fields;
+        statements.update_patient.execute(params![
+            cached.row,
+            fields.patient_id,
+            fields.assigning_authority,
+            fields.identifiers,
+            fields.name,
+            fields.birth_date,
+            fields.sex,
+            received_ms,
+        ])?;
+    }
+    Ok(cached.row)
+}
+
+fn key_hash(key: &MessageKey) -> i64 {
+    let mut hasher = Sha256::new();
+    for part in [
+        &key.sending_application,
+        &key.sending_facility,
+        &key.control_id,
+    ] {
+        // Length-prefixed, so that no two keys feed the hash the same bytes.
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part.as_bytes());
+    }
+    hash_prefix(&hasher.finalize().into())
+}
+
+fn hash_prefix(hash: &[u8; 32]) -> i64 {
+    let [a, b, c, d, e, f, g, h, ..] = *hash;
+    i64::from_be_bytes([a, b, c, d, e, f, g, h])
+}
+
+// ---------------------------------------------------------------------------------------
+// Readers
+
+/// A patient's messages, newest first (messages_by_patient).
+const PATIENT_MESSAGES: &str = "SELECT id, control_id, received_ms, device, \
+     first_observation, n_observations FROM messages WHERE patient = ?1 ORDER BY id DESC";
+
+/// The messages after an id, with their patients (the primary key).
+const CHANGED_SINCE: &str = "SELECT m.id, p.key FROM messages m \
+     LEFT JOIN patients p ON p.id = m.patient WHERE m.id > ?1 ORDER BY m.id LIMIT ?2";
+
+fn rfc3339(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| format!("{t:.3}"))
+        .unwrap_or_default()
+}
+
+fn read_patients(conn: &Connection) -> rusqlite::Result<Vec<PatientSummary>> {
+    // Both subqueries are index-only scans of messages_by_patient: the listing reads every
+    // patient's index entries, which is fine for inspection and never on the ACK path.
+    let mut statement = conn.prepare_cached(
+        "SELECT p.key, p.name, \
+           (SELECT coalesce(sum(m.n_observations), 0) FROM messages m WHERE m.patient = p.id), \
+           (SELECT received_ms FROM messages WHERE id = \
+              (SELECT max(m.id) FROM messages m WHERE m.patient = p.id)) \
+         FROM patients p ORDER BY p.key",
+    )?;
+    let rows = statement.query_map([], |row| {
+        Ok(PatientSummary {
+            key: row.get(0)?,
+            name: row.get(1)?,
+            n_observations: row.get::<_, i64>(2)?.max(0) as u64,
+            last_received_at: row
+                .get::<_, Option<i64>>(3)?
+                .map(rfc3339)
+                .unwrap_or_default(),
+        })
+    })?;
+    rows.collect()
+}
+
+fn read_patient_records(
+    conn: &Connection,
+    key: &str,
+    limit: Option<usize>,
+) -> rusqlite::Result<Option<PatientRecords>> {
+    let found = conn
+        .prepare_cached(
+            "SELECT id, patient_id, assigning_authority, identifiers, name, birth_date, sex \
+             FROM patients WHERE key = ?1",
+        )?
+        .query_row([key], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                PatientData {
+                    key: key.to_owned(),
+                    id: row.get(1)?,
+                    assigning_authority: row.get(2)?,
+                    identifiers: row.get(3)?,
+                    name: row.get(4)?,
+                    birth_date: row.get(5)?,
+                    sex: row.get(6)?,
+                    is_update: false,
+                },
+            ))
+        })
+        .optional()?;
+    let Some((patient_row, patient)) = found else {
+        return Ok(None);
+    };
+    let limit = limit.unwrap_or(usize::MAX);
+    let mut records = Vec::new();
+    let mut messages = conn.prepare_cached(PATIENT_MESSAGES)?;
+    let mut observations = conn.prepare_cached(
+        "SELECT position, value_type, code, code_text, code_system, sub_id, value, numeric, \
+           units, units_text, reference_range, abnormal_flags, status, observed_at, \
+           observed_ms, equipment \
+         FROM observations WHERE id BETWEEN ?1 AND ?2 ORDER BY id",
+    )?;
+    let mut rows = messages.query([patient_row])?;
+    // Newest message first, its observations in OBX order; stops at the limit, so the cost
+    // is that of the records returned, not of the patient's history.
+    while records.len() < limit {
+        let Some(row) = rows.next()? else {
+            break;
+        };
+        let n_observations: i64 = row.get(5)?;
+        if n_observations == 0 {
+            continue;
+        }
+        let message_id: i64 = row.get(0)?;
+        let control_id: String = row.get::<_, Option<String>>(1)?.unwrap_or_default();
+        let received_at = rfc3339(row.get(2)?);
+        let device: String = row.get::<_, Option<String>>(3)?.unwrap_or_default();
+        let first: i64 = row.get(4)?;
+        let last = first + n_observations - 1;
+        let mut found = observations.query(params![first, last])?;
+        while records.len() < limit {
+            let Some(row) = found.next()? else {
+                break;
+            };
+            records.push(ObservationRow {
+                observation: observation_from_row(row)?,
+                message_id,
+                control_id: control_id.clone(),
+                received_at: received_at.clone(),
+                device: device.clone(),
+            });
+        }
+    }
+    Ok(Some(PatientRecords { patient, records }))
+}
+
+fn observation_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ObservationData> {
+    Ok(ObservationData {
+        index: row.get(0)?,
+        value_type: row.get(1)?,
+        code: row.get(2)?,
+        code_text: row.get(3)?,
+        code_system: row.get(4)?,
+        sub_id: row.get(5)?,
+        value: row.get(6)?,
+        numeric: row.get(7)?,
+        units: row.get(8)?,
+        units_text: row.get(9)?,
+        reference_range: row.get(10)?,
+        abnormal_flags: row.get(11)?,
+        status: row.get(12)?,
+        observed_at: row.get(13)?,
+        observed_ms: row.get(14)?,
+        equipment: row.get(15)?,
+    })
+}
+
+fn read_messages(
+    conn: &Connection,
+    filter: &MessageFilter,
+) -> rusqlite::Result<Vec<MessageSummary>> {
+    let mut statement = conn.prepare_cached(
+        "SELECT id, received_ms, peer, sending_application, sending_facility, control_id, \
+           outcome, reason, CASE WHEN ?1 THEN raw END \
+         FROM messages WHERE NOT ?2 OR outcome <> 'accepted' ORDER BY id DESC LIMIT ?3",
+    )?;
+    let limit = filter
+        .limit
+        .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
+    let rows = statement.query_map(
+        params![filter.with_raw, filter.rejected_only, limit],
+        |row| {
+            let application: Option<String> = row.get(3)?;
+            let facility: Option<String> = row.get(4)?;
+            Ok(MessageSummary {
+                id: row.get(0)?,
+                received_at: rfc3339(row.get(1)?),
+                peer: row.get(2)?,
+                sender: match (application, facility) {
+                    (None, None) => String::new(),
+                    (application, facility) => format!(
+                        "{}|{}",
+                        application.unwrap_or_default(),
+                        facility.unwrap_or_default()
+                    ),
+                },
+                control_id: row.get::<_, Option<String>>(5)?.unwrap_or_default(),
+                outcome: row.get(6)?,
+                reason: row.get(7)?,
+                raw: row.get(8)?,
+            })
+        },
+    )?;
+    rows.collect()
+}
+
+fn read_patients_changed_since(
+    conn: &Connection,
+    after: i64,
+    limit: usize,
+) -> rusqlite::Result<(Vec<String>, i64)> {
+    // A range of the messages table's primary key: the cost is that of the messages looked
+    // at, however long the history before them.
+    let mut statement = conn.prepare_cached(CHANGED_SINCE)?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut rows = statement.query(params![after, limit])?;
+    let mut highest = after;
+    let mut seen = HashSet::new();
+    let mut keys = Vec::new();
+    while let Some(row) = rows.next()? {
+        highest = row.get(0)?;
+        if let Some(key) = row.get::<_, Option<String>>(1)?
+            && seen.insert(key.clone())
+        {
+            keys.push(key);
+        }
+    }
+    Ok((keys, highest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path) -> SqliteStore {
+        SqliteStore::open(dir, SqliteOptions::default()).expect("open the store")
+    }
+
+    fn key(control_id: &str) -> MessageKey {
+        MessageKey {
+            sending_application: "DEV".into(),
+            sending_facility: "FAC".into(),
+            control_id: control_id.into(),
+        }
+    }
+
+    fn patient(key: &str, name: &str, is_update: bool) -> PatientData {
+        PatientData {
+            key: key.into(),
+            id: key.into(),
+            assigning_authority: "AUTH".into(),
+            identifiers: format!("{key}^^^AUTH^MR"),
+            name: name.into(),
+            birth_date: "1970-01-01".into(),
+            sex: "F".into(),
+            is_update,
+        }
+    }
+
+    fn observation(index: u32, value: &str) -> ObservationData {
+        ObservationData {
+            index,
+            value_type: "NM".into(),
+            code: "1554-5".into(),
+            code_text: "GLUCOSE".into(),
+            code_system: "LN".into(),
+            sub_id: String::new(),
+            value: value.into(),
+            numeric: value.parse().ok(),
+            units: "mg/dl".into(),
+            units_text: String::new(),
+            reference_range: "70_105".into(),
+            abnormal_flags: "H".into(),
+            status: "F".into(),
+            observed_at: "2002-02-15T07:30:00".into(),
+            observed_ms: 1_013_758_200_000 + i64::from(index),
+            equipment: "0012345678ABCDEF".into(),
+        }
+    }
+
+    /// An accepted ORU; `body` makes its bytes differ.
+    fn oru(
+        control_id: &str,
+        patient: Option<PatientData>,
+        values: &[&str],
+        body: &str,
+    ) -> NewMessage {
+        let raw = format!("MSH|^~\\&|DEV|FAC|||20240101||ORU^R01|{control_id}|P|2.6\r{body}");
+        NewMessage {
+            received_at: jiff::Timestamp::from_millisecond(1_700_000_000_123).unwrap(),
+            peer: "127.0.0.1:40000".into(),
+            hash: Sha256::digest(raw.as_bytes()).into(),
+            raw: raw.into_bytes(),
+            key: Some(key(control_id)),
+            verdict: Verdict::Accept,
+            content: Some(Content {
+                message_type: "ORU".into(),
+                trigger: "R01".into(),
+                version: "2.6".into(),
+                patient,
+                device: "DEV".into(),
+                location: Some("ICU^1".into()),
+                observations: values
+                    .iter()
+                    .enumerate()
+                    .map(|(n, value)| observation(n as u32, value))
+                    .collect(),
+            }),
+        }
+    }
+
+    fn rejected(control_id: &str, body: &str) -> NewMessage {
+        let mut message = oru(control_id, Some(patient("P1", "EVE", false)), &["1"], body);
+        message.verdict = Verdict::Reject {
+            reason: "message type not allowed".into(),
+        };
+        message
+    }
+
+    fn new_id(stored: &Stored) -> i64 {
+        match stored {
+            Stored::New { id } => *id,
+            Stored::Duplicate { .. } => panic!("expected a new message, got {stored:?}"),
+        }
+    }
+
+    fn sql(dir: &Path) -> Connection {
+        Connection::open(dir.join(DB_FILE_NAME)).unwrap()
+    }
+
+    fn count(conn: &Connection, query: &str) -> i64 {
+        conn.query_row(query, [], |row| row.get(0)).unwrap()
+    }
+
+    /// Runs SQL on the writer's connection, between transactions.
+    async fn exec(store: &SqliteStore, sql: &str) {
+        let (reply, answer) = oneshot::channel();
+        store
+            .send(Request::Exec {
+                sql: sql.into(),
+                reply,
+            })
+            .await
+            .unwrap();
+        answer.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn commit_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let message = oru(
+            "1",
+            Some(patient("P1", "EVE EVERYWOMAN", false)),
+            &["184", "90"],
+            "",
+        );
+        let stored = store.commit(vec![message.clone()]).await.unwrap();
+        let id = new_id(&stored[0]);
+
+        let records = store.patient_records("P1", None).await.unwrap().unwrap();
+        assert_eq!(records.patient, patient("P1", "EVE EVERYWOMAN", false));
+        assert_eq!(records.records.len(), 2);
+        let first = &records.records[0];
+        assert_eq!(first.observation, observation(0, "184"));
+        assert_eq!(records.records[1].observation, observation(1, "90"));
+        assert_eq!(first.message_id, id);
+        assert_eq!(first.control_id, "1");
+        assert_eq!(first.device, "DEV");
+        assert_eq!(first.received_at, "2023-11-14T22:13:20.123Z");
+
+        let patients = store.patients().await.unwrap();
+        assert_eq!(
+            patients,
+            vec![PatientSummary {
+                key: "P1".into(),
+                name: "EVE EVERYWOMAN".into(),
+                n_observations: 2,
+                last_received_at: "2023-11-14T22:13:20.123Z".into(),
+            }]
+        );
+
+        let messages = store
+            .messages(MessageFilter {
+                with_raw: true,
+                ..MessageFilter::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].id, id);
+        assert_eq!(messages[0].sender, "DEV|FAC");
+        assert_eq!(messages[0].outcome, "accepted");
+        assert_eq!(messages[0].raw.as_deref(), Some(&message.raw[..]));
+        assert!(
+            store
+                .patient_records("nobody", None)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_committers_are_each_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let mut tasks = Vec::new();
+        for task in 0..32 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for n in 0..20 {
+                    let control_id = format!("{task}-{n}");
+                    let who = patient(&format!("P{}", task % 5), "EVE", false);
+                    let message = oru(&control_id, Some(who), &["1", "2"], "");
+                    let stored = store.commit(vec![message]).await.unwrap();
+                    ids.push(new_id(&stored[0]));
+                }
+                ids
+            }));
+        }
+        let mut ids = HashSet::new();
+        for task in tasks {
+            for id in task.await.unwrap() {
+                assert!(ids.insert(id), "id {id} given twice");
+            }
+        }
+        assert_eq!(ids.len(), 640);
+        let conn = sql(dir.path());
+        assert_eq!(count(&conn, "SELECT count(*) FROM messages"), 640);
+        assert_eq!(count(&conn, "SELECT count(*) FROM observations"), 1280);
+        assert_eq!(count(&conn, "SELECT count(*) FROM patients"), 5);
+        let stats = store.stats();
+        assert_eq!(stats.n_stored, 640);
+        assert!(stats.n_transactions <= 640);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiting_batches_share_one_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let (release, held) = std::sync::mpsc::channel();
+        store.send(Request::Hold(held)).await.unwrap();
+        let mut tasks = Vec::new();
+        for n in 0..64 {
+            let store = store.clone();
+            let message = oru(
+                &n.to_string(),
+                Some(patient("P1", "EVE", false)),
+                &["1"],
+                "",
+            );
+            tasks.push(tokio::spawn(
+                async move { store.commit(vec![message]).await },
+            ));
+        }
+        // All 64 batches are queued behind the held writer.
+        let requests = store.inner.requests.clone().unwrap();
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while requests.max_capacity() - requests.capacity() < 64 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the batches are queued");
+        let before = store.stats().n_transactions;
+        drop(release);
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        assert_eq!(store.stats().n_transactions, before + 1);
+        assert_eq!(store.stats().n_stored, 64);
+    }
+
+    #[tokio::test]
+    async fn retransmissions_are_recognised() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let who = || Some(patient("P1", "EVE", false));
+        let first = new_id(
+            &store
+                .commit(vec![oru("1", who(), &["1"], "")])
+                .await
+                .unwrap()[0],
+        );
+
+        // Same key, same bytes: answered like the first, not stored again.
+        let again = store
+            .commit(vec![oru("1", who(), &["1"], "")])
+            .await
+            .unwrap();
+        let duplicate = Stored::Duplicate {
+            id: first,
+            verdict: Verdict::Accept,
+        };
+        assert_eq!(again, vec![duplicate.clone()]);
+
+        // Within one batch too.
+        let batch = store
+            .commit(vec![
+                oru("2", who(), &["1"], ""),
+                oru("2", who(), &["1"], ""),
+            ])
+            .await
+            .unwrap();
+        let second = new_id(&batch[0]);
+        assert_eq!(
+            batch[1],
+            Stored::Duplicate {
+                id: second,
+                verdict: Verdict::Accept
+            }
+        );
+        assert_eq!(store.stats().n_reused_control_ids, 0);
+
+        // Same key, other bytes: a sender reusing control ids; stored and counted.
+        let reused = store
+            .commit(vec![oru("1", who(), &["1"], "OBX|x\r")])
+            .await
+            .unwrap();
+        assert!(new_id(&reused[0]) > second);
+        let stats = store.stats();
+        assert_eq!(stats.n_reused_control_ids, 1);
+        assert_eq!(stats.n_duplicates, 2);
+        assert_eq!(stats.n_stored, 3);
+        // The first copy is still the one a retransmission is matched with.
+        let again = store
+            .commit(vec![oru("1", who(), &["1"], "")])
+            .await
+            .unwrap();
+        assert_eq!(again, vec![duplicate]);
+
+        let conn = sql(dir.path());
+        assert_eq!(count(&conn, "SELECT count(*) FROM messages"), 3);
+        assert_eq!(count(&conn, "SELECT count(*) FROM observations"), 3);
+    }
+
+    #[tokio::test]
+    async fn rejected_messages_are_kept_but_never_matched() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let stored = store
+            .commit(vec![rejected("1", ""), rejected("1", "")])
+            .await
+            .unwrap();
+        new_id(&stored[0]);
+        new_id(&stored[1]);
+        // An accepted message with the key and bytes of a rejected one is new.
+        let accepted = store
+            .commit(vec![oru(
+                "1",
+                Some(patient("P1", "EVE", false)),
+                &["1"],
+                "",
+            )])
+            .await
+            .unwrap();
+        new_id(&accepted[0]);
+        // And a reject is never a duplicate of an accepted message.
+        new_id(&store.commit(vec![rejected("1", "")]).await.unwrap()[0]);
+
+        let conn = sql(dir.path());
+        assert_eq!(count(&conn, "SELECT count(*) FROM messages"), 4);
+        // Rejects make no patient or observation rows.
+        assert_eq!(count(&conn, "SELECT count(*) FROM observations"), 1);
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT count(*) FROM messages WHERE patient IS NOT NULL"
+            ),
+            1
+        );
+        let rejects = store
+            .messages(MessageFilter {
+                rejected_only: true,
+                ..MessageFilter::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(rejects.len(), 3);
+        assert!(rejects.iter().all(|m| m.outcome == "rejected"
+            && m.reason.as_deref() == Some("message type not allowed")
+            && m.raw.is_none()));
+    }
+
+    #[tokio::test]
+    async fn without_dedupe_every_frame_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteOptions {
+            dedupe: false,
+            ..SqliteOptions::default()
+        };
+        let store = SqliteStore::open(dir.path(), options).unwrap();
+        let message = oru("1", Some(patient("P1", "EVE", false)), &["1"], "");
+        let stored = store
+            .commit(vec![message.clone(), message.clone()])
+            .await
+            .unwrap();
+        assert_ne!(new_id(&stored[0]), new_id(&stored[1]));
+        new_id(&store.commit(vec![message]).await.unwrap()[0]);
+        assert_eq!(store.stats().n_stored, 3);
+        assert_eq!(store.stats().n_duplicates, 0);
+    }
+
+    #[tokio::test]
+    async fn adt_updates_the_patient_and_other_messages_only_fill_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let mut first = patient("P1", "", false);
+        first.sex = String::new();
+        store
+            .commit(vec![oru("1", Some(first), &[], "")])
+            .await
+            .unwrap();
+        // An ORU fills in what is missing and changes nothing else.
+        let mut fill = patient("P1", "EVE", false);
+        fill.birth_date = "1999-09-09".into();
+        store
+            .commit(vec![oru("2", Some(fill), &[], "")])
+            .await
+            .unwrap();
+        let stored = store
+            .patient_records("P1", None)
+            .await
+            .unwrap()
+            .unwrap()
+            .patient;
+        assert_eq!(stored.name, "EVE");
+        assert_eq!(stored.sex, "F");
+        assert_eq!(stored.birth_date, "1970-01-01");
+
+        // An ADT replaces what it carries, and keeps what it leaves empty.
+        let mut adt = patient("P1", "EVE EVERYWOMAN", true);
+        adt.sex = String::new();
+        adt.birth_date = "1971-02-03".into();
+        let mut message = oru("3", Some(adt), &[], "");
+        message.content.as_mut().unwrap().message_type = "ADT".into();
+        store.commit(vec![message]).await.unwrap();
+        let stored = store
+            .patient_records("P1", None)
+            .await
+            .unwrap()
+            .unwrap()
+            .patient;
+        assert_eq!(stored.name, "EVE EVERYWOMAN");
+        assert_eq!(stored.birth_date, "1971-02-03");
+        assert_eq!(stored.sex, "F");
+
+        // After a restart (the writer's memory is empty) the same rules hold.
+        drop(store);
+        let store = open(dir.path());
+        store
+            .commit(vec![oru(
+                "4",
+                Some(patient("P1", "SOMEONE ELSE", false)),
+                &[],
+                "",
+            )])
+            .await
+            .unwrap();
+        let stored = store
+            .patient_records("P1", None)
+            .await
+            .unwrap()
+            .unwrap()
+            .patient;
+        assert_eq!(stored.name, "EVE EVERYWOMAN");
+        assert_eq!(count(&sql(dir.path()), "SELECT count(*) FROM patients"), 1);
+    }
+
+    #[tokio::test]
+    async fn observations_without_a_patient_belong_to_the_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let stored = store
+            .commit(vec![oru("1", None, &["5", "6"], "")])
+            .await
+            .unwrap();
+        let id = new_id(&stored[0]);
+        assert!(store.patients().await.unwrap().is_empty());
+        let conn = sql(dir.path());
+        let device: String = conn
+            .query_row(
+                "SELECT device FROM messages WHERE id = ?1 AND patient IS NULL",
+                [id],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(device, "DEV");
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT count(*) FROM observations WHERE patient IS NULL AND message = 1"
+            ),
+            2
+        );
+        // The device's time series is indexed.
+        let plan: String = conn
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT id FROM messages WHERE device = 'DEV' AND patient IS NULL",
+                [],
+                |row| row.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("messages_by_device"), "{plan}");
+        let (keys, highest) = store.patients_changed_since(0, 10).await.unwrap();
+        assert!(keys.is_empty());
+        assert_eq!(highest, id);
+    }
+
+    #[tokio::test]
+    async fn patient_records_are_newest_first_and_limited() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let who = || Some(patient("P1", "EVE", false));
+        let mut ids = Vec::new();
+        for (n, values) in [["a1", "a2", "a3"], ["b1", "b2", "b3"], ["c1", "c2", "c3"]]
+            .iter()
+            .enumerate()
+        {
+            let stored = store
+                .commit(vec![
+                    oru(&n.to_string(), who(), values, ""),
+                    oru(
+                        &format!("other{n}"),
+                        Some(patient("P2", "ADAM", false)),
+                        &["x"],
+                        "",
+                    ),
+                ])
+                .await
+                .unwrap();
+            ids.push(new_id(&stored[0]));
+        }
+        let records = store
+            .patient_records("P1", Some(5))
+            .await
+            .unwrap()
+            .unwrap()
+            .records;
+        let got: Vec<_> = records
+            .iter()
+            .map(|r| (r.message_id, r.observation.value.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (ids[2], "c1"),
+                (ids[2], "c2"),
+                (ids[2], "c3"),
+                (ids[1], "b1"),
+                (ids[1], "b2")
+            ]
+        );
+        let all = store
+            .patient_records("P1", None)
+            .await
+            .unwrap()
+            .unwrap()
+            .records;
+        assert_eq!(all.len(), 9);
+        assert_eq!(all[8].observation.value, "a3");
+        let none = store.patient_records("P1", Some(0)).await.unwrap().unwrap();
+        assert!(none.records.is_empty());
+        let summaries = store.patients().await.unwrap();
+        assert_eq!(summaries.len(), 2);
+        assert_eq!(
+            (summaries[0].key.as_str(), summaries[0].n_observations),
+            ("P1", 9)
+        );
+        assert_eq!(
+            (summaries[1].key.as_str(), summaries[1].n_observations),
+            ("P2", 3)
+        );
+    }
+
+    #[tokio::test]
+    async fn messages_are_listed_newest_first_and_filtered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let mut unreadable = rejected("", "junk");
+        unreadable.key = None;
+        unreadable.content = None;
+        let mut error = oru("3", None, &[], "");
+        error.verdict = Verdict::Error {
+            reason: "MSH-9 missing".into(),
+        };
+        store
+            .commit(vec![
+                oru("1", None, &[], ""),
+                rejected("2", ""),
+                error,
+                unreadable,
+            ])
+            .await
+            .unwrap();
+        let all = store.messages(MessageFilter::default()).await.unwrap();
+        let ids: Vec<_> = all.iter().map(|m| m.id).collect();
+        assert_eq!(ids, vec![4, 3, 2, 1]);
+        assert!(all.iter().all(|m| m.raw.is_none()));
+        assert_eq!(
+            (all[0].sender.as_str(), all[0].control_id.as_str()),
+            ("", "")
+        );
+        assert_eq!(all[1].outcome, "error");
+        assert_eq!(all[1].reason.as_deref(), Some("MSH-9 missing"));
+        assert_eq!(all[3].reason, None);
+        let limited = store
+            .messages(MessageFilter {
+                limit: Some(2),
+                with_raw: true,
+                ..MessageFilter::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(limited.len(), 2);
+        assert!(limited[1].raw.as_deref().unwrap().starts_with(b"MSH|"));
+        let rejects = store
+            .messages(MessageFilter {
+                rejected_only: true,
+                limit: Some(1),
+                ..MessageFilter::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(rejects.len(), 1);
+        assert_eq!(rejects[0].id, 4);
+        let rejects = store
+            .messages(MessageFilter {
+                rejected_only: true,
+                ..MessageFilter::default()
+            })
+            .await
+            .unwrap();
+        let ids: Vec<_> = rejects.iter().map(|m| m.id).collect();
+        assert_eq!(ids, vec![4, 3, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_reopened_store_finds_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let message = oru("1", Some(patient("P1", "EVE", false)), &["1", "2"], "");
+        let first = new_id(&store.commit(vec![message.clone()]).await.unwrap()[0]);
+        store.set_export_watermark(first).await.unwrap();
+        drop(store);
+
+        let store = open(dir.path());
+        assert_eq!(store.export_watermark().await.unwrap(), first);
+        let records = store.patient_records("P1", None).await.unwrap().unwrap();
+        assert_eq!(records.records.len(), 2);
+        // Retransmissions are recognised across restarts, and ids keep increasing.
+        assert_eq!(
+            store.commit(vec![message]).await.unwrap(),
+            vec![Stored::Duplicate {
+                id: first,
+                verdict: Verdict::Accept
+            }]
+        );
+        let next = oru("2", Some(patient("P1", "EVE", false)), &["3"], "");
+        let second = new_id(&store.commit(vec![next]).await.unwrap()[0]);
+        assert!(second > first);
+        let records = store.patient_records("P1", None).await.unwrap().unwrap();
+        assert_eq!(records.records[0].observation.value, "3");
+        assert_eq!(records.records.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn the_writer_recovers_after_a_failed_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store
+            .commit(vec![oru(
+                "1",
+                Some(patient("P1", "EVE", false)),
+                &["1"],
+                "",
+            )])
+            .await
+            .unwrap();
+        // A full disk: the database may not grow by a single page.
+        let n_pages = count(&sql(dir.path()), "PRAGMA page_count");
+        exec(&store, &format!("PRAGMA max_page_count = {n_pages}")).await;
+        let big = "OBX|".repeat(50_000);
+        let batch = vec![
+            oru("2", Some(patient("P2", "NEW", false)), &["2"], ""),
+            oru("3", Some(patient("P1", "EVE", false)), &["3"], &big),
+        ];
+        let error = store.commit(batch.clone()).await.unwrap_err();
+        assert_eq!(error.to_string(), "store failure: database or disk is full");
+        assert_eq!(store.stats().n_failed_transactions, 1);
+        assert!(store.patient_records("P2", None).await.unwrap().is_none());
+
+        // Room again: the same store, without reopening, stores the batch.
+        exec(&store, "PRAGMA max_page_count = 1073741823").await;
+        let stored = store.commit(batch).await.unwrap();
+        assert_eq!(new_id(&stored[0]), 2);
+        assert_eq!(new_id(&stored[1]), 3);
+        // The patient created by the failed transaction was forgotten with it.
+        let records = store.patient_records("P2", None).await.unwrap().unwrap();
+        assert_eq!(records.records.len(), 1);
+        assert_eq!(store.patients().await.unwrap().len(), 2);
+        let conn = sql(dir.path());
+        assert_eq!(count(&conn, "SELECT count(*) FROM messages"), 3);
+        assert_eq!(count(&conn, "SELECT count(*) FROM observations"), 3);
+    }
+
+    #[tokio::test]
+    async fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path()));
+        sql(dir.path())
+            .execute_batch("PRAGMA user_version = 99")
+            .unwrap();
+        match SqliteStore::open(dir.path(), SqliteOptions::default()) {
+            Err(StoreError::NewerSchema { found, supported }) => {
+                assert_eq!((found, supported), (99, MIGRATIONS.len() as i64));
+            }
+            Err(other) => panic!("unexpected error {other}"),
+            Ok(_) => panic!("a newer schema was opened"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_exporter_learns_which_patients_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        assert_eq!(store.export_watermark().await.unwrap(), 0);
+        assert_eq!(
+            store.patients_changed_since(0, 10).await.unwrap(),
+            (vec![], 0)
+        );
+        let who = |key: &str| Some(patient(key, "X", false));
+        store
+            .commit(vec![
+                oru("1", who("B"), &["1"], ""),
+                oru("2", who("A"), &["1"], ""),
+                oru("3", who("B"), &["1"], ""),
+                rejected("4", ""),
+                oru("5", None, &["1"], ""),
+                oru("6", who("C"), &["1"], ""),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            store.patients_changed_since(0, 100).await.unwrap(),
+            (
+                vec!["B".to_string(), "A".to_string()]
+                    .into_iter()
+                    .chain(["C".to_string()])
+                    .collect(),
+                6
+            )
+        );
+        assert_eq!(
+            store.patients_changed_since(1, 3).await.unwrap(),
+            (vec!["A".to_string(), "B".to_string()], 4)
+        );
+        assert_eq!(
+            store.patients_changed_since(4, 1).await.unwrap(),
+            (vec![], 5)
+        );
+        store.set_export_watermark(5).await.unwrap();
+        assert_eq!(store.export_watermark().await.unwrap(), 5);
+        store.set_export_watermark(6).await.unwrap();
+        assert_eq!(store.export_watermark().await.unwrap(), 6);
+    }
+
+    #[tokio::test]
+    async fn files_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data/dir");
+        let store = open(&data);
+        store.commit(vec![oru("1", None, &[], "")]).await.unwrap();
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(&data.join(DB_FILE_NAME)), 0o600);
+        assert_eq!(mode(&data.join(format!("{DB_FILE_NAME}-wal"))), 0o600);
+    }
+
+    #[test]
+    fn the_hot_queries_use_their_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap());
+        let conn = sql(dir.path());
+        let plan = |query: &str| -> String {
+            let mut statement = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {query}"))
+                .unwrap();
+            let n_params = statement.parameter_count();
+            let rows = statement
+                .query_map(rusqlite::params_from_iter(vec![0; n_params]), |row| {
+                    row.get::<_, String>(3)
+                })
+                .unwrap();
+            rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+        };
+        for (query, index) in [
+            (FIND_KEY, "messages_by_key"),
+            (FIND_DUPLICATE, "messages_by_key"),
+            (FIND_PATIENT, "sqlite_autoindex_patients_1"),
+            (PATIENT_MESSAGES, "messages_by_patient"),
+            (CHANGED_SINCE, "INTEGER PRIMARY KEY"),
+        ] {
+            let plan = plan(query);
+            assert!(plan.contains(index), "{query}: {plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{query}: {plan}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_holds_at_most_max_batch_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteOptions {
+            max_batch: 2,
+            ..SqliteOptions::default()
+        };
+        let store = SqliteStore::open(dir.path(), options).unwrap();
+        let (release, held) = std::sync::mpsc::channel();
+        store.send(Request::Hold(held)).await.unwrap();
+        let mut tasks = Vec::new();
+        for n in 0..6 {
+            let store = store.clone();
+            let message = oru(&n.to_string(), None, &["1"], "");
+            tasks.push(tokio::spawn(
+                async move { store.commit(vec![message]).await },
+            ));
+        }
+        let requests = store.inner.requests.clone().unwrap();
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while requests.max_capacity() - requests.capacity() < 6 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the batches are queued");
+        drop(release);
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        assert_eq!(store.stats().n_transactions, 3);
+    }
+
+    #[test]
+    fn the_writer_finishes_a_checkpoint_only_after_the_checkpoint_thread() {
+        let signal = CheckpointSignal::default();
+        let long = CHECKPOINT_FRAMES;
+        assert!(!signal.after_commit(10));
+        // A long WAL asks the checkpoint thread for a pass, once.
+        assert!(!signal.after_commit(long));
+        assert!(signal.wait());
+        assert!(!signal.after_commit(long + 100));
+        signal.done();
+        // Then the writer copies the rest itself.
+        assert!(signal.after_commit(long + 200));
+        assert!(!signal.after_commit(10));
+        // A pass that ends after the WAL started over leaves nothing for the writer.
+        assert!(!signal.after_commit(long));
+        assert!(signal.wait());
+        signal.done();
+        assert!(!signal.after_commit(10));
+        assert!(!signal.after_commit(long));
+        signal.shut_down();
+        assert!(!signal.wait());
+    }
+}
