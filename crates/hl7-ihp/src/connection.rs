@@ -67,7 +67,11 @@ pub async fn serve<S: Store>(
     let close = 'connection: loop {
         // Everything already buffered first: a read may have brought several frames.
         loop {
-            let item = match codec.decode(&mut buffer) {
+            let decoded = codec.decode(&mut buffer);
+            // Counted before the answer goes out, so a sender that reads its ACK and then
+            // the metrics sees them.
+            count_framing(&codec, &mut counted, &metrics);
+            let item = match decoded {
                 Ok(Some(item)) => item,
                 Ok(None) => break,
                 Err(error) => {
@@ -92,7 +96,6 @@ pub async fn serve<S: Store>(
                 break 'connection Close::Shutdown;
             }
         }
-        count_framing(&codec, &mut counted, &metrics);
         if *shutdown.borrow() {
             break Close::Shutdown;
         }

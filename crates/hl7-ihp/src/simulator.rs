@@ -343,7 +343,7 @@ impl Monitor {
                 1 + rng.next_u64() % 12,
                 1 + rng.next_u64() % 28
             ),
-            sex: if patient % 2 == 0 { "F" } else { "M" },
+            sex: if patient.is_multiple_of(2) { "F" } else { "M" },
             admitted: false,
             metrics: vec![
                 metric(
