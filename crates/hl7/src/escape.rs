@@ -91,18 +91,20 @@ fn hex_value(digit: u8) -> u8 {
 /// Without an escape character nothing can be escaped, so delimiters, CR and LF become
 /// spaces: a lossy but safe choice for the short texts (error messages) we write back.
 pub fn escape<'a>(text: &'a str, delimiters: &Delimiters) -> Cow<'a, str> {
+    // Delimiters are ASCII; a character outside one byte is never special. (Comparing
+    // `Option`s instead once matched every such character against an absent delimiter.)
     let special = |c: char| -> bool {
-        c == '\r'
-            || c == '\n'
-            || [
-                Some(delimiters.field),
-                Some(delimiters.component),
-                Some(delimiters.repetition),
-                delimiters.escape,
-                delimiters.subcomponent,
-                delimiters.truncation,
-            ]
-            .contains(&u8::try_from(c).ok())
+        let Ok(b) = u8::try_from(c) else {
+            return false;
+        };
+        b == b'\r'
+            || b == b'\n'
+            || b == delimiters.field
+            || b == delimiters.component
+            || b == delimiters.repetition
+            || Some(b) == delimiters.escape
+            || Some(b) == delimiters.subcomponent
+            || Some(b) == delimiters.truncation
     };
     if !text.chars().any(special) {
         return Cow::Borrowed(text);
@@ -202,6 +204,19 @@ mod tests {
         assert_eq!(escaped, r"a\F\b\S\c\R\d\E\e\T\f\X0D\g\X0A\h");
         assert_eq!(un(&escaped), text);
         assert!(matches!(escape("plain", &d), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn text_beyond_latin1_is_kept() {
+        // Found by the `ack` fuzz target: U+FFFD was written as `\P\`.
+        let text = "Zoë \u{FFFD} 日本 ✓";
+        assert_eq!(escape(text, &Delimiters::STANDARD), text);
+        let short = Delimiters {
+            escape: None,
+            subcomponent: None,
+            ..Delimiters::STANDARD
+        };
+        assert_eq!(escape(text, &short), text);
     }
 
     #[test]
