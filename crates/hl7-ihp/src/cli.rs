@@ -55,13 +55,8 @@ pub struct ParseArgs {
 #[derive(Debug, Args)]
 pub struct PatientsArgs {
     /// The receiver's data directory.
-    #[arg(
-        long,
-        env = "HL7IHP_DATA_DIR",
-        default_value = "./data",
-        value_name = "DIR"
-    )]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub store: DataDir,
 }
 
 /// `hl7-ihp show`.
@@ -73,13 +68,8 @@ pub struct ShowArgs {
     #[arg(long)]
     pub all: bool,
     /// The receiver's data directory.
-    #[arg(
-        long,
-        env = "HL7IHP_DATA_DIR",
-        default_value = "./data",
-        value_name = "DIR"
-    )]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub store: DataDir,
 }
 
 /// `hl7-ihp messages`.
@@ -95,13 +85,8 @@ pub struct MessagesArgs {
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
     /// The receiver's data directory.
-    #[arg(
-        long,
-        env = "HL7IHP_DATA_DIR",
-        default_value = "./data",
-        value_name = "DIR"
-    )]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub store: DataDir,
 }
 
 /// `hl7-ihp send`.
@@ -168,4 +153,17 @@ pub struct DemoArgs {
     /// HTTP address of the demo's receiver, or `off`.
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR|off")]
     pub http: String,
+}
+
+/// `--data-dir` of the commands that read a receiver's store.
+#[derive(Debug, Args)]
+pub struct DataDir {
+    /// The receiver's data directory.
+    #[arg(
+        long = "data-dir",
+        env = "HL7IHP_DATA_DIR",
+        default_value = "./data",
+        value_name = "DIR"
+    )]
+    pub path: PathBuf,
 }

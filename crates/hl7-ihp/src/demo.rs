@@ -14,7 +14,7 @@ use crate::cli::DemoArgs;
 use crate::config::{ReceiveArgs, ReceiveConfig, parse_duration};
 use crate::receive;
 use crate::send::{self, Plan, Totals};
-use crate::simulator::{self, Scenario, Source};
+use crate::simulator::{Scenario, Source};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::{PatientSummary, Store};
 
@@ -67,7 +67,7 @@ fn fresh_temp_dir() -> anyhow::Result<PathBuf> {
     let name = format!(
         "hl7-ihp-demo-{}-{}",
         std::process::id(),
-        simulator::run_id()
+        crate::ids::run_id()
     );
     let dir = std::env::temp_dir().join(name);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -80,17 +80,7 @@ async fn demo(
     patients: usize,
     interval: Duration,
 ) -> anyhow::Result<()> {
-    let mllp = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let http = match config.http {
-        Some(address) => Some(
-            tokio::net::TcpListener::bind(address)
-                .await
-                .with_context(|| format!("cannot serve HTTP on {address}"))?,
-        ),
-        None => None,
-    };
+    let (mllp, http) = receive::bind(&config).await?;
     let mllp_address = mllp.local_addr()?;
     let http_address = http.as_ref().map(|l| l.local_addr()).transpose()?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -101,7 +91,7 @@ async fn demo(
 
     // One connection per monitor, as bedside monitors connect.
     let totals = Arc::new(Totals::default());
-    let run_id = simulator::run_id();
+    let run_id = crate::ids::run_id();
     let mut monitors = tokio::task::JoinSet::new();
     for index in 0..patients {
         let plan = Plan {

@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::PatientIdentity;
 use crate::export::ExportHandle;
+use crate::ids::base36;
 use crate::metrics::Metrics;
 use crate::store::{
     Content, MessageKey, NewMessage, ObservationData, PatientData, Store, Stored, Verdict,
@@ -446,18 +447,4 @@ fn ack_time() -> String {
     jiff::Timestamp::now()
         .strftime("%Y%m%d%H%M%S+0000")
         .to_string()
-}
-
-fn base36(mut n: u64) -> String {
-    const DIGITS: &[u8; 36] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
-    let mut out = Vec::with_capacity(13);
-    loop {
-        out.push(DIGITS[(n % 36) as usize]);
-        n /= 36;
-        if n == 0 {
-            break;
-        }
-    }
-    out.reverse();
-    String::from_utf8(out).unwrap_or_default()
 }

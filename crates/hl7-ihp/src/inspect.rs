@@ -29,7 +29,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// `hl7-ihp patients`: one line per patient.
 pub fn patients(args: &PatientsArgs) -> anyhow::Result<ExitCode> {
-    let store = open(&args.data_dir)?;
+    let store = open(&args.store.path)?;
     let patients = runtime()?.block_on(store.patients())?;
     let mut out = io::BufWriter::new(io::stdout().lock());
     let width = patients
@@ -56,7 +56,7 @@ pub fn patients(args: &PatientsArgs) -> anyhow::Result<ExitCode> {
 
 /// `hl7-ihp show <patient>`: the patient's document, the shape of their JSON file.
 pub fn show(args: &ShowArgs) -> anyhow::Result<ExitCode> {
-    let store = open(&args.data_dir)?;
+    let store = open(&args.store.path)?;
     let limit = if args.all {
         None
     } else {
@@ -75,7 +75,7 @@ pub fn show(args: &ShowArgs) -> anyhow::Result<ExitCode> {
 
 /// `hl7-ihp messages`: stored frames, newest first; bodies only with `--raw`.
 pub fn messages(args: &MessagesArgs) -> anyhow::Result<ExitCode> {
-    let store = open(&args.data_dir)?;
+    let store = open(&args.store.path)?;
     let filter = MessageFilter {
         rejected_only: args.rejected,
         with_raw: args.raw,

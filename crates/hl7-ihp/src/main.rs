@@ -9,6 +9,7 @@ mod connection;
 mod demo;
 mod export;
 mod http;
+mod ids;
 mod ingest;
 mod inspect;
 mod listener;
@@ -65,17 +66,7 @@ fn receive_main(args: &ReceiveArgs) -> anyhow::Result<ExitCode> {
     };
     let open_files = listener::raise_open_file_limit();
     runtime()?.block_on(async move {
-        let mllp = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let http = match config.http {
-            Some(address) => Some(
-                tokio::net::TcpListener::bind(address)
-                    .await
-                    .with_context(|| format!("cannot serve HTTP on {address}"))?,
-            ),
-            None => None,
-        };
+        let (mllp, http) = receive::bind(&config).await?;
         let mllp_address = mllp.local_addr()?;
         let http_address = http.as_ref().map(|l| l.local_addr()).transpose()?;
         tracing::info!(

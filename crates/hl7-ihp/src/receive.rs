@@ -21,6 +21,22 @@ use crate::metrics::{Extra, Metrics};
 use crate::store::Store;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 
+/// Binds the MLLP and (unless off) HTTP addresses of a configuration.
+pub async fn bind(config: &ReceiveConfig) -> anyhow::Result<(TcpListener, Option<TcpListener>)> {
+    let mllp = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let http = match config.http {
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot serve HTTP on {address}"))?,
+        ),
+        None => None,
+    };
+    Ok((mllp, http))
+}
+
 /// Runs the receiver until `shutdown` completes: then it stops accepting, lets connections
 /// finish and answer the message in hand, brings the JSON files up to date and returns.
 pub async fn run(

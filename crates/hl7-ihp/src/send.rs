@@ -196,7 +196,7 @@ async fn run_connections(
             }
         });
     }
-    let run_id = simulator::run_id();
+    let run_id = crate::ids::run_id();
     let started = Instant::now();
     let progress = (load && !json && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new_spinner();

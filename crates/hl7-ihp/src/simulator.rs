@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
+use crate::ids::base36;
+
 /// The prototype's three ORU^R01 glucose messages, byte for byte.
 pub const PROTOTYPE: [&[u8]; 3] = [
     include_bytes!("../../../samples/prototype-1.hl7"),
@@ -223,28 +225,6 @@ pub fn hl7_now(offset: bool) -> String {
     } else {
         now.strftime("%Y%m%d%H%M%S").to_string()
     }
-}
-
-fn base36(mut n: u64) -> String {
-    const DIGITS: &[u8; 36] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
-    let mut out = Vec::with_capacity(13);
-    loop {
-        out.push(DIGITS[(n % 36) as usize]);
-        n /= 36;
-        if n == 0 {
-            break;
-        }
-    }
-    out.reverse();
-    String::from_utf8(out).unwrap_or_default()
-}
-
-/// A run id: the current time in base 36, so control ids stay unique across runs.
-pub fn run_id() -> String {
-    let ms = jiff::Timestamp::now().as_millisecond().unsigned_abs();
-    // Six base-36 digits of centiseconds wrap every ~25 days: enough to keep runs apart.
-    let id = base36((ms / 10) % 36u64.pow(6));
-    format!("{id:0>6}")
 }
 
 /// A small deterministic generator (xorshift64*): values drift the same way in every run.

@@ -1,0 +1,38 @@
+//! Short ids: base-36 numbers for fresh ACK control ids and for the simulator's MSH-10.
+
+/// `n` in base 36, upper case (`0`–`9`, `A`–`Z`).
+pub fn base36(mut n: u64) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let mut out = Vec::with_capacity(13);
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// A run id: the current time in centiseconds, six base-36 digits, so control ids stay
+/// unique across runs (they wrap every ~25 days).
+pub fn run_id() -> String {
+    let ms = jiff::Timestamp::now().as_millisecond().unsigned_abs();
+    let id = base36((ms / 10) % 36u64.pow(6));
+    format!("{id:0>6}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base36_digits() {
+        assert_eq!(base36(0), "0");
+        assert_eq!(base36(35), "Z");
+        assert_eq!(base36(36), "10");
+        assert_eq!(base36(u64::MAX), "3W5E11264SGSF");
+        assert_eq!(run_id().len(), 6);
+    }
+}
