@@ -16,8 +16,9 @@
 //!   rewrites each of them once, however many messages arrived for them. Wake-ups during a
 //!   round collapse into one more round.
 //! - Paced: a round starts at least [`ExportOptions::min_interval`] after the previous one
-//!   ended, so under heavy load the exporter takes a bounded share of the machine and the
-//!   files lag instead of the ACKs. A round looks at no more than [`MAX_READS_PER_ROUND`]
+//!   ended, and at least [`ExportOptions::rest_factor`] times as long as that round took, so
+//!   under heavy load the exporter keeps to a bounded share of one core (a quarter by
+//!   default) and the files lag instead of the ACKs. A round looks at no more than [`MAX_READS_PER_ROUND`]
 //!   reads or [`MAX_DIRTY_PATIENTS`] patients; what is left is the next round's work, which
 //!   starts without waiting for a wake-up.
 //! - Bounded files: a file holds the newest [`ExportOptions::max_records`] records (default
@@ -69,6 +70,9 @@ const TEMP_PREFIX: &str = ".tmp-";
 
 /// Default for [`ExportOptions::max_records`] (DESIGN.md §7).
 pub const DEFAULT_MAX_RECORDS: usize = 10_000;
+/// Default for [`ExportOptions::rest_factor`]: busy at most a quarter of the time.
+pub const DEFAULT_REST_FACTOR: u32 = 3;
+
 /// Default for [`ExportOptions::min_interval`].
 pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_millis(200);
 /// Messages looked at per [`Store::patients_changed_since`] call.
@@ -285,6 +289,9 @@ pub struct ExportOptions {
     pub max_records: usize,
     /// The least time between the end of a round and the start of the next.
     pub min_interval: Duration,
+    /// After a round that took `t`, the next one waits at least `rest_factor × t`: the
+    /// exporter is busy at most `1 / (1 + rest_factor)` of the time.
+    pub rest_factor: u32,
 }
 
 impl Default for ExportOptions {
@@ -292,6 +299,7 @@ impl Default for ExportOptions {
         ExportOptions {
             max_records: DEFAULT_MAX_RECORDS,
             min_interval: DEFAULT_MIN_INTERVAL,
+            rest_factor: DEFAULT_REST_FACTOR,
         }
     }
 }
@@ -418,7 +426,7 @@ pub async fn run<S: Store>(
     };
     tokio::pin!(shutdown);
     let mut next = Next::Now;
-    let mut last_end: Option<Instant> = None;
+    let mut last_round: Option<(Instant, Instant)> = None;
     loop {
         match next {
             Next::Now => {}
@@ -431,12 +439,17 @@ pub async fn run<S: Store>(
                 () = &mut shutdown => break,
             },
         }
-        if let Some(end) = last_end {
+        if let Some((start, end)) = last_round {
+            let rest = exporter
+                .options
+                .min_interval
+                .max((end - start) * exporter.options.rest_factor);
             tokio::select! {
-                () = tokio::time::sleep_until(end + exporter.options.min_interval) => {}
+                () = tokio::time::sleep_until(end + rest) => {}
                 () = &mut shutdown => break,
             }
         }
+        let start = Instant::now();
         next = match exporter.round(Limits::Round).await {
             Ok(Progress::CaughtUp) => Next::WhenChanged,
             Ok(Progress::MorePending) => Next::Now,
@@ -449,7 +462,7 @@ pub async fn run<S: Store>(
                 Next::Retry
             }
         };
-        last_end = Some(Instant::now());
+        last_round = Some((start, Instant::now()));
     }
 
     // The final round: the receiver has stopped taking messages, so it ends.
