@@ -290,3 +290,51 @@ fn logs_carry_no_patient_data() {
     }
     assert!(logs.contains("connection closed"), "{logs}");
 }
+
+/// Raises this test process's open-file limit so it can hold many sockets.
+fn raise_own_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    limit.current = limit.maximum;
+    let _ = setrlimit(Resource::Nofile, limit);
+}
+
+#[test]
+fn a_thousand_connections_at_once() {
+    raise_own_file_limit();
+    let (_dir, receiver) = start(&[]);
+    let mut clients: Vec<Client> = (0..1000).map(|_| Client::connect(receiver.mllp)).collect();
+    for (n, client) in clients.iter_mut().enumerate() {
+        let ack = client.exchange(&oru(&format!("K-{n}"), &format!("K{}", n % 50), 1));
+        assert_eq!(ack_field(&ack, "MSA-1"), "AA");
+    }
+    let (_, body) = receiver.http_get("/metrics");
+    assert!(body.contains("\nhl7ihp_connections_open 1000\n"), "{body}");
+    // All still open and served, oldest first.
+    let ack = clients[0].exchange(&oru("K-again", "K0", 2));
+    assert_eq!(ack_field(&ack, "MSA-1"), "AA");
+}
+
+#[test]
+fn accept_backs_off_when_file_descriptors_run_out() {
+    raise_own_file_limit();
+    let dir = tempfile::tempdir().unwrap();
+    // Few descriptors: the store, the listeners and the runtime take some, then accept fails.
+    let receiver = Receiver::start_with_file_limit(&dir.path().join("data"), 64, &[]);
+    let streams: Vec<_> = (0..80)
+        .map(|_| std::net::TcpStream::connect(receiver.mllp).unwrap())
+        .collect();
+    wait_until("the back-off log line", || {
+        receiver.logs().contains("out of file descriptors")
+    });
+    drop(streams);
+    // Once descriptors are free again, connections are served.
+    wait_until("a connection served after the back-off", || {
+        Client::try_connect(receiver.mllp).is_some_and(|mut client| {
+            client.send(&oru("FD-1", "FD", 1));
+            client.read_ack().is_some()
+        })
+    });
+    let (status, _) = receiver.http_get("/healthz");
+    assert_eq!(status, 200);
+}

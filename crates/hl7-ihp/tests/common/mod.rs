@@ -53,7 +53,23 @@ impl Receiver {
 
     /// Starts `hl7-ihp receive` on a given MLLP address (to restart on the same port).
     pub fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> Receiver {
-        let mut child = Command::new(binary())
+        Receiver::spawn(Command::new(binary()), data_dir, listen, extra)
+    }
+
+    /// Starts the receiver with its open-file limit (soft and hard) set to `n`, through the
+    /// shell's `ulimit`, so that accepting can run out of descriptors.
+    pub fn start_with_file_limit(data_dir: &Path, n: u32, extra: &[&str]) -> Receiver {
+        let mut command = Command::new("sh");
+        command.args([
+            "-c",
+            &format!("ulimit -n {n} && exec \"$0\" \"$@\""),
+            binary(),
+        ]);
+        Receiver::spawn(command, data_dir, "127.0.0.1:0", extra)
+    }
+
+    fn spawn(mut command: Command, data_dir: &Path, listen: &str, extra: &[&str]) -> Receiver {
+        let mut child = command
             .args([
                 "receive",
                 "--listen",
