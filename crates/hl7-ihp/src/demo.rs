@@ -85,7 +85,11 @@ async fn demo(
     let http_address = http.as_ref().map(|l| l.local_addr()).transpose()?;
     let stop = Arc::new(AtomicBool::new(false));
     let (stop_receiver_tx, mut stop_receiver_rx) = tokio::sync::watch::channel(false);
-    let receiver = tokio::spawn(receive::run(config, mllp, http, async move {
+    // Opened (and migrated) before the receiver opens it, so the two never race to create
+    // the schema; the demo only reads through it.
+    let reader = SqliteStore::open(&data_dir, SqliteOptions::default())
+        .context("opening the store to read it")?;
+    let mut receiver = tokio::spawn(receive::run(config, mllp, http, async move {
         let _ = stop_receiver_rx.wait_for(|stop| *stop).await;
     }));
 
@@ -112,8 +116,6 @@ async fn demo(
         ));
     }
 
-    let reader = SqliteStore::open(&data_dir, SqliteOptions::default())
-        .context("opening the store to read it")?;
     println!("hl7-ihp demo: {patients} bedside monitors sending IHE PCD-01 vitals to the receiver");
     println!(
         "  MLLP          {mllp_address}   (point your own devices here: hl7-ihp send --to {mllp_address})"
@@ -134,6 +136,14 @@ async fn demo(
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
+            ended = &mut receiver => {
+                stop.store(true, Ordering::Relaxed);
+                return match ended {
+                    Ok(Ok(())) => Err(anyhow::anyhow!("the receiver stopped unexpectedly")),
+                    Ok(Err(error)) => Err(error.context("the receiver failed")),
+                    Err(error) => Err(anyhow::Error::new(error).context("the receiver task failed")),
+                };
+            }
             _ = ticker.tick() => {
                 let table = render_table(&reader, &totals).await;
                 let mut out = std::io::stdout().lock();

@@ -258,3 +258,51 @@ fn a_full_disk_gets_rejects_and_storing_resumes_when_space_returns() {
     let (status, logs) = receiver.terminate();
     assert!(status.success(), "{logs}");
 }
+
+#[test]
+fn sigterm_with_messages_in_flight_loses_nothing_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let receiver = Receiver::start(&data, &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked_all: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|sender| {
+            let address = receiver.mllp;
+            let stop = Arc::clone(&stop);
+            let acked_all = Arc::clone(&acked_all);
+            std::thread::spawn(move || {
+                let acked = send_until_broken(address, sender, 999, &stop);
+                acked_all.lock().unwrap().extend(acked);
+            })
+        })
+        .collect();
+    wait_until("messages flowing", || {
+        receiver
+            .http_get("/metrics")
+            .1
+            .contains("hl7ihp_messages_accepted_total")
+            && {
+                let (_, body) = receiver.http_get("/metrics");
+                body.lines()
+                    .find_map(|l| l.strip_prefix("hl7ihp_messages_accepted_total "))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .is_some_and(|n| n > 200)
+            }
+    });
+    let started = Instant::now();
+    let (status, logs) = receiver.terminate();
+    let took = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for sender in senders {
+        sender.join().expect("sender");
+    }
+    assert!(status.success(), "{status:?} {logs}");
+    assert!(took < Duration::from_secs(15), "shutdown took {took:?}");
+    let acked = acked_all.lock().unwrap().clone();
+    let stored = stored_control_ids(&data);
+    let lost: Vec<_> = acked.difference(&stored).collect();
+    assert!(lost.is_empty(), "acknowledged but not stored: {lost:?}");
+    // The final export round ran: the files hold every acknowledged message.
+    assert!(file_control_ids(&data).is_superset(&acked));
+}

@@ -384,28 +384,46 @@ fn open_writer(path: &Path) -> Result<Connection, StoreError> {
          PRAGMA temp_store = MEMORY;"
     ))
     .map_err(database_error)?;
-    migrate(&conn, version)?;
+    migrate(&conn)?;
     // Replaces SQLite's automatic checkpoint, which would run inside the writer's commit:
     // the checkpoint thread does it instead.
     conn.wal_hook(Some(note_wal_frames));
     Ok(conn)
 }
 
-fn migrate(conn: &Connection, from: i64) -> Result<(), StoreError> {
-    for (n, sql) in MIGRATIONS.iter().enumerate().skip(from.max(0) as usize) {
-        let version = n as i64 + 1;
-        // The schema change and its version number commit together or not at all.
-        conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {version};\nCOMMIT;"
-        ))
-        .map_err(|e| {
+/// Applies the migrations the database lacks. The version is read again under the write
+/// lock, so two processes opening a new data directory at once (a receiver starting while
+/// `hl7-ihp patients` runs) do not both create the schema.
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let failed = |e: rusqlite::Error| StoreError::Database(format!("schema migration failed: {e}"));
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(failed)?;
+    let applied = (|| -> Result<(), StoreError> {
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(failed)?;
+        let supported = MIGRATIONS.len() as i64;
+        if version > supported {
+            return Err(StoreError::NewerSchema {
+                found: version,
+                supported,
+            });
+        }
+        for (n, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+            // The schema change and its version number commit together or not at all.
+            conn.execute_batch(&format!("{sql}\nPRAGMA user_version = {};", n + 1))
+                .map_err(failed)?;
+        }
+        Ok(())
+    })();
+    match applied {
+        Ok(()) => conn.execute_batch("COMMIT").map_err(failed),
+        Err(error) => {
             if !conn.is_autocommit() {
                 let _ = conn.execute_batch("ROLLBACK");
             }
-            StoreError::Database(format!("schema migration {version} failed: {e}"))
-        })?;
+            Err(error)
+        }
     }
-    Ok(())
 }
 
 fn open_reader(path: &Path) -> Result<Connection, StoreError> {
@@ -1977,6 +1995,27 @@ mod tests {
         let conn = sql(dir.path());
         assert_eq!(count(&conn, "SELECT count(*) FROM messages"), 3);
         assert_eq!(count(&conn, "SELECT count(*) FROM observations"), 3);
+    }
+
+    #[test]
+    fn two_processes_opening_a_new_directory_at_once_both_succeed() {
+        for _ in 0..10 {
+            let dir = tempfile::tempdir().unwrap();
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+            let openers: Vec<_> = (0..2)
+                .map(|_| {
+                    let path = dir.path().join("data");
+                    let barrier = std::sync::Arc::clone(&barrier);
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        SqliteStore::open(&path, SqliteOptions::default()).map(drop)
+                    })
+                })
+                .collect();
+            for opener in openers {
+                opener.join().unwrap().expect("both open the store");
+            }
+        }
     }
 
     #[tokio::test]
