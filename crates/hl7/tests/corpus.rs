@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::panic::{self, AssertUnwindSafe};
-use std::path::{Path as FsPath, PathBuf};
+use std::path::Path as FsPath;
 
 use hl7::{Batch, Charset, Message, ParseError, ParseErrorKind, Path, SegmentId, Tree};
 use serde_json::Value;
@@ -19,29 +19,9 @@ use serde_json::Value;
 // ---------------------------------------------------------------------------------------------
 // Where the corpus is, and reading it.
 
-/// The corpus folder, or `None` (after saying so) when it is absent outside CI.
-fn corpus_dir() -> Option<PathBuf> {
-    let dir = match std::env::var_os("HL7_CORPUS") {
-        Some(dir) => PathBuf::from(dir),
-        // crates/hl7 → the clone → the folder that holds the clone and shared/.
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"),
-    };
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!(
-            "HL7 corpus not found at {}: CI needs shared/corpus beside the clone, or HL7_CORPUS \
-             naming it",
-            dir.display()
-        );
-    }
-    eprintln!(
-        "corpus tests skipped: no HL7 corpus at {} (set HL7_CORPUS to its folder)",
-        dir.display()
-    );
-    None
-}
+#[path = "support/corpus_dir.rs"]
+mod support;
+use support::corpus_dir;
 
 /// Every `*.hl7` file of the corpus, sorted by name.
 fn hl7_files(dir: &FsPath) -> Vec<(String, Vec<u8>)> {
