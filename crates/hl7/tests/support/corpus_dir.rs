@@ -1,6 +1,7 @@
 //! Where the shared HL7 corpus is, for the tests of both crates (included with `#[path]`):
 //! `HL7_CORPUS`, or `shared/corpus` beside the clone; missing is a skip, or a failure in CI.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 /// The corpus folder, or `None` (after saying so) when it is absent outside CI.
@@ -20,7 +21,10 @@ pub fn corpus_dir() -> Option<PathBuf> {
             dir.display()
         );
     }
-    eprintln!(
+    // Written to the process's standard error directly, past the test harness's capture,
+    // so that the skip shows in the test output of a clone without the corpus.
+    let _ = writeln!(
+        std::io::stderr(),
         "corpus tests skipped: no HL7 corpus at {} (set HL7_CORPUS to its folder)",
         dir.display()
     );
