@@ -13,7 +13,7 @@ use hl7::ack::{
     build_reject_without_header, choose_ack,
 };
 use hl7::extract::{Extract, extract};
-use hl7::{Message, ParseError, SegmentId};
+use hl7::{Message, SegmentId};
 use sha2::{Digest, Sha256};
 
 use crate::config::PatientIdentity;
@@ -95,7 +95,7 @@ impl<S: Store> Ingest<S> {
             Err(error) => {
                 let location = ErrorLocation::of_parse_error(&error);
                 return self
-                    .unreadable(frame, describe(&error), location, peer, received_at)
+                    .unreadable(frame, error.to_string(), location, peer, received_at)
                     .await;
             }
         };
@@ -327,11 +327,6 @@ fn plain_error(reason: &str) -> AckError {
         location: None,
         text: reason.to_owned(),
     }
-}
-
-/// A parse error as the sender may read it: kind and position, never content.
-fn describe(error: &ParseError) -> String {
-    error.to_string()
 }
 
 /// The header of a frame that did not parse whole: its first non-blank line, when that is

@@ -65,6 +65,25 @@ fn send_until_broken(
     acked
 }
 
+/// Starts the senders of one cycle; each adds what was acknowledged to `acked_all`.
+fn spawn_senders(
+    address: SocketAddr,
+    cycle: usize,
+    stop: &Arc<AtomicBool>,
+    acked_all: &Arc<Mutex<BTreeSet<String>>>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    (0..SENDERS)
+        .map(|sender| {
+            let stop = Arc::clone(stop);
+            let acked_all = Arc::clone(acked_all);
+            std::thread::spawn(move || {
+                let acked = send_until_broken(address, sender, cycle, &stop);
+                acked_all.lock().unwrap().extend(acked);
+            })
+        })
+        .collect()
+}
+
 fn stored_control_ids(data_dir: &Path) -> BTreeSet<String> {
     let data_dir = data_dir.to_str().unwrap();
     let mut ids = BTreeSet::new();
@@ -146,17 +165,7 @@ fn sigkill_under_load_loses_no_acknowledged_message() {
     for cycle in 0..cycles {
         let receiver = Receiver::start(&data, &[]);
         let stop = Arc::new(AtomicBool::new(false));
-        let senders: Vec<_> = (0..SENDERS)
-            .map(|sender| {
-                let address = receiver.mllp;
-                let stop = Arc::clone(&stop);
-                let acked_all = Arc::clone(&acked_all);
-                std::thread::spawn(move || {
-                    let acked = send_until_broken(address, sender, cycle, &stop);
-                    acked_all.lock().unwrap().extend(acked);
-                })
-            })
-            .collect();
+        let senders = spawn_senders(receiver.mllp, cycle, &stop, &acked_all);
         // Kill at a random moment once the load is running.
         let before = acked_all.lock().unwrap().len();
         let delay = Duration::from_millis(50 + rng.next() % 700);
@@ -290,29 +299,13 @@ fn sigterm_with_messages_in_flight_loses_nothing_and_exits_0() {
     let receiver = Receiver::start(&data, &[]);
     let stop = Arc::new(AtomicBool::new(false));
     let acked_all: Arc<Mutex<BTreeSet<String>>> = Arc::default();
-    let senders: Vec<_> = (0..SENDERS)
-        .map(|sender| {
-            let address = receiver.mllp;
-            let stop = Arc::clone(&stop);
-            let acked_all = Arc::clone(&acked_all);
-            std::thread::spawn(move || {
-                let acked = send_until_broken(address, sender, 999, &stop);
-                acked_all.lock().unwrap().extend(acked);
-            })
-        })
-        .collect();
+    let senders = spawn_senders(receiver.mllp, 999, &stop, &acked_all);
     wait_until("messages flowing", || {
-        receiver
-            .http_get("/metrics")
-            .1
-            .contains("hl7ihp_messages_accepted_total")
-            && {
-                let (_, body) = receiver.http_get("/metrics");
-                body.lines()
-                    .find_map(|l| l.strip_prefix("hl7ihp_messages_accepted_total "))
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .is_some_and(|n| n > 200)
-            }
+        let (_, body) = receiver.http_get("/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix("hl7ihp_messages_accepted_total "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n > 200)
     });
     let started = Instant::now();
     let (status, logs) = receiver.terminate();
