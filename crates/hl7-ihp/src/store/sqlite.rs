@@ -197,7 +197,7 @@ impl SqliteStore {
             .open(&path)
             .map_err(|e| StoreError::Database(format!("cannot create {}: {e}", path.display())))?;
 
-        let writer_conn = open_writer(&path)?;
+        let writer_conn = open_writer_retrying(&path)?;
         let reader = open_reader(&path)?;
         let checkpointer_conn = open_checkpointer(&path)?;
 
@@ -348,6 +348,25 @@ fn lock(reader: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
 
 // ---------------------------------------------------------------------------------------
 // Opening and migrations
+
+/// Opening sets WAL mode and migrates, steps in which SQLite answers "locked" at once,
+/// without waiting, when another process is opening the same new database. A few bounded
+/// retries let both open.
+fn open_writer_retrying(path: &Path) -> Result<Connection, StoreError> {
+    const ATTEMPTS: u32 = 50;
+    let mut attempt = 1;
+    loop {
+        match open_writer(path) {
+            Err(StoreError::Database(reason))
+                if reason.contains("locked") && attempt < ATTEMPTS =>
+            {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            result => return result,
+        }
+    }
+}
 
 fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(database_error)?;
