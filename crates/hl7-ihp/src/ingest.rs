@@ -22,6 +22,7 @@ use crate::ids::base36;
 use crate::metrics::Metrics;
 use crate::store::{
     Content, MessageKey, NewMessage, ObservationData, PatientData, Store, Stored, Verdict,
+    instant_ms,
 };
 
 /// What ingest needs to know of the settings.
@@ -347,6 +348,7 @@ fn key_of(extract: &Extract<'_>) -> MessageKey {
         sending_application: extract.header.sending_application.to_string(),
         sending_facility: extract.header.sending_facility.to_string(),
         control_id: extract.header.control_id.to_string(),
+        sent_ms: extract.header.time.as_ref().and_then(instant_ms),
     }
 }
 
@@ -390,15 +392,10 @@ fn content_of(
         .enumerate()
         .map(|(index, obx)| {
             let (observed_at, observed_ms) = match obx.time {
-                Some(time) => {
-                    let instant = time
-                        .to_jiff_timestamp()
-                        .or_else(|| jiff::tz::Offset::UTC.to_timestamp(time.to_civil()).ok());
-                    (
-                        time.to_iso_string(),
-                        instant.map_or(received_at.as_millisecond(), |t| t.as_millisecond()),
-                    )
-                }
+                Some(time) => (
+                    time.to_iso_string(),
+                    instant_ms(&time).unwrap_or(received_at.as_millisecond()),
+                ),
                 None => (received_text.clone(), received_at.as_millisecond()),
             };
             ObservationData {

@@ -4,6 +4,7 @@
 //! Each [`Source`] yields the next message of one connection; every message carries a fresh,
 //! unique MSH-10 (except `--verbatim` and files, which are sent as they are).
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -122,6 +123,29 @@ pub struct Source {
     n_sent: u64,
     monitors: Vec<Monitor>,
     rng: Rng,
+    clock: Clock,
+}
+
+/// Now as an HL7 DTM with the local offset, formatted once a second: the load generator
+/// sends thousands of messages a second and should spend its time sending them.
+#[derive(Debug, Default)]
+struct Clock {
+    second: i64,
+    text: String,
+}
+
+impl Clock {
+    fn now(&mut self) -> &str {
+        let now = jiff::Timestamp::now();
+        if self.text.is_empty() || now.as_second() != self.second {
+            self.second = now.as_second();
+            self.text = now
+                .to_zoned_datetime(jiff::tz::TimeZone::system())
+                .strftime("%Y%m%d%H%M%S%z")
+                .to_string();
+        }
+        &self.text
+    }
 }
 
 impl Source {
@@ -143,6 +167,7 @@ impl Source {
             n_sent: 0,
             monitors,
             rng,
+            clock: Clock::default(),
         }
     }
 
@@ -180,8 +205,15 @@ impl Source {
                 let Some(monitor) = self.monitors.get_mut(index) else {
                     return Outgoing::from_bytes(Vec::new(), String::new());
                 };
-                let (bytes, label) = monitor.next_message(&control_id, rng);
-                Outgoing::from_bytes(bytes, label)
+                let (bytes, label) = monitor.next_message(&control_id, self.clock.now(), rng);
+                // What `from_bytes` would read back (a test checks it): MSH-15 AL asks
+                // for an ACK.
+                Outgoing {
+                    bytes,
+                    control_id,
+                    expects_ack: true,
+                    label,
+                }
             }
         }
     }
@@ -406,8 +438,7 @@ impl Monitor {
     }
 
     /// An ADT^A01 the first time, then ORU^R01 with drifting values.
-    fn next_message(&mut self, control_id: &str, rng: &mut Rng) -> (Vec<u8>, String) {
-        let now = hl7_now(true);
+    fn next_message(&mut self, control_id: &str, now: &str, rng: &mut Rng) -> (Vec<u8>, String) {
         if !self.admitted {
             self.admitted = true;
             let text = format!(
@@ -417,12 +448,14 @@ impl Monitor {
             );
             return (text.into_bytes(), format!("ADT^A01 admit {}", self.bed));
         }
-        let mut text = self.header("ORU^R01^ORU_R01", control_id, &now);
+        let mut text = String::with_capacity(1536);
+        text.push_str(&self.header("ORU^R01^ORU_R01", control_id, now));
         text.push_str(&self.patient_segments());
-        text.push_str(&format!(
+        let _ = write!(
+            text,
             "OBR|1|{control_id}^MONITOR|{eui}^MONITOR^{eui}^EUI-64|69965^MDC_DEV_MON_PHYSIO_MULTI_PARAM_MDS^MDC|||{now}\r",
             eui = self.eui64
-        ));
+        );
         for (n, metric) in self.metrics.iter_mut().enumerate() {
             // A random walk around the middle of the normal range; now and then a value
             // outside it, as real patients do.
@@ -445,7 +478,8 @@ impl Monitor {
             } else {
                 "N"
             };
-            text.push_str(&format!(
+            let _ = write!(
+                text,
                 "OBX|{set}|NM|{code}^{refid}^MDC|{containment}|{value:.decimals$}|{units}|{low:.decimals$}-{high:.decimals$}|{flag}|||R|||{now}||||{eui}^EUI-64\r",
                 set = n + 1,
                 code = metric.code,
@@ -454,7 +488,7 @@ impl Monitor {
                 decimals = metric.decimals,
                 units = metric.units,
                 eui = self.eui64,
-            ));
+            );
         }
         let label = format!("ORU^R01 vitals {}", self.bed);
         (text.into_bytes(), label)
@@ -505,6 +539,14 @@ mod tests {
         let report = source.next_message();
         let message = hl7::parse(&report.bytes).unwrap();
         assert!(report.expects_ack);
+        // Built without reading the bytes back: the same as reading them.
+        for sent in [&admit, &report] {
+            let read = Outgoing::from_bytes(sent.bytes.clone(), String::new());
+            assert_eq!(
+                (&read.control_id, read.expects_ack),
+                (&sent.control_id, sent.expects_ack)
+            );
+        }
         assert_eq!(message.get("MSH-9").unwrap(), b"ORU^R01^ORU_R01");
         assert_eq!(message.get("MSH-12").unwrap(), b"2.6");
         assert_eq!(message.segments_by_id("OBX").count(), 7);

@@ -19,6 +19,18 @@ pub struct MessageKey {
     pub sending_facility: String,
     /// MSH-10 raw text.
     pub control_id: String,
+    /// MSH-7 as an instant ([`instant_ms`]), when it is a time. Not part of the key's
+    /// identity, but a function of the bytes: a retransmission carries the same MSH-7, so
+    /// the store files the key under it and finds retransmissions near each other.
+    pub sent_ms: Option<i64>,
+}
+
+/// An HL7 time as milliseconds since the Unix epoch; a time without an offset is read as
+/// UTC. `None` when it names no instant (out of range).
+pub fn instant_ms(time: &hl7::timestamp::Timestamp) -> Option<i64> {
+    time.to_jiff_timestamp()
+        .or_else(|| jiff::tz::Offset::UTC.to_timestamp(time.to_civil()).ok())
+        .map(|t| t.as_millisecond())
 }
 
 /// What `ingest` decided about a frame before storing it.

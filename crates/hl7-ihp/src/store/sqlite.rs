@@ -7,13 +7,16 @@
 //! caller in it gets [`StoreError::Database`]; the writer carries on with the next batches, so
 //! the store recovers by itself once the cause (a full disk) is gone.
 //!
-//! The per-message cost does not grow with a patient's history: messages and observations
-//! are append-only tables, a message adds one entry to each of two small indexes, and the
-//! writer remembers patients so that a message about a known patient reads nothing and
-//! writes no patient row unless the patient's data changed.
+//! The per-message cost does not grow with a patient's history: a message is one row of an
+//! append-only table (its observations a JSON column of it), it adds one entry to the
+//! patient index and one to the duplicate index (filed by time, so a transaction's entries
+//! sit together), and the writer remembers patients so that a message about a known patient
+//! reads nothing and writes no patient row unless the patient's data changed. `commit`
+//! prepares each row on the caller's thread (encodes the observations, hashes the key), so
+//! the writer, the one serial step, only binds values.
 
 use std::cell::Cell;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::raw::c_int;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
@@ -27,16 +30,30 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Content, MessageFilter, MessageKey, MessageSummary, NewMessage, ObservationData,
-    ObservationRow, PatientData, PatientRecords, PatientSummary, Store, StoreError, StoreStats,
-    Stored, Verdict,
+    MessageFilter, MessageKey, MessageSummary, NewMessage, ObservationData, ObservationRow,
+    PatientData, PatientRecords, PatientSummary, Store, StoreError, StoreStats, Stored, Verdict,
 };
 
 /// The database file inside the data directory.
 pub const DB_FILE_NAME: &str = "hl7-ihp.sqlite3";
 
+/// One schema change: a script, then optionally code for what SQL cannot do.
+struct Migration {
+    sql: &'static str,
+    then: Option<fn(&Connection) -> rusqlite::Result<()>>,
+}
+
 /// The schema migrations; the database's `user_version` is how many have been applied.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_schema.sql")];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        sql: include_str!("migrations/0001_schema.sql"),
+        then: None,
+    },
+    Migration {
+        sql: include_str!("migrations/0002_compact_rows.sql"),
+        then: Some(fill_sent_ms),
+    },
+];
 
 /// Page size of a new database: the file system's block. Every index page a batch dirties
 /// is written to the WAL in full; 2 KiB pages wrote a quarter fewer bytes per message but
@@ -69,6 +86,11 @@ const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 
 /// Patients the writer remembers (key → row and data); when full it forgets them all.
 const PATIENT_CACHE_CAPACITY: usize = 100_000;
+
+/// Keys of the most recent accepted messages the writer remembers, to count senders that
+/// reuse a control id with other content (DESIGN.md §5). Only a metric: the duplicate
+/// check itself looks at everything stored.
+const RECENT_KEYS: usize = 65_536;
 
 /// The `meta` row holding the exporter's progress.
 const EXPORT_WATERMARK: &str = "export_watermark";
@@ -138,7 +160,7 @@ struct Counters {
 /// Work for the writer thread.
 enum Request {
     Commit {
-        messages: Vec<NewMessage>,
+        rows: Vec<Row>,
         reply: oneshot::Sender<Result<Vec<Stored>, StoreError>>,
     },
     SetWatermark {
@@ -159,7 +181,7 @@ enum Request {
 impl Request {
     fn n_messages(&self) -> usize {
         match self {
-            Request::Commit { messages, .. } => messages.len(),
+            Request::Commit { rows, .. } => rows.len(),
             _ => 0,
         }
     }
@@ -269,8 +291,11 @@ impl Store for SqliteStore {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
+        // Prepared here, on the caller's thread; what is left of the messages is freed here
+        // too, where it was allocated.
+        let rows: Vec<Row> = messages.into_iter().map(Row::new).collect();
         let (reply, answer) = oneshot::channel();
-        self.send(Request::Commit { messages, reply }).await?;
+        self.send(Request::Commit { rows, reply }).await?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -427,9 +452,13 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
                 supported,
             });
         }
-        for (n, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+        for (n, migration) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
             // The schema change and its version number commit together or not at all.
-            conn.execute_batch(&format!("{sql}\nPRAGMA user_version = {};", n + 1))
+            conn.execute_batch(migration.sql).map_err(failed)?;
+            if let Some(then) = migration.then {
+                then(conn).map_err(failed)?;
+            }
+            conn.pragma_update(None, "user_version", n as i64 + 1)
                 .map_err(failed)?;
         }
         Ok(())
@@ -600,15 +629,184 @@ struct Writer {
 /// and is forgotten when a transaction fails.
 #[derive(Default)]
 struct WriterState {
-    /// The next message and observation ids; read from the database when `None`.
-    next_ids: Option<NextIds>,
+    /// The next message id; read from the database when `None`.
+    next_id: Option<i64>,
     patients: HashMap<String, CachedPatient>,
+    recent_keys: RecentKeys,
 }
 
-#[derive(Clone, Copy)]
-struct NextIds {
-    message: i64,
-    observation: i64,
+/// The key hashes of the last [`RECENT_KEYS`] accepted messages stored, with how often
+/// each occurs among them.
+#[derive(Default)]
+struct RecentKeys {
+    counts: HashMap<i64, u32>,
+    order: VecDeque<i64>,
+}
+
+impl RecentKeys {
+    /// Notes a stored message's key; true when a recent message had the same key (the
+    /// 64-bit hash: two different keys agree on it about once in 10^14 pairs).
+    fn note(&mut self, key_hash: i64) -> bool {
+        let count = self.counts.entry(key_hash).or_insert(0);
+        let known = *count > 0;
+        *count += 1;
+        self.order.push_back(key_hash);
+        if self.order.len() > RECENT_KEYS
+            && let Some(old) = self.order.pop_front()
+            && let Some(count) = self.counts.get_mut(&old)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.counts.remove(&old);
+            }
+        }
+        known
+    }
+}
+
+/// A message as the writer stores it. [`Row::new`] runs in `commit`, on the caller's
+/// thread: it encodes the observations, hashes the key and moves the rest, so that the
+/// writer, the one serial step, only binds values.
+struct Row {
+    received_ms: i64,
+    peer: String,
+    key: Option<MessageKey>,
+    /// Accepted messages with a key: the duplicate key's hash.
+    key_hash: Option<i64>,
+    hash: [u8; 32],
+    verdict: Verdict,
+    /// `MSH-9.1^MSH-9.2`, MSH-12 and PV1-3: kept for every outcome when extracted, because
+    /// they help whoever inspects a reject.
+    message_type: Option<String>,
+    version: Option<String>,
+    location: Option<String>,
+    /// Accepted messages only.
+    device: Option<String>,
+    patient: Option<PatientData>,
+    n_observations: i64,
+    /// The observations as JSON (`observations` column), when there are any.
+    observations: Option<String>,
+    raw: Vec<u8>,
+}
+
+impl Row {
+    fn new(message: NewMessage) -> Row {
+        let accepted = message.verdict == Verdict::Accept;
+        let key_hash = match (&message.key, accepted) {
+            (Some(key), true) => Some(key_hash(key)),
+            _ => None,
+        };
+        let mut row = Row {
+            received_ms: message.received_at.as_millisecond(),
+            peer: message.peer,
+            key: message.key,
+            key_hash,
+            hash: message.hash,
+            verdict: message.verdict,
+            message_type: None,
+            version: None,
+            location: None,
+            device: None,
+            patient: None,
+            n_observations: 0,
+            observations: None,
+            raw: message.raw,
+        };
+        if let Some(content) = message.content {
+            row.message_type = Some(format!("{}^{}", content.message_type, content.trigger));
+            row.version = Some(content.version);
+            row.location = content.location;
+            if accepted {
+                row.device = Some(content.device);
+                row.patient = content.patient;
+                row.n_observations = content.observations.len() as i64;
+                row.observations = encode_observations(&content.observations);
+            }
+        }
+        row
+    }
+}
+
+/// One observation in the `observations` column, in the order the migration documents.
+type EncodedObservation<S> = (S, S, S, S, S, S, Option<f64>, S, S, S, S, S, S, i64, S);
+
+fn encode_observations(observations: &[ObservationData]) -> Option<String> {
+    if observations.is_empty() {
+        return None;
+    }
+    let encoded: Vec<EncodedObservation<&str>> = observations
+        .iter()
+        .map(|o| {
+            (
+                o.value_type.as_str(),
+                o.code.as_str(),
+                o.code_text.as_str(),
+                o.code_system.as_str(),
+                o.sub_id.as_str(),
+                o.value.as_str(),
+                // JSON has no infinities; a value that overflowed a double is no number.
+                o.numeric.filter(|n| n.is_finite()),
+                o.units.as_str(),
+                o.units_text.as_str(),
+                o.reference_range.as_str(),
+                o.abnormal_flags.as_str(),
+                o.status.as_str(),
+                o.observed_at.as_str(),
+                o.observed_ms,
+                o.equipment.as_str(),
+            )
+        })
+        .collect();
+    // Strings, numbers and arrays only: serializing cannot fail.
+    Some(serde_json::to_string(&encoded).expect("observations serialize"))
+}
+
+/// The `observations` column back into observations, `index` from their order.
+fn decode_observations(column: usize, text: &str) -> rusqlite::Result<Vec<ObservationData>> {
+    let encoded: Vec<EncodedObservation<String>> = serde_json::from_str(text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, e.into())
+    })?;
+    Ok(encoded
+        .into_iter()
+        .enumerate()
+        .map(|(index, o)| ObservationData {
+            index: u32::try_from(index).unwrap_or(u32::MAX),
+            value_type: o.0,
+            code: o.1,
+            code_text: o.2,
+            code_system: o.3,
+            sub_id: o.4,
+            value: o.5,
+            numeric: o.6,
+            units: o.7,
+            units_text: o.8,
+            reference_range: o.9,
+            abnormal_flags: o.10,
+            status: o.11,
+            observed_at: o.12,
+            observed_ms: o.13,
+            equipment: o.14,
+        })
+        .collect())
+}
+
+/// Migration 2's step after its script: `sent_ms` of the accepted messages stored before,
+/// from their MSH-7, as ingest computes it for new ones.
+fn fill_sent_ms(conn: &Connection) -> rusqlite::Result<()> {
+    let mut select = conn.prepare("SELECT id, raw FROM messages WHERE key_hash IS NOT NULL")?;
+    let mut update = conn.prepare("UPDATE messages SET sent_ms = ?2 WHERE id = ?1")?;
+    let mut rows = select.query([])?;
+    while let Some(row) = rows.next()? {
+        let raw = row.get_ref(1)?.as_blob()?;
+        let sent_ms = hl7::parse(raw)
+            .ok()
+            .and_then(|message| hl7::extract::extract(&message).header.time)
+            .and_then(|time| super::instant_ms(&time));
+        if sent_ms.is_some() {
+            update.execute(params![row.get::<_, i64>(0)?, sent_ms])?;
+        }
+    }
+    Ok(())
 }
 
 /// A patient row as stored.
@@ -674,14 +872,10 @@ struct Tally {
     n_reused_control_ids: u64,
 }
 
-const SELECT_NEXT_IDS: &str = "SELECT (SELECT coalesce(max(id), 0) + 1 FROM messages), \
-     (SELECT coalesce(max(id), 0) + 1 FROM observations)";
-
-const FIND_KEY: &str = "SELECT sending_application, sending_facility, control_id \
-     FROM messages WHERE key_hash = ?1";
+const SELECT_NEXT_ID: &str = "SELECT coalesce(max(id), 0) + 1 FROM messages";
 
 const FIND_DUPLICATE: &str = "SELECT id, hash, sending_application, sending_facility, control_id \
-     FROM messages WHERE key_hash = ?1 AND hash_prefix = ?2 ORDER BY id";
+     FROM messages WHERE sent_ms IS ?1 AND key_hash = ?2 AND hash_prefix = ?3 ORDER BY id";
 
 const FIND_PATIENT: &str = "SELECT id, patient_id, assigning_authority, identifiers, name, \
      birth_date, sex FROM patients WHERE key = ?1";
@@ -695,40 +889,32 @@ const UPDATE_PATIENT: &str = "UPDATE patients SET patient_id = ?2, assigning_aut
 
 const INSERT_MESSAGE: &str = "INSERT INTO messages (id, received_ms, peer, \
      sending_application, sending_facility, control_id, hash, outcome, reason, message_type, \
-     version, location, device, patient, first_observation, n_observations, key_hash, \
-     hash_prefix, raw) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)";
-
-const INSERT_OBSERVATION: &str = "INSERT INTO observations (id, message, patient, position, \
-     value_type, code, code_text, code_system, sub_id, value, numeric, units, units_text, \
-     reference_range, abnormal_flags, status, observed_at, observed_ms, equipment) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)";
+     version, location, device, patient, n_observations, sent_ms, key_hash, hash_prefix, \
+     observations, raw) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
+     ?19, ?20)";
 
 const SET_META: &str = "INSERT INTO meta (name, value) VALUES (?1, ?2) \
      ON CONFLICT (name) DO UPDATE SET value = excluded.value";
 
 /// The writer's statements, prepared once per transaction.
 struct Statements<'c> {
-    find_key: CachedStatement<'c>,
     find_duplicate: CachedStatement<'c>,
     find_patient: CachedStatement<'c>,
     insert_patient: CachedStatement<'c>,
     update_patient: CachedStatement<'c>,
     insert_message: CachedStatement<'c>,
-    insert_observation: CachedStatement<'c>,
     set_meta: CachedStatement<'c>,
 }
 
 impl<'c> Statements<'c> {
     fn prepare(conn: &'c Connection) -> rusqlite::Result<Self> {
         Ok(Statements {
-            find_key: conn.prepare_cached(FIND_KEY)?,
             find_duplicate: conn.prepare_cached(FIND_DUPLICATE)?,
             find_patient: conn.prepare_cached(FIND_PATIENT)?,
             insert_patient: conn.prepare_cached(INSERT_PATIENT)?,
             update_patient: conn.prepare_cached(UPDATE_PATIENT)?,
             insert_message: conn.prepare_cached(INSERT_MESSAGE)?,
-            insert_observation: conn.prepare_cached(INSERT_OBSERVATION)?,
             set_meta: conn.prepare_cached(SET_META)?,
         })
     }
@@ -879,27 +1065,22 @@ fn write_group(
     tally: &mut Tally,
 ) -> rusqlite::Result<Vec<Done>> {
     let mut statements = Statements::prepare(conn)?;
-    let mut next = match state.next_ids {
+    let mut next = match state.next_id {
         Some(next) => next,
-        None => conn.query_row(SELECT_NEXT_IDS, [], |row| {
-            Ok(NextIds {
-                message: row.get(0)?,
-                observation: row.get(1)?,
-            })
-        })?,
+        None => conn.query_row(SELECT_NEXT_ID, [], |row| row.get(0))?,
     };
     let mut done = Vec::with_capacity(group.len());
     for request in group {
         match request {
-            Request::Commit { messages, .. } => {
-                let mut stored = Vec::with_capacity(messages.len());
-                for message in messages {
+            Request::Commit { rows, .. } => {
+                let mut stored = Vec::with_capacity(rows.len());
+                for row in rows {
                     stored.push(write_message(
                         &mut statements,
                         state,
                         &mut next,
                         dedupe,
-                        message,
+                        row,
                         tally,
                     )?);
                 }
@@ -914,139 +1095,84 @@ fn write_group(
         }
     }
     // Remembered only now: if the commit fails, the whole state is forgotten anyway.
-    state.next_ids = Some(next);
+    state.next_id = Some(next);
     Ok(done)
 }
 
 fn write_message(
     statements: &mut Statements<'_>,
     state: &mut WriterState,
-    next: &mut NextIds,
+    next_id: &mut i64,
     dedupe: bool,
-    message: &NewMessage,
+    row: &Row,
     tally: &mut Tally,
 ) -> rusqlite::Result<Stored> {
-    let accepted = message.verdict == Verdict::Accept;
     // Only accepted messages take part in the duplicate check: a rejected frame sent again
     // is judged again.
-    let key_hash = match (&message.key, accepted) {
-        (Some(key), true) => Some(key_hash(key)),
-        _ => None,
-    };
-    let hash_prefix = hash_prefix(&message.hash);
-    if let (true, Some(key_hash), Some(key)) = (dedupe, key_hash, &message.key) {
-        // One index probe for the usual case, a key never seen; the second only when the
-        // key is known.
-        if find_key(&mut statements.find_key, key_hash, key)? {
-            if let Some(id) = find_duplicate(statements, key_hash, hash_prefix, key, message)? {
-                tally.n_duplicates += 1;
-                return Ok(Stored::Duplicate {
-                    id,
-                    verdict: Verdict::Accept,
-                });
-            }
+    let hash_prefix = hash_prefix(&row.hash);
+    if let (Some(key_hash), Some(key)) = (row.key_hash, &row.key) {
+        if dedupe
+            && let Some(id) = find_duplicate(statements, key_hash, hash_prefix, key, &row.hash)?
+        {
+            tally.n_duplicates += 1;
+            return Ok(Stored::Duplicate {
+                id,
+                verdict: Verdict::Accept,
+            });
+        }
+        if dedupe && state.recent_keys.note(key_hash) {
             tally.n_reused_control_ids += 1;
         }
     }
 
-    let received_ms = message.received_at.as_millisecond();
-    let content: Option<&Content> = if accepted {
-        message.content.as_ref()
-    } else {
-        None
-    };
-    let patient = match content.and_then(|content| content.patient.as_ref()) {
-        Some(patient) => Some(patient_row(statements, state, patient, received_ms)?),
+    let patient = match &row.patient {
+        Some(patient) => Some(patient_row(statements, state, patient, row.received_ms)?),
         None => None,
     };
-    let id = next.message;
-    let first_observation = next.observation;
-    let observations: &[ObservationData] = content.map_or(&[], |c| &c.observations);
-    let key = message.key.as_ref();
-    // Kept for every outcome when extracted, because it helps whoever inspects a reject.
-    let extracted = message.content.as_ref();
+    let id = *next_id;
+    let key = row.key.as_ref();
     statements.insert_message.execute(params![
         id,
-        received_ms,
-        message.peer,
+        row.received_ms,
+        row.peer,
         key.map(|k| &k.sending_application),
         key.map(|k| &k.sending_facility),
         key.map(|k| &k.control_id),
-        &message.hash[..],
-        message.verdict.as_str(),
-        message.verdict.reason(),
-        extracted.map(|c| format!("{}^{}", c.message_type, c.trigger)),
-        extracted.map(|c| &c.version),
-        extracted.and_then(|c| c.location.as_ref()),
-        content.map(|c| &c.device),
+        &row.hash[..],
+        row.verdict.as_str(),
+        row.verdict.reason(),
+        row.message_type,
+        row.version,
+        row.location,
+        row.device,
         patient,
-        first_observation,
-        observations.len() as i64,
-        key_hash,
-        key_hash.map(|_| hash_prefix),
-        message.raw,
+        row.n_observations,
+        row.key_hash.and(key.and_then(|k| k.sent_ms)),
+        row.key_hash,
+        row.key_hash.map(|_| hash_prefix),
+        row.observations,
+        row.raw,
     ])?;
-    for (n, observation) in observations.iter().enumerate() {
-        statements.insert_observation.execute(params![
-            first_observation + n as i64,
-            id,
-            patient,
-            observation.index,
-            observation.value_type,
-            observation.code,
-            observation.code_text,
-            observation.code_system,
-            observation.sub_id,
-            observation.value,
-            observation.numeric,
-            observation.units,
-            observation.units_text,
-            observation.reference_range,
-            observation.abnormal_flags,
-            observation.status,
-            observation.observed_at,
-            observation.observed_ms,
-            observation.equipment,
-        ])?;
-    }
-    next.message += 1;
-    next.observation += observations.len() as i64;
+    *next_id += 1;
     tally.n_stored += 1;
     Ok(Stored::New { id })
 }
 
-/// Whether an accepted message with this key is stored.
-fn find_key(
-    find_key: &mut CachedStatement<'_>,
-    key_hash: i64,
-    key: &MessageKey,
-) -> rusqlite::Result<bool> {
-    let mut rows = find_key.query([key_hash])?;
-    while let Some(row) = rows.next()? {
-        // Anything else is another key with the same 64-bit hash.
-        if row.get_ref(0)?.as_str()? == key.sending_application
-            && row.get_ref(1)?.as_str()? == key.sending_facility
-            && row.get_ref(2)?.as_str()? == key.control_id
-        {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
-/// The first accepted message with this key and these bytes.
+/// The first accepted message with this key and these bytes. Its MSH-7 is the same as
+/// this one's (the bytes are), so the lookup starts there.
 fn find_duplicate(
     statements: &mut Statements<'_>,
     key_hash: i64,
     hash_prefix: i64,
     key: &MessageKey,
-    message: &NewMessage,
+    hash: &[u8; 32],
 ) -> rusqlite::Result<Option<i64>> {
     let mut rows = statements
         .find_duplicate
-        .query(params![key_hash, hash_prefix])?;
+        .query(params![key.sent_ms, key_hash, hash_prefix])?;
     while let Some(row) = rows.next()? {
-        if row.get_ref(1)?.as_blob()? == message.hash
+        // Anything else is another message with the same 64-bit hashes.
+        if row.get_ref(1)?.as_blob()? == hash
             && row.get_ref(2)?.as_str()? == key.sending_application
             && row.get_ref(3)?.as_str()? == key.sending_facility
             && row.get_ref(4)?.as_str()? == key.control_id
@@ -1146,7 +1272,7 @@ fn hash_prefix(hash: &[u8; 32]) -> i64 {
 
 /// A patient's messages, newest first (messages_by_patient).
 const PATIENT_MESSAGES: &str = "SELECT id, control_id, received_ms, device, \
-     first_observation, n_observations FROM messages WHERE patient = ?1 ORDER BY id DESC";
+     n_observations, observations FROM messages WHERE patient = ?1 ORDER BY id DESC";
 
 /// The messages after an id, with their patients (the primary key).
 const CHANGED_SINCE: &str = "SELECT m.id, p.key FROM messages m \
@@ -1214,12 +1340,6 @@ fn read_patient_records(
     let limit = limit.unwrap_or(usize::MAX);
     let mut records = Vec::new();
     let mut messages = conn.prepare_cached(PATIENT_MESSAGES)?;
-    let mut observations = conn.prepare_cached(
-        "SELECT position, value_type, code, code_text, code_system, sub_id, value, numeric, \
-           units, units_text, reference_range, abnormal_flags, status, observed_at, \
-           observed_ms, equipment \
-         FROM observations WHERE id BETWEEN ?1 AND ?2 ORDER BY id",
-    )?;
     let mut rows = messages.query([patient_row])?;
     // Newest message first, its observations in OBX order; stops at the limit, so the cost
     // is that of the records returned, not of the patient's history.
@@ -1227,7 +1347,10 @@ fn read_patient_records(
         let Some(row) = rows.next()? else {
             break;
         };
-        let n_observations: i64 = row.get(5)?;
+        let n_observations: i64 = row.get(4)?;
+        let Some(observations) = row.get_ref(5)?.as_str_or_null()? else {
+            continue;
+        };
         if n_observations == 0 {
             continue;
         }
@@ -1235,15 +1358,12 @@ fn read_patient_records(
         let control_id: String = row.get::<_, Option<String>>(1)?.unwrap_or_default();
         let received_at = rfc3339(row.get(2)?);
         let device: String = row.get::<_, Option<String>>(3)?.unwrap_or_default();
-        let first: i64 = row.get(4)?;
-        let last = first + n_observations - 1;
-        let mut found = observations.query(params![first, last])?;
-        while records.len() < limit {
-            let Some(row) = found.next()? else {
+        for observation in decode_observations(5, observations)? {
+            if records.len() >= limit {
                 break;
-            };
+            }
             records.push(ObservationRow {
-                observation: observation_from_row(row)?,
+                observation,
                 message_id,
                 control_id: control_id.clone(),
                 received_at: received_at.clone(),
@@ -1252,27 +1372,6 @@ fn read_patient_records(
         }
     }
     Ok(Some(PatientRecords { patient, records }))
-}
-
-fn observation_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ObservationData> {
-    Ok(ObservationData {
-        index: row.get(0)?,
-        value_type: row.get(1)?,
-        code: row.get(2)?,
-        code_text: row.get(3)?,
-        code_system: row.get(4)?,
-        sub_id: row.get(5)?,
-        value: row.get(6)?,
-        numeric: row.get(7)?,
-        units: row.get(8)?,
-        units_text: row.get(9)?,
-        reference_range: row.get(10)?,
-        abnormal_flags: row.get(11)?,
-        status: row.get(12)?,
-        observed_at: row.get(13)?,
-        observed_ms: row.get(14)?,
-        equipment: row.get(15)?,
-    })
 }
 
 fn read_messages(
@@ -1341,6 +1440,7 @@ fn read_patients_changed_since(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Content;
 
     fn open(dir: &Path) -> SqliteStore {
         SqliteStore::open(dir, SqliteOptions::default()).expect("open the store")
@@ -1351,6 +1451,7 @@ mod tests {
             sending_application: "DEV".into(),
             sending_facility: "FAC".into(),
             control_id: control_id.into(),
+            sent_ms: Some(1_704_067_200_000),
         }
     }
 
@@ -2129,8 +2230,11 @@ mod tests {
             rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
         };
         for (query, index) in [
-            (FIND_KEY, "messages_by_key"),
-            (FIND_DUPLICATE, "messages_by_key"),
+            // All three columns, also with IS for the time.
+            (
+                FIND_DUPLICATE,
+                "messages_by_key (sent_ms=? AND key_hash=? AND hash_prefix=?)",
+            ),
             (FIND_PATIENT, "sqlite_autoindex_patients_1"),
             (PATIENT_MESSAGES, "messages_by_patient"),
             (CHANGED_SINCE, "INTEGER PRIMARY KEY"),
