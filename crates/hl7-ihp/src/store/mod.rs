@@ -7,6 +7,7 @@
 //! HTTP API. Only the store modules know SQL.
 
 pub mod sqlite;
+mod tail;
 
 use std::future::Future;
 

@@ -23,12 +23,13 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{CachedStatement, Connection, OpenFlags, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
+use super::tail::{Entry, PatientTail};
 use super::{
     MessageFilter, MessageKey, MessageSummary, NewMessage, ObservationData, ObservationRow,
     PatientData, PatientRecords, PatientSummary, Store, StoreError, StoreStats, Stored, Verdict,
@@ -95,6 +96,14 @@ const RECENT_KEYS: usize = 65_536;
 /// The `meta` row holding the exporter's progress.
 const EXPORT_WATERMARK: &str = "export_watermark";
 
+/// The `meta` row below which (inclusive) every message about a patient is in
+/// `patient_messages`; the rest is in the writer's [`PatientTail`].
+const PATIENT_INDEX_THROUGH: &str = "patient_index_through";
+
+/// The writer looks for patients whose tail entries grew old once per this many
+/// transactions, not in every one.
+const AGE_CHECK_EVERY: u64 = 32;
+
 /// Settings of the SQLite store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SqliteOptions {
@@ -128,6 +137,7 @@ struct Inner {
     /// `None` only while dropping: closing the queue is what stops the writer.
     requests: Option<mpsc::Sender<Request>>,
     reader: Arc<Mutex<Connection>>,
+    tail: Arc<Mutex<PatientTail>>,
     counters: Arc<Counters>,
     checkpoint: Arc<CheckpointSignal>,
     writer: Option<JoinHandle<()>>,
@@ -220,6 +230,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Database(format!("cannot create {}: {e}", path.display())))?;
 
         let writer_conn = open_writer_retrying(&path)?;
+        let tail = Arc::new(Mutex::new(load_tail(&writer_conn).map_err(database_error)?));
         let reader = open_reader(&path)?;
         let checkpointer_conn = open_checkpointer(&path)?;
 
@@ -232,6 +243,8 @@ impl SqliteStore {
             dedupe: options.dedupe,
             max_batch: options.max_batch.max(1),
             state: WriterState::default(),
+            tail: Arc::clone(&tail),
+            n_transactions: 0,
             counters: Arc::clone(&counters),
             checkpoint: Arc::clone(&checkpoint),
         };
@@ -243,6 +256,7 @@ impl SqliteStore {
         let mut inner = Inner {
             requests: Some(requests),
             reader: Arc::new(Mutex::new(reader)),
+            tail,
             counters,
             checkpoint,
             writer: Some(writer),
@@ -300,7 +314,8 @@ impl Store for SqliteStore {
     }
 
     async fn patients(&self) -> Result<Vec<PatientSummary>, StoreError> {
-        self.read(read_patients).await
+        let tail = Arc::clone(&self.inner.tail);
+        self.read(move |conn| read_patients(conn, &tail)).await
     }
 
     async fn patient_records(
@@ -309,7 +324,8 @@ impl Store for SqliteStore {
         limit: Option<usize>,
     ) -> Result<Option<PatientRecords>, StoreError> {
         let key = key.to_owned();
-        self.read(move |conn| read_patient_records(conn, &key, limit))
+        let tail = Arc::clone(&self.inner.tail);
+        self.read(move |conn| read_patient_records(conn, &tail, &key, limit))
             .await
     }
 
@@ -364,9 +380,10 @@ fn database_error(error: rusqlite::Error) -> StoreError {
     StoreError::Database(error.to_string())
 }
 
-/// Locks the reader; a panic in another reader leaves the connection itself usable.
-fn lock(reader: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
-    reader
+/// Locks the reader connection or the patient tail; a panic in another holder leaves
+/// either usable (the connection itself, or a tail whose changes are single calls).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -621,8 +638,25 @@ struct Writer {
     dedupe: bool,
     max_batch: usize,
     state: WriterState,
+    /// Shared with the readers.
+    tail: Arc<Mutex<PatientTail>>,
+    n_transactions: u64,
     counters: Arc<Counters>,
     checkpoint: Arc<CheckpointSignal>,
+}
+
+/// What a transaction did to the patient tail: undone if it rolls back, completed (the
+/// moved entries forgotten) once it commits.
+#[derive(Default)]
+struct TailChange {
+    /// This transaction's entries, by patient.
+    appended: Vec<(i64, Entry)>,
+    /// Whether they were added to the shared tail, and `known_through` before.
+    shared: Option<i64>,
+    /// The entries moved into `patient_messages`: patient and last message id.
+    moved: Vec<(i64, i64)>,
+    /// The highest message id written (0: none).
+    last_id: i64,
 }
 
 /// What the writer remembers between transactions. All of it is a cache of the database
@@ -934,7 +968,12 @@ impl Writer {
                 Some(request) => request,
                 None => match self.requests.blocking_recv() {
                     Some(request) => request,
-                    None => return,
+                    None => {
+                        // Shutting down: the whole tail into the table, so that the next
+                        // start has nothing to load.
+                        self.run_group(Vec::new(), 0, true);
+                        return;
+                    }
                 },
             };
             if !first.is_write() {
@@ -955,13 +994,33 @@ impl Writer {
                 n_messages += request.n_messages();
                 group.push(request);
             }
-            self.run_group(group, n_messages);
+            self.run_group(group, n_messages, false);
         }
     }
 
-    fn run_group(&mut self, group: Vec<Request>, n_messages: usize) {
+    /// One group transaction; `move_all` moves the whole patient tail into the table.
+    fn run_group(&mut self, group: Vec<Request>, n_messages: usize, move_all: bool) {
         let mut tally = Tally::default();
-        match self.transaction(&group, &mut tally) {
+        let mut change = TailChange::default();
+        let result = self.transaction(&group, &mut tally, &mut change, move_all);
+        self.n_transactions += 1;
+        {
+            let mut tail = lock(&self.tail);
+            match (&result, change.shared) {
+                (Ok(_), _) => {
+                    let now = Instant::now();
+                    for (patient, through) in &change.moved {
+                        tail.forget(*patient, *through, now);
+                    }
+                }
+                (Err(_), Some(known_through)) => {
+                    let first = change.appended.iter().map(|(_, e)| e.message).min();
+                    tail.roll_back(first.unwrap_or(i64::MAX), known_through);
+                }
+                (Err(_), None) => {}
+            }
+        }
+        match result {
             Ok(done) => {
                 let counters = &self.counters;
                 counters.n_transactions.fetch_add(1, Ordering::Relaxed);
@@ -1017,14 +1076,31 @@ impl Writer {
     }
 
     /// Writes a group in one transaction and commits it; on any error rolls it back.
-    fn transaction(&mut self, group: &[Request], tally: &mut Tally) -> rusqlite::Result<Vec<Done>> {
+    fn transaction(
+        &mut self,
+        group: &[Request],
+        tally: &mut Tally,
+        change: &mut TailChange,
+        move_all: bool,
+    ) -> rusqlite::Result<Vec<Done>> {
         // A rollback that failed last time left the connection inside that transaction.
         if !self.conn.is_autocommit() {
             self.conn.execute_batch("ROLLBACK")?;
         }
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        let result = write_group(&self.conn, &mut self.state, self.dedupe, group, tally)
-            .and_then(|done| self.conn.execute_batch("COMMIT").map(|()| done));
+        let check_age = move_all || self.n_transactions.is_multiple_of(AGE_CHECK_EVERY);
+        let result = write_group(
+            &self.conn,
+            &mut self.state,
+            self.dedupe,
+            group,
+            tally,
+            change,
+        )
+        .and_then(|done| {
+            move_patient_entries(&self.conn, &self.tail, change, move_all, check_age)?;
+            self.conn.execute_batch("COMMIT").map(|()| done)
+        });
         // SQLite rolls some failures back by itself (a full disk, an I/O error); the
         // connection must leave the transaction either way to be usable again.
         if result.is_err()
@@ -1063,6 +1139,7 @@ fn write_group(
     dedupe: bool,
     group: &[Request],
     tally: &mut Tally,
+    change: &mut TailChange,
 ) -> rusqlite::Result<Vec<Done>> {
     let mut statements = Statements::prepare(conn)?;
     let mut next = match state.next_id {
@@ -1082,6 +1159,7 @@ fn write_group(
                         dedupe,
                         row,
                         tally,
+                        change,
                     )?);
                 }
                 done.push(Done::Commit(stored));
@@ -1096,7 +1174,85 @@ fn write_group(
     }
     // Remembered only now: if the commit fails, the whole state is forgotten anyway.
     state.next_id = Some(next);
+    change.last_id = next - 1;
     Ok(done)
+}
+
+/// Adds a transaction's patient entries to the shared tail and moves the entries that are
+/// due into `patient_messages`, inside the transaction. The entries join the tail before
+/// the commit, so that a reader whose snapshot holds the messages also finds them there.
+fn move_patient_entries(
+    conn: &Connection,
+    tail: &Mutex<PatientTail>,
+    change: &mut TailChange,
+    move_all: bool,
+    check_age: bool,
+) -> rusqlite::Result<()> {
+    let now = Instant::now();
+    let (due, through) = {
+        let mut tail = lock(tail);
+        change.shared = Some(tail.known_through());
+        for (patient, entry) in &change.appended {
+            tail.append(*patient, *entry, now);
+        }
+        tail.know_through(change.last_id);
+        let due = tail.due(move_all, check_age, now);
+        if due.is_empty() {
+            return Ok(());
+        }
+        // Every message below the first one left in the tail is in the table after this.
+        let through = tail
+            .first_except(&due)
+            .map_or(tail.known_through(), |first| first - 1);
+        (due, through)
+    };
+    let mut insert = conn.prepare_cached(
+        "INSERT OR IGNORE INTO patient_messages (patient, message, n_observations) \
+         VALUES (?1, ?2, ?3)",
+    )?;
+    for (patient, entries) in &due {
+        for entry in entries {
+            insert.execute(params![patient, entry.message, entry.n_observations])?;
+        }
+        if let Some(last) = entries.last() {
+            change.moved.push((*patient, last.message));
+        }
+    }
+    conn.prepare_cached(SET_META)?
+        .execute(params![PATIENT_INDEX_THROUGH, through])?;
+    Ok(())
+}
+
+/// The tail when the store opens: the messages about patients after
+/// `patient_index_through` (few, unless the last run stopped abruptly under load).
+fn load_tail(conn: &Connection) -> rusqlite::Result<PatientTail> {
+    let through: i64 = conn
+        .query_row(
+            "SELECT value FROM meta WHERE name = ?1",
+            [PATIENT_INDEX_THROUGH],
+            |row| row.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+    let mut tail = PatientTail::new(through);
+    let now = Instant::now();
+    let mut statement = conn.prepare(
+        "SELECT id, patient, n_observations FROM messages \
+         WHERE id > ?1 AND patient IS NOT NULL ORDER BY id",
+    )?;
+    let mut rows = statement.query([through])?;
+    while let Some(row) = rows.next()? {
+        let entry = Entry {
+            message: row.get(0)?,
+            n_observations: row.get(2)?,
+        };
+        tail.append(row.get(1)?, entry, now);
+    }
+    let last: i64 = conn.query_row("SELECT coalesce(max(id), 0) FROM messages", [], |row| {
+        row.get(0)
+    })?;
+    tail.know_through(last);
+    Ok(tail)
 }
 
 fn write_message(
@@ -1106,6 +1262,7 @@ fn write_message(
     dedupe: bool,
     row: &Row,
     tally: &mut Tally,
+    change: &mut TailChange,
 ) -> rusqlite::Result<Stored> {
     // Only accepted messages take part in the duplicate check: a rejected frame sent again
     // is judged again.
@@ -1153,6 +1310,13 @@ fn write_message(
         row.observations,
         row.raw,
     ])?;
+    if let Some(patient) = patient {
+        let entry = Entry {
+            message: id,
+            n_observations: row.n_observations,
+        };
+        change.appended.push((patient, entry));
+    }
     *next_id += 1;
     tally.n_stored += 1;
     Ok(Stored::New { id })
@@ -1270,9 +1434,18 @@ fn hash_prefix(hash: &[u8; 32]) -> i64 {
 // ---------------------------------------------------------------------------------------
 // Readers
 
-/// A patient's messages, newest first (messages_by_patient).
-const PATIENT_MESSAGES: &str = "SELECT id, control_id, received_ms, device, \
-     n_observations, observations FROM messages WHERE patient = ?1 ORDER BY id DESC";
+/// The columns of a patient's message that its records need.
+const RECORD_COLUMNS: &str = "m.id, m.control_id, m.received_ms, m.device, m.observations";
+
+/// A patient's messages in `patient_messages` below an id, newest first.
+const PATIENT_MESSAGES: &str = "SELECT m.id, m.control_id, m.received_ms, m.device, \
+     m.observations FROM patient_messages pm JOIN messages m ON m.id = pm.message \
+     WHERE pm.patient = ?1 AND pm.message < ?2 ORDER BY pm.message DESC";
+
+/// A patient's messages written by another process (after the tail's `known_through`),
+/// newest first: a range of the primary key, empty in the writing process.
+const PATIENT_MESSAGES_BEYOND: &str = "SELECT m.id, m.control_id, m.received_ms, m.device, \
+     m.observations FROM messages m WHERE m.id > ?1 AND m.patient = ?2 ORDER BY m.id DESC";
 
 /// The messages after an id, with their patients (the primary key).
 const CHANGED_SINCE: &str = "SELECT m.id, p.key FROM messages m \
@@ -1284,37 +1457,98 @@ fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-fn read_patients(conn: &Connection) -> rusqlite::Result<Vec<PatientSummary>> {
-    // Both subqueries are index-only scans of messages_by_patient: the listing reads every
-    // patient's index entries, which is fine for inspection and never on the ACK path.
+/// Starts the read's snapshot while holding the tail's lock, then copies what the read
+/// needs of the tail: the writer adds entries before its commit and forgets moved ones only
+/// after, under the same lock, so the snapshot and the copy agree (see store/tail.rs).
+fn with_snapshot<T>(
+    tail: &Mutex<PatientTail>,
+    start: impl FnOnce() -> rusqlite::Result<T>,
+) -> rusqlite::Result<(T, MutexGuard<'_, PatientTail>)> {
+    let guard = lock(tail);
+    let value = start()?;
+    Ok((value, guard))
+}
+
+fn read_patients(
+    conn: &Connection,
+    tail: &Mutex<PatientTail>,
+) -> rusqlite::Result<Vec<PatientSummary>> {
+    let (patients, guard) = with_snapshot(tail, || {
+        let mut statement =
+            conn.prepare_cached("SELECT id, key, name FROM patients ORDER BY key")?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+            ))
+        })?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+    })?;
+    let (totals, known_through) = (guard.totals(), guard.known_through());
+    drop(guard);
+
+    // Written by another process: one range of the primary key.
+    let mut beyond = HashMap::new();
     let mut statement = conn.prepare_cached(
-        "SELECT p.key, p.name, \
-           (SELECT coalesce(sum(m.n_observations), 0) FROM messages m WHERE m.patient = p.id), \
-           (SELECT received_ms FROM messages WHERE id = \
-              (SELECT max(m.id) FROM messages m WHERE m.patient = p.id)) \
-         FROM patients p ORDER BY p.key",
+        "SELECT patient, sum(n_observations), max(id) FROM messages \
+         WHERE id > ?1 AND patient IS NOT NULL GROUP BY patient",
     )?;
-    let rows = statement.query_map([], |row| {
-        Ok(PatientSummary {
-            key: row.get(0)?,
-            name: row.get(1)?,
-            n_observations: row.get::<_, i64>(2)?.max(0) as u64,
-            last_received_at: row
-                .get::<_, Option<i64>>(3)?
+    let mut rows = statement.query([known_through])?;
+    while let Some(row) = rows.next()? {
+        beyond.insert(
+            row.get::<_, i64>(0)?,
+            (row.get::<_, i64>(1)?, row.get::<_, i64>(2)?),
+        );
+    }
+    // Index-only ranges of patient_messages: the listing reads every patient's entries,
+    // which is fine for inspection and never on the ACK path.
+    let mut indexed = conn.prepare_cached(
+        "SELECT coalesce(sum(n_observations), 0), max(message) FROM patient_messages \
+         WHERE patient = ?1 AND message < ?2",
+    )?;
+    let mut received = conn.prepare_cached("SELECT received_ms FROM messages WHERE id = ?1")?;
+    let mut summaries = Vec::with_capacity(patients.len());
+    for (row, key, name) in patients {
+        let in_tail = totals.get(&row);
+        let below = in_tail.map_or(known_through.saturating_add(1), |t| t.first);
+        let (mut n_observations, mut last) = indexed.query_row(params![row, below], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?))
+        })?;
+        if let Some(t) = in_tail {
+            n_observations += t.n_observations;
+            last = Some(t.last);
+        }
+        if let Some((n, id)) = beyond.get(&row) {
+            n_observations += n;
+            last = Some(*id);
+        }
+        let last_received_at = match last {
+            Some(id) => received
+                .query_row([id], |r| r.get::<_, i64>(0))
+                .optional()?
                 .map(rfc3339)
                 .unwrap_or_default(),
-        })
-    })?;
-    rows.collect()
+            None => String::new(),
+        };
+        summaries.push(PatientSummary {
+            key,
+            name,
+            n_observations: n_observations.max(0) as u64,
+            last_received_at,
+        });
+    }
+    Ok(summaries)
 }
 
 fn read_patient_records(
     conn: &Connection,
+    tail: &Mutex<PatientTail>,
     key: &str,
     limit: Option<usize>,
 ) -> rusqlite::Result<Option<PatientRecords>> {
-    let found = conn
-        .prepare_cached(
+    let (found, guard) = with_snapshot(tail, || {
+        conn.prepare_cached(
             "SELECT id, patient_id, assigning_authority, identifiers, name, birth_date, sex \
              FROM patients WHERE key = ?1",
         )?
@@ -1333,32 +1567,65 @@ fn read_patient_records(
                 },
             ))
         })
-        .optional()?;
+        .optional()
+    })?;
     let Some((patient_row, patient)) = found else {
         return Ok(None);
     };
+    let (in_tail, known_through) = (guard.entries(patient_row), guard.known_through());
+    drop(guard);
+
     let limit = limit.unwrap_or(usize::MAX);
     let mut records = Vec::new();
-    let mut messages = conn.prepare_cached(PATIENT_MESSAGES)?;
-    let mut rows = messages.query([patient_row])?;
-    // Newest message first, its observations in OBX order; stops at the limit, so the cost
-    // is that of the records returned, not of the patient's history.
+    // Newest first: another process's messages, the tail, then the table below the tail;
+    // each stops at the limit, so the cost is that of the records returned, not of the
+    // patient's history.
+    let mut beyond = conn.prepare_cached(PATIENT_MESSAGES_BEYOND)?;
+    push_records(
+        beyond.query(params![known_through, patient_row])?,
+        limit,
+        &mut records,
+    )?;
+    let mut by_id = conn.prepare_cached(&format!(
+        "SELECT {RECORD_COLUMNS} FROM messages m WHERE m.id = ?1"
+    ))?;
+    for entry in in_tail.iter().rev() {
+        if records.len() >= limit {
+            break;
+        }
+        // Absent when its transaction is not in this snapshot.
+        push_records(by_id.query([entry.message])?, limit, &mut records)?;
+    }
+    let below = in_tail
+        .first()
+        .map_or(known_through.saturating_add(1), |e| e.message);
+    let mut indexed = conn.prepare_cached(PATIENT_MESSAGES)?;
+    push_records(
+        indexed.query(params![patient_row, below])?,
+        limit,
+        &mut records,
+    )?;
+    Ok(Some(PatientRecords { patient, records }))
+}
+
+/// Adds the records of messages read with [`RECORD_COLUMNS`], in order, up to `limit`.
+fn push_records(
+    mut rows: rusqlite::Rows<'_>,
+    limit: usize,
+    records: &mut Vec<ObservationRow>,
+) -> rusqlite::Result<()> {
     while records.len() < limit {
         let Some(row) = rows.next()? else {
             break;
         };
-        let n_observations: i64 = row.get(4)?;
-        let Some(observations) = row.get_ref(5)?.as_str_or_null()? else {
+        let Some(observations) = row.get_ref(4)?.as_str_or_null()? else {
             continue;
         };
-        if n_observations == 0 {
-            continue;
-        }
         let message_id: i64 = row.get(0)?;
         let control_id: String = row.get::<_, Option<String>>(1)?.unwrap_or_default();
         let received_at = rfc3339(row.get(2)?);
         let device: String = row.get::<_, Option<String>>(3)?.unwrap_or_default();
-        for observation in decode_observations(5, observations)? {
+        for observation in decode_observations(4, observations)? {
             if records.len() >= limit {
                 break;
             }
@@ -1371,7 +1638,7 @@ fn read_patient_records(
             });
         }
     }
-    Ok(Some(PatientRecords { patient, records }))
+    Ok(())
 }
 
 fn read_messages(
@@ -2236,7 +2503,8 @@ mod tests {
                 "messages_by_key (sent_ms=? AND key_hash=? AND hash_prefix=?)",
             ),
             (FIND_PATIENT, "sqlite_autoindex_patients_1"),
-            (PATIENT_MESSAGES, "messages_by_patient"),
+            (PATIENT_MESSAGES, "PRIMARY KEY (patient=? AND message<?)"),
+            (PATIENT_MESSAGES_BEYOND, "INTEGER PRIMARY KEY (rowid>?)"),
             (CHANGED_SINCE, "INTEGER PRIMARY KEY"),
         ] {
             let plan = plan(query);
