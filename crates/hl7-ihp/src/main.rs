@@ -28,6 +28,12 @@ use clap::Parser;
 
 use crate::config::{ReceiveArgs, ReceiveConfig};
 
+/// mimalloc rather than the system allocator: ingest makes a few dozen small strings per
+/// message on the async workers and the store frees some on its writer thread, and under
+/// load glibc's allocator took about a fifth of the workers' time (measured with perf).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {

@@ -259,6 +259,28 @@ pub fn hl7_now(offset: bool) -> String {
     }
 }
 
+/// A number with a fixed count of decimals (at most 3), formatted from an integer: the
+/// standard library's exact float formatting is slow enough to show in a load test.
+struct Fixed(f64, usize);
+
+impl std::fmt::Display for Fixed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let decimals = self.1.min(3);
+        let scale = 10_i64.pow(decimals as u32);
+        let scaled = (self.0 * scale as f64).round() as i64;
+        let sign = if scaled < 0 { "-" } else { "" };
+        let (whole, fraction) = (
+            scaled.unsigned_abs() / scale as u64,
+            scaled.unsigned_abs() % scale as u64,
+        );
+        if decimals == 0 {
+            write!(f, "{sign}{whole}")
+        } else {
+            write!(f, "{sign}{whole}.{fraction:0decimals$}")
+        }
+    }
+}
+
 /// A small deterministic generator (xorshift64*): values drift the same way in every run.
 #[derive(Clone, Debug)]
 pub struct Rng(u64);
@@ -480,13 +502,15 @@ impl Monitor {
             };
             let _ = write!(
                 text,
-                "OBX|{set}|NM|{code}^{refid}^MDC|{containment}|{value:.decimals$}|{units}|{low:.decimals$}-{high:.decimals$}|{flag}|||R|||{now}||||{eui}^EUI-64\r",
+                "OBX|{set}|NM|{code}^{refid}^MDC|{containment}|{value}|{units}|{low}-{high}|{flag}|||R|||{now}||||{eui}^EUI-64\r",
                 set = n + 1,
                 code = metric.code,
                 refid = metric.refid,
                 containment = metric.containment,
-                decimals = metric.decimals,
+                value = Fixed(value, metric.decimals),
                 units = metric.units,
+                low = Fixed(low, metric.decimals),
+                high = Fixed(high, metric.decimals),
                 eui = self.eui64,
             );
         }
@@ -498,6 +522,25 @@ impl Monitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fixed_numbers_match_the_standard_formatting() {
+        for (value, decimals) in [
+            (36.95, 1),
+            (0.04, 1),
+            (-0.04, 1),
+            (-1.25, 2),
+            (97.5, 0),
+            (119.999, 2),
+            (7.0, 3),
+        ] {
+            assert_eq!(
+                Fixed(value, decimals).to_string(),
+                format!("{value:.decimals$}").replace("-0.0", "0.0"),
+                "{value} with {decimals}"
+            );
+        }
+    }
 
     #[test]
     fn seed_scenario_rewrites_control_id_and_time_only() {
