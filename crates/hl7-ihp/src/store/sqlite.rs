@@ -2344,6 +2344,154 @@ mod tests {
         assert_eq!(records.records.len(), 3);
     }
 
+    /// Message ids of a patient's records, newest first, each message once.
+    async fn record_messages(store: &SqliteStore, key: &str) -> Vec<i64> {
+        let records = store.patient_records(key, None).await.unwrap().unwrap();
+        let mut ids: Vec<i64> = records.records.iter().map(|r| r.message_id).collect();
+        assert!(ids.windows(2).all(|w| w[0] >= w[1]), "{ids:?}");
+        ids.dedup();
+        ids
+    }
+
+    #[tokio::test]
+    async fn records_come_from_the_tail_and_the_table_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let mut ids = Vec::new();
+        // Enough for P1's entries to move into the table twice, P2's to stay in the tail.
+        for n in 0..(2 * super::super::tail::FLUSH_ENTRIES + 5) {
+            let message = oru(
+                &n.to_string(),
+                Some(patient("P1", "EVE", false)),
+                &["1", "2"],
+                "",
+            );
+            ids.push(new_id(&store.commit(vec![message]).await.unwrap()[0]));
+            if n % 10 == 0 {
+                let other = oru(
+                    &format!("o{n}"),
+                    Some(patient("P2", "ADA", false)),
+                    &["9"],
+                    "",
+                );
+                store.commit(vec![other]).await.unwrap();
+            }
+        }
+        ids.reverse();
+        let moved = count(
+            &sql(dir.path()),
+            "SELECT count(*) FROM patient_messages WHERE patient = 1",
+        );
+        assert_eq!(moved, 2 * super::super::tail::FLUSH_ENTRIES as i64);
+        assert_eq!(record_messages(&store, "P1").await, ids);
+        let limited = store.patient_records("P1", Some(5)).await.unwrap().unwrap();
+        assert_eq!(limited.records.len(), 5);
+        assert_eq!(limited.records[0].message_id, ids[0]);
+        let summaries = store.patients().await.unwrap();
+        assert_eq!(summaries[0].n_observations, 2 * ids.len() as u64);
+        assert_eq!(summaries[1].n_observations, 4);
+
+        // Stopping moves the whole tail into the table; a restart finds the same.
+        drop(store);
+        assert_eq!(
+            count(&sql(dir.path()), "SELECT count(*) FROM patient_messages"),
+            ids.len() as i64 + 4
+        );
+        let store = open(dir.path());
+        assert_eq!(record_messages(&store, "P1").await, ids);
+        assert_eq!(store.patients().await.unwrap(), summaries);
+    }
+
+    #[tokio::test]
+    async fn another_process_sees_what_was_written_after_it_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = open(dir.path());
+        let first = oru("1", Some(patient("P1", "EVE", false)), &["1"], "");
+        writer.commit(vec![first]).await.unwrap();
+        // Like `hl7-ihp show` while a receiver runs: its own store over the same database.
+        let inspector = open(dir.path());
+        for n in 2..=20 {
+            let message = oru(
+                &n.to_string(),
+                Some(patient("P1", "EVE", false)),
+                &["1"],
+                "",
+            );
+            writer.commit(vec![message]).await.unwrap();
+        }
+        assert_eq!(record_messages(&inspector, "P1").await.len(), 20);
+        assert_eq!(inspector.patients().await.unwrap()[0].n_observations, 20);
+    }
+
+    #[tokio::test]
+    async fn a_version_1_database_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let message = oru("OLD1", Some(patient("P1", "EVE", false)), &["182", "7"], "");
+        let key = message.key.clone().unwrap();
+        {
+            let conn = sql(dir.path());
+            conn.execute_batch(MIGRATIONS[0].sql).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO patients VALUES (1, 'P1', 'P1', 'AUTH', 'P1^^^AUTH^MR', 'EVE', \
+                 '1970-01-01', 'F', 0, 0)",
+                [],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO messages VALUES (1, 1700000000123, '127.0.0.1:40000', 'DEV', \
+                 'FAC', 'OLD1', ?1, 'accepted', NULL, 'ORU^R01', '2.6', 'ICU^1', 'DEV', 1, \
+                 1, 2, ?2, ?3, ?4)",
+                params![
+                    &message.hash[..],
+                    key_hash(&key),
+                    hash_prefix(&message.hash),
+                    message.raw
+                ],
+            )
+            .unwrap();
+            for (id, value) in [(1, "182"), (2, "7")] {
+                conn.execute(
+                    "INSERT INTO observations VALUES (?1, 1, 1, ?2, 'NM', '1554-5', 'GLUCOSE', \
+                     'LN', '', ?3, ?3, 'mg/dl', '', '70_105', 'H', 'F', \
+                     '2002-02-15T07:30:00', 1013758200000, 'EQ')",
+                    params![id, id - 1, value],
+                )
+                .unwrap();
+            }
+        }
+        let store = open(dir.path());
+        let records = store.patient_records("P1", None).await.unwrap().unwrap();
+        let values: Vec<&str> = records
+            .records
+            .iter()
+            .map(|r| r.observation.value.as_str())
+            .collect();
+        assert_eq!(values, ["182", "7"]);
+        assert_eq!(records.records[0].observation.numeric, Some(182.0));
+        assert_eq!(records.records[1].observation.index, 1);
+        let conn = sql(dir.path());
+        assert_eq!(
+            count(&conn, "SELECT sent_ms FROM messages WHERE id = 1"),
+            key.sent_ms.unwrap()
+        );
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT count(*) FROM observations WHERE value = '182' AND numeric = 182"
+            ),
+            1
+        );
+        // A retransmission of a message stored before the migration is still recognised.
+        assert_eq!(
+            store.commit(vec![message]).await.unwrap(),
+            vec![Stored::Duplicate {
+                id: 1,
+                verdict: Verdict::Accept
+            }]
+        );
+    }
+
     #[tokio::test]
     async fn the_writer_recovers_after_a_failed_transaction() {
         let dir = tempfile::tempdir().unwrap();
@@ -2379,6 +2527,8 @@ mod tests {
         let records = store.patient_records("P2", None).await.unwrap().unwrap();
         assert_eq!(records.records.len(), 1);
         assert_eq!(store.patients().await.unwrap().len(), 2);
+        // Nothing of the failed attempt is left in the patient tail either.
+        assert_eq!(record_messages(&store, "P1").await, [3, 1]);
         let conn = sql(dir.path());
         assert_eq!(count(&conn, "SELECT count(*) FROM messages"), 3);
         assert_eq!(count(&conn, "SELECT count(*) FROM observations"), 3);
