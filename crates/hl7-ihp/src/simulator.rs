@@ -465,7 +465,7 @@ impl Monitor {
             self.admitted = true;
             let text = format!(
                 "{}EVN|A01|{now}\r{}",
-                self.header("ADT^A01^ADT_A01", control_id, &now),
+                self.header("ADT^A01^ADT_A01", control_id, now),
                 self.patient_segments()
             );
             return (text.into_bytes(), format!("ADT^A01 admit {}", self.bed));

@@ -16,7 +16,7 @@
 //! the writer, the one serial step, only binds values.
 
 use std::cell::Cell;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::os::raw::c_int;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
@@ -101,8 +101,22 @@ const EXPORT_WATERMARK: &str = "export_watermark";
 const PATIENT_INDEX_THROUGH: &str = "patient_index_through";
 
 /// The writer looks for patients whose tail entries grew old once per this many
-/// transactions, not in every one.
+/// transactions, not in every one; as often, it records how far `message_keys` is complete.
 const AGE_CHECK_EVERY: u64 = 32;
+
+/// The `meta` row below which (inclusive) every accepted message's key is in
+/// `message_keys`; the rest is in the writer's [`PendingKeys`].
+const KEY_INDEX_THROUGH: &str = "key_index_through";
+
+/// A key moves into `message_keys` once the newest MSH-7 seen is this much later than its
+/// own: by then its second's keys have arrived and go in together, in order.
+const KEY_SETTLE_MS: i64 = 2_000;
+
+/// At most this many keys wait in memory; beyond, the oldest move at once.
+const MAX_PENDING_KEYS: usize = 100_000;
+
+/// `message_keys.sent_ms` of a message whose MSH-7 is not a time.
+const NO_TIME: i64 = i64::MIN;
 
 /// Settings of the SQLite store.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -657,6 +671,10 @@ struct TailChange {
     moved: Vec<(i64, i64)>,
     /// The highest message id written (0: none).
     last_id: i64,
+    /// Whether this transaction also does the occasional checks.
+    check_age: bool,
+    /// Whether this transaction moves everything waiting (at shutdown).
+    move_all: bool,
 }
 
 /// What the writer remembers between transactions. All of it is a cache of the database
@@ -667,6 +685,82 @@ struct WriterState {
     next_id: Option<i64>,
     patients: HashMap<String, CachedPatient>,
     recent_keys: RecentKeys,
+    /// Loaded from the database when `None`.
+    keys: Option<PendingKeys>,
+}
+
+/// Duplicate keys of stored messages not yet in `message_keys`: (sent_ms or [`NO_TIME`],
+/// key hash, hash prefix, message id), in the table's order. Only the writer looks keys up.
+#[derive(Default)]
+struct PendingKeys {
+    keys: BTreeSet<(i64, i64, i64, i64)>,
+    /// The latest `sent_ms` seen.
+    latest: i64,
+}
+
+impl PendingKeys {
+    /// The keys after `key_index_through`: stored, but perhaps not yet in the table.
+    fn load(conn: &Connection) -> rusqlite::Result<PendingKeys> {
+        let through = meta_value(conn, KEY_INDEX_THROUGH)?;
+        let mut pending = PendingKeys {
+            keys: BTreeSet::new(),
+            latest: NO_TIME,
+        };
+        let mut statement = conn.prepare(
+            "SELECT id, sent_ms, key_hash, hash_prefix FROM messages \
+             WHERE id > ?1 AND key_hash IS NOT NULL",
+        )?;
+        let mut rows = statement.query([through])?;
+        while let Some(row) = rows.next()? {
+            let sent = row.get::<_, Option<i64>>(1)?.unwrap_or(NO_TIME);
+            pending.add(sent, row.get(2)?, row.get(3)?, row.get(0)?);
+        }
+        Ok(pending)
+    }
+
+    fn add(&mut self, sent: i64, key_hash: i64, hash_prefix: i64, message: i64) {
+        self.keys.insert((sent, key_hash, hash_prefix, message));
+        self.latest = self.latest.max(sent);
+    }
+
+    /// Ids of the waiting messages with this key.
+    fn candidates(&self, sent: i64, key_hash: i64, hash_prefix: i64) -> Vec<i64> {
+        self.keys
+            .range(
+                (sent, key_hash, hash_prefix, i64::MIN)..=(sent, key_hash, hash_prefix, i64::MAX),
+            )
+            .map(|key| key.3)
+            .collect()
+    }
+
+    /// Takes the keys that are due to move (all of them when `all`), in order.
+    fn take_settled(&mut self, all: bool) -> Vec<(i64, i64, i64, i64)> {
+        let before = self.latest.saturating_sub(KEY_SETTLE_MS);
+        let mut settled = Vec::new();
+        while let Some(&first) = self.keys.first() {
+            if !all && first.0 >= before && self.keys.len() <= MAX_PENDING_KEYS {
+                break;
+            }
+            settled.push(first);
+            self.keys.pop_first();
+        }
+        settled
+    }
+
+    /// The lowest message id waiting.
+    fn first_message(&self) -> Option<i64> {
+        self.keys.iter().map(|key| key.3).min()
+    }
+}
+
+/// An integer from `meta`, 0 when absent.
+fn meta_value(conn: &Connection, name: &str) -> rusqlite::Result<i64> {
+    Ok(conn
+        .query_row("SELECT value FROM meta WHERE name = ?1", [name], |row| {
+            row.get(0)
+        })
+        .optional()?
+        .unwrap_or(0))
 }
 
 /// The key hashes of the last [`RECENT_KEYS`] accepted messages stored, with how often
@@ -825,7 +919,7 @@ fn decode_observations(column: usize, text: &str) -> rusqlite::Result<Vec<Observ
 }
 
 /// Migration 2's step after its script: `sent_ms` of the accepted messages stored before,
-/// from their MSH-7, as ingest computes it for new ones.
+/// from their MSH-7 as ingest computes it for new ones, then their keys.
 fn fill_sent_ms(conn: &Connection) -> rusqlite::Result<()> {
     let mut select = conn.prepare("SELECT id, raw FROM messages WHERE key_hash IS NOT NULL")?;
     let mut update = conn.prepare("UPDATE messages SET sent_ms = ?2 WHERE id = ?1")?;
@@ -840,6 +934,12 @@ fn fill_sent_ms(conn: &Connection) -> rusqlite::Result<()> {
             update.execute(params![row.get::<_, i64>(0)?, sent_ms])?;
         }
     }
+    conn.execute(
+        "INSERT INTO message_keys (sent_ms, key_hash, hash_prefix, message) \
+         SELECT coalesce(sent_ms, ?1), key_hash, hash_prefix, id FROM messages \
+         WHERE key_hash IS NOT NULL ORDER BY 1, 2, 3, 4",
+        [NO_TIME],
+    )?;
     Ok(())
 }
 
@@ -908,8 +1008,14 @@ struct Tally {
 
 const SELECT_NEXT_ID: &str = "SELECT coalesce(max(id), 0) + 1 FROM messages";
 
-const FIND_DUPLICATE: &str = "SELECT id, hash, sending_application, sending_facility, control_id \
-     FROM messages WHERE sent_ms IS ?1 AND key_hash = ?2 AND hash_prefix = ?3 ORDER BY id";
+const FIND_KEY: &str = "SELECT message FROM message_keys \
+     WHERE sent_ms = ?1 AND key_hash = ?2 AND hash_prefix = ?3";
+
+const MESSAGE_KEY: &str = "SELECT hash, sending_application, sending_facility, control_id \
+     FROM messages WHERE id = ?1";
+
+const INSERT_KEY: &str = "INSERT OR IGNORE INTO message_keys \
+     (sent_ms, key_hash, hash_prefix, message) VALUES (?1, ?2, ?3, ?4)";
 
 const FIND_PATIENT: &str = "SELECT id, patient_id, assigning_authority, identifiers, name, \
      birth_date, sex FROM patients WHERE key = ?1";
@@ -933,7 +1039,9 @@ const SET_META: &str = "INSERT INTO meta (name, value) VALUES (?1, ?2) \
 
 /// The writer's statements, prepared once per transaction.
 struct Statements<'c> {
-    find_duplicate: CachedStatement<'c>,
+    find_key: CachedStatement<'c>,
+    message_key: CachedStatement<'c>,
+    insert_key: CachedStatement<'c>,
     find_patient: CachedStatement<'c>,
     insert_patient: CachedStatement<'c>,
     update_patient: CachedStatement<'c>,
@@ -944,7 +1052,9 @@ struct Statements<'c> {
 impl<'c> Statements<'c> {
     fn prepare(conn: &'c Connection) -> rusqlite::Result<Self> {
         Ok(Statements {
-            find_duplicate: conn.prepare_cached(FIND_DUPLICATE)?,
+            find_key: conn.prepare_cached(FIND_KEY)?,
+            message_key: conn.prepare_cached(MESSAGE_KEY)?,
+            insert_key: conn.prepare_cached(INSERT_KEY)?,
             find_patient: conn.prepare_cached(FIND_PATIENT)?,
             insert_patient: conn.prepare_cached(INSERT_PATIENT)?,
             update_patient: conn.prepare_cached(UPDATE_PATIENT)?,
@@ -1089,6 +1199,8 @@ impl Writer {
         }
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         let check_age = move_all || self.n_transactions.is_multiple_of(AGE_CHECK_EVERY);
+        change.check_age = check_age;
+        change.move_all = move_all;
         let result = write_group(
             &self.conn,
             &mut self.state,
@@ -1146,6 +1258,9 @@ fn write_group(
         Some(next) => next,
         None => conn.query_row(SELECT_NEXT_ID, [], |row| row.get(0))?,
     };
+    if state.keys.is_none() {
+        state.keys = Some(PendingKeys::load(conn)?);
+    }
     let mut done = Vec::with_capacity(group.len());
     for request in group {
         match request {
@@ -1172,6 +1287,13 @@ fn write_group(
             Request::Hold(_) | Request::Exec { .. } => unreachable!("controls run alone"),
         }
     }
+    move_keys(
+        &mut statements,
+        state,
+        next - 1,
+        change.check_age,
+        change.move_all,
+    )?;
     // Remembered only now: if the commit fails, the whole state is forgotten anyway.
     state.next_id = Some(next);
     change.last_id = next - 1;
@@ -1226,14 +1348,7 @@ fn move_patient_entries(
 /// The tail when the store opens: the messages about patients after
 /// `patient_index_through` (few, unless the last run stopped abruptly under load).
 fn load_tail(conn: &Connection) -> rusqlite::Result<PatientTail> {
-    let through: i64 = conn
-        .query_row(
-            "SELECT value FROM meta WHERE name = ?1",
-            [PATIENT_INDEX_THROUGH],
-            |row| row.get(0),
-        )
-        .optional()?
-        .unwrap_or(0);
+    let through = meta_value(conn, PATIENT_INDEX_THROUGH)?;
     let mut tail = PatientTail::new(through);
     let now = Instant::now();
     let mut statement = conn.prepare(
@@ -1267,9 +1382,16 @@ fn write_message(
     // Only accepted messages take part in the duplicate check: a rejected frame sent again
     // is judged again.
     let hash_prefix = hash_prefix(&row.hash);
+    let sent = row.key.as_ref().and_then(|k| k.sent_ms).unwrap_or(NO_TIME);
     if let (Some(key_hash), Some(key)) = (row.key_hash, &row.key) {
         if dedupe
-            && let Some(id) = find_duplicate(statements, key_hash, hash_prefix, key, &row.hash)?
+            && let Some(id) = find_duplicate(
+                statements,
+                state.keys.as_ref(),
+                (sent, key_hash, hash_prefix),
+                key,
+                &row.hash,
+            )?
         {
             tally.n_duplicates += 1;
             return Ok(Stored::Duplicate {
@@ -1317,34 +1439,75 @@ fn write_message(
         };
         change.appended.push((patient, entry));
     }
+    if let (Some(key_hash), Some(keys)) = (row.key_hash, state.keys.as_mut()) {
+        keys.add(sent, key_hash, hash_prefix, id);
+    }
     *next_id += 1;
     tally.n_stored += 1;
     Ok(Stored::New { id })
 }
 
-/// The first accepted message with this key and these bytes. Its MSH-7 is the same as
-/// this one's (the bytes are), so the lookup starts there.
+/// The first accepted message with this key and these bytes, among the keys waiting in
+/// memory and those in `message_keys`. Its MSH-7 is this one's (the bytes are), so the
+/// lookup is filed there.
 fn find_duplicate(
     statements: &mut Statements<'_>,
-    key_hash: i64,
-    hash_prefix: i64,
+    pending: Option<&PendingKeys>,
+    (sent, key_hash, hash_prefix): (i64, i64, i64),
     key: &MessageKey,
     hash: &[u8; 32],
 ) -> rusqlite::Result<Option<i64>> {
+    let mut candidates =
+        pending.map_or_else(Vec::new, |p| p.candidates(sent, key_hash, hash_prefix));
     let mut rows = statements
-        .find_duplicate
-        .query(params![key.sent_ms, key_hash, hash_prefix])?;
+        .find_key
+        .query(params![sent, key_hash, hash_prefix])?;
     while let Some(row) = rows.next()? {
+        candidates.push(row.get(0)?);
+    }
+    candidates.sort_unstable();
+    candidates.dedup();
+    for id in candidates {
+        let mut rows = statements.message_key.query([id])?;
+        let Some(row) = rows.next()? else {
+            continue;
+        };
         // Anything else is another message with the same 64-bit hashes.
-        if row.get_ref(1)?.as_blob()? == hash
-            && row.get_ref(2)?.as_str()? == key.sending_application
-            && row.get_ref(3)?.as_str()? == key.sending_facility
-            && row.get_ref(4)?.as_str()? == key.control_id
+        if row.get_ref(0)?.as_blob()? == hash
+            && row.get_ref(1)?.as_str()? == key.sending_application
+            && row.get_ref(2)?.as_str()? == key.sending_facility
+            && row.get_ref(3)?.as_str()? == key.control_id
         {
-            return Ok(Some(row.get(0)?));
+            return Ok(Some(id));
         }
     }
     Ok(None)
+}
+
+/// Moves the keys that settled into `message_keys`, in order, and now and then records
+/// how far the table is complete (for the next start's load).
+fn move_keys(
+    statements: &mut Statements<'_>,
+    state: &mut WriterState,
+    last_id: i64,
+    record: bool,
+    all: bool,
+) -> rusqlite::Result<()> {
+    let Some(keys) = state.keys.as_mut() else {
+        return Ok(());
+    };
+    for (sent, key_hash, hash_prefix, message) in keys.take_settled(all) {
+        statements
+            .insert_key
+            .execute(params![sent, key_hash, hash_prefix, message])?;
+    }
+    if record {
+        let through = keys.first_message().map_or(last_id, |first| first - 1);
+        statements
+            .set_meta
+            .execute(params![KEY_INDEX_THROUGH, through])?;
+    }
+    Ok(())
 }
 
 /// The patient's row id, creating or updating the row as [`PatientFields::merge`] says.
@@ -2344,6 +2507,53 @@ mod tests {
         assert_eq!(records.records.len(), 3);
     }
 
+    #[tokio::test]
+    async fn retransmissions_are_found_while_their_keys_wait_and_after_they_moved() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let duplicate_of = |id| {
+            vec![Stored::Duplicate {
+                id,
+                verdict: Verdict::Accept,
+            }]
+        };
+        let first = oru("A", None, &["1"], "");
+        let a = new_id(&store.commit(vec![first.clone()]).await.unwrap()[0]);
+        assert_eq!(
+            store.commit(vec![first.clone()]).await.unwrap(),
+            duplicate_of(a)
+        );
+        let keys = |dir: &Path| count(&sql(dir), "SELECT count(*) FROM message_keys");
+        assert_eq!(
+            keys(dir.path()),
+            0,
+            "a key waits while its second is recent"
+        );
+
+        // A message sent ten seconds later settles the first one's second.
+        let mut later = oru("B", None, &["2"], "");
+        later.key.as_mut().unwrap().sent_ms = Some(1_704_067_210_000);
+        let b = new_id(&store.commit(vec![later.clone()]).await.unwrap()[0]);
+        assert_eq!(keys(dir.path()), 1);
+        assert_eq!(
+            store.commit(vec![first.clone()]).await.unwrap(),
+            duplicate_of(a)
+        );
+        drop(store);
+        assert_eq!(keys(dir.path()), 2, "stopping moves every key");
+
+        // A stop that left keys waiting: the next start finds them in the messages.
+        sql(dir.path())
+            .execute_batch(
+                "DELETE FROM message_keys; \
+                 UPDATE meta SET value = 0 WHERE name = 'key_index_through';",
+            )
+            .unwrap();
+        let store = open(dir.path());
+        assert_eq!(store.commit(vec![first]).await.unwrap(), duplicate_of(a));
+        assert_eq!(store.commit(vec![later]).await.unwrap(), duplicate_of(b));
+    }
+
     /// Message ids of a patient's records, newest first, each message once.
     async fn record_messages(store: &SqliteStore, key: &str) -> Vec<i64> {
         let records = store.patient_records(key, None).await.unwrap().unwrap();
@@ -2647,11 +2857,11 @@ mod tests {
             rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
         };
         for (query, index) in [
-            // All three columns, also with IS for the time.
             (
-                FIND_DUPLICATE,
-                "messages_by_key (sent_ms=? AND key_hash=? AND hash_prefix=?)",
+                FIND_KEY,
+                "PRIMARY KEY (sent_ms=? AND key_hash=? AND hash_prefix=?)",
             ),
+            (MESSAGE_KEY, "INTEGER PRIMARY KEY (rowid=?)"),
             (FIND_PATIENT, "sqlite_autoindex_patients_1"),
             (PATIENT_MESSAGES, "PRIMARY KEY (patient=? AND message<?)"),
             (PATIENT_MESSAGES_BEYOND, "INTEGER PRIMARY KEY (rowid>?)"),

@@ -6,11 +6,10 @@
 -- - the patient index becomes a table the writer fills a patient's bunch at a time;
 -- - a message's observations become one JSON column of the message (an array of arrays,
 --   one per OBX in order); the `observations` view below still gives one row per OBX;
--- - the duplicate index is filed under the message's own time (MSH-7) first. A
+-- - the duplicate keys go to a table filed under the message's own time (MSH-7) first. A
 --   retransmission has the same bytes, so the same MSH-7, and is still found however old
---   it is; the keys of one transaction sit together at the index's end instead of on one
---   random page each. `sent_ms` of the messages stored before this version is filled in
---   by the program right after this script (it parses their MSH-7).
+--   it is. `sent_ms` of the messages stored before this version is filled in by the
+--   program right after this script (it parses their MSH-7).
 
 CREATE TABLE messages_v2 (
     id                  INTEGER PRIMARY KEY,
@@ -82,9 +81,21 @@ ORDER BY patient, id;
 INSERT INTO meta (name, value)
 VALUES ('patient_index_through', (SELECT coalesce(max(id), 0) FROM messages));
 
--- The duplicate check (DESIGN.md §5), filed by time first.
-CREATE INDEX messages_by_key ON messages (sent_ms, key_hash, hash_prefix)
-    WHERE key_hash IS NOT NULL;
+-- The duplicate check (DESIGN.md §5): accepted messages' keys, filed by time first
+-- (`sent_ms`, -2^63 when MSH-7 is not a time). The writer adds a second's keys together
+-- once that second is past, in order, so they fill new pages at the end instead of one
+-- random page each; the keys after `key_index_through` may not be here yet. Filled for the
+-- messages stored before this version by the program, after `sent_ms`.
+CREATE TABLE message_keys (
+    sent_ms     INTEGER NOT NULL,
+    key_hash    INTEGER NOT NULL,
+    hash_prefix INTEGER NOT NULL,
+    message     INTEGER NOT NULL REFERENCES messages(id),
+    PRIMARY KEY (sent_ms, key_hash, hash_prefix, message)
+) WITHOUT ROWID;
+
+INSERT INTO meta (name, value)
+VALUES ('key_index_through', (SELECT coalesce(max(id), 0) FROM messages));
 
 -- Messages without a patient, by device: their time series (IHE PCD-01 allows no PID).
 CREATE INDEX messages_by_device ON messages (device)
