@@ -18,7 +18,8 @@
 //! - Paced: a round starts at least [`ExportOptions::min_interval`] after the previous one
 //!   ended, and at least [`ExportOptions::rest_factor`] times as long as that round took, so
 //!   under heavy load the exporter keeps to a bounded share of one core (a quarter by
-//!   default) and the files lag instead of the ACKs. A round looks at no more than [`MAX_READS_PER_ROUND`]
+//!   default) and the files lag instead of the ACKs. The rest ends early once a whole
+//!   `min_interval` passes without a commit: the load has stopped and the files catch up. A round looks at no more than [`MAX_READS_PER_ROUND`]
 //!   reads or [`MAX_DIRTY_PATIENTS`] patients; what is left is the next round's work, which
 //!   starts without waiting for a wake-up.
 //! - Bounded files: a file holds the newest [`ExportOptions::max_records`] records (default
@@ -320,6 +321,8 @@ pub struct ExportStats {
 #[derive(Debug, Default)]
 struct Shared {
     notify: Notify,
+    /// Calls of [`ExportHandle::changed`]: whether messages still arrive.
+    n_changes: AtomicU64,
     n_rounds: AtomicU64,
     n_files_written: AtomicU64,
     n_write_failures: AtomicU64,
@@ -341,6 +344,7 @@ impl ExportHandle {
     /// Tells the exporter that messages were committed. Calls while a round runs or waits
     /// collapse into one more round.
     pub fn changed(&self) {
+        self.shared.n_changes.fetch_add(1, Ordering::Relaxed);
         // `notify_one` keeps a permit when the exporter is busy, so no wake-up is lost.
         self.shared.notify.notify_one();
     }
@@ -440,13 +444,32 @@ pub async fn run<S: Store>(
             },
         }
         if let Some((start, end)) = last_round {
-            let rest = exporter
-                .options
-                .min_interval
-                .max((end - start) * exporter.options.rest_factor);
-            tokio::select! {
-                () = tokio::time::sleep_until(end + rest) => {}
-                () = &mut shutdown => break,
+            let min_interval = exporter.options.min_interval;
+            let rest = min_interval.max((end - start) * exporter.options.rest_factor);
+            // The rest leaves the cores to the ACK path while messages arrive; once a whole
+            // `min_interval` passes without a commit, the receiver is idle and the files
+            // catch up at once instead of after the rest.
+            let until = end + rest;
+            let mut at = end + min_interval;
+            let mut n_changes = exporter.shared.n_changes.load(Ordering::Relaxed);
+            let mut stopped = false;
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep_until(at.min(until)) => {}
+                    () = &mut shutdown => {
+                        stopped = true;
+                        break;
+                    }
+                }
+                let now = exporter.shared.n_changes.load(Ordering::Relaxed);
+                if at >= until || now == n_changes {
+                    break;
+                }
+                n_changes = now;
+                at += min_interval;
+            }
+            if stopped {
+                break;
             }
         }
         let start = Instant::now();
@@ -1314,6 +1337,33 @@ mod tests {
         assert_eq!(
             values(&read_json(&temp.path().join("patient_alpha.json")))[0],
             "1999"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_rest_after_a_round_ends_when_messages_stop_arriving() {
+        let temp = tempfile::tempdir().unwrap();
+        let store = MemStore::default();
+        store.add(patient("alpha"), vec![glucose(0, "1")]);
+        // Any round makes the rest after it hours long.
+        let options = ExportOptions {
+            min_interval: Duration::from_millis(20),
+            rest_factor: u32::MAX,
+            ..ExportOptions::default()
+        };
+        let running = start(&store, temp.path(), options);
+        wait_for("the first round", || running.handle.stats().n_rounds >= 1).await;
+        let last = store.add(patient("alpha"), vec![glucose(0, "2")]);
+        running.handle.changed();
+        // No more messages: the rest ends after one quiet interval.
+        wait_for("the second message in the file", || {
+            running.handle.stats().watermark == last
+        })
+        .await;
+        running.stop().await.unwrap();
+        assert_eq!(
+            values(&read_json(&temp.path().join("patient_alpha.json"))),
+            ["2", "1"]
         );
     }
 
