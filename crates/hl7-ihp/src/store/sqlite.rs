@@ -57,12 +57,12 @@ const MIGRATIONS: &[Migration] = &[
 ];
 
 /// Page size of a new database (an existing one keeps its own). A vitals ORU's row (its
-/// bytes and its observations' JSON, about 2.4 KB) left most of a 4 KiB page unused, and
-/// the WAL and the checkpoint copy whole pages; in 16 KiB pages six rows share one.
-/// Measured at 64 connections: 4 KiB 27,300 to 27,800 msg/s with p99 12 to 13 ms, 8 KiB
-/// 28,300 to 29,800, 16 KiB 30,000 to 31,700 with p99 6 to 7 ms, 32 KiB 29,500. (Back when
-/// every message also wrote random index pages, 2 KiB pages had cost as much as 4 KiB.)
-const PAGE_SIZE: u32 = 16 * 1024;
+/// bytes and its observations' JSON, about 2.4 KB) leaves most of a 4 KiB page unused, and
+/// the WAL and the checkpoint copy whole pages; but a small transaction rewrites its last,
+/// partly filled page whole, so large pages cost at low concurrency. Measured over 20 s
+/// (vitals, 1,000 patients): 8 connections 14,500 msg/s with 4 KiB pages, 15,800 with
+/// 8 KiB, 11,200 with 16 KiB; 64 connections 25,700, 28,100 and 26,300.
+const PAGE_SIZE: u32 = 8 * 1024;
 
 /// How long a connection waits for a lock held by another connection (the checkpointer, or
 /// another process) before the operation fails.
@@ -77,14 +77,14 @@ const WRITER_CACHE_KIB: i64 = 16 * 1024;
 /// The reader's page cache, in KiB.
 const READER_CACHE_KIB: i64 = 16 * 1024;
 
-/// WAL frames (pages: 128 MiB of 16 KiB pages) after which the checkpointer copies the WAL
+/// WAL frames (pages: 64 MiB of 8 KiB pages) after which the checkpointer copies the WAL
 /// into the database, concurrently with the writer. A long WAL lets a page written by many
 /// transactions (a table's last page) be copied once.
 const CHECKPOINT_FRAMES: i32 = 8192;
 
 /// The checkpointer repeats its pass until the writer added fewer frames than this during
-/// one (2 MiB of 16 KiB pages); the writer then copies that remainder itself.
-const CATCH_UP_FRAMES: i64 = 128;
+/// one (2 MiB of 8 KiB pages); the writer then copies that remainder itself.
+const CATCH_UP_FRAMES: i64 = 256;
 
 /// The size the WAL file is cut back to after a restart.
 const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
