@@ -1327,9 +1327,12 @@ fn move_patient_entries(
             return Ok(());
         }
         // Every message below the first one left in the tail is in the table after this.
-        let through = tail
-            .first_except(&due)
-            .map_or(tail.known_through(), |first| first - 1);
+        // Worked out now and then only (it looks at every patient): the next start loads
+        // the tail from there, and an older value only loads more.
+        let through = check_age.then(|| {
+            tail.first_except(&due)
+                .map_or(tail.known_through(), |first| first - 1)
+        });
         (due, through)
     };
     let mut insert = conn.prepare_cached(
@@ -1344,8 +1347,10 @@ fn move_patient_entries(
             change.moved.push((*patient, last.message));
         }
     }
-    conn.prepare_cached(SET_META)?
-        .execute(params![PATIENT_INDEX_THROUGH, through])?;
+    if let Some(through) = through {
+        conn.prepare_cached(SET_META)?
+            .execute(params![PATIENT_INDEX_THROUGH, through])?;
+    }
     Ok(())
 }
 

@@ -14,7 +14,7 @@
 //! patient exactly once from three parts: the table below the run's first id, the run, and
 //! (written by another process) the messages after `known_through`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 /// A patient's entries are moved into the table once there are this many.
@@ -53,6 +53,9 @@ struct Pending {
 #[derive(Debug, Default)]
 pub struct PatientTail {
     pending: HashMap<i64, Pending>,
+    /// The patients with at least [`FLUSH_ENTRIES`] entries: what is due without looking at
+    /// every patient (there may be many thousands).
+    full: BTreeSet<i64>,
     known_through: i64,
 }
 
@@ -61,6 +64,7 @@ impl PatientTail {
     pub fn new(known_through: i64) -> PatientTail {
         PatientTail {
             pending: HashMap::new(),
+            full: BTreeSet::new(),
             known_through,
         }
     }
@@ -78,22 +82,26 @@ impl PatientTail {
 
     /// Adds a message about `patient`; ids only grow.
     pub fn append(&mut self, patient: i64, entry: Entry, now: Instant) {
-        self.pending
-            .entry(patient)
-            .or_insert_with(|| Pending {
-                entries: Vec::new(),
-                since: now,
-            })
-            .entries
-            .push(entry);
+        let pending = self.pending.entry(patient).or_insert_with(|| Pending {
+            entries: Vec::new(),
+            since: now,
+        });
+        pending.entries.push(entry);
+        if pending.entries.len() == FLUSH_ENTRIES {
+            self.full.insert(patient);
+        }
         self.know_through(entry.message);
     }
 
     /// Undoes the appends of a transaction that rolled back: forgets every entry from
     /// message `first` on, and restores `known_through`.
     pub fn roll_back(&mut self, first: i64, known_through: i64) {
-        self.pending.retain(|_, pending| {
+        let full = &mut self.full;
+        self.pending.retain(|patient, pending| {
             pending.entries.retain(|entry| entry.message < first);
+            if pending.entries.len() < FLUSH_ENTRIES {
+                full.remove(patient);
+            }
             !pending.entries.is_empty()
         });
         self.known_through = known_through;
@@ -101,23 +109,33 @@ impl PatientTail {
 
     /// The patients whose entries are due to move, with copies of those entries, by
     /// patient: everything when `all`, else those with at least [`FLUSH_ENTRIES`] entries
-    /// and, when `check_age`, those whose oldest entry is older than [`FLUSH_AGE`].
+    /// and, when `check_age` (the only case that looks at every patient), those whose
+    /// oldest entry is older than [`FLUSH_AGE`].
     pub fn due(&self, all: bool, check_age: bool, now: Instant) -> Vec<(i64, Vec<Entry>)> {
-        let mut due: Vec<(i64, Vec<Entry>)> = self
-            .pending
-            .iter()
-            .filter(|(_, pending)| {
-                all || pending.entries.len() >= FLUSH_ENTRIES
-                    || (check_age && now.duration_since(pending.since) >= FLUSH_AGE)
-            })
-            .map(|(patient, pending)| (*patient, pending.entries.clone()))
-            .collect();
+        let mut due: Vec<(i64, Vec<Entry>)> = if all || check_age {
+            self.pending
+                .iter()
+                .filter(|(_, pending)| {
+                    all || pending.entries.len() >= FLUSH_ENTRIES
+                        || now.duration_since(pending.since) >= FLUSH_AGE
+                })
+                .map(|(patient, pending)| (*patient, pending.entries.clone()))
+                .collect()
+        } else {
+            self.full
+                .iter()
+                .filter_map(|patient| {
+                    let pending = self.pending.get(patient)?;
+                    Some((*patient, pending.entries.clone()))
+                })
+                .collect()
+        };
         due.sort_unstable_by_key(|(patient, _)| *patient);
         due
     }
 
     /// The lowest message id in the tail apart from `except`'s entries (those about to
-    /// move), if any.
+    /// move), if any. Looks at every patient.
     pub fn first_except(&self, except: &[(i64, Vec<Entry>)]) -> Option<i64> {
         self.pending
             .iter()
@@ -130,6 +148,9 @@ impl PatientTail {
     pub fn forget(&mut self, patient: i64, through: i64, now: Instant) {
         if let Some(pending) = self.pending.get_mut(&patient) {
             pending.entries.retain(|entry| entry.message > through);
+            if pending.entries.len() < FLUSH_ENTRIES {
+                self.full.remove(&patient);
+            }
             if pending.entries.is_empty() {
                 self.pending.remove(&patient);
             } else {
@@ -231,6 +252,23 @@ mod tests {
                 n_observations: 7
             }
         );
+    }
+
+    #[test]
+    fn a_full_patient_stops_being_due_once_moved_or_rolled_back() {
+        let now = Instant::now();
+        let mut tail = PatientTail::new(0);
+        for id in 1..=FLUSH_ENTRIES as i64 {
+            tail.append(7, entry(id), now);
+        }
+        assert_eq!(tail.due(false, false, now).len(), 1);
+        tail.roll_back(FLUSH_ENTRIES as i64, FLUSH_ENTRIES as i64 - 1);
+        assert!(tail.due(false, false, now).is_empty());
+        tail.append(7, entry(100), now);
+        assert_eq!(tail.due(false, false, now).len(), 1);
+        tail.forget(7, 100, now);
+        assert!(tail.due(false, false, now).is_empty());
+        assert!(tail.entries(7).is_empty());
     }
 
     #[test]
