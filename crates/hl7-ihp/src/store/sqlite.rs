@@ -698,6 +698,9 @@ struct WriterState {
 #[derive(Default)]
 struct PendingKeys {
     keys: BTreeSet<(i64, i64, i64, i64)>,
+    /// The same keys in the order they were added (message ids grow), and keys already
+    /// moved until they reach the front: the lowest waiting id without a walk of `keys`.
+    order: VecDeque<(i64, i64, i64, i64)>,
     /// The latest `sent_ms` seen.
     latest: i64,
 }
@@ -708,11 +711,12 @@ impl PendingKeys {
         let through = meta_value(conn, KEY_INDEX_THROUGH)?;
         let mut pending = PendingKeys {
             keys: BTreeSet::new(),
+            order: VecDeque::new(),
             latest: NO_TIME,
         };
         let mut statement = conn.prepare(
             "SELECT id, sent_ms, key_hash, hash_prefix FROM messages \
-             WHERE id > ?1 AND key_hash IS NOT NULL",
+             WHERE id > ?1 AND key_hash IS NOT NULL ORDER BY id",
         )?;
         let mut rows = statement.query([through])?;
         while let Some(row) = rows.next()? {
@@ -722,8 +726,11 @@ impl PendingKeys {
         Ok(pending)
     }
 
+    /// Adds a stored message's key; ids only grow.
     fn add(&mut self, sent: i64, key_hash: i64, hash_prefix: i64, message: i64) {
-        self.keys.insert((sent, key_hash, hash_prefix, message));
+        let key = (sent, key_hash, hash_prefix, message);
+        self.keys.insert(key);
+        self.order.push_back(key);
         self.latest = self.latest.max(sent);
     }
 
@@ -752,8 +759,14 @@ impl PendingKeys {
     }
 
     /// The lowest message id waiting.
-    fn first_message(&self) -> Option<i64> {
-        self.keys.iter().map(|key| key.3).min()
+    fn first_message(&mut self) -> Option<i64> {
+        while let Some(front) = self.order.front() {
+            if self.keys.contains(front) {
+                return Some(front.3);
+            }
+            self.order.pop_front();
+        }
+        None
     }
 }
 
