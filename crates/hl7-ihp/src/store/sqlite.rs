@@ -116,8 +116,12 @@ const KEY_INDEX_THROUGH: &str = "key_index_through";
 /// own: by then its second's keys have arrived and go in together, in order.
 const KEY_SETTLE_MS: i64 = 2_000;
 
-/// At most this many keys wait in memory; beyond, the oldest move at once.
+/// At most this many keys wait in memory; beyond, the earliest by MSH-7 move at once.
 const MAX_PENDING_KEYS: usize = 100_000;
+
+/// A key moves after waiting this long whatever its MSH-7 (a device whose clock runs
+/// ahead would otherwise keep its last key waiting).
+const KEY_MAX_WAIT: Duration = Duration::from_secs(10);
 
 /// `message_keys.sent_ms` of a message whose MSH-7 is not a time.
 const NO_TIME: i64 = i64::MIN;
@@ -698,11 +702,14 @@ struct WriterState {
 #[derive(Default)]
 struct PendingKeys {
     keys: BTreeSet<(i64, i64, i64, i64)>,
-    /// The same keys in the order they were added (message ids grow), and keys already
-    /// moved until they reach the front: the lowest waiting id without a walk of `keys`.
-    order: VecDeque<(i64, i64, i64, i64)>,
+    /// The same keys in the order they were added (message ids grow), with when, and keys
+    /// already moved until they reach the front: the lowest waiting id without a walk of
+    /// `keys`, and the keys that waited too long.
+    order: VecDeque<((i64, i64, i64, i64), Instant)>,
     /// The latest `sent_ms` seen.
     latest: i64,
+    /// The highest message id this writer loaded or stored.
+    known: i64,
 }
 
 impl PendingKeys {
@@ -713,6 +720,7 @@ impl PendingKeys {
             keys: BTreeSet::new(),
             order: VecDeque::new(),
             latest: NO_TIME,
+            known: conn.query_row(SELECT_NEXT_ID, [], |row| row.get::<_, i64>(0))? - 1,
         };
         let mut statement = conn.prepare(
             "SELECT id, sent_ms, key_hash, hash_prefix FROM messages \
@@ -721,17 +729,21 @@ impl PendingKeys {
         let mut rows = statement.query([through])?;
         while let Some(row) = rows.next()? {
             let sent = row.get::<_, Option<i64>>(1)?.unwrap_or(NO_TIME);
-            pending.add(sent, row.get(2)?, row.get(3)?, row.get(0)?);
+            pending.add(
+                (sent, row.get(2)?, row.get(3)?, row.get(0)?),
+                Instant::now(),
+            );
         }
         Ok(pending)
     }
 
     /// Adds a stored message's key; ids only grow.
-    fn add(&mut self, sent: i64, key_hash: i64, hash_prefix: i64, message: i64) {
+    fn add(&mut self, (sent, key_hash, hash_prefix, message): (i64, i64, i64, i64), now: Instant) {
         let key = (sent, key_hash, hash_prefix, message);
         self.keys.insert(key);
-        self.order.push_back(key);
+        self.order.push_back((key, now));
         self.latest = self.latest.max(sent);
+        self.known = self.known.max(message);
     }
 
     /// Ids of the waiting messages with this key.
@@ -744,25 +756,39 @@ impl PendingKeys {
             .collect()
     }
 
-    /// Takes the keys that are due to move (all of them when `all`), in order.
-    fn take_settled(&mut self, all: bool) -> Vec<(i64, i64, i64, i64)> {
+    /// Takes the keys that are due to move (all of them when `all`), in the table's order:
+    /// those without a time, those whose second is [`KEY_SETTLE_MS`] older than the newest,
+    /// the earliest beyond [`MAX_PENDING_KEYS`], and those that waited [`KEY_MAX_WAIT`].
+    fn take_settled(&mut self, all: bool, now: Instant) -> Vec<(i64, i64, i64, i64)> {
         let before = self.latest.saturating_sub(KEY_SETTLE_MS);
         let mut settled = Vec::new();
         while let Some(&first) = self.keys.first() {
-            if !all && first.0 >= before && self.keys.len() <= MAX_PENDING_KEYS {
+            let due =
+                all || first.0 == NO_TIME || first.0 < before || self.keys.len() > MAX_PENDING_KEYS;
+            if !due {
                 break;
             }
             settled.push(first);
             self.keys.pop_first();
         }
+        while let Some(&(key, added)) = self.order.front() {
+            if now.duration_since(added) < KEY_MAX_WAIT {
+                break;
+            }
+            self.order.pop_front();
+            if self.keys.remove(&key) {
+                settled.push(key);
+            }
+        }
+        settled.sort_unstable();
         settled
     }
 
     /// The lowest message id waiting.
     fn first_message(&mut self) -> Option<i64> {
-        while let Some(front) = self.order.front() {
-            if self.keys.contains(front) {
-                return Some(front.3);
+        while let Some((key, _)) = self.order.front() {
+            if self.keys.contains(key) {
+                return Some(key.3);
             }
             self.order.pop_front();
         }
@@ -1275,6 +1301,7 @@ fn write_group(
         Some(next) => next,
         None => conn.query_row(SELECT_NEXT_ID, [], |row| row.get(0))?,
     };
+    let first = next;
     if state.keys.is_none() {
         state.keys = Some(PendingKeys::load(conn)?);
     }
@@ -1304,16 +1331,14 @@ fn write_group(
             Request::Hold(_) | Request::Exec { .. } => unreachable!("controls run alone"),
         }
     }
-    move_keys(
-        &mut statements,
-        state,
-        next - 1,
-        change.check_age,
-        change.move_all,
-    )?;
+    move_keys(&mut statements, state, change.check_age, change.move_all)?;
     // Remembered only now: if the commit fails, the whole state is forgotten anyway.
     state.next_id = Some(next);
-    change.last_id = next - 1;
+    // Only messages this transaction wrote: a transaction without any (the shutdown's)
+    // must not claim that messages another process wrote meanwhile are in the tail.
+    if next > first {
+        change.last_id = next - 1;
+    }
     Ok(done)
 }
 
@@ -1336,9 +1361,6 @@ fn move_patient_entries(
         }
         tail.know_through(change.last_id);
         let due = tail.due(move_all, check_age, now);
-        if due.is_empty() {
-            return Ok(());
-        }
         // Every message below the first one left in the tail is in the table after this.
         // Worked out now and then only (it looks at every patient): the next start loads
         // the tail from there, and an older value only loads more.
@@ -1346,6 +1368,9 @@ fn move_patient_entries(
             tail.first_except(&due)
                 .map_or(tail.known_through(), |first| first - 1)
         });
+        if due.is_empty() && through.is_none() {
+            return Ok(());
+        }
         (due, through)
     };
     let mut insert = conn.prepare_cached(
@@ -1370,6 +1395,14 @@ fn move_patient_entries(
 /// The tail when the store opens: the messages about patients after
 /// `patient_index_through` (few, unless the last run stopped abruptly under load).
 fn load_tail(conn: &Connection) -> rusqlite::Result<PatientTail> {
+    // One snapshot: `known_through` must not pass a message the scan did not see.
+    let snapshot = conn.unchecked_transaction()?;
+    let tail = load_tail_in(&snapshot)?;
+    snapshot.commit()?;
+    Ok(tail)
+}
+
+fn load_tail_in(conn: &Connection) -> rusqlite::Result<PatientTail> {
     let through = meta_value(conn, PATIENT_INDEX_THROUGH)?;
     let mut tail = PatientTail::new(through);
     let now = Instant::now();
@@ -1462,7 +1495,7 @@ fn write_message(
         change.appended.push((patient, entry));
     }
     if let (Some(key_hash), Some(keys)) = (row.key_hash, state.keys.as_mut()) {
-        keys.add(sent, key_hash, hash_prefix, id);
+        keys.add((sent, key_hash, hash_prefix, id), Instant::now());
     }
     *next_id += 1;
     tally.n_stored += 1;
@@ -1511,20 +1544,19 @@ fn find_duplicate(
 fn move_keys(
     statements: &mut Statements<'_>,
     state: &mut WriterState,
-    last_id: i64,
     record: bool,
     all: bool,
 ) -> rusqlite::Result<()> {
     let Some(keys) = state.keys.as_mut() else {
         return Ok(());
     };
-    for (sent, key_hash, hash_prefix, message) in keys.take_settled(all) {
+    for (sent, key_hash, hash_prefix, message) in keys.take_settled(all, Instant::now()) {
         statements
             .insert_key
             .execute(params![sent, key_hash, hash_prefix, message])?;
     }
     if record {
-        let through = keys.first_message().map_or(last_id, |first| first - 1);
+        let through = keys.first_message().map_or(keys.known, |first| first - 1);
         statements
             .set_meta
             .execute(params![KEY_INDEX_THROUGH, through])?;
@@ -2527,6 +2559,37 @@ mod tests {
         let records = store.patient_records("P1", None).await.unwrap().unwrap();
         assert_eq!(records.records[0].observation.value, "3");
         assert_eq!(records.records.len(), 3);
+    }
+
+    #[test]
+    fn pending_keys_move_by_their_second_without_a_time_at_once_and_after_the_longest_wait() {
+        let start = Instant::now();
+        let mut keys = PendingKeys {
+            latest: NO_TIME,
+            ..PendingKeys::default()
+        };
+        keys.add((NO_TIME, 5, 0, 1), start);
+        keys.add((1_000_000, 9, 0, 2), start);
+        keys.add((1_000_500, 3, 0, 3), start);
+        assert_eq!(keys.take_settled(false, start), [(NO_TIME, 5, 0, 1)]);
+        // A device whose clock runs far ahead makes every earlier second settle ...
+        keys.add((9_000_000_000, 1, 0, 4), start);
+        assert_eq!(
+            keys.take_settled(false, start),
+            [(1_000_000, 9, 0, 2), (1_000_500, 3, 0, 3)]
+        );
+        assert_eq!(keys.first_message(), Some(4));
+        // ... and its own key moves once it has waited long enough.
+        assert!(
+            keys.take_settled(false, start + KEY_MAX_WAIT / 2)
+                .is_empty()
+        );
+        assert_eq!(
+            keys.take_settled(false, start + KEY_MAX_WAIT),
+            [(9_000_000_000, 1, 0, 4)]
+        );
+        assert_eq!(keys.first_message(), None);
+        assert!(keys.order.is_empty());
     }
 
     #[tokio::test]
