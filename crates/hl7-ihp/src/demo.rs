@@ -85,10 +85,10 @@ async fn demo(
     let http_address = http.as_ref().map(|l| l.local_addr()).transpose()?;
     let stop = Arc::new(AtomicBool::new(false));
     let (stop_receiver_tx, mut stop_receiver_rx) = tokio::sync::watch::channel(false);
-    // Opened (and migrated) before the receiver opens it, so the two never race to create
-    // the schema; the demo only reads through it.
-    let reader = SqliteStore::open(&data_dir, SqliteOptions::default())
-        .context("opening the store to read it")?;
+    // Created (and migrated) before the receiver opens it, so that the read-only store
+    // below finds the schema; the demo only reads.
+    drop(SqliteStore::open(&data_dir, SqliteOptions::default()).context("creating the store")?);
+    let reader = SqliteStore::open_read_only(&data_dir).context("opening the store to read it")?;
     let mut receiver = tokio::spawn(receive::run(config, mllp, http, async move {
         let _ = stop_receiver_rx.wait_for(|stop| *stop).await;
     }));

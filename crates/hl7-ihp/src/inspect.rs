@@ -9,14 +9,14 @@ use anyhow::Context;
 
 use crate::cli::{MessagesArgs, PatientsArgs, ShowArgs};
 use crate::export;
-use crate::store::sqlite::{SqliteOptions, SqliteStore};
+use crate::store::sqlite::SqliteStore;
 use crate::store::{MessageFilter, Store};
 
 fn open(data_dir: &Path) -> anyhow::Result<SqliteStore> {
     if !data_dir.exists() {
         anyhow::bail!("no data directory at {}", data_dir.display());
     }
-    SqliteStore::open(data_dir, SqliteOptions::default())
+    SqliteStore::open_read_only(data_dir)
         .with_context(|| format!("opening the store in {}", data_dir.display()))
 }
 

@@ -159,7 +159,9 @@ struct Inner {
     /// `None` only while dropping: closing the queue is what stops the writer.
     requests: Option<mpsc::Sender<Request>>,
     reader: Arc<Mutex<Connection>>,
-    tail: Arc<Mutex<PatientTail>>,
+    /// `None` in a read-only store: its readers find the messages after the patient
+    /// watermark by a scan instead.
+    tail: Option<Arc<Mutex<PatientTail>>>,
     counters: Arc<Counters>,
     checkpoint: Arc<CheckpointSignal>,
     writer: Option<JoinHandle<()>>,
@@ -278,7 +280,7 @@ impl SqliteStore {
         let mut inner = Inner {
             requests: Some(requests),
             reader: Arc::new(Mutex::new(reader)),
-            tail,
+            tail: Some(tail),
             counters,
             checkpoint,
             writer: Some(writer),
@@ -294,6 +296,48 @@ impl SqliteStore {
         inner.checkpointer = Some(checkpointer);
         Ok(SqliteStore {
             inner: Arc::new(inner),
+        })
+    }
+
+    /// Opens `<data_dir>/hl7-ihp.sqlite3` only to read it, as the inspection commands do,
+    /// also while a receiver writes to it: no writer or checkpoint thread, no schema change,
+    /// nothing written. Writes answer [`StoreError::Closed`]. The schema must be this
+    /// program's: an older one is upgraded by `hl7-ihp receive`.
+    pub fn open_read_only(data_dir: &Path) -> Result<SqliteStore, StoreError> {
+        let path = data_dir.join(DB_FILE_NAME);
+        if !path.exists() {
+            return Err(StoreError::Database(format!(
+                "no database at {}",
+                path.display()
+            )));
+        }
+        let reader = open_reader(&path)?;
+        let version: i64 = reader
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(database_error)?;
+        let supported = MIGRATIONS.len() as i64;
+        if version > supported {
+            return Err(StoreError::NewerSchema {
+                found: version,
+                supported,
+            });
+        }
+        if version < supported {
+            return Err(StoreError::Database(format!(
+                "the database has schema version {version}; `hl7-ihp receive` upgrades it \
+                 to {supported}"
+            )));
+        }
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                requests: None,
+                reader: Arc::new(Mutex::new(reader)),
+                tail: None,
+                counters: Arc::default(),
+                checkpoint: Arc::default(),
+                writer: None,
+                checkpointer: None,
+            }),
         })
     }
 
@@ -336,8 +380,9 @@ impl Store for SqliteStore {
     }
 
     async fn patients(&self) -> Result<Vec<PatientSummary>, StoreError> {
-        let tail = Arc::clone(&self.inner.tail);
-        self.read(move |conn| read_patients(conn, &tail)).await
+        let tail = self.inner.tail.clone();
+        self.read(move |conn| read_patients(conn, tail.as_deref()))
+            .await
     }
 
     async fn patient_records(
@@ -346,8 +391,8 @@ impl Store for SqliteStore {
         limit: Option<usize>,
     ) -> Result<Option<PatientRecords>, StoreError> {
         let key = key.to_owned();
-        let tail = Arc::clone(&self.inner.tail);
-        self.read(move |conn| read_patient_records(conn, &tail, &key, limit))
+        let tail = self.inner.tail.clone();
+        self.read(move |conn| read_patient_records(conn, tail.as_deref(), &key, limit))
             .await
     }
 
@@ -1674,23 +1719,51 @@ fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-/// Starts the read's snapshot while holding the tail's lock, then copies what the read
-/// needs of the tail: the writer adds entries before its commit and forgets moved ones only
-/// after, under the same lock, so the snapshot and the copy agree (see store/tail.rs).
-fn with_snapshot<T>(
-    tail: &Mutex<PatientTail>,
-    start: impl FnOnce() -> rusqlite::Result<T>,
-) -> rusqlite::Result<(T, MutexGuard<'_, PatientTail>)> {
-    let guard = lock(tail);
-    let value = start()?;
-    Ok((value, guard))
+/// What a read knows of the patient tail: the entries it needs and `known_through`.
+struct TailView<T> {
+    entries: T,
+    known_through: i64,
+}
+
+/// Starts the read's snapshot (with `start`, the read's first statement) while holding the
+/// tail's lock, then copies what the read needs of the tail (`copy`): the writer adds
+/// entries before its commit and forgets moved ones only after, under the same lock, so
+/// every message of the snapshot is in the copy or the table (the copy may also hold
+/// entries of a transaction the snapshot does not include; their rows are not found). A
+/// read-only store has no tail: it reads the patient watermark in the same snapshot and
+/// finds the messages after it by a scan.
+fn with_snapshot<S, T: Default>(
+    conn: &Connection,
+    tail: Option<&Mutex<PatientTail>>,
+    start: impl FnOnce() -> rusqlite::Result<S>,
+    copy: impl FnOnce(&S, &PatientTail) -> T,
+) -> rusqlite::Result<(S, TailView<T>)> {
+    match tail {
+        Some(tail) => {
+            let guard = lock(tail);
+            let value = start()?;
+            let view = TailView {
+                entries: copy(&value, &guard),
+                known_through: guard.known_through(),
+            };
+            Ok((value, view))
+        }
+        None => {
+            let value = start()?;
+            let view = TailView {
+                entries: T::default(),
+                known_through: meta_value(conn, PATIENT_INDEX_THROUGH)?,
+            };
+            Ok((value, view))
+        }
+    }
 }
 
 fn read_patients(
     conn: &Connection,
-    tail: &Mutex<PatientTail>,
+    tail: Option<&Mutex<PatientTail>>,
 ) -> rusqlite::Result<Vec<PatientSummary>> {
-    let (patients, guard) = with_snapshot(tail, || {
+    let start = || {
         let mut statement =
             conn.prepare_cached("SELECT id, key, name FROM patients ORDER BY key")?;
         let rows = statement.query_map([], |row| {
@@ -1701,9 +1774,9 @@ fn read_patients(
             ))
         })?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
-    })?;
-    let (totals, known_through) = (guard.totals(), guard.known_through());
-    drop(guard);
+    };
+    let (patients, view) = with_snapshot(conn, tail, start, |_, tail| tail.totals())?;
+    let (totals, known_through) = (view.entries, view.known_through);
 
     // Written by another process: one range of the primary key.
     let mut beyond = HashMap::new();
@@ -1760,11 +1833,11 @@ fn read_patients(
 
 fn read_patient_records(
     conn: &Connection,
-    tail: &Mutex<PatientTail>,
+    tail: Option<&Mutex<PatientTail>>,
     key: &str,
     limit: Option<usize>,
 ) -> rusqlite::Result<Option<PatientRecords>> {
-    let (found, guard) = with_snapshot(tail, || {
+    let start = || {
         conn.prepare_cached(
             "SELECT id, patient_id, assigning_authority, identifiers, name, birth_date, sex \
              FROM patients WHERE key = ?1",
@@ -1785,12 +1858,17 @@ fn read_patient_records(
             ))
         })
         .optional()
+    };
+    let (found, view) = with_snapshot(conn, tail, start, |found, tail| {
+        found
+            .as_ref()
+            .map(|(row, _)| tail.entries(*row))
+            .unwrap_or_default()
     })?;
     let Some((patient_row, patient)) = found else {
         return Ok(None);
     };
-    let (in_tail, known_through) = (guard.entries(patient_row), guard.known_through());
-    drop(guard);
+    let (in_tail, known_through) = (view.entries, view.known_through);
 
     let limit = limit.unwrap_or(usize::MAX);
     let mut records = Vec::new();
@@ -2703,9 +2781,11 @@ mod tests {
         let writer = open(dir.path());
         let first = oru("1", Some(patient("P1", "EVE", false)), &["1"], "");
         writer.commit(vec![first]).await.unwrap();
-        // Like `hl7-ihp show` while a receiver runs: its own store over the same database.
-        let inspector = open(dir.path());
-        for n in 2..=20 {
+        // Like `hl7-ihp show` while a receiver runs: a read-only store over the database,
+        // and (as a second receiver would be) a full one.
+        let inspector = SqliteStore::open_read_only(dir.path()).unwrap();
+        let other = open(dir.path());
+        for n in 2..=40 {
             let message = oru(
                 &n.to_string(),
                 Some(patient("P1", "EVE", false)),
@@ -2714,8 +2794,35 @@ mod tests {
             );
             writer.commit(vec![message]).await.unwrap();
         }
-        assert_eq!(record_messages(&inspector, "P1").await.len(), 20);
-        assert_eq!(inspector.patients().await.unwrap()[0].n_observations, 20);
+        let expected: Vec<i64> = (1..=40).rev().collect();
+        for store in [&inspector, &other, &writer] {
+            assert_eq!(record_messages(store, "P1").await, expected);
+            assert_eq!(store.patients().await.unwrap()[0].n_observations, 40);
+        }
+        // The other store's shutdown does not claim the writer's waiting entries as moved.
+        drop(other);
+        assert_eq!(record_messages(&inspector, "P1").await, expected);
+        drop(writer);
+        assert_eq!(record_messages(&inspector, "P1").await, expected);
+        assert!(matches!(
+            inspector.commit(vec![oru("x", None, &[], "")]).await,
+            Err(StoreError::Closed)
+        ));
+    }
+
+    #[test]
+    fn a_read_only_store_needs_this_programs_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            SqliteStore::open_read_only(dir.path()).is_err(),
+            "no database yet"
+        );
+        drop(open(dir.path()));
+        sql(dir.path())
+            .execute_batch("PRAGMA user_version = 1")
+            .unwrap();
+        let error = SqliteStore::open_read_only(dir.path()).err().unwrap();
+        assert!(error.to_string().contains("upgrades it"), "{error}");
     }
 
     #[tokio::test]
