@@ -101,7 +101,8 @@ const RECENT_KEYS: usize = 65_536;
 const EXPORT_WATERMARK: &str = "export_watermark";
 
 /// The `meta` row below which (inclusive) every message about a patient is in
-/// `patient_messages`; the rest is in the writer's [`PatientTail`].
+/// `patient_messages`; those after it may be there too, and are in the writer's
+/// [`PatientTail`]. Recorded now and then, so it may lag: the next start loads more.
 const PATIENT_INDEX_THROUGH: &str = "patient_index_through";
 
 /// The writer looks for patients whose tail entries grew old once per this many
@@ -1764,6 +1765,11 @@ fn read_patients(
     tail: Option<&Mutex<PatientTail>>,
 ) -> rusqlite::Result<Vec<PatientSummary>> {
     let start = || {
+        // The snapshot's newest message first, so that tail entries of a transaction the
+        // snapshot does not hold stay out of the counts.
+        let newest: i64 = conn.query_row("SELECT coalesce(max(id), 0) FROM messages", [], |r| {
+            r.get(0)
+        })?;
         let mut statement =
             conn.prepare_cached("SELECT id, key, name FROM patients ORDER BY key")?;
         let rows = statement.query_map([], |row| {
@@ -1773,9 +1779,10 @@ fn read_patients(
                 row.get::<_, String>(2)?,
             ))
         })?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
+        Ok((newest, rows.collect::<rusqlite::Result<Vec<_>>>()?))
     };
-    let (patients, view) = with_snapshot(conn, tail, start, |_, tail| tail.totals())?;
+    let ((_, patients), view) =
+        with_snapshot(conn, tail, start, |(newest, _), tail| tail.totals(*newest))?;
     let (totals, known_through) = (view.entries, view.known_through);
 
     // Written by another process: one range of the primary key.

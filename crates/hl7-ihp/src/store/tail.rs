@@ -6,7 +6,8 @@
 //! the messages themselves (measured: about a sixth of the receiver's throughput at 64
 //! connections and 1,000 patients). The writer instead collects each patient's entries here
 //! and moves them into the table once a patient has [`FLUSH_ENTRIES`] of them, or they are
-//! [`FLUSH_AGE`] old: one page write then carries many entries.
+//! [`FLUSH_AGE`] old (looked at once every few transactions; everything at shutdown): one
+//! page write then carries many entries.
 //!
 //! A patient's entries here are always a contiguous run of their newest messages (up to
 //! [`PatientTail::known_through`]): appending adds every new message, and the writer only
@@ -167,14 +168,17 @@ impl PatientTail {
             .unwrap_or_default()
     }
 
-    /// Every patient's part of the tail.
-    pub fn totals(&self) -> HashMap<i64, Totals> {
+    /// Every patient's part of the tail, counting the messages up to `newest` (the entries
+    /// after it belong to a transaction the reader's snapshot does not hold). `first` is
+    /// the first entry even so: the table holds none of a patient's messages from there.
+    pub fn totals(&self, newest: i64) -> HashMap<i64, Totals> {
         self.pending
             .iter()
             .filter_map(|(patient, pending)| {
                 let first = pending.entries.first()?.message;
-                let last = pending.entries.last()?.message;
-                let n_observations = pending.entries.iter().map(|e| e.n_observations).sum();
+                let counted = pending.entries.iter().filter(|e| e.message <= newest);
+                let last = counted.clone().last()?.message;
+                let n_observations = counted.map(|e| e.n_observations).sum();
                 Some((
                     *patient,
                     Totals {
@@ -243,7 +247,8 @@ mod tests {
         tail.forget(2, 4, now);
         assert!(tail.entries(2).is_empty());
         assert_eq!(tail.len(), 1);
-        let totals = tail.totals();
+        let totals = tail.totals(i64::MAX);
+        assert!(tail.totals(8).is_empty(), "9 is not in the snapshot");
         assert_eq!(
             totals[&1],
             Totals {

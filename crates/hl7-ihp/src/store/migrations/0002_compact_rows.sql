@@ -51,11 +51,11 @@ SELECT m.id, m.received_ms, m.peer, m.sending_application, m.sending_facility,
     CASE WHEN m.n_observations > 0 THEN (
         SELECT json_group_array(json_array(o.value_type, o.code, o.code_text, o.code_system,
             o.sub_id, o.value, o.numeric, o.units, o.units_text, o.reference_range,
-            o.abnormal_flags, o.status, o.observed_at, o.observed_ms, o.equipment))
-        FROM (SELECT * FROM observations
-              WHERE id BETWEEN m.first_observation
-                           AND m.first_observation + m.n_observations - 1
-              ORDER BY id) o)
+            o.abnormal_flags, o.status, o.observed_at, o.observed_ms, o.equipment)
+            ORDER BY o.id)
+        FROM observations o
+        WHERE o.id BETWEEN m.first_observation
+                       AND m.first_observation + m.n_observations - 1)
     END,
     m.raw
 FROM messages m ORDER BY m.id;
