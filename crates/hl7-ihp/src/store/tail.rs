@@ -177,7 +177,7 @@ impl PatientTail {
             .filter_map(|(patient, pending)| {
                 let first = pending.entries.first()?.message;
                 let counted = pending.entries.iter().filter(|e| e.message <= newest);
-                let last = counted.clone().last()?.message;
+                let last = counted.clone().next_back()?.message;
                 let n_observations = counted.map(|e| e.n_observations).sum();
                 Some((
                     *patient,
