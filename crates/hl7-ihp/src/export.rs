@@ -19,9 +19,10 @@
 //!   ended, and at least [`ExportOptions::rest_factor`] times as long as that round took, so
 //!   under heavy load the exporter keeps to a bounded share of one core (a quarter by
 //!   default) and the files lag instead of the ACKs. The rest ends early once a whole
-//!   `min_interval` passes without a commit: the load has stopped and the files catch up. A round looks at no more than [`MAX_READS_PER_ROUND`]
-//!   reads or [`MAX_DIRTY_PATIENTS`] patients; what is left is the next round's work, which
-//!   starts without waiting for a wake-up.
+//!   `min_interval` passes without a commit: the load has stopped and the files catch up.
+//!   A round looks at no more than [`MAX_READS_PER_ROUND`] reads or [`MAX_DIRTY_PATIENTS`]
+//!   patients; what is left is the next round's work, which starts without waiting for a
+//!   wake-up.
 //! - Bounded files: a file holds the newest [`ExportOptions::max_records`] records (default
 //!   10,000; 0 = no limit). The full history stays in the store (`hl7-ihp show <id> --all`).
 //! - Atomic and private: a file is written to a temporary name in the same folder (`.tmp-…`,
