@@ -313,16 +313,8 @@ impl SqliteStore {
             )));
         }
         let reader = open_reader(&path)?;
-        let version: i64 = reader
-            .pragma_query_value(None, "user_version", |row| row.get(0))
-            .map_err(database_error)?;
+        let version = schema_version(&reader, database_error)?;
         let supported = MIGRATIONS.len() as i64;
-        if version > supported {
-            return Err(StoreError::NewerSchema {
-                found: version,
-                supported,
-            });
-        }
         if version < supported {
             return Err(StoreError::Database(format!(
                 "the database has schema version {version}; `hl7-ihp receive` upgrades it \
@@ -481,16 +473,7 @@ fn open_writer_retrying(path: &Path) -> Result<Connection, StoreError> {
 fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(database_error)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(database_error)?;
-    let version: i64 = conn
-        .pragma_query_value(None, "user_version", |row| row.get(0))
-        .map_err(database_error)?;
-    let supported = MIGRATIONS.len() as i64;
-    if version > supported {
-        return Err(StoreError::NewerSchema {
-            found: version,
-            supported,
-        });
-    }
+    schema_version(&conn, database_error)?;
     // Takes effect only on a database without tables, before WAL mode is set.
     conn.pragma_update(None, "page_size", PAGE_SIZE)
         .map_err(database_error)?;
@@ -523,20 +506,30 @@ fn open_writer(path: &Path) -> Result<Connection, StoreError> {
 /// Applies the migrations the database lacks. The version is read again under the write
 /// lock, so two processes opening a new data directory at once (a receiver starting while
 /// `hl7-ihp patients` runs) do not both create the schema.
+/// The database's schema version (`PRAGMA user_version`); a version newer than this
+/// program knows is refused, because using it could damage the database.
+fn schema_version(
+    conn: &Connection,
+    on_error: impl Fn(rusqlite::Error) -> StoreError,
+) -> Result<i64, StoreError> {
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(on_error)?;
+    let supported = MIGRATIONS.len() as i64;
+    if version > supported {
+        return Err(StoreError::NewerSchema {
+            found: version,
+            supported,
+        });
+    }
+    Ok(version)
+}
+
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
     let failed = |e: rusqlite::Error| StoreError::Database(format!("schema migration failed: {e}"));
     conn.execute_batch("BEGIN IMMEDIATE").map_err(failed)?;
     let applied = (|| -> Result<(), StoreError> {
-        let version: i64 = conn
-            .pragma_query_value(None, "user_version", |row| row.get(0))
-            .map_err(failed)?;
-        let supported = MIGRATIONS.len() as i64;
-        if version > supported {
-            return Err(StoreError::NewerSchema {
-                found: version,
-                supported,
-            });
-        }
+        let version = schema_version(conn, failed)?;
         for (n, migration) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
             // The schema change and its version number commit together or not at all.
             conn.execute_batch(migration.sql).map_err(failed)?;
@@ -2112,6 +2105,33 @@ mod tests {
         conn.query_row(query, [], |row| row.get(0)).unwrap()
     }
 
+    /// Commits each message as its own batch while the writer is held, waits until every
+    /// batch is queued behind it, then lets the writer go and waits for all of them.
+    async fn commit_behind_a_held_writer(store: &SqliteStore, messages: Vec<NewMessage>) {
+        let (release, held) = std::sync::mpsc::channel();
+        store.send(Request::Hold(held)).await.unwrap();
+        let n = messages.len();
+        let tasks: Vec<_> = messages
+            .into_iter()
+            .map(|message| {
+                let store = store.clone();
+                tokio::spawn(async move { store.commit(vec![message]).await })
+            })
+            .collect();
+        let requests = store.inner.requests.clone().unwrap();
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while requests.max_capacity() - requests.capacity() < n {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the batches are queued");
+        drop(release);
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+    }
+
     /// Runs SQL on the writer's connection, between transactions.
     async fn exec(store: &SqliteStore, sql: &str) {
         let (reply, answer) = oneshot::channel();
@@ -2220,35 +2240,18 @@ mod tests {
     async fn waiting_batches_share_one_transaction() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
-        let (release, held) = std::sync::mpsc::channel();
-        store.send(Request::Hold(held)).await.unwrap();
-        let mut tasks = Vec::new();
-        for n in 0..64 {
-            let store = store.clone();
-            let message = oru(
-                &n.to_string(),
-                Some(patient("P1", "EVE", false)),
-                &["1"],
-                "",
-            );
-            tasks.push(tokio::spawn(
-                async move { store.commit(vec![message]).await },
-            ));
-        }
-        // All 64 batches are queued behind the held writer.
-        let requests = store.inner.requests.clone().unwrap();
-        tokio::time::timeout(Duration::from_secs(60), async {
-            while requests.max_capacity() - requests.capacity() < 64 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        })
-        .await
-        .expect("the batches are queued");
+        let messages = (0..64)
+            .map(|n| {
+                oru(
+                    &n.to_string(),
+                    Some(patient("P1", "EVE", false)),
+                    &["1"],
+                    "",
+                )
+            })
+            .collect();
         let before = store.stats().n_transactions;
-        drop(release);
-        for task in tasks {
-            task.await.unwrap().unwrap();
-        }
+        commit_behind_a_held_writer(&store, messages).await;
         assert_eq!(store.stats().n_transactions, before + 1);
         assert_eq!(store.stats().n_stored, 64);
     }
@@ -3080,28 +3083,10 @@ mod tests {
             ..SqliteOptions::default()
         };
         let store = SqliteStore::open(dir.path(), options).unwrap();
-        let (release, held) = std::sync::mpsc::channel();
-        store.send(Request::Hold(held)).await.unwrap();
-        let mut tasks = Vec::new();
-        for n in 0..6 {
-            let store = store.clone();
-            let message = oru(&n.to_string(), None, &["1"], "");
-            tasks.push(tokio::spawn(
-                async move { store.commit(vec![message]).await },
-            ));
-        }
-        let requests = store.inner.requests.clone().unwrap();
-        tokio::time::timeout(Duration::from_secs(60), async {
-            while requests.max_capacity() - requests.capacity() < 6 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        })
-        .await
-        .expect("the batches are queued");
-        drop(release);
-        for task in tasks {
-            task.await.unwrap().unwrap();
-        }
+        let messages = (0..6)
+            .map(|n| oru(&n.to_string(), None, &["1"], ""))
+            .collect();
+        commit_behind_a_held_writer(&store, messages).await;
         assert_eq!(store.stats().n_transactions, 3);
     }
 
