@@ -1096,6 +1096,9 @@ const FIND_KEY: &str = "SELECT message FROM message_keys \
 const MESSAGE_KEY: &str = "SELECT hash, sending_application, sending_facility, control_id \
      FROM messages WHERE id = ?1";
 
+const INSERT_PATIENT_ENTRY: &str = "INSERT OR IGNORE INTO patient_messages \
+     (patient, message, n_observations) VALUES (?1, ?2, ?3)";
+
 const INSERT_KEY: &str = "INSERT OR IGNORE INTO message_keys \
      (sent_ms, key_hash, hash_prefix, message) VALUES (?1, ?2, ?3, ?4)";
 
@@ -1124,6 +1127,7 @@ struct Statements<'c> {
     find_key: CachedStatement<'c>,
     message_key: CachedStatement<'c>,
     insert_key: CachedStatement<'c>,
+    insert_patient_entry: CachedStatement<'c>,
     find_patient: CachedStatement<'c>,
     insert_patient: CachedStatement<'c>,
     update_patient: CachedStatement<'c>,
@@ -1137,6 +1141,7 @@ impl<'c> Statements<'c> {
             find_key: conn.prepare_cached(FIND_KEY)?,
             message_key: conn.prepare_cached(MESSAGE_KEY)?,
             insert_key: conn.prepare_cached(INSERT_KEY)?,
+            insert_patient_entry: conn.prepare_cached(INSERT_PATIENT_ENTRY)?,
             find_patient: conn.prepare_cached(FIND_PATIENT)?,
             insert_patient: conn.prepare_cached(INSERT_PATIENT)?,
             update_patient: conn.prepare_cached(UPDATE_PATIENT)?,
@@ -1280,21 +1285,18 @@ impl Writer {
             self.conn.execute_batch("ROLLBACK")?;
         }
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        let check_age = move_all || self.n_transactions.is_multiple_of(AGE_CHECK_EVERY);
-        change.check_age = check_age;
+        change.check_age = move_all || self.n_transactions.is_multiple_of(AGE_CHECK_EVERY);
         change.move_all = move_all;
         let result = write_group(
             &self.conn,
             &mut self.state,
+            &self.tail,
             self.dedupe,
             group,
             tally,
             change,
         )
-        .and_then(|done| {
-            move_patient_entries(&self.conn, &self.tail, change, move_all, check_age)?;
-            self.conn.execute_batch("COMMIT").map(|()| done)
-        });
+        .and_then(|done| self.conn.execute_batch("COMMIT").map(|()| done));
         // SQLite rolls some failures back by itself (a full disk, an I/O error); the
         // connection must leave the transaction either way to be usable again.
         if result.is_err()
@@ -1330,6 +1332,7 @@ impl Writer {
 fn write_group(
     conn: &Connection,
     state: &mut WriterState,
+    tail: &Mutex<PatientTail>,
     dedupe: bool,
     group: &[Request],
     tally: &mut Tally,
@@ -1371,13 +1374,14 @@ fn write_group(
         }
     }
     move_keys(&mut statements, state, change.check_age, change.move_all)?;
-    // Remembered only now: if the commit fails, the whole state is forgotten anyway.
-    state.next_id = Some(next);
     // Only messages this transaction wrote: a transaction without any (the shutdown's)
     // must not claim that messages another process wrote meanwhile are in the tail.
     if next > first {
         change.last_id = next - 1;
     }
+    move_patient_entries(&mut statements, tail, change)?;
+    // Remembered only now: if the commit fails, the whole state is forgotten anyway.
+    state.next_id = Some(next);
     Ok(done)
 }
 
@@ -1385,12 +1389,11 @@ fn write_group(
 /// due into `patient_messages`, inside the transaction. The entries join the tail before
 /// the commit, so that a reader whose snapshot holds the messages also finds them there.
 fn move_patient_entries(
-    conn: &Connection,
+    statements: &mut Statements<'_>,
     tail: &Mutex<PatientTail>,
     change: &mut TailChange,
-    move_all: bool,
-    check_age: bool,
 ) -> rusqlite::Result<()> {
+    let (move_all, check_age) = (change.move_all, change.check_age);
     let now = Instant::now();
     let (due, through) = {
         let mut tail = lock(tail);
@@ -1412,20 +1415,21 @@ fn move_patient_entries(
         }
         (due, through)
     };
-    let mut insert = conn.prepare_cached(
-        "INSERT OR IGNORE INTO patient_messages (patient, message, n_observations) \
-         VALUES (?1, ?2, ?3)",
-    )?;
     for (patient, entries) in &due {
         for entry in entries {
-            insert.execute(params![patient, entry.message, entry.n_observations])?;
+            statements.insert_patient_entry.execute(params![
+                patient,
+                entry.message,
+                entry.n_observations
+            ])?;
         }
         if let Some(last) = entries.last() {
             change.moved.push((*patient, last.message));
         }
     }
     if let Some(through) = through {
-        conn.prepare_cached(SET_META)?
+        statements
+            .set_meta
             .execute(params![PATIENT_INDEX_THROUGH, through])?;
     }
     Ok(())
