@@ -191,8 +191,7 @@ impl Source {
                 if *verbatim {
                     return Outgoing::from_bytes(original.to_vec(), label);
                 }
-                let bytes =
-                    replace_msh_fields(original, &[(7, &hl7_now(false)), (10, &control_id)]);
+                let bytes = replace_msh_fields(original, &[(7, &hl7_now()), (10, &control_id)]);
                 Outgoing::from_bytes(bytes, label)
             }
             Scenario::Files(files) => {
@@ -249,14 +248,11 @@ pub fn replace_msh_fields(message: &[u8], fields: &[(usize, &str)]) -> Vec<u8> {
     out
 }
 
-/// Now as an HL7 DTM, with the local offset when `offset` is true.
-pub fn hl7_now(offset: bool) -> String {
-    let now = jiff::ZonedDateTime::now();
-    if offset {
-        now.strftime("%Y%m%d%H%M%S%z").to_string()
-    } else {
-        now.strftime("%Y%m%d%H%M%S").to_string()
-    }
+/// Now as an HL7 DTM without an offset, as the prototype's messages carry it.
+pub fn hl7_now() -> String {
+    jiff::ZonedDateTime::now()
+        .strftime("%Y%m%d%H%M%S")
+        .to_string()
 }
 
 /// A number with a fixed count of decimals (at most 3), formatted from an integer: the

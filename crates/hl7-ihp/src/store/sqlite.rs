@@ -1694,8 +1694,12 @@ fn hash_prefix(hash: &[u8; 32]) -> i64 {
 // ---------------------------------------------------------------------------------------
 // Readers
 
-/// The columns of a patient's message that its records need.
-const RECORD_COLUMNS: &str = "m.id, m.control_id, m.received_ms, m.device, m.observations";
+// The three queries of a patient's messages read the same columns, which
+// [`push_records`] turns into records: id, control_id, received_ms, device, observations.
+
+/// A tail entry's message.
+const MESSAGE_BY_ID: &str = "SELECT m.id, m.control_id, m.received_ms, m.device, \
+     m.observations FROM messages m WHERE m.id = ?1";
 
 /// A patient's messages in `patient_messages` below an id, newest first.
 const PATIENT_MESSAGES: &str = "SELECT m.id, m.control_id, m.received_ms, m.device, \
@@ -1885,9 +1889,7 @@ fn read_patient_records(
         limit,
         &mut records,
     )?;
-    let mut by_id = conn.prepare_cached(&format!(
-        "SELECT {RECORD_COLUMNS} FROM messages m WHERE m.id = ?1"
-    ))?;
+    let mut by_id = conn.prepare_cached(MESSAGE_BY_ID)?;
     for entry in in_tail.iter().rev() {
         if records.len() >= limit {
             break;
@@ -1907,7 +1909,8 @@ fn read_patient_records(
     Ok(Some(PatientRecords { patient, records }))
 }
 
-/// Adds the records of messages read with [`RECORD_COLUMNS`], in order, up to `limit`.
+/// Adds the records of messages read by [`MESSAGE_BY_ID`], [`PATIENT_MESSAGES`] or
+/// [`PATIENT_MESSAGES_BEYOND`], in order, up to `limit`.
 fn push_records(
     mut rows: rusqlite::Rows<'_>,
     limit: usize,
@@ -3068,6 +3071,7 @@ mod tests {
                 "PRIMARY KEY (sent_ms=? AND key_hash=? AND hash_prefix=?)",
             ),
             (MESSAGE_KEY, "INTEGER PRIMARY KEY (rowid=?)"),
+            (MESSAGE_BY_ID, "INTEGER PRIMARY KEY (rowid=?)"),
             (FIND_PATIENT, "sqlite_autoindex_patients_1"),
             (PATIENT_MESSAGES, "PRIMARY KEY (patient=? AND message<?)"),
             (PATIENT_MESSAGES_BEYOND, "INTEGER PRIMARY KEY (rowid>?)"),
