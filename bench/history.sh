@@ -18,11 +18,7 @@ data=$(mktemp -d)
 start_receiver "$data/data" "$mllp" "$http"
 "$BIN" send --to "127.0.0.1:$mllp" --connections 16 --count "$RECORDS" --json >/dev/null
 # Let the exporter catch up so both runs start with a current file.
-last=$(metric "$http" hl7ihp_store_messages_total)
-for _ in $(seq 1 6000); do
-  [ "$(metric "$http" hl7ihp_export_watermark)" -ge "$last" ] && break
-  sleep 0.1
-done
+wait_export "$http" "$(metric "$http" hl7ihp_store_messages_total)"
 full=$(run "$mllp")
 stop_receiver
 rm -rf "$data"

@@ -63,3 +63,13 @@ else:
     print(0)
 PY
 }
+
+# wait_export HTTP_PORT LAST: until the JSON files hold every message up to id LAST (the
+# exporter's watermark), 10 minutes at most.
+wait_export() {
+  for _ in $(seq 1 6000); do
+    [ "$(metric "$1" hl7ihp_export_watermark)" -ge "$2" ] && return 0
+    sleep 0.1
+  done
+  echo "the JSON files did not catch up" >&2
+}

@@ -28,10 +28,7 @@ for c in $CONNECTIONS; do
   last=$(metric "$http" hl7ihp_store_messages_total)
   lag_start=$(date +%s.%N)
   lag_behind=$(( last - $(metric "$http" hl7ihp_export_watermark) ))
-  for _ in $(seq 1 6000); do
-    [ "$(metric "$http" hl7ihp_export_watermark)" -ge "$last" ] && break
-    sleep 0.1
-  done
+  wait_export "$http" "$last"
   lag=$(python3 -c "import time; print(round(time.time() - $lag_start, 2))")
   stop_receiver
   python3 - "$summary" "$c" "$rss" "$peak" "$lag" "$lag_behind" >>"$out" <<'PY'

@@ -55,10 +55,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = crate::runtime()?;
     runtime.block_on(demo(config, data_dir, args.patients.max(1), interval))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -52,9 +52,11 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Adds `n`.
+    /// Adds `n`; adding nothing does not touch the counter, which every connection shares.
     pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
+        if n > 0 {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     /// The Prometheus text exposition, with the store's and the exporter's numbers.

@@ -152,10 +152,7 @@ pub fn run(args: &SendArgs) -> anyhow::Result<ExitCode> {
         deadline: duration.map(|d| started + d),
         verbose: !load,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = crate::runtime()?;
     let summary = runtime.block_on(run_connections(
         scenario,
         plan,
@@ -385,7 +382,7 @@ pub async fn connection(
                 }
             }
             let Some(link) = stream.as_mut() else {
-                continue;
+                unreachable!("connected above or went round again");
             };
             totals
                 .sent
@@ -413,11 +410,11 @@ pub async fn connection(
         let code_text = match outcome {
             None => {
                 totals.unacknowledged.fetch_add(1, Ordering::Relaxed);
-                "unacknowledged".to_owned()
+                "unacknowledged"
             }
             Some(None) => {
                 totals.accepted.fetch_add(1, Ordering::Relaxed);
-                "no ACK asked for".to_owned()
+                "no ACK asked for"
             }
             Some(Some(code)) => {
                 if code.outcome() == Outcome::Accept {
@@ -425,7 +422,7 @@ pub async fn connection(
                 } else {
                     totals.negative.fetch_add(1, Ordering::Relaxed);
                 }
-                code.as_str().to_owned()
+                code.as_str()
             }
         };
         if plan.verbose {

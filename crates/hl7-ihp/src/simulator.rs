@@ -122,6 +122,9 @@ pub struct Source {
     prefix: String,
     n_sent: u64,
     monitors: Vec<Monitor>,
+    /// The seed scenario's three messages or the user's files, read once: sent as they
+    /// are, or (seed) the template whose MSH-7 and MSH-10 each send rewrites.
+    fixed: Vec<Outgoing>,
     rng: Rng,
     clock: Clock,
 }
@@ -161,11 +164,26 @@ impl Source {
                 .collect(),
             _ => Vec::new(),
         };
+        let fixed = match &scenario {
+            Scenario::Seed { .. } => PROTOTYPE
+                .iter()
+                .zip(["182", "180", "184"])
+                .map(|(bytes, value)| {
+                    Outgoing::from_bytes(bytes.to_vec(), format!("ORU^R01 glucose {value}"))
+                })
+                .collect(),
+            Scenario::Files(files) => files
+                .iter()
+                .map(|(name, bytes)| Outgoing::from_bytes(bytes.clone(), name.clone()))
+                .collect(),
+            Scenario::Vitals { .. } => Vec::new(),
+        };
         Source {
             scenario,
             prefix: format!("{run_id}{}", base36(index as u64)),
             n_sent: 0,
             monitors,
+            fixed,
             rng,
             clock: Clock::default(),
         }
@@ -183,20 +201,21 @@ impl Source {
         self.n_sent += 1;
         let control_id = format!("{}-{}", self.prefix, base36(n));
         match &self.scenario {
-            Scenario::Seed { verbatim } => {
-                let index = (n % 3) as usize;
-                let original = PROTOTYPE[index];
-                let value = ["182", "180", "184"][index];
-                let label = format!("ORU^R01 glucose {value}");
-                if *verbatim {
-                    return Outgoing::from_bytes(original.to_vec(), label);
+            Scenario::Seed { verbatim: false } => {
+                let template = &self.fixed[(n % 3) as usize];
+                // Only MSH-7 and MSH-10 change: the ACK request stays the template's.
+                Outgoing {
+                    bytes: replace_msh_fields(
+                        &template.bytes,
+                        &[(7, &hl7_now()), (10, &control_id)],
+                    ),
+                    control_id,
+                    expects_ack: template.expects_ack,
+                    label: template.label.clone(),
                 }
-                let bytes = replace_msh_fields(original, &[(7, &hl7_now()), (10, &control_id)]);
-                Outgoing::from_bytes(bytes, label)
             }
-            Scenario::Files(files) => {
-                let (name, bytes) = &files[(n % files.len() as u64) as usize];
-                Outgoing::from_bytes(bytes.clone(), name.clone())
+            Scenario::Seed { verbatim: true } | Scenario::Files(_) => {
+                self.fixed[(n % self.fixed.len() as u64) as usize].clone()
             }
             Scenario::Vitals { .. } => {
                 let index = (n % self.monitors.len().max(1) as u64) as usize;
