@@ -6,14 +6,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{Client, Receiver, ack_field, oru, sample, wait_until};
+use common::{Client, Receiver, ack_field, oru, sample, start, wait_until};
 use serde_json::Value;
-
-fn start(extra: &[&str]) -> (tempfile::TempDir, Receiver) {
-    let dir = tempfile::tempdir().unwrap();
-    let receiver = Receiver::start(&dir.path().join("data"), extra);
-    (dir, receiver)
-}
 
 fn read_json(path: &Path) -> Option<Value> {
     let text = std::fs::read_to_string(path).ok()?;

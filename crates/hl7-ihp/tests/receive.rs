@@ -5,13 +5,7 @@ mod common;
 
 use std::thread;
 
-use common::{Client, Receiver, ack_field, frame, oru, sample, wait_until};
-
-fn start(extra: &[&str]) -> (tempfile::TempDir, Receiver) {
-    let dir = tempfile::tempdir().unwrap();
-    let receiver = Receiver::start(&dir.path().join("data"), extra);
-    (dir, receiver)
-}
+use common::{Client, Receiver, ack_field, frame, oru, sample, start, wait_until};
 
 #[test]
 fn prototype_messages_get_real_acks() {

@@ -10,6 +10,14 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// A receiver with `extra` flags over a fresh temporary data directory (`<tmp>/data`); the
+/// directory lives as long as the returned guard.
+pub fn start(extra: &[&str]) -> (tempfile::TempDir, Receiver) {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(&dir.path().join("data"), extra);
+    (dir, receiver)
+}
+
 /// Generous: CI machines are busy.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
