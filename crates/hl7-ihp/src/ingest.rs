@@ -17,7 +17,7 @@ use hl7::{Message, SegmentId};
 use sha2::{Digest, Sha256};
 
 use crate::config::PatientIdentity;
-use crate::export::ExportHandle;
+use crate::events::Events;
 use crate::ids::base36;
 use crate::metrics::Metrics;
 use crate::store::{
@@ -39,13 +39,12 @@ pub struct IngestSettings {
 }
 
 /// Turns frames into stored messages and ACK bytes.
-#[derive(Debug)]
-pub struct Ingest<S> {
-    store: S,
+pub struct Ingest {
+    store: Arc<dyn Store>,
     settings: IngestSettings,
     metrics: Arc<Metrics>,
     /// Told after every commit that accepted something: the JSON exporter listens.
-    export: ExportHandle,
+    events: Events,
     /// Fresh ACK control ids: a per-process prefix and a counter.
     ack_prefix: String,
     ack_counter: AtomicU64,
@@ -62,20 +61,20 @@ struct Prepared {
     error: Option<AckError>,
 }
 
-impl<S: Store> Ingest<S> {
+impl Ingest {
     /// An ingest over a store.
     pub fn new(
-        store: S,
+        store: Arc<dyn Store>,
         settings: IngestSettings,
         metrics: Arc<Metrics>,
-        export: ExportHandle,
+        events: Events,
     ) -> Self {
         let boot = jiff::Timestamp::now().as_millisecond().unsigned_abs();
         Self {
             store,
             settings,
             metrics,
-            export,
+            events,
             ack_prefix: format!("A{}", base36(boot)),
             ack_counter: AtomicU64::new(0),
         }
@@ -135,7 +134,7 @@ impl<S: Store> Ingest<S> {
             acks.push(build_ack(message, code, error.as_ref(), &options));
         }
         if accepted_any {
-            self.export.changed();
+            self.events.committed();
         }
         acks
     }

@@ -6,10 +6,16 @@
 //! observation rows. The readers serve the inspection commands, the JSON exporter and the
 //! HTTP API. Only the store modules know SQL.
 
+#[cfg(test)]
+pub mod contract;
 pub mod sqlite;
-mod tail;
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+pub use hl7::ack::Outcome;
 
 /// (MSH-3, MSH-4, MSH-10) as sent: with the bytes' hash, the duplicate key (DESIGN.md §5).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -51,13 +57,27 @@ pub enum Verdict {
     },
 }
 
+/// The stored name of an answer's family: `accepted`, `error` or `rejected`.
+pub fn outcome_name(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Accept => "accepted",
+        Outcome::Error => "error",
+        Outcome::Reject => "rejected",
+    }
+}
+
+/// A received time as the files, the tables and the API write it: UTC, milliseconds, `Z`.
+pub fn utc_text(time: jiff::Timestamp) -> String {
+    format!("{time:.3}")
+}
+
 impl Verdict {
-    /// `accepted`, `error` or `rejected`: the stored outcome.
-    pub fn as_str(&self) -> &'static str {
+    /// The answer's family this verdict leads to.
+    pub fn outcome(&self) -> Outcome {
         match self {
-            Verdict::Accept => "accepted",
-            Verdict::Error { .. } => "error",
-            Verdict::Reject { .. } => "rejected",
+            Verdict::Accept => Outcome::Accept,
+            Verdict::Error { .. } => Outcome::Error,
+            Verdict::Reject { .. } => Outcome::Reject,
         }
     }
 
@@ -241,8 +261,8 @@ pub struct PatientSummary {
     pub name: String,
     /// Number of observations stored.
     pub n_observations: u64,
-    /// When the last message about them arrived (UTC, RFC 3339).
-    pub last_received_at: String,
+    /// When the last message about them arrived; `None` when none is stored.
+    pub last_received_at: Option<jiff::Timestamp>,
 }
 
 /// An observation row as read back, with its message's context.
@@ -254,8 +274,8 @@ pub struct ObservationRow {
     pub message_id: i64,
     /// MSH-10 of the message.
     pub control_id: String,
-    /// When the message arrived (UTC, RFC 3339 with `Z`).
-    pub received_at: String,
+    /// When the message arrived.
+    pub received_at: jiff::Timestamp,
     /// The sending device (MSH-3).
     pub device: String,
 }
@@ -275,16 +295,16 @@ pub struct PatientRecords {
 pub struct MessageSummary {
     /// The message id.
     pub id: i64,
-    /// When it arrived (UTC, RFC 3339).
-    pub received_at: String,
+    /// When it arrived.
+    pub received_at: jiff::Timestamp,
     /// The peer address.
     pub peer: String,
     /// MSH-3 and MSH-4 as sent, `app|facility`.
     pub sender: String,
     /// MSH-10.
     pub control_id: String,
-    /// `accepted`, `error` or `rejected`.
-    pub outcome: String,
+    /// The answer's family: accepted, error or rejected.
+    pub outcome: Outcome,
     /// Why, for errors and rejects.
     pub reason: Option<String>,
     /// The bytes, when asked for.
@@ -302,50 +322,181 @@ pub struct MessageFilter {
     pub limit: Option<usize>,
 }
 
-/// The store interface; SQLite now, PostgreSQL later (DESIGN.md §6).
+/// A position in the store's change feed: every change before it has been seen.
 ///
-/// `commit` is the ACK path: it returns once the batch is durable. The readers are for
-/// inspection, export and the API, off the ACK path.
-pub trait Store: Clone + Send + Sync + 'static {
+/// Opaque to its users: they get one from the store and hand it back. The feed is in
+/// commit order, so a change that commits after a cursor was handed out is never behind
+/// it. (SQLite has one writer, so its message ids are in commit order and the cursor is
+/// the last id seen; a backend with several writers numbers its commits instead.)
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ChangeCursor(i64);
+
+impl ChangeCursor {
+    /// The start of the feed: nothing seen yet.
+    pub const START: ChangeCursor = ChangeCursor(0);
+
+    /// The cursor as a number, for metrics and the backends.
+    pub fn position(self) -> i64 {
+        self.0
+    }
+
+    /// A cursor at a position a backend handed out earlier.
+    pub fn at(position: i64) -> ChangeCursor {
+        ChangeCursor(position)
+    }
+}
+
+/// What changed after a cursor.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Identity keys of the patients whose records changed, each once.
+    pub patients: Vec<String>,
+    /// Where the next read starts; equal to the cursor given when nothing changed.
+    pub next: ChangeCursor,
+}
+
+/// Whether the store can do its job now, for `/healthz`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Storing works.
+    Ok,
+    /// Storing fails; messages get a reject until it works again.
+    Failing {
+        /// Why, without patient data.
+        reason: String,
+    },
+}
+
+/// Where the store is: the one setting `--store` (DESIGN.md §6), parsed.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A SQLite database file.
+    Sqlite(PathBuf),
+}
+
+impl std::fmt::Debug for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A future network location carries a password: `Debug` shows only what is safe.
+        match self {
+            StoreLocation::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
+        }
+    }
+}
+
+/// The name of the SQLite database in a data directory.
+pub const SQLITE_FILE_NAME: &str = "hl7-ihp.sqlite3";
+
+impl StoreLocation {
+    /// The default: the SQLite file in the data directory.
+    pub fn in_data_dir(data_dir: &Path) -> StoreLocation {
+        StoreLocation::Sqlite(data_dir.join(SQLITE_FILE_NAME))
+    }
+
+    /// Parses `--store`: `sqlite:PATH` or a path names a SQLite file; `postgres://…` is
+    /// recognised and refused until that backend exists.
+    pub fn parse(text: &str) -> Result<StoreLocation, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err("empty store location".into());
+        }
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            return Err("PostgreSQL is not supported by this build yet; use a SQLite file".into());
+        }
+        let path = text.strip_prefix("sqlite:").unwrap_or(text);
+        if path.is_empty() || path.contains("://") {
+            return Err("expected a SQLite file path or sqlite:PATH".into());
+        }
+        Ok(StoreLocation::Sqlite(PathBuf::from(path)))
+    }
+}
+
+/// What a store answers with: a boxed future, so that [`Store`] can be a trait object.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// What every store can be asked to read: the inspection commands, the JSON exporter and
+/// the HTTP API, off the ACK path. A read-only store implements only this.
+pub trait StoreRead: Send + Sync + 'static {
+    /// Every patient, ordered by key.
+    fn patients(&self) -> StoreFuture<'_, Vec<PatientSummary>>;
+
+    /// A patient's records, newest first, at most `limit` (`None`: all).
+    fn patient_records<'a>(
+        &'a self,
+        key: &'a str,
+        limit: Option<usize>,
+    ) -> StoreFuture<'a, Option<PatientRecords>>;
+
+    /// Stored frames, newest first.
+    fn messages(&self, filter: MessageFilter) -> StoreFuture<'_, Vec<MessageSummary>>;
+
+    /// The change feed: patients whose records changed after `after`, looking at no more
+    /// than `limit` messages, in commit order. How the exporter learns what to rewrite,
+    /// also after a restart.
+    fn changes_since(&self, after: ChangeCursor, limit: usize) -> StoreFuture<'_, Changes>;
+
+    /// An exporter's persisted progress (by the exporter's name, e.g. `json`): every change
+    /// up to it is in that exporter's output. [`ChangeCursor::START`] when it has none.
+    fn export_watermark<'a>(&'a self, exporter: &'a str) -> StoreFuture<'a, ChangeCursor>;
+}
+
+/// The store the receiver writes to; SQLite now, PostgreSQL later (DESIGN.md §6). Held as
+/// `Arc<dyn Store>`.
+///
+/// `commit` is the ACK path: it returns once the batch is durable.
+pub trait Store: StoreRead {
     /// Stores a batch durably, in order; one [`Stored`] per message. A duplicate is
     /// recognised against everything stored before, including earlier messages of the same
     /// batch.
-    fn commit(
-        &self,
-        messages: Vec<NewMessage>,
-    ) -> impl Future<Output = Result<Vec<Stored>, StoreError>> + Send;
+    fn commit(&self, messages: Vec<NewMessage>) -> StoreFuture<'_, Vec<Stored>>;
 
-    /// Every patient, ordered by key.
-    fn patients(&self) -> impl Future<Output = Result<Vec<PatientSummary>, StoreError>> + Send;
-
-    /// A patient's records, newest first, at most `limit` (`None`: all).
-    fn patient_records(
-        &self,
-        key: &str,
-        limit: Option<usize>,
-    ) -> impl Future<Output = Result<Option<PatientRecords>, StoreError>> + Send;
-
-    /// Stored frames, newest first.
-    fn messages(
-        &self,
-        filter: MessageFilter,
-    ) -> impl Future<Output = Result<Vec<MessageSummary>, StoreError>> + Send;
-
-    /// Patients touched by messages with an id above `after`, and the highest id seen
-    /// (at most `limit` messages are looked at): how the exporter learns what to rewrite,
-    /// also after a restart.
-    fn patients_changed_since(
-        &self,
-        after: i64,
-        limit: usize,
-    ) -> impl Future<Output = Result<(Vec<String>, i64), StoreError>> + Send;
-
-    /// The exporter's persisted progress: every change up to this message id is in the files.
-    fn export_watermark(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
-
-    /// Records the exporter's progress.
-    fn set_export_watermark(&self, id: i64) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Records an exporter's progress.
+    fn set_export_watermark<'a>(
+        &'a self,
+        exporter: &'a str,
+        cursor: ChangeCursor,
+    ) -> StoreFuture<'a, ()>;
 
     /// The counters, cheap to read (for `/metrics`).
     fn stats(&self) -> StoreStats;
+
+    /// Whether storing works now, cheap to read (for `/healthz`).
+    fn health(&self) -> Health;
+}
+
+/// How the receiver's store behaves, beyond where it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Recognise retransmissions (`--dedupe`).
+    pub dedupe: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { dedupe: true }
+    }
+}
+
+/// Opens the receiver's store: the one place a backend is chosen. Blocking (it may create
+/// and migrate a database): call it off the async workers.
+pub fn open(
+    location: &StoreLocation,
+    options: &StoreOptions,
+) -> Result<Arc<dyn Store>, StoreError> {
+    match location {
+        StoreLocation::Sqlite(path) => Ok(Arc::new(sqlite::SqliteStore::open(
+            path,
+            sqlite::SqliteOptions {
+                dedupe: options.dedupe,
+                ..sqlite::SqliteOptions::default()
+            },
+        )?)),
+    }
+}
+
+/// Opens a store only to read it, as the inspection commands do, also while a receiver
+/// writes to it. Blocking.
+pub fn open_read_only(location: &StoreLocation) -> Result<Arc<dyn StoreRead>, StoreError> {
+    match location {
+        StoreLocation::Sqlite(path) => Ok(Arc::new(sqlite::SqliteReader::open(path)?)),
+    }
 }

@@ -18,6 +18,11 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+// The writer's side of the tail (loading it, moving entries into the table) uses the
+// store's connection and statements.
+use super::writer::{Statements, TailChange};
+use super::*;
+
 /// A patient's entries are moved into the table once there are this many.
 pub const FLUSH_ENTRIES: usize = 16;
 
@@ -196,6 +201,92 @@ impl PatientTail {
     pub fn len(&self) -> usize {
         self.pending.values().map(|p| p.entries.len()).sum()
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Loading the tail and moving its entries into `patient_messages`
+
+/// Adds a transaction's patient entries to the shared tail and moves the entries that are
+/// due into `patient_messages`, inside the transaction. The entries join the tail before
+/// the commit, so that a reader whose snapshot holds the messages also finds them there.
+pub(super) fn move_patient_entries(
+    statements: &mut Statements<'_>,
+    tail: &Mutex<PatientTail>,
+    change: &mut TailChange,
+) -> rusqlite::Result<()> {
+    let (move_all, check_age) = (change.move_all, change.check_age);
+    let now = Instant::now();
+    let (due, through) = {
+        let mut tail = lock(tail);
+        change.shared = Some(tail.known_through());
+        for (patient, entry) in &change.appended {
+            tail.append(*patient, *entry, now);
+        }
+        tail.know_through(change.last_id);
+        let due = tail.due(move_all, check_age, now);
+        // Every message below the first one left in the tail is in the table after this.
+        // Worked out now and then only (it looks at every patient): the next start loads
+        // the tail from there, and an older value only loads more.
+        let through = check_age.then(|| {
+            tail.first_except(&due)
+                .map_or(tail.known_through(), |first| first - 1)
+        });
+        if due.is_empty() && through.is_none() {
+            return Ok(());
+        }
+        (due, through)
+    };
+    for (patient, entries) in &due {
+        for entry in entries {
+            statements.insert_patient_entry.execute(params![
+                patient,
+                entry.message,
+                entry.n_observations
+            ])?;
+        }
+        if let Some(last) = entries.last() {
+            change.moved.push((*patient, last.message));
+        }
+    }
+    if let Some(through) = through {
+        statements
+            .set_meta
+            .execute(params![PATIENT_INDEX_THROUGH, through])?;
+    }
+    Ok(())
+}
+
+/// The tail when the store opens: the messages about patients after
+/// `patient_index_through` (few, unless the last run stopped abruptly under load).
+pub(super) fn load_tail(conn: &Connection) -> rusqlite::Result<PatientTail> {
+    // One snapshot: `known_through` must not pass a message the scan did not see.
+    let snapshot = conn.unchecked_transaction()?;
+    let tail = load_tail_in(&snapshot)?;
+    snapshot.commit()?;
+    Ok(tail)
+}
+
+pub(super) fn load_tail_in(conn: &Connection) -> rusqlite::Result<PatientTail> {
+    let through = meta_value(conn, PATIENT_INDEX_THROUGH)?;
+    let mut tail = PatientTail::new(through);
+    let now = Instant::now();
+    let mut statement = conn.prepare(
+        "SELECT id, patient, n_observations FROM messages \
+         WHERE id > ?1 AND patient IS NOT NULL ORDER BY id",
+    )?;
+    let mut rows = statement.query([through])?;
+    while let Some(row) = rows.next()? {
+        let entry = Entry {
+            message: row.get(0)?,
+            n_observations: row.get(2)?,
+        };
+        tail.append(row.get(1)?, entry, now);
+    }
+    let last: i64 = conn.query_row("SELECT coalesce(max(id), 0) FROM messages", [], |row| {
+        row.get(0)
+    })?;
+    tail.know_through(last);
+    Ok(tail)
 }
 
 #[cfg(test)]

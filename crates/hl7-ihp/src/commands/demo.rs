@@ -12,22 +12,12 @@ use anyhow::Context;
 
 use crate::cli::DemoArgs;
 use crate::config::{ReceiveArgs, ReceiveConfig, parse_duration};
-use crate::receive;
-use crate::send::{self, Plan, Totals};
-use crate::simulator::{Scenario, Source};
-use crate::store::sqlite::{SqliteOptions, SqliteStore};
-use crate::store::{PatientSummary, Store};
-
-/// The vitals shown, by MDC code, with their column titles.
-const COLUMNS: [(&str, &str); 7] = [
-    ("147842", "HR"),
-    ("150456", "SpO2"),
-    ("151562", "RR"),
-    ("150021", "SYS"),
-    ("150022", "DIA"),
-    ("150023", "MAP"),
-    ("150344", "TEMP"),
-];
+use crate::documents::vitals::VITALS;
+use crate::sender::link;
+use crate::sender::load::{Plan, Totals};
+use crate::sender::simulator::{Scenario, Source};
+use crate::server;
+use crate::store::{self, PatientSummary, StoreLocation, StoreOptions, StoreRead};
 
 /// Runs the demo until Ctrl+C.
 pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
@@ -55,7 +45,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    let runtime = crate::runtime()?;
+    let runtime = super::runtime()?;
     runtime.block_on(demo(config, data_dir, args.patients.max(1), interval))?;
     Ok(ExitCode::SUCCESS)
 }
@@ -77,16 +67,17 @@ async fn demo(
     patients: usize,
     interval: Duration,
 ) -> anyhow::Result<()> {
-    let (mllp, http) = receive::bind(&config).await?;
+    let (mllp, http) = server::bind(&config).await?;
     let mllp_address = mllp.local_addr()?;
     let http_address = http.as_ref().map(|l| l.local_addr()).transpose()?;
     let stop = Arc::new(AtomicBool::new(false));
     let (stop_receiver_tx, mut stop_receiver_rx) = tokio::sync::watch::channel(false);
     // Created (and migrated) before the receiver opens it, so that the read-only store
     // below finds the schema; the demo only reads.
-    drop(SqliteStore::open(&data_dir, SqliteOptions::default()).context("creating the store")?);
-    let reader = SqliteStore::open_read_only(&data_dir).context("opening the store to read it")?;
-    let mut receiver = tokio::spawn(receive::run(config, mllp, http, async move {
+    let location = StoreLocation::in_data_dir(&data_dir);
+    drop(store::open(&location, &StoreOptions::default()).context("creating the store")?);
+    let reader = store::open_read_only(&location).context("opening the store to read it")?;
+    let mut receiver = tokio::spawn(server::run(config, mllp, http, async move {
         let _ = stop_receiver_rx.wait_for(|stop| *stop).await;
     }));
 
@@ -105,7 +96,7 @@ async fn demo(
             verbose: false,
         };
         let source = Source::new(Scenario::Vitals { patients }, &run_id, index, patients);
-        monitors.spawn(send::connection(
+        monitors.spawn(link::connection(
             plan,
             source,
             Arc::clone(&totals),
@@ -137,12 +128,12 @@ async fn demo(
                 stop.store(true, Ordering::Relaxed);
                 return match ended {
                     Ok(Ok(())) => Err(anyhow::anyhow!("the receiver stopped unexpectedly")),
-                    Ok(Err(error)) => Err(error.context("the receiver failed")),
+                    Ok(Err(error)) => Err(anyhow::Error::new(error).context("the receiver failed")),
                     Err(error) => Err(anyhow::Error::new(error).context("the receiver task failed")),
                 };
             }
             _ = ticker.tick() => {
-                let table = render_table(&reader, &totals).await;
+                let table = render_table(reader.as_ref(), &totals).await;
                 let mut out = std::io::stdout().lock();
                 if terminal && lines_drawn > 0 {
                     // Move up and redraw in place.
@@ -163,26 +154,31 @@ async fn demo(
     Ok(())
 }
 
-async fn render_table(reader: &SqliteStore, totals: &Totals) -> String {
+async fn render_table(reader: &dyn StoreRead, totals: &Totals) -> String {
     let mut out = String::new();
     let patients: Vec<PatientSummary> = reader.patients().await.unwrap_or_default();
     out.push_str(&format!("{:<10} {:<22}", "PATIENT", "NAME"));
-    for (_, title) in COLUMNS {
+    for vital in &VITALS {
+        let title = vital.title;
         out.push_str(&format!(" {title:>6}"));
     }
     out.push_str("  OBSERVATIONS\n");
     for patient in &patients {
         let latest = reader
-            .patient_records(&patient.key, Some(COLUMNS.len() * 2))
+            .patient_records(&patient.key, Some(VITALS.len() * 2))
             .await
             .ok()
             .flatten();
         let name: String = patient.name.chars().take(22).collect();
         out.push_str(&format!("{:<10} {:<22}", patient.key, name));
-        for (code, _) in COLUMNS {
+        for vital in &VITALS {
             let cell = latest
                 .as_ref()
-                .and_then(|r| r.records.iter().find(|row| row.observation.code == code))
+                .and_then(|r| {
+                    r.records
+                        .iter()
+                        .find(|row| row.observation.code == vital.code)
+                })
                 .map(|row| {
                     let flag = match row.observation.abnormal_flags.as_str() {
                         "H" | "HH" => "↑",

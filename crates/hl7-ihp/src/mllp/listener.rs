@@ -13,10 +13,9 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::config::Limits;
-use crate::connection;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::mllp::connection;
 
 /// Longest pause between accepts while file descriptors are exhausted.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
@@ -69,9 +68,9 @@ impl Drop for PeerGuard {
 
 /// Accepts connections until shutdown, then waits (up to [`SHUTDOWN_GRACE`]) for them to
 /// finish the message in hand.
-pub async fn run<S: Store>(
+pub async fn run(
     listener: TcpListener,
-    ingest: Arc<Ingest<S>>,
+    ingest: Arc<Ingest>,
     limits: Limits,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,

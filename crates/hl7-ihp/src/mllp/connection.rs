@@ -19,7 +19,6 @@ use tokio_util::codec::Decoder;
 use crate::config::Limits;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
-use crate::store::Store;
 
 /// How much to read at a time.
 const READ_CHUNK: usize = 16 * 1024;
@@ -52,10 +51,10 @@ impl Close {
 
 /// Serves one connection until the peer closes, a timeout fires, or shutdown is asked for
 /// (then the message in hand is finished and answered first).
-pub async fn serve<S: Store>(
+pub async fn serve(
     mut stream: TcpStream,
     peer: SocketAddr,
-    ingest: Arc<Ingest<S>>,
+    ingest: Arc<Ingest>,
     limits: Limits,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,

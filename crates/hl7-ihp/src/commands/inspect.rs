@@ -9,14 +9,13 @@ use anyhow::Context;
 
 use crate::cli::{MessagesArgs, PatientsArgs, ShowArgs};
 use crate::export;
-use crate::store::sqlite::SqliteStore;
-use crate::store::{MessageFilter, Store};
+use crate::store::{self, MessageFilter, StoreLocation, StoreRead, outcome_name, utc_text};
 
-fn open(data_dir: &Path) -> anyhow::Result<SqliteStore> {
+fn open(data_dir: &Path) -> anyhow::Result<std::sync::Arc<dyn StoreRead>> {
     if !data_dir.exists() {
         anyhow::bail!("no data directory at {}", data_dir.display());
     }
-    SqliteStore::open_read_only(data_dir)
+    store::open_read_only(&StoreLocation::in_data_dir(data_dir))
         .with_context(|| format!("opening the store in {}", data_dir.display()))
 }
 
@@ -47,7 +46,10 @@ pub fn patients(args: &PatientsArgs) -> anyhow::Result<ExitCode> {
         writeln!(
             out,
             "{:<width$}  {:>12}  {:<24}  {}",
-            patient.key, patient.n_observations, patient.last_received_at, patient.name
+            patient.key,
+            patient.n_observations,
+            patient.last_received_at.map(utc_text).unwrap_or_default(),
+            patient.name
         )?;
     }
     out.flush()?;
@@ -68,7 +70,7 @@ pub fn show(args: &ShowArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     };
     let mut out = io::stdout().lock();
-    out.write_all(&export::render_document(&records))?;
+    out.write_all(&crate::documents::patient::render_document(&records))?;
     out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
@@ -96,7 +98,11 @@ pub fn messages(args: &MessagesArgs) -> anyhow::Result<ExitCode> {
         writeln!(
             out,
             "{:>8}  {:<24}  {:<21}  {:<20}  {:<9}  {detail}",
-            message.id, message.received_at, message.peer, message.control_id, message.outcome
+            message.id,
+            utc_text(message.received_at),
+            message.peer,
+            message.control_id,
+            outcome_name(message.outcome)
         )?;
         if let Some(raw) = &message.raw {
             for line in String::from_utf8_lossy(raw)

@@ -5,17 +5,15 @@
 //! unique MSH-10 (except `--verbatim` and files, which are sent as they are).
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
 
-use anyhow::Context;
-
+use crate::documents::vitals::{VITALS, Vital};
 use crate::ids::base36;
 
 /// The prototype's three ORU^R01 glucose messages, byte for byte.
 pub const PROTOTYPE: [&[u8]; 3] = [
-    include_bytes!("../../../samples/prototype-1.hl7"),
-    include_bytes!("../../../samples/prototype-2.hl7"),
-    include_bytes!("../../../samples/prototype-3.hl7"),
+    include_bytes!("../../../../samples/prototype-1.hl7"),
+    include_bytes!("../../../../samples/prototype-2.hl7"),
+    include_bytes!("../../../../samples/prototype-3.hl7"),
 ];
 
 /// One message to send and what its answer must say.
@@ -76,42 +74,6 @@ pub enum Scenario {
     },
     /// The user's files, in order, in a loop, as they are.
     Files(Vec<(String, Vec<u8>)>),
-}
-
-/// Reads `--file` arguments: files, or folders of `.hl7` files (sorted). A file may hold one
-/// message, a batch, or MLLP-framed messages; CR or LF.
-pub fn read_files(paths: &[PathBuf]) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-    let mut out = Vec::new();
-    for path in paths {
-        if path.is_dir() {
-            let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
-                .with_context(|| format!("cannot read {}", path.display()))?
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.is_file())
-                .collect();
-            entries.sort();
-            for entry in entries {
-                read_one(&entry, &mut out)?;
-            }
-        } else {
-            read_one(path, &mut out)?;
-        }
-    }
-    anyhow::ensure!(!out.is_empty(), "no messages in the given files");
-    Ok(out)
-}
-
-fn read_one(path: &Path, out: &mut Vec<(String, Vec<u8>)>) -> anyhow::Result<()> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    for payload in crate::parse_command::payloads(&bytes) {
-        out.push((name.clone(), payload));
-    }
-    Ok(())
 }
 
 /// The messages of one connection.
@@ -343,16 +305,11 @@ const FAMILY: [&str; 12] = [
     "Novak",
 ];
 
-/// One vital sign: its MDC code, units and limits, and its current value.
+/// One vital sign of a monitor: what it is, and its current value.
 #[derive(Clone, Debug)]
 struct Metric {
-    code: &'static str,
-    refid: &'static str,
-    units: &'static str,
-    containment: &'static str,
-    normal: (f64, f64),
+    vital: &'static Vital,
     value: f64,
-    decimals: usize,
 }
 
 /// A bedside monitor bound to one patient and bed.
@@ -371,15 +328,6 @@ struct Monitor {
 
 impl Monitor {
     fn new(patient: usize, rng: &mut Rng) -> Monitor {
-        let metric = |code, refid, units, containment, normal: (f64, f64), decimals| Metric {
-            code,
-            refid,
-            units,
-            containment,
-            normal,
-            value: (normal.0 + normal.1) / 2.0,
-            decimals,
-        };
         Monitor {
             eui64: format!("0012A3FFFE{:06X}", 0x45_0000 + patient),
             bed: format!("BED{:02}", patient + 1),
@@ -394,64 +342,13 @@ impl Monitor {
             ),
             sex: if patient.is_multiple_of(2) { "F" } else { "M" },
             admitted: false,
-            metrics: vec![
-                metric(
-                    "147842",
-                    "MDC_ECG_HEART_RATE",
-                    "264864^MDC_DIM_BEAT_PER_MIN^MDC",
-                    "1.1.1.1",
-                    (50.0, 120.0),
-                    0,
-                ),
-                metric(
-                    "150456",
-                    "MDC_PULS_OXIM_SAT_O2",
-                    "262688^MDC_DIM_PERCENT^MDC",
-                    "1.2.1.1",
-                    (90.0, 100.0),
-                    0,
-                ),
-                metric(
-                    "151562",
-                    "MDC_RESP_RATE",
-                    "264928^MDC_DIM_RESP_PER_MIN^MDC",
-                    "1.3.1.1",
-                    (8.0, 25.0),
-                    0,
-                ),
-                metric(
-                    "150021",
-                    "MDC_PRESS_BLD_NONINV_SYS",
-                    "266016^MDC_DIM_MMHG^MDC",
-                    "1.4.1.1",
-                    (90.0, 140.0),
-                    0,
-                ),
-                metric(
-                    "150022",
-                    "MDC_PRESS_BLD_NONINV_DIA",
-                    "266016^MDC_DIM_MMHG^MDC",
-                    "1.4.1.2",
-                    (60.0, 90.0),
-                    0,
-                ),
-                metric(
-                    "150023",
-                    "MDC_PRESS_BLD_NONINV_MEAN",
-                    "266016^MDC_DIM_MMHG^MDC",
-                    "1.4.1.3",
-                    (70.0, 105.0),
-                    0,
-                ),
-                metric(
-                    "150344",
-                    "MDC_TEMP",
-                    "268192^MDC_DIM_DEGC^MDC",
-                    "1.5.1.1",
-                    (36.0, 38.0),
-                    1,
-                ),
-            ],
+            metrics: VITALS
+                .iter()
+                .map(|vital| Metric {
+                    vital,
+                    value: (vital.normal.0 + vital.normal.1) / 2.0,
+                })
+                .collect(),
         }
     }
 
@@ -496,7 +393,7 @@ impl Monitor {
         for (n, metric) in self.metrics.iter_mut().enumerate() {
             // A random walk around the middle of the normal range; now and then a value
             // outside it, as real patients do.
-            let (low, high) = metric.normal;
+            let (low, high) = metric.vital.normal;
             let span = high - low;
             let middle = (low + high) / 2.0;
             metric.value += (rng.unit() - 0.5) * span * 0.04 + (middle - metric.value) * 0.05;
@@ -519,13 +416,13 @@ impl Monitor {
                 text,
                 "OBX|{set}|NM|{code}^{refid}^MDC|{containment}|{value}|{units}|{low}-{high}|{flag}|||R|||{now}||||{eui}^EUI-64\r",
                 set = n + 1,
-                code = metric.code,
-                refid = metric.refid,
-                containment = metric.containment,
-                value = Fixed(value, metric.decimals),
-                units = metric.units,
-                low = Fixed(low, metric.decimals),
-                high = Fixed(high, metric.decimals),
+                code = metric.vital.code,
+                refid = metric.vital.refid,
+                containment = metric.vital.containment,
+                value = Fixed(value, metric.vital.decimals),
+                units = metric.vital.units,
+                low = Fixed(low, metric.vital.decimals),
+                high = Fixed(high, metric.vital.decimals),
                 eui = self.eui64,
             );
         }

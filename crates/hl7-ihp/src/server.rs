@@ -1,4 +1,4 @@
-//! `hl7-ihp receive`: wires the store, the exporter, the HTTP side and the MLLP listener
+//! The receiver: wires the store, the exporter, the HTTP side and the MLLP listener
 //! together, and takes them down in order on shutdown.
 //!
 //! `run` takes already-bound listeners and a shutdown future, so `main` and the tests drive
@@ -7,31 +7,55 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use anyhow::Context;
+use std::io;
+
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::ReceiveConfig;
-use crate::export::{self, ExportHandle, ExportOptions};
+use crate::events::Events;
+use crate::export::{self, ExportCounters, ExportOptions};
 use crate::http::ExtraMetrics;
 use crate::http::{self, HttpState};
 use crate::ingest::{Ingest, IngestSettings};
-use crate::listener;
 use crate::metrics::{Extra, Metrics};
-use crate::store::Store;
-use crate::store::sqlite::{SqliteOptions, SqliteStore};
+use crate::mllp::listener;
+use crate::store::{self, Store, StoreLocation, StoreOptions};
+
+/// Why the receiver could not start or did not stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// An address could not be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// The store could not be opened.
+    #[error("opening the store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// The patients folder could not be prepared.
+    #[error("preparing the patients folder: {0}")]
+    PatientsFolder(io::Error),
+    /// A task the server started failed.
+    #[error("{0}")]
+    Task(String),
+}
 
 /// Binds the MLLP and (unless off) HTTP addresses of a configuration.
-pub async fn bind(config: &ReceiveConfig) -> anyhow::Result<(TcpListener, Option<TcpListener>)> {
-    let mllp = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+pub async fn bind(
+    config: &ReceiveConfig,
+) -> Result<(TcpListener, Option<TcpListener>), ServerError> {
+    let bind = |address| async move {
+        TcpListener::bind(address)
+            .await
+            .map_err(|source| ServerError::Bind { address, source })
+    };
+    let mllp = bind(config.listen).await?;
     let http = match config.http {
-        Some(address) => Some(
-            TcpListener::bind(address)
-                .await
-                .with_context(|| format!("cannot serve HTTP on {address}"))?,
-        ),
+        Some(address) => Some(bind(address).await?),
         None => None,
     };
     Ok((mllp, http))
@@ -44,36 +68,31 @@ pub async fn run(
     mllp: TcpListener,
     http_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let data_dir = config.data_dir.clone();
-    let dedupe = config.dedupe;
-    let store = tokio::task::spawn_blocking(move || {
-        SqliteStore::open(
-            &data_dir,
-            SqliteOptions {
-                dedupe,
-                ..SqliteOptions::default()
-            },
-        )
-    })
-    .await
-    .context("opening the store")?
-    .context("opening the store")?;
+) -> Result<(), ServerError> {
+    let location = StoreLocation::in_data_dir(&config.data_dir);
+    let options = StoreOptions {
+        dedupe: config.dedupe,
+    };
+    let store = tokio::task::spawn_blocking(move || store::open(&location, &options))
+        .await
+        .map_err(|error| ServerError::Task(format!("opening the store: {error}")))??;
     let metrics = Arc::new(Metrics::default());
-    let export_handle = ExportHandle::new();
+    let events = Events::new();
+    let export_counters = Arc::new(ExportCounters::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let patients_dir = config.data_dir.join("patients");
-    export::prepare_dir(&patients_dir).context("creating the patients folder")?;
+    export::prepare_dir(&patients_dir).map_err(ServerError::PatientsFolder)?;
     // The exporter stops after the connections, so its final round sees their last messages.
     let (export_stop_tx, mut export_stop) = watch::channel(false);
     let exporter = tokio::spawn(export::run(
-        store.clone(),
+        Arc::clone(&store),
         patients_dir,
         ExportOptions {
             max_records: config.json_max_records,
             ..ExportOptions::default()
         },
-        export_handle.clone(),
+        events.subscribe(),
+        Arc::clone(&export_counters),
         async move {
             let _ = export_stop.wait_for(|stop| *stop).await;
         },
@@ -82,7 +101,7 @@ pub async fn run(
     let http_task = http_listener.map(|listener| {
         let state = HttpState {
             metrics: Arc::clone(&metrics),
-            extra: extra_metrics(store.clone(), export_handle.clone()),
+            extra: extra_metrics(Arc::clone(&store), Arc::clone(&export_counters)),
         };
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
@@ -98,7 +117,7 @@ pub async fn run(
     });
 
     let ingest = Arc::new(Ingest::new(
-        store.clone(),
+        Arc::clone(&store),
         IngestSettings {
             ack_mode: config.ack_mode,
             ack_application: config.ack_application.clone(),
@@ -106,7 +125,7 @@ pub async fn run(
             patient_identity: config.patient_identity,
         },
         Arc::clone(&metrics),
-        export_handle,
+        events,
     ));
     let accept = tokio::spawn(listener::run(
         mllp,
@@ -136,7 +155,7 @@ pub async fn run(
 }
 
 /// The store's and the exporter's counters for `/metrics`.
-fn extra_metrics(store: SqliteStore, export: ExportHandle) -> ExtraMetrics {
+fn extra_metrics(store: Arc<dyn Store>, export: Arc<ExportCounters>) -> ExtraMetrics {
     Arc::new(move || {
         let stats = store.stats();
         let export = export.stats();

@@ -1,0 +1,43 @@
+//! `hl7-ihp receive`: validates the settings, binds, logs where it listens, and runs the
+//! server until Ctrl+C or SIGTERM.
+
+use std::process::ExitCode;
+
+use crate::config::{self, ReceiveArgs, ReceiveConfig};
+use crate::mllp::listener;
+use crate::{logging, server, shutdown};
+
+/// Runs `hl7-ihp receive`.
+pub fn run(args: &ReceiveArgs) -> anyhow::Result<ExitCode> {
+    logging::init(config::log_format(args));
+    let config = match ReceiveConfig::from_args(args) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("hl7-ihp: {error}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let open_files = listener::raise_open_file_limit();
+    super::runtime()?.block_on(async move {
+        let (mllp, http) = server::bind(&config).await?;
+        let mllp_address = mllp.local_addr()?;
+        let http_address = http.as_ref().map(|l| l.local_addr()).transpose()?;
+        tracing::info!(
+            mllp = %mllp_address,
+            http = %http_address.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+            data_dir = %config.data_dir.display(),
+            open_files_limit = open_files.unwrap_or(0),
+            "listening"
+        );
+        if !listener::is_loopback(&mllp_address) {
+            tracing::warn!(mllp = %mllp_address, "MLLP on a non-loopback address without TLS: messages cross the network unencrypted");
+        }
+        if let Some(address) = http_address
+            && !listener::is_loopback(&address)
+        {
+            tracing::warn!(http = %address, "HTTP on a non-loopback address: /metrics and /healthz are reachable from the network");
+        }
+        server::run(config, mllp, http, shutdown::signal()).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}

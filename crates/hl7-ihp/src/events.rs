@@ -1,0 +1,94 @@
+//! "Committed" notifications: `ingest` says that messages were stored, and whoever keeps
+//! something derived from the store (the JSON exporter; later the live event stream)
+//! subscribes. The notification carries no data: the store is the truth, and a subscriber
+//! reads what changed from it, so a slow subscriber only coalesces wake-ups and never slows
+//! the ACK path.
+
+use tokio::sync::watch;
+
+/// The publishing side: cheap to clone, never waits.
+#[derive(Clone, Debug)]
+pub struct Events {
+    commits: watch::Sender<u64>,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Events {
+    /// A new channel with no subscriber yet.
+    pub fn new() -> Self {
+        Events {
+            commits: watch::Sender::new(0),
+        }
+    }
+
+    /// Says that a commit stored at least one accepted message.
+    pub fn committed(&self) {
+        self.commits.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A subscription that sees every commit from now on (coalesced while it is busy).
+    pub fn subscribe(&self) -> Subscription {
+        let mut commits = self.commits.subscribe();
+        // Whatever happened before subscribing is the subscriber's first read of the store.
+        commits.mark_unchanged();
+        Subscription { commits }
+    }
+}
+
+/// The subscribing side.
+#[derive(Debug)]
+pub struct Subscription {
+    commits: watch::Receiver<u64>,
+}
+
+impl Subscription {
+    /// Waits for a commit after the last one this subscription saw. Commits while the
+    /// subscriber was busy collapse into one wake-up. Never completes once every publisher
+    /// is gone.
+    pub async fn changed(&mut self) {
+        if self.commits.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// How many commits have been announced so far: whether messages still arrive.
+    pub fn n_commits(&self) -> u64 {
+        *self.commits.borrow()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn commits_wake_each_subscriber_once_however_many_arrived() {
+        let events = Events::new();
+        events.committed();
+        let mut first = events.subscribe();
+        let mut second = events.subscribe();
+        let early = tokio::time::timeout(Duration::from_millis(50), first.changed()).await;
+        assert!(
+            early.is_err(),
+            "a commit before subscribing is not a wake-up"
+        );
+        events.committed();
+        events.committed();
+        tokio::time::timeout(Duration::from_secs(10), first.changed())
+            .await
+            .expect("woken");
+        tokio::time::timeout(Duration::from_secs(10), second.changed())
+            .await
+            .expect("woken");
+        assert_eq!(first.n_commits(), 3);
+        let again = tokio::time::timeout(Duration::from_millis(50), first.changed()).await;
+        assert!(again.is_err(), "two commits while busy are one wake-up");
+    }
+}

@@ -1,0 +1,260 @@
+//! Patient file names: any identity key maps to exactly one safe name inside the patients
+//! folder (`patient_<id>.json`), and no two keys share one.
+
+use std::fmt::Write as _;
+
+use sha2::{Digest, Sha256};
+
+/// Every patient file's name starts with this.
+pub const FILE_PREFIX: &str = "patient_";
+/// Every patient file's name ends with this.
+pub const FILE_SUFFIX: &str = ".json";
+/// An id longer than this once encoded is shortened and hashed, which keeps every name far
+/// below the 255-byte limit of common file systems.
+const MAX_ID_BYTES: usize = 100;
+/// How much of a long encoded id is kept before the hash.
+const HASHED_PREFIX_BYTES: usize = 64;
+/// How many hex digits of the SHA-256 of a long id are written (64 bits).
+const HASH_HEX_DIGITS: usize = 16;
+
+/// The file name for a patient's identity key (DESIGN.md §7): `patient_<id>.json`.
+///
+/// The id is the key as it is when it consists only of `A-Z a-z 0-9 . _ -` and does not start
+/// with `.`. Otherwise every byte outside that set, and a leading `.`, is written as
+/// upper-case `%XX` (`%` itself is outside the set, so the encoding can be read back and two
+/// keys never meet). An encoded id over 100 bytes becomes its first 64 bytes, `~`, and 16
+/// lower-case hex digits of the SHA-256 of the raw key; `~` appears in no other name, and two
+/// long keys share a name only if they share the first 64 encoded bytes and 64 bits of
+/// SHA-256. The empty key is written as nothing: `patient_.json`, which no other key gives.
+///
+/// So a name has only `A-Z a-z 0-9 . _ - % ~`, never `/` or NUL, is never `.` or `..`, stays
+/// inside the patients folder, and is at most 113 bytes long.
+pub fn file_name(key: &str) -> String {
+    let mut name = String::with_capacity(FILE_PREFIX.len() + key.len() + FILE_SUFFIX.len());
+    name.push_str(FILE_PREFIX);
+    name.push_str(&encode_id(key.as_bytes()));
+    name.push_str(FILE_SUFFIX);
+    name
+}
+
+fn is_safe(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-')
+}
+
+fn encode_id(raw: &[u8]) -> String {
+    let mut id = String::with_capacity(raw.len());
+    for (i, &byte) in raw.iter().enumerate() {
+        if is_safe(byte) && !(i == 0 && byte == b'.') {
+            id.push(char::from(byte));
+        } else {
+            // Writing to a String cannot fail.
+            let _ = write!(id, "%{byte:02X}");
+        }
+    }
+    if id.len() > MAX_ID_BYTES {
+        let digest = Sha256::digest(raw);
+        // Every character written above is ASCII, so any byte offset is a char boundary.
+        id.truncate(HASHED_PREFIX_BYTES);
+        id.push('~');
+        for byte in &digest[..HASH_HEX_DIGITS / 2] {
+            let _ = write!(id, "{byte:02x}");
+        }
+    }
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{HashMap, HashSet};
+    use std::path::Path;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn is_name_char(c: char) -> bool {
+        c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '%' | '~')
+    }
+
+    /// Reads an id back from a name that was not shortened: proof that the encoding loses
+    /// nothing.
+    fn decode_id(name: &str) -> Vec<u8> {
+        let id = name
+            .strip_prefix(FILE_PREFIX)
+            .and_then(|s| s.strip_suffix(FILE_SUFFIX))
+            .expect("prefix and suffix");
+        let bytes = id.as_bytes();
+        let mut raw = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%' {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap();
+                raw.push(u8::from_str_radix(hex, 16).unwrap());
+                i += 3;
+            } else {
+                raw.push(bytes[i]);
+                i += 1;
+            }
+        }
+        raw
+    }
+
+    fn check_name(key: &str) -> String {
+        let name = file_name(key);
+        assert!(name.starts_with(FILE_PREFIX) && name.ends_with(FILE_SUFFIX));
+        assert!(
+            name.chars().all(is_name_char),
+            "unsafe character in {name:?}"
+        );
+        assert!(name.len() <= FILE_PREFIX.len() + MAX_ID_BYTES + FILE_SUFFIX.len());
+        assert!(name.len() < 255);
+        assert_ne!(name, ".");
+        assert_ne!(name, "..");
+        let path = Path::new("/data/patients").join(&name);
+        assert_eq!(path.parent(), Some(Path::new("/data/patients")));
+        if !name.contains('~') {
+            assert_eq!(
+                decode_id(&name),
+                key.as_bytes(),
+                "{name:?} does not read back"
+            );
+        }
+        name
+    }
+
+    #[test]
+    fn safe_ids_are_kept_as_they_are() {
+        assert_eq!(file_name("555-44-4444"), "patient_555-44-4444.json");
+        assert_eq!(file_name("A.b_c-9"), "patient_A.b_c-9.json");
+        assert_eq!(file_name("a.."), "patient_a...json");
+    }
+
+    #[test]
+    fn other_ids_are_encoded() {
+        let cases = [
+            ("../../x", "patient_%2E.%2F..%2Fx.json"),
+            ("/abs/path", "patient_%2Fabs%2Fpath.json"),
+            ("a/b", "patient_a%2Fb.json"),
+            ("a\0b", "patient_a%00b.json"),
+            (".hidden", "patient_%2Ehidden.json"),
+            (".", "patient_%2E.json"),
+            ("..", "patient_%2E..json"),
+            ("%41", "patient_%2541.json"),
+            ("A", "patient_A.json"),
+            ("é", "patient_%C3%A9.json"),
+            ("a b~c", "patient_a%20b%7Ec.json"),
+            ("", "patient_.json"),
+        ];
+        let mut names = HashSet::new();
+        for (key, expected) in cases {
+            assert_eq!(check_name(key), expected, "for {key:?}");
+            assert!(names.insert(expected), "{expected} twice");
+        }
+    }
+
+    #[test]
+    fn long_ids_are_shortened_with_a_hash() {
+        let long = "x".repeat(300);
+        let name = check_name(&long);
+        assert_eq!(
+            name.len(),
+            FILE_PREFIX.len() + 64 + 1 + 16 + FILE_SUFFIX.len()
+        );
+        assert!(name.starts_with(&format!("patient_{}~", "x".repeat(64))));
+        let hex = &name[FILE_PREFIX.len() + 65..name.len() - FILE_SUFFIX.len()];
+        assert!(
+            hex.chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
+
+        // The boundary: 100 encoded bytes are kept, 101 are not.
+        assert_eq!(
+            check_name(&"y".repeat(100)),
+            format!("patient_{}.json", "y".repeat(100))
+        );
+        assert!(check_name(&"y".repeat(101)).contains('~'));
+        let encoded_100 = format!("{}/", "z".repeat(97)); // 97 + "%2F"
+        assert!(!check_name(&encoded_100).contains('~'));
+        let encoded_102 = format!("{}/", "z".repeat(99));
+        assert!(check_name(&encoded_102).contains('~'));
+    }
+
+    #[test]
+    fn ids_that_differ_late_or_across_the_boundary_get_distinct_names() {
+        let mut names: HashMap<String, String> = HashMap::new();
+        let mut add = |key: String| {
+            let name = check_name(&key);
+            if let Some(other) = names.insert(name.clone(), key.clone()) {
+                assert_eq!(other, key, "{other:?} and {key:?} share {name}");
+            }
+        };
+        let base = "p".repeat(120);
+        for i in 0..base.len() {
+            for c in ['q', '/', '%', '\0', '~'] {
+                let mut key = base.clone();
+                key.replace_range(i..=i, &c.to_string());
+                add(key);
+            }
+        }
+        for len in 0..=140 {
+            for c in ['a', '.', '/'] {
+                add(c.to_string().repeat(len));
+                add(format!("{}{c}", "b".repeat(len)));
+            }
+        }
+        // Keys whose encoded forms are 99, 100, 101 or 102 bytes, equal in the first 64.
+        for tail in ["", "c", "cc", "ccc", "/", "c/", "/c", "cc/"] {
+            add(format!("{}{tail}", "d".repeat(97)));
+            add(format!("{}{tail}", "d".repeat(98)));
+        }
+    }
+
+    #[test]
+    fn every_short_string_over_a_tricky_alphabet_gets_its_own_name() {
+        let alphabet = [
+            'A', 'a', '0', '.', '_', '-', '%', '2', 'E', 'F', '/', '\0', '~', ' ', 'é',
+        ];
+        let mut names = HashSet::new();
+        let mut n_keys = 0;
+        let mut keys = vec![String::new()];
+        for _ in 0..3 {
+            let mut longer = Vec::new();
+            for key in &keys {
+                for c in alphabet {
+                    longer.push(format!("{key}{c}"));
+                }
+            }
+            for key in keys.drain(..) {
+                assert!(names.insert(check_name(&key)));
+                n_keys += 1;
+            }
+            keys = longer;
+        }
+        for key in &keys {
+            assert!(names.insert(check_name(key)));
+            n_keys += 1;
+        }
+        assert_eq!(names.len(), n_keys);
+    }
+
+    proptest! {
+        #[test]
+        fn any_key_gets_a_safe_name(key in any::<String>()) {
+            check_name(&key);
+        }
+
+        #[test]
+        fn distinct_keys_get_distinct_names(
+            prefix in "[a-z/%.~\\x00]{0,80}",
+            a in any::<String>(),
+            b in any::<String>(),
+        ) {
+            let a = format!("{prefix}{a}");
+            let b = format!("{prefix}{b}");
+            prop_assume!(a != b);
+            prop_assert_ne!(check_name(&a), check_name(&b));
+        }
+    }
+
+    // ---- the document ----
+}

@@ -1,0 +1,37 @@
+//! hl7-ihp receives HL7 v2 data from medical devices over MLLP, stores every message durably
+//! before its ACK, and hands it to the IHP platform as per-patient files and over HTTP.
+//!
+//! The module map (ARCHITECTURE.md has the invariants); dependencies point one way:
+//! `commands` → `server` → `mllp`, `http`, `export` → `ingest` → `store`, `documents` → `hl7`.
+//!
+//! - [`cli`]: every clap definition.
+//! - [`config`]: the settings of each command, merged once and validated into typed groups.
+//! - [`shutdown`]: the one shutdown signal (Ctrl+C, SIGTERM) of every command and task.
+//! - [`commands`]: one function per subcommand; the only users of `anyhow` and the terminal.
+//! - [`server`]: wires the store, the exporter, HTTP and the MLLP listener, stops them in order.
+//! - [`mllp`]: the accept loop with its limits, and one connection's read–ingest–ACK loop.
+//! - [`ingest`]: frame → parse → extract → store → the one function that decides the ACK.
+//! - [`events`]: "committed" notifications the exporter (and later the live stream) follow.
+//! - [`store`]: the object-safe `Store` trait, its types, `open`, and the SQLite backend.
+//! - [`documents`]: pure shapes: the patient document and the vitals table with MDC names.
+//! - [`export`]: the exporter task, safe file names and atomic writes.
+//! - [`http`]: the HTTP router: `/healthz`, `/metrics`.
+//! - [`sender`]: the device simulator and load generator: link, load, simulator.
+//! - [`metrics`], [`logging`], [`ids`]: counters, log set-up, base-36 ids.
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod documents;
+pub mod events;
+pub mod export;
+pub mod http;
+pub mod ids;
+pub mod ingest;
+pub mod logging;
+pub mod metrics;
+pub mod mllp;
+pub mod sender;
+pub mod server;
+pub mod shutdown;
+pub mod store;

@@ -1,0 +1,7 @@
+//! The device simulator and load generator behind `hl7-ihp send` and `demo`: what to send
+//! ([`simulator`]), one connection that sends and checks ACKs ([`link`]), and many of them
+//! with a tally ([`load`]).
+
+pub mod link;
+pub mod load;
+pub mod simulator;

@@ -1,0 +1,698 @@
+//! The store contract: what every backend must do, written once against `dyn Store` and run
+//! against each backend by [`store_contract!`](crate::store_contract), which takes the one
+//! function that opens a fresh store of that backend. SQLite runs it in
+//! `store/sqlite/tests.rs`; a second backend adds one line there.
+//!
+//! The fixtures (`oru`, `patient`, …) are shared with the backends' own tests.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use super::{
+    ChangeCursor, Content, Health, MessageFilter, MessageKey, NewMessage, ObservationData, Outcome,
+    PatientData, PatientSummary, Store, StoreOptions, Stored, Verdict,
+};
+
+/// Opens a fresh (or, given the same folder again, the same) store of one backend in `dir`.
+pub type Open = fn(&Path, &StoreOptions) -> Arc<dyn Store>;
+
+/// One `#[tokio::test]` per property of the contract, for the backend that `$open` opens.
+#[macro_export]
+macro_rules! store_contract {
+    ($open:expr) => {
+        $crate::store_contract!(@tests $open;
+            commit_and_read_back,
+            concurrent_committers_are_each_stored_once,
+            retransmissions_are_recognised,
+            rejected_messages_are_kept_but_never_matched,
+            without_dedupe_every_frame_is_stored,
+            adt_updates_the_patient_and_other_messages_only_fill_in,
+            observations_without_a_patient_change_no_patient,
+            patient_records_are_newest_first_and_limited,
+            messages_are_listed_newest_first_and_filtered,
+            a_reopened_store_finds_everything,
+            the_change_feed_names_each_changed_patient_once,
+            exporters_keep_their_own_watermarks,
+            a_working_store_is_healthy,
+        );
+    };
+    (@tests $open:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::store::contract::$name($open).await;
+            }
+        )*
+    };
+}
+
+/// The duplicate key the fixtures use.
+pub fn key(control_id: &str) -> MessageKey {
+    MessageKey {
+        sending_application: "DEV".into(),
+        sending_facility: "FAC".into(),
+        control_id: control_id.into(),
+        sent_ms: Some(1_704_067_200_000),
+    }
+}
+
+/// A patient with the fixtures' authority and birth date.
+pub fn patient(key: &str, name: &str, is_update: bool) -> PatientData {
+    PatientData {
+        key: key.into(),
+        id: key.into(),
+        assigning_authority: "AUTH".into(),
+        identifiers: format!("{key}^^^AUTH^MR"),
+        name: name.into(),
+        birth_date: "1970-01-01".into(),
+        sex: "F".into(),
+        is_update,
+    }
+}
+
+/// A glucose OBX with this value.
+pub fn observation(index: u32, value: &str) -> ObservationData {
+    ObservationData {
+        index,
+        value_type: "NM".into(),
+        code: "1554-5".into(),
+        code_text: "GLUCOSE".into(),
+        code_system: "LN".into(),
+        sub_id: String::new(),
+        value: value.into(),
+        numeric: value.parse().ok(),
+        units: "mg/dl".into(),
+        units_text: String::new(),
+        reference_range: "70_105".into(),
+        abnormal_flags: "H".into(),
+        status: "F".into(),
+        observed_at: "2002-02-15T07:30:00".into(),
+        observed_ms: 1_013_758_200_000 + i64::from(index),
+        equipment: "0012345678ABCDEF".into(),
+    }
+}
+
+/// An accepted ORU; `body` makes its bytes differ.
+pub fn oru(
+    control_id: &str,
+    patient: Option<PatientData>,
+    values: &[&str],
+    body: &str,
+) -> NewMessage {
+    let raw = format!("MSH|^~\\&|DEV|FAC|||20240101||ORU^R01|{control_id}|P|2.6\r{body}");
+    NewMessage {
+        received_at: jiff::Timestamp::from_millisecond(1_700_000_000_123).unwrap(),
+        peer: "127.0.0.1:40000".into(),
+        hash: Sha256::digest(raw.as_bytes()).into(),
+        raw: raw.into_bytes(),
+        key: Some(key(control_id)),
+        verdict: Verdict::Accept,
+        content: Some(Content {
+            message_type: "ORU".into(),
+            trigger: "R01".into(),
+            version: "2.6".into(),
+            patient,
+            device: "DEV".into(),
+            location: Some("ICU^1".into()),
+            observations: values
+                .iter()
+                .enumerate()
+                .map(|(n, value)| observation(n as u32, value))
+                .collect(),
+        }),
+    }
+}
+
+/// A rejected copy of [`oru`].
+pub fn rejected(control_id: &str, body: &str) -> NewMessage {
+    let mut message = oru(control_id, Some(patient("P1", "EVE", false)), &["1"], body);
+    message.verdict = Verdict::Reject {
+        reason: "message type not allowed".into(),
+    };
+    message
+}
+
+/// The id of a message stored as new; panics on a duplicate.
+pub fn new_id(stored: &Stored) -> i64 {
+    match stored {
+        Stored::New { id } => *id,
+        Stored::Duplicate { .. } => panic!("expected a new message, got {stored:?}"),
+    }
+}
+
+fn options() -> StoreOptions {
+    StoreOptions::default()
+}
+
+async fn n_messages(store: &dyn Store) -> usize {
+    store
+        .messages(MessageFilter::default())
+        .await
+        .unwrap()
+        .len()
+}
+
+async fn n_records(store: &dyn Store, key: &str) -> usize {
+    store
+        .patient_records(key, None)
+        .await
+        .unwrap()
+        .map_or(0, |r| r.records.len())
+}
+
+/// Reads the whole change feed from the start.
+async fn all_changes(store: &dyn Store) -> (Vec<String>, ChangeCursor) {
+    let changes = store
+        .changes_since(ChangeCursor::START, 1000)
+        .await
+        .unwrap();
+    (changes.patients, changes.next)
+}
+
+/// What is committed reads back: records, the patient, the message and its bytes.
+pub async fn commit_and_read_back(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &options());
+    let message = oru(
+        "1",
+        Some(patient("P1", "EVE EVERYWOMAN", false)),
+        &["184", "90"],
+        "",
+    );
+    let stored = store.commit(vec![message.clone()]).await.unwrap();
+    let id = new_id(&stored[0]);
+
+    let records = store.patient_records("P1", None).await.unwrap().unwrap();
+    assert_eq!(records.patient, patient("P1", "EVE EVERYWOMAN", false));
+    assert_eq!(records.records.len(), 2);
+    let first = &records.records[0];
+    assert_eq!(first.observation, observation(0, "184"));
+    assert_eq!(records.records[1].observation, observation(1, "90"));
+    assert_eq!(first.message_id, id);
+    assert_eq!(first.control_id, "1");
+    assert_eq!(first.device, "DEV");
+    assert_eq!(first.received_at, message.received_at);
+
+    let patients = store.patients().await.unwrap();
+    assert_eq!(
+        patients,
+        vec![PatientSummary {
+            key: "P1".into(),
+            name: "EVE EVERYWOMAN".into(),
+            n_observations: 2,
+            last_received_at: Some(message.received_at),
+        }]
+    );
+
+    let messages = store
+        .messages(MessageFilter {
+            with_raw: true,
+            ..MessageFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].id, id);
+    assert_eq!(messages[0].sender, "DEV|FAC");
+    assert_eq!(messages[0].outcome, Outcome::Accept);
+    assert_eq!(messages[0].received_at, message.received_at);
+    assert_eq!(messages[0].raw.as_deref(), Some(&message.raw[..]));
+    assert!(
+        store
+            .patient_records("nobody", None)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// Many callers at once: every message stored once, with its own id.
+pub async fn concurrent_committers_are_each_stored_once(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &options());
+    let mut tasks = Vec::new();
+    for task in 0..32 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for n in 0..20 {
+                let control_id = format!("{task}-{n}");
+                let who = patient(&format!("P{}", task % 5), "EVE", false);
+                let message = oru(&control_id, Some(who), &["1", "2"], "");
+                let stored = store.commit(vec![message]).await.unwrap();
+                ids.push(new_id(&stored[0]));
+            }
+            ids
+        }));
+    }
+    let mut ids = HashSet::new();
+    for task in tasks {
+        for id in task.await.unwrap() {
+            assert!(ids.insert(id), "id {id} given twice");
+        }
+    }
+    assert_eq!(ids.len(), 640);
+    assert_eq!(n_messages(store.as_ref()).await, 640);
+    let patients = store.patients().await.unwrap();
+    assert_eq!(patients.len(), 5);
+    assert_eq!(patients.iter().map(|p| p.n_observations).sum::<u64>(), 1280);
+    let stats = store.stats();
+    assert_eq!(stats.n_stored, 640);
+    assert!(stats.n_transactions <= 640);
+}
+
+/// Same key and bytes is a retransmission, answered like the first; same key with other
+/// bytes is a sender reusing control ids, stored and counted.
+pub async fn retransmissions_are_recognised(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &options());
+    let who = || Some(patient("P1", "EVE", false));
+    let first = new_id(
+        &store
+            .commit(vec![oru("1", who(), &["1"], "")])
+            .await
+            .unwrap()[0],
+    );
+
+    let again = store
+        .commit(vec![oru("1", who(), &["1"], "")])
+        .await
+        .unwrap();
+    let duplicate = Stored::Duplicate {
+        id: first,
+        verdict: Verdict::Accept,
+    };
+    assert_eq!(again, vec![duplicate.clone()]);
+
+    // Within one batch too.
+    let batch = store
+        .commit(vec![
+            oru("2", who(), &["1"], ""),
+            oru("2", who(), &["1"], ""),
+        ])
+        .await
+        .unwrap();
+    let second = new_id(&batch[0]);
+    assert_eq!(
+        batch[1],
+        Stored::Duplicate {
+            id: second,
+            verdict: Verdict::Accept
+        }
+    );
+    assert_eq!(store.stats().n_reused_control_ids, 0);
+
+    let reused = store
+        .commit(vec![oru("1", who(), &["1"], "OBX|x\r")])
+        .await
+        .unwrap();
+    assert!(new_id(&reused[0]) > second);
+    let stats = store.stats();
+    assert_eq!(stats.n_reused_control_ids, 1);
+    assert_eq!(stats.n_duplicates, 2);
+    assert_eq!(stats.n_stored, 3);
+    // The first copy is still the one a retransmission is matched with.
+    let again = store
+        .commit(vec![oru("1", who(), &["1"], "")])
+        .await
+        .unwrap();
+    assert_eq!(again, vec![duplicate]);
+
+    assert_eq!(n_messages(store.as_ref()).await, 3);
+    assert_eq!(n_records(store.as_ref(), "P1").await, 3);
+}
+
+/// Rejects are kept for inspection with their reason, make no records, and are never
+/// matched as duplicates either way.
+pub async fn rejected_messages_are_kept_but_never_matched(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &options());
+    let stored = store
+        .commit(vec![rejected("1", ""), rejected("1", "")])
+        .await
+        .unwrap();
+    new_id(&stored[0]);
+    new_id(&stored[1]);
+    let accepted = store
+        .commit(vec![oru(
+            "1",
+            Some(patient("P1", "EVE", false)),
+            &["1"],
+            "",
+        )])
+        .await
+        .unwrap();
+    new_id(&accepted[0]);
+    new_id(&store.commit(vec![rejected("1", "")]).await.unwrap()[0]);
+
+    assert_eq!(n_messages(store.as_ref()).await, 4);
+    assert_eq!(n_records(store.as_ref(), "P1").await, 1);
+    let rejects = store
+        .messages(MessageFilter {
+            rejected_only: true,
+            ..MessageFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rejects.len(), 3);
+    assert!(rejects.iter().all(|m| m.outcome == Outcome::Reject
+        && m.reason.as_deref() == Some("message type not allowed")
+        && m.raw.is_none()));
+}
+
+/// With duplicate recognition off, every frame is a new message.
+pub async fn without_dedupe_every_frame_is_stored(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &StoreOptions { dedupe: false });
+    let message = oru("1", Some(patient("P1", "EVE", false)), &["1"], "");
+    let stored = store
+        .commit(vec![message.clone(), message.clone()])
+        .await
+        .unwrap();
+    assert_ne!(new_id(&stored[0]), new_id(&stored[1]));
+    new_id(&store.commit(vec![message]).await.unwrap()[0]);
+    assert_eq!(store.stats().n_stored, 3);
+    assert_eq!(store.stats().n_duplicates, 0);
+}
+
+/// An ADT replaces the patient fields it carries (and keeps what it leaves empty); other
+/// messages only fill empty ones; the same after a reopen.
+pub async fn adt_updates_the_patient_and_other_messages_only_fill_in(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &options());
+    let info = |store: Arc<dyn Store>| async move {
+        store
+            .patient_records("P1", None)
+            .await
+            .unwrap()
+            .unwrap()
+            .patient
+    };
+    let mut first = patient("P1", "", false);
+    first.sex = String::new();
+    store
+        .commit(vec![oru("1", Some(first), &[], "")])
+        .await
+        .unwrap();
+    // An ORU fills in what is missing and changes nothing else.
+    let mut fill = patient("P1", "EVE", false);
+    fill.birth_date = "1999-09-09".into();
+    store
+        .commit(vec![oru("2", Some(fill), &[], "")])
+        .await
+        .unwrap();
+    let stored = info(Arc::clone(&store)).await;
+    assert_eq!(stored.name, "EVE");
+    assert_eq!(stored.sex, "F");
+    assert_eq!(stored.birth_date, "1970-01-01");
+
+    let mut adt = patient("P1", "EVE EVERYWOMAN", true);
+    adt.sex = String::new();
+    adt.birth_date = "1971-02-03".into();
+    let mut message = oru("3", Some(adt), &[], "");
+    message.content.as_mut().unwrap().message_type = "ADT".into();
+    store.commit(vec![message]).await.unwrap();
+    let stored = info(Arc::clone(&store)).await;
+    assert_eq!(stored.name, "EVE EVERYWOMAN");
+    assert_eq!(stored.birth_date, "1971-02-03");
+    assert_eq!(stored.sex, "F");
+
+    // After a reopen (a writer's memory is empty) the same rules hold.
+    drop(store);
+    let store = open(dir.path(), &options());
+    let other = oru("4", Some(patient("P1", "SOMEONE ELSE", false)), &[], "");
+    store.commit(vec![other]).await.unwrap();
+    assert_eq!(info(Arc::clone(&store)).await.name, "EVE EVERYWOMAN");
+    assert_eq!(store.patients().await.unwrap().len(), 1);
+}
+
+/// A message without a patient is stored, and changes no patient.
+pub async fn observations_without_a_patient_change_no_patient(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &options());
+    let stored = store
+        .commit(vec![oru("1", None, &["5", "6"], "")])
+        .await
+        .unwrap();
+    new_id(&stored[0]);
+    assert!(store.patients().await.unwrap().is_empty());
+    assert_eq!(n_messages(store.as_ref()).await, 1);
+    let (patients, next) = all_changes(store.as_ref()).await;
+    assert!(patients.is_empty());
+    assert!(next > ChangeCursor::START, "the feed moves past it");
+}
+
+/// Records come newest message first, OBX order within a message, and stop at the limit.
+pub async fn patient_records_are_newest_first_and_limited(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &options());
+    let who = || Some(patient("P1", "EVE", false));
+    let mut ids = Vec::new();
+    for (n, values) in [["a1", "a2", "a3"], ["b1", "b2", "b3"], ["c1", "c2", "c3"]]
+        .iter()
+        .enumerate()
+    {
+        let stored = store
+            .commit(vec![
+                oru(&n.to_string(), who(), values, ""),
+                oru(
+                    &format!("other{n}"),
+                    Some(patient("P2", "ADAM", false)),
+                    &["x"],
+                    "",
+                ),
+            ])
+            .await
+            .unwrap();
+        ids.push(new_id(&stored[0]));
+    }
+    let records = store
+        .patient_records("P1", Some(5))
+        .await
+        .unwrap()
+        .unwrap()
+        .records;
+    let got: Vec<_> = records
+        .iter()
+        .map(|r| (r.message_id, r.observation.value.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (ids[2], "c1"),
+            (ids[2], "c2"),
+            (ids[2], "c3"),
+            (ids[1], "b1"),
+            (ids[1], "b2")
+        ]
+    );
+    let all = store
+        .patient_records("P1", None)
+        .await
+        .unwrap()
+        .unwrap()
+        .records;
+    assert_eq!(all.len(), 9);
+    assert_eq!(all[8].observation.value, "a3");
+    let none = store.patient_records("P1", Some(0)).await.unwrap().unwrap();
+    assert!(none.records.is_empty());
+    let summaries = store.patients().await.unwrap();
+    assert_eq!(summaries.len(), 2);
+    assert_eq!(
+        (summaries[0].key.as_str(), summaries[0].n_observations),
+        ("P1", 9)
+    );
+    assert_eq!(
+        (summaries[1].key.as_str(), summaries[1].n_observations),
+        ("P2", 3)
+    );
+}
+
+/// The message list is newest first, filters rejects, limits, and has bytes on request.
+pub async fn messages_are_listed_newest_first_and_filtered(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &options());
+    let mut unreadable = rejected("", "junk");
+    unreadable.key = None;
+    unreadable.content = None;
+    let mut error = oru("3", None, &[], "");
+    error.verdict = Verdict::Error {
+        reason: "MSH-9 missing".into(),
+    };
+    let stored = store
+        .commit(vec![
+            oru("1", None, &[], ""),
+            rejected("2", ""),
+            error,
+            unreadable,
+        ])
+        .await
+        .unwrap();
+    let stored: Vec<i64> = stored.iter().map(new_id).collect();
+    let all = store.messages(MessageFilter::default()).await.unwrap();
+    let ids: Vec<_> = all.iter().map(|m| m.id).collect();
+    assert_eq!(ids, stored.iter().rev().copied().collect::<Vec<_>>());
+    assert!(all.iter().all(|m| m.raw.is_none()));
+    assert_eq!(
+        (all[0].sender.as_str(), all[0].control_id.as_str()),
+        ("", "")
+    );
+    assert_eq!(all[1].outcome, Outcome::Error);
+    assert_eq!(all[1].reason.as_deref(), Some("MSH-9 missing"));
+    assert_eq!(all[3].reason, None);
+    let limited = store
+        .messages(MessageFilter {
+            limit: Some(2),
+            with_raw: true,
+            ..MessageFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(limited.len(), 2);
+    assert!(limited[1].raw.as_deref().unwrap().starts_with(b"MSH|"));
+    let rejects = store
+        .messages(MessageFilter {
+            rejected_only: true,
+            limit: Some(1),
+            ..MessageFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rejects.len(), 1);
+    assert_eq!(rejects[0].id, stored[3]);
+    let rejects = store
+        .messages(MessageFilter {
+            rejected_only: true,
+            ..MessageFilter::default()
+        })
+        .await
+        .unwrap();
+    let ids: Vec<_> = rejects.iter().map(|m| m.id).collect();
+    assert_eq!(ids, vec![stored[3], stored[2], stored[1]]);
+}
+
+/// Everything survives a reopen: records, the watermark, duplicate recognition, and ids
+/// keep increasing.
+pub async fn a_reopened_store_finds_everything(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &options());
+    let message = oru("1", Some(patient("P1", "EVE", false)), &["1", "2"], "");
+    let first = new_id(&store.commit(vec![message.clone()]).await.unwrap()[0]);
+    let (_, cursor) = all_changes(store.as_ref()).await;
+    store.set_export_watermark("json", cursor).await.unwrap();
+    drop(store);
+
+    let store = open(dir.path(), &options());
+    assert_eq!(store.export_watermark("json").await.unwrap(), cursor);
+    assert_eq!(n_records(store.as_ref(), "P1").await, 2);
+    assert_eq!(
+        store.commit(vec![message]).await.unwrap(),
+        vec![Stored::Duplicate {
+            id: first,
+            verdict: Verdict::Accept
+        }]
+    );
+    let next = oru("2", Some(patient("P1", "EVE", false)), &["3"], "");
+    let second = new_id(&store.commit(vec![next]).await.unwrap()[0]);
+    assert!(second > first);
+    let records = store.patient_records("P1", None).await.unwrap().unwrap();
+    assert_eq!(records.records[0].observation.value, "3");
+    assert_eq!(records.records.len(), 3);
+}
+
+/// The change feed names each patient whose records changed once per read, in commit
+/// order, skips rejects and patient-less messages, pages by its limit, and never goes back.
+pub async fn the_change_feed_names_each_changed_patient_once(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &options());
+    let start = store.changes_since(ChangeCursor::START, 10).await.unwrap();
+    assert!(start.patients.is_empty());
+    assert_eq!(start.next, ChangeCursor::START);
+    let who = |key: &str| Some(patient(key, "X", false));
+    store
+        .commit(vec![
+            oru("1", who("B"), &["1"], ""),
+            oru("2", who("A"), &["1"], ""),
+            oru("3", who("B"), &["1"], ""),
+            rejected("4", ""),
+            oru("5", None, &["1"], ""),
+            oru("6", who("C"), &["1"], ""),
+        ])
+        .await
+        .unwrap();
+    let (patients, end) = all_changes(store.as_ref()).await;
+    assert_eq!(patients, ["B", "A", "C"]);
+    // Page by page, the same patients come out, and the pages end where one read ended.
+    let mut cursor = ChangeCursor::START;
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        let page = store.changes_since(cursor, 2).await.unwrap();
+        if page.next == cursor {
+            break;
+        }
+        assert!(page.next > cursor);
+        seen.extend(page.patients);
+        cursor = page.next;
+    }
+    assert_eq!(cursor, end);
+    seen.dedup();
+    assert!(
+        seen.starts_with(&["B".to_string(), "A".to_string()]),
+        "{seen:?}"
+    );
+    assert!(seen.contains(&"C".to_string()));
+    // A later commit is after the end.
+    store
+        .commit(vec![oru("7", who("D"), &["1"], "")])
+        .await
+        .unwrap();
+    let later = store.changes_since(end, 10).await.unwrap();
+    assert_eq!(later.patients, ["D"]);
+    assert!(later.next > end);
+}
+
+/// Each exporter's watermark is its own, and starts at the beginning.
+pub async fn exporters_keep_their_own_watermarks(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &options());
+    assert_eq!(
+        store.export_watermark("json").await.unwrap(),
+        ChangeCursor::START
+    );
+    store
+        .commit(vec![oru("1", Some(patient("A", "X", false)), &["1"], "")])
+        .await
+        .unwrap();
+    let (_, cursor) = all_changes(store.as_ref()).await;
+    store.set_export_watermark("json", cursor).await.unwrap();
+    assert_eq!(store.export_watermark("json").await.unwrap(), cursor);
+    assert_eq!(
+        store.export_watermark("ndjson").await.unwrap(),
+        ChangeCursor::START
+    );
+    store.set_export_watermark("ndjson", cursor).await.unwrap();
+    store
+        .set_export_watermark("json", ChangeCursor::START)
+        .await
+        .unwrap();
+    assert_eq!(store.export_watermark("ndjson").await.unwrap(), cursor);
+    assert_eq!(
+        store.export_watermark("json").await.unwrap(),
+        ChangeCursor::START
+    );
+}
+
+/// A store that stores says so.
+pub async fn a_working_store_is_healthy(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &options());
+    assert_eq!(store.health(), Health::Ok);
+    store
+        .commit(vec![oru("1", None, &["1"], "")])
+        .await
+        .unwrap();
+    assert_eq!(store.health(), Health::Ok);
+}

@@ -1,0 +1,360 @@
+//! The readers: patients, a patient's records, stored frames and the change feed, each in
+//! one snapshot on the reader connection.
+
+use super::*;
+
+/// The `observations` column back into observations, `index` from their order.
+pub(super) fn decode_observations(
+    column: usize,
+    text: &str,
+) -> rusqlite::Result<Vec<ObservationData>> {
+    let encoded: Vec<EncodedObservation<String>> = serde_json::from_str(text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, e.into())
+    })?;
+    Ok(encoded
+        .into_iter()
+        .enumerate()
+        .map(|(index, o)| ObservationData {
+            index: u32::try_from(index).unwrap_or(u32::MAX),
+            value_type: o.0,
+            code: o.1,
+            code_text: o.2,
+            code_system: o.3,
+            sub_id: o.4,
+            value: o.5,
+            numeric: o.6,
+            units: o.7,
+            units_text: o.8,
+            reference_range: o.9,
+            abnormal_flags: o.10,
+            status: o.11,
+            observed_at: o.12,
+            observed_ms: o.13,
+            equipment: o.14,
+        })
+        .collect())
+}
+
+// The three queries of a patient's messages read the same columns, which
+// [`push_records`] turns into records: id, control_id, received_ms, device, observations.
+
+/// A tail entry's message.
+pub(super) const MESSAGE_BY_ID: &str = "SELECT m.id, m.control_id, m.received_ms, m.device, \
+     m.observations FROM messages m WHERE m.id = ?1";
+
+/// A patient's messages in `patient_messages` below an id, newest first.
+pub(super) const PATIENT_MESSAGES: &str = "SELECT m.id, m.control_id, m.received_ms, m.device, \
+     m.observations FROM patient_messages pm JOIN messages m ON m.id = pm.message \
+     WHERE pm.patient = ?1 AND pm.message < ?2 ORDER BY pm.message DESC";
+
+/// A patient's messages written by another process (after the tail's `known_through`),
+/// newest first: a range of the primary key, empty in the writing process.
+pub(super) const PATIENT_MESSAGES_BEYOND: &str = "SELECT m.id, m.control_id, m.received_ms, m.device, \
+     m.observations FROM messages m WHERE m.id > ?1 AND m.patient = ?2 ORDER BY m.id DESC";
+
+/// The messages after an id, with their patients (the primary key).
+pub(super) const CHANGED_SINCE: &str = "SELECT m.id, p.key FROM messages m \
+     LEFT JOIN patients p ON p.id = m.patient WHERE m.id > ?1 ORDER BY m.id LIMIT ?2";
+
+/// A stored time in milliseconds as an instant; out of range (never written by us) reads
+/// as the epoch.
+pub(super) fn instant(ms: i64) -> jiff::Timestamp {
+    jiff::Timestamp::from_millisecond(ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+}
+
+/// The stored outcome text as the answer's family.
+pub(super) fn outcome_of(text: &str) -> Outcome {
+    match text {
+        "accepted" => Outcome::Accept,
+        "error" => Outcome::Error,
+        _ => Outcome::Reject,
+    }
+}
+
+/// What a read knows of the patient tail: the entries it needs and `known_through`.
+pub(super) struct TailView<T> {
+    pub(super) entries: T,
+    pub(super) known_through: i64,
+}
+
+/// Starts the read's snapshot (with `start`, the read's first statement) while holding the
+/// tail's lock, then copies what the read needs of the tail (`copy`): the writer adds
+/// entries before its commit and forgets moved ones only after, under the same lock, so
+/// every message of the snapshot is in the copy or the table (the copy may also hold
+/// entries of a transaction the snapshot does not include; their rows are not found). A
+/// read-only store has no tail: it reads the patient watermark in the same snapshot and
+/// finds the messages after it by a scan.
+pub(super) fn with_snapshot<S, T: Default>(
+    conn: &Connection,
+    tail: Option<&Mutex<PatientTail>>,
+    start: impl FnOnce() -> rusqlite::Result<S>,
+    copy: impl FnOnce(&S, &PatientTail) -> T,
+) -> rusqlite::Result<(S, TailView<T>)> {
+    match tail {
+        Some(tail) => {
+            let guard = lock(tail);
+            let value = start()?;
+            let view = TailView {
+                entries: copy(&value, &guard),
+                known_through: guard.known_through(),
+            };
+            Ok((value, view))
+        }
+        None => {
+            let value = start()?;
+            let view = TailView {
+                entries: T::default(),
+                known_through: meta_value(conn, PATIENT_INDEX_THROUGH)?,
+            };
+            Ok((value, view))
+        }
+    }
+}
+
+pub(super) fn read_patients(
+    conn: &Connection,
+    tail: Option<&Mutex<PatientTail>>,
+) -> rusqlite::Result<Vec<PatientSummary>> {
+    let start = || {
+        // The snapshot's newest message first, so that tail entries of a transaction the
+        // snapshot does not hold stay out of the counts.
+        let newest: i64 = conn.query_row("SELECT coalesce(max(id), 0) FROM messages", [], |r| {
+            r.get(0)
+        })?;
+        let mut statement =
+            conn.prepare_cached("SELECT id, key, name FROM patients ORDER BY key")?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+            ))
+        })?;
+        Ok((newest, rows.collect::<rusqlite::Result<Vec<_>>>()?))
+    };
+    let ((_, patients), view) =
+        with_snapshot(conn, tail, start, |(newest, _), tail| tail.totals(*newest))?;
+    let (totals, known_through) = (view.entries, view.known_through);
+
+    // Written by another process: one range of the primary key.
+    let mut beyond = HashMap::new();
+    let mut statement = conn.prepare_cached(
+        "SELECT patient, sum(n_observations), max(id) FROM messages \
+         WHERE id > ?1 AND patient IS NOT NULL GROUP BY patient",
+    )?;
+    let mut rows = statement.query([known_through])?;
+    while let Some(row) = rows.next()? {
+        beyond.insert(
+            row.get::<_, i64>(0)?,
+            (row.get::<_, i64>(1)?, row.get::<_, i64>(2)?),
+        );
+    }
+    // Index-only ranges of patient_messages: the listing reads every patient's entries,
+    // which is fine for inspection and never on the ACK path.
+    let mut indexed = conn.prepare_cached(
+        "SELECT coalesce(sum(n_observations), 0), max(message) FROM patient_messages \
+         WHERE patient = ?1 AND message < ?2",
+    )?;
+    let mut received = conn.prepare_cached("SELECT received_ms FROM messages WHERE id = ?1")?;
+    let mut summaries = Vec::with_capacity(patients.len());
+    for (row, key, name) in patients {
+        let in_tail = totals.get(&row);
+        let below = in_tail.map_or(known_through.saturating_add(1), |t| t.first);
+        let (mut n_observations, mut last) = indexed.query_row(params![row, below], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?))
+        })?;
+        if let Some(t) = in_tail {
+            n_observations += t.n_observations;
+            last = Some(t.last);
+        }
+        if let Some((n, id)) = beyond.get(&row) {
+            n_observations += n;
+            last = Some(*id);
+        }
+        let last_received_at = match last {
+            Some(id) => received
+                .query_row([id], |r| r.get::<_, i64>(0))
+                .optional()?
+                .map(instant),
+            None => None,
+        };
+        summaries.push(PatientSummary {
+            key,
+            name,
+            n_observations: n_observations.max(0) as u64,
+            last_received_at,
+        });
+    }
+    Ok(summaries)
+}
+
+pub(super) fn read_patient_records(
+    conn: &Connection,
+    tail: Option<&Mutex<PatientTail>>,
+    key: &str,
+    limit: Option<usize>,
+) -> rusqlite::Result<Option<PatientRecords>> {
+    let start = || {
+        conn.prepare_cached(
+            "SELECT id, patient_id, assigning_authority, identifiers, name, birth_date, sex \
+             FROM patients WHERE key = ?1",
+        )?
+        .query_row([key], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                PatientData {
+                    key: key.to_owned(),
+                    id: row.get(1)?,
+                    assigning_authority: row.get(2)?,
+                    identifiers: row.get(3)?,
+                    name: row.get(4)?,
+                    birth_date: row.get(5)?,
+                    sex: row.get(6)?,
+                    is_update: false,
+                },
+            ))
+        })
+        .optional()
+    };
+    let (found, view) = with_snapshot(conn, tail, start, |found, tail| {
+        found
+            .as_ref()
+            .map(|(row, _)| tail.entries(*row))
+            .unwrap_or_default()
+    })?;
+    let Some((patient_row, patient)) = found else {
+        return Ok(None);
+    };
+    let (in_tail, known_through) = (view.entries, view.known_through);
+
+    let limit = limit.unwrap_or(usize::MAX);
+    let mut records = Vec::new();
+    // Newest first: another process's messages, the tail, then the table below the tail;
+    // each stops at the limit, so the cost is that of the records returned, not of the
+    // patient's history.
+    let mut beyond = conn.prepare_cached(PATIENT_MESSAGES_BEYOND)?;
+    push_records(
+        beyond.query(params![known_through, patient_row])?,
+        limit,
+        &mut records,
+    )?;
+    let mut by_id = conn.prepare_cached(MESSAGE_BY_ID)?;
+    for entry in in_tail.iter().rev() {
+        if records.len() >= limit {
+            break;
+        }
+        // Absent when its transaction is not in this snapshot.
+        push_records(by_id.query([entry.message])?, limit, &mut records)?;
+    }
+    let below = in_tail
+        .first()
+        .map_or(known_through.saturating_add(1), |e| e.message);
+    let mut indexed = conn.prepare_cached(PATIENT_MESSAGES)?;
+    push_records(
+        indexed.query(params![patient_row, below])?,
+        limit,
+        &mut records,
+    )?;
+    Ok(Some(PatientRecords { patient, records }))
+}
+
+/// Adds the records of messages read by [`MESSAGE_BY_ID`], [`PATIENT_MESSAGES`] or
+/// [`PATIENT_MESSAGES_BEYOND`], in order, up to `limit`.
+pub(super) fn push_records(
+    mut rows: rusqlite::Rows<'_>,
+    limit: usize,
+    records: &mut Vec<ObservationRow>,
+) -> rusqlite::Result<()> {
+    while records.len() < limit {
+        let Some(row) = rows.next()? else {
+            break;
+        };
+        let Some(observations) = row.get_ref(4)?.as_str_or_null()? else {
+            continue;
+        };
+        let message_id: i64 = row.get(0)?;
+        let control_id: String = row.get::<_, Option<String>>(1)?.unwrap_or_default();
+        let received_at = instant(row.get(2)?);
+        let device: String = row.get::<_, Option<String>>(3)?.unwrap_or_default();
+        for observation in decode_observations(4, observations)? {
+            if records.len() >= limit {
+                break;
+            }
+            records.push(ObservationRow {
+                observation,
+                message_id,
+                control_id: control_id.clone(),
+                received_at,
+                device: device.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn read_messages(
+    conn: &Connection,
+    filter: &MessageFilter,
+) -> rusqlite::Result<Vec<MessageSummary>> {
+    let mut statement = conn.prepare_cached(
+        "SELECT id, received_ms, peer, sending_application, sending_facility, control_id, \
+           outcome, reason, CASE WHEN ?1 THEN raw END \
+         FROM messages WHERE NOT ?2 OR outcome <> 'accepted' ORDER BY id DESC LIMIT ?3",
+    )?;
+    let limit = filter
+        .limit
+        .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
+    let rows = statement.query_map(
+        params![filter.with_raw, filter.rejected_only, limit],
+        |row| {
+            let application: Option<String> = row.get(3)?;
+            let facility: Option<String> = row.get(4)?;
+            Ok(MessageSummary {
+                id: row.get(0)?,
+                received_at: instant(row.get(1)?),
+                peer: row.get(2)?,
+                sender: match (application, facility) {
+                    (None, None) => String::new(),
+                    (application, facility) => format!(
+                        "{}|{}",
+                        application.unwrap_or_default(),
+                        facility.unwrap_or_default()
+                    ),
+                },
+                control_id: row.get::<_, Option<String>>(5)?.unwrap_or_default(),
+                outcome: outcome_of(&row.get::<_, String>(6)?),
+                reason: row.get(7)?,
+                raw: row.get(8)?,
+            })
+        },
+    )?;
+    rows.collect()
+}
+
+pub(super) fn read_changes_since(
+    conn: &Connection,
+    after: ChangeCursor,
+    limit: usize,
+) -> rusqlite::Result<Changes> {
+    // One writer: message ids are in commit order, so the last id seen is a cursor no later
+    // commit can fall behind. A range of the primary key: the cost is that of the messages
+    // looked at, however long the history before them.
+    let mut statement = conn.prepare_cached(CHANGED_SINCE)?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut rows = statement.query(params![after.position(), limit])?;
+    let mut highest = after.position();
+    let mut seen = HashSet::new();
+    let mut patients = Vec::new();
+    while let Some(row) = rows.next()? {
+        highest = row.get(0)?;
+        if let Some(key) = row.get::<_, Option<String>>(1)?
+            && seen.insert(key.clone())
+        {
+            patients.push(key);
+        }
+    }
+    Ok(Changes {
+        patients,
+        next: ChangeCursor::at(highest),
+    })
+}

@@ -1,0 +1,549 @@
+//! The SQLite store's own tests: its writer, indexes, checkpoints and files.
+
+use super::*;
+use crate::store::contract::{new_id, oru, patient};
+use crate::store::{SQLITE_FILE_NAME, StoreOptions};
+
+crate::store_contract!(|dir: &Path, options: &StoreOptions| -> Arc<dyn Store> {
+    Arc::new(
+        SqliteStore::open(
+            &dir.join(SQLITE_FILE_NAME),
+            SqliteOptions {
+                dedupe: options.dedupe,
+                ..SqliteOptions::default()
+            },
+        )
+        .expect("open the store"),
+    )
+});
+
+fn open(dir: &Path) -> SqliteStore {
+    SqliteStore::open(&dir.join(SQLITE_FILE_NAME), SqliteOptions::default())
+        .expect("open the store")
+}
+
+fn read_only(dir: &Path) -> Result<SqliteReader, StoreError> {
+    SqliteReader::open(&dir.join(SQLITE_FILE_NAME))
+}
+
+fn sql(dir: &Path) -> Connection {
+    Connection::open(dir.join(SQLITE_FILE_NAME)).unwrap()
+}
+
+fn count(conn: &Connection, query: &str) -> i64 {
+    conn.query_row(query, [], |row| row.get(0)).unwrap()
+}
+
+/// Commits each message as its own batch while the writer is held, waits until every
+/// batch is queued behind it, then lets the writer go and waits for all of them.
+async fn commit_behind_a_held_writer(store: &SqliteStore, messages: Vec<NewMessage>) {
+    let (release, held) = std::sync::mpsc::channel();
+    store.send(Request::Hold(held)).await.unwrap();
+    let n = messages.len();
+    let tasks: Vec<_> = messages
+        .into_iter()
+        .map(|message| {
+            let store = store.clone();
+            tokio::spawn(async move { store.commit(vec![message]).await })
+        })
+        .collect();
+    let requests = store.inner.requests.clone().unwrap();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while requests.max_capacity() - requests.capacity() < n {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the batches are queued");
+    drop(release);
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+}
+
+/// Runs SQL on the writer's connection, between transactions.
+async fn exec(store: &SqliteStore, sql: &str) {
+    let (reply, answer) = oneshot::channel();
+    store
+        .send(Request::Exec {
+            sql: sql.into(),
+            reply,
+        })
+        .await
+        .unwrap();
+    answer.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_batches_share_one_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let messages = (0..64)
+        .map(|n| {
+            oru(
+                &n.to_string(),
+                Some(patient("P1", "EVE", false)),
+                &["1"],
+                "",
+            )
+        })
+        .collect();
+    let before = store.stats().n_transactions;
+    commit_behind_a_held_writer(&store, messages).await;
+    assert_eq!(store.stats().n_transactions, before + 1);
+    assert_eq!(store.stats().n_stored, 64);
+}
+
+#[tokio::test]
+async fn observations_without_a_patient_belong_to_the_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let stored = store
+        .commit(vec![oru("1", None, &["5", "6"], "")])
+        .await
+        .unwrap();
+    let id = new_id(&stored[0]);
+    assert!(store.patients().await.unwrap().is_empty());
+    let conn = sql(dir.path());
+    let device: String = conn
+        .query_row(
+            "SELECT device FROM messages WHERE id = ?1 AND patient IS NULL",
+            [id],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(device, "DEV");
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT count(*) FROM observations WHERE patient IS NULL AND message = 1"
+        ),
+        2
+    );
+    // The device's time series is indexed.
+    let plan: String = conn
+        .query_row(
+            "EXPLAIN QUERY PLAN SELECT id FROM messages WHERE device = 'DEV' AND patient IS NULL",
+            [],
+            |row| row.get(3),
+        )
+        .unwrap();
+    assert!(plan.contains("messages_by_device"), "{plan}");
+    let changes = store.changes_since(ChangeCursor::START, 10).await.unwrap();
+    assert!(changes.patients.is_empty());
+    assert_eq!(changes.next, ChangeCursor::at(id));
+}
+
+#[test]
+fn pending_keys_move_by_their_second_without_a_time_at_once_and_after_the_longest_wait() {
+    let start = Instant::now();
+    let mut keys = PendingKeys {
+        latest: NO_TIME,
+        ..PendingKeys::default()
+    };
+    keys.add((NO_TIME, 5, 0, 1), start);
+    keys.add((1_000_000, 9, 0, 2), start);
+    keys.add((1_000_500, 3, 0, 3), start);
+    assert_eq!(keys.take_settled(false, start), [(NO_TIME, 5, 0, 1)]);
+    // A device whose clock runs far ahead makes every earlier second settle ...
+    keys.add((9_000_000_000, 1, 0, 4), start);
+    assert_eq!(
+        keys.take_settled(false, start),
+        [(1_000_000, 9, 0, 2), (1_000_500, 3, 0, 3)]
+    );
+    assert_eq!(keys.first_message(), Some(4));
+    // ... and its own key moves once it has waited long enough.
+    assert!(
+        keys.take_settled(false, start + KEY_MAX_WAIT / 2)
+            .is_empty()
+    );
+    assert_eq!(
+        keys.take_settled(false, start + KEY_MAX_WAIT),
+        [(9_000_000_000, 1, 0, 4)]
+    );
+    assert_eq!(keys.first_message(), None);
+    assert!(keys.order.is_empty());
+}
+
+#[tokio::test]
+async fn retransmissions_are_found_while_their_keys_wait_and_after_they_moved() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let duplicate_of = |id| {
+        vec![Stored::Duplicate {
+            id,
+            verdict: Verdict::Accept,
+        }]
+    };
+    let first = oru("A", None, &["1"], "");
+    let a = new_id(&store.commit(vec![first.clone()]).await.unwrap()[0]);
+    assert_eq!(
+        store.commit(vec![first.clone()]).await.unwrap(),
+        duplicate_of(a)
+    );
+    let keys = |dir: &Path| count(&sql(dir), "SELECT count(*) FROM message_keys");
+    assert_eq!(
+        keys(dir.path()),
+        0,
+        "a key waits while its second is recent"
+    );
+
+    // A message sent ten seconds later settles the first one's second.
+    let mut later = oru("B", None, &["2"], "");
+    later.key.as_mut().unwrap().sent_ms = Some(1_704_067_210_000);
+    let b = new_id(&store.commit(vec![later.clone()]).await.unwrap()[0]);
+    assert_eq!(keys(dir.path()), 1);
+    assert_eq!(
+        store.commit(vec![first.clone()]).await.unwrap(),
+        duplicate_of(a)
+    );
+    drop(store);
+    assert_eq!(keys(dir.path()), 2, "stopping moves every key");
+
+    // A stop that left keys waiting: the next start finds them in the messages.
+    sql(dir.path())
+        .execute_batch(
+            "DELETE FROM message_keys; \
+             UPDATE meta SET value = 0 WHERE name = 'key_index_through';",
+        )
+        .unwrap();
+    let store = open(dir.path());
+    assert_eq!(store.commit(vec![first]).await.unwrap(), duplicate_of(a));
+    assert_eq!(store.commit(vec![later]).await.unwrap(), duplicate_of(b));
+}
+
+/// Message ids of a patient's records, newest first, each message once.
+async fn record_messages(store: &dyn StoreRead, key: &str) -> Vec<i64> {
+    let records = store.patient_records(key, None).await.unwrap().unwrap();
+    let mut ids: Vec<i64> = records.records.iter().map(|r| r.message_id).collect();
+    assert!(ids.windows(2).all(|w| w[0] >= w[1]), "{ids:?}");
+    ids.dedup();
+    ids
+}
+
+#[tokio::test]
+async fn records_come_from_the_tail_and_the_table_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut ids = Vec::new();
+    // Enough for P1's entries to move into the table twice, P2's to stay in the tail.
+    for n in 0..(2 * super::tail::FLUSH_ENTRIES + 5) {
+        let message = oru(
+            &n.to_string(),
+            Some(patient("P1", "EVE", false)),
+            &["1", "2"],
+            "",
+        );
+        ids.push(new_id(&store.commit(vec![message]).await.unwrap()[0]));
+        if n % 10 == 0 {
+            let other = oru(
+                &format!("o{n}"),
+                Some(patient("P2", "ADA", false)),
+                &["9"],
+                "",
+            );
+            store.commit(vec![other]).await.unwrap();
+        }
+    }
+    ids.reverse();
+    let moved = count(
+        &sql(dir.path()),
+        "SELECT count(*) FROM patient_messages WHERE patient = 1",
+    );
+    assert_eq!(moved, 2 * super::tail::FLUSH_ENTRIES as i64);
+    assert_eq!(record_messages(&store, "P1").await, ids);
+    let limited = store.patient_records("P1", Some(5)).await.unwrap().unwrap();
+    assert_eq!(limited.records.len(), 5);
+    assert_eq!(limited.records[0].message_id, ids[0]);
+    let summaries = store.patients().await.unwrap();
+    assert_eq!(summaries[0].n_observations, 2 * ids.len() as u64);
+    assert_eq!(summaries[1].n_observations, 4);
+
+    // Stopping moves the whole tail into the table; a restart finds the same.
+    drop(store);
+    assert_eq!(
+        count(&sql(dir.path()), "SELECT count(*) FROM patient_messages"),
+        ids.len() as i64 + 4
+    );
+    let store = open(dir.path());
+    assert_eq!(record_messages(&store, "P1").await, ids);
+    assert_eq!(store.patients().await.unwrap(), summaries);
+}
+
+#[tokio::test]
+async fn another_process_sees_what_was_written_after_it_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let writer = open(dir.path());
+    let first = oru("1", Some(patient("P1", "EVE", false)), &["1"], "");
+    writer.commit(vec![first]).await.unwrap();
+    // Like `hl7-ihp show` while a receiver runs: a read-only store over the database,
+    // and (as a second receiver would be) a full one.
+    let inspector = read_only(dir.path()).unwrap();
+    let other = open(dir.path());
+    for n in 2..=40 {
+        let message = oru(
+            &n.to_string(),
+            Some(patient("P1", "EVE", false)),
+            &["1"],
+            "",
+        );
+        writer.commit(vec![message]).await.unwrap();
+    }
+    let expected: Vec<i64> = (1..=40).rev().collect();
+    for store in [&inspector as &dyn StoreRead, &other, &writer] {
+        assert_eq!(record_messages(store, "P1").await, expected);
+        assert_eq!(store.patients().await.unwrap()[0].n_observations, 40);
+    }
+    // The other store's shutdown does not claim the writer's waiting entries as moved.
+    drop(other);
+    assert_eq!(record_messages(&inspector, "P1").await, expected);
+    drop(writer);
+    assert_eq!(record_messages(&inspector, "P1").await, expected);
+}
+
+#[test]
+fn a_read_only_store_needs_this_programs_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(read_only(dir.path()).is_err(), "no database yet");
+    drop(open(dir.path()));
+    sql(dir.path())
+        .execute_batch("PRAGMA user_version = 1")
+        .unwrap();
+    let error = read_only(dir.path()).err().unwrap();
+    assert!(error.to_string().contains("upgrades it"), "{error}");
+}
+
+#[tokio::test]
+async fn a_version_1_database_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let message = oru("OLD1", Some(patient("P1", "EVE", false)), &["182", "7"], "");
+    let key = message.key.clone().unwrap();
+    {
+        let conn = sql(dir.path());
+        conn.execute_batch(MIGRATIONS[0].sql).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO patients VALUES (1, 'P1', 'P1', 'AUTH', 'P1^^^AUTH^MR', 'EVE', \
+             '1970-01-01', 'F', 0, 0)",
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO messages VALUES (1, 1700000000123, '127.0.0.1:40000', 'DEV', \
+             'FAC', 'OLD1', ?1, 'accepted', NULL, 'ORU^R01', '2.6', 'ICU^1', 'DEV', 1, \
+             1, 2, ?2, ?3, ?4)",
+            params![
+                &message.hash[..],
+                key_hash(&key),
+                hash_prefix(&message.hash),
+                message.raw
+            ],
+        )
+        .unwrap();
+        for (id, value) in [(1, "182"), (2, "7")] {
+            conn.execute(
+                "INSERT INTO observations VALUES (?1, 1, 1, ?2, 'NM', '1554-5', 'GLUCOSE', \
+                 'LN', '', ?3, ?3, 'mg/dl', '', '70_105', 'H', 'F', \
+                 '2002-02-15T07:30:00', 1013758200000, 'EQ')",
+                params![id, id - 1, value],
+            )
+            .unwrap();
+        }
+    }
+    let store = open(dir.path());
+    let records = store.patient_records("P1", None).await.unwrap().unwrap();
+    let values: Vec<&str> = records
+        .records
+        .iter()
+        .map(|r| r.observation.value.as_str())
+        .collect();
+    assert_eq!(values, ["182", "7"]);
+    assert_eq!(records.records[0].observation.numeric, Some(182.0));
+    assert_eq!(records.records[1].observation.index, 1);
+    let conn = sql(dir.path());
+    assert_eq!(
+        count(&conn, "SELECT sent_ms FROM messages WHERE id = 1"),
+        key.sent_ms.unwrap()
+    );
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT count(*) FROM observations WHERE value = '182' AND numeric = 182"
+        ),
+        1
+    );
+    // A retransmission of a message stored before the migration is still recognised.
+    assert_eq!(
+        store.commit(vec![message]).await.unwrap(),
+        vec![Stored::Duplicate {
+            id: 1,
+            verdict: Verdict::Accept
+        }]
+    );
+}
+
+#[tokio::test]
+async fn the_writer_recovers_after_a_failed_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store
+        .commit(vec![oru(
+            "1",
+            Some(patient("P1", "EVE", false)),
+            &["1"],
+            "",
+        )])
+        .await
+        .unwrap();
+    // A full disk: the database may not grow by a single page.
+    let n_pages = count(&sql(dir.path()), "PRAGMA page_count");
+    exec(&store, &format!("PRAGMA max_page_count = {n_pages}")).await;
+    let big = "OBX|".repeat(50_000);
+    let batch = vec![
+        oru("2", Some(patient("P2", "NEW", false)), &["2"], ""),
+        oru("3", Some(patient("P1", "EVE", false)), &["3"], &big),
+    ];
+    let error = store.commit(batch.clone()).await.unwrap_err();
+    assert_eq!(error.to_string(), "store failure: database or disk is full");
+    assert_eq!(store.stats().n_failed_transactions, 1);
+    assert!(store.patient_records("P2", None).await.unwrap().is_none());
+
+    // Room again: the same store, without reopening, stores the batch.
+    exec(&store, "PRAGMA max_page_count = 1073741823").await;
+    let stored = store.commit(batch).await.unwrap();
+    assert_eq!(new_id(&stored[0]), 2);
+    assert_eq!(new_id(&stored[1]), 3);
+    // The patient created by the failed transaction was forgotten with it.
+    let records = store.patient_records("P2", None).await.unwrap().unwrap();
+    assert_eq!(records.records.len(), 1);
+    assert_eq!(store.patients().await.unwrap().len(), 2);
+    // Nothing of the failed attempt is left in the patient tail either.
+    assert_eq!(record_messages(&store, "P1").await, [3, 1]);
+    let conn = sql(dir.path());
+    assert_eq!(count(&conn, "SELECT count(*) FROM messages"), 3);
+    assert_eq!(count(&conn, "SELECT count(*) FROM observations"), 3);
+}
+
+#[test]
+fn two_processes_opening_a_new_directory_at_once_both_succeed() {
+    for _ in 0..10 {
+        let dir = tempfile::tempdir().unwrap();
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let openers: Vec<_> = (0..2)
+            .map(|_| {
+                let path = dir.path().join("data");
+                let barrier = std::sync::Arc::clone(&barrier);
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    SqliteStore::open(&path.join(SQLITE_FILE_NAME), SqliteOptions::default())
+                        .map(drop)
+                })
+            })
+            .collect();
+        for opener in openers {
+            opener.join().unwrap().expect("both open the store");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    sql(dir.path())
+        .execute_batch("PRAGMA user_version = 99")
+        .unwrap();
+    match SqliteStore::open(&dir.path().join(SQLITE_FILE_NAME), SqliteOptions::default()) {
+        Err(StoreError::NewerSchema { found, supported }) => {
+            assert_eq!((found, supported), (99, MIGRATIONS.len() as i64));
+        }
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("a newer schema was opened"),
+    }
+}
+
+#[tokio::test]
+async fn files_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data/dir");
+    let store = open(&data);
+    store.commit(vec![oru("1", None, &[], "")]).await.unwrap();
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join(SQLITE_FILE_NAME)), 0o600);
+    assert_eq!(mode(&data.join(format!("{SQLITE_FILE_NAME}-wal"))), 0o600);
+}
+
+#[test]
+fn the_hot_queries_use_their_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(SqliteStore::open(&dir.path().join(SQLITE_FILE_NAME), SqliteOptions::default()).unwrap());
+    let conn = sql(dir.path());
+    let plan = |query: &str| -> String {
+        let mut statement = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {query}"))
+            .unwrap();
+        let n_params = statement.parameter_count();
+        let rows = statement
+            .query_map(rusqlite::params_from_iter(vec![0; n_params]), |row| {
+                row.get::<_, String>(3)
+            })
+            .unwrap();
+        rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+    };
+    for (query, index) in [
+        (
+            FIND_KEY,
+            "PRIMARY KEY (sent_ms=? AND key_hash=? AND hash_prefix=?)",
+        ),
+        (MESSAGE_KEY, "INTEGER PRIMARY KEY (rowid=?)"),
+        (MESSAGE_BY_ID, "INTEGER PRIMARY KEY (rowid=?)"),
+        (FIND_PATIENT, "sqlite_autoindex_patients_1"),
+        (PATIENT_MESSAGES, "PRIMARY KEY (patient=? AND message<?)"),
+        (PATIENT_MESSAGES_BEYOND, "INTEGER PRIMARY KEY (rowid>?)"),
+        (CHANGED_SINCE, "INTEGER PRIMARY KEY"),
+    ] {
+        let plan = plan(query);
+        assert!(plan.contains(index), "{query}: {plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "{query}: {plan}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_holds_at_most_max_batch_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions {
+        max_batch: 2,
+        ..SqliteOptions::default()
+    };
+    let store = SqliteStore::open(&dir.path().join(SQLITE_FILE_NAME), options).unwrap();
+    let messages = (0..6)
+        .map(|n| oru(&n.to_string(), None, &["1"], ""))
+        .collect();
+    commit_behind_a_held_writer(&store, messages).await;
+    assert_eq!(store.stats().n_transactions, 3);
+}
+
+#[test]
+fn the_writer_finishes_a_checkpoint_only_after_the_checkpoint_thread() {
+    let signal = CheckpointSignal::default();
+    let long = CHECKPOINT_FRAMES;
+    assert!(!signal.after_commit(10));
+    // A long WAL asks the checkpoint thread for a pass, once.
+    assert!(!signal.after_commit(long));
+    assert!(signal.wait());
+    assert!(!signal.after_commit(long + 100));
+    signal.done();
+    // Then the writer copies the rest itself.
+    assert!(signal.after_commit(long + 200));
+    assert!(!signal.after_commit(10));
+    // A pass that ends after the WAL started over leaves nothing for the writer.
+    assert!(!signal.after_commit(long));
+    assert!(signal.wait());
+    signal.done();
+    assert!(!signal.after_commit(10));
+    assert!(!signal.after_commit(long));
+    signal.shut_down();
+    assert!(!signal.wait());
+}

@@ -1,0 +1,660 @@
+//! The writer thread: takes every waiting batch, writes it in one transaction, commits
+//! (the one fsync) and only then answers each caller (group commit).
+
+use super::*;
+
+/// One observation in the `observations` column, in the order the migration documents.
+pub(super) type EncodedObservation<S> = (S, S, S, S, S, S, Option<f64>, S, S, S, S, S, S, i64, S);
+
+pub(super) struct Writer {
+    pub(super) conn: Connection,
+    pub(super) requests: mpsc::Receiver<Request>,
+    pub(super) dedupe: bool,
+    pub(super) max_batch: usize,
+    pub(super) state: WriterState,
+    /// Shared with the readers.
+    pub(super) tail: Arc<Mutex<PatientTail>>,
+    pub(super) n_transactions: u64,
+    pub(super) counters: Arc<Counters>,
+    pub(super) checkpoint: Arc<CheckpointSignal>,
+}
+
+/// What a transaction did to the patient tail: undone if it rolls back, completed (the
+/// moved entries forgotten) once it commits.
+#[derive(Default)]
+pub(super) struct TailChange {
+    /// This transaction's entries, by patient.
+    pub(super) appended: Vec<(i64, Entry)>,
+    /// Whether they were added to the shared tail, and `known_through` before.
+    pub(super) shared: Option<i64>,
+    /// The entries moved into `patient_messages`: patient and last message id.
+    pub(super) moved: Vec<(i64, i64)>,
+    /// The highest message id written (0: none).
+    pub(super) last_id: i64,
+    /// Whether this transaction also does the occasional checks.
+    pub(super) check_age: bool,
+    /// Whether this transaction moves everything waiting (at shutdown).
+    pub(super) move_all: bool,
+}
+
+/// What the writer remembers between transactions. All of it is a cache of the database
+/// and is forgotten when a transaction fails.
+#[derive(Default)]
+pub(super) struct WriterState {
+    /// The next message id; read from the database when `None`.
+    pub(super) next_id: Option<i64>,
+    pub(super) patients: HashMap<String, CachedPatient>,
+    pub(super) recent_keys: RecentKeys,
+    /// Loaded from the database when `None`.
+    pub(super) keys: Option<PendingKeys>,
+}
+
+/// An integer from `meta`, 0 when absent.
+pub(super) fn meta_value(conn: &Connection, name: &str) -> rusqlite::Result<i64> {
+    Ok(conn
+        .query_row("SELECT value FROM meta WHERE name = ?1", [name], |row| {
+            row.get(0)
+        })
+        .optional()?
+        .unwrap_or(0))
+}
+
+/// A message as the writer stores it. [`Row::new`] runs in `commit`, on the caller's
+/// thread: it encodes the observations, hashes the key and moves the rest, so that the
+/// writer, the one serial step, only binds values.
+pub(super) struct Row {
+    pub(super) received_ms: i64,
+    pub(super) peer: String,
+    pub(super) key: Option<MessageKey>,
+    /// Accepted messages with a key: the duplicate key's hash.
+    pub(super) key_hash: Option<i64>,
+    pub(super) hash: [u8; 32],
+    pub(super) verdict: Verdict,
+    /// `MSH-9.1^MSH-9.2`, MSH-12 and PV1-3: kept for every outcome when extracted, because
+    /// they help whoever inspects a reject.
+    pub(super) message_type: Option<String>,
+    pub(super) version: Option<String>,
+    pub(super) location: Option<String>,
+    /// Accepted messages only.
+    pub(super) device: Option<String>,
+    pub(super) patient: Option<PatientData>,
+    pub(super) n_observations: i64,
+    /// The observations as JSON (`observations` column), when there are any.
+    pub(super) observations: Option<String>,
+    pub(super) raw: Vec<u8>,
+}
+
+impl Row {
+    pub(super) fn new(message: NewMessage) -> Row {
+        let accepted = message.verdict == Verdict::Accept;
+        let key_hash = match (&message.key, accepted) {
+            (Some(key), true) => Some(key_hash(key)),
+            _ => None,
+        };
+        let mut row = Row {
+            received_ms: message.received_at.as_millisecond(),
+            peer: message.peer,
+            key: message.key,
+            key_hash,
+            hash: message.hash,
+            verdict: message.verdict,
+            message_type: None,
+            version: None,
+            location: None,
+            device: None,
+            patient: None,
+            n_observations: 0,
+            observations: None,
+            raw: message.raw,
+        };
+        if let Some(content) = message.content {
+            row.message_type = Some(format!("{}^{}", content.message_type, content.trigger));
+            row.version = Some(content.version);
+            row.location = content.location;
+            if accepted {
+                row.device = Some(content.device);
+                row.patient = content.patient;
+                row.n_observations = content.observations.len() as i64;
+                row.observations = encode_observations(&content.observations);
+            }
+        }
+        row
+    }
+}
+
+pub(super) fn encode_observations(observations: &[ObservationData]) -> Option<String> {
+    if observations.is_empty() {
+        return None;
+    }
+    let encoded: Vec<EncodedObservation<&str>> = observations
+        .iter()
+        .map(|o| {
+            (
+                o.value_type.as_str(),
+                o.code.as_str(),
+                o.code_text.as_str(),
+                o.code_system.as_str(),
+                o.sub_id.as_str(),
+                o.value.as_str(),
+                // JSON has no infinities; a value that overflowed a double is no number.
+                o.numeric.filter(|n| n.is_finite()),
+                o.units.as_str(),
+                o.units_text.as_str(),
+                o.reference_range.as_str(),
+                o.abnormal_flags.as_str(),
+                o.status.as_str(),
+                o.observed_at.as_str(),
+                o.observed_ms,
+                o.equipment.as_str(),
+            )
+        })
+        .collect();
+    // Strings, numbers and arrays only: serializing cannot fail.
+    Some(serde_json::to_string(&encoded).expect("observations serialize"))
+}
+
+/// A patient row as stored.
+pub(super) struct CachedPatient {
+    pub(super) row: i64,
+    pub(super) fields: PatientFields,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub(super) struct PatientFields {
+    pub(super) patient_id: String,
+    pub(super) assigning_authority: String,
+    pub(super) identifiers: String,
+    pub(super) name: String,
+    pub(super) birth_date: String,
+    pub(super) sex: String,
+}
+
+impl PatientFields {
+    pub(super) fn from_data(patient: &PatientData) -> Self {
+        PatientFields {
+            patient_id: patient.id.clone(),
+            assigning_authority: patient.assigning_authority.clone(),
+            identifiers: patient.identifiers.clone(),
+            name: patient.name.clone(),
+            birth_date: patient.birth_date.clone(),
+            sex: patient.sex.clone(),
+        }
+    }
+
+    /// Merges what a message says about the patient; true when something changed.
+    ///
+    /// An ADT message replaces every field it carries; a field it leaves empty keeps its
+    /// value, because in HL7 an absent field means "no change", not "erase". Other messages
+    /// only fill in fields that are still empty, so a device with stale demographics never
+    /// overwrites what registration (ADT) said.
+    pub(super) fn merge(&mut self, patient: &PatientData) -> bool {
+        let mut changed = false;
+        let pairs = [
+            (&mut self.patient_id, &patient.id),
+            (&mut self.assigning_authority, &patient.assigning_authority),
+            (&mut self.identifiers, &patient.identifiers),
+            (&mut self.name, &patient.name),
+            (&mut self.birth_date, &patient.birth_date),
+            (&mut self.sex, &patient.sex),
+        ];
+        for (stored, new) in pairs {
+            let take = !new.is_empty() && (stored.is_empty() || patient.is_update);
+            if take && stored != new {
+                stored.clone_from(new);
+                changed = true;
+            }
+        }
+        changed
+    }
+}
+
+/// What a transaction did, counted once it has committed.
+#[derive(Default)]
+pub(super) struct Tally {
+    pub(super) n_stored: u64,
+    pub(super) n_duplicates: u64,
+    pub(super) n_reused_control_ids: u64,
+}
+
+pub(super) const SELECT_NEXT_ID: &str = "SELECT coalesce(max(id), 0) + 1 FROM messages";
+
+pub(super) const FIND_KEY: &str = "SELECT message FROM message_keys \
+     WHERE sent_ms = ?1 AND key_hash = ?2 AND hash_prefix = ?3";
+
+pub(super) const MESSAGE_KEY: &str = "SELECT hash, sending_application, sending_facility, control_id \
+     FROM messages WHERE id = ?1";
+
+pub(super) const INSERT_PATIENT_ENTRY: &str = "INSERT OR IGNORE INTO patient_messages \
+     (patient, message, n_observations) VALUES (?1, ?2, ?3)";
+
+pub(super) const INSERT_KEY: &str = "INSERT OR IGNORE INTO message_keys \
+     (sent_ms, key_hash, hash_prefix, message) VALUES (?1, ?2, ?3, ?4)";
+
+pub(super) const FIND_PATIENT: &str = "SELECT id, patient_id, assigning_authority, identifiers, name, \
+     birth_date, sex FROM patients WHERE key = ?1";
+
+pub(super) const INSERT_PATIENT: &str = "INSERT INTO patients (key, patient_id, assigning_authority, \
+     identifiers, name, birth_date, sex, created_ms, updated_ms) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)";
+
+pub(super) const UPDATE_PATIENT: &str = "UPDATE patients SET patient_id = ?2, assigning_authority = ?3, \
+     identifiers = ?4, name = ?5, birth_date = ?6, sex = ?7, updated_ms = ?8 WHERE id = ?1";
+
+pub(super) const INSERT_MESSAGE: &str = "INSERT INTO messages (id, received_ms, peer, \
+     sending_application, sending_facility, control_id, hash, outcome, reason, message_type, \
+     version, location, device, patient, n_observations, sent_ms, key_hash, hash_prefix, \
+     observations, raw) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
+     ?19, ?20)";
+
+pub(super) const SET_META: &str = "INSERT INTO meta (name, value) VALUES (?1, ?2) \
+     ON CONFLICT (name) DO UPDATE SET value = excluded.value";
+
+/// The writer's statements, prepared once per transaction.
+pub(super) struct Statements<'c> {
+    pub(super) find_key: CachedStatement<'c>,
+    pub(super) message_key: CachedStatement<'c>,
+    pub(super) insert_key: CachedStatement<'c>,
+    pub(super) insert_patient_entry: CachedStatement<'c>,
+    pub(super) find_patient: CachedStatement<'c>,
+    pub(super) insert_patient: CachedStatement<'c>,
+    pub(super) update_patient: CachedStatement<'c>,
+    pub(super) insert_message: CachedStatement<'c>,
+    pub(super) set_meta: CachedStatement<'c>,
+}
+
+impl<'c> Statements<'c> {
+    pub(super) fn prepare(conn: &'c Connection) -> rusqlite::Result<Self> {
+        Ok(Statements {
+            find_key: conn.prepare_cached(FIND_KEY)?,
+            message_key: conn.prepare_cached(MESSAGE_KEY)?,
+            insert_key: conn.prepare_cached(INSERT_KEY)?,
+            insert_patient_entry: conn.prepare_cached(INSERT_PATIENT_ENTRY)?,
+            find_patient: conn.prepare_cached(FIND_PATIENT)?,
+            insert_patient: conn.prepare_cached(INSERT_PATIENT)?,
+            update_patient: conn.prepare_cached(UPDATE_PATIENT)?,
+            insert_message: conn.prepare_cached(INSERT_MESSAGE)?,
+            set_meta: conn.prepare_cached(SET_META)?,
+        })
+    }
+}
+
+/// One request's answer from a successful transaction.
+pub(super) enum Done {
+    Commit(Vec<Stored>),
+    Watermark,
+}
+
+impl Writer {
+    pub(super) fn run(mut self) {
+        let mut carried: Option<Request> = None;
+        loop {
+            let first = match carried.take() {
+                Some(request) => request,
+                None => match self.requests.blocking_recv() {
+                    Some(request) => request,
+                    None => {
+                        // Shutting down: the whole tail into the table, so that the next
+                        // start has nothing to load.
+                        self.run_group(Vec::new(), 0, true);
+                        return;
+                    }
+                },
+            };
+            if !first.is_write() {
+                self.control(first);
+                continue;
+            }
+            // Group commit: everything already waiting joins this transaction.
+            let mut n_messages = first.n_messages();
+            let mut group = vec![first];
+            while n_messages < self.max_batch {
+                let Ok(request) = self.requests.try_recv() else {
+                    break;
+                };
+                if !request.is_write() {
+                    carried = Some(request);
+                    break;
+                }
+                n_messages += request.n_messages();
+                group.push(request);
+            }
+            self.run_group(group, n_messages, false);
+        }
+    }
+
+    /// One group transaction; `move_all` moves the whole patient tail into the table.
+    pub(super) fn run_group(&mut self, group: Vec<Request>, n_messages: usize, move_all: bool) {
+        let mut tally = Tally::default();
+        let mut change = TailChange::default();
+        let result = self.transaction(&group, &mut tally, &mut change, move_all);
+        self.n_transactions += 1;
+        {
+            let mut tail = lock(&self.tail);
+            match (&result, change.shared) {
+                (Ok(_), _) => {
+                    let now = Instant::now();
+                    for (patient, through) in &change.moved {
+                        tail.forget(*patient, *through, now);
+                    }
+                }
+                (Err(_), Some(known_through)) => {
+                    let first = change.appended.iter().map(|(_, e)| e.message).min();
+                    tail.roll_back(first.unwrap_or(i64::MAX), known_through);
+                }
+                (Err(_), None) => {}
+            }
+        }
+        match result {
+            Ok(done) => {
+                let counters = &self.counters;
+                counters.health.set(None);
+                counters.n_transactions.fetch_add(1, Ordering::Relaxed);
+                counters
+                    .n_stored
+                    .fetch_add(tally.n_stored, Ordering::Relaxed);
+                counters
+                    .n_duplicates
+                    .fetch_add(tally.n_duplicates, Ordering::Relaxed);
+                counters
+                    .n_reused_control_ids
+                    .fetch_add(tally.n_reused_control_ids, Ordering::Relaxed);
+                for (request, done) in group.into_iter().zip(done) {
+                    match (request, done) {
+                        (Request::Commit { reply, .. }, Done::Commit(stored)) => {
+                            let _ = reply.send(Ok(stored));
+                        }
+                        (Request::SetWatermark { reply, .. }, Done::Watermark) => {
+                            let _ = reply.send(Ok(()));
+                        }
+                        _ => unreachable!("answers follow the requests"),
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, n_messages, "store transaction failed");
+                self.counters
+                    .n_failed_transactions
+                    .fetch_add(1, Ordering::Relaxed);
+                // What the writer remembers may describe rows that were rolled back.
+                self.state = WriterState::default();
+                let message = error.to_string();
+                self.counters.health.set(Some(format!(
+                    "the last store transaction failed: {message}"
+                )));
+                for request in group {
+                    let error = StoreError::Database(message.clone());
+                    match request {
+                        Request::Commit { reply, .. } => {
+                            let _ = reply.send(Err(error));
+                        }
+                        Request::SetWatermark { reply, .. } => {
+                            let _ = reply.send(Err(error));
+                        }
+                        #[cfg(test)]
+                        Request::Hold(_) | Request::Exec { .. } => {}
+                    }
+                }
+            }
+        }
+        if self.checkpoint.after_commit(WAL_FRAMES.get())
+            && let Err(error) = checkpoint_passive(&self.conn)
+        {
+            tracing::warn!(%error, "store checkpoint failed");
+        }
+    }
+
+    /// Writes a group in one transaction and commits it; on any error rolls it back.
+    pub(super) fn transaction(
+        &mut self,
+        group: &[Request],
+        tally: &mut Tally,
+        change: &mut TailChange,
+        move_all: bool,
+    ) -> rusqlite::Result<Vec<Done>> {
+        // A rollback that failed last time left the connection inside that transaction.
+        if !self.conn.is_autocommit() {
+            self.conn.execute_batch("ROLLBACK")?;
+        }
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        change.check_age = move_all || self.n_transactions.is_multiple_of(AGE_CHECK_EVERY);
+        change.move_all = move_all;
+        let result = write_group(
+            &self.conn,
+            &mut self.state,
+            &self.tail,
+            self.dedupe,
+            group,
+            tally,
+            change,
+        )
+        .and_then(|done| self.conn.execute_batch("COMMIT").map(|()| done));
+        // SQLite rolls some failures back by itself (a full disk, an I/O error); the
+        // connection must leave the transaction either way to be usable again.
+        if result.is_err()
+            && !self.conn.is_autocommit()
+            && let Err(error) = self.conn.execute_batch("ROLLBACK")
+        {
+            tracing::warn!(%error, "store rollback failed");
+        }
+        result
+    }
+
+    #[cfg(test)]
+    pub(super) fn control(&mut self, request: Request) {
+        match request {
+            Request::Hold(release) => {
+                let _ = release.recv();
+            }
+            Request::Exec { sql, reply } => {
+                let _ = reply.send(self.conn.execute_batch(&sql).map_err(database_error));
+            }
+            Request::Commit { .. } | Request::SetWatermark { .. } => {
+                unreachable!("writes run in groups")
+            }
+        }
+    }
+
+    #[cfg(not(test))]
+    pub(super) fn control(&mut self, _request: Request) {
+        unreachable!("only tests send control requests")
+    }
+}
+
+pub(super) fn write_group(
+    conn: &Connection,
+    state: &mut WriterState,
+    tail: &Mutex<PatientTail>,
+    dedupe: bool,
+    group: &[Request],
+    tally: &mut Tally,
+    change: &mut TailChange,
+) -> rusqlite::Result<Vec<Done>> {
+    let mut statements = Statements::prepare(conn)?;
+    let mut next = match state.next_id {
+        Some(next) => next,
+        None => conn.query_row(SELECT_NEXT_ID, [], |row| row.get(0))?,
+    };
+    let first = next;
+    if state.keys.is_none() {
+        state.keys = Some(PendingKeys::load(conn)?);
+    }
+    let mut done = Vec::with_capacity(group.len());
+    for request in group {
+        match request {
+            Request::Commit { rows, .. } => {
+                let mut stored = Vec::with_capacity(rows.len());
+                for row in rows {
+                    stored.push(write_message(
+                        &mut statements,
+                        state,
+                        &mut next,
+                        dedupe,
+                        row,
+                        tally,
+                        change,
+                    )?);
+                }
+                done.push(Done::Commit(stored));
+            }
+            Request::SetWatermark { name, id, .. } => {
+                statements.set_meta.execute(params![name, id])?;
+                done.push(Done::Watermark);
+            }
+            #[cfg(test)]
+            Request::Hold(_) | Request::Exec { .. } => unreachable!("controls run alone"),
+        }
+    }
+    move_keys(&mut statements, state, change.check_age, change.move_all)?;
+    // Only messages this transaction wrote: a transaction without any (the shutdown's)
+    // must not claim that messages another process wrote meanwhile are in the tail.
+    if next > first {
+        change.last_id = next - 1;
+    }
+    move_patient_entries(&mut statements, tail, change)?;
+    // Remembered only now: if the commit fails, the whole state is forgotten anyway.
+    state.next_id = Some(next);
+    Ok(done)
+}
+
+pub(super) fn write_message(
+    statements: &mut Statements<'_>,
+    state: &mut WriterState,
+    next_id: &mut i64,
+    dedupe: bool,
+    row: &Row,
+    tally: &mut Tally,
+    change: &mut TailChange,
+) -> rusqlite::Result<Stored> {
+    // Only accepted messages take part in the duplicate check: a rejected frame sent again
+    // is judged again.
+    let hash_prefix = hash_prefix(&row.hash);
+    let sent = row.key.as_ref().and_then(|k| k.sent_ms).unwrap_or(NO_TIME);
+    if let (Some(key_hash), Some(key)) = (row.key_hash, &row.key) {
+        if dedupe
+            && let Some(id) = find_duplicate(
+                statements,
+                state.keys.as_ref(),
+                (sent, key_hash, hash_prefix),
+                key,
+                &row.hash,
+            )?
+        {
+            tally.n_duplicates += 1;
+            return Ok(Stored::Duplicate {
+                id,
+                verdict: Verdict::Accept,
+            });
+        }
+        if dedupe && state.recent_keys.note(key_hash) {
+            tally.n_reused_control_ids += 1;
+        }
+    }
+
+    let patient = match &row.patient {
+        Some(patient) => Some(patient_row(statements, state, patient, row.received_ms)?),
+        None => None,
+    };
+    let id = *next_id;
+    let key = row.key.as_ref();
+    statements.insert_message.execute(params![
+        id,
+        row.received_ms,
+        row.peer,
+        key.map(|k| &k.sending_application),
+        key.map(|k| &k.sending_facility),
+        key.map(|k| &k.control_id),
+        &row.hash[..],
+        outcome_name(row.verdict.outcome()),
+        row.verdict.reason(),
+        row.message_type,
+        row.version,
+        row.location,
+        row.device,
+        patient,
+        row.n_observations,
+        row.key_hash.and(key.and_then(|k| k.sent_ms)),
+        row.key_hash,
+        row.key_hash.map(|_| hash_prefix),
+        row.observations,
+        row.raw,
+    ])?;
+    if let Some(patient) = patient {
+        let entry = Entry {
+            message: id,
+            n_observations: row.n_observations,
+        };
+        change.appended.push((patient, entry));
+    }
+    if let (Some(key_hash), Some(keys)) = (row.key_hash, state.keys.as_mut()) {
+        keys.add((sent, key_hash, hash_prefix, id), Instant::now());
+    }
+    *next_id += 1;
+    tally.n_stored += 1;
+    Ok(Stored::New { id })
+}
+
+/// The patient's row id, creating or updating the row as [`PatientFields::merge`] says.
+pub(super) fn patient_row(
+    statements: &mut Statements<'_>,
+    state: &mut WriterState,
+    patient: &PatientData,
+    received_ms: i64,
+) -> rusqlite::Result<i64> {
+    if !state.patients.contains_key(&patient.key) {
+        let found = statements
+            .find_patient
+            .query_row([&patient.key], |row| {
+                Ok(CachedPatient {
+                    row: row.get(0)?,
+                    fields: PatientFields {
+                        patient_id: row.get(1)?,
+                        assigning_authority: row.get(2)?,
+                        identifiers: row.get(3)?,
+                        name: row.get(4)?,
+                        birth_date: row.get(5)?,
+                        sex: row.get(6)?,
+                    },
+                })
+            })
+            .optional()?;
+        let cached = match found {
+            Some(cached) => cached,
+            None => {
+                let fields = PatientFields::from_data(patient);
+                let row = statements.insert_patient.insert(params![
+                    patient.key,
+                    fields.patient_id,
+                    fields.assigning_authority,
+                    fields.identifiers,
+                    fields.name,
+                    fields.birth_date,
+                    fields.sex,
+                    received_ms,
+                ])?;
+                CachedPatient { row, fields }
+            }
+        };
+        if state.patients.len() >= PATIENT_CACHE_CAPACITY {
+            state.patients.clear();
+        }
+        state.patients.insert(patient.key.clone(), cached);
+    }
+    let Some(cached) = state.patients.get_mut(&patient.key) else {
+        unreachable!("inserted above");
+    };
+    if cached.fields.merge(patient) {
+        let fields = &cached.fields;
+        statements.update_patient.execute(params![
+            cached.row,
+            fields.patient_id,
+            fields.assigning_authority,
+            fields.identifiers,
+            fields.name,
+            fields.birth_date,
+            fields.sex,
+            received_ms,
+        ])?;
+    }
+    Ok(cached.row)
+}
