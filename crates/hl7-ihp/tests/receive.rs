@@ -67,8 +67,9 @@ fn garbage_and_oversized_frames_are_rejected_and_the_server_goes_on() {
     // Broken encoding characters.
     let ack = client.exchange(b"MSH|^&&^|A|B|||2026||ADT^A01|BAD-1|P|2.5");
     assert_eq!(ack_field(&ack, "MSA-1"), "AR");
-    // A bad segment after a readable MSH: the reject names the sender's control id.
-    let ack = client.exchange(b"MSH|^~\\&|A|B|||2026||ORU^R01|BAD-2|P|2.5\rpid|x");
+    // A bad segment after a readable MSH: the reject names the sender's control id. The id
+    // holds a character that is no letter or digit; a lower-case `pid` would be accepted.
+    let ack = client.exchange(b"MSH|^~\\&|A|B|||2026||ORU^R01|BAD-2|P|2.5\rP@D|x");
     assert_eq!(ack_field(&ack, "MSA-1"), "AR");
     assert_eq!(ack_field(&ack, "MSA-2"), "BAD-2");
     // An oversized frame: rejected, and the connection stays usable.
@@ -265,7 +266,7 @@ fn logs_carry_no_patient_data() {
     client.exchange(&sample("prototype-1.hl7"));
     client.exchange(&sample("pcd01-vitals.hl7"));
     client.exchange(
-        b"MSH|^~\\&|A|B|||2026||ORU^R01|BAD-3|P|2.5\rPID|||SECRET-ID-77||Geheim^Name\rbad|segment",
+        b"MSH|^~\\&|A|B|||2026||ORU^R01|BAD-3|P|2.5\rPID|||SECRET-ID-77||Geheim^Name\rb@d|segment",
     );
     client.exchange(&with_ack_types("AL", "NE", ""));
     drop(client);

@@ -7,7 +7,7 @@ use std::fmt;
 pub struct SegmentId(pub [u8; 3]);
 
 impl SegmentId {
-    /// The id as text; ids are validated as ASCII upper-case letters and digits.
+    /// The id as text; the parser only makes ids of ASCII letters and digits, of any case.
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.0).unwrap_or("???")
     }
@@ -74,7 +74,8 @@ pub enum ParseErrorKind {
     DuplicateDelimiter,
     /// A delimiter is a letter, a digit, a space, a control character or a line end.
     InvalidDelimiter,
-    /// A segment id is not three upper-case letters or digits starting with a letter.
+    /// A segment id is not three ASCII letters or digits (of any case) starting with a
+    /// letter, followed by the field separator or the end of the line.
     InvalidSegmentId,
     /// A segment that cannot stand here: a second `MSH` or a batch segment given to
     /// [`crate::parse`], which reads exactly one message (use [`crate::parse_batch`]).
@@ -106,9 +107,7 @@ impl fmt::Display for ParseErrorKind {
             Self::InvalidDelimiter => {
                 f.write_str("delimiter is a letter, digit, space, control character or line end")
             }
-            Self::InvalidSegmentId => {
-                f.write_str("segment id is not three upper-case letters or digits")
-            }
+            Self::InvalidSegmentId => f.write_str("segment id is not three letters or digits"),
             Self::UnexpectedSegment(id) => write!(f, "unexpected {id} segment"),
             Self::SegmentOutsideMessage => {
                 f.write_str("segment outside any message (no MSH before it)")

@@ -218,6 +218,10 @@ impl Extract<'_> {
 }
 
 /// Extracts header, patient, location and observations from a parsed message.
+///
+/// Segments are matched by their exact upper-case ids, as HL7 writes them: a segment sent
+/// as `obx` or `pid` is kept in the message and does not make extraction fail, but it is
+/// not read as an observation or a patient, since nothing says it means the same.
 pub fn extract<'a>(message: &Message<'a>) -> Extract<'a> {
     let header = match message.segment_at(0) {
         Some(msh) => header(&msh),
@@ -590,6 +594,18 @@ mod tests {
             super::extract(&message).header.missing_required(),
             Some(MissingField { field: 9 })
         );
+    }
+
+    #[test]
+    fn lower_case_segments_are_not_read_as_their_upper_case_namesakes() {
+        let message = parse(
+            b"MSH|^~\\&|A|B|C|D|2026||ORU^R01|1|P|2.5\rpid|||9\robx|1|NM|X||5\rOBX|2|NM|Y||6",
+        )
+        .unwrap();
+        let extract = extract(&message);
+        assert!(extract.patient.is_none());
+        let codes: Vec<_> = extract.observations.iter().map(|o| &*o.code).collect();
+        assert_eq!(codes, ["Y"]);
     }
 
     #[test]

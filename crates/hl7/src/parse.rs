@@ -3,8 +3,9 @@
 //! Rules (DESIGN.md §2, issue #2): delimiters come from MSH-1 and MSH-2 whatever they are;
 //! MSH-2 holds 2 to 5 distinct characters; segments end at CR, LF or CRLF; blank lines are
 //! skipped; a UTF-8 byte order mark at the very start is ignored; the last segment needs no
-//! terminator. Batches (FHS/BHS … BTS/FTS, or several MSH in a row) go through
-//! [`parse_batch`].
+//! terminator; a segment id is three letters or digits of any case, the first a letter,
+//! kept as sent, but only the upper-case header ids start a message or a batch. Batches
+//! (FHS/BHS … BTS/FTS, or several MSH in a row) go through [`parse_batch`].
 
 use memchr::{memchr, memchr2};
 
@@ -216,14 +217,17 @@ fn skip_blank_lines(input: &[u8], mut pos: usize) -> usize {
     input.len()
 }
 
-/// The id of a segment line, if it is a valid one: three upper-case letters or digits,
-/// the first a letter, followed by the field separator or the end of the line.
+/// The id of a segment line, if it is a valid one: three ASCII letters or digits of any
+/// case, the first a letter, followed by the field separator or the end of the line.
+///
+/// HL7 writes segment ids in upper case, but python-hl7 and HAPI take `bar` or `Zxy` as
+/// they come, and a device's data is not refused for a cosmetic fault. The id is kept as
+/// sent, not upper-cased, so it reads back as the device wrote it. Only the exact
+/// upper-case `MSH`, `FHS`, `BHS`, `BTS` and `FTS` start a message or shape a batch: an
+/// `msh` line is an ordinary segment of the message it stands in.
 fn segment_id(line: &[u8], field_separator: u8) -> Option<SegmentId> {
     let id: [u8; 3] = line.get(..3)?.try_into().ok()?;
-    let valid = id[0].is_ascii_uppercase()
-        && id[1..]
-            .iter()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+    let valid = id[0].is_ascii_alphabetic() && id[1..].iter().all(u8::is_ascii_alphanumeric);
     let ends = match line.get(3) {
         None => true,
         Some(&b) => b == field_separator || b == b'\r' || b == b'\n',
@@ -507,10 +511,6 @@ mod tests {
         assert_eq!(kind(b"PID|1"), ParseErrorKind::NotAMessage);
         assert_eq!(kind(b""), ParseErrorKind::Empty);
         assert_eq!(kind(b"\r\n \r"), ParseErrorKind::Empty);
-        assert_eq!(
-            kind(b"MSH|^~\\&|A\rpid|1"),
-            ParseErrorKind::InvalidSegmentId
-        );
         let error = parse(b"MSH|^~\\&|A\rPID|1\rMSH|^~\\&|B").unwrap_err();
         assert_eq!(
             error.kind,
@@ -518,6 +518,64 @@ mod tests {
         );
         assert_eq!(error.position.segment, 3);
         assert_eq!(error.position.offset, 17);
+    }
+
+    #[test]
+    fn segment_ids_of_any_case_are_kept_as_sent() {
+        let message = parse(b"MSH|^~\\&|A\rbar|1|x\rZxy|2\rOBX|1").unwrap();
+        let ids: Vec<_> = message.segments().map(|s| s.id().to_string()).collect();
+        assert_eq!(ids, ["MSH", "bar", "Zxy", "OBX"]);
+        let bar = message.segment("bar").unwrap();
+        assert_eq!(bar.id(), SegmentId(*b"bar"));
+        assert_eq!(bar.field(2).raw(), b"x");
+        // Kept as sent, so an upper-case lookup does not find it.
+        assert!(message.segment("BAR").is_none());
+        // python-hl7's own samples: a bare `bar` line after the header, CRLF and LF.
+        for input in [&b"MSH|^~\\&|foo\r\nbar\r\n"[..], b"MSH|^~\\&|foo\nbar\n"] {
+            let message = parse(input).unwrap();
+            assert_eq!(message.segment_at(1).unwrap().id().as_str(), "bar");
+        }
+    }
+
+    #[test]
+    fn only_upper_case_header_ids_start_a_message_or_batch() {
+        // A lower-case `msh` is an ordinary segment: its fields split at every separator.
+        let message = parse(b"MSH|^~\\&|A\rmsh|^~\\&|B").unwrap();
+        assert_eq!(message.segment_count(), 2);
+        let msh = message.segment_at(1).unwrap();
+        assert_eq!(msh.id().as_str(), "msh");
+        assert_eq!(msh.field(1).raw(), b"^~\\&");
+        assert_eq!(msh.field(2).raw(), b"B");
+        assert_eq!(kind(b"msh|^~\\&|A"), ParseErrorKind::NotAMessage);
+        let batch_kind = |input: &[u8]| parse_batch(input).unwrap_err().kind;
+        assert_eq!(batch_kind(b"msh|^~\\&|A"), ParseErrorKind::NotAMessage);
+        assert_eq!(batch_kind(b"bhs|^~\\&|A"), ParseErrorKind::NotAMessage);
+        // A lower-case `bts` does not close the batch: it belongs to the message before it.
+        let batch = parse_batch(b"BHS|^~\\&|B\rMSH|^~\\&|1\rbts|1").unwrap();
+        let ids: Vec<_> = batch.messages()[0]
+            .segments()
+            .map(|s| s.id().to_string())
+            .collect();
+        assert_eq!(ids, ["MSH", "bts"]);
+        assert_eq!(batch.envelope().segment_count(), 1);
+    }
+
+    #[test]
+    fn segment_ids_not_three_letters_or_digits_are_errors() {
+        for input in [
+            &b"MSH|^~\\&|A\rb@r|1"[..],
+            b"MSH|^~\\&|A\rba|1",
+            b"MSH|^~\\&|A\rba",
+            b"MSH|^~\\&|A\rbarr|1",
+            b"MSH|^~\\&|A\rbar r|1",
+            b"MSH|^~\\&|A\r\xC3\xA9ab|1",
+            // The first character stays a letter, as every HL7 id (and every Z id) has one.
+            b"MSH|^~\\&|A\r0ab|1",
+        ] {
+            let error = parse(input).unwrap_err();
+            assert_eq!(error.kind, ParseErrorKind::InvalidSegmentId, "{input:?}");
+            assert_eq!(error.position.segment, 2, "{input:?}");
+        }
     }
 
     #[test]

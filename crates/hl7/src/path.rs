@@ -3,6 +3,10 @@
 //! `SEG[occurrence]-field[repetition].component.subcomponent`, every number 1-based; the
 //! occurrence defaults to 1. Without a repetition or component the path names the whole
 //! field; a component without a repetition is read from the first repetition.
+//!
+//! Path segment ids are upper case, as HL7 writes them, so that a mistyped `pid-5` is an
+//! error and not a silent miss. A segment a device sent with a lower-case id (which the
+//! parser keeps as sent) is reached with [`crate::Message::segment`] instead.
 
 use std::fmt;
 use std::str::FromStr;

@@ -12,8 +12,8 @@
 //!   space is part of the last value. Generated lines never end in a space.
 //! - hl7kit takes a second MSH as an ordinary segment; ours refuses it (use `parse_batch`).
 //!   The generated ids exclude MSH and the batch segments.
-//! - hl7kit accepts any three letters or digits as a segment id; ours wants an upper-case
-//!   letter first. The generated ids are all valid for both.
+//! - hl7kit accepts any three letters or digits as a segment id; ours wants a letter first.
+//!   The generated ids are all valid for both.
 //! - hl7kit returns `None` for field 0 and for parts past the last; ours returns empty parts.
 //!   The test compares counts and walks only the parts that exist.
 //! - `\Xhh…\` decodes to bytes that ours reads through the message's charset (UTF-8, else
