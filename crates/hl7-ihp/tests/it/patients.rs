@@ -2,11 +2,10 @@
 //! give the prototype's file, duplicates are recognised, charsets and escapes arrive decoded,
 //! and no patient id can name a path outside `patients/`.
 
-mod common;
-
+use crate::common;
 use std::path::{Path, PathBuf};
 
-use common::{Client, Receiver, ack_field, oru, sample, start, wait_until};
+use crate::common::{Client, Receiver, ack_field, oru, sample, start, wait_until};
 use serde_json::Value;
 
 fn read_json(path: &Path) -> Option<Value> {

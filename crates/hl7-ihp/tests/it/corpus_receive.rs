@@ -3,16 +3,12 @@
 //! whole is kept, and the ACK expectations of Google's MLLP adapter tests hold where our
 //! rules agree.
 
-mod common;
-
-#[path = "../../hl7/tests/support/corpus_dir.rs"]
-mod support;
-
-use common::{Client, Receiver, ack_field};
+use crate::common;
+use crate::common::{Client, Receiver, ack_field};
 
 #[test]
 fn every_corpus_file_is_answered_and_kept() {
-    let Some(corpus) = support::corpus_dir() else {
+    let Some(corpus) = crate::support::corpus_dir() else {
         return;
     };
     let mut files: Vec<_> = std::fs::read_dir(&corpus)

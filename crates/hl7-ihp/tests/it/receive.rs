@@ -1,11 +1,10 @@
 //! `hl7-ihp receive` end to end through the real binary over 127.0.0.1: framing, ACK rules,
 //! duplicates, limits, logs and shutdown.
 
-mod common;
-
+use crate::common;
 use std::thread;
 
-use common::{Client, Receiver, ack_field, frame, oru, sample, start, wait_until};
+use crate::common::{Client, Receiver, ack_field, frame, oru, sample, start, wait_until};
 
 #[test]
 fn prototype_messages_get_real_acks() {

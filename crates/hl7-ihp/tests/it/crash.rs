@@ -5,8 +5,7 @@
 //! The default suite runs 5 kill cycles; `HL7IHP_CRASH_CYCLES=100 cargo test -p hl7-ihp
 //! --test crash -- --nocapture` runs the long version.
 
-mod common;
-
+use crate::common;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -14,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Client, Receiver, ack_field, oru, wait_until};
+use crate::common::{Client, Receiver, ack_field, oru, wait_until};
 use serde_json::Value;
 
 const PATIENTS: usize = 4;

@@ -1,8 +1,7 @@
 //! `hl7-ihp demo` through the real binary: it starts a receiver and monitors, shows their
 //! vitals, and stops cleanly on Ctrl+C (SIGINT).
 
-mod common;
-
+use crate::common;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;

@@ -2,14 +2,13 @@
 //! vitals scenario, retransmission across a receiver restart, a negative ACK counted as a
 //! failure, load mode, and interop with a server we did not write (python-hl7's).
 
-mod common;
-
+use crate::common;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{Receiver, wait_until};
+use crate::common::{Receiver, wait_until};
 use serde_json::Value;
 
 fn send(args: &[&str]) -> (i32, String, String) {

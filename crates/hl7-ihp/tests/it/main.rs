@@ -1,0 +1,25 @@
+//! The integration tests of hl7-ihp: one test binary with a module per area (as ripgrep's
+//! `tests/tests.rs`), each driving the real binary over 127.0.0.1 or reading the repository.
+
+// Starting receivers on 127.0.0.1:0, speaking MLLP, waiting on conditions.
+mod common;
+// Where the shared HL7 corpus is (also used by the `hl7` crate's tests).
+#[path = "../../../hl7/tests/support/corpus_dir.rs"]
+mod support;
+
+// Every corpus file through the real receiver.
+mod corpus_receive;
+// A receiver killed with SIGKILL under load loses no acknowledged message.
+mod crash;
+// `hl7-ihp demo`.
+mod demo;
+// `hl7-ihp parse`.
+mod parse_cli;
+// The patient JSON files and the inspection commands.
+mod patients;
+// `hl7-ihp receive`: framing, ACK rules, duplicates, limits, logs, shutdown.
+mod receive;
+// `hl7-ihp send`: the simulator, load mode, retransmission, interop with python-hl7.
+mod send;
+// House rules checked over the source tree.
+mod tidy;
