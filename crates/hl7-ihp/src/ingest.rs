@@ -106,9 +106,10 @@ impl Ingest {
             .collect();
         let batch_for_store = prepared.iter_mut().filter_map(|p| p.new.take()).collect();
         let stored = self.store.commit(batch_for_store).await;
-        if let Err(error) = &stored {
+        if stored.is_err() {
+            // Counted, not logged: the store logs its own failures, once per run of them,
+            // so a failing disk does not cost a log line per message.
             Metrics::inc(&self.metrics.store_failures);
-            tracing::warn!(%peer, error = %error, "store failed; answering with a reject");
         }
         let mut acks = Vec::with_capacity(messages.len());
         let mut accepted_any = false;
@@ -179,9 +180,8 @@ impl Ingest {
             content: None,
         };
         // Kept for inspection when the store is up; the answer is a reject either way.
-        if let Err(error) = self.store.commit(vec![new]).await {
+        if self.store.commit(vec![new]).await.is_err() {
             Metrics::inc(&self.metrics.store_failures);
-            tracing::warn!(%peer, error = %error, "store failed while keeping a rejected frame");
         }
         let error = AckError {
             code: ErrorCode::SegmentSequence,
@@ -308,7 +308,7 @@ fn answer(prepared: &Prepared, stored: Result<&Stored, ()>) -> (Outcome, Option<
     };
     let verdict = match stored {
         Err(()) => return (Outcome::Reject, Some(store_failed())),
-        Ok(Stored::New { .. }) => &prepared.verdict,
+        Ok(Stored::New { .. } | Stored::Repeated { .. }) => &prepared.verdict,
         Ok(Stored::Duplicate { verdict, .. }) => verdict,
     };
     match verdict {

@@ -102,6 +102,7 @@ pub async fn run(
         let state = HttpState {
             metrics: Arc::clone(&metrics),
             extra: extra_metrics(Arc::clone(&store), Arc::clone(&export_counters)),
+            store: Arc::clone(&store),
         };
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
@@ -180,6 +181,11 @@ fn extra_metrics(store: Arc<dyn Store>, export: Arc<ExportCounters>) -> ExtraMet
                 "hl7ihp_store_messages_total",
                 "Messages stored as new.",
                 stats.n_stored,
+            ),
+            counter(
+                "hl7ihp_store_refusals_repeated_total",
+                "Refused frames counted on an identical kept one instead of kept again.",
+                stats.n_repeated,
             ),
             counter(
                 "hl7ihp_control_ids_reused_total",

@@ -1,15 +1,16 @@
-//! The HTTP side: `/healthz` and `/metrics` (the API and dashboard come later), bound to
-//! loopback by default (DESIGN.md §8).
+//! The HTTP side: `/healthz` (the store's health) and `/metrics` (the API and dashboard
+//! come later), bound to loopback by default.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
 use crate::metrics::{Extra, Metrics};
+use crate::store::{Health, Store};
 
 /// Numbers kept outside [`Metrics`] (the store's, the exporter's), read at each scrape.
 pub type ExtraMetrics = Arc<dyn Fn() -> Vec<Extra> + Send + Sync>;
@@ -21,6 +22,8 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     /// The store's and the exporter's numbers.
     pub extra: ExtraMetrics,
+    /// The store, for `/healthz`.
+    pub store: Arc<dyn Store>,
 }
 
 /// The router.
@@ -31,10 +34,20 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-async fn healthz() -> impl IntoResponse {
+/// 200 while the store stores; 503 with the reason while it fails (a full disk, a deleted
+/// database file), so that a load balancer or a monitor stops trusting this receiver.
+async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
+    let (status, body) = match state.store.health() {
+        Health::Ok => (StatusCode::OK, serde_json::json!({ "status": "ok" })),
+        Health::Failing { reason } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "status": "failing", "reason": reason }),
+        ),
+    };
     (
+        status,
         [(header::CONTENT_TYPE, "application/json")],
-        "{\"status\":\"ok\"}\n",
+        format!("{body}\n"),
     )
 }
 

@@ -139,7 +139,9 @@ pub fn rejected(control_id: &str, body: &str) -> NewMessage {
 pub fn new_id(stored: &Stored) -> i64 {
     match stored {
         Stored::New { id } => *id,
-        Stored::Duplicate { .. } => panic!("expected a new message, got {stored:?}"),
+        Stored::Duplicate { .. } | Stored::Repeated { .. } => {
+            panic!("expected a new message, got {stored:?}")
+        }
     }
 }
 
@@ -325,17 +327,23 @@ pub async fn retransmissions_are_recognised(open: Open) {
     assert_eq!(n_records(store.as_ref(), "P1").await, 3);
 }
 
-/// Rejects are kept for inspection with their reason, make no records, and are never
-/// matched as duplicates either way.
+/// Rejects are kept for inspection with their reason and make no records. They are never
+/// duplicates of accepted messages, nor accepted messages of them; the same refused bytes
+/// again are counted on the row already kept, not kept again (junk costs one row).
 pub async fn rejected_messages_are_kept_but_never_matched(open: Open) {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), &options());
     let stored = store
-        .commit(vec![rejected("1", ""), rejected("1", "")])
+        .commit(vec![
+            rejected("1", ""),
+            rejected("1", ""),
+            rejected("1", "other"),
+        ])
         .await
         .unwrap();
-    new_id(&stored[0]);
-    new_id(&stored[1]);
+    let first = new_id(&stored[0]);
+    assert_eq!(stored[1], Stored::Repeated { id: first });
+    let other = new_id(&stored[2]);
     let accepted = store
         .commit(vec![oru(
             "1",
@@ -346,9 +354,13 @@ pub async fn rejected_messages_are_kept_but_never_matched(open: Open) {
         .await
         .unwrap();
     new_id(&accepted[0]);
-    new_id(&store.commit(vec![rejected("1", "")]).await.unwrap()[0]);
+    assert_eq!(
+        store.commit(vec![rejected("1", "")]).await.unwrap(),
+        vec![Stored::Repeated { id: first }]
+    );
+    assert_eq!(store.stats().n_repeated, 2);
 
-    assert_eq!(n_messages(store.as_ref()).await, 4);
+    assert_eq!(n_messages(store.as_ref()).await, 3);
     assert_eq!(n_records(store.as_ref(), "P1").await, 1);
     let rejects = store
         .messages(MessageFilter {
@@ -357,10 +369,14 @@ pub async fn rejected_messages_are_kept_but_never_matched(open: Open) {
         })
         .await
         .unwrap();
-    assert_eq!(rejects.len(), 3);
+    let seen: Vec<_> = rejects.iter().map(|m| (m.id, m.n_received)).collect();
+    assert_eq!(seen, [(other, 1), (first, 3)]);
     assert!(rejects.iter().all(|m| m.outcome == Outcome::Reject
         && m.reason.as_deref() == Some("message type not allowed")
         && m.raw.is_none()));
+    // An accepted message is always received once.
+    let all = store.messages(MessageFilter::default()).await.unwrap();
+    assert_eq!(all[0].n_received, 1);
 }
 
 /// With duplicate recognition off, every frame is a new message.

@@ -202,7 +202,7 @@ pub enum Stored {
     },
     /// Same key and same bytes as an accepted message already stored (dedupe on): not
     /// stored again. It is answered like the first one. Errors and rejects are never
-    /// matched (a frame refused once is judged again), so today `verdict` is always
+    /// duplicates (a frame refused once is judged again), so today `verdict` is always
     /// `Accept`.
     Duplicate {
         /// The first message's id.
@@ -210,9 +210,18 @@ pub enum Stored {
         /// The first message's outcome.
         verdict: Verdict,
     },
+    /// A refused frame (error or reject) whose bytes are those of a recently kept refused
+    /// frame: not kept again, but counted on that frame's row (junk and a device stuck
+    /// resending one bad message cost one row). It is judged and answered again.
+    Repeated {
+        /// The kept frame's id.
+        id: i64,
+    },
 }
 
 /// The store could not do its job; the sender gets a reject and retries.
+///
+/// (See also [`Stored::Repeated`]: a refused frame that arrives again byte for byte.)
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database failed (disk full, I/O error, locked, corrupt).
@@ -246,6 +255,8 @@ pub struct StoreStats {
     pub n_stored: u64,
     /// Retransmissions recognised and not stored again.
     pub n_duplicates: u64,
+    /// Refused frames counted on an earlier identical one instead of kept again.
+    pub n_repeated: u64,
     /// Messages stored as new although an accepted message with the same key (MSH-3, MSH-4,
     /// MSH-10) and other bytes was already stored: a sender reusing control ids. Counted
     /// only when duplicates are checked.
@@ -305,6 +316,9 @@ pub struct MessageSummary {
     pub control_id: String,
     /// The answer's family: accepted, error or rejected.
     pub outcome: Outcome,
+    /// How many times these bytes arrived: more than 1 for a refused frame received again
+    /// ([`Stored::Repeated`]).
+    pub n_received: u64,
     /// Why, for errors and rejects.
     pub reason: Option<String>,
     /// The bytes, when asked for.

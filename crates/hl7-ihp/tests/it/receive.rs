@@ -332,3 +332,70 @@ fn accept_backs_off_when_file_descriptors_run_out() {
     let (status, _) = receiver.http_get("/healthz");
     assert_eq!(status, 200);
 }
+
+#[test]
+fn a_deleted_database_file_fails_health_and_gets_rejects() {
+    let (_dir, receiver) = start(&[]);
+    let mut client = Client::connect(receiver.mllp);
+    assert_eq!(
+        ack_field(&client.exchange(&oru("DEL-1", "P1", 1)), "MSA-1"),
+        "AA"
+    );
+    assert_eq!(receiver.http_get("/healthz").0, 200);
+    // What a person cleaning up disk space might do to a running receiver.
+    std::fs::remove_file(receiver.data_dir.join("hl7-ihp.sqlite3")).unwrap();
+    wait_until("health to report the lost file", || {
+        let (status, body) = receiver.http_get("/healthz");
+        status == 503 && body.contains("deleted or replaced")
+    });
+    // From now on nothing is acknowledged that a restart would lose.
+    let ack = client.exchange(&oru("DEL-2", "P1", 2));
+    assert_eq!(ack_field(&ack, "MSA-1"), "AR");
+    assert_eq!(ack_field(&ack, "ERR-3.1"), "207");
+    assert!(receiver.logs().contains("deleted or replaced"));
+}
+
+#[test]
+fn repeated_junk_frames_are_kept_once_with_a_count() {
+    let (dir, receiver) = start(&[]);
+    let mut client = Client::connect(receiver.mllp);
+    let n_junk = 5_000;
+    for _ in 0..n_junk {
+        assert_eq!(ack_field(&client.exchange(b""), "MSA-1"), "AR");
+    }
+    for _ in 0..n_junk {
+        assert_eq!(ack_field(&client.exchange(b"not hl7"), "MSA-1"), "AR");
+    }
+    assert_eq!(
+        ack_field(&client.exchange(&oru("REAL-1", "P1", 1)), "MSA-1"),
+        "AA"
+    );
+    let (_, metrics) = receiver.http_get("/metrics");
+    assert!(
+        metrics.contains(&format!(
+            "hl7ihp_store_refusals_repeated_total {}",
+            2 * n_junk - 2
+        )),
+        "{metrics}"
+    );
+    let (status, logs) = receiver.terminate();
+    assert!(status.success(), "{logs}");
+    let database = dir.path().join("data/hl7-ihp.sqlite3");
+    let conn = rusqlite::Connection::open(&database).unwrap();
+    let rows: Vec<(String, i64)> = conn
+        .prepare("SELECT outcome, n_received FROM messages ORDER BY id")
+        .unwrap()
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let expected = [
+        ("rejected".to_owned(), n_junk),
+        ("rejected".to_owned(), n_junk),
+        ("accepted".to_owned(), 1),
+    ];
+    assert_eq!(rows, expected);
+    let bytes = std::fs::metadata(&database).unwrap().len();
+    eprintln!("{} junk frames: database {bytes} bytes", 2 * n_junk);
+    assert!(bytes < 1024 * 1024, "{bytes} bytes of database for junk");
+}

@@ -91,6 +91,13 @@ const PATIENT_CACHE_CAPACITY: usize = 100_000;
 /// check itself looks at everything stored.
 const RECENT_KEYS: usize = 65_536;
 
+/// Refused frames remembered by their bytes, so that the same junk again is counted on
+/// one row instead of kept again ([`Stored::Repeated`]).
+const RECENT_REFUSALS: usize = 4096;
+
+/// While the store fails, a summary line at most this often.
+const FAILURE_SUMMARY_EVERY: Duration = Duration::from_secs(10);
+
 /// The `meta` rows holding each exporter's progress are named this and the exporter's name.
 const EXPORT_WATERMARK_PREFIX: &str = "export:";
 
@@ -198,13 +205,61 @@ impl HealthState {
     }
 }
 
+/// The database file as it was opened. If it is deleted or another file takes its place,
+/// the writer's connection goes on writing to a file nobody will open again: everything
+/// acknowledged from then on would be lost at the next start. So the writer checks before
+/// each transaction, and from the first time it is not the same file, every commit fails
+/// (messages get a reject, `/healthz` says why) until the receiver is restarted.
+struct FileWatch {
+    path: std::path::PathBuf,
+    identity: Option<(u64, u64)>,
+    lost: std::sync::atomic::AtomicBool,
+}
+
+impl FileWatch {
+    fn new(path: &Path) -> FileWatch {
+        FileWatch {
+            path: path.to_path_buf(),
+            identity: Self::identity_of(path),
+            lost: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn identity_of(path: &Path) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+
+    /// Whether the file at the path is still the one opened; one `stat`.
+    fn intact(&self) -> bool {
+        if self.lost.load(Ordering::Relaxed) {
+            return false;
+        }
+        if self.identity.is_some() && Self::identity_of(&self.path) == self.identity {
+            return true;
+        }
+        if !self.lost.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                "the database file was deleted or replaced; every message gets a reject until the receiver is restarted"
+            );
+        }
+        false
+    }
+}
+
+/// Why the store cannot store while its file is gone.
+const FILE_LOST: &str = "the database file was deleted or replaced; restart the receiver";
+
 #[derive(Default)]
 struct Counters {
     health: HealthState,
+    /// `None` for a read-only store.
+    file: Option<FileWatch>,
     n_transactions: AtomicU64,
     n_failed_transactions: AtomicU64,
     n_stored: AtomicU64,
     n_duplicates: AtomicU64,
+    n_repeated: AtomicU64,
     n_reused_control_ids: AtomicU64,
 }
 
@@ -279,7 +334,10 @@ impl SqliteStore {
         let reader = open_reader(path)?;
         let checkpointer_conn = open_checkpointer(path)?;
 
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters {
+            file: Some(FileWatch::new(path)),
+            ..Counters::default()
+        });
         let checkpoint = Arc::new(CheckpointSignal::default());
         let (requests, receiver) = mpsc::channel(options.queue_depth.max(1));
         let writer = Writer {
@@ -292,6 +350,7 @@ impl SqliteStore {
             n_transactions: 0,
             counters: Arc::clone(&counters),
             checkpoint: Arc::clone(&checkpoint),
+            failures: FailureLog::default(),
         };
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
@@ -453,12 +512,21 @@ impl Store for SqliteStore {
             n_failed_transactions: counters.n_failed_transactions.load(Ordering::Relaxed),
             n_stored: counters.n_stored.load(Ordering::Relaxed),
             n_duplicates: counters.n_duplicates.load(Ordering::Relaxed),
+            n_repeated: counters.n_repeated.load(Ordering::Relaxed),
             n_reused_control_ids: counters.n_reused_control_ids.load(Ordering::Relaxed),
         }
     }
 
     fn health(&self) -> Health {
-        self.inner.counters.health.current()
+        let counters = &self.inner.counters;
+        if let Some(file) = &counters.file
+            && !file.intact()
+        {
+            return Health::Failing {
+                reason: FILE_LOST.into(),
+            };
+        }
+        counters.health.current()
     }
 }
 

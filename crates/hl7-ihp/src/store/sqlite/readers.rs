@@ -298,7 +298,7 @@ pub(super) fn read_messages(
 ) -> rusqlite::Result<Vec<MessageSummary>> {
     let mut statement = conn.prepare_cached(
         "SELECT id, received_ms, peer, sending_application, sending_facility, control_id, \
-           outcome, reason, CASE WHEN ?1 THEN raw END \
+           outcome, reason, CASE WHEN ?1 THEN raw END, n_received \
          FROM messages WHERE NOT ?2 OR outcome <> 'accepted' ORDER BY id DESC LIMIT ?3",
     )?;
     let limit = filter
@@ -325,6 +325,7 @@ pub(super) fn read_messages(
                 outcome: outcome_of(&row.get::<_, String>(6)?),
                 reason: row.get(7)?,
                 raw: row.get(8)?,
+                n_received: row.get::<_, i64>(9)?.max(1) as u64,
             })
         },
     )?;

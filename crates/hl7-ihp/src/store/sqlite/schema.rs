@@ -20,7 +20,7 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         then: Some(fill_sent_ms),
     },
     Migration {
-        sql: include_str!("migrations/0003_named_watermarks.sql"),
+        sql: include_str!("migrations/0003_named_watermarks_repeats.sql"),
         then: None,
     },
 ];

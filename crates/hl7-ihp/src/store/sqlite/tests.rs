@@ -406,11 +406,17 @@ async fn the_writer_recovers_after_a_failed_transaction() {
     let error = store.commit(batch.clone()).await.unwrap_err();
     assert_eq!(error.to_string(), "store failure: database or disk is full");
     assert_eq!(store.stats().n_failed_transactions, 1);
+    assert!(
+        matches!(&store.health(), Health::Failing { reason } if reason.contains("full")),
+        "{:?}",
+        store.health()
+    );
     assert!(store.patient_records("P2", None).await.unwrap().is_none());
 
     // Room again: the same store, without reopening, stores the batch.
     exec(&store, "PRAGMA max_page_count = 1073741823").await;
     let stored = store.commit(batch).await.unwrap();
+    assert_eq!(store.health(), Health::Ok);
     assert_eq!(new_id(&stored[0]), 2);
     assert_eq!(new_id(&stored[1]), 3);
     // The patient created by the failed transaction was forgotten with it.
@@ -546,4 +552,34 @@ fn the_writer_finishes_a_checkpoint_only_after_the_checkpoint_thread() {
     assert!(!signal.after_commit(long));
     signal.shut_down();
     assert!(!signal.wait());
+}
+
+#[tokio::test]
+async fn a_deleted_or_replaced_database_file_fails_every_commit() {
+    for replace in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let message = |n: &str| oru(n, Some(patient("P1", "EVE", false)), &["1"], "");
+        store.commit(vec![message("1")]).await.unwrap();
+        assert_eq!(store.health(), Health::Ok);
+        let path = dir.path().join(SQLITE_FILE_NAME);
+        if replace {
+            // What a restore over a running receiver does: another file takes the name.
+            let copy = dir.path().join("copy");
+            std::fs::copy(&path, &copy).unwrap();
+            std::fs::rename(&copy, &path).unwrap();
+        } else {
+            std::fs::remove_file(&path).unwrap();
+        }
+        // Whatever the writer would write now goes to a file no one opens again: refused.
+        let error = store.commit(vec![message("2")]).await.unwrap_err();
+        assert!(error.to_string().contains("deleted or replaced"), "{error}");
+        assert!(
+            matches!(&store.health(), Health::Failing { reason } if reason.contains("restart")),
+            "{:?}",
+            store.health()
+        );
+        // And it stays so: the file does not come back by itself.
+        assert!(store.commit(vec![message("3")]).await.is_err());
+    }
 }

@@ -17,6 +17,7 @@ pub(super) struct Writer {
     pub(super) n_transactions: u64,
     pub(super) counters: Arc<Counters>,
     pub(super) checkpoint: Arc<CheckpointSignal>,
+    pub(super) failures: FailureLog,
 }
 
 /// What a transaction did to the patient tail: undone if it rolls back, completed (the
@@ -47,6 +48,88 @@ pub(super) struct WriterState {
     pub(super) recent_keys: RecentKeys,
     /// Loaded from the database when `None`.
     pub(super) keys: Option<PendingKeys>,
+    pub(super) recent_refusals: RecentRefusals,
+}
+
+/// How often a failing store says so: once when it starts failing, then a summary now
+/// and then, and once when it works again, so that a full disk does not cost a log line
+/// per message.
+#[derive(Default)]
+pub(super) struct FailureLog {
+    since: Option<Instant>,
+    last_line: Option<Instant>,
+    n_failed: u64,
+    n_messages: usize,
+}
+
+impl FailureLog {
+    fn failed(&mut self, error: &rusqlite::Error, n_messages: usize) {
+        let now = Instant::now();
+        self.n_failed += 1;
+        self.n_messages += n_messages;
+        match (self.since, self.last_line) {
+            (None, _) => {
+                tracing::warn!(%error, n_messages, "store transaction failed; messages get a reject until storing works again");
+                self.since = Some(now);
+                self.last_line = Some(now);
+                self.n_failed = 0;
+                self.n_messages = 0;
+            }
+            (Some(since), Some(last)) if now - last >= FAILURE_SUMMARY_EVERY => {
+                tracing::warn!(
+                    %error,
+                    n_failed_transactions = self.n_failed,
+                    n_messages = self.n_messages,
+                    failing_for_s = (now - since).as_secs(),
+                    "store still failing"
+                );
+                self.last_line = Some(now);
+                self.n_failed = 0;
+                self.n_messages = 0;
+            }
+            _ => {}
+        }
+    }
+
+    fn succeeded(&mut self) {
+        if let Some(since) = self.since.take() {
+            tracing::info!(
+                failing_for_s = since.elapsed().as_secs(),
+                "store works again"
+            );
+            *self = FailureLog::default();
+        }
+    }
+}
+
+/// Refused frames this writer kept lately, by their bytes' hash, so that the same bytes
+/// again are counted on that row ([`Stored::Repeated`]). Bounded: the oldest are forgotten
+/// first, and then the same bytes start a new row.
+#[derive(Default)]
+pub(super) struct RecentRefusals {
+    ids: HashMap<[u8; 32], i64>,
+    order: VecDeque<[u8; 32]>,
+}
+
+impl RecentRefusals {
+    pub(super) fn get(&self, hash: &[u8; 32]) -> Option<i64> {
+        self.ids.get(hash).copied()
+    }
+
+    pub(super) fn note(&mut self, hash: [u8; 32], id: i64) {
+        if self.ids.insert(hash, id).is_none() {
+            self.order.push_back(hash);
+        }
+        while self.order.len() > RECENT_REFUSALS {
+            if let Some(oldest) = self.order.pop_front() {
+                self.ids.remove(&oldest);
+            }
+        }
+    }
+
+    pub(super) fn forget(&mut self, hash: &[u8; 32]) {
+        self.ids.remove(hash);
+    }
 }
 
 /// An integer from `meta`, 0 when absent.
@@ -213,6 +296,7 @@ impl PatientFields {
 pub(super) struct Tally {
     pub(super) n_stored: u64,
     pub(super) n_duplicates: u64,
+    pub(super) n_repeated: u64,
     pub(super) n_reused_control_ids: u64,
 }
 
@@ -247,6 +331,9 @@ pub(super) const INSERT_MESSAGE: &str = "INSERT INTO messages (id, received_ms, 
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
      ?19, ?20)";
 
+pub(super) const COUNT_REPEAT: &str = "UPDATE messages \
+     SET n_received = n_received + 1, last_received_ms = ?2 WHERE id = ?1";
+
 pub(super) const SET_META: &str = "INSERT INTO meta (name, value) VALUES (?1, ?2) \
      ON CONFLICT (name) DO UPDATE SET value = excluded.value";
 
@@ -260,6 +347,7 @@ pub(super) struct Statements<'c> {
     pub(super) insert_patient: CachedStatement<'c>,
     pub(super) update_patient: CachedStatement<'c>,
     pub(super) insert_message: CachedStatement<'c>,
+    pub(super) count_repeat: CachedStatement<'c>,
     pub(super) set_meta: CachedStatement<'c>,
 }
 
@@ -274,6 +362,7 @@ impl<'c> Statements<'c> {
             insert_patient: conn.prepare_cached(INSERT_PATIENT)?,
             update_patient: conn.prepare_cached(UPDATE_PATIENT)?,
             insert_message: conn.prepare_cached(INSERT_MESSAGE)?,
+            count_repeat: conn.prepare_cached(COUNT_REPEAT)?,
             set_meta: conn.prepare_cached(SET_META)?,
         })
     }
@@ -327,7 +416,15 @@ impl Writer {
     pub(super) fn run_group(&mut self, group: Vec<Request>, n_messages: usize, move_all: bool) {
         let mut tally = Tally::default();
         let mut change = TailChange::default();
-        let result = self.transaction(&group, &mut tally, &mut change, move_all);
+        let file_intact = self.counters.file.as_ref().is_none_or(FileWatch::intact);
+        let result = if file_intact {
+            self.transaction(&group, &mut tally, &mut change, move_all)
+        } else {
+            Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+                Some(FILE_LOST.into()),
+            ))
+        };
         self.n_transactions += 1;
         {
             let mut tail = lock(&self.tail);
@@ -347,6 +444,7 @@ impl Writer {
         }
         match result {
             Ok(done) => {
+                self.failures.succeeded();
                 let counters = &self.counters;
                 counters.health.set(None);
                 counters.n_transactions.fetch_add(1, Ordering::Relaxed);
@@ -356,6 +454,9 @@ impl Writer {
                 counters
                     .n_duplicates
                     .fetch_add(tally.n_duplicates, Ordering::Relaxed);
+                counters
+                    .n_repeated
+                    .fetch_add(tally.n_repeated, Ordering::Relaxed);
                 counters
                     .n_reused_control_ids
                     .fetch_add(tally.n_reused_control_ids, Ordering::Relaxed);
@@ -372,7 +473,7 @@ impl Writer {
                 }
             }
             Err(error) => {
-                tracing::warn!(%error, n_messages, "store transaction failed");
+                self.failures.failed(&error, n_messages);
                 self.counters
                     .n_failed_transactions
                     .fetch_add(1, Ordering::Relaxed);
@@ -551,6 +652,20 @@ pub(super) fn write_message(
         }
     }
 
+    let refused = row.verdict != Verdict::Accept;
+    if refused && let Some(id) = state.recent_refusals.get(&row.hash) {
+        if statements
+            .count_repeat
+            .execute(params![id, row.received_ms])?
+            == 1
+        {
+            tally.n_repeated += 1;
+            return Ok(Stored::Repeated { id });
+        }
+        // The row is gone (removed by hand): keep this copy as a new one.
+        state.recent_refusals.forget(&row.hash);
+    }
+
     let patient = match &row.patient {
         Some(patient) => Some(patient_row(statements, state, patient, row.received_ms)?),
         None => None,
@@ -588,6 +703,9 @@ pub(super) fn write_message(
     }
     if let (Some(key_hash), Some(keys)) = (row.key_hash, state.keys.as_mut()) {
         keys.add((sent, key_hash, hash_prefix, id), Instant::now());
+    }
+    if refused {
+        state.recent_refusals.note(row.hash, id);
     }
     *next_id += 1;
     tally.n_stored += 1;
