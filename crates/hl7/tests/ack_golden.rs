@@ -10,6 +10,10 @@ use hl7::ack::{
 };
 use hl7::extract::extract;
 
+#[path = "support/golden.rs"]
+mod golden;
+use golden::check_golden;
+
 const OPTIONS: AckOptions<'static> = AckOptions {
     application: "HL7IHP",
     facility: "",
@@ -105,31 +109,5 @@ fn render() -> String {
 #[test]
 fn acks_match_golden_file() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/acks.txt");
-    let actual = render();
-    if std::env::var_os("UPDATE_EXPECT").is_some() {
-        std::fs::write(&path, &actual).expect("write golden file");
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_default();
-    if expected != actual {
-        let mut diff = String::new();
-        let (old, new): (Vec<_>, Vec<_>) = (expected.lines().collect(), actual.lines().collect());
-        for i in 0..old.len().max(new.len()) {
-            let (a, b) = (old.get(i), new.get(i));
-            if a != b {
-                writeln!(
-                    diff,
-                    "line {}:\n- {}\n+ {}",
-                    i + 1,
-                    a.unwrap_or(&""),
-                    b.unwrap_or(&"")
-                )
-                .unwrap();
-            }
-        }
-        panic!(
-            "ACKs differ from {} (UPDATE_EXPECT=1 rewrites it):\n{diff}",
-            path.display()
-        );
-    }
+    check_golden(&path, &render());
 }

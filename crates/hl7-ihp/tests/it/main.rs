@@ -6,6 +6,9 @@ mod common;
 // Where the shared HL7 corpus is (also used by the `hl7` crate's tests).
 #[path = "../../../hl7/tests/support/corpus_dir.rs"]
 mod support;
+// Golden files, with the `hl7` crate's tests.
+#[path = "../../../hl7/tests/support/golden.rs"]
+mod golden;
 
 // Every corpus file through the real receiver.
 mod corpus_receive;

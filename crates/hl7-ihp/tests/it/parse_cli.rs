@@ -128,3 +128,46 @@ fn a_missing_file_exits_1() {
     let output = run(&["parse", "does-not-exist.hl7"], None);
     assert_eq!(output.status.code(), Some(1));
 }
+
+/// Every sample through `parse` (tree and `--json`, with and without `--decoded`), as the
+/// golden file `tests/golden/parse-samples.txt` holds it; `UPDATE_EXPECT=1` rewrites it.
+#[test]
+fn every_sample_matches_its_golden_output() {
+    let mut names: Vec<String> = std::fs::read_dir(samples())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".hl7"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 5, "{names:?}");
+    let mut actual = String::from(
+        "# `hl7-ihp parse` of every file in samples/ (tests/it/parse_cli.rs; UPDATE_EXPECT=1 rewrites).\n",
+    );
+    for name in &names {
+        for flags in [
+            &[][..],
+            &["--decoded"],
+            &["--json"],
+            &["--json", "--decoded"],
+        ] {
+            let mut args = vec!["parse"];
+            args.extend_from_slice(flags);
+            args.push(name);
+            let output = run(&args, None);
+            actual.push_str(&format!(
+                "\n## {} (exit {})\n",
+                args.join(" "),
+                output.status.code().unwrap_or(-1)
+            ));
+            actual.push_str(&String::from_utf8_lossy(&output.stdout));
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            if !stderr.is_empty() {
+                actual.push_str(&format!("stderr: {stderr}"));
+            }
+        }
+    }
+    crate::golden::check_golden(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/parse-samples.txt"),
+        &actual,
+    );
+}
