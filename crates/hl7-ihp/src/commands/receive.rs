@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use crate::config::{self, ReceiveArgs, ReceiveConfig};
 use crate::mllp::listener;
-use crate::{logging, server, shutdown};
+use crate::shutdown::Shutdown;
+use crate::{logging, server};
 
 /// Runs `hl7-ihp receive`.
 pub fn run(args: &ReceiveArgs) -> anyhow::Result<ExitCode> {
@@ -37,7 +38,8 @@ pub fn run(args: &ReceiveArgs) -> anyhow::Result<ExitCode> {
         {
             tracing::warn!(http = %address, "HTTP on a non-loopback address: /metrics and /healthz are reachable from the network");
         }
-        server::run(config, mllp, http, shutdown::signal()).await?;
+        let (_trigger, shutdown) = Shutdown::on_signals();
+        server::run(config, mllp, http, shutdown.into_requested()).await?;
         Ok(ExitCode::SUCCESS)
     })
 }
