@@ -17,6 +17,7 @@
 //! - [`export`]: the exporter task, safe file names and atomic writes.
 //! - [`http`]: the HTTP router: `/healthz`, `/metrics`.
 //! - [`sender`]: the device simulator and load generator: link, load, simulator.
+//! - [`terminal`]: device text made safe to print: controls escaped, long values cut.
 //! - [`metrics`], [`logging`], [`ids`]: counters, log set-up, base-36 ids.
 
 pub mod cli;
@@ -35,3 +36,4 @@ pub mod sender;
 pub mod server;
 pub mod shutdown;
 pub mod store;
+pub mod terminal;

@@ -18,6 +18,7 @@ use crate::sender::load::{Plan, Totals};
 use crate::sender::simulator::{Scenario, Source};
 use crate::server;
 use crate::store::{self, PatientSummary, StoreLocation, StoreOptions, StoreRead};
+use crate::terminal;
 
 /// Runs the demo until Ctrl+C.
 pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
@@ -169,8 +170,12 @@ async fn render_table(reader: &dyn StoreRead, totals: &Totals) -> String {
             .await
             .ok()
             .flatten();
-        let name: String = patient.name.chars().take(22).collect();
-        out.push_str(&format!("{:<10} {:<22}", patient.key, name));
+        // Any device may send to the demo's port: its text is escaped and cut to the columns.
+        out.push_str(&format!(
+            "{:<10} {:<22}",
+            terminal::cell(&patient.key, 10),
+            terminal::cell(&patient.name, 22)
+        ));
         for vital in &VITALS {
             let cell = latest
                 .as_ref()
@@ -185,7 +190,7 @@ async fn render_table(reader: &dyn StoreRead, totals: &Totals) -> String {
                         "L" | "LL" => "↓",
                         _ => " ",
                     };
-                    format!("{}{flag}", row.observation.value)
+                    format!("{}{flag}", terminal::cell(&row.observation.value, 5))
                 })
                 .unwrap_or_else(|| "-".into());
             out.push_str(&format!(" {cell:>6}"));

@@ -16,6 +16,7 @@ use tokio_util::codec::Decoder;
 
 use super::load::{MAX_LATENCY_SAMPLES, Plan, Totals};
 use super::simulator::{Outgoing, Source};
+use crate::terminal;
 
 /// Longest pause between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -107,7 +108,10 @@ pub async fn connection(
                 Delivery::Retry(why) => {
                     totals.errors.fetch_add(1, Ordering::Relaxed);
                     if plan.verbose {
-                        eprintln!("hl7-ihp: {} {why}; sending it again", message.control_id);
+                        eprintln!(
+                            "hl7-ihp: {} {why}; sending it again",
+                            terminal::cell(&message.control_id, terminal::ID_WIDTH)
+                        );
                     }
                     stream = None;
                     tokio::time::sleep(backoff).await;
@@ -134,7 +138,13 @@ pub async fn connection(
             }
         };
         if plan.verbose {
-            println!("{} {} {}", message.control_id, message.label, code_text);
+            // A file's MSH-10 and name are not ours: escaped and cut like table cells.
+            println!(
+                "{} {} {}",
+                terminal::cell(&message.control_id, terminal::ID_WIDTH),
+                terminal::cell(&message.label, terminal::NAME_WIDTH),
+                code_text
+            );
         }
     }
     latencies
