@@ -248,6 +248,44 @@ fn load_mode_prints_a_json_summary() {
 }
 
 #[test]
+fn a_folder_sends_only_its_hl7_files() {
+    let (dir, receiver) = common::start(&[]);
+    let files = dir.path().join("files");
+    std::fs::create_dir(&files).unwrap();
+    let message = |id: &str| common::oru(id, "FOLDER", 70);
+    std::fs::write(files.join("a.hl7"), message("F-A")).unwrap();
+    std::fs::write(files.join("b.hl7"), common::frame(&message("F-B"))).unwrap();
+    let mut bom = b"\xEF\xBB\xBF\r\n".to_vec();
+    bom.extend_from_slice(&message("F-C"));
+    std::fs::write(files.join("c.txt"), bom).unwrap();
+    std::fs::write(files.join("README.md"), "# Sample messages\n").unwrap();
+    std::fs::write(files.join("notes.txt"), "MSH is how a message starts\n").unwrap();
+    let (status, stdout, stderr) = send(&[
+        "--to",
+        &receiver.mllp.to_string(),
+        "--file",
+        files.to_str().unwrap(),
+        "--count",
+        "3",
+        "--interval",
+        "0ms",
+    ]);
+    assert_eq!(status, 0, "{stdout}{stderr}");
+    let lines: Vec<_> = stdout.lines().filter(|l| l.starts_with("F-")).collect();
+    assert_eq!(
+        lines,
+        ["F-A a.hl7 AA", "F-B b.hl7 AA", "F-C c.txt AA"],
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("skipped 2 files")
+            && stderr.contains("README.md")
+            && stderr.contains("notes.txt"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn usage_errors_exit_2() {
     assert_eq!(send(&["--interval", "soon"]).0, 2);
     assert_eq!(send(&["--scenario", "nope"]).0, 2);

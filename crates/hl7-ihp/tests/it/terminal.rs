@@ -164,6 +164,12 @@ fn send_lines_and_skipped_file_names_are_escaped() {
     assert_terminal_safe("send", &stdout, None);
     assert_terminal_safe("send's stderr", &stderr, None);
     assert!(
+        String::from_utf8_lossy(&stderr)
+            .contains("skipped 1 file that is not HL7: notes\\x1b[31m.txt"),
+        "{}",
+        String::from_utf8_lossy(&stderr)
+    );
+    assert!(
         shown
             .lines()
             .any(|l| l.starts_with("SEND\\x1b") && l.ends_with(" AA")),
