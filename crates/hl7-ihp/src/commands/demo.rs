@@ -5,10 +5,11 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
+use tokio_util::sync::CancellationToken;
 
 use crate::cli::DemoArgs;
 use crate::config::{ReceiveArgs, ReceiveConfig, parse_duration};
@@ -71,7 +72,7 @@ async fn demo(
     let (mllp, http) = server::bind(&config).await?;
     let mllp_address = mllp.local_addr()?;
     let http_address = http.as_ref().map(|l| l.local_addr()).transpose()?;
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = CancellationToken::new();
     let (stop_receiver_tx, mut stop_receiver_rx) = tokio::sync::watch::channel(false);
     // Created (and migrated) before the receiver opens it, so that the read-only store
     // below finds the schema; the demo only reads.
@@ -101,7 +102,7 @@ async fn demo(
             plan,
             source,
             Arc::clone(&totals),
-            Arc::clone(&stop),
+            stop.clone(),
         ));
     }
 
@@ -126,7 +127,7 @@ async fn demo(
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             ended = &mut receiver => {
-                stop.store(true, Ordering::Relaxed);
+                stop.cancel();
                 return match ended {
                     Ok(Ok(())) => Err(anyhow::anyhow!("the receiver stopped unexpectedly")),
                     Ok(Err(error)) => Err(anyhow::Error::new(error).context("the receiver failed")),
@@ -147,7 +148,7 @@ async fn demo(
         }
     }
     println!("\nstopping: monitors first, then the receiver (it finishes the messages in hand)");
-    stop.store(true, Ordering::Relaxed);
+    stop.cancel();
     while monitors.join_next().await.is_some() {}
     let _ = stop_receiver_tx.send(true);
     receiver.await.context("the receiver task failed")??;

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -13,6 +13,7 @@ use hl7::mllp::{MllpCodec, MllpItem};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
 
 use super::load::{MAX_LATENCY_SAMPLES, Plan, Totals};
 use super::simulator::{Outgoing, Source};
@@ -29,12 +30,22 @@ enum Delivery {
     Retry(&'static str),
 }
 
-/// One connection's loop: returns its ACK latencies in microseconds.
+/// Sleeps until `until`, or less when `stop` is cancelled first; true when it was.
+async fn pause(stop: &CancellationToken, until: Instant) -> bool {
+    tokio::select! {
+        biased;
+        _ = stop.cancelled() => true,
+        _ = tokio::time::sleep_until(until.into()) => false,
+    }
+}
+
+/// One connection's loop: returns its ACK latencies in microseconds. Once `stop` is
+/// cancelled no new message is sent; the one in flight still gets its ACK (or its timeout).
 pub async fn connection(
     plan: Plan,
     mut source: Source,
     totals: Arc<Totals>,
-    stop: Arc<AtomicBool>,
+    stop: CancellationToken,
 ) -> Vec<u32> {
     let mut latencies = Vec::new();
     let mut stream: Option<Link> = None;
@@ -42,7 +53,7 @@ pub async fn connection(
     let mut next_at = Instant::now();
     let mut backoff = Duration::from_millis(50);
     loop {
-        if stop.load(Ordering::Relaxed)
+        if stop.is_cancelled()
             || plan.count.is_some_and(|count| sent >= count)
             || plan
                 .deadline
@@ -53,7 +64,13 @@ pub async fn connection(
         if let Some(period) = plan.period {
             let now = Instant::now();
             if next_at > now {
-                tokio::time::sleep(next_at - now).await;
+                // Ctrl+C or the deadline during the pause ends it, and the checks above run
+                // again right before sending: a stopped sender sends nothing more.
+                let until = plan
+                    .deadline
+                    .map_or(next_at, |deadline| deadline.min(next_at));
+                pause(&stop, until).await;
+                continue;
             }
             // A fixed schedule: a late message does not push every later one back.
             next_at = next_at.max(now - period) + period;
@@ -64,14 +81,19 @@ pub async fn connection(
         let mut attempts = 0u32;
         let outcome = loop {
             if attempts > 0 {
-                if first_try.elapsed() > plan.retry_for || stop.load(Ordering::Relaxed) {
+                if first_try.elapsed() > plan.retry_for || stop.is_cancelled() {
                     break None;
                 }
                 totals.retransmitted.fetch_add(1, Ordering::Relaxed);
             }
             attempts += 1;
             if stream.is_none() {
-                match Link::connect(&plan.to).await {
+                let connected = tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => break None,
+                    connected = Link::connect(&plan.to) => connected,
+                };
+                match connected {
                     Ok(link) => {
                         stream = Some(link);
                         backoff = Duration::from_millis(50);
@@ -84,7 +106,9 @@ pub async fn connection(
                                 plan.to, backoff
                             );
                         }
-                        tokio::time::sleep(backoff).await;
+                        if pause(&stop, Instant::now() + backoff).await {
+                            break None;
+                        }
                         backoff = (backoff * 2).min(MAX_BACKOFF);
                         continue;
                     }
@@ -114,7 +138,9 @@ pub async fn connection(
                         );
                     }
                     stream = None;
-                    tokio::time::sleep(backoff).await;
+                    if pause(&stop, Instant::now() + backoff).await {
+                        break None;
+                    }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }

@@ -3,8 +3,10 @@
 
 use std::io::IsTerminal;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
 
 use super::link::connection;
 use super::simulator::{Scenario, Source};
@@ -95,13 +97,15 @@ pub async fn run_connections(
     json: bool,
 ) -> Result<Summary, tokio::task::JoinError> {
     let totals = Arc::new(Totals::default());
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = CancellationToken::new();
     {
-        let stop = Arc::clone(&stop);
+        // Installed before the first message: a Ctrl+C at any moment stops the sending
+        // and still prints the summary.
+        let signal = crate::shutdown::installed();
+        let stop = stop.clone();
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                stop.store(true, Ordering::Relaxed);
-            }
+            signal.await;
+            stop.cancel();
         });
     }
     let run_id = crate::ids::run_id();
@@ -147,8 +151,7 @@ pub async fn run_connections(
             continue;
         }
         let totals = Arc::clone(&totals);
-        let stop = Arc::clone(&stop);
-        tasks.spawn(connection(plan, source, totals, stop));
+        tasks.spawn(connection(plan, source, totals, stop.clone()));
     }
     let mut latencies: Vec<u32> = Vec::new();
     while let Some(result) = tasks.join_next().await {

@@ -285,6 +285,77 @@ fn a_folder_sends_only_its_hl7_files() {
     );
 }
 
+/// Reads a child's stdout lines on a thread, into a channel.
+fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_for_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let mut status = None;
+    wait_until("send to exit", || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    status.unwrap()
+}
+
+#[test]
+fn ctrl_c_sends_no_further_message() {
+    let (_dir, receiver) = common::start(&[]);
+    let mut child = Command::new(common::binary())
+        .args([
+            "send",
+            "--to",
+            &receiver.mllp.to_string(),
+            "--count",
+            "10",
+            "--interval",
+            "1s",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(&mut child);
+    let mut seen = Vec::new();
+    // The first ACK; the sender now waits a second before the next message.
+    while !seen.last().is_some_and(|l: &String| l.ends_with(" AA")) {
+        seen.push(
+            lines
+                .recv_timeout(common::DEADLINE)
+                .expect("a line from send"),
+        );
+    }
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let status = wait_for_exit(&mut child);
+    seen.extend(lines.iter());
+    assert!(status.success(), "{seen:#?}");
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with("sent 1 · acknowledged 1 ")),
+        "{seen:#?}"
+    );
+    let (_, messages, _) = common::run(&[
+        "messages",
+        "--data-dir",
+        receiver.data_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(messages.matches("accepted").count(), 1, "{messages}");
+}
+
 #[test]
 fn usage_errors_exit_2() {
     assert_eq!(send(&["--interval", "soon"]).0, 2);
