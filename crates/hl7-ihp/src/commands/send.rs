@@ -87,7 +87,8 @@ pub fn run(args: &SendArgs) -> anyhow::Result<ExitCode> {
     ))?;
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
-    } else if load || summary.sent > 0 {
+    } else if load || summary.sent > 0 || summary.unacknowledged > 0 {
+        // Also when nothing could be sent: the summary says what was given up.
         print_summary(&summary);
     }
     let bounded = args.count.is_some() || duration.is_some();

@@ -39,6 +39,16 @@ async fn pause(stop: &CancellationToken, until: Instant) -> bool {
     }
 }
 
+/// An I/O error as a lower-case reason: `connection refused (os error 111)`.
+fn reason(error: &std::io::Error) -> String {
+    let text = error.to_string();
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => text,
+    }
+}
+
 /// One connection's loop: returns its ACK latencies in microseconds. Once `stop` is
 /// cancelled no new message is sent; the one in flight still gets its ACK (or its timeout).
 pub async fn connection(
@@ -78,15 +88,16 @@ pub async fn connection(
         let message = source.next_message();
         sent += 1;
         let first_try = Instant::now();
-        let mut attempts = 0u32;
+        // Back-off pauses end when the message's time is up, so that it is given up
+        // after `retry_for`, not after the next (up to 5 s) pause.
+        let give_up_at = first_try + plan.retry_for;
+        let mut tried = false;
+        let mut written = false;
         let outcome = loop {
-            if attempts > 0 {
-                if first_try.elapsed() > plan.retry_for || stop.is_cancelled() {
-                    break None;
-                }
-                totals.retransmitted.fetch_add(1, Ordering::Relaxed);
+            if tried && (Instant::now() >= give_up_at || stop.is_cancelled()) {
+                break None;
             }
-            attempts += 1;
+            tried = true;
             if stream.is_none() {
                 let connected = tokio::select! {
                     biased;
@@ -98,15 +109,19 @@ pub async fn connection(
                         stream = Some(link);
                         backoff = Duration::from_millis(50);
                     }
-                    Err(_) => {
+                    Err(error) => {
                         totals.errors.fetch_add(1, Ordering::Relaxed);
-                        if plan.verbose {
+                        // Why, at once and then now and then: not a line per attempt, nor
+                        // one per connection in load mode.
+                        if totals.time_to_report() {
                             eprintln!(
-                                "hl7-ihp: cannot connect to {}; retrying in {:?}",
-                                plan.to, backoff
+                                "hl7-ihp: cannot connect to {}: {}; retrying (a message is given up after {:?})",
+                                terminal::escape(&plan.to),
+                                reason(&error),
+                                plan.retry_for
                             );
                         }
-                        if pause(&stop, Instant::now() + backoff).await {
+                        if pause(&stop, (Instant::now() + backoff).min(give_up_at)).await {
                             break None;
                         }
                         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -117,9 +132,15 @@ pub async fn connection(
             let Some(link) = stream.as_mut() else {
                 unreachable!("connected above or went round again");
             };
-            totals
-                .sent
-                .fetch_add(u64::from(attempts == 1), Ordering::Relaxed);
+            // Sent once, retransmitted each time after: a message that waited for a
+            // connection was not sent before it.
+            let counter = if written {
+                &totals.retransmitted
+            } else {
+                &totals.sent
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            written = true;
             let sent_at = Instant::now();
             match link.deliver(&message, plan.ack_timeout).await {
                 Delivery::Answered(code) => {
@@ -138,7 +159,7 @@ pub async fn connection(
                         );
                     }
                     stream = None;
-                    if pause(&stop, Instant::now() + backoff).await {
+                    if pause(&stop, (Instant::now() + backoff).min(give_up_at)).await {
                         break None;
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);

@@ -2,8 +2,8 @@
 //! summary with ACK latency percentiles.
 
 use std::io::IsTerminal;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -29,6 +29,28 @@ pub struct Totals {
     pub retransmitted: AtomicU64,
     /// Messages given up on after `retry_for`.
     pub unacknowledged: AtomicU64,
+    /// When a connection problem was last reported on standard error.
+    reported_at: Mutex<Option<Instant>>,
+}
+
+/// How often a lasting connection problem is reported again.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+impl Totals {
+    /// True for the first problem of a run, then at most once every [`REPORT_EVERY`] over all
+    /// connections: a receiver that is down is said once, not by 64 connections 20 times.
+    pub fn time_to_report(&self) -> bool {
+        let mut reported_at = self
+            .reported_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        if reported_at.is_some_and(|at| now.duration_since(at) < REPORT_EVERY) {
+            return false;
+        }
+        *reported_at = Some(now);
+        true
+    }
 }
 
 /// How one connection runs.

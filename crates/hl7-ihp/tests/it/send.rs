@@ -357,6 +357,26 @@ fn ctrl_c_sends_no_further_message() {
 }
 
 #[test]
+fn nothing_listening_says_why_and_gives_up_with_a_summary() {
+    let to = format!("127.0.0.1:{}", free_port());
+    let started = std::time::Instant::now();
+    let (status, stdout, stderr) = send(&["--to", &to, "--count", "1", "--retry-for", "2s"]);
+    assert_eq!(status, 1, "{stdout}{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "gave up after {:?}",
+        started.elapsed()
+    );
+    assert!(stderr.contains("connection refused"), "{stderr}");
+    // Said once, not on every attempt.
+    assert_eq!(stderr.matches("connection refused").count(), 1, "{stderr}");
+    assert!(
+        stdout.contains("sent 0 · acknowledged 0 ") && stdout.contains("unacknowledged 1"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn usage_errors_exit_2() {
     assert_eq!(send(&["--interval", "soon"]).0, 2);
     assert_eq!(send(&["--scenario", "nope"]).0, 2);
