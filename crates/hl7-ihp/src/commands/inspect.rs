@@ -77,15 +77,22 @@ pub fn show(args: &ShowArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `hl7-ihp messages`: stored frames, newest first; bodies only with `--raw`.
+/// `hl7-ihp messages`: stored frames, newest first (the newest 50 unless `--limit` says
+/// otherwise); bodies only with `--raw`.
 pub fn messages(args: &MessagesArgs) -> anyhow::Result<ExitCode> {
     let store = open(&args.store.path)?;
+    // One more than shown tells whether there are older ones, without counting them all.
+    let limit = (args.limit > 0).then_some(args.limit);
     let filter = MessageFilter {
         rejected_only: args.rejected,
         with_raw: args.raw,
-        limit: args.limit,
+        limit: limit.map(|n| n.saturating_add(1)),
     };
-    let messages = runtime()?.block_on(store.messages(filter))?;
+    let mut messages = runtime()?.block_on(store.messages(filter))?;
+    let more = limit.is_some_and(|n| messages.len() > n);
+    if let Some(n) = limit {
+        messages.truncate(n);
+    }
     let mut out = io::BufWriter::new(io::stdout().lock());
     let id_width = terminal::column_width(
         messages.iter().map(|m| m.control_id.as_str()),
@@ -123,5 +130,9 @@ pub fn messages(args: &MessagesArgs) -> anyhow::Result<ExitCode> {
         }
     }
     out.flush()?;
+    if more {
+        // On standard error: the table on standard output stays only rows.
+        eprintln!("… older messages not shown; --limit N or --limit 0 for all");
+    }
     Ok(ExitCode::SUCCESS)
 }
