@@ -120,12 +120,16 @@ async fn demo(
         data_dir.display()
     );
     println!("Ctrl+C stops both.\n");
+    // One signal future for the whole loop: a Ctrl+C that arrives while the table is being
+    // drawn is kept, not lost between two `select!`s.
+    let shutdown = crate::shutdown::installed();
+    tokio::pin!(shutdown);
     let terminal = std::io::stdout().is_terminal();
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     let mut lines_drawn = 0usize;
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = &mut shutdown => break,
             ended = &mut receiver => {
                 stop.cancel();
                 return match ended {
@@ -135,25 +139,39 @@ async fn demo(
                 };
             }
             _ = ticker.tick() => {
-                let table = render_table(reader.as_ref(), &totals).await;
-                let mut out = std::io::stdout().lock();
-                if terminal && lines_drawn > 0 {
-                    // Move up and redraw in place.
-                    let _ = write!(out, "\x1b[{lines_drawn}A\x1b[J");
-                }
-                let _ = out.write_all(table.as_bytes());
-                let _ = out.flush();
-                lines_drawn = table.lines().count();
+                lines_drawn = draw(reader.as_ref(), &totals, terminal, lines_drawn).await;
             }
         }
     }
-    println!("\nstopping: monitors first, then the receiver (it finishes the messages in hand)");
     stop.cancel();
     while monitors.join_next().await.is_some() {}
+    // Once more now that the monitors have stopped and every message they sent is answered:
+    // the last table shows the final counts, not those of up to a second before.
+    draw(reader.as_ref(), &totals, terminal, lines_drawn).await;
+    println!("\nmonitors stopped; stopping the receiver (it finishes the messages in hand)");
     let _ = stop_receiver_tx.send(true);
     receiver.await.context("the receiver task failed")??;
     println!("stopped; the data stays in {}", data_dir.display());
     Ok(())
+}
+
+/// Prints the table, over the previous one (`lines_drawn` lines) on a terminal; returns
+/// how many lines it drew.
+async fn draw(
+    reader: &dyn StoreRead,
+    totals: &Totals,
+    terminal: bool,
+    lines_drawn: usize,
+) -> usize {
+    let table = render_table(reader, totals).await;
+    let mut out = std::io::stdout().lock();
+    if terminal && lines_drawn > 0 {
+        // To the start of the line (after a `^C` the terminal echoed), up, and clear.
+        let _ = write!(out, "\r\x1b[{lines_drawn}A\x1b[J");
+    }
+    let _ = out.write_all(table.as_bytes());
+    let _ = out.flush();
+    table.lines().count()
 }
 
 async fn render_table(reader: &dyn StoreRead, totals: &Totals) -> String {
