@@ -27,6 +27,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         Some(dir) => dir.clone(),
         None => fresh_temp_dir()?,
     };
+    let _cleanup = RemoveIfEmpty(args.data_dir.is_none().then(|| data_dir.clone()));
     let Some(interval) = parse_duration(&args.interval).filter(|d| !d.is_zero()) else {
         eprintln!(
             "hl7-ihp: invalid --interval `{}` (e.g. 1s, 500ms)",
@@ -50,6 +51,19 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     let runtime = super::runtime()?;
     runtime.block_on(demo(config, data_dir, args.patients.max(1), interval))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The demo's own temporary folder, removed at the end if it is still empty: a demo that
+/// could not start (its port taken, a bad flag) leaves nothing behind, and one that stored
+/// anything keeps its data (`remove_dir` removes only an empty folder).
+struct RemoveIfEmpty(Option<PathBuf>);
+
+impl Drop for RemoveIfEmpty {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.0 {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
 }
 
 fn fresh_temp_dir() -> anyhow::Result<PathBuf> {

@@ -160,3 +160,25 @@ fn the_last_table_shows_the_final_counts() {
         "every message sent was acknowledged: {totals}"
     );
 }
+
+#[test]
+fn a_failed_start_leaves_no_temporary_folder() {
+    let temp = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    let output = Command::new(common::binary())
+        .args(["demo", "--listen", &listen, "--http", "off"])
+        .env("TMPDIR", temp.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let left: Vec<_> = std::fs::read_dir(temp.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|name| name.to_string_lossy().starts_with("hl7-ihp-demo-"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    drop(taken);
+}
