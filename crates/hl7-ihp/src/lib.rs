@@ -1,5 +1,6 @@
 //! hl7-ihp receives HL7 v2 data from medical devices over MLLP, stores every message durably
-//! before its ACK, and hands it to the IHP platform as per-patient files and over HTTP.
+//! before its ACK, and hands it to the IHP platform as per-patient files (HTTP serves only
+//! `/healthz` and `/metrics` so far).
 //!
 //! The module map (ARCHITECTURE.md has the invariants); dependencies point one way:
 //! `commands` → `server` → `mllp`, `http`, `export` → `ingest` → `store`, `documents` → `hl7`.
