@@ -72,6 +72,10 @@ pub struct ShowArgs {
     pub store: DataDir,
 }
 
+/// Messages `hl7-ihp messages` lists unless told otherwise: a store holds millions, and
+/// what one looks for is usually among the newest.
+pub const DEFAULT_MESSAGES_LIMIT: usize = 50;
+
 /// `hl7-ihp messages`.
 #[derive(Debug, Args)]
 pub struct MessagesArgs {
@@ -81,9 +85,9 @@ pub struct MessagesArgs {
     /// Print each message's bytes under its line.
     #[arg(long)]
     pub raw: bool,
-    /// At most this many, newest first.
-    #[arg(long, value_name = "N")]
-    pub limit: Option<usize>,
+    /// At most this many, newest first; 0 for all.
+    #[arg(long, default_value_t = DEFAULT_MESSAGES_LIMIT, value_name = "N")]
+    pub limit: usize,
     /// The receiver's data directory.
     #[command(flatten)]
     pub store: DataDir,

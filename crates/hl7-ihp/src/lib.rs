@@ -1,5 +1,6 @@
 //! hl7-ihp receives HL7 v2 data from medical devices over MLLP, stores every message durably
-//! before its ACK, and hands it to the IHP platform as per-patient files and over HTTP.
+//! before its ACK, and hands it to the IHP platform as per-patient files (HTTP serves only
+//! `/healthz` and `/metrics` so far).
 //!
 //! The module map (ARCHITECTURE.md has the invariants); dependencies point one way:
 //! `commands` → `server` → `mllp`, `http`, `export` → `ingest` → `store`, `documents` → `hl7`.
@@ -17,6 +18,7 @@
 //! - [`export`]: the exporter task, safe file names and atomic writes.
 //! - [`http`]: the HTTP router: `/healthz`, `/metrics`.
 //! - [`sender`]: the device simulator and load generator: link, load, simulator.
+//! - [`terminal`]: device text made safe to print: controls escaped, long values cut.
 //! - [`metrics`], [`logging`], [`ids`]: counters, log set-up, base-36 ids.
 
 pub mod cli;
@@ -35,3 +37,4 @@ pub mod sender;
 pub mod server;
 pub mod shutdown;
 pub mod store;
+pub mod terminal;

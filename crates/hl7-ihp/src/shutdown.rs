@@ -5,6 +5,9 @@
 //! [`Shutdown::is_requested`] between steps or awaits [`Shutdown::requested`]. `receive`,
 //! `send` and `demo` all stop through it, so Ctrl+C and SIGTERM mean the same to each.
 
+use std::future::Future;
+
+use tokio::signal::unix::{Signal, SignalKind, signal as unix_signal};
 use tokio::sync::watch;
 
 /// Whether shutdown has been asked for, and a way to wait until it is.
@@ -38,13 +41,15 @@ impl Shutdown {
         )
     }
 
-    /// A shutdown set off by Ctrl+C or SIGTERM (or by the returned trigger). Needs a tokio
-    /// runtime: a task waits for the signals.
+    /// A shutdown set off by Ctrl+C or SIGTERM (or by the returned trigger). The signal
+    /// handlers are installed before it returns, so a Ctrl+C from then on is never the
+    /// default "end the process at once". Needs a tokio runtime: a task waits for them.
     pub fn on_signals() -> (Trigger, Shutdown) {
         let (trigger, shutdown) = Shutdown::new();
         let on_signal = trigger.clone();
+        let signals = installed();
         tokio::spawn(async move {
-            signal().await;
+            signals.await;
             on_signal.trigger();
         });
         (trigger, shutdown)
@@ -74,18 +79,27 @@ impl Shutdown {
     }
 }
 
-/// Completes on Ctrl+C or SIGTERM.
-pub async fn signal() {
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async {
-            match terminate.as_mut() {
-                Some(signal) => { signal.recv().await; }
-                None => std::future::pending::<()>().await,
-            }
-        } => {}
+/// Completes on Ctrl+C or SIGTERM, with the handlers installed now instead of when the
+/// future is first polled: until then a Ctrl+C still has its default effect and ends the process at once,
+/// without a summary. Commands that print one call this before they start sending.
+pub fn installed() -> impl Future<Output = ()> + Send + 'static {
+    let interrupt = unix_signal(SignalKind::interrupt()).ok();
+    let terminate = unix_signal(SignalKind::terminate()).ok();
+    async move {
+        tokio::select! {
+            _ = received(interrupt) => {}
+            _ = received(terminate) => {}
+        }
+    }
+}
+
+/// Waits for `signal`; forever when its handler could not be installed.
+async fn received(signal: Option<Signal>) {
+    match signal {
+        Some(mut signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending::<()>().await,
     }
 }
 

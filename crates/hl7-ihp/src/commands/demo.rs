@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -17,7 +17,9 @@ use crate::sender::link;
 use crate::sender::load::{Plan, Totals};
 use crate::sender::simulator::{Scenario, Source};
 use crate::server;
+use crate::shutdown::Shutdown;
 use crate::store::{self, PatientSummary, StoreLocation, StoreOptions, StoreRead};
+use crate::terminal;
 
 /// Runs the demo until Ctrl+C.
 pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
@@ -25,6 +27,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         Some(dir) => dir.clone(),
         None => fresh_temp_dir()?,
     };
+    let _cleanup = RemoveIfEmpty(args.data_dir.is_none().then(|| data_dir.clone()));
     let Some(interval) = parse_duration(&args.interval).filter(|d| !d.is_zero()) else {
         eprintln!(
             "hl7-ihp: invalid --interval `{}` (e.g. 1s, 500ms)",
@@ -50,6 +53,19 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The demo's own temporary folder, removed at the end if it is still empty: a demo that
+/// could not start (its port taken, a bad flag) leaves nothing behind, and one that stored
+/// anything keeps its data (`remove_dir` removes only an empty folder).
+struct RemoveIfEmpty(Option<PathBuf>);
+
+impl Drop for RemoveIfEmpty {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.0 {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
 fn fresh_temp_dir() -> anyhow::Result<PathBuf> {
     let name = format!(
         "hl7-ihp-demo-{}-{}",
@@ -70,16 +86,21 @@ async fn demo(
     let (mllp, http) = server::bind(&config).await?;
     let mllp_address = mllp.local_addr()?;
     let http_address = http.as_ref().map(|l| l.local_addr()).transpose()?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (stop_receiver_tx, mut stop_receiver_rx) = tokio::sync::watch::channel(false);
+    // The monitors stop first, then the receiver, each through its own shutdown; Ctrl+C or
+    // SIGTERM starts both.
+    let (stop_monitors, monitors_stop) = Shutdown::new();
+    let (stop_receiver, receiver_stop) = Shutdown::new();
     // Created (and migrated) before the receiver opens it, so that the read-only store
     // below finds the schema; the demo only reads.
     let location = StoreLocation::in_data_dir(&data_dir);
     drop(store::open(&location, &StoreOptions::default()).context("creating the store")?);
     let reader = store::open_read_only(&location).context("opening the store to read it")?;
-    let mut receiver = tokio::spawn(server::run(config, mllp, http, async move {
-        let _ = stop_receiver_rx.wait_for(|stop| *stop).await;
-    }));
+    let mut receiver = tokio::spawn(server::run(
+        config,
+        mllp,
+        http,
+        receiver_stop.into_requested(),
+    ));
 
     // One connection per monitor, as bedside monitors connect.
     let totals = Arc::new(Totals::default());
@@ -100,7 +121,7 @@ async fn demo(
             plan,
             source,
             Arc::clone(&totals),
-            Arc::clone(&stop),
+            monitors_stop.clone(),
         ));
     }
 
@@ -118,14 +139,19 @@ async fn demo(
         data_dir.display()
     );
     println!("Ctrl+C stops both.\n");
+    // One signal future for the whole loop: a Ctrl+C that arrives while the table is being
+    // drawn is kept, not lost between two `select!`s.
+    let (_trigger, signals) = Shutdown::on_signals();
+    let shutdown = signals.into_requested();
+    tokio::pin!(shutdown);
     let terminal = std::io::stdout().is_terminal();
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     let mut lines_drawn = 0usize;
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = &mut shutdown => break,
             ended = &mut receiver => {
-                stop.store(true, Ordering::Relaxed);
+                stop_monitors.trigger();
                 return match ended {
                     Ok(Ok(())) => Err(anyhow::anyhow!("the receiver stopped unexpectedly")),
                     Ok(Err(error)) => Err(anyhow::Error::new(error).context("the receiver failed")),
@@ -133,25 +159,39 @@ async fn demo(
                 };
             }
             _ = ticker.tick() => {
-                let table = render_table(reader.as_ref(), &totals).await;
-                let mut out = std::io::stdout().lock();
-                if terminal && lines_drawn > 0 {
-                    // Move up and redraw in place.
-                    let _ = write!(out, "\x1b[{lines_drawn}A\x1b[J");
-                }
-                let _ = out.write_all(table.as_bytes());
-                let _ = out.flush();
-                lines_drawn = table.lines().count();
+                lines_drawn = draw(reader.as_ref(), &totals, terminal, lines_drawn).await;
             }
         }
     }
-    println!("\nstopping: monitors first, then the receiver (it finishes the messages in hand)");
-    stop.store(true, Ordering::Relaxed);
+    stop_monitors.trigger();
     while monitors.join_next().await.is_some() {}
-    let _ = stop_receiver_tx.send(true);
+    // Once more now that the monitors have stopped and every message they sent is answered:
+    // the last table shows the final counts, not those of up to a second before.
+    draw(reader.as_ref(), &totals, terminal, lines_drawn).await;
+    println!("\nmonitors stopped; stopping the receiver (it finishes the messages in hand)");
+    stop_receiver.trigger();
     receiver.await.context("the receiver task failed")??;
     println!("stopped; the data stays in {}", data_dir.display());
     Ok(())
+}
+
+/// Prints the table, over the previous one (`lines_drawn` lines) on a terminal; returns
+/// how many lines it drew.
+async fn draw(
+    reader: &dyn StoreRead,
+    totals: &Totals,
+    terminal: bool,
+    lines_drawn: usize,
+) -> usize {
+    let table = render_table(reader, totals).await;
+    let mut out = std::io::stdout().lock();
+    if terminal && lines_drawn > 0 {
+        // To the start of the line (after a `^C` the terminal echoed), up, and clear.
+        let _ = write!(out, "\r\x1b[{lines_drawn}A\x1b[J");
+    }
+    let _ = out.write_all(table.as_bytes());
+    let _ = out.flush();
+    table.lines().count()
 }
 
 async fn render_table(reader: &dyn StoreRead, totals: &Totals) -> String {
@@ -169,8 +209,12 @@ async fn render_table(reader: &dyn StoreRead, totals: &Totals) -> String {
             .await
             .ok()
             .flatten();
-        let name: String = patient.name.chars().take(22).collect();
-        out.push_str(&format!("{:<10} {:<22}", patient.key, name));
+        // Any device may send to the demo's port: its text is escaped and cut to the columns.
+        out.push_str(&format!(
+            "{:<10} {:<22}",
+            terminal::cell(&patient.key, 10),
+            terminal::cell(&patient.name, 22)
+        ));
         for vital in &VITALS {
             let cell = latest
                 .as_ref()
@@ -185,7 +229,7 @@ async fn render_table(reader: &dyn StoreRead, totals: &Totals) -> String {
                         "L" | "LL" => "↓",
                         _ => " ",
                     };
-                    format!("{}{flag}", row.observation.value)
+                    format!("{}{flag}", terminal::cell(&row.observation.value, 5))
                 })
                 .unwrap_or_else(|| "-".into());
             out.push_str(&format!(" {cell:>6}"));

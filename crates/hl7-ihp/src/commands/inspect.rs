@@ -10,6 +10,7 @@ use anyhow::Context;
 use crate::cli::{MessagesArgs, PatientsArgs, ShowArgs};
 use crate::export;
 use crate::store::{self, MessageFilter, StoreLocation, StoreRead, outcome_name, utc_text};
+use crate::terminal;
 
 fn open(data_dir: &Path) -> anyhow::Result<std::sync::Arc<dyn StoreRead>> {
     if !data_dir.exists() {
@@ -26,17 +27,17 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-/// `hl7-ihp patients`: one line per patient.
+/// `hl7-ihp patients`: one line per patient. Ids and names are the devices' text: escaped,
+/// and cut to a column's width.
 pub fn patients(args: &PatientsArgs) -> anyhow::Result<ExitCode> {
     let store = open(&args.store.path)?;
     let patients = runtime()?.block_on(store.patients())?;
     let mut out = io::BufWriter::new(io::stdout().lock());
-    let width = patients
-        .iter()
-        .map(|p| p.key.chars().count())
-        .max()
-        .unwrap_or(0)
-        .max(10);
+    let width = terminal::column_width(
+        patients.iter().map(|p| p.key.as_str()),
+        "PATIENT".len().max(10),
+        terminal::ID_WIDTH,
+    );
     writeln!(
         out,
         "{:<width$}  {:>12}  {:<24}  NAME",
@@ -46,10 +47,10 @@ pub fn patients(args: &PatientsArgs) -> anyhow::Result<ExitCode> {
         writeln!(
             out,
             "{:<width$}  {:>12}  {:<24}  {}",
-            patient.key,
+            terminal::cell(&patient.key, width),
             patient.n_observations,
             patient.last_received_at.map(utc_text).unwrap_or_default(),
-            patient.name
+            terminal::cell(&patient.name, terminal::NAME_WIDTH)
         )?;
     }
     out.flush()?;
@@ -70,49 +71,68 @@ pub fn show(args: &ShowArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     };
     let mut out = io::stdout().lock();
-    out.write_all(&crate::documents::patient::render_document(&records))?;
+    let document = crate::documents::patient::render_document(&records);
+    out.write_all(&terminal::json_text(&document))?;
     out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// `hl7-ihp messages`: stored frames, newest first; bodies only with `--raw`.
+/// `hl7-ihp messages`: stored frames, newest first (the newest 50 unless `--limit` says
+/// otherwise); bodies only with `--raw`.
 pub fn messages(args: &MessagesArgs) -> anyhow::Result<ExitCode> {
     let store = open(&args.store.path)?;
+    // One more than shown tells whether there are older ones, without counting them all.
+    let limit = (args.limit > 0).then_some(args.limit);
     let filter = MessageFilter {
         rejected_only: args.rejected,
         with_raw: args.raw,
-        limit: args.limit,
+        limit: limit.map(|n| n.saturating_add(1)),
     };
-    let messages = runtime()?.block_on(store.messages(filter))?;
+    let mut messages = runtime()?.block_on(store.messages(filter))?;
+    let more = limit.is_some_and(|n| messages.len() > n);
+    if let Some(n) = limit {
+        messages.truncate(n);
+    }
     let mut out = io::BufWriter::new(io::stdout().lock());
+    let id_width = terminal::column_width(
+        messages.iter().map(|m| m.control_id.as_str()),
+        "CONTROL ID".len(),
+        terminal::ID_WIDTH,
+    );
     writeln!(
         out,
-        "{:>8}  {:<24}  {:<21}  {:<20}  {:<9}  SENDER / REASON",
+        "{:>8}  {:<24}  {:<21}  {:<id_width$}  {:<9}  SENDER / REASON",
         "ID", "RECEIVED", "PEER", "CONTROL ID", "OUTCOME"
     )?;
     for message in &messages {
+        let sender = terminal::cell(&message.sender, terminal::NAME_WIDTH);
         let detail = match &message.reason {
-            Some(reason) => format!("{}  ({reason})", message.sender),
-            None => message.sender.clone(),
+            Some(reason) => format!(
+                "{sender}  ({})",
+                terminal::cell(reason, terminal::REASON_WIDTH)
+            ),
+            None => sender.into_owned(),
         };
         writeln!(
             out,
-            "{:>8}  {:<24}  {:<21}  {:<20}  {:<9}  {detail}",
+            "{:>8}  {:<24}  {:<21}  {:<id_width$}  {:<9}  {detail}",
             message.id,
             utc_text(message.received_at),
-            message.peer,
-            message.control_id,
+            terminal::escape(&message.peer),
+            terminal::cell(&message.control_id, id_width),
             outcome_name(message.outcome)
         )?;
         if let Some(raw) = &message.raw {
-            for line in String::from_utf8_lossy(raw)
-                .split(['\r', '\n'])
-                .filter(|l| !l.is_empty())
-            {
+            // The whole body, segments on lines of their own: not cut, only escaped.
+            for line in terminal::body_lines(raw) {
                 writeln!(out, "          {line}")?;
             }
         }
     }
     out.flush()?;
+    if more {
+        // On standard error: the table on standard output stays only rows.
+        eprintln!("… older messages not shown; --limit N or --limit 0 for all");
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -11,6 +11,7 @@ use hl7::{Message, Segment};
 use tokio_util::codec::Decoder;
 
 use crate::cli::ParseArgs;
+use crate::terminal;
 
 /// Parses every file; a file that does not parse is reported on standard error with its
 /// position, and makes the exit status 1.
@@ -37,7 +38,7 @@ pub fn run(args: &ParseArgs) -> anyhow::Result<ExitCode> {
                 Err(error) => {
                     failed = true;
                     out.flush()?;
-                    eprintln!("hl7-ihp: {name}: {error}");
+                    eprintln!("hl7-ihp: {}: {error}", terminal::escape(&name));
                 }
             }
         }
@@ -90,7 +91,8 @@ fn write_tree(out: &mut impl Write, message: &Message<'_>, decoded: bool) -> io:
         .unwrap_or_default();
     writeln!(
         out,
-        "message {message_type} ({} segments, charset {:?})",
+        "message {} ({} segments, charset {:?})",
+        terminal::escape(&message_type),
         message.segment_count(),
         message.charset()
     )?;
@@ -108,7 +110,9 @@ fn write_segment(out: &mut impl Write, segment: &Segment<'_, '_>, decoded: bool)
             continue;
         }
         let n = index + 1;
-        let show = |text: std::borrow::Cow<'_, str>| text.replace('\r', "\\r").replace('\n', "\\n");
+        // Whole values (this is the command for reading a message), control characters
+        // escaped: a terminal must not obey the file.
+        let show = |text: std::borrow::Cow<'_, str>| terminal::escape(&text).into_owned();
         let value = if decoded {
             field.text()
         } else {

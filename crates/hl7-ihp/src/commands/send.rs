@@ -87,7 +87,8 @@ pub fn run(args: &SendArgs) -> anyhow::Result<ExitCode> {
     ))?;
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
-    } else if load || summary.sent > 0 {
+    } else if load || summary.sent > 0 || summary.unacknowledged > 0 {
+        // Also when nothing could be sent: the summary says what was given up.
         print_summary(&summary);
     }
     let bounded = args.count.is_some() || duration.is_some();
@@ -121,10 +122,12 @@ fn print_summary(summary: &Summary) {
     );
 }
 
-/// Reads `--file` arguments: files, or folders of `.hl7` files (sorted). A file may hold one
-/// message, a batch, or MLLP-framed messages; CR or LF.
+/// Reads `--file` arguments: files, or folders of files (sorted). A file may hold one
+/// message, a batch, or MLLP-framed messages; CR or LF. Only files that look like HL7 are
+/// sent (a folder of samples has its README too); the others are named on standard error.
 pub fn read_files(paths: &[PathBuf]) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
     let mut out = Vec::new();
+    let mut skipped = Vec::new();
     for path in paths {
         if path.is_dir() {
             let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
@@ -135,24 +138,94 @@ pub fn read_files(paths: &[PathBuf]) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
                 .collect();
             entries.sort();
             for entry in entries {
-                read_one(&entry, &mut out)?;
+                read_one(&entry, &mut out, &mut skipped)?;
             }
         } else {
-            read_one(path, &mut out)?;
+            read_one(path, &mut out, &mut skipped)?;
         }
     }
-    anyhow::ensure!(!out.is_empty(), "no messages in the given files");
+    if !skipped.is_empty() {
+        let names: Vec<_> = skipped
+            .iter()
+            .map(|name| crate::terminal::cell(name, crate::terminal::NAME_WIDTH))
+            .collect();
+        eprintln!(
+            "hl7-ihp: skipped {} file{} that {} not HL7: {}",
+            skipped.len(),
+            if skipped.len() == 1 { "" } else { "s" },
+            if skipped.len() == 1 { "is" } else { "are" },
+            names.join(", ")
+        );
+    }
+    anyhow::ensure!(!out.is_empty(), "no HL7 messages in the given files");
     Ok(out)
 }
 
-fn read_one(path: &Path, out: &mut Vec<(String, Vec<u8>)>) -> anyhow::Result<()> {
+/// True when a file holds HL7: MLLP-framed (`0x0B` first), or a message or batch header
+/// (`MSH`, `FHS`, `BHS` and a field separator, which is punctuation) after an optional UTF-8
+/// byte order mark and white space, as the parser reads them.
+fn looks_like_hl7(bytes: &[u8]) -> bool {
+    let start = |bytes: &[u8]| bytes.iter().position(|b| !b.is_ascii_whitespace());
+    if start(bytes).is_some_and(|at| bytes[at] == hl7::mllp::START_BLOCK) {
+        return true;
+    }
+    let text = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    start(text).is_some_and(|at| {
+        let head = &text[at..];
+        [b"MSH", b"FHS", b"BHS"]
+            .iter()
+            .any(|id| head.starts_with(*id))
+            && head.get(3).is_some_and(u8::is_ascii_punctuation)
+    })
+}
+
+fn read_one(
+    path: &Path,
+    out: &mut Vec<(String, Vec<u8>)>,
+    skipped: &mut Vec<String>,
+) -> anyhow::Result<()> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    if !looks_like_hl7(&bytes) {
+        skipped.push(name);
+        return Ok(());
+    }
     for payload in super::parse::payloads(&bytes) {
         out.push((name.clone(), payload));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hl7_files_are_told_from_others() {
+        for hl7 in [
+            &b"MSH|^~\\&|A"[..],
+            b"\xEF\xBB\xBFMSH|^~\\&|A",
+            b"\xEF\xBB\xBF\r\n  FHS|^~\\&",
+            b"BHS|^~\\&",
+            b"\n\x0BMSH|^~\\&|A\x1C\r",
+        ] {
+            assert!(looks_like_hl7(hl7), "{hl7:?}");
+        }
+        for other in [
+            &b"# Samples\n"[..],
+            b"",
+            b"   ",
+            b"msh|^~\\&|A",
+            b"MS",
+            b"The MSH segment",
+            b"MSH is how a message starts",
+            b"MSH",
+            b"\xEF\xBB\xBF# MSH",
+        ] {
+            assert!(!looks_like_hl7(other), "{other:?}");
+        }
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -14,8 +14,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
 
+use crate::shutdown::Shutdown;
+
 use super::load::{MAX_LATENCY_SAMPLES, Plan, Totals};
 use super::simulator::{Outgoing, Source};
+use crate::terminal;
 
 /// Longest pause between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -28,12 +31,32 @@ enum Delivery {
     Retry(&'static str),
 }
 
-/// One connection's loop: returns its ACK latencies in microseconds.
+/// Sleeps until `until`, or less when shutdown is asked for first; true when it was.
+async fn pause(stop: &Shutdown, until: Instant) -> bool {
+    tokio::select! {
+        biased;
+        _ = stop.clone().into_requested() => true,
+        _ = tokio::time::sleep_until(until.into()) => false,
+    }
+}
+
+/// An I/O error as a lower-case reason: `connection refused (os error 111)`.
+fn reason(error: &std::io::Error) -> String {
+    let text = error.to_string();
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => text,
+    }
+}
+
+/// One connection's loop: returns its ACK latencies in microseconds. Once shutdown is
+/// asked for no new message is sent; the one in flight still gets its ACK (or its timeout).
 pub async fn connection(
     plan: Plan,
     mut source: Source,
     totals: Arc<Totals>,
-    stop: Arc<AtomicBool>,
+    stop: Shutdown,
 ) -> Vec<u32> {
     let mut latencies = Vec::new();
     let mut stream: Option<Link> = None;
@@ -41,7 +64,7 @@ pub async fn connection(
     let mut next_at = Instant::now();
     let mut backoff = Duration::from_millis(50);
     loop {
-        if stop.load(Ordering::Relaxed)
+        if stop.is_requested()
             || plan.count.is_some_and(|count| sent >= count)
             || plan
                 .deadline
@@ -52,7 +75,13 @@ pub async fn connection(
         if let Some(period) = plan.period {
             let now = Instant::now();
             if next_at > now {
-                tokio::time::sleep(next_at - now).await;
+                // Ctrl+C or the deadline during the pause ends it, and the checks above run
+                // again right before sending: a stopped sender sends nothing more.
+                let until = plan
+                    .deadline
+                    .map_or(next_at, |deadline| deadline.min(next_at));
+                pause(&stop, until).await;
+                continue;
             }
             // A fixed schedule: a late message does not push every later one back.
             next_at = next_at.max(now - period) + period;
@@ -60,30 +89,42 @@ pub async fn connection(
         let message = source.next_message();
         sent += 1;
         let first_try = Instant::now();
-        let mut attempts = 0u32;
+        // Back-off pauses end when the message's time is up, so that it is given up
+        // after `retry_for`, not after the next (up to 5 s) pause.
+        let give_up_at = first_try + plan.retry_for;
+        let mut tried = false;
+        let mut written = false;
         let outcome = loop {
-            if attempts > 0 {
-                if first_try.elapsed() > plan.retry_for || stop.load(Ordering::Relaxed) {
-                    break None;
-                }
-                totals.retransmitted.fetch_add(1, Ordering::Relaxed);
+            if tried && (Instant::now() >= give_up_at || stop.is_requested()) {
+                break None;
             }
-            attempts += 1;
+            tried = true;
             if stream.is_none() {
-                match Link::connect(&plan.to).await {
+                let connected = tokio::select! {
+                    biased;
+                    _ = stop.clone().into_requested() => break None,
+                    connected = Link::connect(&plan.to) => connected,
+                };
+                match connected {
                     Ok(link) => {
                         stream = Some(link);
                         backoff = Duration::from_millis(50);
                     }
-                    Err(_) => {
+                    Err(error) => {
                         totals.errors.fetch_add(1, Ordering::Relaxed);
-                        if plan.verbose {
+                        // Why, at once and then now and then: not a line per attempt, nor
+                        // one per connection in load mode.
+                        if totals.time_to_report() {
                             eprintln!(
-                                "hl7-ihp: cannot connect to {}; retrying in {:?}",
-                                plan.to, backoff
+                                "hl7-ihp: cannot connect to {}: {}; retrying (a message is given up after {:?})",
+                                terminal::escape(&plan.to),
+                                reason(&error),
+                                plan.retry_for
                             );
                         }
-                        tokio::time::sleep(backoff).await;
+                        if pause(&stop, (Instant::now() + backoff).min(give_up_at)).await {
+                            break None;
+                        }
                         backoff = (backoff * 2).min(MAX_BACKOFF);
                         continue;
                     }
@@ -92,9 +133,15 @@ pub async fn connection(
             let Some(link) = stream.as_mut() else {
                 unreachable!("connected above or went round again");
             };
-            totals
-                .sent
-                .fetch_add(u64::from(attempts == 1), Ordering::Relaxed);
+            // Sent once, retransmitted each time after: a message that waited for a
+            // connection was not sent before it.
+            let counter = if written {
+                &totals.retransmitted
+            } else {
+                &totals.sent
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            written = true;
             let sent_at = Instant::now();
             match link.deliver(&message, plan.ack_timeout).await {
                 Delivery::Answered(code) => {
@@ -107,10 +154,15 @@ pub async fn connection(
                 Delivery::Retry(why) => {
                     totals.errors.fetch_add(1, Ordering::Relaxed);
                     if plan.verbose {
-                        eprintln!("hl7-ihp: {} {why}; sending it again", message.control_id);
+                        eprintln!(
+                            "hl7-ihp: {} {why}; sending it again",
+                            terminal::cell(&message.control_id, terminal::ID_WIDTH)
+                        );
                     }
                     stream = None;
-                    tokio::time::sleep(backoff).await;
+                    if pause(&stop, (Instant::now() + backoff).min(give_up_at)).await {
+                        break None;
+                    }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
@@ -134,7 +186,13 @@ pub async fn connection(
             }
         };
         if plan.verbose {
-            println!("{} {} {}", message.control_id, message.label, code_text);
+            // A file's MSH-10 and name are not ours: escaped and cut like table cells.
+            println!(
+                "{} {} {}",
+                terminal::cell(&message.control_id, terminal::ID_WIDTH),
+                terminal::cell(&message.label, terminal::NAME_WIDTH),
+                code_text
+            );
         }
     }
     latencies

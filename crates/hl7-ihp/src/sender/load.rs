@@ -2,9 +2,11 @@
 //! summary with ACK latency percentiles.
 
 use std::io::IsTerminal;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use crate::shutdown::Shutdown;
 
 use super::link::connection;
 use super::simulator::{Scenario, Source};
@@ -27,6 +29,28 @@ pub struct Totals {
     pub retransmitted: AtomicU64,
     /// Messages given up on after `retry_for`.
     pub unacknowledged: AtomicU64,
+    /// When a connection problem was last reported on standard error.
+    reported_at: Mutex<Option<Instant>>,
+}
+
+/// How often a lasting connection problem is reported again.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+impl Totals {
+    /// True for the first problem of a run, then at most once every [`REPORT_EVERY`] over all
+    /// connections: a receiver that is down is said once, not by 64 connections 20 times.
+    pub fn time_to_report(&self) -> bool {
+        let mut reported_at = self
+            .reported_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        if reported_at.is_some_and(|at| now.duration_since(at) < REPORT_EVERY) {
+            return false;
+        }
+        *reported_at = Some(now);
+        true
+    }
 }
 
 /// How one connection runs.
@@ -95,15 +119,9 @@ pub async fn run_connections(
     json: bool,
 ) -> Result<Summary, tokio::task::JoinError> {
     let totals = Arc::new(Totals::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = Arc::clone(&stop);
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                stop.store(true, Ordering::Relaxed);
-            }
-        });
-    }
+    // Installed before the first message: a Ctrl+C or SIGTERM at any moment stops the
+    // sending and still prints the summary.
+    let (_trigger, stop) = Shutdown::on_signals();
     let run_id = crate::ids::run_id();
     let started = Instant::now();
     let progress = (load && !json && std::io::stderr().is_terminal()).then(|| {
@@ -147,8 +165,7 @@ pub async fn run_connections(
             continue;
         }
         let totals = Arc::clone(&totals);
-        let stop = Arc::clone(&stop);
-        tasks.spawn(connection(plan, source, totals, stop));
+        tasks.spawn(connection(plan, source, totals, stop.clone()));
     }
     let mut latencies: Vec<u32> = Vec::new();
     while let Some(result) = tasks.join_next().await {

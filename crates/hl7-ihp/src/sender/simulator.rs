@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 
-use crate::documents::vitals::{VITALS, Vital};
+use crate::documents::vitals::{NIBP_DIASTOLIC, NIBP_MEAN, NIBP_SYSTOLIC, VITALS, Vital};
 use crate::ids::base36;
 
 /// The prototype's three ORU^R01 glucose messages, byte for byte.
@@ -312,6 +312,54 @@ struct Metric {
     value: f64,
 }
 
+impl Metric {
+    /// The next reading: a random walk around the middle of the normal range and now and
+    /// then a value outside it, as real patients have; always a possible value, and rounded
+    /// to the decimals sent, so that its flag is the flag of what the receiver reads.
+    fn next(&mut self, rng: &mut Rng) -> f64 {
+        let (low, high) = self.vital.normal;
+        let span = high - low;
+        let middle = (low + high) / 2.0;
+        self.value += (rng.unit() - 0.5) * span * 0.04 + (middle - self.value) * 0.05;
+        let mut value = self.value;
+        if rng.unit() < 0.03 {
+            value = if rng.unit() < 0.5 {
+                low - span * 0.1
+            } else {
+                high + span * 0.1
+            };
+        }
+        let (least, most) = self.vital.possible;
+        rounded(value.clamp(least, most), self.vital.decimals)
+    }
+}
+
+/// `value` with `decimals` decimals, as [`Fixed`] prints it.
+fn rounded(value: f64, decimals: usize) -> f64 {
+    let scale = 10_f64.powi(decimals.min(3) as i32);
+    (value * scale).round() / scale
+}
+
+/// The smallest difference between systolic and diastolic pressure the monitors send.
+const MIN_PULSE_PRESSURE: f64 = 20.0;
+
+/// Makes the three blood pressure values one measurement: the diastolic below the systolic,
+/// and the mean computed from the two as sent (DIA + (SYS − DIA) / 3) instead of drifting
+/// on its own (a mean of 67 beside 114/72).
+fn agree_blood_pressure(metrics: &[Metric], values: &mut [f64]) {
+    let at = |code: &str| metrics.iter().position(|m| m.vital.code == code);
+    let (Some(sys), Some(dia), Some(mean)) = (at(NIBP_SYSTOLIC), at(NIBP_DIASTOLIC), at(NIBP_MEAN))
+    else {
+        return;
+    };
+    values[dia] = values[dia].min(values[sys] - MIN_PULSE_PRESSURE);
+    let mean_vital = metrics[mean].vital;
+    values[mean] = rounded(
+        values[dia] + (values[sys] - values[dia]) / 3.0,
+        mean_vital.decimals,
+    );
+}
+
 /// A bedside monitor bound to one patient and bed.
 #[derive(Clone, Debug)]
 struct Monitor {
@@ -390,21 +438,10 @@ impl Monitor {
             "OBR|1|{control_id}^MONITOR|{eui}^MONITOR^{eui}^EUI-64|69965^MDC_DEV_MON_PHYSIO_MULTI_PARAM_MDS^MDC|||{now}\r",
             eui = self.eui64
         );
-        for (n, metric) in self.metrics.iter_mut().enumerate() {
-            // A random walk around the middle of the normal range; now and then a value
-            // outside it, as real patients do.
+        let mut values: Vec<f64> = self.metrics.iter_mut().map(|m| m.next(rng)).collect();
+        agree_blood_pressure(&self.metrics, &mut values);
+        for (n, (metric, &value)) in self.metrics.iter().zip(&values).enumerate() {
             let (low, high) = metric.vital.normal;
-            let span = high - low;
-            let middle = (low + high) / 2.0;
-            metric.value += (rng.unit() - 0.5) * span * 0.04 + (middle - metric.value) * 0.05;
-            let mut value = metric.value;
-            if rng.unit() < 0.03 {
-                value = if rng.unit() < 0.5 {
-                    low - span * 0.1
-                } else {
-                    high + span * 0.1
-                };
-            }
             let flag = if value < low {
                 "L"
             } else if value > high {
@@ -524,6 +561,49 @@ mod tests {
             "{}",
             report.bytes.len()
         );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// Every monitor's values are ones a patient can have, and their flags agree with
+        /// the normal ranges of `documents::vitals`.
+        #[test]
+        fn vitals_stay_physiological(index in 0usize..10_000) {
+            let mut source = Source::new(Scenario::Vitals { patients: index + 1 }, "RUN004", index, index + 1);
+            let _ = source.next_message();
+            for _ in 0..200 {
+                let message = source.next_message();
+                let parsed = hl7::parse(&message.bytes).unwrap();
+                let mut by_refid = std::collections::BTreeMap::new();
+                for observation in hl7::extract::extract(&parsed).observations {
+                    let vital = crate::documents::vitals::by_code(&observation.code).unwrap();
+                    let value = observation.numeric.unwrap();
+                    let (low, high) = vital.normal;
+                    let expected = if value < low { "L" } else if value > high { "H" } else { "N" };
+                    proptest::prop_assert_eq!(
+                        observation.abnormal_flags.as_ref(), expected,
+                        "{} {} against {:?}", vital.title, value, vital.normal
+                    );
+                    let (least, most) = vital.possible;
+                    proptest::prop_assert!(
+                        (least..=most).contains(&value),
+                        "{} {} outside {:?}", vital.title, value, vital.possible
+                    );
+                    by_refid.insert(vital.refid, value);
+                }
+                let spo2 = by_refid["MDC_PULS_OXIM_SAT_O2"];
+                proptest::prop_assert!((0.0..=100.0).contains(&spo2), "SpO2 {}", spo2);
+                let sys = by_refid["MDC_PRESS_BLD_NONINV_SYS"];
+                let dia = by_refid["MDC_PRESS_BLD_NONINV_DIA"];
+                let map = by_refid["MDC_PRESS_BLD_NONINV_MEAN"];
+                proptest::prop_assert!(sys > dia, "{}/{}", sys, dia);
+                proptest::prop_assert!(
+                    (map - (dia + (sys - dia) / 3.0)).abs() <= 1.0,
+                    "MAP {} beside {}/{}", map, sys, dia
+                );
+            }
+        }
     }
 
     #[test]

@@ -66,3 +66,119 @@ fn demo_shows_vitals_and_stops_on_ctrl_c() {
     assert!(status.unwrap().success());
     assert!(data.join("patients/patient_MRN00001.json").exists());
 }
+
+/// The observation count of each `MRN…` row, the last row of each patient winning.
+fn counts(output: &str, column_from_end: bool) -> std::collections::BTreeMap<String, u64> {
+    let mut counts = std::collections::BTreeMap::new();
+    for line in output.lines().filter(|l| l.starts_with("MRN")) {
+        let cells: Vec<_> = line.split_whitespace().collect();
+        let cell = if column_from_end {
+            cells[cells.len() - 1]
+        } else {
+            cells[1]
+        };
+        counts.insert(cells[0].to_owned(), cell.parse().unwrap());
+    }
+    counts
+}
+
+/// The `patients` table of a data directory: observations by patient.
+fn stored_counts(data: &std::path::Path) -> std::collections::BTreeMap<String, u64> {
+    let (status, stdout, stderr) = common::run(&["patients", "--data-dir", data.to_str().unwrap()]);
+    assert_eq!(status, 0, "{stderr}");
+    counts(&stdout, false)
+}
+
+#[test]
+fn the_last_table_shows_the_final_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut child = Command::new(common::binary())
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "off",
+            "--patients",
+            "2",
+            "--interval",
+            "10ms",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = String::new();
+    // Stop once the store is ahead of the table printed last: the monitors went on sending.
+    common::wait_until("the store to move past the table", || {
+        seen.extend(rx.try_iter().map(|l| l + "\n"));
+        let shown = counts(&seen, true);
+        shown.len() == 2 && data.exists() && {
+            let stored = stored_counts(&data);
+            shown
+                .iter()
+                .any(|(patient, n)| stored.get(patient).is_some_and(|s| s > n))
+        }
+    });
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let mut status = None;
+    common::wait_until("the demo to stop", || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    while let Ok(line) = rx.recv_timeout(common::DEADLINE) {
+        seen.push_str(&line);
+        seen.push('\n');
+    }
+    assert!(status.unwrap().success(), "{seen}");
+    assert_eq!(counts(&seen, true), stored_counts(&data), "{seen}");
+    let totals = seen
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("messages sent"))
+        .unwrap();
+    let numbers: Vec<u64> = totals
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(
+        numbers[0], numbers[1],
+        "every message sent was acknowledged: {totals}"
+    );
+}
+
+#[test]
+fn a_failed_start_leaves_no_temporary_folder() {
+    let temp = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    let output = Command::new(common::binary())
+        .args(["demo", "--listen", &listen, "--http", "off"])
+        .env("TMPDIR", temp.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let left: Vec<_> = std::fs::read_dir(temp.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|name| name.to_string_lossy().starts_with("hl7-ihp-demo-"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    drop(taken);
+}

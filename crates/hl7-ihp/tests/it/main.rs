@@ -24,5 +24,7 @@ mod patients;
 mod receive;
 // `hl7-ihp send`: the simulator, load mode, retransmission, interop with python-hl7.
 mod send;
+// Device text never reaches a terminal raw: escaped, and cut when long.
+mod terminal;
 // House rules checked over the source tree.
 mod tidy;

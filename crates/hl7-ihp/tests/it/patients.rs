@@ -296,3 +296,44 @@ fn json_max_records_bounds_the_file() {
     let all: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(all["Records"].as_array().unwrap().len(), 20);
 }
+
+#[test]
+fn messages_shows_the_newest_50_unless_asked_for_more() {
+    let (_dir, receiver) = start(&[]);
+    let mut client = Client::connect(receiver.mllp);
+    for n in 0..53 {
+        client.exchange(&oru(&format!("LIMIT-{n:02}"), "LIMITED", n));
+    }
+    let data_dir = receiver.data_dir.to_str().unwrap().to_owned();
+    let rows = |extra: &[&str]| {
+        let mut args = vec!["messages", "--data-dir", &data_dir];
+        args.extend_from_slice(extra);
+        let (status, stdout, stderr) = common::run(&args);
+        assert_eq!(status, 0, "{stderr}");
+        let ids: Vec<String> = stdout
+            .lines()
+            .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("LIMIT-")))
+            .map(str::to_owned)
+            .collect();
+        (ids, stderr)
+    };
+    let (ids, stderr) = rows(&[]);
+    assert_eq!(ids.len(), 50);
+    assert_eq!(
+        (ids[0].as_str(), ids[49].as_str()),
+        ("LIMIT-52", "LIMIT-03")
+    );
+    assert!(
+        stderr.contains("older messages not shown; --limit N or --limit 0 for all"),
+        "{stderr}"
+    );
+    let (ids, stderr) = rows(&["--limit", "0"]);
+    assert_eq!(ids.len(), 53);
+    assert!(!stderr.contains("not shown"), "{stderr}");
+    let (ids, stderr) = rows(&["--limit", "53"]);
+    assert_eq!(ids.len(), 53);
+    assert!(!stderr.contains("not shown"), "{stderr}");
+    let (ids, stderr) = rows(&["--limit", "52"]);
+    assert_eq!(ids.len(), 52);
+    assert!(stderr.contains("not shown"), "{stderr}");
+}
