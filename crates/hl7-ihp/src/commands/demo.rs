@@ -11,13 +11,13 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::cli::DemoArgs;
-use crate::config::{ReceiveArgs, ReceiveConfig, parse_duration};
+use crate::config::{ReceiveArgs, ReceiveConfig, ReceiveFlags, parse_duration};
 use crate::documents::vitals::VITALS;
 use crate::sender::link;
 use crate::sender::load::{Plan, Totals};
 use crate::sender::simulator::{Scenario, Source};
 use crate::server;
-use crate::store::{self, PatientSummary, StoreLocation, StoreOptions, StoreRead};
+use crate::store::{self, PatientSummary, StoreRead};
 
 /// Runs the demo until Ctrl+C.
 pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
@@ -33,17 +33,17 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     };
     let receive_args = ReceiveArgs {
-        listen: Some(args.listen.clone()),
-        http: Some(args.http.clone()),
-        data_dir: Some(data_dir.clone()),
+        settings: ReceiveFlags {
+            listen: Some(args.listen.clone()),
+            http: Some(args.http.clone()),
+            data_dir: Some(data_dir.display().to_string()),
+            ..ReceiveFlags::default()
+        },
         ..ReceiveArgs::default()
     };
     let config = match ReceiveConfig::from_args(&receive_args) {
         Ok(config) => config,
-        Err(error) => {
-            eprintln!("hl7-ihp: {error}");
-            return Ok(ExitCode::from(2));
-        }
+        Err(error) => return Ok(super::invalid_setting(&error)),
     };
     let runtime = super::runtime()?;
     runtime.block_on(demo(config, data_dir, args.patients.max(1), interval))?;
@@ -74,9 +74,9 @@ async fn demo(
     let (stop_receiver_tx, mut stop_receiver_rx) = tokio::sync::watch::channel(false);
     // Created (and migrated) before the receiver opens it, so that the read-only store
     // below finds the schema; the demo only reads.
-    let location = StoreLocation::in_data_dir(&data_dir);
-    drop(store::open(&location, &StoreOptions::default()).context("creating the store")?);
-    let reader = store::open_read_only(&location).context("opening the store to read it")?;
+    let location = &config.store.location;
+    drop(store::open(location, &config.store.options).context("creating the store")?);
+    let reader = store::open_read_only(location).context("opening the store to read it")?;
     let mut receiver = tokio::spawn(server::run(config, mllp, http, async move {
         let _ = stop_receiver_rx.wait_for(|stop| *stop).await;
     }));
