@@ -1,22 +1,27 @@
 //! Settings of each command, declared once and validated into typed values at start
 //! (STYLE.md §8). `hl7-ihp receive` merges flags, then `HL7IHP_<NAME>` environment variables,
-//! then the TOML file given by `--config`, then defaults (DESIGN.md §10). An invalid setting
-//! names itself and where it came from, and stops the program with status 2.
+//! then the TOML file given by `--config`, then defaults (DESIGN.md §10); `send` and `demo`
+//! read only their flags. An invalid setting names itself and where it came from, and stops
+//! the program with status 2.
 //!
 //! - `settings`: `declare_settings!`, the table that gives each setting its flag, variable,
 //!   file key, help, default and parser, and the merge.
 //! - [`values`]: the validating parsers (address, number, duration, switch, choice, text).
-//! - [`receive`]: the command's table and typed config.
+//! - [`receive`], [`send`], [`demo`]: each command's table and typed config.
 
 mod settings;
 
+pub mod demo;
 pub mod receive;
+pub mod send;
 pub mod values;
 
+pub use demo::{DemoConfig, DemoFlags};
 pub use receive::{
     ExportConfig, HttpConfig, Limits, LogFormat, MllpConfig, PatientIdentity, ReceiveArgs,
     ReceiveConfig, ReceiveFlags, StoreConfig, log_format,
 };
+pub use send::{ScenarioKind, SendConfig, SendFlags};
 pub use values::parse_duration;
 
 /// An invalid setting: which one, where it came from, and why.

@@ -238,6 +238,13 @@ impl ReceiveConfig {
     }
 }
 
+impl ReceiveSettings {
+    /// Every setting at its default, for the demo's receiver to change a few.
+    pub(super) fn defaults() -> Result<ReceiveSettings, ConfigError> {
+        ReceiveSettings::resolve(&ReceiveFlags::default(), ConfigFile::none())
+    }
+}
+
 /// Reads `--log-format` alone, before the rest is validated, so that errors can be logged
 /// in the chosen format.
 pub fn log_format(args: &ReceiveArgs) -> LogFormat {

@@ -107,6 +107,8 @@ pub(crate) use declare_settings;
 /// Where a command's settings come from besides its flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reads {
+    /// Flags only (`send`, `demo`).
+    Flags,
     /// Flags, `HL7IHP_<NAME>` environment variables and the `--config` file (`receive`).
     FlagsEnvAndFile,
 }
@@ -114,6 +116,7 @@ pub enum Reads {
 /// The environment variable clap reads for a setting, if the command reads any.
 pub fn env(reads: Reads, name: &str) -> Resettable<OsStr> {
     match reads {
+        Reads::Flags => Resettable::Reset,
         Reads::FlagsEnvAndFile => {
             Resettable::Value(OsStr::from(format!("HL7IHP_{}", name.to_uppercase())))
         }
@@ -154,6 +157,7 @@ impl Given {
         let name = self.name;
         let flag = name.replace('_', "-");
         let source_name = match self.origin {
+            Origin::Flag(Reads::Flags) => format!("--{flag}"),
             Origin::Flag(Reads::FlagsEnvAndFile) => {
                 format!("--{flag} or HL7IHP_{}", name.to_uppercase())
             }
