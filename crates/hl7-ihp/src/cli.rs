@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::ReceiveArgs;
+use crate::config::{DemoFlags, ReceiveArgs, SendFlags};
 
 /// Receives HL7 v2 data from medical devices over MLLP and hands it to the IHP platform.
 #[derive(Debug, Parser)]
@@ -102,13 +102,6 @@ pub struct SendArgs {
     /// Send this many messages, then stop (exit 1 if any ended unacknowledged or negative).
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
-    /// Pause between messages of a connection: `1s` (the default without --connections),
-    /// `100ms`, `0ms`.
-    #[arg(long, value_name = "DURATION")]
-    pub interval: Option<String>,
-    /// `seed`: the prototype's three glucose messages; `vitals`: IHE PCD-01 bedside monitors.
-    #[arg(long, default_value = "seed", value_name = "seed|vitals")]
-    pub scenario: String,
     /// Patients (one monitor each) in the vitals scenario.
     #[arg(long, default_value_t = 4, value_name = "K")]
     pub patients: usize,
@@ -121,42 +114,23 @@ pub struct SendArgs {
     /// Load mode: this many connections, no line per message, a summary at the end.
     #[arg(long, value_name = "C")]
     pub connections: Option<usize>,
-    /// Total messages a second over all connections (default in load mode: as fast as the
-    /// receiver answers).
-    #[arg(long, value_name = "R")]
-    pub rate: Option<f64>,
-    /// Stop after this long (`30s`, `5m`).
-    #[arg(long, value_name = "DURATION")]
-    pub duration: Option<String>,
     /// Print the summary as one JSON line.
     #[arg(long)]
     pub json: bool,
-    /// How long to wait for an ACK before sending the message again on a new connection.
-    #[arg(long, default_value = "10s", value_name = "DURATION")]
-    pub ack_timeout: String,
-    /// How long to keep retrying one message before counting it unacknowledged.
-    #[arg(long, default_value = "60s", value_name = "DURATION")]
-    pub retry_for: String,
+    /// The settings validated by `config::SendConfig`.
+    #[command(flatten)]
+    pub settings: SendFlags,
 }
 
 /// `hl7-ihp demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Keep the data here (default: a new folder under the system's temporary directory).
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
     /// Patients, one bedside monitor each.
     #[arg(long, default_value_t = 4, value_name = "K")]
     pub patients: usize,
-    /// How often each monitor reports.
-    #[arg(long, default_value = "1s", value_name = "DURATION")]
-    pub interval: String,
-    /// MLLP address of the demo's receiver.
-    #[arg(long, default_value = "127.0.0.1:2575", value_name = "ADDR")]
-    pub listen: String,
-    /// HTTP address of the demo's receiver, or `off`.
-    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR|off")]
-    pub http: String,
+    /// The settings validated by `config::DemoConfig`.
+    #[command(flatten)]
+    pub settings: DemoFlags,
 }
 
 /// `--data-dir` of the commands that read a receiver's store.

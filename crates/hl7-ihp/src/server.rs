@@ -20,7 +20,7 @@ use crate::http::{self, HttpState};
 use crate::ingest::{Ingest, IngestSettings};
 use crate::metrics::{Extra, Metrics};
 use crate::mllp::listener;
-use crate::store::{self, Store, StoreLocation, StoreOptions};
+use crate::store::{self, Store};
 
 /// Why the receiver could not start or did not stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -53,8 +53,8 @@ pub async fn bind(
             .await
             .map_err(|source| ServerError::Bind { address, source })
     };
-    let mllp = bind(config.listen).await?;
-    let http = match config.http {
+    let mllp = bind(config.mllp.listen).await?;
+    let http = match config.http.listen {
         Some(address) => Some(bind(address).await?),
         None => None,
     };
@@ -69,18 +69,17 @@ pub async fn run(
     http_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let location = StoreLocation::in_data_dir(&config.data_dir);
-    let options = StoreOptions {
-        dedupe: config.dedupe,
-    };
-    let store = tokio::task::spawn_blocking(move || store::open(&location, &options))
-        .await
-        .map_err(|error| ServerError::Task(format!("opening the store: {error}")))??;
+    let store_config = config.store;
+    let store = tokio::task::spawn_blocking(move || {
+        store::open(&store_config.location, &store_config.options)
+    })
+    .await
+    .map_err(|error| ServerError::Task(format!("opening the store: {error}")))??;
     let metrics = Arc::new(Metrics::default());
     let events = Events::new();
     let export_counters = Arc::new(ExportCounters::default());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let patients_dir = config.data_dir.join("patients");
+    let patients_dir = config.export.patients_dir;
     export::prepare_dir(&patients_dir).map_err(ServerError::PatientsFolder)?;
     // The exporter stops after the connections, so its final round sees their last messages.
     let (export_stop_tx, mut export_stop) = watch::channel(false);
@@ -88,7 +87,7 @@ pub async fn run(
         Arc::clone(&store),
         patients_dir,
         ExportOptions {
-            max_records: config.json_max_records,
+            max_records: config.export.json_max_records,
             ..ExportOptions::default()
         },
         events.subscribe(),
@@ -120,10 +119,10 @@ pub async fn run(
     let ingest = Arc::new(Ingest::new(
         Arc::clone(&store),
         IngestSettings {
-            ack_mode: config.ack_mode,
-            ack_application: config.ack_application.clone(),
-            ack_facility: config.ack_facility.clone(),
-            patient_identity: config.patient_identity,
+            ack_mode: config.mllp.ack_mode,
+            ack_application: config.mllp.ack_application,
+            ack_facility: config.mllp.ack_facility,
+            patient_identity: config.mllp.patient_identity,
         },
         Arc::clone(&metrics),
         events,
@@ -131,7 +130,7 @@ pub async fn run(
     let accept = tokio::spawn(listener::run(
         mllp,
         ingest,
-        config.limits,
+        config.mllp.limits,
         Arc::clone(&metrics),
         stop_rx,
     ));

@@ -11,45 +11,33 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::cli::DemoArgs;
-use crate::config::{ReceiveArgs, ReceiveConfig, parse_duration};
+use crate::config::{DemoConfig, ReceiveConfig};
 use crate::documents::vitals::VITALS;
 use crate::sender::link;
 use crate::sender::load::{Plan, Totals};
 use crate::sender::simulator::{Scenario, Source};
 use crate::server;
 use crate::shutdown::Shutdown;
-use crate::store::{self, PatientSummary, StoreLocation, StoreOptions, StoreRead};
+use crate::store::{self, PatientSummary, StoreRead};
 use crate::terminal;
 
 /// Runs the demo until Ctrl+C.
 pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
-    let data_dir = match &args.data_dir {
+    let demo_config = match DemoConfig::from_flags(&args.settings) {
+        Ok(config) => config,
+        Err(error) => return Ok(super::invalid_setting(&error)),
+    };
+    let data_dir = match &demo_config.data_dir {
         Some(dir) => dir.clone(),
         None => fresh_temp_dir()?,
     };
-    let _cleanup = RemoveIfEmpty(args.data_dir.is_none().then(|| data_dir.clone()));
-    let Some(interval) = parse_duration(&args.interval).filter(|d| !d.is_zero()) else {
-        eprintln!(
-            "hl7-ihp: invalid --interval `{}` (e.g. 1s, 500ms)",
-            args.interval
-        );
-        return Ok(ExitCode::from(2));
-    };
-    let receive_args = ReceiveArgs {
-        listen: Some(args.listen.clone()),
-        http: Some(args.http.clone()),
-        data_dir: Some(data_dir.clone()),
-        ..ReceiveArgs::default()
-    };
-    let config = match ReceiveConfig::from_args(&receive_args) {
+    let _cleanup = RemoveIfEmpty(demo_config.data_dir.is_none().then(|| data_dir.clone()));
+    let config = match demo_config.receive_config(&data_dir) {
         Ok(config) => config,
-        Err(error) => {
-            eprintln!("hl7-ihp: {error}");
-            return Ok(ExitCode::from(2));
-        }
+        Err(error) => return Ok(super::invalid_setting(&error)),
     };
     let runtime = super::runtime()?;
-    runtime.block_on(demo(config, data_dir, args.patients.max(1), interval))?;
+    runtime.block_on(demo(config, args.patients.max(1), demo_config.interval))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -77,12 +65,9 @@ fn fresh_temp_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-async fn demo(
-    config: ReceiveConfig,
-    data_dir: PathBuf,
-    patients: usize,
-    interval: Duration,
-) -> anyhow::Result<()> {
+async fn demo(config: ReceiveConfig, patients: usize, interval: Duration) -> anyhow::Result<()> {
+    let data_dir = config.data_dir.clone();
+    let patients_dir = config.export.patients_dir.clone();
     let (mllp, http) = server::bind(&config).await?;
     let mllp_address = mllp.local_addr()?;
     let http_address = http.as_ref().map(|l| l.local_addr()).transpose()?;
@@ -92,9 +77,9 @@ async fn demo(
     let (stop_receiver, receiver_stop) = Shutdown::new();
     // Created (and migrated) before the receiver opens it, so that the read-only store
     // below finds the schema; the demo only reads.
-    let location = StoreLocation::in_data_dir(&data_dir);
-    drop(store::open(&location, &StoreOptions::default()).context("creating the store")?);
-    let reader = store::open_read_only(&location).context("opening the store to read it")?;
+    let location = &config.store.location;
+    drop(store::open(location, &config.store.options).context("creating the store")?);
+    let reader = store::open_read_only(location).context("opening the store to read it")?;
     let mut receiver = tokio::spawn(server::run(
         config,
         mllp,
@@ -132,7 +117,7 @@ async fn demo(
     if let Some(address) = http_address {
         println!("  HTTP          http://{address}/metrics  http://{address}/healthz");
     }
-    println!("  JSON files    {}", data_dir.join("patients").display());
+    println!("  JSON files    {}", patients_dir.display());
     println!(
         "  data          {}   (hl7-ihp patients --data-dir {})",
         data_dir.display(),

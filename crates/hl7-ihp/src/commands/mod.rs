@@ -7,7 +7,11 @@ pub mod parse;
 pub mod receive;
 pub mod send;
 
+use std::process::ExitCode;
+
 use anyhow::Context;
+
+use crate::config::ConfigError;
 
 /// The multi-threaded async runtime of the commands that serve or send.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -15,4 +19,10 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("starting the async runtime")
+}
+
+/// Says which setting is invalid and gives the usage error's exit status, 2.
+pub fn invalid_setting(error: &ConfigError) -> ExitCode {
+    eprintln!("hl7-ihp: {error}");
+    ExitCode::from(2)
 }

@@ -13,10 +13,7 @@ pub fn run(args: &ReceiveArgs) -> anyhow::Result<ExitCode> {
     logging::init(config::log_format(args));
     let config = match ReceiveConfig::from_args(args) {
         Ok(config) => config,
-        Err(error) => {
-            eprintln!("hl7-ihp: {error}");
-            return Ok(ExitCode::from(2));
-        }
+        Err(error) => return Ok(super::invalid_setting(&error)),
     };
     let open_files = listener::raise_open_file_limit();
     super::runtime()?.block_on(async move {
@@ -27,6 +24,7 @@ pub fn run(args: &ReceiveArgs) -> anyhow::Result<ExitCode> {
             mllp = %mllp_address,
             http = %http_address.map_or_else(|| "off".to_owned(), |a| a.to_string()),
             data_dir = %config.data_dir.display(),
+            store = ?config.store.location,
             open_files_limit = open_files.unwrap_or(0),
             "listening"
         );

@@ -8,59 +8,40 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::cli::SendArgs;
-use crate::config::parse_duration;
+use crate::config::{ScenarioKind, SendConfig};
 use crate::sender::load::{self, Plan, Summary};
 use crate::sender::simulator::Scenario;
 
 /// Runs `hl7-ihp send`.
 pub fn run(args: &SendArgs) -> anyhow::Result<ExitCode> {
+    let config = match SendConfig::from_flags(&args.settings) {
+        Ok(config) => config,
+        Err(error) => return Ok(super::invalid_setting(&error)),
+    };
     let scenario = if !args.file.is_empty() {
         Scenario::Files(read_files(&args.file)?)
     } else {
-        match args.scenario.as_str() {
-            "seed" => Scenario::Seed {
+        match config.scenario {
+            ScenarioKind::Seed => Scenario::Seed {
                 verbatim: args.verbatim,
             },
-            "vitals" => Scenario::Vitals {
+            ScenarioKind::Vitals => Scenario::Vitals {
                 patients: args.patients.max(1),
             },
-            other => {
-                eprintln!("hl7-ihp: unknown scenario `{other}` (expected seed or vitals)");
-                return Ok(ExitCode::from(2));
-            }
         }
     };
-    let parse = |name: &str, value: &Option<String>| -> Result<Option<Duration>, String> {
-        value
-            .as_deref()
-            .map(|v| {
-                parse_duration(v)
-                    .ok_or_else(|| format!("invalid --{name} `{v}` (e.g. 1s, 100ms, 0ms)"))
-            })
-            .transpose()
-    };
-    let (interval, duration, ack_timeout, retry_for) = match (
-        parse("interval", &args.interval),
-        parse("duration", &args.duration),
-        parse("ack-timeout", &Some(args.ack_timeout.clone())),
-        parse("retry-for", &Some(args.retry_for.clone())),
-    ) {
-        (Ok(i), Ok(d), Ok(Some(a)), Ok(Some(r))) => (i, d, a, r),
-        (i, d, a, r) => {
-            for error in [i.err(), d.err(), a.err(), r.err()].into_iter().flatten() {
-                eprintln!("hl7-ihp: {error}");
-            }
-            return Ok(ExitCode::from(2));
-        }
-    };
+    let SendConfig {
+        interval,
+        rate,
+        duration,
+        ack_timeout,
+        retry_for,
+        ..
+    } = config;
     let load = args.connections.is_some();
     let connections = args.connections.unwrap_or(1).max(1);
-    if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
-        eprintln!("hl7-ihp: --rate must be a positive number of messages a second");
-        return Ok(ExitCode::from(2));
-    }
     // Simulator mode: one a second by default. Load mode: as fast as possible, or the rate.
-    let period = match (load, args.rate, interval) {
+    let period = match (load, rate, interval) {
         (_, Some(rate), _) => Some(Duration::from_secs_f64(connections as f64 / rate)),
         (_, None, Some(interval)) => Some(interval),
         (false, None, None) => Some(Duration::from_secs(1)),

@@ -211,6 +211,70 @@ fn invalid_settings_exit_2_naming_the_setting() {
 }
 
 #[test]
+fn postgres_store_is_refused_at_start() {
+    let (status, _, stderr) = common::run(&["receive", "--store", "postgres://hl7:pw@db/hl7"]);
+    assert_eq!(status, 2);
+    assert!(
+        stderr.contains("invalid setting `store` (--store or HL7IHP_STORE): PostgreSQL"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("pw@"),
+        "the location is not repeated: {stderr}"
+    );
+    let output = std::process::Command::new(common::binary())
+        .arg("receive")
+        .env("HL7IHP_STORE", "postgresql://db/hl7")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("HL7IHP_STORE"), "{stderr}");
+}
+
+#[test]
+fn config_file_settings_are_validated_and_unknown_keys_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hl7-ihp.toml");
+    std::fs::write(&path, "store = \"postgres://db/hl7\"\n").unwrap();
+    let config = path.to_str().unwrap();
+    let (status, _, stderr) = common::run(&["receive", "--config", config]);
+    assert_eq!(status, 2);
+    assert!(
+        stderr.contains("invalid setting `store` (`store` in the config file)"),
+        "{stderr}"
+    );
+    std::fs::write(&path, "max_conections = 5\n").unwrap();
+    let (status, _, stderr) = common::run(&["receive", "--config", config]);
+    assert_eq!(status, 2);
+    assert!(
+        stderr.contains("unknown setting `max_conections`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn store_setting_puts_the_database_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("db/messages.sqlite3");
+    let data = dir.path().join("data");
+    let store = format!("sqlite:{}", database.display());
+    let receiver = Receiver::start(&data, &["--store", &store]);
+    let mut client = Client::connect(receiver.mllp);
+    assert_eq!(
+        ack_field(&client.exchange(&oru("ST-1", "P", 1)), "MSA-1"),
+        "AA"
+    );
+    drop(client);
+    let (status, logs) = receiver.terminate();
+    assert!(status.success(), "{status:?} {logs}");
+    assert!(database.exists());
+    assert!(!data.join("hl7-ihp.sqlite3").exists());
+    // The patient files stay in the data directory.
+    assert!(data.join("patients/patient_P.json").exists(), "{logs}");
+}
+
+#[test]
 fn per_peer_limit_refuses_extra_connections() {
     let (_dir, receiver) = start(&["--max-connections-per-peer", "2"]);
     let mut first = Client::connect(receiver.mllp);

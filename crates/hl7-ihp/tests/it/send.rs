@@ -378,8 +378,21 @@ fn nothing_listening_says_why_and_gives_up_with_a_summary() {
 
 #[test]
 fn usage_errors_exit_2() {
-    assert_eq!(send(&["--interval", "soon"]).0, 2);
-    assert_eq!(send(&["--scenario", "nope"]).0, 2);
+    let (status, _, stderr) = send(&["--interval", "soon"]);
+    assert_eq!(status, 2);
+    assert!(
+        stderr.starts_with("hl7-ihp: invalid setting `interval` (--interval): expected a duration"),
+        "{stderr}"
+    );
+    let (status, _, stderr) = send(&["--scenario", "nope"]);
+    assert_eq!(status, 2);
+    assert!(stderr.contains("`scenario` (--scenario)"), "{stderr}");
+    let (status, _, stderr) = send(&["--rate", "0"]);
+    assert_eq!(status, 2);
+    assert!(stderr.contains("`rate` (--rate)"), "{stderr}");
+    let (status, _, stderr) = common::run(&["demo", "--interval", "0s"]);
+    assert_eq!(status, 2);
+    assert!(stderr.contains("`interval` (--interval)"), "{stderr}");
 }
 
 #[test]

@@ -1,0 +1,426 @@
+//! The settings of `hl7-ihp receive`, declared once in one table, and the typed groups they
+//! are validated into: what the MLLP side, HTTP, the store and the exporter each need.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use hl7::ack::AckMode;
+
+use super::ConfigError;
+use super::settings::{ConfigFile, Reads, declare_settings};
+use super::values::{
+    address, address_or_off, choice, number, path, positive, positive_duration, switch, text,
+};
+use crate::store::{StoreLocation, StoreOptions};
+
+/// The flags of `hl7-ihp receive`: `--config` and every setting of the table below.
+#[derive(Debug, Default, Args)]
+pub struct ReceiveArgs {
+    /// TOML file with settings (keys are the flag names in snake case).
+    #[arg(long, env = "HL7IHP_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The settings as given on the command line or in the environment.
+    #[command(flatten)]
+    pub settings: ReceiveFlags,
+}
+
+// One line per setting: adding a setting is adding a line here and using its value where
+// `ReceiveConfig::from_settings` groups them (an unused one fails the build as dead code).
+declare_settings! {
+    /// The settings of `hl7-ihp receive` as text. Each is also read from `HL7IHP_<NAME>` and
+    /// from the config file's `<name>` key; none has a clap default, so that the file can
+    /// fill in what neither flag nor environment gave.
+    pub struct ReceiveFlags reads Reads::FlagsEnvAndFile;
+    /// Each setting of `hl7-ihp receive` validated, before they are grouped.
+    #[derive(Clone, Debug)]
+    pub(super) struct ReceiveSettings;
+
+    /// MLLP address to listen on.
+    listen: SocketAddr = address, "ADDR", default "0.0.0.0:2575";
+    /// Directory for the database and the patient files.
+    data_dir: PathBuf = path, "DIR", default "./data";
+    /// Where messages are stored: a SQLite file, as PATH or sqlite:PATH.
+    store: Option<StoreLocation> = StoreLocation::parse, "LOCATION",
+        optional "hl7-ihp.sqlite3 in the data directory";
+    /// HTTP address for /healthz, /metrics and the API, or `off`.
+    http: Option<SocketAddr> = address_or_off, "ADDR|off", default "127.0.0.1:8080";
+    /// Recognise retransmissions (same MSH-3, MSH-4, MSH-10 and bytes).
+    dedupe: bool = switch, "on|off", default "on";
+    /// `auto` follows MSH-15/16; `original` answers AA/AE/AR to everything.
+    ack_mode: AckMode = ack_mode, "auto|original", default "auto";
+    /// Newest records per patient JSON file, 0 for all.
+    json_max_records: usize = number, "N", default "10000";
+    /// Largest MLLP payload in bytes.
+    max_frame_bytes: usize = positive, "N", default "1048576";
+    /// Open connections in total.
+    max_connections: usize = positive, "N", default "4096";
+    /// Open connections from one peer address.
+    max_connections_per_peer: usize = positive, "N", default "1024";
+    /// Silence between frames before a connection is closed, e.g. `300s`, `5m`.
+    idle_timeout: Duration = positive_duration, "DURATION", default "300s";
+    /// Time a started frame may take to end.
+    frame_timeout: Duration = positive_duration, "DURATION", default "30s";
+    /// Our MSH-3 in ACKs where the sender left MSH-5 empty.
+    ack_application: String = text, "NAME", default "HL7IHP";
+    /// Our MSH-4 in ACKs where the sender left MSH-6 empty.
+    ack_facility: String = text, "NAME", default "";
+    /// What identifies a patient: `id` (PID-3.1, the prototype's rule) or `authority-id`
+    /// (PID-3.4 and PID-3.1, for ids from several authorities).
+    patient_identity: PatientIdentity = patient_identity, "id|authority-id", default "id";
+    /// Log lines as `text` or `json`.
+    log_format: LogFormat = log_format_of, "text|json", default "text";
+}
+
+/// How a patient is identified (DESIGN.md §6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PatientIdentity {
+    /// PID-3.1 of the first repetition with an id.
+    Id,
+    /// PID-3.4 and PID-3.1, as `authority/id`.
+    AuthorityAndId,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn ack_mode(text: &str) -> Result<AckMode, String> {
+    choice(
+        text,
+        &[("auto", AckMode::Auto), ("original", AckMode::Original)],
+    )
+}
+
+fn patient_identity(text: &str) -> Result<PatientIdentity, String> {
+    choice(
+        text,
+        &[
+            ("id", PatientIdentity::Id),
+            ("authority-id", PatientIdentity::AuthorityAndId),
+        ],
+    )
+}
+
+fn log_format_of(text: &str) -> Result<LogFormat, String> {
+    choice(
+        text,
+        &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+    )
+}
+
+/// Limits on connections and frames (DESIGN.md §9).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest MLLP payload.
+    pub max_frame_bytes: usize,
+    /// Open connections in total.
+    pub max_connections: usize,
+    /// Open connections per peer address.
+    pub max_connections_per_peer: usize,
+    /// Silence between frames before closing.
+    pub idle_timeout: Duration,
+    /// Time a started frame may take.
+    pub frame_timeout: Duration,
+}
+
+/// What the MLLP side needs: where to listen, its limits, and how to answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MllpConfig {
+    /// MLLP address.
+    pub listen: SocketAddr,
+    /// Connection and frame limits.
+    pub limits: Limits,
+    /// ACK mode.
+    pub ack_mode: AckMode,
+    /// Our MSH-3 in ACKs.
+    pub ack_application: String,
+    /// Our MSH-4 in ACKs.
+    pub ack_facility: String,
+    /// Patient identity rule.
+    pub patient_identity: PatientIdentity,
+}
+
+/// What the HTTP side needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// HTTP address, `None` when off.
+    pub listen: Option<SocketAddr>,
+}
+
+/// Where the store is and how it behaves; `location`'s `Debug` shows no password.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// `--store`, by default the SQLite file in the data directory.
+    pub location: StoreLocation,
+    /// Duplicate recognition.
+    pub options: StoreOptions,
+}
+
+/// What the JSON exporter needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExportConfig {
+    /// The patient files' folder, `patients/` in the data directory.
+    pub patients_dir: PathBuf,
+    /// Newest records per JSON file, 0 for all.
+    pub json_max_records: usize,
+}
+
+/// The validated settings of `hl7-ihp receive`, grouped by the part that uses them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceiveConfig {
+    /// The MLLP listener and the ACKs.
+    pub mllp: MllpConfig,
+    /// `/healthz`, `/metrics`.
+    pub http: HttpConfig,
+    /// The store.
+    pub store: StoreConfig,
+    /// The patient JSON files.
+    pub export: ExportConfig,
+    /// Database and patient files, unless `--store` puts the database elsewhere.
+    pub data_dir: PathBuf,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl ReceiveConfig {
+    /// Merges flags (and environment, which clap reads), the config file and defaults, and
+    /// validates every value.
+    pub fn from_args(args: &ReceiveArgs) -> Result<ReceiveConfig, ConfigError> {
+        let file = match &args.config {
+            Some(path) => ConfigFile::read(path)?,
+            None => ConfigFile::none(),
+        };
+        Ok(ReceiveConfig::from_settings(ReceiveSettings::resolve(
+            &args.settings,
+            file,
+        )?))
+    }
+
+    /// Puts each validated setting into the group that uses it; the values that follow from
+    /// others (the default store, the patients folder) are decided here.
+    pub(super) fn from_settings(s: ReceiveSettings) -> ReceiveConfig {
+        ReceiveConfig {
+            mllp: MllpConfig {
+                listen: s.listen,
+                limits: Limits {
+                    max_frame_bytes: s.max_frame_bytes,
+                    max_connections: s.max_connections,
+                    max_connections_per_peer: s.max_connections_per_peer,
+                    idle_timeout: s.idle_timeout,
+                    frame_timeout: s.frame_timeout,
+                },
+                ack_mode: s.ack_mode,
+                ack_application: s.ack_application,
+                ack_facility: s.ack_facility,
+                patient_identity: s.patient_identity,
+            },
+            http: HttpConfig { listen: s.http },
+            store: StoreConfig {
+                location: s
+                    .store
+                    .unwrap_or_else(|| StoreLocation::in_data_dir(&s.data_dir)),
+                options: StoreOptions { dedupe: s.dedupe },
+            },
+            export: ExportConfig {
+                patients_dir: s.data_dir.join("patients"),
+                json_max_records: s.json_max_records,
+            },
+            data_dir: s.data_dir,
+            log_format: s.log_format,
+        }
+    }
+}
+
+impl ReceiveSettings {
+    /// Every setting at its default, for the demo's receiver to change a few.
+    pub(super) fn defaults() -> Result<ReceiveSettings, ConfigError> {
+        ReceiveSettings::resolve(&ReceiveFlags::default(), ConfigFile::none())
+    }
+}
+
+/// Reads `--log-format` alone, before the rest is validated, so that errors can be logged
+/// in the chosen format.
+pub fn log_format(args: &ReceiveArgs) -> LogFormat {
+    args.settings
+        .log_format
+        .as_deref()
+        .and_then(|text| log_format_of(text).ok())
+        .unwrap_or(LogFormat::Text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn flags(set: impl FnOnce(&mut ReceiveFlags)) -> ReceiveArgs {
+        let mut args = ReceiveArgs::default();
+        set(&mut args.settings);
+        args
+    }
+
+    fn error(args: ReceiveArgs) -> String {
+        ReceiveConfig::from_args(&args).unwrap_err().to_string()
+    }
+
+    fn config_file(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hl7-ihp.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn defaults_are_the_prototypes() {
+        let config = ReceiveConfig::from_args(&ReceiveArgs::default()).unwrap();
+        assert_eq!(config.mllp.listen.to_string(), "0.0.0.0:2575");
+        assert_eq!(config.data_dir, PathBuf::from("./data"));
+        assert_eq!(
+            config.http.listen.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:8080")
+        );
+        assert!(config.store.options.dedupe);
+        assert_eq!(
+            config.store.location,
+            StoreLocation::in_data_dir(Path::new("./data"))
+        );
+        assert_eq!(config.mllp.ack_mode, AckMode::Auto);
+        assert_eq!(config.mllp.ack_application, "HL7IHP");
+        assert_eq!(config.mllp.ack_facility, "");
+        assert_eq!(config.mllp.patient_identity, PatientIdentity::Id);
+        assert_eq!(config.export.json_max_records, 10_000);
+        assert_eq!(config.export.patients_dir, PathBuf::from("./data/patients"));
+        let limits = config.mllp.limits;
+        assert_eq!(limits.max_frame_bytes, 1024 * 1024);
+        assert_eq!(limits.max_connections, 4096);
+        assert_eq!(limits.max_connections_per_peer, 1024);
+        assert_eq!(limits.idle_timeout, Duration::from_secs(300));
+        assert_eq!(limits.frame_timeout, Duration::from_secs(30));
+        assert_eq!(config.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn flag_beats_file_beats_default() {
+        let (_dir, path) = config_file(
+            "listen = \"127.0.0.1:3000\"\nhttp = \"off\"\ndedupe = false\njson_max_records = 5\nidle_timeout = \"2m\"\n",
+        );
+        let mut args = flags(|f| f.listen = Some("127.0.0.1:4000".into()));
+        args.config = Some(path);
+        let config = ReceiveConfig::from_args(&args).unwrap();
+        assert_eq!(config.mllp.listen.to_string(), "127.0.0.1:4000");
+        assert_eq!(config.http.listen, None);
+        assert!(!config.store.options.dedupe);
+        assert_eq!(config.export.json_max_records, 5);
+        assert_eq!(config.mllp.limits.idle_timeout, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn invalid_settings_name_themselves() {
+        let message = error(flags(|f| f.listen = Some("nowhere".into())));
+        assert!(
+            message.starts_with("invalid setting `listen` (--listen or HL7IHP_LISTEN): expected"),
+            "{message}"
+        );
+        let message = error(flags(|f| f.ack_mode = Some("sometimes".into())));
+        assert!(message.contains("`ack_mode`"), "{message}");
+        assert!(
+            message.ends_with("expected `auto` or `original`"),
+            "{message}"
+        );
+        let message = error(flags(|f| f.max_connections = Some("0".into())));
+        assert!(message.contains("`max_connections`"), "{message}");
+        let (_dir, path) = config_file("frame_timeout = \"0s\"\n");
+        let message = error(ReceiveArgs {
+            config: Some(path),
+            ..ReceiveArgs::default()
+        });
+        assert!(
+            message.starts_with(
+                "invalid setting `frame_timeout` (`frame_timeout` in the config file): expected a duration above zero"
+            ),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn config_file_errors_name_the_file() {
+        let (_dir, path) = config_file("lisen = \"x\"\n");
+        let message = error(ReceiveArgs {
+            config: Some(path),
+            ..ReceiveArgs::default()
+        });
+        assert!(
+            message.starts_with("invalid setting `config` (--config or HL7IHP_CONFIG)"),
+            "{message}"
+        );
+        assert!(message.ends_with("unknown setting `lisen`"), "{message}");
+        let (_dir, path) = config_file("listen = [1]\n");
+        let message = error(ReceiveArgs {
+            config: Some(path),
+            ..ReceiveArgs::default()
+        });
+        assert!(message.contains("`listen` in the config file"), "{message}");
+        let (_dir, path) = config_file("listen = \n");
+        let message = error(ReceiveArgs {
+            config: Some(path),
+            ..ReceiveArgs::default()
+        });
+        assert!(message.contains("`config`"), "{message}");
+    }
+
+    #[test]
+    fn store_is_one_setting() {
+        let config = ReceiveConfig::from_args(&flags(|f| {
+            f.data_dir = Some("/srv/hl7".into());
+            f.store = Some("sqlite:/var/lib/hl7/messages.db".into());
+        }))
+        .unwrap();
+        assert_eq!(
+            config.store.location,
+            StoreLocation::Sqlite(PathBuf::from("/var/lib/hl7/messages.db"))
+        );
+        // The patient files stay in the data directory.
+        assert_eq!(
+            config.export.patients_dir,
+            PathBuf::from("/srv/hl7/patients")
+        );
+        let config =
+            ReceiveConfig::from_args(&flags(|f| f.data_dir = Some("/srv/hl7".into()))).unwrap();
+        assert_eq!(
+            config.store.location,
+            StoreLocation::in_data_dir(Path::new("/srv/hl7"))
+        );
+        let message = error(flags(|f| {
+            f.store = Some("postgres://hl7:secret@db/hl7".into());
+        }));
+        assert!(
+            message.starts_with("invalid setting `store` (--store or HL7IHP_STORE): PostgreSQL"),
+            "{message}"
+        );
+        assert!(!message.contains("secret"), "{message}");
+    }
+
+    #[test]
+    fn debug_shows_no_setting_text() {
+        let args = flags(|f| f.store = Some("postgres://hl7:secret@db/hl7".into()));
+        let debug = format!("{args:?}");
+        assert!(
+            debug.contains("store") && !debug.contains("secret"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn log_format_is_read_early() {
+        assert_eq!(log_format(&ReceiveArgs::default()), LogFormat::Text);
+        let args = flags(|f| f.log_format = Some("json".into()));
+        assert_eq!(log_format(&args), LogFormat::Json);
+    }
+}
