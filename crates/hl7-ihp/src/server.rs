@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::ReceiveConfig;
+use crate::datadir::DataDir;
 use crate::events::Events;
 use crate::export::{self, ExportCounters, ExportOptions};
 use crate::http::ExtraMetrics;
@@ -61,15 +62,18 @@ pub async fn bind(
     Ok((mllp, http))
 }
 
-/// Runs the receiver until `shutdown` completes: then it stops accepting, lets connections
-/// finish and answer the message in hand, brings the JSON files up to date and returns.
+/// Runs the receiver over `data_dir` (prepared and locked by [`crate::datadir::prepare`];
+/// the caller keeps it locked until the runtime has stopped) until `shutdown` completes:
+/// then it stops accepting, lets connections finish and answer the message in hand, brings
+/// the JSON files up to date and returns.
 pub async fn run(
     config: ReceiveConfig,
+    data_dir: &DataDir,
     mllp: TcpListener,
     http_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let location = StoreLocation::in_data_dir(&config.data_dir);
+    let location = StoreLocation::in_data_dir(data_dir.path());
     let options = StoreOptions {
         dedupe: config.dedupe,
     };
@@ -80,7 +84,7 @@ pub async fn run(
     let events = Events::new();
     let export_counters = Arc::new(ExportCounters::default());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let patients_dir = config.data_dir.join("patients");
+    let patients_dir = data_dir.patients_dir().to_path_buf();
     export::prepare_dir(&patients_dir).map_err(ServerError::PatientsFolder)?;
     // The exporter stops after the connections, so its final round sees their last messages.
     let (export_stop_tx, mut export_stop) = watch::channel(false);

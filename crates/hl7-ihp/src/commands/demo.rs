@@ -12,6 +12,7 @@ use anyhow::Context;
 
 use crate::cli::DemoArgs;
 use crate::config::{ReceiveArgs, ReceiveConfig, parse_duration};
+use crate::datadir::{self, DataDir};
 use crate::documents::vitals::VITALS;
 use crate::sender::link;
 use crate::sender::load::{Plan, Totals};
@@ -45,8 +46,24 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    // Locked before binding and released after the runtime, as `receive` does.
+    let locked = match datadir::prepare(&data_dir) {
+        Ok(locked) => Arc::new(locked),
+        Err(error) => {
+            eprintln!("hl7-ihp: {error}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let runtime = super::runtime()?;
-    runtime.block_on(demo(config, data_dir, args.patients.max(1), interval))?;
+    let result = runtime.block_on(demo(
+        config,
+        Arc::clone(&locked),
+        args.patients.max(1),
+        interval,
+    ));
+    drop(runtime);
+    drop(locked);
+    result?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -63,10 +80,12 @@ fn fresh_temp_dir() -> anyhow::Result<PathBuf> {
 
 async fn demo(
     config: ReceiveConfig,
-    data_dir: PathBuf,
+    locked: Arc<DataDir>,
     patients: usize,
     interval: Duration,
 ) -> anyhow::Result<()> {
+    let data_dir = locked.path().to_path_buf();
+    let patients_dir = locked.patients_dir().to_path_buf();
     let (mllp, http) = server::bind(&config).await?;
     let mllp_address = mllp.local_addr()?;
     let http_address = http.as_ref().map(|l| l.local_addr()).transpose()?;
@@ -77,9 +96,12 @@ async fn demo(
     let location = StoreLocation::in_data_dir(&data_dir);
     drop(store::open(&location, &StoreOptions::default()).context("creating the store")?);
     let reader = store::open_read_only(&location).context("opening the store to read it")?;
-    let mut receiver = tokio::spawn(server::run(config, mllp, http, async move {
-        let _ = stop_receiver_rx.wait_for(|stop| *stop).await;
-    }));
+    let mut receiver = tokio::spawn(async move {
+        let stop = async move {
+            let _ = stop_receiver_rx.wait_for(|stop| *stop).await;
+        };
+        server::run(config, &locked, mllp, http, stop).await
+    });
 
     // One connection per monitor, as bedside monitors connect.
     let totals = Arc::new(Totals::default());
@@ -111,7 +133,7 @@ async fn demo(
     if let Some(address) = http_address {
         println!("  HTTP          http://{address}/metrics  http://{address}/healthz");
     }
-    println!("  JSON files    {}", data_dir.join("patients").display());
+    println!("  JSON files    {}", patients_dir.display());
     println!(
         "  data          {}   (hl7-ihp patients --data-dir {})",
         data_dir.display(),

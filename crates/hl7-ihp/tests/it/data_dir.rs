@@ -2,9 +2,75 @@
 //! is bound, a database file that stands alone after a clean stop, and the file system's
 //! edge cases (a symlinked `patients/`, loose permissions).
 
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 
-use crate::common::{self, Client, ack_field, oru, start};
+use crate::common::{self, Client, Receiver, ack_field, oru, start, wait_until};
+
+/// Runs `hl7-ihp` with `args` until it exits, or until it shows that it started serving
+/// (the receiver's "listening" log line, the demo's banner), when it is killed: its exit
+/// status (`None` when it started) and everything it wrote.
+fn run_until_exit_or_start(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(common::binary())
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start hl7-ihp");
+    let output = Arc::new(Mutex::new(String::new()));
+    let copy = |stream: Box<dyn Read + Send>| {
+        let output = Arc::clone(&output);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                let mut output = output.lock().unwrap();
+                output.push_str(&line);
+                output.push('\n');
+            }
+        })
+    };
+    let readers = [
+        copy(Box::new(child.stdout.take().unwrap())),
+        copy(Box::new(child.stderr.take().unwrap())),
+    ];
+    let started = || {
+        let output = output.lock().unwrap();
+        output.contains("\"listening\"") || output.contains("bedside monitors")
+    };
+    let mut status = None;
+    wait_until("hl7-ihp to exit or start", || {
+        status = child.try_wait().unwrap();
+        status.is_some() || started()
+    });
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    for reader in readers {
+        reader.join().unwrap();
+    }
+    let output = output.lock().unwrap().clone();
+    (status.and_then(|s| s.code()), output)
+}
+
+/// `hl7-ihp receive` over `data_dir` on `listen`, until it exits or starts.
+fn receive_until_exit(data_dir: &Path, listen: &str) -> (Option<i32>, String) {
+    let data_dir = data_dir.to_str().unwrap();
+    run_until_exit_or_start(&[
+        "receive",
+        "--listen",
+        listen,
+        "--http",
+        "off",
+        "--log-format",
+        "json",
+        "--data-dir",
+        data_dir,
+    ])
+}
 
 /// Control ids stored in the database file `path`, read with SQLite directly.
 fn control_ids_in(path: &Path) -> Vec<String> {
@@ -55,4 +121,74 @@ fn after_sigterm_the_database_file_alone_holds_every_message() {
     let wal = data.join("hl7-ihp.sqlite3-wal");
     let wal_bytes = std::fs::metadata(&wal).map_or(0, |m| m.len());
     assert_eq!(wal_bytes, 0, "the WAL still holds frames");
+}
+
+#[test]
+fn a_second_receiver_on_the_same_directory_exits_2_naming_the_first() {
+    let (_dir, receiver) = start(&[]);
+    let mut client = Client::connect(receiver.mllp);
+    assert_eq!(
+        ack_field(&client.exchange(&oru("ONE-1", "ONE", 1)), "MSA-1"),
+        "AA"
+    );
+
+    let (status, output) = receive_until_exit(&receiver.data_dir, "127.0.0.1:0");
+    assert_eq!(status, Some(2), "{output}");
+    let expected = format!(
+        "another receiver (pid {}) holds the data directory",
+        receiver.pid()
+    );
+    assert!(output.contains(&expected), "{output}");
+
+    // The demo runs a receiver too.
+    let data_dir = receiver.data_dir.to_str().unwrap().to_owned();
+    let (status, output) = run_until_exit_or_start(&[
+        "demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "off",
+        "--data-dir",
+        &data_dir,
+    ]);
+    assert_eq!(status, Some(2), "{output}");
+    assert!(output.contains(&expected), "{output}");
+
+    // The inspection commands take no lock: they read beside the receiver.
+    for command in ["patients", "messages"] {
+        let (status, stdout, stderr) = common::run(&[command, "--data-dir", &data_dir]);
+        assert_eq!(status, 0, "{command}: {stderr}");
+        assert!(stdout.contains("ONE"), "{command}: {stdout}");
+    }
+    let (status, _, stderr) = common::run(&["show", "ONE", "--data-dir", &data_dir]);
+    assert_eq!(status, 0, "{stderr}");
+
+    // The first receiver was not disturbed, and its lock goes with it.
+    assert_eq!(
+        ack_field(&client.exchange(&oru("ONE-2", "ONE", 2)), "MSA-1"),
+        "AA"
+    );
+    drop(client);
+    let data = receiver.data_dir.clone();
+    let (status, logs) = receiver.terminate();
+    assert!(status.success(), "{logs}");
+    let again = Receiver::start(&data, &[]);
+    let mut client = Client::connect(again.mllp);
+    assert_eq!(
+        ack_field(&client.exchange(&oru("ONE-3", "ONE", 3)), "MSA-1"),
+        "AA"
+    );
+}
+
+#[test]
+fn a_killed_receivers_lock_does_not_outlive_it() {
+    let (_dir, receiver) = start(&[]);
+    let data = receiver.data_dir.clone();
+    receiver.kill();
+    let again = Receiver::start(&data, &[]);
+    let mut client = Client::connect(again.mllp);
+    assert_eq!(
+        ack_field(&client.exchange(&oru("K-1", "K", 1)), "MSA-1"),
+        "AA"
+    );
 }

@@ -555,7 +555,12 @@ async fn a_closed_store_leaves_everything_in_the_database_file() {
     // A reader open beside it, as the demo's table is: it closes last, and cannot checkpoint.
     let inspector = read_only(dir.path()).unwrap();
     for n in 1..=10 {
-        let message = oru(&n.to_string(), Some(patient("P1", "EVE", false)), &["1"], "");
+        let message = oru(
+            &n.to_string(),
+            Some(patient("P1", "EVE", false)),
+            &["1"],
+            "",
+        );
         store.commit(vec![message]).await.unwrap();
     }
     drop(store);
@@ -569,5 +574,8 @@ async fn a_closed_store_leaves_everything_in_the_database_file() {
         copy.path().join(SQLITE_FILE_NAME),
     )
     .unwrap();
-    assert_eq!(count(&sql(copy.path()), "SELECT count(*) FROM messages"), 10);
+    assert_eq!(
+        count(&sql(copy.path()), "SELECT count(*) FROM messages"),
+        10
+    );
 }

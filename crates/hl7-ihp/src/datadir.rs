@@ -1,0 +1,228 @@
+//! The data directory of a receiver: prepared, checked and locked before any port is bound,
+//! so that a directory the receiver cannot use stops it with a clear message (exit 2)
+//! instead of after it said "listening".
+//!
+//! One receiver per data directory (DESIGN.md §6, §9): the store's writer keeps state in
+//! memory (waiting index entries, the next message id) that a second writer would
+//! contradict, and two exporters would fight over the files. [`prepare`] takes an exclusive
+//! `flock` on `hl7-ihp.lock` in the directory and writes its pid there; the lock lasts as
+//! long as the returned [`DataDir`], and the kernel drops it when the process ends, however
+//! it ends, so a crash leaves no stale lock. The inspection commands (`patients`, `show`,
+//! `messages`) take no lock: they only read, and SQLite lets them beside the receiver.
+
+use std::fs::{self, File};
+use std::io::{self, Read as _, Write as _};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{FlockOperation, flock};
+
+/// The lock file's name in the data directory.
+pub const LOCK_FILE_NAME: &str = "hl7-ihp.lock";
+/// The patient files' folder in the data directory.
+pub const PATIENTS_DIR_NAME: &str = "patients";
+
+/// A data directory prepared for one receiver, locked for as long as this value lives.
+///
+/// Whoever holds it should keep it until the store has closed: the commands hold it outside
+/// their async runtime, so that it is released only after every task (and with them the
+/// store, which checkpoints as it closes) is gone.
+#[derive(Debug)]
+pub struct DataDir {
+    path: PathBuf,
+    patients: PathBuf,
+    /// Holds the `flock`; closing it releases the lock.
+    _lock: File,
+}
+
+impl DataDir {
+    /// The data directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The patient files' folder inside it.
+    pub fn patients_dir(&self) -> &Path {
+        &self.patients
+    }
+}
+
+/// Why a data directory cannot be used. Each names the directory (a setting, not patient
+/// data) and is a configuration error: exit status 2.
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    /// The directory does not exist and cannot be created, or cannot be looked at.
+    #[error("cannot use the data directory {}: {source}", path.display())]
+    Unusable {
+        /// The data directory.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The lock file cannot be created or opened for writing.
+    #[error("cannot write in the data directory {}: {source}", path.display())]
+    NotWritable {
+        /// The data directory.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// Another process holds the lock.
+    #[error("another receiver ({holder}) holds the data directory {}", path.display())]
+    Held {
+        /// The data directory.
+        path: PathBuf,
+        /// The holder's pid, as it wrote it into the lock file.
+        holder: Holder,
+    },
+    /// The lock could not be taken for another reason (a file system without locks).
+    #[error("cannot lock the data directory {}: {source}", path.display())]
+    Lock {
+        /// The data directory.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// The process holding a data directory, as far as its lock file tells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Holder {
+    /// `None` when the file holds no pid yet (the holder has just taken the lock).
+    pub pid: Option<u32>,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.pid {
+            Some(pid) => write!(f, "pid {pid}"),
+            None => f.write_str("pid unknown"),
+        }
+    }
+}
+
+/// Prepares the data directory `path` for a receiver: creates it owner-only if it is
+/// missing, and takes its lock.
+pub fn prepare(path: &Path) -> Result<DataDir, DataDirError> {
+    let unusable = |source| DataDirError::Unusable {
+        path: path.to_path_buf(),
+        source,
+    };
+    match fs::metadata(path) {
+        Ok(_) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(path)
+                .map_err(unusable)?;
+        }
+        Err(error) => return Err(unusable(error)),
+    }
+    let lock = lock(path)?;
+    Ok(DataDir {
+        path: path.to_path_buf(),
+        patients: path.join(PATIENTS_DIR_NAME),
+        _lock: lock,
+    })
+}
+
+/// Takes the exclusive lock on the data directory's lock file and writes this process's pid
+/// into it.
+fn lock(data_dir: &Path) -> Result<File, DataDirError> {
+    let lock_path = data_dir.join(LOCK_FILE_NAME);
+    // Not truncated on opening: until this process holds the lock, the pid in the file is
+    // the holder's, and a refused receiver reads it from there.
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(&lock_path)
+        .map_err(|source| DataDirError::NotWritable {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+    if let Err(error) = flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        if error == rustix::io::Errno::WOULDBLOCK {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            return Err(DataDirError::Held {
+                path: data_dir.to_path_buf(),
+                holder: Holder {
+                    pid: text.trim().parse().ok(),
+                },
+            });
+        }
+        return Err(DataDirError::Lock {
+            path: data_dir.to_path_buf(),
+            source: error.into(),
+        });
+    }
+    let written = (|| {
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+        file.set_len(0)?;
+        writeln!(file, "{}", std::process::id())
+    })();
+    written.map_err(|source| DataDirError::NotWritable {
+        path: data_dir.to_path_buf(),
+        source,
+    })?;
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_lock_is_refused_naming_the_holder_and_freed_with_the_first() {
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join("data");
+        let first = prepare(&path).unwrap();
+        let text = fs::read_to_string(path.join(LOCK_FILE_NAME)).unwrap();
+        assert_eq!(text, format!("{}\n", std::process::id()));
+        // `flock` locks belong to an open file, so a second one conflicts in one process too.
+        match prepare(&path) {
+            Err(DataDirError::Held { holder, .. }) => {
+                assert_eq!(holder.pid, Some(std::process::id()));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Refused, the second one left the holder's pid in place.
+        assert_eq!(fs::read_to_string(path.join(LOCK_FILE_NAME)).unwrap(), text);
+        drop(first);
+        prepare(&path).unwrap();
+    }
+
+    #[test]
+    fn the_holders_message_says_who() {
+        let error = DataDirError::Held {
+            path: PathBuf::from("/var/lib/hl7-ihp"),
+            holder: Holder { pid: Some(42) },
+        };
+        assert_eq!(
+            error.to_string(),
+            "another receiver (pid 42) holds the data directory /var/lib/hl7-ihp"
+        );
+        assert_eq!(Holder { pid: None }.to_string(), "pid unknown");
+    }
+
+    #[test]
+    fn a_missing_directory_is_created_owner_only() {
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join("a/b");
+        let data_dir = prepare(&path).unwrap();
+        assert_eq!(data_dir.path(), path);
+        assert_eq!(data_dir.patients_dir(), path.join("patients"));
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let mode = fs::metadata(path.join(LOCK_FILE_NAME))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
