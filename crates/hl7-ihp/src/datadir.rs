@@ -2,6 +2,12 @@
 //! so that a directory the receiver cannot use stops it with a clear message (exit 2)
 //! instead of after it said "listening".
 //!
+//! [`prepare`] checks that the directory is one (or creates it, owner-only), that it can
+//! write there (the lock file is the proof), that no other receiver holds it, and that
+//! `patients/` is a real folder: a symbolic link there is refused, because following it
+//! would re-mode its target and remove files in it. A directory open to other users is made
+//! owner-only (0700, DESIGN.md §9) with a warning; it holds patient data.
+//!
 //! One receiver per data directory (DESIGN.md §6, §9): the store's writer keeps state in
 //! memory (waiting index entries, the next message id) that a second writer would
 //! contradict, and two exporters would fight over the files. [`prepare`] takes an exclusive
@@ -83,6 +89,44 @@ pub enum DataDirError {
         /// Why.
         source: io::Error,
     },
+    /// The path exists and is something else than a directory.
+    #[error("the data directory {} is not a directory", path.display())]
+    NotADirectory {
+        /// The path given as the data directory.
+        path: PathBuf,
+    },
+    /// The directory is open to other users and cannot be made owner-only.
+    #[error("cannot make the data directory {} owner-only: {source}", path.display())]
+    Permissions {
+        /// The data directory.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// `patients/` is a symbolic link.
+    #[error(
+        "{} is a symbolic link; patient files are written only into a real folder \
+         (move the folder there, or point the data directory at its real place)",
+        path.display()
+    )]
+    PatientsSymlink {
+        /// The patients folder.
+        path: PathBuf,
+    },
+    /// `patients/` is a file or other non-folder.
+    #[error("{} is not a folder", path.display())]
+    PatientsNotAFolder {
+        /// The patients folder.
+        path: PathBuf,
+    },
+    /// `patients/` cannot be created or made private.
+    #[error("cannot prepare the patients folder {}: {source}", path.display())]
+    Patients {
+        /// The patients folder.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
 }
 
 /// The process holding a data directory, as far as its lock file tells.
@@ -102,14 +146,22 @@ impl std::fmt::Display for Holder {
 }
 
 /// Prepares the data directory `path` for a receiver: creates it owner-only if it is
-/// missing, and takes its lock.
+/// missing, takes its lock, makes it owner-only if it was not, and checks and prepares
+/// `patients/`. Nothing in the directory is changed before the lock is held.
 pub fn prepare(path: &Path) -> Result<DataDir, DataDirError> {
     let unusable = |source| DataDirError::Unusable {
         path: path.to_path_buf(),
         source,
     };
+    // `metadata`, which follows a symbolic link: a data directory that is a link to the
+    // real one (a mount elsewhere) is an ordinary set-up.
     match fs::metadata(path) {
-        Ok(_) => {}
+        Ok(metadata) if metadata.is_dir() => {}
+        Ok(_) => {
+            return Err(DataDirError::NotADirectory {
+                path: path.to_path_buf(),
+            });
+        }
         Err(error) if error.kind() == io::ErrorKind::NotFound => {
             fs::DirBuilder::new()
                 .recursive(true)
@@ -120,10 +172,59 @@ pub fn prepare(path: &Path) -> Result<DataDir, DataDirError> {
         Err(error) => return Err(unusable(error)),
     }
     let lock = lock(path)?;
+    make_owner_only(path)?;
+    let patients = path.join(PATIENTS_DIR_NAME);
+    prepare_patients(&patients)?;
     Ok(DataDir {
         path: path.to_path_buf(),
-        patients: path.join(PATIENTS_DIR_NAME),
+        patients,
         _lock: lock,
+    })
+}
+
+/// Makes the data directory 0700 when group or others had any access, with a warning: it
+/// names the directory and the old mode, nothing of its contents.
+fn make_owner_only(path: &Path) -> Result<(), DataDirError> {
+    let permissions = |source| DataDirError::Permissions {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mode = fs::metadata(path)
+        .map_err(permissions)?
+        .permissions()
+        .mode()
+        & 0o7777;
+    if mode & 0o077 != 0 {
+        fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(permissions)?;
+        tracing::warn!(
+            data_dir = %path.display(),
+            mode = format!("{mode:o}"),
+            "the data directory was open to other users; made it owner-only (0700)"
+        );
+    }
+    Ok(())
+}
+
+/// Refuses a `patients/` that is a symbolic link or not a folder, then creates it (or makes
+/// it owner-only) the way the exporter does.
+fn prepare_patients(patients: &Path) -> Result<(), DataDirError> {
+    // `symlink_metadata`: the link itself, not where it points.
+    match fs::symlink_metadata(patients) {
+        Ok(metadata) if metadata.file_type().is_symlink() => {
+            return Err(DataDirError::PatientsSymlink {
+                path: patients.to_path_buf(),
+            });
+        }
+        Ok(metadata) if !metadata.is_dir() => {
+            return Err(DataDirError::PatientsNotAFolder {
+                path: patients.to_path_buf(),
+            });
+        }
+        _ => {}
+    }
+    crate::export::prepare_dir(patients).map_err(|source| DataDirError::Patients {
+        path: patients.to_path_buf(),
+        source,
     })
 }
 
@@ -208,6 +309,61 @@ mod tests {
             "another receiver (pid 42) holds the data directory /var/lib/hl7-ihp"
         );
         assert_eq!(Holder { pid: None }.to_string(), "pid unknown");
+    }
+
+    #[test]
+    fn what_is_not_a_directory_is_refused() {
+        let temp = tempfile::tempdir().unwrap();
+        let file = temp.path().join("file");
+        fs::write(&file, b"").unwrap();
+        assert!(matches!(
+            prepare(&file),
+            Err(DataDirError::NotADirectory { .. })
+        ));
+        assert!(matches!(
+            prepare(&file.join("below")),
+            Err(DataDirError::Unusable { .. })
+        ));
+
+        let data = temp.path().join("data");
+        fs::create_dir(&data).unwrap();
+        let elsewhere = temp.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, data.join(PATIENTS_DIR_NAME)).unwrap();
+        assert!(matches!(
+            prepare(&data),
+            Err(DataDirError::PatientsSymlink { .. })
+        ));
+        fs::remove_file(data.join(PATIENTS_DIR_NAME)).unwrap();
+        fs::write(data.join(PATIENTS_DIR_NAME), b"").unwrap();
+        assert!(matches!(
+            prepare(&data),
+            Err(DataDirError::PatientsNotAFolder { .. })
+        ));
+    }
+
+    #[test]
+    fn a_data_directory_that_is_a_link_to_one_is_used() {
+        let temp = tempfile::tempdir().unwrap();
+        let real = temp.path().join("real");
+        fs::create_dir(&real).unwrap();
+        let link = temp.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        prepare(&link).unwrap();
+        assert!(real.join(PATIENTS_DIR_NAME).is_dir());
+    }
+
+    #[test]
+    fn a_loose_directory_is_made_owner_only() {
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join("data");
+        fs::create_dir(&path).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o751)).unwrap();
+        prepare(&path).unwrap();
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
     }
 
     #[test]

@@ -37,9 +37,6 @@ pub enum ServerError {
     /// The store could not be opened.
     #[error("opening the store: {0}")]
     Store(#[from] crate::store::StoreError),
-    /// The patients folder could not be prepared.
-    #[error("preparing the patients folder: {0}")]
-    PatientsFolder(io::Error),
     /// A task the server started failed.
     #[error("{0}")]
     Task(String),
@@ -84,8 +81,8 @@ pub async fn run(
     let events = Events::new();
     let export_counters = Arc::new(ExportCounters::default());
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Checked and prepared by `datadir::prepare`; the exporter opens it again itself.
     let patients_dir = data_dir.patients_dir().to_path_buf();
-    export::prepare_dir(&patients_dir).map_err(ServerError::PatientsFolder)?;
     // The exporter stops after the connections, so its final round sees their last messages.
     let (export_stop_tx, mut export_stop) = watch::channel(false);
     let exporter = tokio::spawn(export::run(

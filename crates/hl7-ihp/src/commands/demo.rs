@@ -2,6 +2,7 @@
 //! patient's latest vitals: the first thing a newcomer runs.
 
 use std::io::{IsTerminal, Write};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -74,7 +75,13 @@ fn fresh_temp_dir() -> anyhow::Result<PathBuf> {
         crate::ids::run_id()
     );
     let dir = std::env::temp_dir().join(name);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Owner-only from the start, as a data directory must be (it holds patient data, if
+    // simulated ones).
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
 }
 

@@ -192,3 +192,110 @@ fn a_killed_receivers_lock_does_not_outlive_it() {
         "AA"
     );
 }
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A read-only tmpfs (needs root; `None` otherwise), unmounted on drop.
+struct ReadOnlyMount(std::path::PathBuf);
+
+impl ReadOnlyMount {
+    fn at(path: &Path) -> Option<ReadOnlyMount> {
+        std::fs::create_dir_all(path).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"])
+            .arg(path)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then(|| ReadOnlyMount(path.to_path_buf()))
+    }
+}
+
+impl Drop for ReadOnlyMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn an_unusable_data_directory_exits_2_before_any_port_is_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    // The test holds the port: a receiver that bound it before checking its directory would
+    // fail with "cannot listen" and status 1 instead.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = held.local_addr().unwrap().to_string();
+    let check = |data_dir: &Path, expected: &str| {
+        let (status, output) = receive_until_exit(data_dir, &listen);
+        assert_eq!(status, Some(2), "{output}");
+        assert!(output.contains(expected), "{expected:?} not in {output}");
+        assert!(!output.contains("listening"), "{output}");
+    };
+
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    check(&file, "is not a directory");
+    check(&file.join("data"), "cannot use the data directory");
+
+    let read_only = dir.path().join("read-only");
+    match ReadOnlyMount::at(&read_only) {
+        Some(_mount) => check(&read_only, "cannot write in the data directory"),
+        // Without root, the permission bits stop writes; as root they do not.
+        None if !rustix::process::getuid().is_root() => {
+            set_mode(&read_only, 0o500);
+            check(&read_only, "cannot write in the data directory");
+        }
+        None => eprintln!("skipped the read-only part: cannot mount a tmpfs"),
+    }
+}
+
+#[test]
+fn a_symlinked_patients_folder_is_refused_and_its_target_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    set_mode(&elsewhere, 0o755);
+    // Looks like an unfinished patient file, which the exporter would remove in its folder.
+    std::fs::write(elsewhere.join(".tmp-1-0"), b"not the receiver's").unwrap();
+    std::os::unix::fs::symlink(&elsewhere, data.join("patients")).unwrap();
+
+    let (status, output) = receive_until_exit(&data, "127.0.0.1:0");
+    assert_eq!(status, Some(2), "{output}");
+    assert!(output.contains("is a symbolic link"), "{output}");
+    assert_eq!(mode(&elsewhere), 0o755);
+    assert!(elsewhere.join(".tmp-1-0").exists());
+    assert!(!data.join("hl7-ihp.sqlite3").exists(), "nothing stored");
+
+    // A file where the folder belongs is refused too.
+    std::fs::remove_file(data.join("patients")).unwrap();
+    std::fs::write(data.join("patients"), b"").unwrap();
+    let (status, output) = receive_until_exit(&data, "127.0.0.1:0");
+    assert_eq!(status, Some(2), "{output}");
+    assert!(output.contains("is not a folder"), "{output}");
+}
+
+#[test]
+fn a_data_directory_open_to_others_is_made_owner_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("patients")).unwrap();
+    set_mode(&data, 0o755);
+    set_mode(&data.join("patients"), 0o777);
+    let receiver = Receiver::start(&data, &[]);
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("patients")), 0o700);
+    let logs = receiver.logs();
+    assert!(
+        logs.contains("\"WARN\"") && logs.contains("owner-only") && logs.contains("\"755\""),
+        "{logs}"
+    );
+}
