@@ -222,10 +222,13 @@ fn prepare_patients(patients: &Path) -> Result<(), DataDirError> {
         }
         _ => {}
     }
-    crate::export::prepare_dir(patients).map_err(|source| DataDirError::Patients {
-        path: patients.to_path_buf(),
-        source,
-    })
+    match crate::export::prepare_dir(patients) {
+        Ok(_folder) => Ok(()),
+        Err(source) => Err(DataDirError::Patients {
+            path: patients.to_path_buf(),
+            source,
+        }),
+    }
 }
 
 /// Takes the exclusive lock on the data directory's lock file and writes this process's pid

@@ -55,8 +55,7 @@ use crate::documents::patient::render_document;
 use crate::events::Subscription;
 use crate::store::{ChangeCursor, Store, StoreError};
 
-pub use files::prepare_dir;
-use files::{remove_stale_temp_files, sync_dir, write_atomically};
+pub use files::{Folder, prepare_dir};
 pub use names::{FILE_PREFIX, FILE_SUFFIX, file_name};
 
 /// The JSON files' name in the store's table of exporter watermarks.
@@ -173,10 +172,12 @@ pub async fn run(
     counters: Arc<ExportCounters>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ExportError> {
-    let dir = patients_dir.clone();
-    let n_stale = tokio::task::spawn_blocking(move || -> io::Result<usize> {
-        prepare_dir(&dir)?;
-        Ok(remove_stale_temp_files(&dir))
+    // Opened once: every write, sync and removal goes through this handle, so a symbolic
+    // link put in place of the folder later is never followed.
+    let (folder, n_stale) = tokio::task::spawn_blocking(move || -> io::Result<_> {
+        let folder = prepare_dir(&patients_dir)?;
+        let n_stale = folder.remove_stale_temp_files();
+        Ok((Arc::new(folder), n_stale))
     })
     .await
     .map_err(|_| ExportError::Folder(io::Error::other("folder task failed")))?
@@ -190,7 +191,7 @@ pub async fn run(
 
     let mut exporter = Exporter {
         store,
-        dir: patients_dir,
+        folder,
         options,
         shared: counters,
         persisted: None,
@@ -299,7 +300,7 @@ enum WriteError {
 
 struct Exporter {
     store: Arc<dyn Store>,
-    dir: PathBuf,
+    folder: Arc<Folder>,
     options: ExportOptions,
     shared: Arc<ExportCounters>,
     /// The watermark in the store, once read.
@@ -371,8 +372,8 @@ impl Exporter {
 
         if self.seen > persisted {
             // The renames must be durable before the watermark says they happened.
-            let dir = self.dir.clone();
-            let synced = tokio::task::spawn_blocking(move || sync_dir(&dir))
+            let folder = Arc::clone(&self.folder);
+            let synced = tokio::task::spawn_blocking(move || folder.sync())
                 .await
                 .unwrap_or_else(|_| Err(io::Error::other("folder sync task failed")));
             if let Err(error) = synced {
@@ -404,11 +405,11 @@ impl Exporter {
             // Nothing to write for a patient the store does not know.
             return Ok(());
         };
-        let dir = self.dir.clone();
+        let folder = Arc::clone(&self.folder);
         let name = file_name(key);
         // Rendering up to `max_records` records and writing them is blocking work.
         tokio::task::spawn_blocking(move || {
-            write_atomically(&dir, &name, &render_document(&records))
+            folder.write_atomically(&name, &render_document(&records))
         })
         .await
         .unwrap_or_else(|_| Err(io::Error::other("file writer task failed")))
