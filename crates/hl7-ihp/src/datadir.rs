@@ -6,7 +6,9 @@
 //! write there (the lock file is the proof), that no other receiver holds it, and that
 //! `patients/` is a real folder: a symbolic link there is refused, because following it
 //! would re-mode its target and remove files in it. A directory open to other users is made
-//! owner-only (0700, DESIGN.md §9) with a warning; it holds patient data.
+//! owner-only (0700, DESIGN.md §9) with a warning; it holds patient data. Last, a probe file
+//! finds out whether the folder's file system ignores case, which decides the file names
+//! ([`crate::export::NameCase`]).
 //!
 //! One receiver per data directory (DESIGN.md §6, §9): the store's writer keeps state in
 //! memory (waiting index entries, the next message id) that a second writer would
@@ -23,6 +25,8 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{FlockOperation, flock};
 
+use crate::export::NameCase;
+
 /// The lock file's name in the data directory.
 pub const LOCK_FILE_NAME: &str = "hl7-ihp.lock";
 /// The patient files' folder in the data directory.
@@ -37,6 +41,7 @@ pub const PATIENTS_DIR_NAME: &str = "patients";
 pub struct DataDir {
     path: PathBuf,
     patients: PathBuf,
+    name_case: NameCase,
     /// Holds the `flock`; closing it releases the lock.
     _lock: File,
 }
@@ -50,6 +55,12 @@ impl DataDir {
     /// The patient files' folder inside it.
     pub fn patients_dir(&self) -> &Path {
         &self.patients
+    }
+
+    /// Whether the patients folder's file system tells names apart by case, and so how the
+    /// file names must be written.
+    pub fn name_case(&self) -> NameCase {
+        self.name_case
     }
 }
 
@@ -174,10 +185,11 @@ pub fn prepare(path: &Path) -> Result<DataDir, DataDirError> {
     let lock = lock(path)?;
     make_owner_only(path)?;
     let patients = path.join(PATIENTS_DIR_NAME);
-    prepare_patients(&patients)?;
+    let name_case = prepare_patients(&patients)?;
     Ok(DataDir {
         path: path.to_path_buf(),
         patients,
+        name_case,
         _lock: lock,
     })
 }
@@ -205,9 +217,9 @@ fn make_owner_only(path: &Path) -> Result<(), DataDirError> {
     Ok(())
 }
 
-/// Refuses a `patients/` that is a symbolic link or not a folder, then creates it (or makes
-/// it owner-only) the way the exporter does.
-fn prepare_patients(patients: &Path) -> Result<(), DataDirError> {
+/// Refuses a `patients/` that is a symbolic link or not a folder, creates it (or makes it
+/// owner-only) the way the exporter does, and finds out whether its file system ignores case.
+fn prepare_patients(patients: &Path) -> Result<NameCase, DataDirError> {
     // `symlink_metadata`: the link itself, not where it points.
     match fs::symlink_metadata(patients) {
         Ok(metadata) if metadata.file_type().is_symlink() => {
@@ -222,13 +234,19 @@ fn prepare_patients(patients: &Path) -> Result<(), DataDirError> {
         }
         _ => {}
     }
-    match crate::export::prepare_dir(patients) {
-        Ok(_folder) => Ok(()),
-        Err(source) => Err(DataDirError::Patients {
-            path: patients.to_path_buf(),
-            source,
-        }),
+    let failed = |source| DataDirError::Patients {
+        path: patients.to_path_buf(),
+        source,
+    };
+    let folder = crate::export::prepare_dir(patients).map_err(failed)?;
+    let name_case = folder.probe_case().map_err(failed)?;
+    if name_case == NameCase::Insensitive {
+        tracing::info!(
+            "the patients folder's file system ignores case: upper-case letters in patient \
+             ids are written as %XX in file names"
+        );
     }
+    Ok(name_case)
 }
 
 /// Takes the exclusive lock on the data directory's lock file and writes this process's pid
@@ -376,6 +394,7 @@ mod tests {
         let data_dir = prepare(&path).unwrap();
         assert_eq!(data_dir.path(), path);
         assert_eq!(data_dir.patients_dir(), path.join("patients"));
+        assert_eq!(data_dir.name_case(), NameCase::Sensitive);
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
         let mode = fs::metadata(path.join(LOCK_FILE_NAME))

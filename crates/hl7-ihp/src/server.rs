@@ -90,6 +90,7 @@ pub async fn run(
         patients_dir,
         ExportOptions {
             max_records: config.json_max_records,
+            name_case: data_dir.name_case(),
             ..ExportOptions::default()
         },
         events.subscribe(),

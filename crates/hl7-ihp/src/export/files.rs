@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::fs::{AtFlags, Mode, OFlags};
 
+use super::names::NameCase;
+
 /// Temporary files start with this; no patient file does.
 pub const TEMP_PREFIX: &str = ".tmp-";
 
@@ -77,6 +79,42 @@ impl Folder {
         Ok(rustix::fs::fsync(&self.fd)?)
     }
 
+    /// Whether the folder's file system tells names apart by case: creates
+    /// `.tmp-case-probe-<pid>`, looks for `.TMP-CASE-PROBE-<pid>`, and removes the probe.
+    ///
+    /// The upper-case name counts only if it is the probe itself (same device and inode,
+    /// the link not followed), so a file of that name left by anything else, or a link
+    /// to the probe, does not pass for a file system that ignores case. The probe has the
+    /// temporary files' prefix: a crash's leftover goes with them at the next start.
+    pub fn probe_case(&self) -> io::Result<NameCase> {
+        let lower = format!("{TEMP_PREFIX}case-probe-{}", std::process::id());
+        let upper = lower.to_ascii_uppercase();
+        // Left by an earlier process with this pid, which would make `EXCL` fail.
+        let _ = rustix::fs::unlinkat(&self.fd, lower.as_str(), AtFlags::empty());
+        let probe = rustix::fs::openat(
+            &self.fd,
+            lower.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )?;
+        let found = (|| {
+            let own = rustix::fs::fstat(&probe)?;
+            match rustix::fs::statat(&self.fd, upper.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(other) if other.st_dev == own.st_dev && other.st_ino == own.st_ino => {
+                    Ok(NameCase::Insensitive)
+                }
+                Ok(_) => Ok(NameCase::Sensitive),
+                Err(rustix::io::Errno::NOENT) => Ok(NameCase::Sensitive),
+                Err(error) => Err(io::Error::from(error)),
+            }
+        })();
+        drop(probe);
+        let removed = rustix::fs::unlinkat(&self.fd, lower.as_str(), AtFlags::empty());
+        let found = found?;
+        removed?;
+        Ok(found)
+    }
+
     /// Removes temporary files a crash left behind; returns how many.
     pub fn remove_stale_temp_files(&self) -> usize {
         let Ok(entries) = rustix::fs::Dir::read_from(&self.fd) else {
@@ -135,6 +173,31 @@ mod tests {
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
         drop(prepare_dir(&dir).unwrap());
         assert_eq!(mode(&dir), 0o700);
+    }
+
+    #[test]
+    fn the_probe_finds_this_file_system_case_sensitive_and_leaves_nothing() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().join("patients");
+        let folder = prepare_dir(&dir).unwrap();
+        // ext4 and tmpfs here, as on most Linux systems.
+        assert_eq!(folder.probe_case().unwrap(), NameCase::Sensitive);
+        assert!(names(&dir).is_empty());
+
+        // Neither a file of the upper-case name nor a link to the probe fools it.
+        let pid = std::process::id();
+        let upper = dir.join(format!(".TMP-CASE-PROBE-{pid}"));
+        fs::write(&upper, b"someone else's").unwrap();
+        assert_eq!(folder.probe_case().unwrap(), NameCase::Sensitive);
+        fs::remove_file(&upper).unwrap();
+        std::os::unix::fs::symlink(format!(".tmp-case-probe-{pid}"), &upper).unwrap();
+        assert_eq!(folder.probe_case().unwrap(), NameCase::Sensitive);
+        fs::remove_file(&upper).unwrap();
+
+        // A probe left by an earlier process with this pid is replaced, then removed.
+        fs::write(dir.join(format!(".tmp-case-probe-{pid}")), b"").unwrap();
+        assert_eq!(folder.probe_case().unwrap(), NameCase::Sensitive);
+        assert!(names(&dir).is_empty());
     }
 
     #[test]

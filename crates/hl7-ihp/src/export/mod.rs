@@ -1,6 +1,7 @@
 //! The patient JSON files (DESIGN.md §7): their names, their shape, and the task that keeps them current.
 //!
-//! [`file_name`] maps any identity key to one safe name inside the patients folder;
+//! [`file_name`] maps any identity key to one safe name inside the patients folder (with
+//! upper-case letters encoded where the file system ignores case, [`NameCase`]);
 //! [`render_document`] writes a patient and their records in the prototype's shape (the
 //! exporter and `hl7-ihp show` both call it, so the file and the command agree); [`run`] is
 //! the exporter task that rewrites the files of the patients the store says have changed.
@@ -56,7 +57,7 @@ use crate::events::Subscription;
 use crate::store::{ChangeCursor, Store, StoreError};
 
 pub use files::{Folder, prepare_dir};
-pub use names::{FILE_PREFIX, FILE_SUFFIX, file_name};
+pub use names::{FILE_PREFIX, FILE_SUFFIX, NameCase, file_name};
 
 /// The JSON files' name in the store's table of exporter watermarks.
 pub const EXPORTER_NAME: &str = "json";
@@ -91,6 +92,9 @@ pub struct ExportOptions {
     /// After a round that took `t`, the next one waits at least `rest_factor × t`: the
     /// exporter is busy at most `1 / (1 + rest_factor)` of the time.
     pub rest_factor: u32,
+    /// How file names treat upper-case letters: what the folder's file system needs, as
+    /// [`Folder::probe_case`] found at start (not a setting).
+    pub name_case: NameCase,
 }
 
 impl Default for ExportOptions {
@@ -99,6 +103,7 @@ impl Default for ExportOptions {
             max_records: DEFAULT_MAX_RECORDS,
             min_interval: DEFAULT_MIN_INTERVAL,
             rest_factor: DEFAULT_REST_FACTOR,
+            name_case: NameCase::default(),
         }
     }
 }
@@ -406,7 +411,7 @@ impl Exporter {
             return Ok(());
         };
         let folder = Arc::clone(&self.folder);
-        let name = file_name(key);
+        let name = file_name(key, self.options.name_case);
         // Rendering up to `max_records` records and writing them is blocking work.
         tokio::task::spawn_blocking(move || {
             folder.write_atomically(&name, &render_document(&records))
