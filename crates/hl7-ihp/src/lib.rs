@@ -9,6 +9,7 @@
 //! - [`config`]: the settings of each command, merged once and validated into typed groups.
 //! - [`shutdown`]: the one shutdown signal (Ctrl+C, SIGTERM) of every command and task.
 //! - [`commands`]: one function per subcommand; the only users of `anyhow` and the terminal.
+//! - [`datadir`]: prepares, checks and locks a receiver's data directory before it binds.
 //! - [`server`]: wires the store, the exporter, HTTP and the MLLP listener, stops them in order.
 //! - [`mllp`]: the accept loop with its limits, and one connection's read–ingest–ACK loop.
 //! - [`ingest`]: frame → parse → extract → store → the one function that decides the ACK.
@@ -24,6 +25,7 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod datadir;
 pub mod documents;
 pub mod events;
 pub mod export;

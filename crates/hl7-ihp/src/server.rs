@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::ReceiveConfig;
+use crate::datadir::DataDir;
 use crate::events::Events;
 use crate::export::{self, ExportCounters, ExportOptions};
 use crate::http::ExtraMetrics;
@@ -36,9 +37,6 @@ pub enum ServerError {
     /// The store could not be opened.
     #[error("opening the store: {0}")]
     Store(#[from] crate::store::StoreError),
-    /// The patients folder could not be prepared.
-    #[error("preparing the patients folder: {0}")]
-    PatientsFolder(io::Error),
     /// A task the server started failed.
     #[error("{0}")]
     Task(String),
@@ -61,10 +59,13 @@ pub async fn bind(
     Ok((mllp, http))
 }
 
-/// Runs the receiver until `shutdown` completes: then it stops accepting, lets connections
-/// finish and answer the message in hand, brings the JSON files up to date and returns.
+/// Runs the receiver over `data_dir` (prepared and locked by [`crate::datadir::prepare`];
+/// the caller keeps it locked until the runtime has stopped) until `shutdown` completes:
+/// then it stops accepting, lets connections finish and answer the message in hand, brings
+/// the JSON files up to date and returns.
 pub async fn run(
     config: ReceiveConfig,
+    data_dir: &DataDir,
     mllp: TcpListener,
     http_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
@@ -79,8 +80,8 @@ pub async fn run(
     let events = Events::new();
     let export_counters = Arc::new(ExportCounters::default());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let patients_dir = config.export.patients_dir;
-    export::prepare_dir(&patients_dir).map_err(ServerError::PatientsFolder)?;
+    // Checked and prepared by `datadir::prepare`; the exporter opens it again itself.
+    let patients_dir = data_dir.patients_dir().to_path_buf();
     // The exporter stops after the connections, so its final round sees their last messages.
     let (export_stop_tx, mut export_stop) = watch::channel(false);
     let exporter = tokio::spawn(export::run(
@@ -88,6 +89,7 @@ pub async fn run(
         patients_dir,
         ExportOptions {
             max_records: config.export.json_max_records,
+            name_case: data_dir.name_case(),
             ..ExportOptions::default()
         },
         events.subscribe(),

@@ -2,6 +2,7 @@
 //! patient's latest vitals: the first thing a newcomer runs.
 
 use std::io::{IsTerminal, Write};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use anyhow::Context;
 
 use crate::cli::DemoArgs;
 use crate::config::{DemoConfig, ReceiveConfig};
+use crate::datadir::{self, DataDir};
 use crate::documents::vitals::VITALS;
 use crate::sender::link;
 use crate::sender::load::{Plan, Totals};
@@ -31,25 +33,44 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         Some(dir) => dir.clone(),
         None => fresh_temp_dir()?,
     };
-    let _cleanup = RemoveIfEmpty(demo_config.data_dir.is_none().then(|| data_dir.clone()));
+    let _cleanup = RemoveUnlessStored(demo_config.data_dir.is_none().then(|| data_dir.clone()));
     let config = match demo_config.receive_config(&data_dir) {
         Ok(config) => config,
         Err(error) => return Ok(super::invalid_setting(&error)),
     };
+    // Locked before binding and released after the runtime, as `receive` does.
+    let locked = match datadir::prepare(&data_dir) {
+        Ok(locked) => Arc::new(locked),
+        Err(error) => {
+            eprintln!("hl7-ihp: {error}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let runtime = super::runtime()?;
-    runtime.block_on(demo(config, args.patients.max(1), demo_config.interval))?;
+    let result = runtime.block_on(demo(
+        config,
+        Arc::clone(&locked),
+        args.patients.max(1),
+        demo_config.interval,
+    ));
+    drop(runtime);
+    drop(locked);
+    result?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// The demo's own temporary folder, removed at the end if it is still empty: a demo that
-/// could not start (its port taken, a bad flag) leaves nothing behind, and one that stored
-/// anything keeps its data (`remove_dir` removes only an empty folder).
-struct RemoveIfEmpty(Option<PathBuf>);
+/// The demo's own temporary folder, removed at the end if it holds no database: a demo
+/// that could not start (its port taken, a bad flag) leaves nothing behind, and one that
+/// stored anything keeps its data. Before the database exists the folder holds only what
+/// the start made (the lock file, an empty `patients/`).
+struct RemoveUnlessStored(Option<PathBuf>);
 
-impl Drop for RemoveIfEmpty {
+impl Drop for RemoveUnlessStored {
     fn drop(&mut self) {
-        if let Some(dir) = &self.0 {
-            let _ = std::fs::remove_dir(dir);
+        if let Some(dir) = &self.0
+            && !dir.join(crate::store::SQLITE_FILE_NAME).exists()
+        {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
@@ -61,13 +82,24 @@ fn fresh_temp_dir() -> anyhow::Result<PathBuf> {
         crate::ids::run_id()
     );
     let dir = std::env::temp_dir().join(name);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Owner-only from the start, as a data directory must be (it holds patient data, if
+    // simulated ones).
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
 }
 
-async fn demo(config: ReceiveConfig, patients: usize, interval: Duration) -> anyhow::Result<()> {
-    let data_dir = config.data_dir.clone();
-    let patients_dir = config.export.patients_dir.clone();
+async fn demo(
+    config: ReceiveConfig,
+    locked: Arc<DataDir>,
+    patients: usize,
+    interval: Duration,
+) -> anyhow::Result<()> {
+    let data_dir = locked.path().to_path_buf();
+    let patients_dir = locked.patients_dir().to_path_buf();
     let (mllp, http) = server::bind(&config).await?;
     let mllp_address = mllp.local_addr()?;
     let http_address = http.as_ref().map(|l| l.local_addr()).transpose()?;
@@ -80,12 +112,9 @@ async fn demo(config: ReceiveConfig, patients: usize, interval: Duration) -> any
     let location = &config.store.location;
     drop(store::open(location, &config.store.options).context("creating the store")?);
     let reader = store::open_read_only(location).context("opening the store to read it")?;
-    let mut receiver = tokio::spawn(server::run(
-        config,
-        mllp,
-        http,
-        receiver_stop.into_requested(),
-    ));
+    let mut receiver = tokio::spawn(async move {
+        server::run(config, &locked, mllp, http, receiver_stop.into_requested()).await
+    });
 
     // One connection per monitor, as bedside monitors connect.
     let totals = Arc::new(Totals::default());

@@ -1,12 +1,12 @@
-//! `hl7-ihp receive`: validates the settings, binds, logs where it listens, and runs the
-//! server until Ctrl+C or SIGTERM.
+//! `hl7-ihp receive`: validates the settings, prepares and locks the data directory, binds,
+//! logs where it listens, and runs the server until Ctrl+C or SIGTERM.
 
 use std::process::ExitCode;
 
 use crate::config::{self, ReceiveArgs, ReceiveConfig};
 use crate::mllp::listener;
 use crate::shutdown::Shutdown;
-use crate::{logging, server};
+use crate::{datadir, logging, server};
 
 /// Runs `hl7-ihp receive`.
 pub fn run(args: &ReceiveArgs) -> anyhow::Result<ExitCode> {
@@ -15,8 +15,18 @@ pub fn run(args: &ReceiveArgs) -> anyhow::Result<ExitCode> {
         Ok(config) => config,
         Err(error) => return Ok(super::invalid_setting(&error)),
     };
+    // Before binding: a directory the receiver cannot use, or one another receiver holds,
+    // is a configuration error, not a server that says "listening" and then fails.
+    let data_dir = match datadir::prepare(&config.data_dir) {
+        Ok(data_dir) => data_dir,
+        Err(error) => {
+            eprintln!("hl7-ihp: {error}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let open_files = listener::raise_open_file_limit();
-    super::runtime()?.block_on(async move {
+    let runtime = super::runtime()?;
+    let result = runtime.block_on(async {
         let (mllp, http) = server::bind(&config).await?;
         let mllp_address = mllp.local_addr()?;
         let http_address = http.as_ref().map(|l| l.local_addr()).transpose()?;
@@ -37,7 +47,12 @@ pub fn run(args: &ReceiveArgs) -> anyhow::Result<ExitCode> {
             tracing::warn!(http = %address, "HTTP on a non-loopback address: /metrics and /healthz are reachable from the network");
         }
         let (_trigger, shutdown) = Shutdown::on_signals();
-        server::run(config, mllp, http, shutdown.into_requested()).await?;
+        server::run(config, &data_dir, mllp, http, shutdown.into_requested()).await?;
         Ok(ExitCode::SUCCESS)
-    })
+    });
+    // The runtime first: any task still holding the store ends with it, the store closes
+    // (and checkpoints), and only then is the data directory's lock released.
+    drop(runtime);
+    drop(data_dir);
+    result
 }

@@ -1,67 +1,232 @@
 //! The patients folder and its files: created private, replaced atomically (write, sync,
 //! rename), and the temporary files of a crash removed.
+//!
+//! The folder is opened once, refusing a symbolic link, and every later operation goes
+//! through that handle (`openat`, `renameat`, `unlinkat`, `fsync` of the folder): a symbolic
+//! link put in place of `patients/` while the receiver runs is never followed, so the
+//! exporter never writes, re-modes or removes anything outside the folder it checked. (A
+//! folder renamed while the receiver runs keeps receiving the files under its new name,
+//! until the next start.)
 
 use std::fs;
 use std::io::{self, Write as _};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustix::fs::{AtFlags, Mode, OFlags};
+
+use super::names::NameCase;
 
 /// Temporary files start with this; no patient file does.
 pub const TEMP_PREFIX: &str = ".tmp-";
 
-/// Creates the patients folder if needed, with mode 0700 (also when it already existed).
-pub fn prepare_dir(patients_dir: &Path) -> io::Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(patients_dir)?;
-    fs::set_permissions(patients_dir, fs::Permissions::from_mode(0o700))
+/// The patients folder, open: the handle every file operation goes through.
+#[derive(Debug)]
+pub struct Folder {
+    fd: OwnedFd,
 }
 
-/// Replaces `dir/name` with `bytes` so that a reader sees the old file or the new one, never
-/// a part: a temporary file in the same folder, synced, renamed over it. The folder itself is
-/// synced later, once per round.
-pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-    static N_TEMP_FILES: AtomicU64 = AtomicU64::new(0);
-    let n = N_TEMP_FILES.fetch_add(1, Ordering::Relaxed);
-    let temp = dir.join(format!("{TEMP_PREFIX}{}-{n}", std::process::id()));
-    let result = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temp)?;
-        // The mode above is filtered by the umask; owner-only is the rule either way.
-        file.set_permissions(fs::Permissions::from_mode(0o600))?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&temp, dir.join(name))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
+/// Creates the patients folder if needed and opens it, with mode 0700 (also when it already
+/// existed). A symbolic link at `patients_dir` is an error (`ELOOP` or `ENOTDIR`), not
+/// followed.
+pub fn prepare_dir(patients_dir: &Path) -> io::Result<Folder> {
+    match fs::DirBuilder::new().mode(0o700).create(patients_dir) {
+        Err(error) if error.kind() != io::ErrorKind::AlreadyExists => return Err(error),
+        _ => {}
     }
-    result
+    let fd = rustix::fs::open(
+        patients_dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700))?;
+    Ok(Folder { fd })
 }
 
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    fs::File::open(dir)?.sync_all()
-}
-
-/// Removes temporary files a crash left behind; returns how many.
-pub fn remove_stale_temp_files(dir: &Path) -> usize {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return 0;
-    };
-    let mut n_removed = 0;
-    for entry in entries.flatten() {
-        let is_temp = entry
-            .file_name()
-            .as_encoded_bytes()
-            .starts_with(TEMP_PREFIX.as_bytes());
-        if is_temp && fs::remove_file(entry.path()).is_ok() {
-            n_removed += 1;
+impl Folder {
+    /// Replaces `name` with `bytes` so that a reader sees the old file or the new one, never
+    /// a part: a temporary file in the same folder, synced, renamed over it. The folder
+    /// itself is synced later, once per round ([`Folder::sync`]).
+    pub fn write_atomically(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        static N_TEMP_FILES: AtomicU64 = AtomicU64::new(0);
+        let n = N_TEMP_FILES.fetch_add(1, Ordering::Relaxed);
+        let temp = format!("{TEMP_PREFIX}{}-{n}", std::process::id());
+        let result = (|| {
+            let fd = rustix::fs::openat(
+                &self.fd,
+                temp.as_str(),
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )?;
+            let mut file = fs::File::from(fd);
+            // The mode above is filtered by the umask; owner-only is the rule either way.
+            file.set_permissions(fs::Permissions::from_mode(0o600))?;
+            file.write_all(bytes)?;
+            file.sync_all()?;
+            rustix::fs::renameat(&self.fd, temp.as_str(), &self.fd, name)?;
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = rustix::fs::unlinkat(&self.fd, temp.as_str(), AtFlags::empty());
         }
+        result
     }
-    n_removed
+
+    /// Makes the renames in the folder durable.
+    pub fn sync(&self) -> io::Result<()> {
+        Ok(rustix::fs::fsync(&self.fd)?)
+    }
+
+    /// Whether the folder's file system tells names apart by case: creates
+    /// `.tmp-case-probe-<pid>`, looks for `.TMP-CASE-PROBE-<pid>`, and removes the probe.
+    ///
+    /// The upper-case name counts only if it is the probe itself (same device and inode,
+    /// the link not followed), so a file of that name left by anything else, or a link
+    /// to the probe, does not pass for a file system that ignores case. The probe has the
+    /// temporary files' prefix: a crash's leftover goes with them at the next start.
+    pub fn probe_case(&self) -> io::Result<NameCase> {
+        let lower = format!("{TEMP_PREFIX}case-probe-{}", std::process::id());
+        let upper = lower.to_ascii_uppercase();
+        // Left by an earlier process with this pid, which would make `EXCL` fail.
+        let _ = rustix::fs::unlinkat(&self.fd, lower.as_str(), AtFlags::empty());
+        let probe = rustix::fs::openat(
+            &self.fd,
+            lower.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )?;
+        let found = (|| {
+            let own = rustix::fs::fstat(&probe)?;
+            match rustix::fs::statat(&self.fd, upper.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(other) if other.st_dev == own.st_dev && other.st_ino == own.st_ino => {
+                    Ok(NameCase::Insensitive)
+                }
+                Ok(_) => Ok(NameCase::Sensitive),
+                Err(rustix::io::Errno::NOENT) => Ok(NameCase::Sensitive),
+                Err(error) => Err(io::Error::from(error)),
+            }
+        })();
+        drop(probe);
+        let removed = rustix::fs::unlinkat(&self.fd, lower.as_str(), AtFlags::empty());
+        let found = found?;
+        removed?;
+        Ok(found)
+    }
+
+    /// Removes temporary files a crash left behind; returns how many.
+    pub fn remove_stale_temp_files(&self) -> usize {
+        let Ok(entries) = rustix::fs::Dir::read_from(&self.fd) else {
+            return 0;
+        };
+        let mut n_removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let is_temp = name.to_bytes().starts_with(TEMP_PREFIX.as_bytes());
+            if is_temp && rustix::fs::unlinkat(&self.fd, name, AtFlags::empty()).is_ok() {
+                n_removed += 1;
+            }
+        }
+        n_removed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    /// `<temp>/elsewhere`, 0755, with a file that looks like an unfinished patient file.
+    fn elsewhere(temp: &Path) -> std::path::PathBuf {
+        let elsewhere = temp.join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        fs::set_permissions(&elsewhere, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(elsewhere.join(".tmp-9-9"), b"not ours").unwrap();
+        elsewhere
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn files_replace_each_other_whole_and_private() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().join("patients");
+        let folder = prepare_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        folder.write_atomically("patient_a.json", b"one").unwrap();
+        folder.write_atomically("patient_a.json", b"two").unwrap();
+        assert_eq!(fs::read(dir.join("patient_a.json")).unwrap(), b"two");
+        assert_eq!(mode(&dir.join("patient_a.json")), 0o600);
+        assert_eq!(names(&dir), ["patient_a.json"]);
+        // An existing folder is made owner-only again.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        drop(prepare_dir(&dir).unwrap());
+        assert_eq!(mode(&dir), 0o700);
+    }
+
+    #[test]
+    fn the_probe_finds_this_file_system_case_sensitive_and_leaves_nothing() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().join("patients");
+        let folder = prepare_dir(&dir).unwrap();
+        // ext4 and tmpfs here, as on most Linux systems.
+        assert_eq!(folder.probe_case().unwrap(), NameCase::Sensitive);
+        assert!(names(&dir).is_empty());
+
+        // Neither a file of the upper-case name nor a link to the probe fools it.
+        let pid = std::process::id();
+        let upper = dir.join(format!(".TMP-CASE-PROBE-{pid}"));
+        fs::write(&upper, b"someone else's").unwrap();
+        assert_eq!(folder.probe_case().unwrap(), NameCase::Sensitive);
+        fs::remove_file(&upper).unwrap();
+        std::os::unix::fs::symlink(format!(".tmp-case-probe-{pid}"), &upper).unwrap();
+        assert_eq!(folder.probe_case().unwrap(), NameCase::Sensitive);
+        fs::remove_file(&upper).unwrap();
+
+        // A probe left by an earlier process with this pid is replaced, then removed.
+        fs::write(dir.join(format!(".tmp-case-probe-{pid}")), b"").unwrap();
+        assert_eq!(folder.probe_case().unwrap(), NameCase::Sensitive);
+        assert!(names(&dir).is_empty());
+    }
+
+    #[test]
+    fn a_symlink_in_place_of_the_folder_is_not_followed() {
+        let temp = tempfile::tempdir().unwrap();
+        let elsewhere = elsewhere(temp.path());
+        let link = temp.path().join("patients");
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        assert!(prepare_dir(&link).is_err());
+        assert_eq!(mode(&elsewhere), 0o755);
+        assert_eq!(names(&elsewhere), [".tmp-9-9"]);
+    }
+
+    #[test]
+    fn a_folder_swapped_for_a_symlink_later_is_still_the_one_written() {
+        let temp = tempfile::tempdir().unwrap();
+        let elsewhere = elsewhere(temp.path());
+        let dir = temp.path().join("patients");
+        let folder = prepare_dir(&dir).unwrap();
+        let moved = temp.path().join("moved");
+        fs::rename(&dir, &moved).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &dir).unwrap();
+
+        folder.write_atomically("patient_x.json", b"{}").unwrap();
+        folder.sync().unwrap();
+        fs::write(moved.join(".tmp-1-1"), b"a crash's").unwrap();
+        assert_eq!(folder.remove_stale_temp_files(), 1);
+        assert_eq!(names(&moved), ["patient_x.json"]);
+        assert_eq!(names(&elsewhere), [".tmp-9-9"]);
+        assert_eq!(mode(&elsewhere), 0o755);
+    }
 }

@@ -1,6 +1,7 @@
 //! The patient JSON files (DESIGN.md §7): their names, their shape, and the task that keeps them current.
 //!
-//! [`file_name`] maps any identity key to one safe name inside the patients folder;
+//! [`file_name`] maps any identity key to one safe name inside the patients folder (with
+//! upper-case letters encoded where the file system ignores case, [`NameCase`]);
 //! [`render_document`] writes a patient and their records in the prototype's shape (the
 //! exporter and `hl7-ihp show` both call it, so the file and the command agree); [`run`] is
 //! the exporter task that rewrites the files of the patients the store says have changed.
@@ -55,9 +56,8 @@ use crate::documents::patient::render_document;
 use crate::events::Subscription;
 use crate::store::{ChangeCursor, Store, StoreError};
 
-pub use files::prepare_dir;
-use files::{remove_stale_temp_files, sync_dir, write_atomically};
-pub use names::{FILE_PREFIX, FILE_SUFFIX, file_name};
+pub use files::{Folder, prepare_dir};
+pub use names::{FILE_PREFIX, FILE_SUFFIX, NameCase, file_name};
 
 /// The JSON files' name in the store's table of exporter watermarks.
 pub const EXPORTER_NAME: &str = "json";
@@ -92,6 +92,9 @@ pub struct ExportOptions {
     /// After a round that took `t`, the next one waits at least `rest_factor × t`: the
     /// exporter is busy at most `1 / (1 + rest_factor)` of the time.
     pub rest_factor: u32,
+    /// How file names treat upper-case letters: what the folder's file system needs, as
+    /// [`Folder::probe_case`] found at start (not a setting).
+    pub name_case: NameCase,
 }
 
 impl Default for ExportOptions {
@@ -100,6 +103,7 @@ impl Default for ExportOptions {
             max_records: DEFAULT_MAX_RECORDS,
             min_interval: DEFAULT_MIN_INTERVAL,
             rest_factor: DEFAULT_REST_FACTOR,
+            name_case: NameCase::default(),
         }
     }
 }
@@ -173,10 +177,12 @@ pub async fn run(
     counters: Arc<ExportCounters>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ExportError> {
-    let dir = patients_dir.clone();
-    let n_stale = tokio::task::spawn_blocking(move || -> io::Result<usize> {
-        prepare_dir(&dir)?;
-        Ok(remove_stale_temp_files(&dir))
+    // Opened once: every write, sync and removal goes through this handle, so a symbolic
+    // link put in place of the folder later is never followed.
+    let (folder, n_stale) = tokio::task::spawn_blocking(move || -> io::Result<_> {
+        let folder = prepare_dir(&patients_dir)?;
+        let n_stale = folder.remove_stale_temp_files();
+        Ok((Arc::new(folder), n_stale))
     })
     .await
     .map_err(|_| ExportError::Folder(io::Error::other("folder task failed")))?
@@ -190,7 +196,7 @@ pub async fn run(
 
     let mut exporter = Exporter {
         store,
-        dir: patients_dir,
+        folder,
         options,
         shared: counters,
         persisted: None,
@@ -299,7 +305,7 @@ enum WriteError {
 
 struct Exporter {
     store: Arc<dyn Store>,
-    dir: PathBuf,
+    folder: Arc<Folder>,
     options: ExportOptions,
     shared: Arc<ExportCounters>,
     /// The watermark in the store, once read.
@@ -371,8 +377,8 @@ impl Exporter {
 
         if self.seen > persisted {
             // The renames must be durable before the watermark says they happened.
-            let dir = self.dir.clone();
-            let synced = tokio::task::spawn_blocking(move || sync_dir(&dir))
+            let folder = Arc::clone(&self.folder);
+            let synced = tokio::task::spawn_blocking(move || folder.sync())
                 .await
                 .unwrap_or_else(|_| Err(io::Error::other("folder sync task failed")));
             if let Err(error) = synced {
@@ -404,11 +410,11 @@ impl Exporter {
             // Nothing to write for a patient the store does not know.
             return Ok(());
         };
-        let dir = self.dir.clone();
-        let name = file_name(key);
+        let folder = Arc::clone(&self.folder);
+        let name = file_name(key, self.options.name_case);
         // Rendering up to `max_records` records and writing them is blocking work.
         tokio::task::spawn_blocking(move || {
-            write_atomically(&dir, &name, &render_document(&records))
+            folder.write_atomically(&name, &render_document(&records))
         })
         .await
         .unwrap_or_else(|_| Err(io::Error::other("file writer task failed")))

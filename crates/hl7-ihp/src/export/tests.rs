@@ -306,6 +306,25 @@ async fn files_hold_the_newest_max_records() {
     assert_eq!(values(&document).len(), 15);
 }
 
+#[tokio::test]
+async fn where_case_is_ignored_ids_that_differ_in_case_get_their_own_files() {
+    let temp = tempfile::tempdir().unwrap();
+    let store = MemStore::default();
+    store.add(patient("abc"), vec![glucose(0, "1")]);
+    store.add(patient("ABC"), vec![glucose(0, "2")]);
+    let options = ExportOptions {
+        name_case: NameCase::Insensitive,
+        ..fast()
+    };
+    run_once(&store, temp.path(), options).await;
+    let lower = read_json(&temp.path().join("patient_abc.json"));
+    let upper = read_json(&temp.path().join("patient_%41%42%43.json"));
+    assert_eq!(
+        (values(&lower), values(&upper)),
+        (vec!["1".to_owned()], vec!["2".to_owned()])
+    );
+}
+
 /// Runs an exporter until it has caught up, then stops it.
 async fn run_once(store: &MemStore, dir: &Path, options: ExportOptions) -> ExportStats {
     let running = start(store, dir, options);

@@ -14,6 +14,9 @@ mod golden;
 mod corpus_receive;
 // A receiver killed with SIGKILL under load loses no acknowledged message.
 mod crash;
+// The data directory: one receiver at a time, its checks before binding, a database file
+// that stands alone after a clean stop, file system edge cases.
+mod data_dir;
 // `hl7-ihp demo`.
 mod demo;
 // `hl7-ihp parse`.

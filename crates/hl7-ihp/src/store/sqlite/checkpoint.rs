@@ -1,5 +1,7 @@
 //! Checkpoints off the ACK path: the writer counts WAL frames after each commit and a
-//! thread of its own copies the WAL into the database, so no caller waits for it.
+//! thread of its own copies the WAL into the database, so no caller waits for it. At
+//! shutdown the same thread copies the rest and empties the WAL, so that the database file
+//! alone holds everything (a copy of it is a backup).
 
 use super::*;
 
@@ -102,11 +104,36 @@ pub(super) fn checkpoint_passive(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1))
 }
 
+/// `PRAGMA wal_checkpoint(TRUNCATE)`: copies every frame into the database, syncs it, and
+/// cuts the WAL to zero bytes; false when a reader (another process) kept it from finishing.
+pub(super) fn checkpoint_truncate(conn: &Connection) -> rusqlite::Result<bool> {
+    let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))?;
+    Ok(busy == 0)
+}
+
+/// The checkpoint thread: passes on request until shutdown, then the final checkpoint.
+///
+/// The store signals shutdown only after the writer thread has ended, so nothing is added
+/// to the WAL after the final checkpoint. Without it the last transactions would stay in the
+/// WAL file even after a clean stop: the connection that closes last is the read-only
+/// reader, and SQLite checkpoints on close only on a connection that may write.
 pub(super) fn run_checkpointer(conn: Connection, signal: &CheckpointSignal) {
+    run_passes(&conn, signal);
+    match checkpoint_truncate(&conn) {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            "a reader kept the final store checkpoint from finishing: until the next start, \
+             the database file is complete only with its -wal file"
+        ),
+        Err(error) => tracing::warn!(%error, "the final store checkpoint failed"),
+    }
+}
+
+fn run_passes(conn: &Connection, signal: &CheckpointSignal) {
     while signal.wait() {
         let mut previous = 0;
         loop {
-            match checkpoint_passive(&conn) {
+            match checkpoint_passive(conn) {
                 // Caught up, or the WAL has started over meanwhile.
                 Ok(n_frames) if n_frames - previous < CATCH_UP_FRAMES => break,
                 Ok(n_frames) => previous = n_frames,

@@ -151,7 +151,8 @@ impl Default for SqliteOptions {
 
 /// The SQLite store; clones share one database, one writer and one reader.
 ///
-/// Dropping the last clone waits until the writer has written the batches already queued.
+/// Dropping the last clone waits until the writer has written the batches already queued,
+/// then checkpoints so that the database file alone holds everything.
 #[derive(Clone)]
 pub struct SqliteStore {
     inner: Arc<Inner>,
@@ -177,6 +178,8 @@ impl Drop for Inner {
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
+        // Only now, with the writer gone: the checkpoint thread's last act is to empty the
+        // WAL into the database file, and nothing may be written after it.
         self.checkpoint.shut_down();
         if let Some(checkpointer) = self.checkpointer.take() {
             let _ = checkpointer.join();

@@ -583,3 +583,35 @@ async fn a_deleted_or_replaced_database_file_fails_every_commit() {
         assert!(store.commit(vec![message("3")]).await.is_err());
     }
 }
+
+#[tokio::test]
+async fn a_closed_store_leaves_everything_in_the_database_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    // A reader open beside it, as the demo's table is: it closes last, and cannot checkpoint.
+    let inspector = read_only(dir.path()).unwrap();
+    for n in 1..=10 {
+        let message = oru(
+            &n.to_string(),
+            Some(patient("P1", "EVE", false)),
+            &["1"],
+            "",
+        );
+        store.commit(vec![message]).await.unwrap();
+    }
+    drop(store);
+    let wal = dir.path().join(format!("{SQLITE_FILE_NAME}-wal"));
+    assert_eq!(std::fs::metadata(&wal).map_or(0, |m| m.len()), 0);
+    drop(inspector);
+
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        dir.path().join(SQLITE_FILE_NAME),
+        copy.path().join(SQLITE_FILE_NAME),
+    )
+    .unwrap();
+    assert_eq!(
+        count(&sql(copy.path()), "SELECT count(*) FROM messages"),
+        10
+    );
+}
