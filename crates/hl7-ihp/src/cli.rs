@@ -144,4 +144,8 @@ pub struct DataDir {
         value_name = "DIR"
     )]
     pub path: PathBuf,
+    /// The store to read, when the receiver was given `--store` [default: hl7-ihp.sqlite3
+    /// in the data directory].
+    #[arg(long = "store", env = "HL7IHP_STORE", value_name = "LOCATION")]
+    pub store: Option<String>,
 }

@@ -2,22 +2,29 @@
 //! directory (while a receiver runs on it, or not).
 
 use std::io::{self, Write};
-use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::cli::{MessagesArgs, PatientsArgs, ShowArgs};
+use crate::cli::{DataDir, MessagesArgs, PatientsArgs, ShowArgs};
 use crate::export;
 use crate::store::{self, MessageFilter, StoreLocation, StoreRead, outcome_name, utc_text};
 use crate::terminal;
 
-fn open(data_dir: &Path) -> anyhow::Result<std::sync::Arc<dyn StoreRead>> {
-    if !data_dir.exists() {
-        anyhow::bail!("no data directory at {}", data_dir.display());
-    }
-    store::open_read_only(&StoreLocation::in_data_dir(data_dir))
-        .with_context(|| format!("opening the store in {}", data_dir.display()))
+fn open(args: &DataDir) -> anyhow::Result<std::sync::Arc<dyn StoreRead>> {
+    let location = match &args.store {
+        Some(text) => match StoreLocation::parse(text) {
+            Ok(location) => location,
+            Err(reason) => anyhow::bail!("invalid --store: {reason}"),
+        },
+        None => {
+            if !args.path.exists() {
+                anyhow::bail!("no data directory at {}", args.path.display());
+            }
+            StoreLocation::in_data_dir(&args.path)
+        }
+    };
+    store::open_read_only(&location).with_context(|| format!("opening the store {location:?}"))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -30,7 +37,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// `hl7-ihp patients`: one line per patient. Ids and names are the devices' text: escaped,
 /// and cut to a column's width.
 pub fn patients(args: &PatientsArgs) -> anyhow::Result<ExitCode> {
-    let store = open(&args.store.path)?;
+    let store = open(&args.store)?;
     let patients = runtime()?.block_on(store.patients())?;
     let mut out = io::BufWriter::new(io::stdout().lock());
     let width = terminal::column_width(
@@ -59,7 +66,7 @@ pub fn patients(args: &PatientsArgs) -> anyhow::Result<ExitCode> {
 
 /// `hl7-ihp show <patient>`: the patient's document, the shape of their JSON file.
 pub fn show(args: &ShowArgs) -> anyhow::Result<ExitCode> {
-    let store = open(&args.store.path)?;
+    let store = open(&args.store)?;
     let limit = if args.all {
         None
     } else {
@@ -80,7 +87,7 @@ pub fn show(args: &ShowArgs) -> anyhow::Result<ExitCode> {
 /// `hl7-ihp messages`: stored frames, newest first (the newest 50 unless `--limit` says
 /// otherwise); bodies only with `--raw`.
 pub fn messages(args: &MessagesArgs) -> anyhow::Result<ExitCode> {
-    let store = open(&args.store.path)?;
+    let store = open(&args.store)?;
     // One more than shown tells whether there are older ones, without counting them all.
     let limit = (args.limit > 0).then_some(args.limit);
     let filter = MessageFilter {
@@ -106,13 +113,17 @@ pub fn messages(args: &MessagesArgs) -> anyhow::Result<ExitCode> {
     )?;
     for message in &messages {
         let sender = terminal::cell(&message.sender, terminal::NAME_WIDTH);
-        let detail = match &message.reason {
+        let mut detail = match &message.reason {
             Some(reason) => format!(
                 "{sender}  ({})",
                 terminal::cell(reason, terminal::REASON_WIDTH)
             ),
             None => sender.into_owned(),
         };
+        if message.n_received > 1 {
+            // The same refused bytes again, counted on this row instead of kept again.
+            detail.push_str(&format!("  ×{} received", message.n_received));
+        }
         writeln!(
             out,
             "{:>8}  {:<24}  {:<21}  {:<id_width$}  {:<9}  {detail}",

@@ -272,6 +272,13 @@ fn store_setting_puts_the_database_elsewhere() {
     assert!(!data.join("hl7-ihp.sqlite3").exists());
     // The patient files stay in the data directory.
     assert!(data.join("patients/patient_P.json").exists(), "{logs}");
+    // The inspection commands read it with the same setting.
+    let (code, stdout, stderr) = common::run(&["messages", "--store", &store]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("ST-1"), "{stdout}");
+    let (code, _, stderr) = common::run(&["patients", "--store", "postgres://u:secret@h/db"]);
+    assert_ne!(code, 0);
+    assert!(!stderr.contains("secret"), "{stderr}");
 }
 
 #[test]
@@ -441,6 +448,14 @@ fn repeated_junk_frames_are_kept_once_with_a_count() {
             2 * n_junk - 2
         )),
         "{metrics}"
+    );
+    let data_dir = receiver.data_dir.display().to_string();
+    let (code, stdout, _) = common::run(&["messages", "--rejected", "--data-dir", &data_dir]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        stdout.matches(&format!("×{n_junk} received")).count(),
+        2,
+        "{stdout}"
     );
     let (status, logs) = receiver.terminate();
     assert!(status.success(), "{logs}");
