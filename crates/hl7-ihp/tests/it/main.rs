@@ -25,6 +25,8 @@ mod parse_cli;
 mod patients;
 // `hl7-ihp receive`: framing, ACK rules, duplicates, limits, logs, shutdown.
 mod receive;
+// The receiver in-process through the library: server::bind and server::run.
+mod server;
 // `hl7-ihp send`: the simulator, load mode, retransmission, interop with python-hl7.
 mod send;
 // Device text never reaches a terminal raw: escaped, and cut when long.
