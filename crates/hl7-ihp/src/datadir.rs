@@ -6,11 +6,11 @@
 //! write there (the lock file is the proof), that no other receiver holds it, and that
 //! `patients/` is a real folder: a symbolic link there is refused, because following it
 //! would re-mode its target and remove files in it. A directory open to other users is made
-//! owner-only (0700, DESIGN.md §9) with a warning; it holds patient data. Last, a probe file
+//! owner-only (0700) with a warning; it holds patient data. Last, a probe file
 //! finds out whether the folder's file system ignores case, which decides the file names
 //! ([`crate::export::NameCase`]).
 //!
-//! One receiver per data directory (DESIGN.md §6, §9): the store's writer keeps state in
+//! One receiver per data directory (docs/storage.md): the store's writer keeps state in
 //! memory (waiting index entries, the next message id) that a second writer would
 //! contradict, and two exporters would fight over the files. [`prepare`] takes an exclusive
 //! `flock` on `hl7-ihp.lock` in the directory and writes its pid there; the lock lasts as

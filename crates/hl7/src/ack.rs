@@ -1,5 +1,5 @@
 //! HL7 acknowledgements: which one a message asks for (original or enhanced mode, MSH-15/16)
-//! and its bytes (DESIGN.md §4).
+//! and its bytes (docs/acks.md).
 //!
 //! The ACK answers in the sender's delimiters, swaps MSH-3/4 with MSH-5/6, carries
 //! `ACK^<trigger>^ACK`, MSH-11 and MSH-12 of the original, a fresh MSH-10 and MSA-2 = the

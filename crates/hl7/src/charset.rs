@@ -1,4 +1,4 @@
-//! Text decoding by MSH-18, as DESIGN.md §10 lists it.
+//! Text decoding by MSH-18, as the README lists it.
 //!
 //! Values are decoded one field (or component) at a time, so a message that is almost all ASCII
 //! costs a UTF-8 validation and no copy.

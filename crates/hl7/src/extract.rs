@@ -3,7 +3,7 @@
 //!
 //! Extraction never fails on content: a value it cannot interpret (an odd date, a number
 //! that is not one) is kept as text and its typed form left empty, because a device's data
-//! is never refused for a cosmetic fault (DESIGN.md §4). Whether required header fields are
+//! is never refused for a cosmetic fault (docs/acks.md). Whether required header fields are
 //! present is a separate question, answered by [`Header::missing_required`].
 
 use std::borrow::Cow;

@@ -31,7 +31,7 @@ pub const CARRIAGE_RETURN: u8 = 0x0D;
 pub const DEFAULT_MAX_FRAME_LEN: usize = 1_048_576;
 
 /// Default number of leading payload bytes kept from an oversized frame for inspection (64 KiB,
-/// see DESIGN.md §4).
+/// see docs/acks.md).
 pub const DEFAULT_HEAD_LEN: usize = 64 * 1024;
 
 /// What the decoder yields: a frame, or the report of an oversized frame it discarded.

@@ -1,6 +1,6 @@
 //! The parser: one pass over the bytes that records where segments and fields are.
 //!
-//! Rules (DESIGN.md §2, issue #2): delimiters come from MSH-1 and MSH-2 whatever they are;
+//! Rules: delimiters come from MSH-1 and MSH-2 whatever they are;
 //! MSH-2 holds 2 to 5 distinct characters; segments end at CR, LF or CRLF; blank lines are
 //! skipped; a UTF-8 byte order mark at the very start is ignored; the last segment needs no
 //! terminator; a segment id is three letters or digits of any case, the first a letter,

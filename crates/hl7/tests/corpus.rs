@@ -5,7 +5,7 @@
 //! The corpus is data we did not write and do not copy into the repository: it is read from
 //! `HL7_CORPUS`, or from `shared/corpus` beside the clone. Without it these tests say so and
 //! pass, except under CI (`CI=true`), where a missing corpus is a failure. Where the project's
-//! rules (DESIGN.md, issue #2) differ from what a source project expects, the expectation is
+//! rules (docs/acks.md and the README's parser section) differ from what a source project expects, the expectation is
 //! kept in an explicit list below with the reason, and the tests check that exactly those differ.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -418,7 +418,7 @@ const VERDICTS: &[(&str, Verdict)] = &[
         Verdict::Accept(
             "HAPI rejects it only under its v2.6 datatype validation (a withdrawn datatype in \
              PID-13); we parse any well-formed ER7 and never refuse a device's data for a \
-             cosmetic fault (DESIGN.md §4)",
+             cosmetic fault (docs/acks.md)",
         ),
     ),
     (

@@ -1,6 +1,6 @@
 //! Settings of each command, declared once and validated into typed values at start
 //! (STYLE.md §8). `hl7-ihp receive` merges flags, then `HL7IHP_<NAME>` environment variables,
-//! then the TOML file given by `--config`, then defaults (DESIGN.md §10); `send` and `demo`
+//! then the TOML file given by `--config`, then defaults (README, "Settings"); `send` and `demo`
 //! read only their flags. An invalid setting names itself and where it came from, and stops
 //! the program with status 2.
 //!

@@ -73,7 +73,7 @@ declare_settings! {
     log_format: LogFormat = log_format_of, "text|json", default "text";
 }
 
-/// How a patient is identified (DESIGN.md §6).
+/// How a patient is identified (docs/storage.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PatientIdentity {
     /// PID-3.1 of the first repetition with an id.
@@ -115,7 +115,7 @@ fn log_format_of(text: &str) -> Result<LogFormat, String> {
     )
 }
 
-/// Limits on connections and frames (DESIGN.md §9).
+/// Limits on connections and frames (README, "Limits").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Largest MLLP payload.

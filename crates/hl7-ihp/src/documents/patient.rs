@@ -11,7 +11,7 @@ fn utc<S: serde::Serializer>(time: &jiff::Timestamp, serializer: S) -> Result<S:
     serializer.collect_str(&format_args!("{time:.3}"))
 }
 
-/// A patient file's content: the prototype's shape, with more keys (DESIGN.md §7).
+/// A patient file's content: the prototype's shape, with more keys (docs/patient-files.md).
 ///
 /// Keys are written in the order of the fields.
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -1,4 +1,4 @@
-//! The patient JSON files (DESIGN.md §7): their names, their shape, and the task that keeps them current.
+//! The patient JSON files (docs/patient-files.md): their names, their shape, and the task that keeps them current.
 //!
 //! [`file_name`] maps any identity key to one safe name inside the patients folder (with
 //! upper-case letters encoded where the file system ignores case, [`NameCase`]);
@@ -61,7 +61,7 @@ pub use names::{FILE_PREFIX, FILE_SUFFIX, NameCase, file_name};
 
 /// The JSON files' name in the store's table of exporter watermarks.
 pub const EXPORTER_NAME: &str = "json";
-/// Default for [`ExportOptions::max_records`] (DESIGN.md §7).
+/// Default for [`ExportOptions::max_records`] (docs/patient-files.md).
 pub const DEFAULT_MAX_RECORDS: usize = 10_000;
 /// Default for [`ExportOptions::rest_factor`]: busy at most a quarter of the time.
 pub const DEFAULT_REST_FACTOR: u32 = 3;

@@ -37,7 +37,7 @@ pub enum NameCase {
     Insensitive,
 }
 
-/// The file name for a patient's identity key (DESIGN.md §7): `patient_<id>.json`.
+/// The file name for a patient's identity key (docs/patient-files.md): `patient_<id>.json`.
 ///
 /// The id is the key as it is when it consists only of `A-Z a-z 0-9 . _ -` and does not start
 /// with `.`. Otherwise every byte outside that set, and a leading `.`, is written as

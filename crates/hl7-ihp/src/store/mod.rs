@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 pub use hl7::ack::Outcome;
 
-/// (MSH-3, MSH-4, MSH-10) as sent: with the bytes' hash, the duplicate key (DESIGN.md §5).
+/// (MSH-3, MSH-4, MSH-10) as sent: with the bytes' hash, the duplicate key (docs/acks.md).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct MessageKey {
     /// MSH-3 raw text.
@@ -142,7 +142,7 @@ pub struct ObservationData {
     pub abnormal_flags: String,
     /// OBX-11.
     pub status: String,
-    /// The observation time as DESIGN.md §7 writes `Timestamp`
+    /// The observation time as docs/patient-files.md writes `Timestamp`
     /// (`YYYY-MM-DDTHH:MM:SS[.fff][+hh:mm]`): OBX-14, else OBR-7, else MSH-7, else the time
     /// received (then in UTC, with `Z`).
     pub observed_at: String,
@@ -381,7 +381,7 @@ pub enum Health {
     },
 }
 
-/// Where the store is: the one setting `--store` (DESIGN.md §6), parsed.
+/// Where the store is: the one setting `--store` (docs/storage.md), parsed.
 #[derive(Clone, PartialEq, Eq)]
 pub enum StoreLocation {
     /// A SQLite database file.
@@ -453,7 +453,7 @@ pub trait StoreRead: Send + Sync + 'static {
     fn export_watermark<'a>(&'a self, exporter: &'a str) -> StoreFuture<'a, ChangeCursor>;
 }
 
-/// The store the receiver writes to; SQLite now, PostgreSQL later (DESIGN.md §6). Held as
+/// The store the receiver writes to; SQLite now, PostgreSQL later (docs/storage.md). Held as
 /// `Arc<dyn Store>`.
 ///
 /// `commit` is the ACK path: it returns once the batch is durable.

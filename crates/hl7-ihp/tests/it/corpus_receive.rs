@@ -49,7 +49,7 @@ fn every_corpus_file_is_answered_and_kept() {
         }
         match name.as_str() {
             // Google's adapter test expects AA. The message's MSH-15 is AL (MSH-16 empty),
-            // which asks for an accept acknowledgment in enhanced mode, so DESIGN.md §4 answers
+            // which asks for an accept acknowledgment in enhanced mode, so our rules (docs/acks.md) answer
             // CA; `--ack-mode original` gives the AA that Google's adapter always sends.
             "gcp-mllp__adt-a01-cr.hl7" => assert_eq!(ack_field(&acks[0], "MSA-1"), "CA"),
             // Google's HL7v2 store answers AE: it rejects LF segment terminators. Our rule

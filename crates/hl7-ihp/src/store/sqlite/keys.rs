@@ -1,5 +1,5 @@
 //! The duplicate index: keys of new messages wait in the writer until their MSH-7 second
-//! is past, then go into `message_keys` in order; lookups see both (DESIGN.md §5).
+//! is past, then go into `message_keys` in order; lookups see both (docs/acks.md).
 
 use super::*;
 

@@ -1,5 +1,5 @@
 //! The SQLite store: one writer thread with group commit, a reader connection, and a
-//! checkpoint thread that keeps WAL checkpoints off the ACK path (DESIGN.md §6).
+//! checkpoint thread that keeps WAL checkpoints off the ACK path (docs/storage.md).
 //!
 //! `commit` sends its batch to the writer over a bounded queue. The writer takes every batch
 //! waiting (up to `max_batch` messages), writes them in one transaction, commits (the one
@@ -87,7 +87,7 @@ const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 const PATIENT_CACHE_CAPACITY: usize = 100_000;
 
 /// Keys of the most recent accepted messages the writer remembers, to count senders that
-/// reuse a control id with other content (DESIGN.md §5). Only a metric: the duplicate
+/// reuse a control id with other content (docs/acks.md). Only a metric: the duplicate
 /// check itself looks at everything stored.
 const RECENT_KEYS: usize = 65_536;
 
@@ -131,7 +131,7 @@ const NO_TIME: i64 = i64::MIN;
 /// Settings of the SQLite store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SqliteOptions {
-    /// Recognise retransmissions (DESIGN.md §5, `--dedupe on|off`).
+    /// Recognise retransmissions (docs/acks.md, `--dedupe on|off`).
     pub dedupe: bool,
     /// At most this many messages per transaction (more only when one batch is larger).
     pub max_batch: usize,
