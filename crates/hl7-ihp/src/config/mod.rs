@@ -23,9 +23,9 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// Default limit on open connections from one peer address.
 pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 1024;
-/// Default time a connection may stay silent between frames before it is closed.
+/// Default time after the last complete frame before a connection outside a frame is closed.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-/// Default time a started frame may take to end.
+/// Default deadline from a frame's first byte to its end.
 pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default number of newest records a patient's JSON file holds.
 pub const DEFAULT_JSON_MAX_RECORDS: usize = 10_000;
@@ -67,10 +67,11 @@ pub struct ReceiveArgs {
     /// Open connections from one peer address [default: 1024].
     #[arg(long, env = "HL7IHP_MAX_CONNECTIONS_PER_PEER", value_name = "N")]
     pub max_connections_per_peer: Option<String>,
-    /// Silence between frames before a connection is closed, e.g. `300s`, `5m` [default: 300s].
+    /// Time since the last complete frame before a connection is closed; bytes outside frames
+    /// do not reset it, e.g. `300s`, `5m` [default: 300s].
     #[arg(long, env = "HL7IHP_IDLE_TIMEOUT", value_name = "DURATION")]
     pub idle_timeout: Option<String>,
-    /// Time a started frame may take to end [default: 30s].
+    /// Deadline from a frame's first byte to its end [default: 30s].
     #[arg(long, env = "HL7IHP_FRAME_TIMEOUT", value_name = "DURATION")]
     pub frame_timeout: Option<String>,
     /// Our MSH-3 in ACKs where the sender left MSH-5 empty [default: HL7IHP].
@@ -136,9 +137,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Open connections per peer address.
     pub max_connections_per_peer: usize,
-    /// Silence between frames before closing.
+    /// Time since the last complete frame before closing (outside a frame).
     pub idle_timeout: Duration,
-    /// Time a started frame may take.
+    /// Deadline from a frame's first byte to its end.
     pub frame_timeout: Duration,
 }
 

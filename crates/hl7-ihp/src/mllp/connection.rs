@@ -2,8 +2,14 @@
 //!
 //! One message is in flight per connection: the next frame is read only after the ACKs of
 //! the previous one are written, so a slow store slows its senders instead of filling
-//! memory. Silence between frames is bounded by the idle timeout, a started frame by the
-//! mid-frame timeout, and writing an ACK by the mid-frame timeout too.
+//! memory.
+//!
+//! Both timeouts are deadlines, not limits on the silence between reads, so that a peer
+//! sending one byte now and then cannot keep a connection (and its permit) forever: a frame
+//! must end within the frame timeout of its first byte (a `0x0B` that restarts it buys no
+//! time), and outside frames the connection is closed when the idle timeout has passed since
+//! the last complete frame (or the connection's start); bytes outside frames do not count.
+//! Writing an ACK is bounded by the frame timeout too.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +20,7 @@ use hl7::mllp::{MllpCodec, MllpItem, MllpStats};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 
 use crate::config::Limits;
@@ -63,6 +70,9 @@ pub async fn serve(
     let mut buffer = BytesMut::with_capacity(READ_CHUNK);
     let mut counted = MllpStats::default();
     let mut n_frames = 0u64;
+    // Set by each complete frame; the frame deadline by the first byte of an unfinished one.
+    let mut idle_deadline = Instant::now() + limits.idle_timeout;
+    let mut frame_deadline: Option<Instant> = None;
     let close = 'connection: loop {
         // Everything already buffered first: a read may have brought several frames.
         loop {
@@ -79,6 +89,7 @@ pub async fn serve(
                 }
             };
             n_frames += 1;
+            frame_deadline = None;
             let acks = match item {
                 MllpItem::Frame(frame) => ingest.frame(&frame, peer).await,
                 MllpItem::Oversized { len, head } => {
@@ -91,6 +102,8 @@ pub async fn serve(
                 break 'connection close;
             }
             Metrics::add(&metrics.acks_sent, acks.len() as u64);
+            // From the frame's answer: a slow store does not eat the sender's idle time.
+            idle_deadline = Instant::now() + limits.idle_timeout;
             if *shutdown.borrow() {
                 break 'connection Close::Shutdown;
             }
@@ -98,10 +111,14 @@ pub async fn serve(
         if *shutdown.borrow() {
             break Close::Shutdown;
         }
-        let (timeout, on_timeout) = if codec.in_frame() {
-            (limits.frame_timeout, Close::FrameTimeout)
+        let (deadline, on_timeout) = if codec.in_frame() {
+            // A frame's first byte was read by now; a restart inside it keeps the deadline.
+            let deadline =
+                *frame_deadline.get_or_insert_with(|| Instant::now() + limits.frame_timeout);
+            (deadline, Close::FrameTimeout)
         } else {
-            (limits.idle_timeout, Close::IdleTimeout)
+            frame_deadline = None;
+            (idle_deadline, Close::IdleTimeout)
         };
         buffer.reserve(READ_CHUNK);
         tokio::select! {
@@ -111,7 +128,7 @@ pub async fn serve(
                     break Close::Shutdown;
                 }
             }
-            read = tokio::time::timeout(timeout, stream.read_buf(&mut buffer)) => match read {
+            read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buffer)) => match read {
                 Err(_) => {
                     Metrics::inc(&metrics.connections_timed_out);
                     break on_timeout;

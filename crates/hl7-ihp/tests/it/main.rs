@@ -13,6 +13,8 @@ mod corpus_receive;
 mod crash;
 // `hl7-ihp demo`.
 mod demo;
+// Limits under attack: deadlines, the partial-frame budget, the HTTP side, log floods.
+mod hardening;
 // `hl7-ihp parse`.
 mod parse_cli;
 // The patient JSON files and the inspection commands.
