@@ -16,6 +16,8 @@ pub struct Metrics {
     pub connections_open: AtomicI64,
     /// Connections closed for silence or a frame that took too long.
     pub connections_timed_out: AtomicU64,
+    /// Connections closed because unfinished frames took more than the budget.
+    pub connections_closed_over_budget: AtomicU64,
     /// Accept failures (file descriptors exhausted and others).
     pub accept_errors: AtomicU64,
     /// Frames read whole.
@@ -63,7 +65,7 @@ impl Metrics {
     pub fn render(&self, extra: &[Extra]) -> String {
         let mut out = String::with_capacity(2048);
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let counters: [(&str, &str, u64); 16] = [
+        let counters: [(&str, &str, u64); 17] = [
             (
                 "hl7ihp_connections_accepted_total",
                 "Connections accepted.",
@@ -78,6 +80,11 @@ impl Metrics {
                 "hl7ihp_connections_timed_out_total",
                 "Connections closed for silence or a slow frame.",
                 get(&self.connections_timed_out),
+            ),
+            (
+                "hl7ihp_connections_closed_over_budget_total",
+                "Connections closed because unfinished frames took more than their budget.",
+                get(&self.connections_closed_over_budget),
             ),
             (
                 "hl7ihp_accept_errors_total",

@@ -19,6 +19,7 @@ use crate::http::ExtraMetrics;
 use crate::http::{self, HttpState};
 use crate::ingest::{Ingest, IngestSettings};
 use crate::metrics::{Extra, Metrics};
+use crate::mllp::budget::PartialBudget;
 use crate::mllp::listener;
 use crate::store::{self, Store, StoreLocation, StoreOptions};
 
@@ -77,6 +78,7 @@ pub async fn run(
         .await
         .map_err(|error| ServerError::Task(format!("opening the store: {error}")))??;
     let metrics = Arc::new(Metrics::default());
+    let budget = PartialBudget::new(config.limits.max_partial_bytes);
     let events = Events::new();
     let export_counters = Arc::new(ExportCounters::default());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -101,7 +103,11 @@ pub async fn run(
     let http_task = http_listener.map(|listener| {
         let state = HttpState {
             metrics: Arc::clone(&metrics),
-            extra: extra_metrics(Arc::clone(&store), Arc::clone(&export_counters)),
+            extra: extra_metrics(
+                Arc::clone(&store),
+                Arc::clone(&export_counters),
+                Arc::clone(&budget),
+            ),
         };
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
@@ -132,6 +138,7 @@ pub async fn run(
         ingest,
         config.limits,
         Arc::clone(&metrics),
+        budget,
         stop_rx,
     ));
 
@@ -154,8 +161,12 @@ pub async fn run(
     Ok(())
 }
 
-/// The store's and the exporter's counters for `/metrics`.
-fn extra_metrics(store: Arc<dyn Store>, export: Arc<ExportCounters>) -> ExtraMetrics {
+/// The store's, the exporter's and the partial-frame budget's numbers for `/metrics`.
+fn extra_metrics(
+    store: Arc<dyn Store>,
+    export: Arc<ExportCounters>,
+    budget: Arc<PartialBudget>,
+) -> ExtraMetrics {
     Arc::new(move || {
         let stats = store.stats();
         let export = export.stats();
@@ -201,6 +212,12 @@ fn extra_metrics(store: Arc<dyn Store>, export: Arc<ExportCounters>) -> ExtraMet
                 "Patient JSON files that could not be written.",
                 export.n_write_failures,
             ),
+            Extra {
+                name: "hl7ihp_partial_frame_bytes",
+                help: "Bytes held now in unfinished frames, against --max-partial-bytes.",
+                counter: false,
+                value: i64::try_from(budget.held()).unwrap_or(i64::MAX),
+            },
             Extra {
                 name: "hl7ihp_export_watermark",
                 help: "Every change up to this message id is in the JSON files.",

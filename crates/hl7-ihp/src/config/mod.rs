@@ -27,6 +27,14 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 1024;
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default deadline from a frame's first byte to its end.
 pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default budget for bytes held in unfinished frames by all connections together (256 MiB).
+///
+/// Sized for the 2-core, 4 GB host the receiver is planned for: devices send messages of a
+/// few KiB that arrive in one read, so in normal use almost nothing is held; 256 MiB still
+/// lets 200 connections each hold a 1 MiB frame at once, and keeps what a flood of unfinished
+/// frames can take to a sixteenth of memory, leaving the rest to SQLite's page cache and
+/// the system. (Without it, 4,096 connections × 1 MiB would be 4 GiB.)
+pub const DEFAULT_MAX_PARTIAL_BYTES: usize = 256 * 1024 * 1024;
 /// Default number of newest records a patient's JSON file holds.
 pub const DEFAULT_JSON_MAX_RECORDS: usize = 10_000;
 /// Default MSH-3 of our ACKs where the sender left MSH-5 empty.
@@ -61,6 +69,10 @@ pub struct ReceiveArgs {
     /// Largest MLLP payload in bytes [default: 1048576].
     #[arg(long, env = "HL7IHP_MAX_FRAME_BYTES", value_name = "N")]
     pub max_frame_bytes: Option<String>,
+    /// Bytes all connections together may hold in unfinished frames; past it the
+    /// connections holding the most are closed [default: 268435456, 256 MiB].
+    #[arg(long, env = "HL7IHP_MAX_PARTIAL_BYTES", value_name = "N")]
+    pub max_partial_bytes: Option<String>,
     /// Open connections in total [default: 4096].
     #[arg(long, env = "HL7IHP_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<String>,
@@ -100,6 +112,7 @@ struct FileSettings {
     ack_mode: Option<toml::Value>,
     json_max_records: Option<toml::Value>,
     max_frame_bytes: Option<toml::Value>,
+    max_partial_bytes: Option<toml::Value>,
     max_connections: Option<toml::Value>,
     max_connections_per_peer: Option<toml::Value>,
     idle_timeout: Option<toml::Value>,
@@ -133,6 +146,8 @@ pub enum LogFormat {
 pub struct Limits {
     /// Largest MLLP payload.
     pub max_frame_bytes: usize,
+    /// Bytes all connections together may hold in unfinished frames.
+    pub max_partial_bytes: usize,
     /// Open connections in total.
     pub max_connections: usize,
     /// Open connections per peer address.
@@ -271,6 +286,11 @@ impl ReceiveConfig {
             args.max_frame_bytes.clone(),
             &file.max_frame_bytes,
         )?;
+        let max_partial_bytes = pick(
+            "max_partial_bytes",
+            args.max_partial_bytes.clone(),
+            &file.max_partial_bytes,
+        )?;
         let max_connections = pick(
             "max_connections",
             args.max_connections.clone(),
@@ -308,8 +328,10 @@ impl ReceiveConfig {
         )?;
         let log_format = pick("log_format", args.log_format.clone(), &file.log_format)?;
 
+        let max_frame_bytes = positive(max_frame_bytes, DEFAULT_MAX_FRAME_BYTES)?;
         let limits = Limits {
-            max_frame_bytes: positive(max_frame_bytes, DEFAULT_MAX_FRAME_BYTES)?,
+            max_frame_bytes,
+            max_partial_bytes: partial_budget(max_partial_bytes, max_frame_bytes)?,
             max_connections: positive(max_connections, DEFAULT_MAX_CONNECTIONS)?,
             max_connections_per_peer: positive(
                 max_connections_per_peer,
@@ -419,6 +441,22 @@ fn positive(setting: Option<Setting>, default: usize) -> Result<usize, ConfigErr
     }
 }
 
+/// The partial-frame budget must hold two of the largest frames, so that one frame at the
+/// limit (whose buffer is a little larger than the frame) is never closed for being alone.
+fn partial_budget(setting: Option<Setting>, max_frame_bytes: usize) -> Result<usize, ConfigError> {
+    let least = max_frame_bytes.saturating_mul(2);
+    match setting {
+        None if DEFAULT_MAX_PARTIAL_BYTES >= least => Ok(DEFAULT_MAX_PARTIAL_BYTES),
+        None => Ok(least),
+        Some(s) => match s.value.trim().parse::<usize>() {
+            Ok(n) if n >= least => Ok(n),
+            _ => Err(s.error(format!(
+                "expected a whole number of at least {least} (twice max_frame_bytes)"
+            ))),
+        },
+    }
+}
+
 fn switch(setting: Option<Setting>, default: bool) -> Result<bool, ConfigError> {
     match setting {
         None => Ok(default),
@@ -486,6 +524,7 @@ mod tests {
         assert_eq!(config.limits.max_frame_bytes, 1024 * 1024);
         assert_eq!(config.limits.max_connections, 4096);
         assert_eq!(config.limits.max_connections_per_peer, 1024);
+        assert_eq!(config.limits.max_partial_bytes, 256 * 1024 * 1024);
     }
 
     #[test]
@@ -531,6 +570,14 @@ mod tests {
             ..ReceiveArgs::default()
         });
         assert!(message.contains("`max_connections`"), "{message}");
+        let message = error(ReceiveArgs {
+            max_partial_bytes: Some("1048576".into()),
+            ..ReceiveArgs::default()
+        });
+        assert!(
+            message.contains("`max_partial_bytes`") && message.contains("2097152"),
+            "{message}"
+        );
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, "lisen = \"x\"\n").unwrap();

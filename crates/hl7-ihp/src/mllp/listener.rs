@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use crate::config::Limits;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
+use crate::mllp::budget::PartialBudget;
 use crate::mllp::connection;
 
 /// Longest pause between accepts while file descriptors are exhausted.
@@ -73,6 +74,7 @@ pub async fn run(
     ingest: Arc<Ingest>,
     limits: Limits,
     metrics: Arc<Metrics>,
+    budget: Arc<PartialBudget>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -135,11 +137,12 @@ pub async fn run(
         let ingest = Arc::clone(&ingest);
         let metrics = Arc::clone(&metrics);
         let shutdown = shutdown.clone();
+        let charge = budget.open();
         tasks.spawn(async move {
             let _permit = permit;
             let _guard = guard;
             let _open = OpenConnection::new(Arc::clone(&metrics));
-            connection::serve(stream, peer, ingest, limits, metrics, shutdown).await;
+            connection::serve(stream, peer, ingest, limits, metrics, charge, shutdown).await;
         });
     }
     drop(listener);

@@ -128,3 +128,121 @@ fn bytes_outside_frames_do_not_keep_an_idle_connection_open() {
         receiver.logs().contains("idle timeout")
     });
 }
+
+/// A `/proc/<pid>/status` figure in KiB: `VmRSS` now, `VmHWM` the peak so far.
+fn memory_kib(pid: i32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+const MIB: u64 = 1024;
+
+#[test]
+fn a_thousand_partial_frames_stay_within_the_memory_budget() {
+    raise_own_file_limit();
+    let (_dir, receiver) = start(&[]);
+    let pid = receiver.pid();
+    let mut device = Client::connect(receiver.mllp);
+    assert_eq!(
+        ack_field(&device.exchange(&oru("MEM-0", "P-MEM", 1)), "MSA-1"),
+        "AA"
+    );
+    drop(device);
+    let idle = memory_kib(pid, "VmRSS");
+
+    // A thousand connections, each with a 1 MB frame that never ends (the limit is 1 MiB).
+    const N: usize = 1000;
+    let mut partial = vec![b'x'; 1_000_001];
+    partial[0] = 0x0B;
+    let partial = Arc::new(partial);
+    let address = receiver.mllp;
+    let senders: Vec<_> = (0..8)
+        .map(|_| {
+            let partial = Arc::clone(&partial);
+            thread::spawn(move || {
+                (0..N / 8)
+                    .filter_map(|_| {
+                        let mut stream = TcpStream::connect(address).ok()?;
+                        stream.set_write_timeout(Some(DEADLINE)).ok()?;
+                        // Closed by the receiver part-way is an expected outcome.
+                        let _ = stream.write_all(&partial);
+                        Some(stream)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let streams: Vec<TcpStream> = senders
+        .into_iter()
+        .flat_map(|sender| sender.join().expect("sender thread"))
+        .collect();
+    assert_eq!(streams.len(), N, "every connection was made");
+
+    // Until every connection still open holds its whole frame in the receiver, and every
+    // other one was closed over the budget; the peak must stay under 512 MiB meanwhile.
+    let started = Instant::now();
+    let (n_open, n_closed, held) = loop {
+        let peak = memory_kib(pid, "VmHWM");
+        assert!(
+            peak < 512 * MIB,
+            "receiver peak RSS {} MiB with {N} partial frames (idle {} MiB)",
+            peak / MIB,
+            idle / MIB
+        );
+        let body = metrics(&receiver);
+        let n_open = metric(&body, "hl7ihp_connections_open").unwrap_or(-1);
+        let n_closed = metric(&body, "hl7ihp_connections_closed_over_budget_total").unwrap_or(-1);
+        let held = metric(&body, "hl7ihp_partial_frame_bytes").unwrap_or(-1);
+        if n_open >= 0 && n_open + n_closed == N as i64 && held >= n_open * 1_000_000 {
+            break (n_open, n_closed, held);
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "timed out: {n_open} open, {n_closed} closed over budget, {held} bytes held, peak {} MiB",
+            peak / MIB
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    let mut device = Client::connect(receiver.mllp);
+    assert_eq!(
+        ack_field(&device.exchange(&oru("MEM-1", "P-MEM", 2)), "MSA-1"),
+        "AA",
+        "a device is served while the budget is full"
+    );
+    drop(device);
+    let peak = memory_kib(pid, "VmHWM");
+    let during = memory_kib(pid, "VmRSS");
+
+    drop(streams);
+    let closing = Instant::now();
+    wait_until("every connection closed", || {
+        metric(&metrics(&receiver), "hl7ihp_connections_open") == Some(0)
+    });
+    // mimalloc gives freed memory back (purge delay 1 s) on its next slow-path call, which
+    // in a receiver at rest came 7 to 10 s after the close when measured.
+    let bound = idle + 64 * MIB;
+    let mut after = 0;
+    wait_until("RSS back near idle", || {
+        after = memory_kib(pid, "VmRSS");
+        after < bound
+    });
+    let n_scans = receiver
+        .logs()
+        .matches("closing the connections holding the most")
+        .count();
+    println!(
+        "{N} partial 1 MB frames: RSS idle {} MiB, peak {} MiB, with the frames held {} MiB \
+         ({n_open} connections holding {} MiB, {n_closed} closed over budget in {n_scans} \
+         rounds), {} MiB {:?} after they closed",
+        idle / MIB,
+        peak / MIB,
+        during / MIB,
+        held / (1024 * 1024),
+        after / MIB,
+        closing.elapsed()
+    );
+}
