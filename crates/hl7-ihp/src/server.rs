@@ -109,17 +109,13 @@ pub async fn run(
                 Arc::clone(&budget),
             ),
         };
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let served = axum::serve(listener, http::router(state))
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|stop| *stop).await;
-                })
-                .await;
-            if let Err(error) = served {
-                tracing::error!(%error, "http server failed");
-            }
-        })
+        tokio::spawn(http::serve::run(
+            listener,
+            http::router(state),
+            config.limits,
+            Arc::clone(&metrics),
+            stop_rx.clone(),
+        ))
     });
 
     let ingest = Arc::new(Ingest::new(

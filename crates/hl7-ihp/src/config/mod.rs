@@ -35,6 +35,14 @@ pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 /// frames can take to a sixteenth of memory, leaving the rest to SQLite's page cache and
 /// the system. (Without it, 4,096 connections × 1 MiB would be 4 GiB.)
 pub const DEFAULT_MAX_PARTIAL_BYTES: usize = 256 * 1024 * 1024;
+/// Default time an HTTP client has to send a request's head (also between keep-alive
+/// requests).
+pub const DEFAULT_HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time an HTTP connection may move no byte either way before it is closed.
+pub const DEFAULT_HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default limit on open HTTP connections: a few dashboards and scrapers need a handful; 256
+/// keeps HTTP far from the descriptors that 4,096 MLLP connections need.
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 256;
 /// Default number of newest records a patient's JSON file holds.
 pub const DEFAULT_JSON_MAX_RECORDS: usize = 10_000;
 /// Default MSH-3 of our ACKs where the sender left MSH-5 empty.
@@ -86,6 +94,16 @@ pub struct ReceiveArgs {
     /// Deadline from a frame's first byte to its end [default: 30s].
     #[arg(long, env = "HL7IHP_FRAME_TIMEOUT", value_name = "DURATION")]
     pub frame_timeout: Option<String>,
+    /// Time an HTTP client has to send a request's head, also between keep-alive requests
+    /// [default: 10s].
+    #[arg(long, env = "HL7IHP_HTTP_HEADER_TIMEOUT", value_name = "DURATION")]
+    pub http_header_timeout: Option<String>,
+    /// Time an HTTP connection may move no byte either way before it is closed [default: 60s].
+    #[arg(long, env = "HL7IHP_HTTP_IDLE_TIMEOUT", value_name = "DURATION")]
+    pub http_idle_timeout: Option<String>,
+    /// Open HTTP connections; more wait in the kernel's backlog [default: 256].
+    #[arg(long, env = "HL7IHP_HTTP_MAX_CONNECTIONS", value_name = "N")]
+    pub http_max_connections: Option<String>,
     /// Our MSH-3 in ACKs where the sender left MSH-5 empty [default: HL7IHP].
     #[arg(long, env = "HL7IHP_ACK_APPLICATION", value_name = "NAME")]
     pub ack_application: Option<String>,
@@ -117,6 +135,9 @@ struct FileSettings {
     max_connections_per_peer: Option<toml::Value>,
     idle_timeout: Option<toml::Value>,
     frame_timeout: Option<toml::Value>,
+    http_header_timeout: Option<toml::Value>,
+    http_idle_timeout: Option<toml::Value>,
+    http_max_connections: Option<toml::Value>,
     ack_application: Option<toml::Value>,
     ack_facility: Option<toml::Value>,
     patient_identity: Option<toml::Value>,
@@ -156,6 +177,12 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Deadline from a frame's first byte to its end.
     pub frame_timeout: Duration,
+    /// Time an HTTP client has to send a request's head.
+    pub http_header_timeout: Duration,
+    /// Time an HTTP connection may move no byte before it is closed.
+    pub http_idle_timeout: Duration,
+    /// Open HTTP connections.
+    pub http_max_connections: usize,
 }
 
 /// The validated settings of `hl7-ihp receive`.
@@ -311,6 +338,21 @@ impl ReceiveConfig {
             args.frame_timeout.clone(),
             &file.frame_timeout,
         )?;
+        let http_header_timeout = pick(
+            "http_header_timeout",
+            args.http_header_timeout.clone(),
+            &file.http_header_timeout,
+        )?;
+        let http_idle_timeout = pick(
+            "http_idle_timeout",
+            args.http_idle_timeout.clone(),
+            &file.http_idle_timeout,
+        )?;
+        let http_max_connections = pick(
+            "http_max_connections",
+            args.http_max_connections.clone(),
+            &file.http_max_connections,
+        )?;
         let ack_application = pick(
             "ack_application",
             args.ack_application.clone(),
@@ -339,6 +381,9 @@ impl ReceiveConfig {
             )?,
             idle_timeout: duration(idle_timeout, DEFAULT_IDLE_TIMEOUT)?,
             frame_timeout: duration(frame_timeout, DEFAULT_FRAME_TIMEOUT)?,
+            http_header_timeout: duration(http_header_timeout, DEFAULT_HTTP_HEADER_TIMEOUT)?,
+            http_idle_timeout: duration(http_idle_timeout, DEFAULT_HTTP_IDLE_TIMEOUT)?,
+            http_max_connections: positive(http_max_connections, DEFAULT_HTTP_MAX_CONNECTIONS)?,
         };
         Ok(ReceiveConfig {
             listen: address(listen, DEFAULT_LISTEN)?,
@@ -525,6 +570,9 @@ mod tests {
         assert_eq!(config.limits.max_connections, 4096);
         assert_eq!(config.limits.max_connections_per_peer, 1024);
         assert_eq!(config.limits.max_partial_bytes, 256 * 1024 * 1024);
+        assert_eq!(config.limits.http_header_timeout, Duration::from_secs(10));
+        assert_eq!(config.limits.http_idle_timeout, Duration::from_secs(60));
+        assert_eq!(config.limits.http_max_connections, 256);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The HTTP side: `/healthz` and `/metrics` (the API and dashboard come later), bound to
-//! loopback by default (DESIGN.md §8).
+//! loopback by default (DESIGN.md §8), served by [`serve::run`] with its own limits.
 
 use std::sync::Arc;
 
@@ -10,6 +10,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use crate::metrics::{Extra, Metrics};
+
+pub mod serve;
 
 /// Numbers kept outside [`Metrics`] (the store's, the exporter's), read at each scrape.
 pub type ExtraMetrics = Arc<dyn Fn() -> Vec<Extra> + Send + Sync>;

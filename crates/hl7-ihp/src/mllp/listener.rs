@@ -190,7 +190,8 @@ fn reap(result: Result<(), tokio::task::JoinError>, metrics: &Metrics) {
     }
 }
 
-fn out_of_descriptors(error: &io::Error) -> bool {
+/// Whether an accept failed because file descriptors ran out (then back off and retry).
+pub(crate) fn out_of_descriptors(error: &io::Error) -> bool {
     matches!(error.raw_os_error(), Some(code) if code == rustix::io::Errno::MFILE.raw_os_error() || code == rustix::io::Errno::NFILE.raw_os_error())
 }
 

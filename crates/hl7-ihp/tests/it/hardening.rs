@@ -246,3 +246,88 @@ fn a_thousand_partial_frames_stay_within_the_memory_budget() {
         closing.elapsed()
     );
 }
+
+#[test]
+fn half_open_http_connections_do_not_starve_mllp() {
+    raise_own_file_limit();
+    let dir = tempfile::tempdir().unwrap();
+    // Few descriptors: unbounded HTTP connections would take all of them.
+    let receiver = Receiver::start_with_file_limit(
+        &dir.path().join("data"),
+        1024,
+        &["--http-header-timeout", "1s"],
+    );
+    let http = receiver.http.expect("http enabled");
+    let started = Instant::now();
+    let half_open: Vec<TcpStream> = (0..1100)
+        .map(|n| {
+            let mut stream = TcpStream::connect(http).expect("connect http");
+            // Half send the start of a request line, half nothing.
+            if n % 2 == 0 {
+                stream.write_all(b"GET /heal").unwrap();
+            }
+            stream
+        })
+        .collect();
+    let n_descriptors = std::fs::read_dir(format!("/proc/{}/fd", receiver.pid()))
+        .expect("the receiver's descriptors")
+        .count();
+    println!(
+        "1,100 half-open HTTP connections made in {:?}; the receiver holds {n_descriptors} \
+         descriptors",
+        started.elapsed()
+    );
+    // 256 HTTP connections at most, the store, the listeners and the runtime.
+    assert!(n_descriptors < 400, "{n_descriptors} descriptors open");
+
+    let mut device = Client::connect(receiver.mllp);
+    let ack = device.exchange(&oru("HTTP-1", "P-HTTP", 1));
+    assert_eq!(ack_field(&ack, "MSA-1"), "AA");
+    println!(
+        "MLLP answered {:?} after the attack began",
+        started.elapsed()
+    );
+
+    let (status, _) = receiver.http_get("/healthz");
+    let answered = started.elapsed();
+    assert_eq!(status, 200);
+    println!("/healthz answered {answered:?} after the attack began (header timeout 1 s)");
+    let mut n_timed_out = 0;
+    wait_until("the header timeouts counted", || {
+        n_timed_out = metric(
+            &metrics(&receiver),
+            "hl7ihp_http_connections_timed_out_total",
+        )
+        .unwrap_or_default();
+        n_timed_out >= 1000
+    });
+    println!("{n_timed_out} HTTP connections timed out");
+    drop(half_open);
+}
+
+#[test]
+fn an_http_client_that_stops_reading_is_closed_after_the_idle_timeout() {
+    let (_dir, receiver) = start(&["--http-idle-timeout", "1s", "--http-header-timeout", "30s"]);
+    let mut stream = TcpStream::connect(receiver.http.expect("http")).unwrap();
+    // Pipelined requests whose answers (about 6 KB each, 30 MB in all) are never read: the
+    // receiver's writes stall once the socket buffers are full, and no byte moves.
+    let request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+    let requests: Vec<u8> = request
+        .iter()
+        .copied()
+        .cycle()
+        .take(5000 * request.len())
+        .collect();
+    stream.write_all(&requests).unwrap();
+    let started = Instant::now();
+    wait_until("the stalled connection closed by the idle timeout", || {
+        metric(
+            &metrics(&receiver),
+            "hl7ihp_http_connections_timed_out_total",
+        ) == Some(1)
+    });
+    let waited = started.elapsed();
+    println!("a client that stopped reading was closed after {waited:?} (idle timeout 1 s)");
+    assert!(waited < Duration::from_secs(10), "closed after {waited:?}");
+    drop(stream);
+}
