@@ -17,6 +17,7 @@
 //! - [`export`]: the exporter task, safe file names and atomic writes.
 //! - [`http`]: the HTTP router: `/healthz`, `/metrics`.
 //! - [`sender`]: the device simulator and load generator: link, load, simulator.
+//! - [`rate_limit`]: at most one log line of a kind per peer per interval, the rest counted.
 //! - [`metrics`], [`logging`], [`ids`]: counters, log set-up, base-36 ids.
 
 pub mod cli;
@@ -31,6 +32,7 @@ pub mod ingest;
 pub mod logging;
 pub mod metrics;
 pub mod mllp;
+pub mod rate_limit;
 pub mod sender;
 pub mod server;
 pub mod shutdown;

@@ -21,6 +21,7 @@ use crate::ingest::{Ingest, IngestSettings};
 use crate::metrics::{Extra, Metrics};
 use crate::mllp::budget::PartialBudget;
 use crate::mllp::listener;
+use crate::rate_limit::RateLimit;
 use crate::store::{self, Store, StoreLocation, StoreOptions};
 
 /// Why the receiver could not start or did not stop cleanly.
@@ -118,6 +119,19 @@ pub async fn run(
         ))
     });
 
+    // Its summaries of held-back lines go on until the end, after the connections' last.
+    let log_limit = Arc::new(RateLimit::default());
+    let (log_stop_tx, mut log_stop) = watch::channel(false);
+    let log_flusher = {
+        let log_limit = Arc::clone(&log_limit);
+        tokio::spawn(async move {
+            log_limit
+                .run_flusher(async move {
+                    let _ = log_stop.wait_for(|stop| *stop).await;
+                })
+                .await;
+        })
+    };
     let ingest = Arc::new(Ingest::new(
         Arc::clone(&store),
         IngestSettings {
@@ -128,6 +142,7 @@ pub async fn run(
         },
         Arc::clone(&metrics),
         events,
+        Arc::clone(&log_limit),
     ));
     let accept = tokio::spawn(listener::run(
         mllp,
@@ -153,6 +168,8 @@ pub async fn run(
     if let Some(task) = http_task {
         let _ = task.await;
     }
+    let _ = log_stop_tx.send(true);
+    let _ = log_flusher.await;
     tracing::info!("stopped");
     Ok(())
 }

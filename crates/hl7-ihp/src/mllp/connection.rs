@@ -32,6 +32,7 @@ use crate::config::Limits;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::mllp::budget::Charge;
+use crate::rate_limit::Level;
 
 /// How much to read at a time, and the buffer's size between frames.
 const READ_CHUNK: usize = 16 * 1024;
@@ -169,9 +170,16 @@ pub async fn serve(
         Metrics::inc(&metrics.connections_closed_over_budget);
     }
     let partial = codec.in_frame();
+    let Some(n_suppressed) = ingest
+        .log_limit()
+        .allow(peer.ip(), "connection closed", Level::Info)
+    else {
+        return;
+    };
     tracing::info!(
         %peer,
         n_frames,
+        n_suppressed,
         reason = close.as_str(),
         partial_frame_dropped = partial,
         "connection closed"

@@ -17,6 +17,7 @@ use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::mllp::budget::PartialBudget;
 use crate::mllp::connection;
+use crate::rate_limit::Level;
 
 /// Longest pause between accepts while file descriptors are exhausted.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
@@ -127,13 +128,25 @@ pub async fn run(
         };
         let Some(guard) = peers.enter(peer.ip(), limits.max_connections_per_peer) else {
             Metrics::inc(&metrics.connections_refused);
-            tracing::warn!(%peer, limit = limits.max_connections_per_peer, "connection refused: too many from this address");
+            if let Some(n_suppressed) = ingest.log_limit().allow(
+                peer.ip(),
+                "connection refused: too many from this address",
+                Level::Warn,
+            ) {
+                tracing::warn!(%peer, limit = limits.max_connections_per_peer, n_suppressed, "connection refused: too many from this address");
+            }
             drop(stream);
             continue;
         };
         let _ = stream.set_nodelay(true);
         Metrics::inc(&metrics.connections_accepted);
-        tracing::info!(%peer, "connection opened");
+        if let Some(n_suppressed) =
+            ingest
+                .log_limit()
+                .allow(peer.ip(), "connection opened", Level::Info)
+        {
+            tracing::info!(%peer, n_suppressed, "connection opened");
+        }
         let ingest = Arc::clone(&ingest);
         let metrics = Arc::clone(&metrics);
         let shutdown = shutdown.clone();

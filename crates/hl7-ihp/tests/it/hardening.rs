@@ -331,3 +331,59 @@ fn an_http_client_that_stops_reading_is_closed_after_the_idle_timeout() {
     assert!(waited < Duration::from_secs(10), "closed after {waited:?}");
     drop(stream);
 }
+
+/// The JSON log lines whose message is `message`.
+fn log_events(logs: &str, message: &str) -> Vec<serde_json::Value> {
+    logs.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|event| event["message"] == message)
+        .collect()
+}
+
+#[test]
+fn ten_thousand_junk_frames_log_a_few_lines_and_the_count() {
+    let (_dir, receiver) = start(&[]);
+    const N_CONNECTIONS: usize = 10;
+    const N_FRAMES: usize = 1000;
+    let address = receiver.mllp;
+    let started = Instant::now();
+    let senders: Vec<_> = (0..N_CONNECTIONS)
+        .map(|_| {
+            thread::spawn(move || {
+                let mut client = Client::connect(address);
+                client.write_raw(&[0x0B, 0x1C, 0x0D].repeat(N_FRAMES));
+                for _ in 0..N_FRAMES {
+                    let ack = client.read_ack().expect("a reject");
+                    assert_eq!(ack_field(&ack, "MSA-1"), "AR");
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.join().expect("sender thread");
+    }
+    println!(
+        "{} empty frames rejected in {:?}",
+        N_CONNECTIONS * N_FRAMES,
+        started.elapsed()
+    );
+    let total = (N_CONNECTIONS * N_FRAMES) as u64;
+    let suppressed = |event: &serde_json::Value| event["n_suppressed"].as_u64().unwrap_or(0);
+    let (mut n_lines, mut n_reported) = (0, 0);
+    // Every frame is either a line or counted in one: on the next line, or in the summary
+    // that follows the end of the peer's interval.
+    wait_until("every rejected frame logged or counted", || {
+        let logs = receiver.logs();
+        let lines = log_events(&logs, "rejected an unreadable frame");
+        let summaries: Vec<_> = log_events(&logs, "log lines suppressed")
+            .into_iter()
+            .filter(|event| event["what"] == "rejected an unreadable frame")
+            .collect();
+        n_lines = lines.len() as u64;
+        n_reported = lines.iter().chain(&summaries).map(suppressed).sum::<u64>();
+        n_lines + n_reported >= total
+    });
+    println!("{n_lines} warn lines, {n_reported} more counted in them and their summaries");
+    assert!(n_lines <= 5, "{n_lines} lines");
+    assert_eq!(n_lines + n_reported, total);
+}
