@@ -11,23 +11,26 @@
 //! - The idle timeout closes a connection on which no byte moved, either way, for that long:
 //!   a client that stops sending its body or stops reading its response.
 //! - At shutdown, accepting stops and each connection finishes the request in hand (hyper's
-//!   graceful shutdown), for at most [`SHUTDOWN_GRACE`].
+//!   graceful shutdown), for at most [`SHUTDOWN_GRACE`]. A connection with no request in a
+//!   handler is closed at once: hyper's graceful shutdown leaves a connection that has not
+//!   sent a whole request head open, so half-open clients would hold the exit back. (A
+//!   response already produced but not yet written when shutdown comes is lost with it.)
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tower_service::Service as _;
 
 use crate::config::Limits;
 use crate::metrics::Metrics;
@@ -119,7 +122,21 @@ async fn connection(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.http_header_timeout);
-    let conn = builder.serve_connection(io, TowerToHyperService::new(router));
+    // Requests inside a handler now, so that shutdown knows whether one is in hand.
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let service = {
+        let in_flight = Arc::clone(&in_flight);
+        hyper::service::service_fn(move |request| {
+            let guard = InFlight::enter(&in_flight);
+            // Router is always ready, so `call` needs no `poll_ready` first.
+            let mut router = router.clone();
+            async move {
+                let _guard = guard;
+                router.call(request).await
+            }
+        })
+    };
+    let conn = builder.serve_connection(io, service);
     let mut conn = std::pin::pin!(conn);
     let mut draining = false;
     loop {
@@ -142,6 +159,9 @@ async fn connection(
             }
             changed = shutdown.changed(), if !draining => {
                 if changed.is_err() || *shutdown.borrow() {
+                    if in_flight.load(Ordering::Relaxed) == 0 {
+                        return;
+                    }
                     conn.as_mut().graceful_shutdown();
                     draining = true;
                 }
@@ -235,6 +255,22 @@ impl AsyncWrite for Tracked {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Counts a request as in hand while its handler runs.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn enter(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(count))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

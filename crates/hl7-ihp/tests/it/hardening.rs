@@ -387,3 +387,25 @@ fn ten_thousand_junk_frames_log_a_few_lines_and_the_count() {
     assert!(n_lines <= 5, "{n_lines} lines");
     assert_eq!(n_lines + n_reported, total);
 }
+
+#[test]
+fn sigterm_with_half_open_http_connections_still_exits_0() {
+    let (_dir, receiver) = start(&[]);
+    let http = receiver.http.expect("http");
+    let mut partial = TcpStream::connect(http).unwrap();
+    partial.write_all(b"GET /metr").unwrap();
+    let silent = TcpStream::connect(http).unwrap();
+    wait_until("both HTTP connections open", || {
+        // This request is the third connection.
+        metric(&metrics(&receiver), "hl7ihp_http_connections_open") == Some(3)
+    });
+    let started = Instant::now();
+    let (status, logs) = receiver.terminate();
+    let stopped = started.elapsed();
+    println!("stopped in {stopped:?} with two half-open HTTP connections");
+    assert!(status.success(), "{status:?} {logs}");
+    // Not held back until the 5 s grace for requests in hand runs out.
+    assert!(stopped < Duration::from_secs(4), "stopped in {stopped:?}");
+    assert!(logs.contains("stopped"), "{logs}");
+    drop((partial, silent));
+}
