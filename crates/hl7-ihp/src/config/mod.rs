@@ -581,7 +581,7 @@ mod tests {
         let path = dir.path().join("hl7-ihp.toml");
         std::fs::write(
             &path,
-            "listen = \"127.0.0.1:3000\"\nhttp = \"off\"\ndedupe = false\njson_max_records = 5\nidle_timeout = \"2m\"\n",
+            "listen = \"127.0.0.1:3000\"\nhttp = \"off\"\ndedupe = false\njson_max_records = 5\nidle_timeout = \"2m\"\nmax_partial_bytes = 4194304\nhttp_header_timeout = \"2s\"\nhttp_idle_timeout = \"90s\"\nhttp_max_connections = 8\n",
         )
         .unwrap();
         let args = ReceiveArgs {
@@ -595,6 +595,10 @@ mod tests {
         assert!(!config.dedupe);
         assert_eq!(config.json_max_records, 5);
         assert_eq!(config.limits.idle_timeout, Duration::from_secs(120));
+        assert_eq!(config.limits.max_partial_bytes, 4 * 1024 * 1024);
+        assert_eq!(config.limits.http_header_timeout, Duration::from_secs(2));
+        assert_eq!(config.limits.http_idle_timeout, Duration::from_secs(90));
+        assert_eq!(config.limits.http_max_connections, 8);
     }
 
     #[test]
