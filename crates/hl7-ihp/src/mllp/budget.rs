@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::Notify;
+use tokio::sync::oneshot;
 
 /// The shared budget: a limit, the total charged, and every open connection's slot.
 #[derive(Debug)]
@@ -34,11 +34,14 @@ pub struct PartialBudget {
 }
 
 /// One connection's charge and its "close now" signal.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Slot {
     bytes: AtomicUsize,
     told: AtomicBool,
-    notify: Notify,
+    /// A oneshot rather than a `Notify`: waiting on it registers the waker with atomics,
+    /// where a `Notify` takes its lock at every read the connection waits for. Only
+    /// [`PartialBudget::enforce`] takes this lock.
+    tell: Mutex<Option<oneshot::Sender<()>>>,
 }
 
 /// A connection's place in the budget; leaving it (drop) gives its charge back.
@@ -47,6 +50,7 @@ pub struct Charge {
     budget: Arc<PartialBudget>,
     id: u64,
     slot: Arc<Slot>,
+    told: oneshot::Receiver<()>,
 }
 
 impl PartialBudget {
@@ -73,12 +77,18 @@ impl PartialBudget {
     /// Registers a new connection, with nothing charged.
     pub fn open(self: &Arc<Self>) -> Charge {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let slot = Arc::new(Slot::default());
+        let (tell, told) = oneshot::channel();
+        let slot = Arc::new(Slot {
+            bytes: AtomicUsize::new(0),
+            told: AtomicBool::new(false),
+            tell: Mutex::new(Some(tell)),
+        });
         self.lock().insert(id, Arc::clone(&slot));
         Charge {
             budget: Arc::clone(self),
             id,
             slot,
+            told,
         }
     }
 
@@ -116,7 +126,14 @@ impl PartialBudget {
             slot.told.store(true, Ordering::Relaxed);
             let bytes = slot.bytes.swap(0, Ordering::Relaxed);
             self.add(-(bytes as isize));
-            slot.notify.notify_one();
+            let tell = slot
+                .tell
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take();
+            if let Some(tell) = tell {
+                let _ = tell.send(());
+            }
             n_told += 1;
             n_bytes += bytes;
         }
@@ -153,9 +170,10 @@ impl Charge {
     }
 
     /// Completes when this connection is told to close.
-    pub async fn told(&self) {
-        while !self.is_told() {
-            self.slot.notify.notified().await;
+    pub async fn told(&mut self) {
+        if (&mut self.told).await.is_err() {
+            // The sender lives in the slot as long as this charge; never, but not a close.
+            std::future::pending::<()>().await;
         }
     }
 }
@@ -221,7 +239,7 @@ mod tests {
     #[tokio::test]
     async fn a_told_connection_hears_it() {
         let budget = PartialBudget::new(10);
-        let charge = budget.open();
+        let mut charge = budget.open();
         charge.set(11);
         tokio::time::timeout(std::time::Duration::from_secs(5), charge.told())
             .await

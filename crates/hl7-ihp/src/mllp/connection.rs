@@ -77,7 +77,7 @@ pub async fn serve(
     ingest: Arc<Ingest>,
     limits: Limits,
     metrics: Arc<Metrics>,
-    charge: Charge,
+    mut charge: Charge,
     mut shutdown: watch::Receiver<bool>,
 ) {
     // A frame never needs more: past the limit the codec discards what it has read.
