@@ -20,6 +20,7 @@ use crate::config::PatientIdentity;
 use crate::events::Events;
 use crate::ids::base36;
 use crate::metrics::Metrics;
+use crate::rate_limit::{Level, RateLimit};
 use crate::store::{
     Content, MessageKey, NewMessage, ObservationData, PatientData, Store, Stored, Verdict,
     instant_ms,
@@ -45,6 +46,8 @@ pub struct Ingest {
     metrics: Arc<Metrics>,
     /// Told after every commit that accepted something: the JSON exporter listens.
     events: Events,
+    /// Per-peer limits on warning lines, shared with the connections' lines.
+    log_limit: Arc<RateLimit>,
     /// Fresh ACK control ids: a per-process prefix and a counter.
     ack_prefix: String,
     ack_counter: AtomicU64,
@@ -68,6 +71,7 @@ impl Ingest {
         settings: IngestSettings,
         metrics: Arc<Metrics>,
         events: Events,
+        log_limit: Arc<RateLimit>,
     ) -> Self {
         let boot = jiff::Timestamp::now().as_millisecond().unsigned_abs();
         Self {
@@ -75,9 +79,15 @@ impl Ingest {
             settings,
             metrics,
             events,
+            log_limit,
             ack_prefix: format!("A{}", base36(boot)),
             ack_counter: AtomicU64::new(0),
         }
+    }
+
+    /// The per-peer limiter of log lines, for the connections' own lines.
+    pub fn log_limit(&self) -> &RateLimit {
+        &self.log_limit
     }
 
     /// Handles one frame: its ACKs in order (none when the sender asked for none).
@@ -165,7 +175,12 @@ impl Ingest {
         received_at: jiff::Timestamp,
     ) -> Vec<Vec<u8>> {
         Metrics::inc(&self.metrics.messages_rejected);
-        tracing::warn!(%peer, reason = %reason, "rejected an unreadable frame");
+        if let Some(n_suppressed) =
+            self.log_limit
+                .allow(peer.ip(), "rejected an unreadable frame", Level::Warn)
+        {
+            tracing::warn!(%peer, reason = %reason, n_suppressed, "rejected an unreadable frame");
+        }
         let header = salvage_header(frame);
         let key = header.as_ref().map(|message| key_of(&extract(message)));
         let new = NewMessage {
@@ -252,8 +267,12 @@ impl Ingest {
                 )),
             ),
         };
-        if let Some(reason) = verdict.reason() {
-            tracing::warn!(%peer, reason, "message answered with an error");
+        if let Some(reason) = verdict.reason()
+            && let Some(n_suppressed) =
+                self.log_limit
+                    .allow(peer.ip(), "message answered with an error", Level::Warn)
+        {
+            tracing::warn!(%peer, reason, n_suppressed, "message answered with an error");
         }
         Prepared {
             accept_ack_type: extract.header.accept_ack_type.to_string(),

@@ -20,6 +20,7 @@
 //! - [`http`]: the HTTP router: `/healthz`, `/metrics`.
 //! - [`sender`]: the device simulator and load generator: link, load, simulator.
 //! - [`terminal`]: device text made safe to print: controls escaped, long values cut.
+//! - [`rate_limit`]: at most one log line of a kind per peer per interval, the rest counted.
 //! - [`metrics`], [`logging`], [`ids`]: counters, log set-up, base-36 ids.
 
 pub mod cli;
@@ -35,6 +36,7 @@ pub mod ingest;
 pub mod logging;
 pub mod metrics;
 pub mod mllp;
+pub mod rate_limit;
 pub mod sender;
 pub mod server;
 pub mod shutdown;

@@ -16,6 +16,12 @@ pub struct Metrics {
     pub connections_open: AtomicI64,
     /// Connections closed for silence or a frame that took too long.
     pub connections_timed_out: AtomicU64,
+    /// Connections closed because unfinished frames took more than the budget.
+    pub connections_closed_over_budget: AtomicU64,
+    /// HTTP connections open now.
+    pub http_connections_open: AtomicI64,
+    /// HTTP connections closed by the header or the idle timeout.
+    pub http_connections_timed_out: AtomicU64,
     /// Accept failures (file descriptors exhausted and others).
     pub accept_errors: AtomicU64,
     /// Frames read whole.
@@ -63,7 +69,7 @@ impl Metrics {
     pub fn render(&self, extra: &[Extra]) -> String {
         let mut out = String::with_capacity(2048);
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let counters: [(&str, &str, u64); 16] = [
+        let counters: [(&str, &str, u64); 18] = [
             (
                 "hl7ihp_connections_accepted_total",
                 "Connections accepted.",
@@ -78,6 +84,16 @@ impl Metrics {
                 "hl7ihp_connections_timed_out_total",
                 "Connections closed for silence or a slow frame.",
                 get(&self.connections_timed_out),
+            ),
+            (
+                "hl7ihp_connections_closed_over_budget_total",
+                "Connections closed because unfinished frames took more than their budget.",
+                get(&self.connections_closed_over_budget),
+            ),
+            (
+                "hl7ihp_http_connections_timed_out_total",
+                "HTTP connections closed by the header or the idle timeout.",
+                get(&self.http_connections_timed_out),
             ),
             (
                 "hl7ihp_accept_errors_total",
@@ -156,6 +172,11 @@ impl Metrics {
             out,
             "# HELP hl7ihp_connections_open Connections open now.\n# TYPE hl7ihp_connections_open gauge\nhl7ihp_connections_open {}",
             self.connections_open.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP hl7ihp_http_connections_open HTTP connections open now.\n# TYPE hl7ihp_http_connections_open gauge\nhl7ihp_http_connections_open {}",
+            self.http_connections_open.load(Ordering::Relaxed)
         );
         for metric in extra {
             let kind = if metric.counter { "counter" } else { "gauge" };

@@ -20,7 +20,9 @@ use crate::http::ExtraMetrics;
 use crate::http::{self, HttpState};
 use crate::ingest::{Ingest, IngestSettings};
 use crate::metrics::{Extra, Metrics};
+use crate::mllp::budget::PartialBudget;
 use crate::mllp::listener;
+use crate::rate_limit::RateLimit;
 use crate::store::{self, Store};
 
 /// Why the receiver could not start or did not stop cleanly.
@@ -77,6 +79,7 @@ pub async fn run(
     .await
     .map_err(|error| ServerError::Task(format!("opening the store: {error}")))??;
     let metrics = Arc::new(Metrics::default());
+    let budget = PartialBudget::new(config.mllp.limits.max_partial_bytes);
     let events = Events::new();
     let export_counters = Arc::new(ExportCounters::default());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -102,22 +105,35 @@ pub async fn run(
     let http_task = http_listener.map(|listener| {
         let state = HttpState {
             metrics: Arc::clone(&metrics),
-            extra: extra_metrics(Arc::clone(&store), Arc::clone(&export_counters)),
+            extra: extra_metrics(
+                Arc::clone(&store),
+                Arc::clone(&export_counters),
+                Arc::clone(&budget),
+            ),
             store: Arc::clone(&store),
         };
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let served = axum::serve(listener, http::router(state))
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|stop| *stop).await;
-                })
-                .await;
-            if let Err(error) = served {
-                tracing::error!(%error, "http server failed");
-            }
-        })
+        tokio::spawn(http::serve::run(
+            listener,
+            http::router(state),
+            config.http.limits,
+            Arc::clone(&metrics),
+            stop_rx.clone(),
+        ))
     });
 
+    // Its summaries of held-back lines go on until the end, after the connections' last.
+    let log_limit = Arc::new(RateLimit::default());
+    let (log_stop_tx, mut log_stop) = watch::channel(false);
+    let log_flusher = {
+        let log_limit = Arc::clone(&log_limit);
+        tokio::spawn(async move {
+            log_limit
+                .run_flusher(async move {
+                    let _ = log_stop.wait_for(|stop| *stop).await;
+                })
+                .await;
+        })
+    };
     let ingest = Arc::new(Ingest::new(
         Arc::clone(&store),
         IngestSettings {
@@ -128,12 +144,14 @@ pub async fn run(
         },
         Arc::clone(&metrics),
         events,
+        Arc::clone(&log_limit),
     ));
     let accept = tokio::spawn(listener::run(
         mllp,
         ingest,
         config.mllp.limits,
         Arc::clone(&metrics),
+        budget,
         stop_rx,
     ));
 
@@ -152,12 +170,18 @@ pub async fn run(
     if let Some(task) = http_task {
         let _ = task.await;
     }
+    let _ = log_stop_tx.send(true);
+    let _ = log_flusher.await;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// The store's and the exporter's counters for `/metrics`.
-fn extra_metrics(store: Arc<dyn Store>, export: Arc<ExportCounters>) -> ExtraMetrics {
+/// The store's, the exporter's and the partial-frame budget's numbers for `/metrics`.
+fn extra_metrics(
+    store: Arc<dyn Store>,
+    export: Arc<ExportCounters>,
+    budget: Arc<PartialBudget>,
+) -> ExtraMetrics {
     Arc::new(move || {
         let stats = store.stats();
         let export = export.stats();
@@ -208,6 +232,12 @@ fn extra_metrics(store: Arc<dyn Store>, export: Arc<ExportCounters>) -> ExtraMet
                 "Patient JSON files that could not be written.",
                 export.n_write_failures,
             ),
+            Extra {
+                name: "hl7ihp_partial_frame_bytes",
+                help: "Bytes held now in unfinished frames, against --max-partial-bytes.",
+                counter: false,
+                value: i64::try_from(budget.held()).unwrap_or(i64::MAX),
+            },
             Extra {
                 name: "hl7ihp_export_watermark",
                 help: "Every change up to this message id is in the JSON files.",

@@ -18,8 +18,8 @@ pub mod values;
 
 pub use demo::{DemoConfig, DemoFlags};
 pub use receive::{
-    ExportConfig, HttpConfig, Limits, LogFormat, MllpConfig, PatientIdentity, ReceiveArgs,
-    ReceiveConfig, ReceiveFlags, StoreConfig, log_format,
+    ExportConfig, HttpConfig, HttpLimits, Limits, LogFormat, MllpConfig, PatientIdentity,
+    ReceiveArgs, ReceiveConfig, ReceiveFlags, StoreConfig, log_format,
 };
 pub use send::{ScenarioKind, SendConfig, SendFlags};
 pub use values::parse_duration;
@@ -31,4 +31,15 @@ pub struct ConfigError {
     name: &'static str,
     source_name: String,
     reason: String,
+}
+
+impl ConfigError {
+    /// A setting that is valid alone but not with the others.
+    pub(crate) fn new(name: &'static str, source_name: &str, reason: String) -> ConfigError {
+        ConfigError {
+            name,
+            source_name: source_name.to_owned(),
+            reason,
+        }
+    }
 }

@@ -58,10 +58,21 @@ declare_settings! {
     max_connections: usize = positive, "N", default "4096";
     /// Open connections from one peer address.
     max_connections_per_peer: usize = positive, "N", default "1024";
-    /// Silence between frames before a connection is closed, e.g. `300s`, `5m`.
+    /// Bytes all connections together may hold in unfinished frames; past it the
+    /// connections holding the most are closed. 256 MiB, a sixteenth of a 4 GB host; at
+    /// least twice --max-frame-bytes.
+    max_partial_bytes: usize = positive, "N", default "268435456";
+    /// Time since the last complete frame before a connection is closed, e.g. `300s`, `5m`
+    /// (bytes outside frames do not count).
     idle_timeout: Duration = positive_duration, "DURATION", default "300s";
-    /// Time a started frame may take to end.
+    /// Deadline from a frame's first byte to its end (and for writing an ACK).
     frame_timeout: Duration = positive_duration, "DURATION", default "30s";
+    /// Time an HTTP client has to send a request's head.
+    http_header_timeout: Duration = positive_duration, "DURATION", default "10s";
+    /// Time an HTTP connection may move no byte either way before it is closed.
+    http_idle_timeout: Duration = positive_duration, "DURATION", default "60s";
+    /// Open HTTP connections; more wait in the kernel's backlog.
+    http_max_connections: usize = positive, "N", default "256";
     /// Our MSH-3 in ACKs where the sender left MSH-5 empty.
     ack_application: String = text, "NAME", default "HL7IHP";
     /// Our MSH-4 in ACKs where the sender left MSH-6 empty.
@@ -120,14 +131,27 @@ fn log_format_of(text: &str) -> Result<LogFormat, String> {
 pub struct Limits {
     /// Largest MLLP payload.
     pub max_frame_bytes: usize,
+    /// Bytes all connections together may hold in unfinished frames.
+    pub max_partial_bytes: usize,
     /// Open connections in total.
     pub max_connections: usize,
     /// Open connections per peer address.
     pub max_connections_per_peer: usize,
-    /// Silence between frames before closing.
+    /// Time since the last complete frame before closing (outside a frame).
     pub idle_timeout: Duration,
-    /// Time a started frame may take.
+    /// Deadline from a frame's first byte to its end.
     pub frame_timeout: Duration,
+}
+
+/// Limits of the HTTP side, its own so that HTTP can never starve MLLP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Time an HTTP client has to send a request's head.
+    pub header_timeout: Duration,
+    /// Time an HTTP connection may move no byte before it is closed.
+    pub idle_timeout: Duration,
+    /// Open HTTP connections.
+    pub max_connections: usize,
 }
 
 /// What the MLLP side needs: where to listen, its limits, and how to answer.
@@ -152,6 +176,8 @@ pub struct MllpConfig {
 pub struct HttpConfig {
     /// HTTP address, `None` when off.
     pub listen: Option<SocketAddr>,
+    /// Its limits.
+    pub limits: HttpLimits,
 }
 
 /// Where the store is and how it behaves; `location`'s `Debug` shows no password.
@@ -197,10 +223,18 @@ impl ReceiveConfig {
             Some(path) => ConfigFile::read(path)?,
             None => ConfigFile::none(),
         };
-        Ok(ReceiveConfig::from_settings(ReceiveSettings::resolve(
-            &args.settings,
-            file,
-        )?))
+        let settings = ReceiveSettings::resolve(&args.settings, file)?;
+        // One frame at the limit (whose buffer is a little larger than the frame) must never
+        // be closed for being alone over the budget.
+        let least = settings.max_frame_bytes.saturating_mul(2);
+        if settings.max_partial_bytes < least {
+            return Err(ConfigError::new(
+                "max_partial_bytes",
+                "--max-partial-bytes, HL7IHP_MAX_PARTIAL_BYTES or the config file",
+                format!("expected at least {least} (twice max_frame_bytes)"),
+            ));
+        }
+        Ok(ReceiveConfig::from_settings(settings))
     }
 
     /// Puts each validated setting into the group that uses it; the values that follow from
@@ -211,6 +245,7 @@ impl ReceiveConfig {
                 listen: s.listen,
                 limits: Limits {
                     max_frame_bytes: s.max_frame_bytes,
+                    max_partial_bytes: s.max_partial_bytes,
                     max_connections: s.max_connections,
                     max_connections_per_peer: s.max_connections_per_peer,
                     idle_timeout: s.idle_timeout,
@@ -221,7 +256,14 @@ impl ReceiveConfig {
                 ack_facility: s.ack_facility,
                 patient_identity: s.patient_identity,
             },
-            http: HttpConfig { listen: s.http },
+            http: HttpConfig {
+                listen: s.http,
+                limits: HttpLimits {
+                    header_timeout: s.http_header_timeout,
+                    idle_timeout: s.http_idle_timeout,
+                    max_connections: s.http_max_connections,
+                },
+            },
             store: StoreConfig {
                 location: s
                     .store
@@ -303,6 +345,11 @@ mod tests {
         assert_eq!(limits.max_connections_per_peer, 1024);
         assert_eq!(limits.idle_timeout, Duration::from_secs(300));
         assert_eq!(limits.frame_timeout, Duration::from_secs(30));
+        assert_eq!(limits.max_partial_bytes, 256 * 1024 * 1024);
+        let http = config.http.limits;
+        assert_eq!(http.header_timeout, Duration::from_secs(10));
+        assert_eq!(http.idle_timeout, Duration::from_secs(60));
+        assert_eq!(http.max_connections, 256);
         assert_eq!(config.log_format, LogFormat::Text);
     }
 
@@ -422,5 +469,29 @@ mod tests {
         assert_eq!(log_format(&ReceiveArgs::default()), LogFormat::Text);
         let args = flags(|f| f.log_format = Some("json".into()));
         assert_eq!(log_format(&args), LogFormat::Json);
+    }
+
+    #[test]
+    fn the_partial_frame_budget_holds_two_largest_frames() {
+        let message = error(flags(|f| {
+            f.max_frame_bytes = Some("1000".into());
+            f.max_partial_bytes = Some("1999".into());
+        }));
+        assert!(
+            message.contains("`max_partial_bytes`") && message.contains("at least 2000"),
+            "{message}"
+        );
+        let args = flags(|f| {
+            f.max_frame_bytes = Some("1000".into());
+            f.max_partial_bytes = Some("2000".into());
+        });
+        assert_eq!(
+            ReceiveConfig::from_args(&args)
+                .unwrap()
+                .mllp
+                .limits
+                .max_partial_bytes,
+            2000
+        );
     }
 }

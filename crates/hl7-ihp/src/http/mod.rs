@@ -1,5 +1,5 @@
 //! The HTTP side: `/healthz` (the store's health) and `/metrics` (the API and dashboard
-//! come later), bound to loopback by default.
+//! come later), bound to loopback by default, served by [`serve::run`] with its own limits.
 
 use std::sync::Arc;
 
@@ -11,6 +11,8 @@ use axum::routing::get;
 
 use crate::metrics::{Extra, Metrics};
 use crate::store::{Health, Store};
+
+pub mod serve;
 
 /// Numbers kept outside [`Metrics`] (the store's, the exporter's), read at each scrape.
 pub type ExtraMetrics = Arc<dyn Fn() -> Vec<Extra> + Send + Sync>;

@@ -2,8 +2,19 @@
 //!
 //! One message is in flight per connection: the next frame is read only after the ACKs of
 //! the previous one are written, so a slow store slows its senders instead of filling
-//! memory. Silence between frames is bounded by the idle timeout, a started frame by the
-//! mid-frame timeout, and writing an ACK by the mid-frame timeout too.
+//! memory.
+//!
+//! Both timeouts are deadlines, not limits on the silence between reads, so that a peer
+//! sending one byte now and then cannot keep a connection (and its permit) forever: a frame
+//! must end within the frame timeout of its first byte (a `0x0B` that restarts it buys no
+//! time), and outside frames the connection is closed when the idle timeout has passed since
+//! the last complete frame (or the connection's start); bytes outside frames do not count.
+//! Writing an ACK is bounded by the frame timeout too.
+//!
+//! While a frame is unfinished, the read buffer's size is charged to the receiver-wide
+//! [`PartialBudget`](crate::mllp::budget::PartialBudget); a connection told to close by it closes. The buffer grows by doubling
+//! up to one largest frame plus one read, not beyond, and a buffer that a large frame grew is
+//! given back once it holds little again, so memory follows what is in flight.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,14 +25,20 @@ use hl7::mllp::{MllpCodec, MllpItem, MllpStats};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 
 use crate::config::Limits;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
+use crate::mllp::budget::Charge;
+use crate::rate_limit::Level;
 
-/// How much to read at a time.
+/// How much to read at a time, and the buffer's size between frames.
 const READ_CHUNK: usize = 16 * 1024;
+/// A buffer larger than this that holds at most one read is given back for a fresh one: a
+/// large frame's allocation should not stay with its connection after the frame.
+const SHRINK_ABOVE: usize = 4 * READ_CHUNK;
 
 /// Why a connection ended, for its log line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +50,7 @@ enum Close {
     Shutdown,
     ReadError,
     WriteError,
+    OverBudget,
 }
 
 impl Close {
@@ -45,24 +63,32 @@ impl Close {
             Close::Shutdown => "shutdown",
             Close::ReadError => "read error",
             Close::WriteError => "write error",
+            Close::OverBudget => "over the budget for unfinished frames",
         }
     }
 }
 
-/// Serves one connection until the peer closes, a timeout fires, or shutdown is asked for
-/// (then the message in hand is finished and answered first).
+/// Serves one connection until the peer closes, a timeout fires, the partial-frame budget
+/// tells it to close, or shutdown is asked for (then the message in hand is finished and
+/// answered first).
 pub async fn serve(
     mut stream: TcpStream,
     peer: SocketAddr,
     ingest: Arc<Ingest>,
     limits: Limits,
     metrics: Arc<Metrics>,
+    mut charge: Charge,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // A frame never needs more: past the limit the codec discards what it has read.
+    let most_buffered = limits.max_frame_bytes.saturating_add(READ_CHUNK + 2);
     let mut codec = MllpCodec::with_max_frame_len(limits.max_frame_bytes);
     let mut buffer = BytesMut::with_capacity(READ_CHUNK);
     let mut counted = MllpStats::default();
     let mut n_frames = 0u64;
+    // Set by each complete frame; the frame deadline by the first byte of an unfinished one.
+    let mut idle_deadline = Instant::now() + limits.idle_timeout;
+    let mut frame_deadline: Option<Instant> = None;
     let close = 'connection: loop {
         // Everything already buffered first: a read may have brought several frames.
         loop {
@@ -79,6 +105,7 @@ pub async fn serve(
                 }
             };
             n_frames += 1;
+            frame_deadline = None;
             let acks = match item {
                 MllpItem::Frame(frame) => ingest.frame(&frame, peer).await,
                 MllpItem::Oversized { len, head } => {
@@ -91,27 +118,43 @@ pub async fn serve(
                 break 'connection close;
             }
             Metrics::add(&metrics.acks_sent, acks.len() as u64);
+            // From the frame's answer: a slow store does not eat the sender's idle time.
+            idle_deadline = Instant::now() + limits.idle_timeout;
             if *shutdown.borrow() {
                 break 'connection Close::Shutdown;
             }
         }
+        give_back(&mut buffer);
+        charge.set(if codec.in_frame() {
+            buffer.capacity()
+        } else {
+            0
+        });
+        if charge.is_told() {
+            break Close::OverBudget;
+        }
         if *shutdown.borrow() {
             break Close::Shutdown;
         }
-        let (timeout, on_timeout) = if codec.in_frame() {
-            (limits.frame_timeout, Close::FrameTimeout)
+        let (deadline, on_timeout) = if codec.in_frame() {
+            // A frame's first byte was read by now; a restart inside it keeps the deadline.
+            let deadline =
+                *frame_deadline.get_or_insert_with(|| Instant::now() + limits.frame_timeout);
+            (deadline, Close::FrameTimeout)
         } else {
-            (limits.idle_timeout, Close::IdleTimeout)
+            frame_deadline = None;
+            (idle_deadline, Close::IdleTimeout)
         };
-        buffer.reserve(READ_CHUNK);
+        make_room(&mut buffer, most_buffered);
         tokio::select! {
+            () = charge.told() => break Close::OverBudget,
             changed = shutdown.changed() => {
                 // A dropped sender means the server is going away too.
                 if changed.is_err() || *shutdown.borrow() {
                     break Close::Shutdown;
                 }
             }
-            read = tokio::time::timeout(timeout, stream.read_buf(&mut buffer)) => match read {
+            read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buffer)) => match read {
                 Err(_) => {
                     Metrics::inc(&metrics.connections_timed_out);
                     break on_timeout;
@@ -123,14 +166,51 @@ pub async fn serve(
         }
     };
     count_framing(&codec, &mut counted, &metrics);
+    if close == Close::OverBudget {
+        Metrics::inc(&metrics.connections_closed_over_budget);
+    }
     let partial = codec.in_frame();
+    let Some(n_suppressed) = ingest
+        .log_limit()
+        .allow(peer.ip(), "connection closed", Level::Info)
+    else {
+        return;
+    };
     tracing::info!(
         %peer,
         n_frames,
+        n_suppressed,
         reason = close.as_str(),
         partial_frame_dropped = partial,
         "connection closed"
     );
+}
+
+/// Makes room for one read, doubling the buffer like `Vec` does but never past `most` (or
+/// one read more than it holds): `BytesMut::reserve` would double a 1 MiB frame's buffer to
+/// 2 MiB, which the budget would then count.
+fn make_room(buffer: &mut BytesMut, most: usize) {
+    if buffer.capacity() - buffer.len() >= READ_CHUNK || buffer.try_reclaim(READ_CHUNK) {
+        return;
+    }
+    let wanted = buffer
+        .capacity()
+        .saturating_mul(2)
+        .min(most)
+        .max(buffer.len() + READ_CHUNK);
+    let mut grown = BytesMut::with_capacity(wanted);
+    grown.extend_from_slice(buffer);
+    *buffer = grown;
+}
+
+/// Swaps a buffer that a large frame grew, and that holds at most one read now, for a small
+/// one, so that the large allocation is freed.
+fn give_back(buffer: &mut BytesMut) {
+    if buffer.capacity() > SHRINK_ABOVE && buffer.len() <= READ_CHUNK {
+        let mut small = BytesMut::with_capacity(READ_CHUNK);
+        small.extend_from_slice(buffer);
+        *buffer = small;
+    }
 }
 
 async fn write_acks(
@@ -168,4 +248,34 @@ fn count_framing(codec: &MllpCodec, counted: &mut MllpStats, metrics: &Metrics) 
         now.n_frames_restarted - counted.n_frames_restarted,
     );
     *counted = now;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_buffer_grows_to_one_largest_frame_and_shrinks_after_it() {
+        let most = 1024 * 1024 + READ_CHUNK + 2;
+        let mut buffer = BytesMut::with_capacity(READ_CHUNK);
+        let mut largest = 0;
+        while buffer.len() < 1024 * 1024 + 1 {
+            make_room(&mut buffer, most);
+            assert!(buffer.capacity() - buffer.len() >= READ_CHUNK);
+            let n = (buffer.capacity() - buffer.len()).min(64 * 1024);
+            buffer.extend(std::iter::repeat_n(b'x', n));
+            largest = largest.max(buffer.capacity());
+        }
+        // `BytesMut::reserve` alone would have doubled to 2 MiB.
+        assert!(largest <= most + READ_CHUNK, "grew to {largest}");
+        // The frame is consumed; a little of the next one stays.
+        let _frame = buffer.split_to(buffer.len() - 10);
+        give_back(&mut buffer);
+        assert_eq!(&buffer[..], b"xxxxxxxxxx");
+        assert!(buffer.capacity() <= 2 * READ_CHUNK, "{}", buffer.capacity());
+        // A small buffer is left alone.
+        let before = buffer.as_ptr();
+        give_back(&mut buffer);
+        assert_eq!(buffer.as_ptr(), before);
+    }
 }

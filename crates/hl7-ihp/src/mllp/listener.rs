@@ -15,7 +15,9 @@ use tokio::task::JoinSet;
 use crate::config::Limits;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
+use crate::mllp::budget::PartialBudget;
 use crate::mllp::connection;
+use crate::rate_limit::Level;
 
 /// Longest pause between accepts while file descriptors are exhausted.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
@@ -73,6 +75,7 @@ pub async fn run(
     ingest: Arc<Ingest>,
     limits: Limits,
     metrics: Arc<Metrics>,
+    budget: Arc<PartialBudget>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -125,21 +128,34 @@ pub async fn run(
         };
         let Some(guard) = peers.enter(peer.ip(), limits.max_connections_per_peer) else {
             Metrics::inc(&metrics.connections_refused);
-            tracing::warn!(%peer, limit = limits.max_connections_per_peer, "connection refused: too many from this address");
+            if let Some(n_suppressed) = ingest.log_limit().allow(
+                peer.ip(),
+                "connection refused: too many from this address",
+                Level::Warn,
+            ) {
+                tracing::warn!(%peer, limit = limits.max_connections_per_peer, n_suppressed, "connection refused: too many from this address");
+            }
             drop(stream);
             continue;
         };
         let _ = stream.set_nodelay(true);
         Metrics::inc(&metrics.connections_accepted);
-        tracing::info!(%peer, "connection opened");
+        if let Some(n_suppressed) =
+            ingest
+                .log_limit()
+                .allow(peer.ip(), "connection opened", Level::Info)
+        {
+            tracing::info!(%peer, n_suppressed, "connection opened");
+        }
         let ingest = Arc::clone(&ingest);
         let metrics = Arc::clone(&metrics);
         let shutdown = shutdown.clone();
+        let charge = budget.open();
         tasks.spawn(async move {
             let _permit = permit;
             let _guard = guard;
             let _open = OpenConnection::new(Arc::clone(&metrics));
-            connection::serve(stream, peer, ingest, limits, metrics, shutdown).await;
+            connection::serve(stream, peer, ingest, limits, metrics, charge, shutdown).await;
         });
     }
     drop(listener);
@@ -187,7 +203,8 @@ fn reap(result: Result<(), tokio::task::JoinError>, metrics: &Metrics) {
     }
 }
 
-fn out_of_descriptors(error: &io::Error) -> bool {
+/// Whether an accept failed because file descriptors ran out (then back off and retry).
+pub(crate) fn out_of_descriptors(error: &io::Error) -> bool {
     matches!(error.raw_os_error(), Some(code) if code == rustix::io::Errno::MFILE.raw_os_error() || code == rustix::io::Errno::NFILE.raw_os_error())
 }
 

@@ -312,3 +312,18 @@ pub fn oru(control_id: &str, patient: &str, value: u32) -> Vec<u8> {
     )
     .into_bytes()
 }
+
+/// Raises this test process's open-file limit so it can hold many sockets.
+pub fn raise_own_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    limit.current = limit.maximum;
+    let _ = setrlimit(Resource::Nofile, limit);
+}
+
+/// The value of an unlabelled metric in a `/metrics` body.
+pub fn metric(body: &str, name: &str) -> Option<i64> {
+    body.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}

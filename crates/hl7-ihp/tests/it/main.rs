@@ -19,6 +19,8 @@ mod crash;
 mod data_dir;
 // `hl7-ihp demo`.
 mod demo;
+// Limits under attack: deadlines, the partial-frame budget, the HTTP side, log floods.
+mod hardening;
 // `hl7-ihp parse`.
 mod parse_cli;
 // The patient JSON files and the inspection commands.

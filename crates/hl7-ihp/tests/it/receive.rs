@@ -4,7 +4,9 @@
 use crate::common;
 use std::thread;
 
-use crate::common::{Client, Receiver, ack_field, frame, oru, sample, start, wait_until};
+use crate::common::{
+    Client, Receiver, ack_field, frame, oru, raise_own_file_limit, sample, start, wait_until,
+};
 
 #[test]
 fn prototype_messages_get_real_acks() {
@@ -354,14 +356,6 @@ fn logs_carry_no_patient_data() {
         assert!(!logs.contains(secret), "log carries {secret}: {logs}");
     }
     assert!(logs.contains("connection closed"), "{logs}");
-}
-
-/// Raises this test process's open-file limit so it can hold many sockets.
-fn raise_own_file_limit() {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let mut limit = getrlimit(Resource::Nofile);
-    limit.current = limit.maximum;
-    let _ = setrlimit(Resource::Nofile, limit);
 }
 
 #[test]

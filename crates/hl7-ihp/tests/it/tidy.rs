@@ -112,6 +112,17 @@ fn only_main_and_the_commands_use_anyhow() {
 }
 
 #[test]
+fn only_http_knows_axum() {
+    let users = files_naming("axum");
+    assert!(users.iter().any(|p| p.starts_with("http/")), "{users:?}");
+    let outside: Vec<_> = users
+        .into_iter()
+        .filter(|path| !path.starts_with("http/"))
+        .collect();
+    assert!(outside.is_empty(), "axum used outside http/: {outside:?}");
+}
+
+#[test]
 fn no_test_is_ignored() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let mut files = Vec::new();
