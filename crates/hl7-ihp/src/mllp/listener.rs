@@ -209,7 +209,7 @@ pub(crate) fn out_of_descriptors(error: &io::Error) -> bool {
 }
 
 /// Raises the open-file soft limit to the hard limit, so that thousands of devices can stay
-/// connected (DESIGN.md §9). Returns the limit in force.
+/// connected. Returns the limit in force.
 pub fn raise_open_file_limit() -> Option<u64> {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut limit = getrlimit(Resource::Nofile);

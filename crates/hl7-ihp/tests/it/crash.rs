@@ -2,8 +2,8 @@
 //! no acknowledged message, and a full disk gets rejects, not lost messages, until space
 //! returns.
 //!
-//! The default suite runs 5 kill cycles; `HL7IHP_CRASH_CYCLES=100 cargo test -p hl7-ihp
-//! --test crash -- --nocapture` runs the long version.
+//! The default suite runs 5 kill cycles; `HL7IHP_CRASH_CYCLES=100 cargo test --release -p hl7-ihp
+//! --test it crash::sigkill -- --nocapture` runs the long version.
 
 use crate::common;
 use std::collections::BTreeSet;
