@@ -1,6 +1,6 @@
 //! The HTTP accept loop, with the limits `axum::serve` lacks: a header timeout, an idle
 //! timeout and a connection limit of its own, so that HTTP clients can never take the file
-//! descriptors MLLP needs (DESIGN.md §9).
+//! descriptors MLLP needs.
 //!
 //! - The connection limit is a semaphore taken before `accept`, as on the MLLP side: excess
 //!   connections wait in the kernel's backlog, holding no descriptor of ours, instead of

@@ -1,4 +1,4 @@
-//! The receiver-wide budget for bytes held in unfinished frames (DESIGN.md §9): past it, the
+//! The receiver-wide budget for bytes held in unfinished frames: past it, the
 //! connections holding the most are told to close, and the others are served.
 //!
 //! The frame limit bounds one connection, the connection limit their number, but their
