@@ -221,7 +221,6 @@ impl Ingest {
             }
             None => build_reject_without_header(None, &error, &options),
         };
-        Metrics::inc(&self.metrics.acks_sent);
         vec![ack]
     }
 

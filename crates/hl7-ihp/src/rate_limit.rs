@@ -43,6 +43,9 @@ struct State {
     windows: HashMap<(IpAddr, &'static str), Window>,
     /// Lines of peers that found the map full.
     n_untracked: u64,
+    /// When a full map was last flushed to make room: a full map is scanned at most once
+    /// a second, so that addresses that keep changing cannot make every line a scan.
+    full_flushed_at: Option<Instant>,
 }
 
 /// The limiter shared by every connection.
@@ -86,7 +89,13 @@ impl RateLimit {
             return Some(std::mem::take(&mut window.n_suppressed));
         }
         if state.windows.len() >= self.max_tracked {
-            self.flush_locked(&mut state, now);
+            let due = state
+                .full_flushed_at
+                .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1));
+            if due {
+                state.full_flushed_at = Some(now);
+                self.flush_locked(&mut state, now);
+            }
             if state.windows.len() >= self.max_tracked {
                 state.n_untracked += 1;
                 return None;

@@ -41,8 +41,8 @@ impl Shutdown {
         )
     }
 
-    /// A shutdown set off by Ctrl+C or SIGTERM (or by the returned trigger). The signal
-    /// handlers are installed before it returns, so a Ctrl+C from then on is never the
+    /// A shutdown set off by Ctrl+C or SIGTERM (or by the returned trigger); a second
+    /// signal ends the process at once. The signal handlers are installed before it returns, so a Ctrl+C from then on is never the
     /// default "end the process at once". Needs a tokio runtime: a task waits for them.
     pub fn on_signals() -> (Trigger, Shutdown) {
         let (trigger, shutdown) = Shutdown::new();
@@ -51,6 +51,12 @@ impl Shutdown {
         tokio::spawn(async move {
             signals.await;
             on_signal.trigger();
+            // A second signal means "now": whoever waits for a slow final step (a long
+            // export round, a receiver that does not answer) is not stuck with it. What was
+            // acknowledged is durable, so nothing is lost.
+            installed().await;
+            tracing::warn!("second signal: exiting at once");
+            std::process::exit(130);
         });
         (trigger, shutdown)
     }

@@ -224,14 +224,19 @@ impl ReceiveConfig {
             None => ConfigFile::none(),
         };
         let settings = ReceiveSettings::resolve(&args.settings, file)?;
-        // One frame at the limit (whose buffer is a little larger than the frame) must never
-        // be closed for being alone over the budget.
-        let least = settings.max_frame_bytes.saturating_mul(2);
+        // One frame at the limit (whose buffer is up to two reads larger than the frame)
+        // must never be closed for being alone over the budget.
+        let least = settings
+            .max_frame_bytes
+            .saturating_add(2 * crate::mllp::connection::READ_CHUNK)
+            .saturating_mul(2);
         if settings.max_partial_bytes < least {
             return Err(ConfigError::new(
                 "max_partial_bytes",
                 "--max-partial-bytes, HL7IHP_MAX_PARTIAL_BYTES or the config file",
-                format!("expected at least {least} (twice max_frame_bytes)"),
+                format!(
+                    "expected at least {least} (twice max_frame_bytes and two reads of 16 KiB)"
+                ),
             ));
         }
         Ok(ReceiveConfig::from_settings(settings))
@@ -475,15 +480,15 @@ mod tests {
     fn the_partial_frame_budget_holds_two_largest_frames() {
         let message = error(flags(|f| {
             f.max_frame_bytes = Some("1000".into());
-            f.max_partial_bytes = Some("1999".into());
+            f.max_partial_bytes = Some("67535".into());
         }));
         assert!(
-            message.contains("`max_partial_bytes`") && message.contains("at least 2000"),
+            message.contains("`max_partial_bytes`") && message.contains("at least 67536"),
             "{message}"
         );
         let args = flags(|f| {
             f.max_frame_bytes = Some("1000".into());
-            f.max_partial_bytes = Some("2000".into());
+            f.max_partial_bytes = Some("67536".into());
         });
         assert_eq!(
             ReceiveConfig::from_args(&args)
@@ -491,7 +496,7 @@ mod tests {
                 .mllp
                 .limits
                 .max_partial_bytes,
-            2000
+            67536
         );
     }
 }

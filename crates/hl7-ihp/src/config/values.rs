@@ -55,13 +55,23 @@ pub fn positive_real(text: &str) -> Result<f64, String> {
 
 /// A duration ([`parse_duration`]), zero included.
 pub fn duration(text: &str) -> Result<Duration, String> {
-    parse_duration(text)
-        .ok_or_else(|| "expected a duration such as 0ms, 500ms, 30s, 5m or 1h".into())
+    match parse_duration(text) {
+        Some(d) if d > LONGEST => Err(TOO_LONG.into()),
+        Some(d) => Ok(d),
+        None => Err("expected a duration such as 0ms, 500ms, 30s, 5m or 1h".into()),
+    }
 }
+
+const TOO_LONG: &str = "expected a duration of at most a year (8760h)";
+
+/// The longest duration a setting takes: a year. Deadlines are `now + duration`, and a
+/// duration near `u64::MAX` seconds would overflow the clock.
+const LONGEST: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// A duration above zero.
 pub fn positive_duration(text: &str) -> Result<Duration, String> {
     match parse_duration(text) {
+        Some(d) if d > LONGEST => Err(TOO_LONG.into()),
         Some(d) if !d.is_zero() => Ok(d),
         _ => Err("expected a duration above zero such as 500ms, 30s, 5m or 1h".into()),
     }
@@ -178,5 +188,15 @@ mod tests {
             Err("expected `a`, `b` or `c`".into())
         );
         assert_eq!(choice("d", &choices[..1]), Err("expected `a`".into()));
+    }
+
+    #[test]
+    fn durations_stop_at_a_year() {
+        assert_eq!(
+            positive_duration("8760h"),
+            Ok(Duration::from_secs(8760 * 3600))
+        );
+        assert_eq!(positive_duration("8761h"), Err(TOO_LONG.into()));
+        assert_eq!(duration("18446744073709551615s"), Err(TOO_LONG.into()));
     }
 }

@@ -35,7 +35,7 @@ use crate::mllp::budget::Charge;
 use crate::rate_limit::Level;
 
 /// How much to read at a time, and the buffer's size between frames.
-const READ_CHUNK: usize = 16 * 1024;
+pub const READ_CHUNK: usize = 16 * 1024;
 /// A buffer larger than this that holds at most one read is given back for a fresh one: a
 /// large frame's allocation should not stay with its connection after the frame.
 const SHRINK_ABOVE: usize = 4 * READ_CHUNK;

@@ -229,17 +229,28 @@ impl FileWatch {
     }
 
     fn identity_of(path: &Path) -> Option<(u64, u64)> {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+        Self::stat(path).ok()
     }
 
-    /// Whether the file at the path is still the one opened; one `stat`.
+    fn stat(path: &Path) -> std::io::Result<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).map(|m| (m.dev(), m.ino()))
+    }
+
+    /// Whether the file at the path is still the one opened; one `stat`. Only a missing
+    /// file or another file in its place is final; another error (a transient I/O error)
+    /// fails this check alone.
     fn intact(&self) -> bool {
         if self.lost.load(Ordering::Relaxed) {
             return false;
         }
-        if self.identity.is_some() && Self::identity_of(&self.path) == self.identity {
-            return true;
+        let gone = match Self::stat(&self.path) {
+            Ok(identity) if Some(identity) == self.identity => return true,
+            Ok(_) => true,
+            Err(error) => error.kind() == std::io::ErrorKind::NotFound,
+        };
+        if !gone {
+            return false;
         }
         if !self.lost.swap(true, Ordering::Relaxed) {
             tracing::error!(

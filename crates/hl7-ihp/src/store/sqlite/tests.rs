@@ -615,3 +615,35 @@ async fn a_closed_store_leaves_everything_in_the_database_file() {
         10
     );
 }
+
+#[tokio::test]
+async fn a_refusal_rolled_back_with_its_transaction_is_not_counted_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store
+        .commit(vec![oru("1", None, &["1"], "")])
+        .await
+        .unwrap();
+    let n_pages = count(&sql(dir.path()), "PRAGMA page_count");
+    exec(&store, &format!("PRAGMA max_page_count = {n_pages}")).await;
+    // The refused frame is written first, then the group fails on the big message.
+    let big = "OBX|".repeat(50_000);
+    let failing = vec![
+        crate::store::contract::rejected("R", ""),
+        oru("2", None, &["2"], &big),
+    ];
+    assert!(store.commit(failing).await.is_err());
+    exec(&store, "PRAGMA max_page_count = 1073741823").await;
+    // Its row went with the transaction: the same bytes again are a new row, then repeats.
+    let first = store
+        .commit(vec![crate::store::contract::rejected("R", "")])
+        .await
+        .unwrap();
+    let id = new_id(&first[0]);
+    let again = store
+        .commit(vec![crate::store::contract::rejected("R", "")])
+        .await
+        .unwrap();
+    assert_eq!(again, vec![Stored::Repeated { id }]);
+    assert_eq!(count(&sql(dir.path()), "SELECT count(*) FROM messages"), 2);
+}

@@ -127,8 +127,10 @@ impl RecentRefusals {
         }
     }
 
+    /// Rare (a kept row was removed by hand): the scan of `order` keeps it in step.
     pub(super) fn forget(&mut self, hash: &[u8; 32]) {
         self.ids.remove(hash);
+        self.order.retain(|kept| kept != hash);
     }
 }
 
@@ -416,14 +418,24 @@ impl Writer {
     pub(super) fn run_group(&mut self, group: Vec<Request>, n_messages: usize, move_all: bool) {
         let mut tally = Tally::default();
         let mut change = TailChange::default();
-        let file_intact = self.counters.file.as_ref().is_none_or(FileWatch::intact);
-        let result = if file_intact {
-            self.transaction(&group, &mut tally, &mut change, move_all)
-        } else {
-            Err(rusqlite::Error::SqliteFailure(
+        let counters = Arc::clone(&self.counters);
+        let file_intact = || counters.file.as_ref().is_none_or(FileWatch::intact);
+        let file_lost = || {
+            rusqlite::Error::SqliteFailure(
                 rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
                 Some(FILE_LOST.into()),
-            ))
+            )
+        };
+        let result = if file_intact() {
+            self.transaction(&group, &mut tally, &mut change, move_all)
+        } else {
+            Err(file_lost())
+        };
+        // Checked again after the commit: a file deleted or replaced while the transaction
+        // ran took the transaction with it, so none of it is acknowledged.
+        let result = match result {
+            Ok(_) if !file_intact() => Err(file_lost()),
+            other => other,
         };
         self.n_transactions += 1;
         {
