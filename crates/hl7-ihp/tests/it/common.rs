@@ -327,3 +327,43 @@ pub fn metric(body: &str, name: &str) -> Option<i64> {
         .filter(|line| !line.starts_with('#'))
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
+
+/// `hl7-ihp demo` over `data_dir` with `patients` monitors reporting every `interval`, its
+/// standard output read line by line on a thread of its own.
+pub fn spawn_demo(
+    data_dir: &Path,
+    patients: &str,
+    interval: &str,
+) -> (Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new(binary())
+        .args(["demo", "--listen", "127.0.0.1:0", "--http", "off"])
+        .args(["--patients", patients, "--interval", interval, "--data-dir"])
+        .arg(data_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
+
+/// Sends Ctrl+C (SIGINT) to a child and waits until it has exited.
+pub fn interrupt_and_wait(child: &mut Child) -> ExitStatus {
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(child),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let mut status = None;
+    wait_until("the child to stop", || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    status.unwrap()
+}

@@ -2,39 +2,13 @@
 //! vitals, and stops cleanly on Ctrl+C (SIGINT).
 
 use crate::common;
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 
 #[test]
 fn demo_shows_vitals_and_stops_on_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut child = Command::new(common::binary())
-        .args([
-            "demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--http",
-            "off",
-            "--patients",
-            "3",
-            "--interval",
-            "100ms",
-            "--data-dir",
-        ])
-        .arg(&data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (mut child, rx) = common::spawn_demo(&data, "3", "100ms");
     let mut seen = String::new();
     // A row per patient with a heart rate: "MRN00001   Åsa Lindqvist ...  72 ...".
     while !(seen.contains("MRN00001") && seen.contains("MRN00003") && seen.contains("JSON files")) {
@@ -55,15 +29,7 @@ fn demo_shows_vitals_and_stops_on_ctrl_c() {
             .any(|cell| cell.trim_end_matches(['↑', '↓']).parse::<f64>().is_ok()),
         "{row}"
     );
-    let _ = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status();
-    let mut status = None;
-    common::wait_until("the demo to stop", || {
-        status = child.try_wait().unwrap();
-        status.is_some()
-    });
-    assert!(status.unwrap().success());
+    assert!(common::interrupt_and_wait(&mut child).success());
     assert!(data.join("patients/patient_MRN00001.json").exists());
 }
 
@@ -93,31 +59,7 @@ fn stored_counts(data: &std::path::Path) -> std::collections::BTreeMap<String, u
 fn the_last_table_shows_the_final_counts() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut child = Command::new(common::binary())
-        .args([
-            "demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--http",
-            "off",
-            "--patients",
-            "2",
-            "--interval",
-            "10ms",
-            "--data-dir",
-        ])
-        .arg(&data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (mut child, rx) = common::spawn_demo(&data, "2", "10ms");
     let mut seen = String::new();
     // Stop once the store is ahead of the table printed last: the monitors went on sending.
     common::wait_until("the store to move past the table", || {
@@ -130,21 +72,12 @@ fn the_last_table_shows_the_final_counts() {
                 .any(|(patient, n)| stored.get(patient).is_some_and(|s| s > n))
         }
     });
-    rustix::process::kill_process(
-        rustix::process::Pid::from_child(&child),
-        rustix::process::Signal::INT,
-    )
-    .unwrap();
-    let mut status = None;
-    common::wait_until("the demo to stop", || {
-        status = child.try_wait().unwrap();
-        status.is_some()
-    });
+    let status = common::interrupt_and_wait(&mut child);
     while let Ok(line) = rx.recv_timeout(common::DEADLINE) {
         seen.push_str(&line);
         seen.push('\n');
     }
-    assert!(status.unwrap().success(), "{seen}");
+    assert!(status.success(), "{seen}");
     assert_eq!(counts(&seen, true), stored_counts(&data), "{seen}");
     let totals = seen
         .lines()

@@ -249,20 +249,11 @@ fn demo_table_escapes_device_text() {
         "AA"
     );
     while !next_line(&mut output).starts_with("EVIL") {}
-    rustix::process::kill_process(
-        rustix::process::Pid::from_child(&child),
-        rustix::process::Signal::INT,
-    )
-    .unwrap();
-    let mut status = None;
-    common::wait_until("the demo to stop", || {
-        status = child.try_wait().unwrap();
-        status.is_some()
-    });
+    let status = common::interrupt_and_wait(&mut child);
     // The reader ends when the demo's stdout closes.
     while let Ok(line) = rx.recv_timeout(common::DEADLINE) {
         output.extend_from_slice(&line);
     }
-    assert!(status.unwrap().success());
+    assert!(status.success());
     assert_terminal_safe("demo", &output, Some(MAX_TABLE_LINE));
 }
