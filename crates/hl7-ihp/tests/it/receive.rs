@@ -267,6 +267,26 @@ fn store_setting_puts_the_database_elsewhere() {
         ack_field(&client.exchange(&oru("ST-1", "P", 1)), "MSA-1"),
         "AA"
     );
+    // A second receiver with its own data directory but the same database is refused:
+    // two writers would each trust their own memory of ids, patients and keys.
+    let other = dir.path().join("other");
+    let (code, _, stderr) = common::run(&[
+        "receive",
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "off",
+        "--data-dir",
+        other.to_str().unwrap(),
+        "--store",
+        &store,
+    ]);
+    assert_ne!(code, 0, "{stderr}");
+    assert!(stderr.contains("another receiver is writing"), "{stderr}");
+    assert_eq!(
+        ack_field(&client.exchange(&oru("ST-2", "P", 2)), "MSA-1"),
+        "AA"
+    );
     drop(client);
     let (status, logs) = receiver.terminate();
     assert!(status.success(), "{status:?} {logs}");

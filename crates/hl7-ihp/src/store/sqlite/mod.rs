@@ -169,6 +169,9 @@ struct Inner {
     checkpoint: Arc<CheckpointSignal>,
     writer: Option<JoinHandle<()>>,
     checkpointer: Option<JoinHandle<()>>,
+    /// The database file with this store's `flock` on it; closed (and the lock released)
+    /// after the threads above have ended.
+    _lock: Option<std::fs::File>,
 }
 
 impl Drop for Inner {
@@ -336,12 +339,22 @@ impl SqliteStore {
             })?;
         // Created here rather than by SQLite so that it is never readable by others, not
         // even for a moment.
-        std::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o600)
             .open(path)
             .map_err(|e| StoreError::Database(format!("cannot create {}: {e}", path.display())))?;
+        // One writing store per database file, wherever it is (`--store` may put it outside
+        // the data directory the receiver locks): two writers would each trust their own
+        // memory of ids, patients and keys. An `flock` on the file itself is independent of
+        // SQLite's own (POSIX) locks, and readers take none.
+        if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+            return Err(StoreError::Database(format!(
+                "another receiver is writing to {}",
+                path.display()
+            )));
+        }
 
         let writer_conn = open_writer_retrying(path)?;
         let tail = Arc::new(Mutex::new(load_tail(&writer_conn).map_err(database_error)?));
@@ -379,6 +392,7 @@ impl SqliteStore {
             checkpoint,
             writer: Some(writer),
             checkpointer: None,
+            _lock: Some(file),
         };
         let signal = Arc::clone(&inner.checkpoint);
         let checkpointer = std::thread::Builder::new()
@@ -419,6 +433,7 @@ impl SqliteStore {
                 checkpoint: Arc::default(),
                 writer: None,
                 checkpointer: None,
+                _lock: None,
             }),
         })
     }
