@@ -343,13 +343,7 @@ pub fn spawn_demo(
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = lines_of(child.stdout.take().unwrap());
     (child, rx)
 }
 
@@ -366,4 +360,16 @@ pub fn interrupt_and_wait(child: &mut Child) -> ExitStatus {
         status.is_some()
     });
     status.unwrap()
+}
+
+/// A child's standard output, line by line, read on a thread of its own so that a test can
+/// wait for a line with a deadline.
+pub fn lines_of(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
 }

@@ -152,13 +152,7 @@ fn unacknowledged_messages_are_sent_again_after_a_receiver_restart() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = common::lines_of(child.stdout.take().unwrap());
     let mut lines = Vec::new();
     // Kill the receiver once a few messages are through, then bring it back on the same port.
     while lines.len() < 5 {
@@ -285,20 +279,6 @@ fn a_folder_sends_only_its_hl7_files() {
     );
 }
 
-/// Reads a child's stdout lines on a thread, into a channel.
-fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
 fn wait_for_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
     let mut status = None;
     wait_until("send to exit", || {
@@ -325,7 +305,7 @@ fn ctrl_c_sends_no_further_message() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let lines = lines_of(&mut child);
+    let lines = common::lines_of(child.stdout.take().unwrap());
     let mut seen = Vec::new();
     // The first ACK; the sender now waits a second before the next message.
     while !seen.last().is_some_and(|l: &String| l.ends_with(" AA")) {
