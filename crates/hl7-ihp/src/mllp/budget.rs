@@ -64,11 +64,6 @@ impl PartialBudget {
         })
     }
 
-    /// The limit in bytes.
-    pub fn limit(&self) -> usize {
-        self.limit
-    }
-
     /// Bytes charged now, for `/metrics`.
     pub fn held(&self) -> usize {
         usize::try_from(self.total.load(Ordering::Relaxed)).unwrap_or(0)

@@ -213,42 +213,43 @@ impl HealthState {
 
 /// The database file as it was opened. If it is deleted or another file takes its place,
 /// the writer's connection goes on writing to a file nobody will open again: everything
-/// acknowledged from then on would be lost at the next start. So the writer checks before
-/// each transaction, and from the first time it is not the same file, every commit fails
+/// acknowledged from then on would be lost at the next start. So the writer checks after
+/// each commit, before it answers, and from the first time it is not the same file, every
+/// commit fails
 /// (messages get a reject, `/healthz` says why) until the receiver is restarted.
 struct FileWatch {
     path: std::path::PathBuf,
-    identity: Option<(u64, u64)>,
+    /// (device, inode) of the file this store opened and holds its lock on.
+    identity: (u64, u64),
     lost: std::sync::atomic::AtomicBool,
 }
 
 impl FileWatch {
-    fn new(path: &Path) -> FileWatch {
-        FileWatch {
-            path: path.to_path_buf(),
-            identity: Self::identity_of(path),
-            lost: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-
-    fn identity_of(path: &Path) -> Option<(u64, u64)> {
-        Self::stat(path).ok()
-    }
-
-    fn stat(path: &Path) -> std::io::Result<(u64, u64)> {
+    fn new(path: &Path, opened: &std::fs::File) -> std::io::Result<FileWatch> {
         use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(path).map(|m| (m.dev(), m.ino()))
+        let metadata = opened.metadata()?;
+        Ok(FileWatch {
+            path: path.to_path_buf(),
+            identity: (metadata.dev(), metadata.ino()),
+            lost: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Whether the file was found gone or replaced already: an atomic load, no `stat`.
+    fn known_lost(&self) -> bool {
+        self.lost.load(Ordering::Relaxed)
     }
 
     /// Whether the file at the path is still the one opened; one `stat`. Only a missing
     /// file or another file in its place is final; another error (a transient I/O error)
     /// fails this check alone.
     fn intact(&self) -> bool {
-        if self.lost.load(Ordering::Relaxed) {
+        use std::os::unix::fs::MetadataExt;
+        if self.known_lost() {
             return false;
         }
-        let gone = match Self::stat(&self.path) {
-            Ok(identity) if Some(identity) == self.identity => return true,
+        let gone = match std::fs::metadata(&self.path) {
+            Ok(m) if (m.dev(), m.ino()) == self.identity => return true,
             Ok(_) => true,
             Err(error) => error.kind() == std::io::ErrorKind::NotFound,
         };
@@ -361,8 +362,10 @@ impl SqliteStore {
         let reader = open_reader(path)?;
         let checkpointer_conn = open_checkpointer(path)?;
 
+        let watch = FileWatch::new(path, &file)
+            .map_err(|e| StoreError::Database(format!("cannot read {}: {e}", path.display())))?;
         let counters = Arc::new(Counters {
-            file: Some(FileWatch::new(path)),
+            file: Some(watch),
             ..Counters::default()
         });
         let checkpoint = Arc::new(CheckpointSignal::default());

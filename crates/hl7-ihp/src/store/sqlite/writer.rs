@@ -419,23 +419,24 @@ impl Writer {
         let mut tally = Tally::default();
         let mut change = TailChange::default();
         let counters = Arc::clone(&self.counters);
-        let file_intact = || counters.file.as_ref().is_none_or(FileWatch::intact);
+        let file = counters.file.as_ref();
         let file_lost = || {
             rusqlite::Error::SqliteFailure(
                 rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
                 Some(FILE_LOST.into()),
             )
         };
-        let result = if file_intact() {
-            self.transaction(&group, &mut tally, &mut change, move_all)
-        } else {
+        // Once the file is known lost nothing more is written. Otherwise it is looked at
+        // (one `stat`) after the commit, before anyone is answered: a file deleted or
+        // replaced before or while the transaction ran took the transaction with it, so
+        // none of it is acknowledged.
+        let result = if file.is_some_and(FileWatch::known_lost) {
             Err(file_lost())
-        };
-        // Checked again after the commit: a file deleted or replaced while the transaction
-        // ran took the transaction with it, so none of it is acknowledged.
-        let result = match result {
-            Ok(_) if !file_intact() => Err(file_lost()),
-            other => other,
+        } else {
+            match self.transaction(&group, &mut tally, &mut change, move_all) {
+                Ok(_) if !file.is_none_or(FileWatch::intact) => Err(file_lost()),
+                other => other,
+            }
         };
         self.n_transactions += 1;
         {
