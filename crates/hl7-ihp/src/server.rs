@@ -23,6 +23,7 @@ use crate::metrics::{Extra, Metrics};
 use crate::mllp::budget::PartialBudget;
 use crate::mllp::listener;
 use crate::rate_limit::RateLimit;
+use crate::shutdown::Shutdown;
 use crate::store::{self, Store};
 
 /// Why the receiver could not start or did not stop cleanly.
@@ -86,7 +87,7 @@ pub async fn run(
     // Checked and prepared by `datadir::prepare`; the exporter opens it again itself.
     let patients_dir = data_dir.patients_dir().to_path_buf();
     // The exporter stops after the connections, so its final round sees their last messages.
-    let (export_stop_tx, mut export_stop) = watch::channel(false);
+    let (stop_exporter, exporter_stop) = Shutdown::new();
     let exporter = tokio::spawn(export::run(
         Arc::clone(&store),
         patients_dir,
@@ -97,9 +98,7 @@ pub async fn run(
         },
         events.subscribe(),
         Arc::clone(&export_counters),
-        async move {
-            let _ = export_stop.wait_for(|stop| *stop).await;
-        },
+        exporter_stop.into_requested(),
     ));
 
     let http_task = http_listener.map(|listener| {
@@ -123,16 +122,10 @@ pub async fn run(
 
     // Its summaries of held-back lines go on until the end, after the connections' last.
     let log_limit = Arc::new(RateLimit::default());
-    let (log_stop_tx, mut log_stop) = watch::channel(false);
+    let (stop_flusher, flusher_stop) = Shutdown::new();
     let log_flusher = {
         let log_limit = Arc::clone(&log_limit);
-        tokio::spawn(async move {
-            log_limit
-                .run_flusher(async move {
-                    let _ = log_stop.wait_for(|stop| *stop).await;
-                })
-                .await;
-        })
+        tokio::spawn(async move { log_limit.run_flusher(flusher_stop.into_requested()).await })
     };
     let ingest = Arc::new(Ingest::new(
         Arc::clone(&store),
@@ -161,7 +154,7 @@ pub async fn run(
     if let Err(error) = accept.await {
         tracing::error!(%error, "the listener task failed");
     }
-    let _ = export_stop_tx.send(true);
+    stop_exporter.trigger();
     match exporter.await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => tracing::error!(%error, "the exporter failed"),
@@ -170,7 +163,7 @@ pub async fn run(
     if let Some(task) = http_task {
         let _ = task.await;
     }
-    let _ = log_stop_tx.send(true);
+    stop_flusher.trigger();
     let _ = log_flusher.await;
     tracing::info!("stopped");
     Ok(())
