@@ -192,6 +192,7 @@ impl Ingest {
             verdict: Verdict::Reject {
                 reason: reason.clone(),
             },
+            ack_code: None,
             content: None,
         };
         // Kept for inspection when the store is up; the answer is a reject either way.
@@ -283,6 +284,7 @@ impl Ingest {
                 key: (missing.is_none()).then_some(key),
                 hash: Sha256::digest(raw).into(),
                 verdict: verdict.clone(),
+                ack_code: None,
                 content,
             }),
             verdict,

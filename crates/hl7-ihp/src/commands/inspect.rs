@@ -94,6 +94,7 @@ pub fn messages(args: &MessagesArgs) -> anyhow::Result<ExitCode> {
         rejected_only: args.rejected,
         with_raw: args.raw,
         limit: limit.map(|n| n.saturating_add(1)),
+        ..MessageFilter::default()
     };
     let mut messages = runtime()?.block_on(store.messages(filter))?;
     let more = limit.is_some_and(|n| messages.len() > n);

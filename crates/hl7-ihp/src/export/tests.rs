@@ -118,6 +118,42 @@ impl StoreRead for MemStore {
         let watermark = self.inner.lock().unwrap().watermark;
         Box::pin(async move { Ok(ChangeCursor::at(watermark)) })
     }
+
+    fn feed(&self, _: ChangeCursor, _: usize) -> StoreFuture<'_, crate::store::Feed> {
+        unreachable!("the exporter does not read the feed")
+    }
+
+    fn feed_head(&self) -> StoreFuture<'_, ChangeCursor> {
+        unreachable!("the exporter does not read the feed")
+    }
+
+    fn patient_feed<'a>(
+        &'a self,
+        _: &'a str,
+        _: usize,
+    ) -> StoreFuture<'a, Option<(PatientData, Vec<crate::store::FeedMessage>)>> {
+        unreachable!("the exporter does not read the feed")
+    }
+
+    fn observations<'a>(
+        &'a self,
+        _: &'a str,
+        _: crate::store::ObservationQuery,
+    ) -> StoreFuture<'a, Option<Vec<ObservationRow>>> {
+        unreachable!("the exporter reads records with patient_records")
+    }
+
+    fn trends<'a>(
+        &'a self,
+        _: &'a str,
+        _: crate::store::TrendQuery,
+    ) -> StoreFuture<'a, Option<Vec<crate::store::TrendSeries>>> {
+        unreachable!("the exporter does not read trends")
+    }
+
+    fn message(&self, _: i64) -> StoreFuture<'_, Option<crate::store::MessageDetail>> {
+        unreachable!("the exporter does not read messages")
+    }
 }
 
 impl Store for MemStore {

@@ -12,6 +12,7 @@ use axum::routing::get;
 use crate::metrics::{Extra, Metrics};
 use crate::store::{Health, Store};
 
+pub mod problem;
 pub mod serve;
 
 /// Numbers kept outside [`Metrics`] (the store's, the exporter's), read at each scrape.

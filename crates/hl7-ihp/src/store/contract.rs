@@ -110,6 +110,7 @@ pub fn oru(
         raw: raw.into_bytes(),
         key: Some(key(control_id)),
         verdict: Verdict::Accept,
+        ack_code: None,
         content: Some(Content {
             message_type: "ORU".into(),
             trigger: "R01".into(),

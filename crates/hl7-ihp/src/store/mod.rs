@@ -188,6 +188,9 @@ pub struct NewMessage {
     pub hash: [u8; 32],
     /// The decision before storing.
     pub verdict: Verdict,
+    /// The ACK code this message is answered with when stored (`AA`, `CE`, …), `None` when
+    /// the sender asked for none: kept for the message browser.
+    pub ack_code: Option<String>,
     /// The extracted data, for accepted messages.
     pub content: Option<Content>,
 }
@@ -321,19 +324,167 @@ pub struct MessageSummary {
     pub n_received: u64,
     /// Why, for errors and rejects.
     pub reason: Option<String>,
+    /// `MSH-9.1^MSH-9.2` of an accepted message.
+    pub message_type: Option<String>,
+    /// The patient's identity key, when the message named one.
+    pub patient: Option<String>,
+    /// The ACK code that was sent (`AA`, `AE`, `AR`, `CA`, `CE`, `CR`); `None` when the
+    /// sender asked for none, or for messages stored before the code was kept.
+    pub ack_code: Option<String>,
     /// The bytes, when asked for.
     pub raw: Option<Vec<u8>>,
 }
 
-/// Which messages to list.
+/// Which messages to list: every condition given must hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MessageFilter {
     /// Only errors and rejects.
     pub rejected_only: bool,
+    /// Only this outcome.
+    pub outcome: Option<Outcome>,
+    /// Only this message type, `MSH-9.1^MSH-9.2` (e.g. `ORU^R01`).
+    pub message_type: Option<String>,
+    /// Only this sending facility (MSH-4 as sent).
+    pub facility: Option<String>,
+    /// Only messages about this patient (identity key).
+    pub patient: Option<String>,
+    /// Only messages received at or after this instant (ms since the epoch).
+    pub since_ms: Option<i64>,
+    /// Only messages received before this instant (ms since the epoch).
+    pub until_ms: Option<i64>,
+    /// Only messages with an id below this one: the page after a message (cursor paging).
+    pub before_id: Option<i64>,
     /// Include the bytes.
     pub with_raw: bool,
     /// Newest first, at most this many (`None`: all).
     pub limit: Option<usize>,
+}
+
+/// A stored frame with everything the message browser shows ([`StoreRead::message`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MessageDetail {
+    /// What the listing shows, with the bytes.
+    pub summary: MessageSummary,
+    /// MSH-3 as sent; `None` when MSH could not be read.
+    pub sending_application: Option<String>,
+    /// MSH-4 as sent.
+    pub sending_facility: Option<String>,
+    /// MSH-12.1 of an accepted message.
+    pub version: Option<String>,
+    /// PV1-3 as sent.
+    pub location: Option<String>,
+    /// The sending device (MSH-3) of an accepted message.
+    pub device: Option<String>,
+    /// When these bytes last arrived, for a refused frame received more than once.
+    pub last_received_at: Option<jiff::Timestamp>,
+    /// The observations of an accepted message, in OBX order.
+    pub observations: Vec<ObservationData>,
+}
+
+/// One message of the change feed ([`StoreRead::feed`]): what the live view and the event
+/// stream need, read once per message.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FeedMessage {
+    /// The message's id (its position in the feed).
+    pub id: i64,
+    /// When it arrived.
+    pub received_at: jiff::Timestamp,
+    /// The answer's family.
+    pub outcome: Outcome,
+    /// Why, for errors and rejects.
+    pub reason: Option<String>,
+    /// MSH-3 as sent.
+    pub sending_application: Option<String>,
+    /// MSH-4 as sent.
+    pub sending_facility: Option<String>,
+    /// MSH-10 as sent.
+    pub control_id: Option<String>,
+    /// `MSH-9.1^MSH-9.2` of an accepted message.
+    pub message_type: Option<String>,
+    /// PV1-3 as sent.
+    pub location: Option<String>,
+    /// The sending device (MSH-3) of an accepted message.
+    pub device: Option<String>,
+    /// The patient as stored now (its latest data), when the message named one.
+    pub patient: Option<PatientData>,
+    /// The observations of an accepted message, in OBX order.
+    pub observations: Vec<ObservationData>,
+}
+
+/// Messages of the change feed after a cursor, in commit order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Feed {
+    /// The messages.
+    pub messages: Vec<FeedMessage>,
+    /// Where the next read starts; equal to the cursor given when nothing changed.
+    pub next: ChangeCursor,
+}
+
+/// A record's place: its message and its OBX's index within it. Records are ordered
+/// newest message first and in OBX order within a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RecordPosition {
+    /// The message's id.
+    pub message_id: i64,
+    /// The OBX's index, from 0.
+    pub index: u32,
+}
+
+/// Which of a patient's records to read ([`StoreRead::observations`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservationQuery {
+    /// Only this code (OBX-3.1).
+    pub code: Option<String>,
+    /// Only records observed at or after this instant (ms since the epoch).
+    pub since_ms: Option<i64>,
+    /// Only records observed before this instant (ms since the epoch).
+    pub until_ms: Option<i64>,
+    /// Only records after this one in the order of [`RecordPosition`] (the next page).
+    pub after: Option<RecordPosition>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// A patient's numeric values of one code summarised per time bucket.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrendSeries {
+    /// OBX-3.1.
+    pub code: String,
+    /// OBX-3.2 of the newest record in the range.
+    pub code_text: String,
+    /// OBX-6.1 of the newest record in the range.
+    pub units: String,
+    /// The buckets that hold at least one value, oldest first.
+    pub buckets: Vec<TrendBucket>,
+}
+
+/// The numeric values observed in one bucket `[start_ms, start_ms + bucket)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TrendBucket {
+    /// The bucket's start (ms since the epoch), a multiple of the bucket length.
+    pub start_ms: i64,
+    /// How many values.
+    pub count: u64,
+    /// The smallest.
+    pub min: f64,
+    /// The median (the mean of the two middle values for an even count).
+    pub median: f64,
+    /// The largest.
+    pub max: f64,
+}
+
+/// Which trends to compute ([`StoreRead::trends`]): observation times in
+/// `[since_ms, until_ms)`, buckets of `bucket_ms`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrendQuery {
+    /// Only this code; `None`: every code with numeric values.
+    pub code: Option<String>,
+    /// The range's start, ms since the epoch.
+    pub since_ms: i64,
+    /// The range's end, ms since the epoch.
+    pub until_ms: i64,
+    /// The bucket length in ms, at least 1,000.
+    pub bucket_ms: i64,
 }
 
 /// A position in the store's change feed: every change before it has been seen.
@@ -451,6 +602,41 @@ pub trait StoreRead: Send + Sync + 'static {
     /// An exporter's persisted progress (by the exporter's name, e.g. `json`): every change
     /// up to it is in that exporter's output. [`ChangeCursor::START`] when it has none.
     fn export_watermark<'a>(&'a self, exporter: &'a str) -> StoreFuture<'a, ChangeCursor>;
+
+    /// The change feed with content: every message committed after `after` (accepted or
+    /// not), at most `limit`, in commit order. What the live view and the event stream follow.
+    fn feed(&self, after: ChangeCursor, limit: usize) -> StoreFuture<'_, Feed>;
+
+    /// The newest position of the feed now (what [`StoreRead::feed`] would reach).
+    fn feed_head(&self) -> StoreFuture<'_, ChangeCursor>;
+
+    /// A patient's newest messages (at most `limit`, newest first) as feed messages, with
+    /// the patient's data; `None` for an unknown patient. How the live view learns a
+    /// patient's latest values at start.
+    fn patient_feed<'a>(
+        &'a self,
+        key: &'a str,
+        limit: usize,
+    ) -> StoreFuture<'a, Option<(PatientData, Vec<FeedMessage>)>>;
+
+    /// A patient's records in [`RecordPosition`] order, filtered; `None` for an unknown
+    /// patient. A page's cost is that of the records it reads, whatever the history.
+    fn observations<'a>(
+        &'a self,
+        key: &'a str,
+        query: ObservationQuery,
+    ) -> StoreFuture<'a, Option<Vec<ObservationRow>>>;
+
+    /// A patient's numeric values per code and time bucket (by observation time); `None`
+    /// for an unknown patient.
+    fn trends<'a>(
+        &'a self,
+        key: &'a str,
+        query: TrendQuery,
+    ) -> StoreFuture<'a, Option<Vec<TrendSeries>>>;
+
+    /// One stored frame with its bytes; `None` for an unknown id.
+    fn message(&self, id: i64) -> StoreFuture<'_, Option<MessageDetail>>;
 }
 
 /// The store the receiver writes to; SQLite now, PostgreSQL later (docs/storage.md). Held as

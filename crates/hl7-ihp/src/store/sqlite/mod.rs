@@ -45,9 +45,10 @@ use self::schema::*;
 use self::tail::*;
 use self::writer::*;
 use super::{
-    ChangeCursor, Changes, Health, MessageFilter, MessageKey, MessageSummary, NewMessage,
-    ObservationData, ObservationRow, Outcome, PatientData, PatientRecords, PatientSummary, Store,
-    StoreError, StoreFuture, StoreRead, StoreStats, Stored, Verdict, outcome_name,
+    ChangeCursor, Changes, Feed, FeedMessage, Health, MessageDetail, MessageFilter, MessageKey,
+    MessageSummary, NewMessage, ObservationData, ObservationQuery, ObservationRow, Outcome,
+    PatientData, PatientRecords, PatientSummary, Store, StoreError, StoreFuture, StoreRead,
+    StoreStats, Stored, TrendQuery, TrendSeries, Verdict, outcome_name,
 };
 
 /// Page size of a new database (an existing one keeps its own). A vitals ORU's row (its
@@ -500,6 +501,42 @@ impl StoreRead for SqliteStore {
             .map(|id| ChangeCursor::at(id.unwrap_or(0)))
         }))
     }
+
+    fn feed(&self, after: ChangeCursor, limit: usize) -> StoreFuture<'_, Feed> {
+        todo!("{after:?} {limit}")
+    }
+
+    fn feed_head(&self) -> StoreFuture<'_, ChangeCursor> {
+        todo!()
+    }
+
+    fn patient_feed<'a>(
+        &'a self,
+        key: &'a str,
+        limit: usize,
+    ) -> StoreFuture<'a, Option<(PatientData, Vec<FeedMessage>)>> {
+        todo!("{key} {limit}")
+    }
+
+    fn observations<'a>(
+        &'a self,
+        key: &'a str,
+        query: ObservationQuery,
+    ) -> StoreFuture<'a, Option<Vec<ObservationRow>>> {
+        todo!("{key} {query:?}")
+    }
+
+    fn trends<'a>(
+        &'a self,
+        key: &'a str,
+        query: TrendQuery,
+    ) -> StoreFuture<'a, Option<Vec<TrendSeries>>> {
+        todo!("{key} {query:?}")
+    }
+
+    fn message(&self, id: i64) -> StoreFuture<'_, Option<MessageDetail>> {
+        todo!("{id}")
+    }
 }
 
 impl Store for SqliteStore {
@@ -602,6 +639,42 @@ impl StoreRead for SqliteReader {
 
     fn export_watermark<'a>(&'a self, exporter: &'a str) -> StoreFuture<'a, ChangeCursor> {
         self.store.export_watermark(exporter)
+    }
+
+    fn feed(&self, after: ChangeCursor, limit: usize) -> StoreFuture<'_, Feed> {
+        todo!("{after:?} {limit}")
+    }
+
+    fn feed_head(&self) -> StoreFuture<'_, ChangeCursor> {
+        todo!()
+    }
+
+    fn patient_feed<'a>(
+        &'a self,
+        key: &'a str,
+        limit: usize,
+    ) -> StoreFuture<'a, Option<(PatientData, Vec<FeedMessage>)>> {
+        todo!("{key} {limit}")
+    }
+
+    fn observations<'a>(
+        &'a self,
+        key: &'a str,
+        query: ObservationQuery,
+    ) -> StoreFuture<'a, Option<Vec<ObservationRow>>> {
+        todo!("{key} {query:?}")
+    }
+
+    fn trends<'a>(
+        &'a self,
+        key: &'a str,
+        query: TrendQuery,
+    ) -> StoreFuture<'a, Option<Vec<TrendSeries>>> {
+        todo!("{key} {query:?}")
+    }
+
+    fn message(&self, id: i64) -> StoreFuture<'_, Option<MessageDetail>> {
+        todo!("{id}")
     }
 }
 

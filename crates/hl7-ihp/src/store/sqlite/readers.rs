@@ -324,6 +324,9 @@ pub(super) fn read_messages(
                 control_id: row.get::<_, Option<String>>(5)?.unwrap_or_default(),
                 outcome: outcome_of(&row.get::<_, String>(6)?),
                 reason: row.get(7)?,
+                message_type: None,
+                patient: None,
+                ack_code: None,
                 raw: row.get(8)?,
                 n_received: row.get::<_, i64>(9)?.max(1) as u64,
             })
