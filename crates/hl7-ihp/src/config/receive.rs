@@ -73,6 +73,10 @@ declare_settings! {
     http_idle_timeout: Duration = positive_duration, "DURATION", default "60s";
     /// Open HTTP connections; more wait in the kernel's backlog.
     http_max_connections: usize = positive, "N", default "256";
+    /// A monitor with no message for longer than this is shown `stale` (API, dashboard).
+    stale_after: Duration = positive_duration, "DURATION", default "30s";
+    /// A monitor with no message for longer than this is shown `offline`.
+    offline_after: Duration = positive_duration, "DURATION", default "5m";
     /// Our MSH-3 in ACKs where the sender left MSH-5 empty.
     ack_application: String = text, "NAME", default "HL7IHP";
     /// Our MSH-4 in ACKs where the sender left MSH-6 empty.
@@ -180,6 +184,15 @@ pub struct HttpConfig {
     pub limits: HttpLimits,
 }
 
+/// When a monitor counts as gone quiet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiveConfig {
+    /// `--stale-after`.
+    pub stale_after: Duration,
+    /// `--offline-after`, longer than `stale_after`.
+    pub offline_after: Duration,
+}
+
 /// Where the store is and how it behaves; `location`'s `Debug` shows no password.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreConfig {
@@ -209,6 +222,8 @@ pub struct ReceiveConfig {
     pub store: StoreConfig,
     /// The patient JSON files.
     pub export: ExportConfig,
+    /// The live view behind the API's patients, devices and event stream.
+    pub live: LiveConfig,
     /// Database and patient files, unless `--store` puts the database elsewhere.
     pub data_dir: PathBuf,
     /// Log format.
@@ -237,6 +252,13 @@ impl ReceiveConfig {
                 format!(
                     "expected at least {least} (twice max_frame_bytes and two reads of 16 KiB)"
                 ),
+            ));
+        }
+        if settings.offline_after <= settings.stale_after {
+            return Err(ConfigError::new(
+                "offline_after",
+                "--offline-after, HL7IHP_OFFLINE_AFTER or the config file",
+                "expected a duration longer than stale_after".to_owned(),
             ));
         }
         Ok(ReceiveConfig::from_settings(settings))
@@ -278,6 +300,10 @@ impl ReceiveConfig {
             export: ExportConfig {
                 patients_dir: s.data_dir.join("patients"),
                 json_max_records: s.json_max_records,
+            },
+            live: LiveConfig {
+                stale_after: s.stale_after,
+                offline_after: s.offline_after,
             },
             data_dir: s.data_dir,
             log_format: s.log_format,

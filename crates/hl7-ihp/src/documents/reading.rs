@@ -200,8 +200,7 @@ fn alert_of(observation: &ObservationData) -> Option<Alert> {
     }
     // No flag, or only `N`: the reference range still tells.
     let v = value?;
-    if flags.iter().all(|f| f != "N")
-        && (high.is_some_and(|h| v > h) || low.is_some_and(|l| v < l))
+    if flags.iter().all(|f| f != "N") && (high.is_some_and(|h| v > h) || low.is_some_and(|l| v < l))
     {
         return crossed(AlertLevel::Warning, "");
     }
@@ -320,8 +319,13 @@ mod tests {
                 text: "> 120".into()
             })
         );
-        let low = assess(&observation("NM", "31", "50_120", "LL")).alert.unwrap();
-        assert_eq!((low.level, low.text.as_str()), (AlertLevel::Critical, "< 50"));
+        let low = assess(&observation("NM", "31", "50_120", "LL"))
+            .alert
+            .unwrap();
+        assert_eq!(
+            (low.level, low.text.as_str()),
+            (AlertLevel::Critical, "< 50")
+        );
     }
 
     #[test]
@@ -332,7 +336,9 @@ mod tests {
 
     #[test]
     fn an_unflagged_value_outside_its_range_is_a_warning() {
-        let a = assess(&observation("NM", "36.1", "36.5-37.5", "")).alert.unwrap();
+        let a = assess(&observation("NM", "36.1", "36.5-37.5", ""))
+            .alert
+            .unwrap();
         assert_eq!((a.level, a.text.as_str()), (AlertLevel::Warning, "< 36.5"));
         assert_eq!(assess(&observation("NM", "80", "50-120", "")).alert, None);
         assert_eq!(assess(&observation("NM", "80", "50-120", "N")).alert, None);
@@ -354,7 +360,10 @@ mod tests {
             assess(&observation("NM", "eighty", "", "")).state,
             ValueState::Invalid
         );
-        assert_eq!(assess(&observation("ST", "eighty", "", "")).state, ValueState::Ok);
+        assert_eq!(
+            assess(&observation("ST", "eighty", "", "")).state,
+            ValueState::Ok
+        );
     }
 
     #[test]
