@@ -110,6 +110,7 @@ pub async fn run(
                 Arc::clone(&budget),
             ),
             store: Arc::clone(&store),
+            access: http::access::Access::new(config.http.token.as_ref()),
         };
         tokio::spawn(http::serve::run(
             listener,
