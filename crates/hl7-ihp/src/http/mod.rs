@@ -50,12 +50,21 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
+/// Whether the receiver can store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    /// Storing works.
+    Ok,
+    /// Storing fails; messages get a reject.
+    Failing,
+}
+
 /// What `/healthz` answers.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct HealthBody {
-    /// `ok`, or `failing` while the store fails.
-    #[schema(pattern = "^(ok|failing)$")]
-    pub status: &'static str,
+    /// Whether the store stores.
+    pub status: HealthStatus,
     /// Why it fails, without patient data.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -77,14 +86,14 @@ async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
         Health::Ok => (
             StatusCode::OK,
             HealthBody {
-                status: "ok",
+                status: HealthStatus::Ok,
                 reason: None,
             },
         ),
         Health::Failing { reason } => (
             StatusCode::SERVICE_UNAVAILABLE,
             HealthBody {
-                status: "failing",
+                status: HealthStatus::Failing,
                 reason: Some(reason),
             },
         ),

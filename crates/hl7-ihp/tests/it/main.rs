@@ -10,6 +10,11 @@ mod support;
 #[path = "../../../hl7/tests/support/golden.rs"]
 mod golden;
 
+// A JSON Schema validator for the OpenAPI document's subset, and its look-ups.
+mod schema;
+
+// The HTTP API: every response against the OpenAPI document, paging, the bearer token.
+mod api;
 // Every corpus file through the real receiver.
 mod corpus_receive;
 // A receiver killed with SIGKILL under load loses no acknowledged message.
