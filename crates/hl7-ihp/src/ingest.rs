@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use hl7::ack::{
-    AckError, AckMode, AckOptions, ErrorCode, ErrorLocation, Outcome, build_ack,
+    AckCode, AckError, AckMode, AckOptions, ErrorCode, ErrorLocation, Outcome, build_ack,
     build_reject_without_header, choose_ack,
 };
 use hl7::extract::{Extract, extract};
@@ -44,7 +44,8 @@ pub struct Ingest {
     store: Arc<dyn Store>,
     settings: IngestSettings,
     metrics: Arc<Metrics>,
-    /// Told after every commit that accepted something: the JSON exporter listens.
+    /// Told after every commit that kept a new message (accepted or refused): the JSON
+    /// exporter and the live event stream listen.
     events: Events,
     /// Per-peer limits on warning lines, shared with the connections' lines.
     log_limit: Arc<RateLimit>,
@@ -121,8 +122,10 @@ impl Ingest {
             // so a failing disk does not cost a log line per message.
             Metrics::inc(&self.metrics.store_failures);
         }
+        if let Ok(results) = &stored {
+            self.announce(results);
+        }
         let mut acks = Vec::with_capacity(messages.len());
-        let mut accepted_any = false;
         for (index, (message, prepared)) in messages.iter().zip(&prepared).enumerate() {
             let stored = match &stored {
                 Ok(results) => results.get(index).ok_or(()),
@@ -130,7 +133,6 @@ impl Ingest {
             };
             let (outcome, error) = answer(prepared, stored);
             self.count(outcome, stored);
-            accepted_any |= outcome == Outcome::Accept;
             let Some(code) = choose_ack(
                 &prepared.accept_ack_type,
                 &prepared.application_ack_type,
@@ -144,10 +146,15 @@ impl Ingest {
             let options = self.ack_options(&control_id, &time);
             acks.push(build_ack(message, code, error.as_ref(), &options));
         }
-        if accepted_any {
+        acks
+    }
+
+    /// Tells the subscribers about a commit that kept something new, accepted or refused:
+    /// the live view shows refused messages too. Duplicates and repeats add no message.
+    fn announce(&self, results: &[Stored]) {
+        if results.iter().any(|s| matches!(s, Stored::New { .. })) {
             self.events.committed();
         }
-        acks
     }
 
     /// Handles a frame over the size limit: its head is kept, the answer is a reject.
@@ -183,6 +190,20 @@ impl Ingest {
         }
         let header = salvage_header(frame);
         let key = header.as_ref().map(|message| key_of(&extract(message)));
+        // The code the reject below carries: the sender's MSH-15/16 decide when its header
+        // was read, and our header-less reject is always AR.
+        let ack_code = match &header {
+            Some(message) => {
+                let header = extract(message).header;
+                choose_ack(
+                    &header.accept_ack_type,
+                    &header.application_ack_type,
+                    Outcome::Reject,
+                    self.settings.ack_mode,
+                )
+            }
+            None => Some(AckCode::AR),
+        };
         let new = NewMessage {
             received_at,
             peer: peer.to_string(),
@@ -192,12 +213,13 @@ impl Ingest {
             verdict: Verdict::Reject {
                 reason: reason.clone(),
             },
-            ack_code: None,
+            ack_code: ack_code.map(|code| code.as_str().to_owned()),
             content: None,
         };
         // Kept for inspection when the store is up; the answer is a reject either way.
-        if self.store.commit(vec![new]).await.is_err() {
-            Metrics::inc(&self.metrics.store_failures);
+        match self.store.commit(vec![new]).await {
+            Ok(results) => self.announce(&results),
+            Err(_) => Metrics::inc(&self.metrics.store_failures),
         }
         let error = AckError {
             code: ErrorCode::SegmentSequence,
@@ -207,20 +229,10 @@ impl Ingest {
         let control_id = self.next_control_id();
         let time = ack_time();
         let options = self.ack_options(&control_id, &time);
-        let ack = match &header {
-            Some(message) => {
-                let header = extract(message).header;
-                match choose_ack(
-                    &header.accept_ack_type,
-                    &header.application_ack_type,
-                    Outcome::Reject,
-                    self.settings.ack_mode,
-                ) {
-                    Some(code) => build_ack(message, code, Some(&error), &options),
-                    None => return Vec::new(),
-                }
-            }
-            None => build_reject_without_header(None, &error, &options),
+        let ack = match (&header, ack_code) {
+            (Some(message), Some(code)) => build_ack(message, code, Some(&error), &options),
+            (Some(_), None) => return Vec::new(),
+            (None, _) => build_reject_without_header(None, &error, &options),
         };
         vec![ack]
     }
@@ -274,9 +286,21 @@ impl Ingest {
         {
             tracing::warn!(%peer, reason, n_suppressed, "message answered with an error");
         }
+        let accept_ack_type = extract.header.accept_ack_type.to_string();
+        let application_ack_type = extract.header.application_ack_type.to_string();
+        // What `frame` answers when the store keeps this message as new: `answer` then
+        // goes by this verdict (a duplicate or a failure is answered otherwise, and then
+        // this row is not written).
+        let ack_code = choose_ack(
+            &accept_ack_type,
+            &application_ack_type,
+            verdict.outcome(),
+            self.settings.ack_mode,
+        )
+        .map(|code| code.as_str().to_owned());
         Prepared {
-            accept_ack_type: extract.header.accept_ack_type.to_string(),
-            application_ack_type: extract.header.application_ack_type.to_string(),
+            accept_ack_type,
+            application_ack_type,
             new: Some(NewMessage {
                 received_at,
                 peer: peer.to_string(),
@@ -284,7 +308,7 @@ impl Ingest {
                 key: (missing.is_none()).then_some(key),
                 hash: Sha256::digest(raw).into(),
                 verdict: verdict.clone(),
-                ack_code: None,
+                ack_code,
                 content,
             }),
             verdict,
