@@ -37,6 +37,8 @@ macro_rules! store_contract {
             the_change_feed_names_each_changed_patient_once,
             exporters_keep_their_own_watermarks,
             a_working_store_is_healthy,
+            the_feed_holds_every_message_in_commit_order,
+            a_patient_feed_is_their_newest_messages,
         );
     };
     (@tests $open:expr; $($name:ident),* $(,)?) => {
@@ -712,4 +714,157 @@ pub async fn a_working_store_is_healthy(open: Open) {
         .await
         .unwrap();
     assert_eq!(store.health(), Health::Ok);
+}
+
+/// The feed holds every new message, accepted or refused, in commit order, with its content
+/// and its patient as stored now; it pages by its limit and ends where the head is.
+pub async fn the_feed_holds_every_message_in_commit_order(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &options());
+    assert_eq!(store.feed_head().await.unwrap(), ChangeCursor::START);
+    let empty = store.feed(ChangeCursor::START, 10).await.unwrap();
+    assert!(empty.messages.is_empty());
+    assert_eq!(empty.next, ChangeCursor::START);
+
+    let mut unreadable = rejected("", "junk");
+    unreadable.key = None;
+    unreadable.content = None;
+    let mut error = oru("3", None, &[], "");
+    error.verdict = Verdict::Error {
+        reason: "MSH-9 missing".into(),
+    };
+    error.content = None;
+    let stored = store
+        .commit(vec![
+            oru("1", Some(patient("P1", "EVE", false)), &["184", "90"], ""),
+            rejected("2", ""),
+            error,
+            unreadable,
+            oru("5", None, &["7"], ""),
+        ])
+        .await
+        .unwrap();
+    let ids: Vec<i64> = stored.iter().map(new_id).collect();
+    // The patient's data as stored now, not as the message had it.
+    store
+        .commit(vec![oru(
+            "6",
+            Some(patient("P1", "EVE EVERYWOMAN", true)),
+            &[],
+            "",
+        )])
+        .await
+        .unwrap();
+    let head = store.feed_head().await.unwrap();
+
+    let feed = store.feed(ChangeCursor::START, 100).await.unwrap();
+    assert_eq!(feed.next, head);
+    let got: Vec<i64> = feed.messages.iter().map(|m| m.id).collect();
+    assert_eq!(&got[..5], &ids[..]);
+    assert_eq!(got.len(), 6);
+    let first = &feed.messages[0];
+    assert_eq!(first.outcome, Outcome::Accept);
+    assert_eq!(first.reason, None);
+    assert_eq!(first.sending_application.as_deref(), Some("DEV"));
+    assert_eq!(first.sending_facility.as_deref(), Some("FAC"));
+    assert_eq!(first.control_id.as_deref(), Some("1"));
+    assert_eq!(first.message_type.as_deref(), Some("ORU^R01"));
+    assert_eq!(first.location.as_deref(), Some("ICU^1"));
+    assert_eq!(first.device.as_deref(), Some("DEV"));
+    assert_eq!(
+        first.patient,
+        Some(patient("P1", "EVE EVERYWOMAN", false)),
+        "the patient's current data"
+    );
+    assert_eq!(
+        first.observations,
+        vec![observation(0, "184"), observation(1, "90")]
+    );
+    assert_eq!(first.received_at.as_millisecond(), 1_700_000_000_123);
+    let refused = &feed.messages[1];
+    assert_eq!(refused.outcome, Outcome::Reject);
+    assert_eq!(refused.reason.as_deref(), Some("message type not allowed"));
+    assert_eq!(refused.control_id.as_deref(), Some("2"));
+    assert_eq!(refused.patient, None, "a refused message is about no one");
+    assert!(refused.observations.is_empty());
+    let error = &feed.messages[2];
+    assert_eq!(error.outcome, Outcome::Error);
+    assert_eq!(error.reason.as_deref(), Some("MSH-9 missing"));
+    assert_eq!(error.message_type, None);
+    let unreadable = &feed.messages[3];
+    assert_eq!(unreadable.sending_application, None);
+    assert_eq!(unreadable.control_id, None);
+    let without_patient = &feed.messages[4];
+    assert_eq!(without_patient.patient, None);
+    assert_eq!(without_patient.observations, vec![observation(0, "7")]);
+
+    // Page by page: the same messages, each once, ending at the head.
+    let mut cursor = ChangeCursor::START;
+    let mut paged = Vec::new();
+    loop {
+        let page = store.feed(cursor, 4).await.unwrap();
+        assert!(page.messages.len() <= 4);
+        if page.messages.is_empty() {
+            assert_eq!(page.next, cursor);
+            break;
+        }
+        assert_eq!(
+            page.next,
+            ChangeCursor::at(page.messages.last().unwrap().id)
+        );
+        paged.extend(page.messages);
+        cursor = page.next;
+    }
+    assert_eq!(paged, feed.messages);
+    assert_eq!(cursor, head);
+    // What commits later is after the head.
+    let later = store.commit(vec![rejected("7", "later")]).await.unwrap();
+    let after = store.feed(head, 10).await.unwrap();
+    assert_eq!(after.messages.len(), 1);
+    assert_eq!(after.messages[0].id, new_id(&later[0]));
+    assert!(after.next > head);
+    assert_eq!(store.feed_head().await.unwrap(), after.next);
+}
+
+/// A patient's feed is their newest messages, newest first, with their data.
+pub async fn a_patient_feed_is_their_newest_messages(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &options());
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let stored = store
+            .commit(vec![
+                oru(
+                    &n.to_string(),
+                    Some(patient("P1", "EVE", false)),
+                    &[&n.to_string()],
+                    "",
+                ),
+                oru(
+                    &format!("o{n}"),
+                    Some(patient("P2", "ADAM", false)),
+                    &["x"],
+                    "",
+                ),
+                rejected(&format!("r{n}"), ""),
+            ])
+            .await
+            .unwrap();
+        ids.push(new_id(&stored[0]));
+    }
+    let (data, messages) = store.patient_feed("P1", 2).await.unwrap().unwrap();
+    assert_eq!(data, patient("P1", "EVE", false));
+    let got: Vec<i64> = messages.iter().map(|m| m.id).collect();
+    assert_eq!(got, [ids[2], ids[1]]);
+    assert!(
+        messages
+            .iter()
+            .all(|m| m.patient.as_ref() == Some(&data) && m.outcome == Outcome::Accept)
+    );
+    assert_eq!(messages[0].observations, vec![observation(0, "2")]);
+    let (_, all) = store.patient_feed("P1", 100).await.unwrap().unwrap();
+    assert_eq!(all.len(), 3);
+    let (_, none) = store.patient_feed("P1", 0).await.unwrap().unwrap();
+    assert!(none.is_empty());
+    assert!(store.patient_feed("nobody", 10).await.unwrap().is_none());
 }

@@ -35,22 +35,34 @@ pub(super) fn decode_observations(
         .collect())
 }
 
-// The three queries of a patient's messages read the same columns, which
-// [`push_records`] turns into records: id, control_id, received_ms, device, observations.
+/// The columns [`push_records`] turns into records: id, control_id, received_ms, device,
+/// observations.
+pub(super) const RECORD_COLUMNS: &str =
+    "m.id, m.control_id, m.received_ms, m.device, m.observations";
 
-/// A tail entry's message.
-pub(super) const MESSAGE_BY_ID: &str = "SELECT m.id, m.control_id, m.received_ms, m.device, \
-     m.observations FROM messages m WHERE m.id = ?1";
+/// One message by id, as a select list over `messages m` gives it (a tail entry's message).
+pub(super) fn message_by_id(columns: &str) -> String {
+    format!("SELECT {columns} FROM messages m WHERE m.id = ?1")
+}
 
-/// A patient's messages in `patient_messages` below an id, newest first.
-pub(super) const PATIENT_MESSAGES: &str = "SELECT m.id, m.control_id, m.received_ms, m.device, \
-     m.observations FROM patient_messages pm JOIN messages m ON m.id = pm.message \
-     WHERE pm.patient = ?1 AND pm.message < ?2 ORDER BY pm.message DESC";
+/// A patient's messages in `patient_messages` in an id range `[?2, ?3)`, newest first.
+pub(super) fn patient_messages(columns: &str) -> String {
+    format!(
+        "SELECT {columns} FROM patient_messages pm JOIN messages m ON m.id = pm.message \
+         WHERE pm.patient = ?1 AND pm.message >= ?2 AND pm.message < ?3 \
+         ORDER BY pm.message DESC"
+    )
+}
 
-/// A patient's messages written by another process (after the tail's `known_through`),
-/// newest first: a range of the primary key, empty in the writing process.
-pub(super) const PATIENT_MESSAGES_BEYOND: &str = "SELECT m.id, m.control_id, m.received_ms, m.device, \
-     m.observations FROM messages m WHERE m.id > ?1 AND m.patient = ?2 ORDER BY m.id DESC";
+/// A patient's messages written by another process (after the tail's `known_through`) in
+/// an id range `[?1, ?2)`, newest first: a range of the primary key, empty in the writing
+/// process.
+pub(super) fn patient_messages_beyond(columns: &str) -> String {
+    format!(
+        "SELECT {columns} FROM messages m WHERE m.id >= ?1 AND m.id < ?2 AND m.patient = ?3 \
+         ORDER BY m.id DESC"
+    )
+}
 
 /// The messages after an id, with their patients (the primary key).
 pub(super) const CHANGED_SINCE: &str = "SELECT m.id, p.key FROM messages m \
@@ -188,12 +200,21 @@ pub(super) fn read_patients(
     Ok(summaries)
 }
 
-pub(super) fn read_patient_records(
+/// A patient's messages as one read sees them: the patients row, the tail entries copied
+/// when the snapshot started, and the tail's `known_through`.
+pub(super) struct PatientScope {
+    pub(super) row: i64,
+    pub(super) in_tail: Vec<Entry>,
+    pub(super) known_through: i64,
+}
+
+/// Starts the read's snapshot by finding a patient: their data and the scope of their
+/// messages, `None` for an unknown key.
+pub(super) fn find_patient(
     conn: &Connection,
     tail: Option<&Mutex<PatientTail>>,
     key: &str,
-    limit: Option<usize>,
-) -> rusqlite::Result<Option<PatientRecords>> {
+) -> rusqlite::Result<Option<(PatientData, PatientScope)>> {
     let start = || {
         conn.prepare_cached(
             "SELECT id, patient_id, assigning_authority, identifiers, name, birth_date, sex \
@@ -222,72 +243,120 @@ pub(super) fn read_patient_records(
             .map(|(row, _)| tail.entries(*row))
             .unwrap_or_default()
     })?;
-    let Some((patient_row, patient)) = found else {
-        return Ok(None);
-    };
-    let (in_tail, known_through) = (view.entries, view.known_through);
+    Ok(found.map(|(row, patient)| {
+        let scope = PatientScope {
+            row,
+            in_tail: view.entries,
+            known_through: view.known_through,
+        };
+        (patient, scope)
+    }))
+}
 
-    let limit = limit.unwrap_or(usize::MAX);
-    let mut records = Vec::new();
-    // Newest first: another process's messages, the tail, then the table below the tail;
-    // each stops at the limit, so the cost is that of the records returned, not of the
-    // patient's history.
-    let mut beyond = conn.prepare_cached(PATIENT_MESSAGES_BEYOND)?;
-    push_records(
-        beyond.query(params![known_through, patient_row])?,
-        limit,
-        &mut records,
-    )?;
-    let mut by_id = conn.prepare_cached(MESSAGE_BY_ID)?;
-    for entry in in_tail.iter().rev() {
-        if records.len() >= limit {
-            break;
+/// Calls `each` with the patient's messages whose ids are in `ids`, newest first, as rows
+/// of `columns` (a select list over `messages m`), until it returns false.
+///
+/// Three parts, each a range: another process's messages (after `known_through`), the
+/// tail, then the table below the tail. So the cost is that of the messages `each` looks
+/// at, whatever the patient's history before or after the range.
+pub(super) fn scan_patient_messages(
+    conn: &Connection,
+    scope: &PatientScope,
+    columns: &str,
+    ids: std::ops::Range<i64>,
+    mut each: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<bool>,
+) -> rusqlite::Result<()> {
+    let std::ops::Range { start, end } = ids;
+    if start >= end {
+        return Ok(());
+    }
+    let beyond_from = start.max(scope.known_through.saturating_add(1));
+    if beyond_from < end {
+        let mut statement = conn.prepare_cached(&patient_messages_beyond(columns))?;
+        let mut rows = statement.query(params![beyond_from, end, scope.row])?;
+        while let Some(row) = rows.next()? {
+            if !each(row)? {
+                return Ok(());
+            }
+        }
+    }
+    let mut by_id = conn.prepare_cached(&message_by_id(columns))?;
+    for entry in scope.in_tail.iter().rev() {
+        if entry.message >= end {
+            continue;
+        }
+        if entry.message < start {
+            return Ok(());
         }
         // Absent when its transaction is not in this snapshot.
-        push_records(by_id.query([entry.message])?, limit, &mut records)?;
+        let mut rows = by_id.query([entry.message])?;
+        if let Some(row) = rows.next()?
+            && !each(row)?
+        {
+            return Ok(());
+        }
     }
-    let below = in_tail
+    let below = scope
+        .in_tail
         .first()
-        .map_or(known_through.saturating_add(1), |e| e.message);
-    let mut indexed = conn.prepare_cached(PATIENT_MESSAGES)?;
-    push_records(
-        indexed.query(params![patient_row, below])?,
-        limit,
-        &mut records,
-    )?;
+        .map_or(scope.known_through.saturating_add(1), |e| e.message)
+        .min(end);
+    if start < below {
+        let mut statement = conn.prepare_cached(&patient_messages(columns))?;
+        let mut rows = statement.query(params![scope.row, start, below])?;
+        while let Some(row) = rows.next()? {
+            if !each(row)? {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn read_patient_records(
+    conn: &Connection,
+    tail: Option<&Mutex<PatientTail>>,
+    key: &str,
+    limit: Option<usize>,
+) -> rusqlite::Result<Option<PatientRecords>> {
+    let Some((patient, scope)) = find_patient(conn, tail, key)? else {
+        return Ok(None);
+    };
+    let limit = limit.unwrap_or(usize::MAX);
+    let mut records = Vec::new();
+    if limit > 0 {
+        scan_patient_messages(conn, &scope, RECORD_COLUMNS, 0..i64::MAX, |row| {
+            push_records(row, limit, &mut records)?;
+            Ok(records.len() < limit)
+        })?;
+    }
     Ok(Some(PatientRecords { patient, records }))
 }
 
-/// Adds the records of messages read by [`MESSAGE_BY_ID`], [`PATIENT_MESSAGES`] or
-/// [`PATIENT_MESSAGES_BEYOND`], in order, up to `limit`.
+/// Adds the records of a message read as [`RECORD_COLUMNS`], in OBX order, up to `limit`.
 pub(super) fn push_records(
-    mut rows: rusqlite::Rows<'_>,
+    row: &rusqlite::Row<'_>,
     limit: usize,
     records: &mut Vec<ObservationRow>,
 ) -> rusqlite::Result<()> {
-    while records.len() < limit {
-        let Some(row) = rows.next()? else {
+    let Some(observations) = row.get_ref(4)?.as_str_or_null()? else {
+        return Ok(());
+    };
+    let message_id: i64 = row.get(0)?;
+    let control_id: String = row.get::<_, Option<String>>(1)?.unwrap_or_default();
+    let received_at = instant(row.get(2)?);
+    let device: String = row.get::<_, Option<String>>(3)?.unwrap_or_default();
+    for observation in decode_observations(4, observations)? {
+        if records.len() >= limit {
             break;
-        };
-        let Some(observations) = row.get_ref(4)?.as_str_or_null()? else {
-            continue;
-        };
-        let message_id: i64 = row.get(0)?;
-        let control_id: String = row.get::<_, Option<String>>(1)?.unwrap_or_default();
-        let received_at = instant(row.get(2)?);
-        let device: String = row.get::<_, Option<String>>(3)?.unwrap_or_default();
-        for observation in decode_observations(4, observations)? {
-            if records.len() >= limit {
-                break;
-            }
-            records.push(ObservationRow {
-                observation,
-                message_id,
-                control_id: control_id.clone(),
-                received_at,
-                device: device.clone(),
-            });
         }
+        records.push(ObservationRow {
+            observation,
+            message_id,
+            control_id: control_id.clone(),
+            received_at,
+            device: device.clone(),
+        });
     }
     Ok(())
 }
@@ -361,4 +430,103 @@ pub(super) fn read_changes_since(
         patients,
         next: ChangeCursor::at(highest),
     })
+}
+
+/// The columns [`feed_message`] reads, over `messages m`.
+pub(super) const FEED_COLUMNS: &str = "m.id, m.received_ms, m.outcome, m.reason, \
+     m.sending_application, m.sending_facility, m.control_id, m.message_type, m.location, \
+     m.device, m.observations";
+
+/// The feed after an id, with each message's patient as stored now (the primary key).
+pub(super) const FEED: &str = "SELECT m.id, m.received_ms, m.outcome, m.reason, \
+     m.sending_application, m.sending_facility, m.control_id, m.message_type, m.location, \
+     m.device, m.observations, p.key, p.patient_id, p.assigning_authority, p.identifiers, \
+     p.name, p.birth_date, p.sex \
+     FROM messages m LEFT JOIN patients p ON p.id = m.patient \
+     WHERE m.id > ?1 ORDER BY m.id LIMIT ?2";
+
+/// A message read as [`FEED_COLUMNS`], with the patient given.
+pub(super) fn feed_message(
+    row: &rusqlite::Row<'_>,
+    patient: Option<PatientData>,
+) -> rusqlite::Result<FeedMessage> {
+    let observations = match row.get_ref(10)?.as_str_or_null()? {
+        Some(text) => decode_observations(10, text)?,
+        None => Vec::new(),
+    };
+    Ok(FeedMessage {
+        id: row.get(0)?,
+        received_at: instant(row.get(1)?),
+        outcome: outcome_of(row.get_ref(2)?.as_str()?),
+        reason: row.get(3)?,
+        sending_application: row.get(4)?,
+        sending_facility: row.get(5)?,
+        control_id: row.get(6)?,
+        message_type: row.get(7)?,
+        location: row.get(8)?,
+        device: row.get(9)?,
+        patient,
+        observations,
+    })
+}
+
+/// A limit as SQLite takes it (`-1`: none).
+fn sql_limit(limit: Option<usize>) -> i64 {
+    limit.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+pub(super) fn read_feed(
+    conn: &Connection,
+    after: ChangeCursor,
+    limit: usize,
+) -> rusqlite::Result<Feed> {
+    // A range of the primary key, like the change feed: the cost is that of the messages
+    // returned. One writer, so ids are in commit order and the last id read is the cursor.
+    let mut statement = conn.prepare_cached(FEED)?;
+    let mut rows = statement.query(params![after.position(), sql_limit(Some(limit))])?;
+    let mut messages = Vec::new();
+    while let Some(row) = rows.next()? {
+        let patient = match row.get::<_, Option<String>>(11)? {
+            Some(key) => Some(PatientData {
+                key,
+                id: row.get(12)?,
+                assigning_authority: row.get(13)?,
+                identifiers: row.get(14)?,
+                name: row.get(15)?,
+                birth_date: row.get(16)?,
+                sex: row.get(17)?,
+                is_update: false,
+            }),
+            None => None,
+        };
+        messages.push(feed_message(row, patient)?);
+    }
+    let next = messages.last().map_or(after, |m| ChangeCursor::at(m.id));
+    Ok(Feed { messages, next })
+}
+
+pub(super) fn read_feed_head(conn: &Connection) -> rusqlite::Result<ChangeCursor> {
+    conn.query_row("SELECT coalesce(max(id), 0) FROM messages", [], |row| {
+        row.get(0)
+    })
+    .map(ChangeCursor::at)
+}
+
+pub(super) fn read_patient_feed(
+    conn: &Connection,
+    tail: Option<&Mutex<PatientTail>>,
+    key: &str,
+    limit: usize,
+) -> rusqlite::Result<Option<(PatientData, Vec<FeedMessage>)>> {
+    let Some((patient, scope)) = find_patient(conn, tail, key)? else {
+        return Ok(None);
+    };
+    let mut messages = Vec::new();
+    if limit > 0 {
+        scan_patient_messages(conn, &scope, FEED_COLUMNS, 0..i64::MAX, |row| {
+            messages.push(feed_message(row, Some(patient.clone()))?);
+            Ok(messages.len() < limit)
+        })?;
+    }
+    Ok(Some((patient, messages)))
 }
