@@ -483,3 +483,79 @@ fn ack_time() -> String {
         .strftime("%Y%m%d%H%M%S+0000")
         .to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::{SqliteOptions, SqliteStore};
+    use crate::store::{MessageFilter, SQLITE_FILE_NAME};
+
+    fn message(control_id: &str, message_type: &str, ack_types: &str) -> Vec<u8> {
+        format!(
+            "MSH|^~\\&|DEV|FAC|||20240101120000||{message_type}|{control_id}|P|2.5|||{ack_types}\r\
+             PID|||P1\rOBX|1|NM|8867-4^HR||72|/min|||||F\r"
+        )
+        .into_bytes()
+    }
+
+    /// Each new message is kept with the code it was answered with, and every commit that
+    /// kept one (refused too) is announced.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn messages_are_kept_with_their_ack_code_and_every_new_one_is_announced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&dir.path().join(SQLITE_FILE_NAME), SqliteOptions::default())
+                .unwrap(),
+        );
+        let events = Events::new();
+        let subscription = events.subscribe();
+        let ingest = Ingest::new(
+            Arc::clone(&store),
+            IngestSettings {
+                ack_mode: AckMode::Auto,
+                ack_application: "IHP".into(),
+                ack_facility: "HOSP".into(),
+                patient_identity: PatientIdentity::Id,
+            },
+            Arc::new(Metrics::default()),
+            events,
+            Arc::new(RateLimit::default()),
+        );
+        let peer: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let mut expected = Vec::new();
+        for (frame, code) in [
+            (message("C1", "ORU^R01", ""), Some("AA")),
+            (message("C2", "ORU^R01", "AL|NE"), Some("CA")),
+            (message("C3", "ORU^R01", "NE|NE"), None),
+            (message("", "ORU^R01", ""), Some("AE")),
+            (message("C5", "", "AL|NE"), Some("CE")),
+            (b"not hl7 at all".to_vec(), Some("AR")),
+        ] {
+            let before = subscription.n_commits();
+            let acks = ingest.frame(&frame, peer).await;
+            assert_eq!(acks.len(), usize::from(code.is_some()));
+            assert_eq!(subscription.n_commits(), before + 1, "announced");
+            expected.push(code.map(str::to_owned));
+        }
+        // A retransmission adds no message, and is not announced.
+        let before = subscription.n_commits();
+        assert_eq!(
+            ingest
+                .frame(&message("C1", "ORU^R01", ""), peer)
+                .await
+                .len(),
+            1
+        );
+        assert_eq!(subscription.n_commits(), before);
+        let oversized = ingest
+            .oversized(10_000, b"MSH|^~\\&|DEV|FAC", 100, peer)
+            .await;
+        assert_eq!(oversized.len(), 1);
+        expected.push(Some("AR".into()));
+
+        let mut messages = store.messages(MessageFilter::default()).await.unwrap();
+        messages.reverse();
+        let codes: Vec<Option<String>> = messages.into_iter().map(|m| m.ack_code).collect();
+        assert_eq!(codes, expected);
+    }
+}

@@ -484,7 +484,8 @@ impl StoreRead for SqliteStore {
     }
 
     fn messages(&self, filter: MessageFilter) -> StoreFuture<'_, Vec<MessageSummary>> {
-        Box::pin(self.read(move |conn| read_messages(conn, &filter)))
+        let tail = self.inner.tail.clone();
+        Box::pin(self.read(move |conn| read_messages(conn, tail.as_deref(), &filter)))
     }
 
     fn changes_since(&self, after: ChangeCursor, limit: usize) -> StoreFuture<'_, Changes> {
@@ -537,7 +538,7 @@ impl StoreRead for SqliteStore {
     }
 
     fn message(&self, id: i64) -> StoreFuture<'_, Option<MessageDetail>> {
-        todo!("{id}")
+        Box::pin(self.read(move |conn| read_message(conn, id)))
     }
 }
 
@@ -676,7 +677,7 @@ impl StoreRead for SqliteReader {
     }
 
     fn message(&self, id: i64) -> StoreFuture<'_, Option<MessageDetail>> {
-        todo!("{id}")
+        self.store.message(id)
     }
 }
 

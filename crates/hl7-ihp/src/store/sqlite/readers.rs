@@ -361,47 +361,224 @@ pub(super) fn push_records(
     Ok(())
 }
 
+/// How far received times may run against id order (commit order), in ms: a frame's time
+/// is taken before it waits for the writer, and the wall clock may be stepped back. The
+/// id range a time filter looks at is this much wider; a message received further out of
+/// order (a clock stepped back by more) may be missed by a filter near that time.
+pub(super) const RECEIVED_DISORDER_MS: i64 = 5 * 60 * 1000;
+
+/// The first message at or after an id, with its received time (the primary key).
+pub(super) const MESSAGE_FROM: &str =
+    "SELECT id, received_ms FROM messages WHERE id >= ?1 ORDER BY id LIMIT 1";
+
+/// The first id from which messages were received at or after `ms`, found by bisection
+/// over the primary key: about 2·log2(n) lookups, whatever the history, instead of an
+/// index on received times that the ACK path would pay for. Received times follow ids up
+/// to [`RECEIVED_DISORDER_MS`], which the callers add.
+pub(super) fn first_received_at(conn: &Connection, ms: i64) -> rusqlite::Result<i64> {
+    let (first, last): (Option<i64>, Option<i64>) =
+        conn.query_row("SELECT min(id), max(id) FROM messages", [], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?;
+    let (Some(mut lo), Some(last)) = (first, last) else {
+        return Ok(0);
+    };
+    let mut hi = last.saturating_add(1);
+    let mut from = conn.prepare_cached(MESSAGE_FROM)?;
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let found = from
+            .query_row([mid], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+            })
+            .optional()?;
+        match found {
+            // No id between `mid` and `id`: the boundary is at or below `mid`.
+            Some((id, received_ms)) if id < hi && received_ms < ms => lo = id + 1,
+            _ => hi = mid,
+        }
+    }
+    Ok(lo)
+}
+
+/// The ids `[start, end)` that hold every message received in `[since, until)`, allowing
+/// for [`RECEIVED_DISORDER_MS`] (and more messages: filter on the times too).
+pub(super) fn ids_received(
+    conn: &Connection,
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+) -> rusqlite::Result<std::ops::Range<i64>> {
+    let start = match since_ms {
+        Some(ms) => first_received_at(conn, ms.saturating_sub(RECEIVED_DISORDER_MS))?,
+        None => 0,
+    };
+    let end = match until_ms {
+        Some(ms) => first_received_at(conn, ms.saturating_add(RECEIVED_DISORDER_MS))?,
+        None => i64::MAX,
+    };
+    Ok(start..end)
+}
+
+/// The columns [`message_summary`] reads, over `messages m`; the bytes only when asked for.
+pub(super) fn summary_columns(with_raw: bool) -> String {
+    let raw = if with_raw { "m.raw" } else { "NULL" };
+    format!(
+        "m.id, m.received_ms, m.peer, m.sending_application, m.sending_facility, \
+         m.control_id, m.outcome, m.reason, {raw}, m.n_received, m.message_type, m.ack_code"
+    )
+}
+
+/// Stored frames newest first in an id range `[?1, ?2)`, filtered, with their patients'
+/// keys: a range of the primary key, or with `refused` the refused frames' index (whose
+/// condition the query repeats, so that SQLite may use it). `outcome`, `message_type`,
+/// `facility` and the received times are checked on the rows read.
+pub(super) fn messages_query(with_raw: bool, refused: bool) -> String {
+    let (index, condition) = if refused {
+        ("INDEXED BY messages_refused", "m.outcome <> 'accepted' AND")
+    } else {
+        ("", "")
+    };
+    format!(
+        "SELECT {}, p.key FROM messages m {index} LEFT JOIN patients p ON p.id = m.patient \
+         WHERE {condition} m.id >= ?1 AND m.id < ?2 \
+           AND (?3 IS NULL OR m.outcome = ?3) \
+           AND (?4 IS NULL OR m.message_type = ?4) \
+           AND (?5 IS NULL OR m.sending_facility = ?5) \
+           AND (?6 IS NULL OR m.received_ms >= ?6) \
+           AND (?7 IS NULL OR m.received_ms < ?7) \
+         ORDER BY m.id DESC LIMIT ?8",
+        summary_columns(with_raw)
+    )
+}
+
+/// A message read as [`summary_columns`], about the patient with this key.
+pub(super) fn message_summary(
+    row: &rusqlite::Row<'_>,
+    patient: Option<String>,
+) -> rusqlite::Result<MessageSummary> {
+    let application: Option<String> = row.get(3)?;
+    let facility: Option<String> = row.get(4)?;
+    Ok(MessageSummary {
+        id: row.get(0)?,
+        received_at: instant(row.get(1)?),
+        peer: row.get(2)?,
+        sender: match (application, facility) {
+            (None, None) => String::new(),
+            (application, facility) => format!(
+                "{}|{}",
+                application.unwrap_or_default(),
+                facility.unwrap_or_default()
+            ),
+        },
+        control_id: row.get::<_, Option<String>>(5)?.unwrap_or_default(),
+        outcome: outcome_of(row.get_ref(6)?.as_str()?),
+        reason: row.get(7)?,
+        raw: row.get(8)?,
+        n_received: row.get::<_, i64>(9)?.max(1) as u64,
+        message_type: row.get(10)?,
+        patient,
+        ack_code: row.get(11)?,
+    })
+}
+
+/// Whether a message read as [`summary_columns`] passes the filter's conditions other than
+/// the patient and the id range.
+fn passes(row: &rusqlite::Row<'_>, filter: &MessageFilter) -> rusqlite::Result<bool> {
+    let outcome = outcome_of(row.get_ref(6)?.as_str()?);
+    let received_ms: i64 = row.get(1)?;
+    Ok(!(filter.rejected_only && outcome == Outcome::Accept)
+        && filter.outcome.is_none_or(|wanted| wanted == outcome)
+        && match &filter.message_type {
+            Some(wanted) => row.get_ref(10)?.as_str_or_null()? == Some(wanted.as_str()),
+            None => true,
+        }
+        && match &filter.facility {
+            Some(wanted) => row.get_ref(4)?.as_str_or_null()? == Some(wanted.as_str()),
+            None => true,
+        }
+        && filter.since_ms.is_none_or(|since| received_ms >= since)
+        && filter.until_ms.is_none_or(|until| received_ms < until))
+}
+
 pub(super) fn read_messages(
     conn: &Connection,
+    tail: Option<&Mutex<PatientTail>>,
     filter: &MessageFilter,
 ) -> rusqlite::Result<Vec<MessageSummary>> {
-    let mut statement = conn.prepare_cached(
-        "SELECT id, received_ms, peer, sending_application, sending_facility, control_id, \
-           outcome, reason, CASE WHEN ?1 THEN raw END, n_received \
-         FROM messages WHERE NOT ?2 OR outcome <> 'accepted' ORDER BY id DESC LIMIT ?3",
-    )?;
-    let limit = filter
-        .limit
-        .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
-    let rows = statement.query_map(
-        params![filter.with_raw, filter.rejected_only, limit],
-        |row| {
-            let application: Option<String> = row.get(3)?;
-            let facility: Option<String> = row.get(4)?;
-            Ok(MessageSummary {
-                id: row.get(0)?,
-                received_at: instant(row.get(1)?),
-                peer: row.get(2)?,
-                sender: match (application, facility) {
-                    (None, None) => String::new(),
-                    (application, facility) => format!(
-                        "{}|{}",
-                        application.unwrap_or_default(),
-                        facility.unwrap_or_default()
-                    ),
-                },
-                control_id: row.get::<_, Option<String>>(5)?.unwrap_or_default(),
-                outcome: outcome_of(&row.get::<_, String>(6)?),
-                reason: row.get(7)?,
-                message_type: None,
-                patient: None,
-                ack_code: None,
-                raw: row.get(8)?,
-                n_received: row.get::<_, i64>(9)?.max(1) as u64,
-            })
-        },
-    )?;
-    rows.collect()
+    let limit = filter.limit.unwrap_or(usize::MAX);
+    let mut messages = Vec::new();
+    if limit == 0 {
+        return Ok(messages);
+    }
+    let Some(key) = &filter.patient else {
+        let mut ids = ids_received(conn, filter.since_ms, filter.until_ms)?;
+        if let Some(before) = filter.before_id {
+            ids.end = ids.end.min(before);
+        }
+        let refused = filter.rejected_only
+            || matches!(filter.outcome, Some(Outcome::Error | Outcome::Reject));
+        let mut statement = conn.prepare_cached(&messages_query(filter.with_raw, refused))?;
+        let mut rows = statement.query(params![
+            ids.start,
+            ids.end,
+            filter.outcome.map(outcome_name),
+            filter.message_type,
+            filter.facility,
+            filter.since_ms,
+            filter.until_ms,
+            sql_limit(filter.limit),
+        ])?;
+        while let Some(row) = rows.next()? {
+            let patient = row.get(12)?;
+            messages.push(message_summary(row, patient)?);
+        }
+        return Ok(messages);
+    };
+    // One patient's messages: their index, newest first, from the cursor on.
+    let Some((_, scope)) = find_patient(conn, tail, key)? else {
+        return Ok(messages);
+    };
+    let mut ids = ids_received(conn, filter.since_ms, filter.until_ms)?;
+    if let Some(before) = filter.before_id {
+        ids.end = ids.end.min(before);
+    }
+    let columns = summary_columns(filter.with_raw);
+    scan_patient_messages(conn, &scope, &columns, ids, |row| {
+        if passes(row, filter)? {
+            messages.push(message_summary(row, Some(key.clone()))?);
+        }
+        Ok(messages.len() < limit)
+    })?;
+    Ok(messages)
+}
+
+/// One stored frame with everything the message browser shows (the primary key).
+pub(super) const MESSAGE_DETAIL: &str = "SELECT m.id, m.received_ms, m.peer, \
+     m.sending_application, m.sending_facility, m.control_id, m.outcome, m.reason, m.raw, \
+     m.n_received, m.message_type, m.ack_code, p.key, m.version, m.location, m.device, \
+     m.last_received_ms, m.observations \
+     FROM messages m LEFT JOIN patients p ON p.id = m.patient WHERE m.id = ?1";
+
+pub(super) fn read_message(conn: &Connection, id: i64) -> rusqlite::Result<Option<MessageDetail>> {
+    let mut statement = conn.prepare_cached(MESSAGE_DETAIL)?;
+    let mut rows = statement.query([id])?;
+    let Some(row) = rows.next()? else {
+        return Ok(None);
+    };
+    let observations = match row.get_ref(17)?.as_str_or_null()? {
+        Some(text) => decode_observations(17, text)?,
+        None => Vec::new(),
+    };
+    Ok(Some(MessageDetail {
+        sending_application: row.get(3)?,
+        sending_facility: row.get(4)?,
+        version: row.get(13)?,
+        location: row.get(14)?,
+        device: row.get(15)?,
+        last_received_at: row.get::<_, Option<i64>>(16)?.map(instant),
+        observations,
+        summary: message_summary(row, row.get(12)?)?,
+    }))
 }
 
 pub(super) fn read_changes_since(

@@ -559,6 +559,16 @@ fn the_hot_queries_use_their_indexes() {
         ),
         (CHANGED_SINCE, "INTEGER PRIMARY KEY"),
         (FEED, "INTEGER PRIMARY KEY (rowid>?)"),
+        (MESSAGE_FROM, "INTEGER PRIMARY KEY (rowid>?)"),
+        (MESSAGE_DETAIL, "INTEGER PRIMARY KEY (rowid=?)"),
+        (
+            messages_query(false, false).as_str(),
+            "INTEGER PRIMARY KEY (rowid>? AND rowid<?)",
+        ),
+        (
+            messages_query(true, true).as_str(),
+            "messages_refused (id>? AND id<?)",
+        ),
     ] {
         let plan = plan(query);
         assert!(plan.contains(index), "{query}: {plan}");
