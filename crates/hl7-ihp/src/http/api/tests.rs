@@ -548,7 +548,8 @@ async fn messages_are_filtered_and_paged() {
         ("type=ORU%5ER01", &[4, 1]),
         ("type=ADT%5EA01", &[5]),
         ("facility=REG", &[5]),
-        ("facility=ICU", &[4, 3, 1]),
+        // MSH-3 and MSH-4 are kept only with a whole key (MSH-10 is empty in 3).
+        ("facility=ICU", &[4, 1]),
         ("patient=P2", &[5, 4]),
         ("patient=P1&outcome=accepted", &[1]),
         ("patient=nobody", &[]),
@@ -645,7 +646,9 @@ async fn one_message_has_its_raw_text_parsed_tree_and_ack_code() {
     assert_eq!(json["sending_application"], "MON-1");
     assert_eq!(json["sending_facility"], "ICU");
     assert_eq!(json["patient"], "P1");
-    assert_eq!(json["raw"], String::from_utf8(accepted).unwrap());
+    // Segments separated by `\r`: the frame's last terminator is not part of the message.
+    let text = String::from_utf8(accepted).unwrap();
+    assert_eq!(json["raw"], text.trim_end_matches('\r'));
     let segments = json["parsed"]["segments"].as_array().unwrap();
     let ids: Vec<&str> = segments.iter().map(|s| s["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["MSH", "PID", "PV1", "OBR", "OBX", "OBX"]);
