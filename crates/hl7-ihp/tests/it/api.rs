@@ -118,10 +118,24 @@ impl Api {
     }
 }
 
-/// A bedside monitor's ORU^R01 with heart rate and SpO2, observed `minute` minutes after
-/// 2026-12-01T12:00Z.
-fn vitals(control_id: &str, patient: &str, minute: u32, heart_rate: u32) -> Vec<u8> {
-    let time = format!("2026120112{minute:02}00+0000");
+/// Observation times are minutes after a base 20 to 30 minutes ago, on a multiple of 10
+/// minutes: near their arrival, as the store's time filters expect (docs/api.md).
+fn minute(n: u32) -> jiff::Timestamp {
+    static BASE: std::sync::LazyLock<i64> = std::sync::LazyLock::new(|| {
+        let now = jiff::Timestamp::now().as_second();
+        now - now.rem_euclid(600) - 1200
+    });
+    jiff::Timestamp::from_second(*BASE + 60 * i64::from(n)).unwrap()
+}
+
+/// `minute(n)` as a query parameter.
+fn rfc3339(n: u32) -> String {
+    minute(n).strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// A bedside monitor's ORU^R01 with heart rate and SpO2, observed at `minute(n)`.
+fn vitals(control_id: &str, patient: &str, n: u32, heart_rate: u32) -> Vec<u8> {
+    let time = minute(n).strftime("%Y%m%d%H%M%S+0000");
     format!(
         "MSH|^~\\&|MON-7|ICU|HL7IHP|IHP|{time}||ORU^R01|{control_id}|P|2.5\r\
          PID|||{patient}^^^HOSP^MR||Berg^Anna||19510302|F\r\
@@ -165,12 +179,17 @@ fn every_response_matches_the_document() {
     let records = api.ok(&format!("{base}/observations"));
     assert_eq!(records["records"].as_array().unwrap().len(), 6);
     api.ok(&format!("{base}/observations?code=150456&limit=2"));
-    api.ok(&format!(
-        "{base}/observations?since=2026-12-01T12:01:00Z&until=2026-12-01T12:02:00Z"
+    let range = api.ok(&format!(
+        "{base}/observations?since={}&until={}",
+        rfc3339(1),
+        rfc3339(2)
     ));
+    assert_eq!(range["records"].as_array().unwrap().len(), 2);
     api.ok("/api/v1/patients/MRN%2FPATIENT-4712/observations");
     let trends = api.ok(&format!(
-        "{base}/trends?since=2026-12-01T12:00:00Z&until=2026-12-01T13:00:00Z&bucket=2m"
+        "{base}/trends?since={}&until={}&bucket=2m",
+        rfc3339(0),
+        rfc3339(60)
     ));
     let heart_rate = trends["series"]
         .as_array()
@@ -238,8 +257,8 @@ fn every_response_matches_the_document() {
 #[test]
 fn pages_skip_nothing_and_repeat_nothing_while_data_arrives() {
     let (_dir, receiver) = common::start(&[]);
-    for minute in 0..4 {
-        send(&receiver, &vitals(&format!("C{minute}"), KEY, minute, 80));
+    for n in 0..4 {
+        send(&receiver, &vitals(&format!("C{n}"), KEY, n, 80));
     }
     let api = Api::new(&receiver, None);
     let mut seen = Vec::new();
