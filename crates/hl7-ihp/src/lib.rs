@@ -17,6 +17,7 @@
 //! - [`store`]: the object-safe `Store` trait, its types, `open`, and the SQLite backend.
 //! - [`documents`]: pure shapes: the patient document and the vitals table with MDC names.
 //! - [`export`]: the exporter task, safe file names and atomic writes.
+//! - [`live`]: the live view (patients, devices, per-minute counts, events) from the feed.
 //! - [`http`]: the HTTP router: `/healthz`, `/metrics`.
 //! - [`sender`]: the device simulator and load generator: link, load, simulator.
 //! - [`terminal`]: device text made safe to print: controls escaped, long values cut.
@@ -33,6 +34,7 @@ pub mod export;
 pub mod http;
 pub mod ids;
 pub mod ingest;
+pub mod live;
 pub mod logging;
 pub mod metrics;
 pub mod mllp;
