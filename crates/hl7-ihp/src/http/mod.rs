@@ -12,8 +12,10 @@ use axum::routing::get;
 use crate::metrics::{Extra, Metrics};
 use crate::store::{Health, Store};
 
+pub mod live_api;
 pub mod problem;
 pub mod serve;
+pub mod sse;
 
 /// Numbers kept outside [`Metrics`] (the store's, the exporter's), read at each scrape.
 pub type ExtraMetrics = Arc<dyn Fn() -> Vec<Extra> + Send + Sync>;
@@ -27,6 +29,8 @@ pub struct HttpState {
     pub extra: ExtraMetrics,
     /// The store, for `/healthz`.
     pub store: Arc<dyn Store>,
+    /// The live view: patients, devices, stats and the event stream.
+    pub live: Arc<crate::live::Live>,
 }
 
 /// The router.
@@ -34,6 +38,7 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .merge(live_api::routes())
         .with_state(state)
 }
 
