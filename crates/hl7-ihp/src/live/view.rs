@@ -593,9 +593,15 @@ fn plot(sparklines: &mut Vec<Sparkline>, reading: &Reading, time_ms: i64, value:
     line.values.push_back(value);
 }
 
-/// The devices of an accepted message: its distinct OBX-18 equipment ids, else MSH-3.
+/// The devices of an accepted message with observations: its distinct OBX-18 equipment ids,
+/// else MSH-3. A message without observations (an ADT) measured nothing and names no device:
+/// a registration system is not a monitor, and a monitor's own ADT would otherwise show it
+/// twice (by MSH-3 and by its equipment id).
 fn device_ids(message: &FeedMessage) -> Vec<(String, DeviceKind)> {
     let mut ids: Vec<(String, DeviceKind)> = Vec::new();
+    if message.observations.is_empty() {
+        return ids;
+    }
     for observation in &message.observations {
         let equipment = observation.equipment.trim();
         if equipment.is_empty() || ids.iter().any(|(id, _)| id == equipment) {

@@ -249,6 +249,7 @@ fn missing_values_are_never_plotted_and_are_told_apart() {
     let after = json(&changes.patients[0].json(T0 + 2_000, &config()));
     assert_eq!(after["values_missing"], true);
     assert_eq!(after["last_message_id"], 3);
+    assert!(changes.devices.is_empty(), "an ADT names no device");
 }
 
 #[test]
