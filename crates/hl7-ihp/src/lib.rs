@@ -16,6 +16,7 @@
 //! - [`store`]: the object-safe `Store` trait, its types, `open`, and the SQLite backend.
 //! - [`documents`]: pure shapes: the patient document and the vitals table with MDC names.
 //! - [`export`]: the exporter task, safe file names and atomic writes.
+//! - [`live`]: the live view (patients, devices, per-minute counts, events) from the feed.
 //! - [`http`]: the HTTP router: `/healthz`, `/metrics`, the JSON API, its OpenAPI document,
 //!   the bearer token.
 //! - [`sender`]: the device simulator and load generator: link, load, simulator.
@@ -33,6 +34,7 @@ pub mod export;
 pub mod http;
 pub mod ids;
 pub mod ingest;
+pub mod live;
 pub mod logging;
 pub mod metrics;
 pub mod mllp;

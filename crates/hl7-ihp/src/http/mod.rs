@@ -16,9 +16,11 @@ use crate::store::{Health, Store};
 
 pub mod access;
 pub mod api;
+pub mod live_api;
 pub mod openapi;
 pub mod problem;
 pub mod serve;
+pub mod sse;
 
 /// Numbers kept outside [`Metrics`] (the store's, the exporter's), read at each scrape.
 pub type ExtraMetrics = Arc<dyn Fn() -> Vec<Extra> + Send + Sync>;
@@ -34,6 +36,8 @@ pub struct HttpState {
     pub store: Arc<dyn Store>,
     /// Whether requests need the bearer token.
     pub access: access::Access,
+    /// The live view: patients, devices, stats and the event stream.
+    pub live: Arc<crate::live::Live>,
 }
 
 /// The router: every path behind [`access::require_token`], which runs first.
@@ -42,6 +46,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .merge(api::routes())
+        .merge(live_api::routes())
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

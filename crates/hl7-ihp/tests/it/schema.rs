@@ -1,6 +1,7 @@
 //! A small JSON Schema validator for the subset utoipa emits in an OpenAPI 3.1 document
 //! (`type`, also as a list and with `null`; `properties`, `required`, `items`, `$ref` to
 //! `#/components/…`, `oneOf`/`anyOf`/`allOf`, `enum`, `const`, `additionalProperties`,
+//! `propertyNames`,
 //! `minimum`/`maximum`, `format: date-time`), and the look-ups that find the schema of a
 //! response by path, method, status and content type. A keyword it does not know fails the
 //! check rather than passing silently, and so does an object key the schema does not declare
@@ -207,6 +208,14 @@ impl Document {
                                 continue;
                             }
                             self.check(argument, item, &format!("{at}.{name}"), true)?;
+                        }
+                    }
+                }
+                "propertyNames" => {
+                    if let Value::Object(object) = value {
+                        for name in object.keys() {
+                            let key = Value::from(name.as_str());
+                            self.check(argument, &key, &format!("{at}.{name} (the key)"), true)?;
                         }
                     }
                 }

@@ -68,6 +68,13 @@ impl Api {
             extra: Arc::new(Vec::new),
             store,
             access,
+            live: crate::live::Live::new(
+                crate::config::receive::LiveConfig {
+                    stale_after: std::time::Duration::from_secs(30),
+                    offline_after: std::time::Duration::from_secs(300),
+                },
+                None,
+            ),
         };
         Api {
             _dir: dir,
