@@ -10,6 +10,8 @@ mod support;
 #[path = "../../../hl7/tests/support/golden.rs"]
 mod golden;
 
+// The live view's API: patients, devices, stats and the event stream.
+mod api_live;
 // Every corpus file through the real receiver.
 mod corpus_receive;
 // A receiver killed with SIGKILL under load loses no acknowledged message.
