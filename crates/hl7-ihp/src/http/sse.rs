@@ -111,5 +111,5 @@ fn sse_event(live: &Live, event: &LiveEvent) -> Event {
     Event::default()
         .id(live.event_id(event.seq))
         .event(event.kind.name())
-        .data(&*event.data)
+        .data(event.data.as_str())
 }
