@@ -113,3 +113,80 @@ fn sse_event(live: &Live, event: &LiveEvent) -> Event {
         .event(event.kind.name())
         .data(event.data.as_str())
 }
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt as _;
+
+    use super::*;
+    use crate::live::log::EventKind;
+
+    const DEADLINE: Duration = Duration::from_secs(30);
+
+    /// The SSE text of the stream's next item, `None` when it ended.
+    async fn next(
+        stream: &mut (impl Stream<Item = Result<Event, Infallible>> + Unpin),
+    ) -> Option<String> {
+        let event = tokio::time::timeout(DEADLINE, stream.next())
+            .await
+            .expect("in time")?;
+        let response = Sse::new(futures_util::stream::iter([event])).into_response();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        Some(String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_client_resumes_after_its_last_id_then_follows() {
+        let live = Live::for_tests(100, 16);
+        live.publish_for_tests(EventKind::Observation, "{\"n\":1}");
+        live.publish_for_tests(EventKind::Patient, "{\"n\":2}");
+        let mut stream = Box::pin(event_stream(Arc::clone(&live), Some("TEST-1")));
+        live.publish_for_tests(EventKind::Rejected, "{\"n\":3}");
+        assert_eq!(
+            next(&mut stream).await.unwrap(),
+            "id: TEST-2\nevent: patient\ndata: {\"n\":2}\n\n"
+        );
+        assert_eq!(
+            next(&mut stream).await.unwrap(),
+            "id: TEST-3\nevent: rejected\ndata: {\"n\":3}\n\n"
+        );
+        live.close_for_tests();
+        assert_eq!(
+            next(&mut stream).await,
+            None,
+            "the stream ends when the view closes"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_id_gets_a_reset_first() {
+        let live = Live::for_tests(100, 16);
+        live.publish_for_tests(EventKind::Observation, "{}");
+        let mut stream = Box::pin(event_stream(Arc::clone(&live), Some("EARLIER-7")));
+        assert_eq!(
+            next(&mut stream).await.unwrap(),
+            "id: TEST-1\nevent: reset\ndata: {\"reason\":\"missed\"}\n\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_that_falls_behind_is_disconnected_and_publishing_goes_on() {
+        let live = Live::for_tests(100, 4);
+        let mut stream = Box::pin(event_stream(Arc::clone(&live), None));
+        // The client reads nothing while more events than the channel holds are published;
+        // publishing never waits for it.
+        for _ in 0..10 {
+            live.publish_for_tests(EventKind::Observation, "{}");
+        }
+        assert_eq!(
+            next(&mut stream).await,
+            None,
+            "a lagging client's stream ends"
+        );
+        // It reconnects with nothing: the events it missed are still in the window.
+        let mut again = Box::pin(event_stream(Arc::clone(&live), Some("TEST-3")));
+        assert!(next(&mut again).await.unwrap().starts_with("id: TEST-4\n"));
+    }
+}

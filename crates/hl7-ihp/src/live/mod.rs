@@ -135,6 +135,33 @@ impl Live {
         })
     }
 
+    /// A view whose event log keeps `window` events and lets a client fall `capacity`
+    /// behind, with `publish` to add events by hand (tests of the event stream).
+    #[cfg(test)]
+    pub(crate) fn for_tests(window: usize, capacity: usize) -> Arc<Live> {
+        let config = LiveConfig {
+            stale_after: Duration::from_secs(30),
+            offline_after: Duration::from_secs(300),
+        };
+        let live = Live::with_poll(config, None, POLL);
+        Arc::new(Live {
+            log: EventLog::with_window("TEST".into(), window, capacity),
+            ..Arc::into_inner(live).expect("not shared yet")
+        })
+    }
+
+    /// Publishes one event (tests of the event stream).
+    #[cfg(test)]
+    pub(crate) fn publish_for_tests(&self, kind: log::EventKind, data: &str) {
+        self.log.publish(kind, data.to_owned());
+    }
+
+    /// Says that the task has stopped (tests of the event stream).
+    #[cfg(test)]
+    pub(crate) fn close_for_tests(&self) {
+        self.close();
+    }
+
     /// The thresholds.
     pub fn config(&self) -> &LiveConfig {
         &self.config
