@@ -64,6 +64,18 @@ impl Receiver {
         Receiver::spawn(Command::new(binary()), data_dir, listen, extra)
     }
 
+    /// Starts `hl7-ihp receive` with HTTP on `http` and extra environment variables.
+    pub fn start_with_http(
+        data_dir: &Path,
+        http: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Receiver {
+        let mut command = Command::new(binary());
+        command.envs(env.iter().copied());
+        Receiver::spawn_with(command, data_dir, "127.0.0.1:0", http, extra)
+    }
+
     /// Starts the receiver with its open-file limit (soft and hard) set to `n`, through the
     /// shell's `ulimit`, so that accepting can run out of descriptors.
     pub fn start_with_file_limit(data_dir: &Path, n: u32, extra: &[&str]) -> Receiver {
@@ -76,14 +88,24 @@ impl Receiver {
         Receiver::spawn(command, data_dir, "127.0.0.1:0", extra)
     }
 
-    fn spawn(mut command: Command, data_dir: &Path, listen: &str, extra: &[&str]) -> Receiver {
+    fn spawn(command: Command, data_dir: &Path, listen: &str, extra: &[&str]) -> Receiver {
+        Receiver::spawn_with(command, data_dir, listen, "127.0.0.1:0", extra)
+    }
+
+    fn spawn_with(
+        mut command: Command,
+        data_dir: &Path,
+        listen: &str,
+        http: &str,
+        extra: &[&str],
+    ) -> Receiver {
         let mut child = command
             .args([
                 "receive",
                 "--listen",
                 listen,
                 "--http",
-                "127.0.0.1:0",
+                http,
                 "--log-format",
                 "json",
                 "--data-dir",
@@ -220,6 +242,111 @@ pub fn run(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// An HTTP response as read off the socket.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// The status line and the headers as sent.
+    pub head: String,
+    /// Header names in lower case, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+}
+
+/// Sends one HTTP/1.1 request (`Connection: close`) with `headers` and reads the whole
+/// response; chunked bodies are decoded. An unspecified address (`0.0.0.0`) is reached on
+/// loopback.
+pub fn http_request(
+    address: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> HttpResponse {
+    let mut head =
+        format!("{method} {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    http_exchange(address, head.as_bytes())
+}
+
+/// Writes raw request bytes and reads the response until the server closes.
+pub fn http_exchange(address: SocketAddr, request: &[u8]) -> HttpResponse {
+    let mut address = address;
+    if address.ip().is_unspecified() {
+        address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let mut stream = TcpStream::connect(address).expect("connect http");
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    stream.write_all(request).unwrap();
+    let mut bytes = Vec::new();
+    stream.read_to_end(&mut bytes).expect("read http");
+    parse_http_response(&bytes)
+}
+
+fn parse_http_response(bytes: &[u8]) -> HttpResponse {
+    let split = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head: {}", String::from_utf8_lossy(bytes)));
+    let head = String::from_utf8_lossy(&bytes[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .expect("status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut body = bytes[split + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    if chunked {
+        let mut decoded = Vec::new();
+        let mut rest = &body[..];
+        while let Some(end) = rest.windows(2).position(|w| w == b"\r\n") {
+            let size_text = String::from_utf8_lossy(&rest[..end]);
+            let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16)
+                .expect("chunk size");
+            if size == 0 {
+                break;
+            }
+            let start = end + 2;
+            decoded.extend_from_slice(&rest[start..start + size]);
+            rest = &rest[start + size + 2..];
+        }
+        body = decoded;
+    }
+    HttpResponse {
+        status,
+        head,
+        headers,
+        body,
+    }
 }
 
 /// A blocking MLLP client.
@@ -372,4 +499,222 @@ pub fn lines_of(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<
         }
     });
     rx
+}
+
+/// One server-sent event: its id, its name and its data, as read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+}
+
+impl SseEvent {
+    /// The data as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.data)
+            .unwrap_or_else(|e| panic!("event data is not JSON ({e}): {}", self.data))
+    }
+}
+
+/// What an SSE client reads: events, comment lines (without the `:`), and the end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SseItem {
+    Event(SseEvent),
+    Comment(String),
+    End,
+}
+
+/// A blocking event-stream client: a GET with `Accept: text/event-stream` (and an optional
+/// `Last-Event-ID`), its chunked body de-chunked and read line by line on a thread of its
+/// own, so that a test can wait for the next item with a deadline.
+pub struct SseClient {
+    pub status: u16,
+    pub headers: String,
+    items: std::sync::mpsc::Receiver<SseItem>,
+    stream: TcpStream,
+}
+
+impl SseClient {
+    pub fn connect(address: SocketAddr, path: &str, last_event_id: Option<&str>) -> SseClient {
+        let mut stream = TcpStream::connect(address).expect("connect http");
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let resume = last_event_id
+            .map(|id| format!("Last-Event-ID: {id}\r\n"))
+            .unwrap_or_default();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n{resume}\r\n"
+        )
+        .unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut headers = String::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                break;
+            }
+            headers.push_str(&line);
+        }
+        let status = headers
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let chunked = headers
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked");
+        let (tx, items) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let body: Box<dyn BufRead> = if chunked {
+                Box::new(BufReader::new(Dechunk {
+                    inner: reader,
+                    left: 0,
+                    done: false,
+                }))
+            } else {
+                Box::new(reader)
+            };
+            let mut event = SseEvent::default();
+            let mut has_data = false;
+            for line in body.lines() {
+                let Ok(line) = line else { break };
+                if line.is_empty() {
+                    if has_data || event.id.is_some() || event.event.is_some() {
+                        let _ = tx.send(SseItem::Event(std::mem::take(&mut event)));
+                    }
+                    has_data = false;
+                } else if let Some(comment) = line.strip_prefix(':') {
+                    let _ = tx.send(SseItem::Comment(comment.trim_start().to_owned()));
+                } else {
+                    let (field, value) = line.split_once(':').unwrap_or((&line, ""));
+                    let value = value.strip_prefix(' ').unwrap_or(value).to_owned();
+                    match field {
+                        "id" => event.id = Some(value),
+                        "event" => event.event = Some(value),
+                        "data" => {
+                            if has_data {
+                                event.data.push('\n');
+                            }
+                            event.data.push_str(&value);
+                            has_data = true;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            let _ = tx.send(SseItem::End);
+        });
+        SseClient {
+            status,
+            headers,
+            items,
+            stream,
+        }
+    }
+
+    /// The next item, or `None` when nothing came within `timeout`.
+    pub fn next_within(&self, timeout: Duration) -> Option<SseItem> {
+        self.items.recv_timeout(timeout).ok()
+    }
+
+    /// The next event, skipping comments; panics at the deadline or the end.
+    pub fn next_event(&self) -> SseEvent {
+        loop {
+            match self.items.recv_timeout(DEADLINE) {
+                Ok(SseItem::Event(event)) => return event,
+                Ok(SseItem::Comment(_)) => {}
+                Ok(SseItem::End) => panic!("the event stream ended"),
+                Err(_) => panic!("no event within the deadline"),
+            }
+        }
+    }
+
+    /// Events until one named `name` for which `accept` holds; returns it and those before.
+    pub fn until(
+        &self,
+        name: &str,
+        mut accept: impl FnMut(&SseEvent) -> bool,
+    ) -> (SseEvent, Vec<SseEvent>) {
+        let mut before = Vec::new();
+        loop {
+            let event = self.next_event();
+            if event.event.as_deref() == Some(name) && accept(&event) {
+                return (event, before);
+            }
+            before.push(event);
+        }
+    }
+
+    /// True when the stream ends (EOF) within the deadline, whatever comes before.
+    pub fn ends(&self) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < DEADLINE {
+            match self.items.recv_timeout(DEADLINE) {
+                Ok(SseItem::End) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    /// Closes the connection.
+    pub fn close(self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// A chunked transfer-encoded body as plain bytes.
+struct Dechunk<R> {
+    inner: R,
+    left: usize,
+    done: bool,
+}
+
+impl<R: BufRead> Read for Dechunk<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.done {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            let mut line = String::new();
+            if self.inner.read_line(&mut line)? == 0 {
+                self.done = true;
+                return Ok(0);
+            }
+            if line.trim().is_empty() {
+                // The CRLF after the previous chunk.
+                line.clear();
+                if self.inner.read_line(&mut line)? == 0 {
+                    self.done = true;
+                    return Ok(0);
+                }
+            }
+            let size = line.trim().split(';').next().unwrap_or("");
+            self.left = usize::from_str_radix(size, 16)
+                .map_err(|_| std::io::Error::other("bad chunk size"))?;
+            if self.left == 0 {
+                self.done = true;
+                return Ok(0);
+            }
+        }
+        let n = buf.len().min(self.left);
+        let n = self.inner.read(&mut buf[..n])?;
+        if n == 0 {
+            self.done = true;
+        }
+        self.left -= n;
+        Ok(n)
+    }
+}
+
+/// A GET on `address` with extra request headers (each line ending in `\r\n`): status,
+/// the response's head and its body.
+pub fn http_get_with(address: SocketAddr, path: &str, headers: &str) -> (u16, String, String) {
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}\r\n");
+    let response = http_exchange(address, request.as_bytes());
+    let body = response.text();
+    (response.status, response.head, body)
 }

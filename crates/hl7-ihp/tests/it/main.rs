@@ -10,6 +10,13 @@ mod support;
 #[path = "../../../hl7/tests/support/golden.rs"]
 mod golden;
 
+// A JSON Schema validator for the OpenAPI document's subset, and its look-ups.
+mod schema;
+
+// The HTTP API: every response against the OpenAPI document, paging, the bearer token.
+mod api;
+// The live view's API: patients, devices, stats and the event stream.
+mod api_live;
 // Every corpus file through the real receiver.
 mod corpus_receive;
 // A receiver killed with SIGKILL under load loses no acknowledged message.

@@ -17,6 +17,7 @@
 
 use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::ops::ControlFlow;
 use std::os::raw::c_int;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
@@ -30,6 +31,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 mod checkpoint;
+mod encoded;
 mod keys;
 mod readers;
 mod schema;
@@ -48,7 +50,7 @@ use super::{
     ChangeCursor, Changes, Feed, FeedMessage, Health, MessageDetail, MessageFilter, MessageKey,
     MessageSummary, NewMessage, ObservationData, ObservationQuery, ObservationRow, Outcome,
     PatientData, PatientRecords, PatientSummary, Store, StoreError, StoreFuture, StoreRead,
-    StoreStats, Stored, TrendQuery, TrendSeries, Verdict, outcome_name,
+    StoreStats, Stored, TrendBucket, TrendQuery, TrendSeries, Verdict, outcome_name,
 };
 
 /// Page size of a new database (an existing one keeps its own). A vitals ORU's row (its
@@ -484,7 +486,8 @@ impl StoreRead for SqliteStore {
     }
 
     fn messages(&self, filter: MessageFilter) -> StoreFuture<'_, Vec<MessageSummary>> {
-        Box::pin(self.read(move |conn| read_messages(conn, &filter)))
+        let tail = self.inner.tail.clone();
+        Box::pin(self.read(move |conn| read_messages(conn, tail.as_deref(), &filter)))
     }
 
     fn changes_since(&self, after: ChangeCursor, limit: usize) -> StoreFuture<'_, Changes> {
@@ -503,11 +506,11 @@ impl StoreRead for SqliteStore {
     }
 
     fn feed(&self, after: ChangeCursor, limit: usize) -> StoreFuture<'_, Feed> {
-        todo!("{after:?} {limit}")
+        Box::pin(self.read(move |conn| read_feed(conn, after, limit)))
     }
 
     fn feed_head(&self) -> StoreFuture<'_, ChangeCursor> {
-        todo!()
+        Box::pin(self.read(read_feed_head))
     }
 
     fn patient_feed<'a>(
@@ -515,7 +518,9 @@ impl StoreRead for SqliteStore {
         key: &'a str,
         limit: usize,
     ) -> StoreFuture<'a, Option<(PatientData, Vec<FeedMessage>)>> {
-        todo!("{key} {limit}")
+        let key = key.to_owned();
+        let tail = self.inner.tail.clone();
+        Box::pin(self.read(move |conn| read_patient_feed(conn, tail.as_deref(), &key, limit)))
     }
 
     fn observations<'a>(
@@ -523,7 +528,9 @@ impl StoreRead for SqliteStore {
         key: &'a str,
         query: ObservationQuery,
     ) -> StoreFuture<'a, Option<Vec<ObservationRow>>> {
-        todo!("{key} {query:?}")
+        let key = key.to_owned();
+        let tail = self.inner.tail.clone();
+        Box::pin(self.read(move |conn| read_observations(conn, tail.as_deref(), &key, &query)))
     }
 
     fn trends<'a>(
@@ -531,11 +538,13 @@ impl StoreRead for SqliteStore {
         key: &'a str,
         query: TrendQuery,
     ) -> StoreFuture<'a, Option<Vec<TrendSeries>>> {
-        todo!("{key} {query:?}")
+        let key = key.to_owned();
+        let tail = self.inner.tail.clone();
+        Box::pin(self.read(move |conn| read_trends(conn, tail.as_deref(), &key, &query)))
     }
 
     fn message(&self, id: i64) -> StoreFuture<'_, Option<MessageDetail>> {
-        todo!("{id}")
+        Box::pin(self.read(move |conn| read_message(conn, id)))
     }
 }
 
@@ -642,11 +651,11 @@ impl StoreRead for SqliteReader {
     }
 
     fn feed(&self, after: ChangeCursor, limit: usize) -> StoreFuture<'_, Feed> {
-        todo!("{after:?} {limit}")
+        self.store.feed(after, limit)
     }
 
     fn feed_head(&self) -> StoreFuture<'_, ChangeCursor> {
-        todo!()
+        self.store.feed_head()
     }
 
     fn patient_feed<'a>(
@@ -654,7 +663,7 @@ impl StoreRead for SqliteReader {
         key: &'a str,
         limit: usize,
     ) -> StoreFuture<'a, Option<(PatientData, Vec<FeedMessage>)>> {
-        todo!("{key} {limit}")
+        self.store.patient_feed(key, limit)
     }
 
     fn observations<'a>(
@@ -662,7 +671,7 @@ impl StoreRead for SqliteReader {
         key: &'a str,
         query: ObservationQuery,
     ) -> StoreFuture<'a, Option<Vec<ObservationRow>>> {
-        todo!("{key} {query:?}")
+        self.store.observations(key, query)
     }
 
     fn trends<'a>(
@@ -670,11 +679,11 @@ impl StoreRead for SqliteReader {
         key: &'a str,
         query: TrendQuery,
     ) -> StoreFuture<'a, Option<Vec<TrendSeries>>> {
-        todo!("{key} {query:?}")
+        self.store.trends(key, query)
     }
 
     fn message(&self, id: i64) -> StoreFuture<'_, Option<MessageDetail>> {
-        todo!("{id}")
+        self.store.message(id)
     }
 }
 
