@@ -353,6 +353,10 @@ pub(super) fn push_records(
 /// order (a clock stepped back by more) may be missed by a filter near that time.
 pub(super) const RECEIVED_DISORDER_MS: i64 = 5 * 60 * 1000;
 
+/// The lowest and the highest message id, each read at an end of the primary key.
+pub(super) const ID_RANGE: &str =
+    "SELECT (SELECT min(id) FROM messages), (SELECT max(id) FROM messages)";
+
 /// The first message at or after an id, with its received time (the primary key).
 pub(super) const MESSAGE_FROM: &str =
     "SELECT id, received_ms FROM messages WHERE id >= ?1 ORDER BY id LIMIT 1";
@@ -362,10 +366,11 @@ pub(super) const MESSAGE_FROM: &str =
 /// index on received times that the ACK path would pay for. Received times follow ids up
 /// to [`RECEIVED_DISORDER_MS`], which the callers add.
 pub(super) fn first_received_at(conn: &Connection, ms: i64) -> rusqlite::Result<i64> {
-    let (first, last): (Option<i64>, Option<i64>) =
-        conn.query_row("SELECT min(id), max(id) FROM messages", [], |row| {
-            Ok((row.get(0)?, row.get(1)?))
-        })?;
+    // Two subqueries: SQLite reads min() or max() at an end of the primary key only when
+    // it is a query's one aggregate, and would scan the table for both at once.
+    let (first, last): (Option<i64>, Option<i64>) = conn
+        .prepare_cached(ID_RANGE)?
+        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))?;
     let (Some(mut lo), Some(last)) = (first, last) else {
         return Ok(0);
     };
@@ -900,6 +905,12 @@ pub(super) fn read_trends(
             return Ok(true);
         };
         encoded::each_observation(column, |_, encoded| {
+            // The cheapest test first: comparing bytes, then reading numbers.
+            if let Some(code) = &query.code
+                && !encoded.text_is(encoded::field::CODE, code)?
+            {
+                return Ok(ControlFlow::Continue(()));
+            }
             let Some(value) = encoded.number(encoded::field::NUMERIC)? else {
                 return Ok(ControlFlow::Continue(()));
             };
@@ -907,23 +918,12 @@ pub(super) fn read_trends(
             if observed < query.since_ms || observed >= query.until_ms {
                 return Ok(ControlFlow::Continue(()));
             }
-            if let Some(code) = &query.code
-                && !encoded.text_is(encoded::field::CODE, code)?
-            {
-                return Ok(ControlFlow::Continue(()));
-            }
-            let mut position = None;
-            for (n, known) in series.iter().enumerate() {
-                if encoded.text_is(encoded::field::CODE, &known.code)? {
-                    position = Some(n);
-                    break;
-                }
-            }
-            let position = match position {
+            let code = encoded.text(encoded::field::CODE)?;
+            let position = match series.iter().position(|known| known.code == *code) {
                 Some(position) => position,
                 None => {
                     series.push(SeriesValues {
-                        code: encoded.text(encoded::field::CODE)?.into_owned(),
+                        code: code.into_owned(),
                         code_text: encoded.text(encoded::field::CODE_TEXT)?.into_owned(),
                         units: encoded.text(encoded::field::UNITS)?.into_owned(),
                         buckets: Vec::new(),

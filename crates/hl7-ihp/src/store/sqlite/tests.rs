@@ -600,6 +600,7 @@ fn the_hot_queries_use_their_indexes() {
         (CHANGED_SINCE, "INTEGER PRIMARY KEY"),
         (FEED, "INTEGER PRIMARY KEY (rowid>?)"),
         (MESSAGE_FROM, "INTEGER PRIMARY KEY (rowid>?)"),
+        (ID_RANGE, "SEARCH messages"),
         (MESSAGE_DETAIL, "INTEGER PRIMARY KEY (rowid=?)"),
         (
             messages_query(false, false).as_str(),
