@@ -126,16 +126,40 @@ mod tests {
     use super::*;
     use crate::store::SQLITE_FILE_NAME;
 
-    /// A read that waits until `release` is dropped, in a snapshot of the pool.
+    /// Closed until opened: what a held read waits for.
+    #[derive(Default)]
+    struct Gate {
+        open: Mutex<bool>,
+        opened: Condvar,
+    }
+
+    impl Gate {
+        fn wait(&self) {
+            let mut open = lock(&self.open);
+            while !*open {
+                open = self
+                    .opened
+                    .wait(open)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+        }
+
+        fn open(&self) {
+            *lock(&self.open) = true;
+            self.opened.notify_all();
+        }
+    }
+
+    /// A read that waits at `gate`, in a snapshot of the pool.
     fn held(
         pool: &Arc<ReaderPool>,
         cost: Cost,
-        release: &Arc<Mutex<()>>,
+        gate: &Arc<Gate>,
     ) -> tokio::task::JoinHandle<Result<i64, StoreError>> {
-        let (pool, release) = (Arc::clone(pool), Arc::clone(release));
+        let (pool, gate) = (Arc::clone(pool), Arc::clone(gate));
         tokio::spawn(async move {
             pool.read(cost, move |conn| {
-                drop(lock(&release));
+                gate.wait();
                 conn.query_row("SELECT count(*) FROM messages", [], |row| row.get(0))
             })
             .await
@@ -148,10 +172,9 @@ mod tests {
         let path = dir.path().join(SQLITE_FILE_NAME);
         drop(SqliteStore::open(&path, SqliteOptions::default()).unwrap());
         let pool = Arc::new(ReaderPool::open(&path).unwrap());
-        let release = Arc::new(Mutex::new(()));
-        let guard = lock(&release);
+        let gate = Arc::new(Gate::default());
         let slow: Vec<_> = (0..SLOW_READERS + 1)
-            .map(|_| held(&pool, Cost::Slow, &release))
+            .map(|_| held(&pool, Cost::Slow, &gate))
             .collect();
         let mut waited = 0;
         while pool.n_free() > READERS - SLOW_READERS && waited < 10_000 {
@@ -172,7 +195,7 @@ mod tests {
         // The third slow read waits for a slow permit, without a connection.
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(pool.n_free(), READERS - SLOW_READERS);
-        drop(guard);
+        gate.open();
         for read in slow {
             assert_eq!(read.await.unwrap().unwrap(), 0);
         }
