@@ -544,9 +544,14 @@ impl StoreRead for SqliteStore {
     ) -> StoreFuture<'a, Option<Vec<TrendSeries>>> {
         let key = key.to_owned();
         let tail = self.inner.tail.clone();
-        Box::pin(self.read(Cost::Slow, move |conn| {
-            read_trends(conn, tail.as_deref(), &key, &query)
-        }))
+        let readers = Arc::clone(&self.inner.readers);
+        Box::pin(async move {
+            readers
+                .read_parallel(move |conn, helper| {
+                    read_trends(conn, helper, tail.as_deref(), &key, &query)
+                })
+                .await
+        })
     }
 
     fn message(&self, id: i64) -> StoreFuture<'_, Option<MessageDetail>> {

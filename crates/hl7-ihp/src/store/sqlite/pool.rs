@@ -58,6 +58,31 @@ impl ReaderPool {
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
+        self.read_with_helper(cost, false, |conn, _| read(conn))
+            .await
+    }
+
+    /// Runs a slow `read` as [`ReaderPool::read`] does, handing it a second connection
+    /// (outside any transaction) when one is free beside a slow permit, so that it can
+    /// read part of what it needs on another core.
+    pub(super) async fn read_parallel<T, F>(self: &Arc<Self>, read: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, Option<&mut Connection>) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.read_with_helper(Cost::Slow, true, read).await
+    }
+
+    async fn read_with_helper<T, F>(
+        self: &Arc<Self>,
+        cost: Cost,
+        helper: bool,
+        read: F,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, Option<&mut Connection>) -> rusqlite::Result<T> + Send + 'static,
+    {
         let closed = |_| StoreError::Closed;
         // Moved into the blocking task: if the caller goes away meanwhile, the permits are
         // given back only once the connection is.
@@ -84,9 +109,24 @@ impl ReaderPool {
             let Some(conn) = connection.connection.as_ref() else {
                 unreachable!("a permit is held for every connection taken");
             };
+            // Only if free now: a read never waits for its helper.
+            let mut extra = None;
+            if helper
+                && let Ok(slow) = Arc::clone(&pool.slow).try_acquire_owned()
+                && let Ok(free) = Arc::clone(&pool.free).try_acquire_owned()
+            {
+                let borrowed = Borrowed {
+                    pool: &pool,
+                    connection: lock(&pool.connections).pop(),
+                };
+                extra = Some((borrowed, slow, free));
+            }
+            let helper = extra
+                .as_mut()
+                .and_then(|(borrowed, _, _)| borrowed.connection.as_mut());
             // One snapshot for all the statements of a read.
             let snapshot = conn.unchecked_transaction().map_err(database_error)?;
-            let value = read(&snapshot).map_err(database_error)?;
+            let value = read(&snapshot, helper).map_err(database_error)?;
             snapshot.commit().map_err(database_error)?;
             Ok(value)
         })

@@ -287,9 +287,22 @@ pub(super) fn scan_patient_messages(
         .first()
         .map_or(scope.known_through.saturating_add(1), |e| e.message)
         .min(end);
-    if start < below {
+    scan_indexed_messages(conn, scope.row, columns, start..below, each)
+}
+
+/// Calls `each` with a patient's messages in `patient_messages` whose ids are in `ids`,
+/// newest first, until it returns false: the part of [`scan_patient_messages`] below the
+/// tail, which another connection can read too (entries only ever join the table).
+pub(super) fn scan_indexed_messages(
+    conn: &Connection,
+    patient_row: i64,
+    columns: &str,
+    ids: std::ops::Range<i64>,
+    mut each: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<bool>,
+) -> rusqlite::Result<()> {
+    if ids.start < ids.end {
         let mut statement = conn.prepare_cached(&patient_messages(columns))?;
-        let mut rows = statement.query(params![scope.row, start, below])?;
+        let mut rows = statement.query(params![patient_row, ids.start, ids.end])?;
         while let Some(row) = rows.next()? {
             if !each(row)? {
                 return Ok(());
@@ -821,7 +834,7 @@ struct SeriesValues {
 }
 
 impl SeriesValues {
-    fn add(&mut self, start_ms: i64, value: f64) {
+    fn bucket(&mut self, start_ms: i64) -> &mut Vec<f64> {
         let position = match self.last {
             Some((start, position)) if start == start_ms => position,
             _ => {
@@ -834,7 +847,7 @@ impl SeriesValues {
                 position
             }
         };
-        self.buckets[position].1.push(value);
+        &mut self.buckets[position].1
     }
 
     fn finish(self) -> TrendSeries {
@@ -879,31 +892,27 @@ fn summarise(start_ms: i64, values: &mut [f64]) -> TrendBucket {
     }
 }
 
-/// The trend scan's one column.
-pub(super) const TREND_COLUMNS: &str = "m.observations";
+/// A trend's values as read so far, per code in the order first seen.
+struct TrendValues<'q> {
+    query: &'q TrendQuery,
+    bucket_ms: i64,
+    series: Vec<SeriesValues>,
+}
 
-pub(super) fn read_trends(
-    conn: &Connection,
-    tail: Option<&Mutex<PatientTail>>,
-    key: &str,
-    query: &TrendQuery,
-) -> rusqlite::Result<Option<Vec<TrendSeries>>> {
-    let Some((_, scope)) = find_patient(conn, tail, key)? else {
-        return Ok(None);
-    };
-    let bucket_ms = query.bucket_ms.max(1);
-    let mut series: Vec<SeriesValues> = Vec::new();
-    if query.since_ms >= query.until_ms {
-        return Ok(Some(Vec::new()));
+impl<'q> TrendValues<'q> {
+    fn new(query: &'q TrendQuery) -> Self {
+        TrendValues {
+            query,
+            bucket_ms: query.bucket_ms.max(1),
+            series: Vec::new(),
+        }
     }
-    let ids = ids_observed(conn, Some(query.since_ms), Some(query.until_ms))?;
-    // Every message that may hold a record of the range, newest first (so the first record
-    // of a code names its text and units); of each OBX only the code, the number and the
-    // time are looked at until it counts.
-    scan_patient_messages(conn, &scope, TREND_COLUMNS, ids, |row| {
-        let Some(column) = row.get_ref(0)?.as_bytes_or_null()? else {
-            return Ok(true);
-        };
+
+    /// Adds a message's values (its `observations` column). Messages come newest first,
+    /// so a code's first record names its text and units; of each OBX only the code, the
+    /// number and the time are looked at until it counts.
+    fn add(&mut self, column: &[u8]) -> rusqlite::Result<()> {
+        let query = self.query;
         encoded::each_observation(column, |_, encoded| {
             // The cheapest test first: comparing bytes, then reading numbers.
             if let Some(code) = &query.code
@@ -919,10 +928,10 @@ pub(super) fn read_trends(
                 return Ok(ControlFlow::Continue(()));
             }
             let code = encoded.text(encoded::field::CODE)?;
-            let position = match series.iter().position(|known| known.code == *code) {
+            let position = match self.series.iter().position(|known| known.code == *code) {
                 Some(position) => position,
                 None => {
-                    series.push(SeriesValues {
+                    self.series.push(SeriesValues {
                         code: code.into_owned(),
                         code_text: encoded.text(encoded::field::CODE_TEXT)?.into_owned(),
                         units: encoded.text(encoded::field::UNITS)?.into_owned(),
@@ -930,16 +939,118 @@ pub(super) fn read_trends(
                         positions: HashMap::new(),
                         last: None,
                     });
-                    series.len() - 1
+                    self.series.len() - 1
                 }
             };
-            let start = observed.div_euclid(bucket_ms) * bucket_ms;
-            series[position].add(start, value);
+            let start = observed.div_euclid(self.bucket_ms) * self.bucket_ms;
+            self.series[position].bucket(start).push(value);
             Ok::<_, rusqlite::Error>(ControlFlow::Continue(()))
+        })
+    }
+
+    /// Adds what was read of older messages: a code's text and units stay the newer's.
+    fn merge_older(&mut self, older: TrendValues<'_>) {
+        for series in older.series {
+            match self
+                .series
+                .iter_mut()
+                .find(|known| known.code == series.code)
+            {
+                Some(known) => {
+                    for (start, values) in series.buckets {
+                        known.bucket(start).extend(values);
+                    }
+                }
+                None => self.series.push(series),
+            }
+        }
+    }
+
+    fn finish(self) -> Vec<TrendSeries> {
+        let mut series: Vec<TrendSeries> =
+            self.series.into_iter().map(SeriesValues::finish).collect();
+        series.sort_by(|a, b| a.code.cmp(&b.code));
+        series
+    }
+}
+
+/// The trend scan's one column.
+pub(super) const TREND_COLUMNS: &str = "m.observations";
+
+/// Adds a message read as [`TREND_COLUMNS`] to a trend; goes on to the next.
+fn add_row(values: &mut TrendValues<'_>, row: &rusqlite::Row<'_>) -> rusqlite::Result<bool> {
+    if let Some(column) = row.get_ref(0)?.as_bytes_or_null()? {
+        values.add(column)?;
+    }
+    Ok(true)
+}
+
+/// A trend reads its older half on a second connection when the pool has one free and
+/// the patient's indexed messages in range span at least this many ids: the read's cost
+/// is mostly reading pages and the observations' JSON, which two cores do in half the
+/// time. (Slow reads are bounded by the pool either way: the helper is a slow read's
+/// connection.)
+pub(super) const PARALLEL_TREND_IDS: i64 = 16_384;
+
+pub(super) fn read_trends(
+    conn: &Connection,
+    helper: Option<&mut Connection>,
+    tail: Option<&Mutex<PatientTail>>,
+    key: &str,
+    query: &TrendQuery,
+) -> rusqlite::Result<Option<Vec<TrendSeries>>> {
+    let Some((_, scope)) = find_patient(conn, tail, key)? else {
+        return Ok(None);
+    };
+    if query.since_ms >= query.until_ms {
+        return Ok(Some(Vec::new()));
+    }
+    let ids = ids_observed(conn, Some(query.since_ms), Some(query.until_ms))?;
+    let mut values = TrendValues::new(query);
+    // The part of the range in `patient_messages` below the tail.
+    let below = scope
+        .in_tail
+        .first()
+        .map_or(scope.known_through.saturating_add(1), |e| e.message)
+        .min(ids.end);
+    let split = match helper {
+        Some(helper) if below.saturating_sub(ids.start) >= PARALLEL_TREND_IDS => {
+            Some((helper, ids.start + (below - ids.start) / 2))
+        }
+        _ => None,
+    };
+    let Some((helper, middle)) = split else {
+        scan_patient_messages(conn, &scope, TREND_COLUMNS, ids, |row| {
+            add_row(&mut values, row)
         })?;
-        Ok(true)
+        return Ok(Some(values.finish()));
+    };
+    // The older half on the helper, in its own snapshot: begun after this read's, so it
+    // holds every message this one does below `middle`, and those are in the table,
+    // where entries only ever join (and messages are never changed).
+    let older = std::thread::scope(|threads| {
+        let (patient_row, start) = (scope.row, ids.start);
+        // The connection moves to the thread (a connection is used by one thread at once).
+        let older = threads.spawn(move || {
+            let snapshot = helper.unchecked_transaction()?;
+            let mut older = TrendValues::new(query);
+            scan_indexed_messages(
+                &snapshot,
+                patient_row,
+                TREND_COLUMNS,
+                start..middle,
+                |row| add_row(&mut older, row),
+            )?;
+            snapshot.commit()?;
+            Ok::<_, rusqlite::Error>(older)
+        });
+        scan_patient_messages(conn, &scope, TREND_COLUMNS, middle..ids.end, |row| {
+            add_row(&mut values, row)
+        })?;
+        older
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })?;
-    let mut series: Vec<TrendSeries> = series.into_iter().map(SeriesValues::finish).collect();
-    series.sort_by(|a, b| a.code.cmp(&b.code));
-    Ok(Some(series))
+    values.merge_older(older);
+    Ok(Some(values.finish()))
 }
