@@ -3,16 +3,19 @@
 //! Patients and devices come from memory ([`crate::live::Live`]), never from the store; the
 //! stats ask the store only for the export lag.
 
-use std::collections::BTreeMap;
-
 use axum::Router;
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 
+use serde::Deserialize;
+use utoipa::IntoParams;
+
 use super::HttpState;
+use super::api::params::{Query, path_text};
+use super::api::{BadParameter, NoParams, NotFound, Unavailable};
 use super::problem::{ApiError, Problem};
 use super::sse;
 use crate::documents::reading::{Alert, AlertLevel, Reading, ValueState, VitalKind};
@@ -38,6 +41,7 @@ pub fn routes() -> Router<HttpState> {
 #[derive(utoipa::OpenApi)]
 #[openapi(
     paths(patients, patient, devices, stats, sse::events),
+    tags((name = "live", description = "The live view: devices, statistics, the event stream")),
     components(schemas(
         PatientList,
         PatientView,
@@ -79,46 +83,40 @@ fn json_body(body: String) -> Response {
     response
 }
 
-/// The query parameters, the last of each name winning; a query that cannot be read is a
-/// bad parameter, not a 500.
-fn parameters(
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Result<BTreeMap<String, String>, ApiError> {
-    let Query(pairs) = query.map_err(|_| {
-        ApiError::bad_parameter("query", "the query string cannot be read as parameters")
-    })?;
-    Ok(pairs.into_iter().collect())
+/// The query of `GET /api/v1/patients`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PatientsParams {
+    /// A case-insensitive part of the id, the name or the location (at most 200 characters).
+    q: Option<String>,
+    /// `location` (default), `name`, `severity` (most severe first) or `staleness` (longest
+    /// silent first).
+    #[param(value_type = Option<String>, pattern = "^(location|name|severity|staleness)$")]
+    sort: Option<String>,
 }
 
 /// Every patient with their status and latest values.
 #[utoipa::path(
     get,
     path = "/api/v1/patients",
-    params(
-        ("q" = Option<String>, Query,
-            description = "Case-insensitive substring of the id, the name or the location"),
-        ("sort" = Option<String>, Query,
-            description = "`location` (default), `name`, `severity` (most severe first) or \
-                `staleness` (longest silent first)"),
-    ),
+    tag = "patients",
+    params(PatientsParams),
     responses(
         (status = 200, description = "The patients", body = PatientList),
-        (status = 400, description = "A bad parameter", body = Problem,
-            content_type = "application/problem+json"),
+        BadParameter,
     )
 )]
 async fn patients(
     State(state): State<HttpState>,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    Query(params): Query<PatientsParams>,
 ) -> Result<Response, ApiError> {
-    let parameters = parameters(query)?;
-    let sort = match parameters.get("sort").map(String::as_str) {
-        None | Some("") => PatientSort::default(),
+    let sort = match params.sort.as_deref() {
+        None => PatientSort::default(),
         Some(text) => text
             .parse()
             .map_err(|detail: String| ApiError::bad_parameter("sort", detail))?,
     };
-    let q = parameters.get("q").map(String::as_str);
+    let q = params.q.as_deref();
     if q.is_some_and(|q| q.chars().count() > MAX_QUERY_CHARS) {
         return Err(ApiError::bad_parameter(
             "q",
@@ -132,22 +130,23 @@ async fn patients(
 #[utoipa::path(
     get,
     path = "/api/v1/patients/{key}",
-    params(("key" = String, Path, description = "The identity key, percent-encoded")),
+    tag = "patients",
+    params(
+        ("key" = String, Path, description = "The identity key, percent-encoded"),
+        NoParams,
+    ),
     responses(
         (status = 200, description = "The patient", body = PatientView),
-        (status = 400, description = "A key that is not UTF-8", body = Problem,
-            content_type = "application/problem+json"),
-        (status = 404, description = "No such patient", body = Problem,
-            content_type = "application/problem+json"),
+        BadParameter,
+        NotFound,
     )
 )]
 async fn patient(
     State(state): State<HttpState>,
     key: Result<Path<String>, PathRejection>,
+    Query(NoParams {}): Query<NoParams>,
 ) -> Result<Response, ApiError> {
-    let Path(key) = key.map_err(|_| {
-        ApiError::bad_parameter("key", "expected a percent-encoded UTF-8 identity key")
-    })?;
+    let key = path_text(key, "key")?;
     state
         .live
         .patient(&key, now_ms())
@@ -159,9 +158,17 @@ async fn patient(
 #[utoipa::path(
     get,
     path = "/api/v1/devices",
-    responses((status = 200, description = "The devices", body = DeviceList))
+    tag = "live",
+    params(NoParams),
+    responses(
+        (status = 200, description = "The devices", body = DeviceList),
+        BadParameter,
+    )
 )]
-async fn devices(State(state): State<HttpState>) -> Json<DeviceList> {
+async fn devices(
+    State(state): State<HttpState>,
+    Query(NoParams {}): Query<NoParams>,
+) -> Json<DeviceList> {
     Json(DeviceList {
         devices: state.live.devices(now_ms()),
     })
@@ -171,13 +178,18 @@ async fn devices(State(state): State<HttpState>) -> Json<DeviceList> {
 #[utoipa::path(
     get,
     path = "/api/v1/stats",
+    tag = "live",
+    params(NoParams),
     responses(
         (status = 200, description = "The numbers", body = Stats),
-        (status = 503, description = "The store did not answer", body = Problem,
-            content_type = "application/problem+json"),
+        BadParameter,
+        Unavailable,
     )
 )]
-async fn stats(State(state): State<HttpState>) -> Result<Json<Stats>, ApiError> {
+async fn stats(
+    State(state): State<HttpState>,
+    Query(NoParams {}): Query<NoParams>,
+) -> Result<Json<Stats>, ApiError> {
     use std::sync::atomic::Ordering;
     let now = now_ms();
     let export = match state.live.export_counters() {

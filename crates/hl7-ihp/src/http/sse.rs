@@ -20,6 +20,8 @@ use futures_util::stream::{self, Stream};
 use tokio::sync::broadcast;
 
 use super::HttpState;
+use super::api::params::Query;
+use super::api::{BadParameter, NoParams};
 use crate::live::Live;
 use crate::live::log::LiveEvent;
 
@@ -30,14 +32,25 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 #[utoipa::path(
     get,
     path = "/api/v1/events",
-    params(("Last-Event-ID" = Option<String>, Header,
-        description = "The id of the last event received: the events after it come first")),
-    responses((status = 200,
-        description = "Server-sent events: `observation`, `patient`, `rejected`, `status` \
-            and `reset`, each with an `id` and JSON `data`",
-        content_type = "text/event-stream", body = String))
+    tag = "live",
+    params(
+        ("Last-Event-ID" = Option<String>, Header,
+            description = "The id of the last event received: the events after it come first"),
+        NoParams,
+    ),
+    responses(
+        (status = 200,
+            description = "Server-sent events: `observation`, `patient`, `rejected`, `status` \
+                and `reset`, each with an `id` and JSON `data`",
+            content_type = "text/event-stream", body = String),
+        BadParameter,
+    )
 )]
-pub async fn events(State(state): State<HttpState>, headers: HeaderMap) -> impl IntoResponse {
+pub async fn events(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Query(NoParams {}): Query<NoParams>,
+) -> impl IntoResponse {
     let last_event_id = headers
         .get("last-event-id")
         .and_then(|value| value.to_str().ok());
@@ -98,5 +111,5 @@ fn sse_event(live: &Live, event: &LiveEvent) -> Event {
     Event::default()
         .id(live.event_id(event.seq))
         .event(event.kind.name())
-        .data(&*event.data)
+        .data(event.data.as_str())
 }

@@ -53,7 +53,7 @@ pub struct LiveEvent {
     /// The kind.
     pub kind: EventKind,
     /// The JSON data, rendered once for every client.
-    pub data: Arc<str>,
+    pub data: String,
 }
 
 /// Where a client starts: what it missed (or a reset), then the live events after it.
@@ -119,7 +119,7 @@ impl EventLog {
         let event = Arc::new(LiveEvent {
             seq: ring.next_seq,
             kind,
-            data: data.into(),
+            data,
         });
         ring.next_seq += 1;
         if ring.events.len() >= self.window {

@@ -75,7 +75,7 @@ pub struct PatientSnapshot {
 }
 
 impl PatientSnapshot {
-    fn new(body: &PatientBody, last_ms: Option<i64>) -> PatientSnapshot {
+    fn new(body: &PatientBody, last_ms: Option<i64>, json: String) -> PatientSnapshot {
         let location = body.location.as_deref().unwrap_or("");
         PatientSnapshot {
             key: body.key.clone(),
@@ -85,7 +85,7 @@ impl PatientSnapshot {
             last_ms,
             severity: body.severity,
             search: format!("{}\n{}\n{location}", body.id, body.name).to_lowercase(),
-            body: serde_json::to_string(body).unwrap_or_else(|_| "{}".into()),
+            body: json,
         }
     }
 
@@ -190,10 +190,144 @@ pub struct Changes {
 }
 
 struct PatientState {
+    /// Everything but `latest` and `sparklines`, which stay empty here: their JSON is kept
+    /// rendered in `latest` and `lines`, so a change renders only what changed.
     body: PatientBody,
+    latest: Vec<Kept>,
+    lines: Vec<Line>,
     last_ms: Option<i64>,
     /// The status last announced (or found at start); `None` for a patient just seen.
     announced: Option<Status>,
+}
+
+impl PatientState {
+    fn new(patient: &PatientData) -> PatientState {
+        PatientState {
+            body: body_of(patient),
+            latest: Vec::new(),
+            lines: Vec::new(),
+            last_ms: None,
+            announced: None,
+        }
+    }
+
+    /// The patient's JSON without the fields of the time of an answer: the body's fields
+    /// rendered by serde, then the readings and sparklines from their rendered parts.
+    fn render(&self) -> String {
+        const EMPTY: &str = r#""latest":[],"sparklines":[]}"#;
+        let head = serde_json::to_string(&self.body).unwrap_or_default();
+        let Some(head) = head.strip_suffix(EMPTY) else {
+            return "{}".into();
+        };
+        let size = head.len()
+            + self.latest.iter().map(|k| k.json.len() + 1).sum::<usize>()
+            + self.lines.iter().map(Line::len).sum::<usize>()
+            + EMPTY.len();
+        let mut out = String::with_capacity(size);
+        out.push_str(head);
+        out.push_str(r#""latest":["#);
+        for (n, kept) in self.latest.iter().enumerate() {
+            if n > 0 {
+                out.push(',');
+            }
+            out.push_str(&kept.json);
+        }
+        out.push_str(r#"],"sparklines":["#);
+        for (n, line) in self.lines.iter().enumerate() {
+            if n > 0 {
+                out.push(',');
+            }
+            line.write(&mut out);
+        }
+        out.push_str("]}");
+        out
+    }
+
+    fn snapshot(&self) -> PatientSnapshot {
+        PatientSnapshot::new(&self.body, self.last_ms, self.render())
+    }
+}
+
+/// A reading and its JSON, rendered once for the event and every later answer.
+struct Kept {
+    reading: Reading,
+    json: String,
+}
+
+impl Kept {
+    fn new(reading: Reading) -> Kept {
+        let json = serde_json::to_string(&reading).unwrap_or_else(|_| "null".into());
+        Kept { reading, json }
+    }
+}
+
+/// A sparkline: its code and sub-id, and its numbers as JSON text, each rendered once.
+struct Line {
+    code: String,
+    sub_id: String,
+    /// `{"code":…,"sub_id":…,`.
+    head: String,
+    times: Series,
+    values: Series,
+}
+
+impl Line {
+    fn new(code: &str, sub_id: &str) -> Line {
+        const EMPTY: &str = r#""times_ms":[],"values":[]}"#;
+        let empty = Sparkline {
+            code: code.to_owned(),
+            sub_id: sub_id.to_owned(),
+            times_ms: VecDeque::new(),
+            values: VecDeque::new(),
+        };
+        let json = serde_json::to_string(&empty).unwrap_or_default();
+        Line {
+            code: code.to_owned(),
+            sub_id: sub_id.to_owned(),
+            head: json.strip_suffix(EMPTY).unwrap_or("{").to_owned(),
+            times: Series::default(),
+            values: Series::default(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.head.len() + self.times.text.len() + self.values.text.len() + 32
+    }
+
+    fn write(&self, out: &mut String) {
+        out.push_str(&self.head);
+        out.push_str(r#""times_ms":["#);
+        out.push_str(&self.times.text);
+        out.push_str(r#"],"values":["#);
+        out.push_str(&self.values.text);
+        out.push_str("]}");
+    }
+}
+
+/// Up to [`SPARKLINE_POINTS`] JSON numbers joined with `,`.
+#[derive(Default)]
+struct Series {
+    text: String,
+    n: usize,
+}
+
+impl Series {
+    fn push(&mut self, number: &str) {
+        if self.n >= SPARKLINE_POINTS {
+            match self.text.find(',') {
+                Some(comma) => {
+                    self.text.drain(..=comma);
+                }
+                None => self.text.clear(),
+            }
+            self.n -= 1;
+        }
+        if self.n > 0 {
+            self.text.push(',');
+        }
+        self.text.push_str(number);
+        self.n += 1;
+    }
 }
 
 struct DeviceState {
@@ -230,18 +364,9 @@ impl View {
             return;
         }
         self.make_room_for_patient(changes);
-        let body = body_of(data);
-        changes
-            .patients
-            .push(Arc::new(PatientSnapshot::new(&body, None)));
-        self.patients.insert(
-            data.key.clone(),
-            PatientState {
-                body,
-                last_ms: None,
-                announced: None,
-            },
-        );
+        let state = PatientState::new(data);
+        changes.patients.push(Arc::new(state.snapshot()));
+        self.patients.insert(data.key.clone(), state);
     }
 
     /// Applies feed messages in commit order at `now_ms`. With `announce`, the events of
@@ -262,14 +387,16 @@ impl View {
                 }
                 continue;
             }
-            let readings: Vec<Reading> = message
+            let readings: Vec<Kept> = message
                 .observations
                 .iter()
-                .map(|o| Reading::new(o, message.id, message.received_at))
+                .map(|o| Kept::new(Reading::new(o, message.id, message.received_at)))
                 .collect();
+            let observation =
+                (announce && !readings.is_empty()).then(|| observation_json(message, &readings));
             let mut fresh = true;
             if let Some(patient) = &message.patient {
-                fresh = self.apply_to_patient(patient, message, &readings, &mut changes);
+                fresh = self.apply_to_patient(patient, message, readings, &mut changes);
                 if fresh && touched_set.insert(patient.key.clone()) {
                     touched_patients.push(patient.key.clone());
                 }
@@ -281,24 +408,15 @@ impl View {
                     touched_devices.push(id);
                 }
             }
-            if announce && fresh && !readings.is_empty() {
-                let event = ObservationEvent {
-                    patient: message.patient.as_ref().map(|p| p.key.clone()),
-                    message_id: message.id,
-                    received_at: utc_text(message.received_at),
-                    values: readings,
-                };
-                changes.events.push((
-                    EventKind::Observation,
-                    serde_json::to_string(&event).unwrap_or_default(),
-                ));
+            if fresh && let Some(observation) = observation {
+                changes.events.push((EventKind::Observation, observation));
             }
         }
         for key in touched_patients {
             let Some(state) = self.patients.get_mut(&key) else {
                 continue;
             };
-            let snapshot = Arc::new(PatientSnapshot::new(&state.body, state.last_ms));
+            let snapshot = Arc::new(state.snapshot());
             let status = snapshot.status(now_ms, &self.config);
             if announce {
                 changes
@@ -380,19 +498,13 @@ impl View {
         &mut self,
         patient: &PatientData,
         message: &FeedMessage,
-        readings: &[Reading],
+        readings: Vec<Kept>,
         changes: &mut Changes,
     ) -> bool {
         if !self.patients.contains_key(&patient.key) {
             self.make_room_for_patient(changes);
-            self.patients.insert(
-                patient.key.clone(),
-                PatientState {
-                    body: body_of(patient),
-                    last_ms: None,
-                    announced: None,
-                },
-            );
+            self.patients
+                .insert(patient.key.clone(), PatientState::new(patient));
         }
         let Some(state) = self.patients.get_mut(&patient.key) else {
             return false;
@@ -422,26 +534,22 @@ impl View {
         body.last_message_id = Some(message.id);
         state.last_ms = Some(message.received_at.as_millisecond());
         if !readings.is_empty() {
-            body.values_missing = readings.iter().all(|r| r.state != ValueState::Ok);
+            body.values_missing = readings.iter().all(|k| k.reading.state != ValueState::Ok);
         }
-        for (reading, observation) in readings.iter().zip(&message.observations) {
-            remember(&mut body.latest, reading);
+        for (kept, observation) in readings.into_iter().zip(&message.observations) {
+            let reading = &kept.reading;
             if reading.state == ValueState::Ok
                 && reading.vital.is_some()
                 && let Some(value) = reading.numeric
             {
-                plot(
-                    &mut body.sparklines,
-                    reading,
-                    observation.observed_ms,
-                    value,
-                );
+                plot(&mut state.lines, reading, observation.observed_ms, value);
             }
+            remember(&mut state.latest, kept);
         }
-        body.severity = body
+        body.severity = state
             .latest
             .iter()
-            .filter_map(|r| r.alert.as_ref())
+            .filter_map(|k| k.reading.alert.as_ref())
             .map(|a| match a.level {
                 AlertLevel::Warning => 1,
                 AlertLevel::Critical => 2,
@@ -545,52 +653,73 @@ fn body_of(patient: &PatientData) -> PatientBody {
     }
 }
 
-/// Keeps `reading` as the latest of its code and sub-id.
-fn remember(latest: &mut Vec<Reading>, reading: &Reading) {
-    if let Some(kept) = latest
+/// Keeps `kept` as the latest reading of its code and sub-id.
+fn remember(latest: &mut Vec<Kept>, kept: Kept) {
+    let reading = &kept.reading;
+    if let Some(slot) = latest
         .iter_mut()
-        .find(|r| r.code == reading.code && r.sub_id == reading.sub_id)
+        .find(|k| k.reading.code == reading.code && k.reading.sub_id == reading.sub_id)
     {
-        *kept = reading.clone();
+        *slot = kept;
         return;
     }
     if latest.len() >= MAX_READINGS_PER_PATIENT
         && let Some(oldest) = latest
             .iter()
             .enumerate()
-            .min_by_key(|(_, r)| (r.message_id, r.index))
+            .min_by_key(|(_, k)| (k.reading.message_id, k.reading.index))
             .map(|(i, _)| i)
     {
         latest.remove(oldest);
     }
-    latest.push(reading.clone());
+    latest.push(kept);
 }
 
 /// Adds a value to its code's sparkline, keeping the last [`SPARKLINE_POINTS`].
-fn plot(sparklines: &mut Vec<Sparkline>, reading: &Reading, time_ms: i64, value: f64) {
-    let index = match sparklines
+fn plot(lines: &mut Vec<Line>, reading: &Reading, time_ms: i64, value: f64) {
+    let index = match lines
         .iter()
-        .position(|s| s.code == reading.code && s.sub_id == reading.sub_id)
+        .position(|l| l.code == reading.code && l.sub_id == reading.sub_id)
     {
         Some(index) => index,
-        None if sparklines.len() < MAX_SPARKLINES_PER_PATIENT => {
-            sparklines.push(Sparkline {
-                code: reading.code.clone(),
-                sub_id: reading.sub_id.clone(),
-                times_ms: VecDeque::with_capacity(SPARKLINE_POINTS),
-                values: VecDeque::with_capacity(SPARKLINE_POINTS),
-            });
-            sparklines.len() - 1
+        None if lines.len() < MAX_SPARKLINES_PER_PATIENT => {
+            lines.push(Line::new(&reading.code, &reading.sub_id));
+            lines.len() - 1
         }
         None => return,
     };
-    let line = &mut sparklines[index];
-    if line.times_ms.len() >= SPARKLINE_POINTS {
-        line.times_ms.pop_front();
-        line.values.pop_front();
+    let line = &mut lines[index];
+    line.times.push(&time_ms.to_string());
+    line.values
+        .push(&serde_json::to_string(&value).unwrap_or_else(|_| "null".into()));
+}
+
+/// The `observation` event of a message: its fields by serde, its readings as rendered.
+fn observation_json(message: &FeedMessage, readings: &[Kept]) -> String {
+    const EMPTY: &str = r#""values":[]}"#;
+    let event = ObservationEvent {
+        patient: message.patient.as_ref().map(|p| p.key.clone()),
+        message_id: message.id,
+        received_at: utc_text(message.received_at),
+        values: Vec::new(),
+    };
+    let head = serde_json::to_string(&event).unwrap_or_default();
+    let Some(head) = head.strip_suffix(EMPTY) else {
+        return "{}".into();
+    };
+    let mut out = String::with_capacity(
+        head.len() + readings.iter().map(|k| k.json.len() + 1).sum::<usize>() + EMPTY.len(),
+    );
+    out.push_str(head);
+    out.push_str(r#""values":["#);
+    for (n, kept) in readings.iter().enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        out.push_str(&kept.json);
     }
-    line.times_ms.push_back(time_ms);
-    line.values.push_back(value);
+    out.push_str("]}");
+    out
 }
 
 /// The devices of an accepted message with observations: its distinct OBX-18 equipment ids,
@@ -657,6 +786,37 @@ fn status_json(
         last_message_at: last_ms.map(millis_text),
     };
     serde_json::to_string(&event).unwrap_or_default()
+}
+
+#[cfg(test)]
+impl View {
+    /// The patient's body with `latest` and `sparklines` filled in from their kept parts,
+    /// the numbers read back from their text: what the JSON must equal.
+    fn structured(&self, key: &str) -> PatientBody {
+        let state = &self.patients[key];
+        let numbers = |text: &str| -> Vec<f64> {
+            text.split(',')
+                .filter(|t| !t.is_empty())
+                .map(|t| t.parse().unwrap())
+                .collect()
+        };
+        let mut body = state.body.clone();
+        body.latest = state.latest.iter().map(|k| k.reading.clone()).collect();
+        body.sparklines = state
+            .lines
+            .iter()
+            .map(|l| Sparkline {
+                code: l.code.clone(),
+                sub_id: l.sub_id.clone(),
+                times_ms: numbers(&l.times.text)
+                    .into_iter()
+                    .map(|t| t as i64)
+                    .collect(),
+                values: numbers(&l.values.text).into(),
+            })
+            .collect();
+        body
+    }
 }
 
 #[cfg(test)]

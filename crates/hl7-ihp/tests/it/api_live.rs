@@ -213,6 +213,11 @@ fn the_patients_list_shows_status_latest_values_and_filters_and_sorts() {
     for (path, parameter) in [
         ("/api/v1/patients?sort=sideways", "sort"),
         ("/api/v1/patients/%FF%FE", "key"),
+        ("/api/v1/patients?srot=name", "srot"),
+        ("/api/v1/patients?sort=name&sort=severity", "sort"),
+        ("/api/v1/patients/HOSP%2FMRN-1?x=1", "x"),
+        ("/api/v1/devices?patient=1", "patient"),
+        ("/api/v1/stats?since=1", "since"),
     ] {
         let (status, problem) = get_json(&receiver, path);
         assert_eq!(status, 400, "{path}: {problem}");

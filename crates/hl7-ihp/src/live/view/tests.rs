@@ -140,12 +140,15 @@ fn the_snapshot_json_is_the_patient_view() {
     let changes = view.apply(&[vitals(1, T0, "80")], T0, false);
     assert!(changes.events.is_empty(), "nothing announced at start");
     let snapshot = &changes.patients[0];
-    let state = &view.patients["100234"];
+    let body = view.structured("100234");
+    assert_eq!(body.sparklines[0].values, [80.0]);
+    assert_eq!(body.sparklines[0].times_ms, [T0]);
+    assert_eq!(body.latest.len(), 2);
     for now in [T0 + 1_000, T0 + 31_000, T0 + 301_000] {
         let expected = PatientView {
-            status: status_at(state.last_ms, now, &config()),
+            status: status_at(Some(T0), now, &config()),
             silent_seconds: Some((now - T0) as f64 / 1000.0),
-            body: state.body.clone(),
+            body: body.clone(),
         };
         assert_eq!(
             json(&snapshot.json(now, &config())),
@@ -179,19 +182,25 @@ fn the_latest_value_of_each_code_replaces_the_one_before() {
 fn sparklines_keep_the_last_values_only() {
     let mut view = View::new(config());
     let messages: Vec<FeedMessage> = (0..SPARKLINE_POINTS as i64 + 25)
-        .map(|n| vitals(n + 1, T0 + n * 1_000, &format!("{}", 60 + n)))
+        .map(|n| vitals(n + 1, T0 + n * 1_000, &format!("{}.{}", 60 + n, n % 10)))
         .collect();
     let changes = view.apply(&messages, T0, false);
     let patient = json(&changes.patients[0].json(T0, &config()));
     let values = patient["sparklines"][0]["values"].as_array().unwrap();
     assert_eq!(values.len(), SPARKLINE_POINTS);
-    assert_eq!(values[0], 85.0, "the oldest 25 are gone");
-    assert_eq!(
-        values[SPARKLINE_POINTS - 1],
-        60.0 + SPARKLINE_POINTS as f64 + 24.0
-    );
+    assert_eq!(values[0], 85.5, "the oldest 25 are gone");
+    assert_eq!(values[SPARKLINE_POINTS - 1], 144.4);
     let times = patient["sparklines"][0]["times_ms"].as_array().unwrap();
     assert_eq!(times[0], T0 + 25_000);
+    // The JSON kept in parts is what serde makes of the whole, after the ring wrapped too.
+    let expected = PatientView {
+        status: Status::Offline,
+        silent_seconds: Some(0.0),
+        body: view.structured("100234"),
+    };
+    let mut rendered = json(&changes.patients[0].json(T0, &config()));
+    rendered["status"] = "offline".into();
+    assert_eq!(rendered, serde_json::to_value(&expected).unwrap());
     assert_eq!(
         changes.patients.len(),
         1,
