@@ -12,6 +12,7 @@ use axum::routing::get;
 use crate::metrics::{Extra, Metrics};
 use crate::store::{Health, Store};
 
+pub mod assets;
 pub mod problem;
 pub mod serve;
 
@@ -34,6 +35,7 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .merge(assets::routes())
         .with_state(state)
 }
 

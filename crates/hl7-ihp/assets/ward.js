@@ -1,0 +1,211 @@
+// The ward view: a tile per patient, sorted and searched, kept current from the event
+// stream (never by polling). Tiles are built once and updated in place; updates that
+// arrive together are drawn in one animation frame.
+
+import { h, setText } from "./dom.js";
+import { createTile, updateTile, tickTile } from "./tile.js";
+import { location as place, parseTime } from "./format.js";
+
+const SORTS = {
+  location: "Location",
+  name: "Name",
+  severity: "Most abnormal first",
+  staleness: "Longest silent first",
+};
+
+const collator = new Intl.Collator(undefined, { numeric: true, sensitivity: "base" });
+
+function byLocation(a, b) {
+  return collator.compare(a.location || "\uffff", b.location || "\uffff") || collator.compare(a.name || "", b.name || "") || collator.compare(a.key, b.key);
+}
+
+function comparator(sort, tiles) {
+  const severity = (p) => Number(tiles.get(p.key)?.root.dataset.severity || p.severity || 0);
+  switch (sort) {
+    case "name":
+      return (a, b) => collator.compare(a.name || "\uffff", b.name || "\uffff") || byLocation(a, b);
+    case "severity":
+      return (a, b) => severity(b) - severity(a) || byLocation(a, b);
+    case "staleness":
+      return (a, b) => parseTime(a.last_message_at) - parseTime(b.last_message_at) || byLocation(a, b);
+    default:
+      return byLocation;
+  }
+}
+
+function matches(patient, q) {
+  if (!q) return true;
+  const needle = q.toLocaleLowerCase();
+  return [patient.id, patient.key, patient.name, patient.location, place(patient.location), patient.device]
+    .some((text) => (text || "").toLocaleLowerCase().includes(needle));
+}
+
+// Columns so that all tiles fit on the screen when they can, as large as they can be.
+const MIN_TILE = 330;
+const ASPECT = 0.74;
+
+function columns(n, width, height) {
+  const most = Math.max(1, Math.floor(width / MIN_TILE));
+  let best = most;
+  let bestWidth = 0;
+  for (let cols = 1; cols <= most; cols++) {
+    const rows = Math.ceil(n / cols);
+    const balanced = Math.ceil(n / rows);
+    const tileWidth = width / balanced;
+    if (rows * tileWidth * ASPECT <= height && tileWidth > bestWidth) {
+      best = balanced;
+      bestWidth = tileWidth;
+    }
+  }
+  return Math.min(best, Math.max(1, n), most);
+}
+
+/** Mounts the ward view in `main`. */
+export function mount(main, ctx) {
+  const { live, search } = ctx;
+  let q = search.get("q") || "";
+  let sort = SORTS[search.get("sort")] ? search.get("sort") : "location";
+  const tiles = new Map();
+  const dirty = new Set();
+  let frame = 0;
+  let everything = true;
+
+  const input = h("input", { type: "search", placeholder: "Search name, id or bed", value: q, "aria-label": "Search patients" });
+  const select = h("select", { "aria-label": "Sort" }, Object.entries(SORTS).map(([value, text]) => h("option", { value, text, selected: value === sort })));
+  const summary = h("div", { class: "summary", "aria-live": "polite" });
+  const grid = h("div", { class: "ward", id: "ward" });
+  const note = h("p", { class: "empty", text: "Loading patients…" });
+  main.replaceChildren(
+    h("div", { class: "toolbar" }, h("h1", { text: "Ward" }), summary, h("div", { class: "controls" }, input, select)),
+    h("p", { class: "link-banner", role: "alert", text: "No connection to the receiver: the values shown are not being updated." }),
+    note,
+    grid,
+  );
+
+  function remember() {
+    const params = new URLSearchParams();
+    if (q) params.set("q", q);
+    if (sort !== "location") params.set("sort", sort);
+    const text = params.toString();
+    history.replaceState(null, "", text ? `/?${text}` : "/");
+  }
+  input.addEventListener("input", () => {
+    q = input.value.trim();
+    remember();
+    schedule(true);
+  });
+  select.addEventListener("change", () => {
+    sort = select.value;
+    remember();
+    schedule(true);
+  });
+
+  function schedule(all) {
+    if (all) everything = true;
+    if (!frame) frame = requestAnimationFrame(draw);
+  }
+
+  function draw() {
+    frame = 0;
+    const keys = everything ? [...live.patients.keys()] : [...dirty];
+    for (const key of keys) {
+      const patient = live.patients.get(key);
+      if (!patient) continue;
+      const held = tiles.get(key);
+      if (held) updateTile(held, patient, live.thresholds);
+      else {
+        const tile = createTile(patient);
+        updateTile(tile, patient, live.thresholds);
+        tiles.set(key, tile);
+      }
+    }
+    if (everything) {
+      for (const [key, tile] of tiles) {
+        if (!live.patients.has(key)) {
+          tile.root.remove();
+          tiles.delete(key);
+        }
+      }
+    }
+    const structural = everything || keys.some((key) => !tiles.get(key)?.root.isConnected) || sort !== "location";
+    dirty.clear();
+    everything = false;
+    if (structural) arrange();
+    summarize();
+  }
+
+  // Filters and orders the tiles, moving DOM nodes only when the order changed.
+  function arrange() {
+    const visible = [...live.patients.values()].filter((p) => matches(p, q)).sort(comparator(sort, tiles));
+    const wanted = visible.map((p) => tiles.get(p.key).root);
+    const present = [...grid.children];
+    if (wanted.length !== present.length || wanted.some((node, i) => node !== present[i])) grid.replaceChildren(...wanted);
+    const rect = main.getBoundingClientRect();
+    const cols = columns(wanted.length, grid.clientWidth || rect.width, window.innerHeight - grid.getBoundingClientRect().top - 12);
+    grid.style.setProperty("--columns", String(cols));
+    if (!live.loaded) setText(note, "Loading patients…");
+    else if (live.patients.size === 0) setText(note, "No patients yet: a monitor's patient appears here with its first message.");
+    else if (wanted.length === 0) setText(note, `No patient matches “${q}”.`);
+    else setText(note, "");
+    note.hidden = note.textContent === "";
+  }
+
+  function summarize() {
+    let n = 0;
+    const counts = { critical: 0, warning: 0, stale: 0, offline: 0, novalues: 0 };
+    for (const tile of tiles.values()) {
+      n++;
+      const severity = Number(tile.root.dataset.severity || 0);
+      const status = tile.root.dataset.status;
+      if (status === "stale") counts.stale++;
+      else if (status === "offline") counts.offline++;
+      else if (tile.root.classList.contains("no-values")) counts.novalues++;
+      if (status === "live" && severity === 2) counts.critical++;
+      else if (status === "live" && severity === 1) counts.warning++;
+    }
+    const parts = [h("span", { class: "count", text: `${n} patient${n === 1 ? "" : "s"}` })];
+    const words = { critical: "critical", warning: "warning", stale: "stale", offline: "offline", novalues: "no values" };
+    for (const [kind, count] of Object.entries(counts)) {
+      if (count > 0) parts.push(h("span", { class: `chip ${kind}`, text: `${count} ${words[kind]}` }));
+    }
+    const key = parts.map((p) => p.textContent).join("|");
+    if (summary.dataset.key !== key) {
+      summary.dataset.key = key;
+      summary.replaceChildren(...parts);
+    }
+  }
+
+  const unsubscribe = live.subscribe(({ event, data }) => {
+    if (event === "list") schedule(true);
+    else if (event === "patient" && data) {
+      dirty.add(data.key);
+      schedule(!tiles.has(data.key));
+    } else if (event === "status" && data && data.patient) {
+      dirty.add(data.patient);
+      schedule(false);
+    } else if (event === "error") {
+      setText(note, `Could not read the patients: ${data.message}`);
+      note.hidden = false;
+    }
+  });
+  const onResize = () => schedule(true);
+  window.addEventListener("resize", onResize);
+  if (live.loaded) draw();
+
+  return {
+    tick() {
+      let changed = false;
+      for (const tile of tiles.values()) {
+        const before = tile.root.dataset.status;
+        tickTile(tile);
+        changed ||= before !== tile.root.dataset.status;
+      }
+      if (changed) summarize();
+    },
+    unmount() {
+      unsubscribe();
+      window.removeEventListener("resize", onResize);
+      if (frame) cancelAnimationFrame(frame);
+    },
+  };
+}
