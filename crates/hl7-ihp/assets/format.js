@@ -62,13 +62,20 @@ export function parseTime(text) {
 // wall clock, which we cannot place, so the time received stands in for it.
 const HAS_OFFSET = /(Z|[+-]\d\d:?\d\d)$/;
 
+// Values are objects from the API that are never changed, so each one's time is worked
+// out once.
+const TIMES = new WeakMap();
+
 /** When a value was measured, as well as we know: milliseconds. */
 export function valueTime(value) {
-  if (value.observed_at && HAS_OFFSET.test(value.observed_at)) {
-    const at = Date.parse(value.observed_at);
-    if (Number.isFinite(at)) return at;
+  let at = TIMES.get(value);
+  if (at === undefined) {
+    at = NaN;
+    if (value.observed_at && HAS_OFFSET.test(value.observed_at)) at = Date.parse(value.observed_at);
+    if (!Number.isFinite(at)) at = parseTime(value.received_at);
+    TIMES.set(value, at);
   }
-  return parseTime(value.received_at);
+  return at;
 }
 
 /** "12 s ago", "4 min ago", "3 h ago", "2 d ago". */

@@ -57,7 +57,7 @@ function cellLabel(cell, value) {
  * Creates a tile. `link` makes it an anchor to the patient view; `sources` links each
  * value to the message it came from.
  */
-export function createTile(patient, { link = true, sources = false } = {}) {
+export function createTile(patient, { link = true, sources = false, thresholds = null } = {}) {
   const parts = {};
   const head = h("div", { class: "tile-head" },
     h("div", { class: "who" },
@@ -87,8 +87,8 @@ export function createTile(patient, { link = true, sources = false } = {}) {
   parts.foot = h("div", { class: "tile-foot" });
   const body = [head, parts.banner, h("div", { class: "vitals" }, cells.map((c) => c.root)), parts.foot];
   const root = link ? h("a", { class: "tile", data: { key: patient.key } }, body) : h("div", { class: "tile big" }, body);
-  const tile = { root, parts, cells, patient, thresholds: null };
-  updateTile(tile, patient, null);
+  const tile = { root, parts, cells, patient, thresholds };
+  updateTile(tile, patient, thresholds);
   return tile;
 }
 

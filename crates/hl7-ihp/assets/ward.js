@@ -42,6 +42,7 @@ function matches(patient, q) {
 
 // Columns so that all tiles fit on the screen when they can, as large as they can be.
 const MIN_TILE = 330;
+const PAD = 16;
 const ASPECT = 0.74;
 
 function columns(n, width, height) {
@@ -82,6 +83,9 @@ export function mount(main, ctx) {
     grid,
   );
 
+  // The grid's top, read while it is empty (a cheap layout), and the view's side padding.
+  let gridTop = grid.getBoundingClientRect().top + window.scrollY;
+
   function remember() {
     const params = new URLSearchParams();
     if (q) params.set("q", q);
@@ -113,11 +117,7 @@ export function mount(main, ctx) {
       if (!patient) continue;
       const held = tiles.get(key);
       if (held) updateTile(held, patient, live.thresholds);
-      else {
-        const tile = createTile(patient);
-        updateTile(tile, patient, live.thresholds);
-        tiles.set(key, tile);
-      }
+      else tiles.set(key, createTile(patient, { thresholds: live.thresholds }));
     }
     if (everything) {
       for (const [key, tile] of tiles) {
@@ -140,8 +140,9 @@ export function mount(main, ctx) {
     const wanted = visible.map((p) => tiles.get(p.key).root);
     const present = [...grid.children];
     if (wanted.length !== present.length || wanted.some((node, i) => node !== present[i])) grid.replaceChildren(...wanted);
-    const rect = main.getBoundingClientRect();
-    const cols = columns(wanted.length, grid.clientWidth || rect.width, window.innerHeight - grid.getBoundingClientRect().top - 12);
+    // From the window's size and the grid's place, read once: reading the layout after
+    // the tiles changed would make the browser lay out all of them here.
+    const cols = columns(wanted.length, window.innerWidth - 2 * PAD, window.innerHeight - gridTop - PAD);
     grid.style.setProperty("--columns", String(cols));
     if (!live.loaded) setText(note, "Loading patients…");
     else if (live.patients.size === 0) setText(note, "No patients yet: a monitor's patient appears here with its first message.");
@@ -188,7 +189,10 @@ export function mount(main, ctx) {
       note.hidden = false;
     }
   });
-  const onResize = () => schedule(true);
+  const onResize = () => {
+    if (grid.childElementCount === 0) gridTop = grid.getBoundingClientRect().top + window.scrollY;
+    schedule(true);
+  };
   window.addEventListener("resize", onResize);
   if (live.loaded) draw();
 

@@ -10,6 +10,8 @@ mod support;
 #[path = "../../../hl7/tests/support/golden.rs"]
 mod golden;
 
+// The dashboard in headless Chromium: live values, staleness, trends, the other views.
+mod browser;
 // Every corpus file through the real receiver.
 mod corpus_receive;
 // A receiver killed with SIGKILL under load loses no acknowledged message.
