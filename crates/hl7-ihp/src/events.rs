@@ -1,6 +1,8 @@
-//! "Committed" notifications: `ingest` says that messages were stored, and whoever keeps
-//! something derived from the store (the JSON exporter; later the live event stream)
-//! subscribes. The notification carries no data: the store is the truth, and a subscriber
+//! "Committed" notifications: `ingest` says that messages were stored (accepted or
+//! refused: every commit that added a message to the store's feed), and whoever keeps
+//! something derived from the store (the JSON exporter, the live event stream) subscribes.
+//! The exporter finds no patient to rewrite after a refused message and goes back to
+//! waiting. The notification carries no data: the store is the truth, and a subscriber
 //! reads what changed from it, so a slow subscriber only coalesces wake-ups and never slows
 //! the ACK path.
 
@@ -26,7 +28,7 @@ impl Events {
         }
     }
 
-    /// Says that a commit stored at least one accepted message.
+    /// Says that a commit kept at least one new message, accepted or refused.
     pub fn committed(&self) {
         self.commits.send_modify(|n| *n = n.wrapping_add(1));
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use hl7::ack::{
-    AckError, AckMode, AckOptions, ErrorCode, ErrorLocation, Outcome, build_ack,
+    AckCode, AckError, AckMode, AckOptions, ErrorCode, ErrorLocation, Outcome, build_ack,
     build_reject_without_header, choose_ack,
 };
 use hl7::extract::{Extract, extract};
@@ -44,7 +44,8 @@ pub struct Ingest {
     store: Arc<dyn Store>,
     settings: IngestSettings,
     metrics: Arc<Metrics>,
-    /// Told after every commit that accepted something: the JSON exporter listens.
+    /// Told after every commit that kept a new message (accepted or refused): the JSON
+    /// exporter and the live event stream listen.
     events: Events,
     /// Per-peer limits on warning lines, shared with the connections' lines.
     log_limit: Arc<RateLimit>,
@@ -121,8 +122,10 @@ impl Ingest {
             // so a failing disk does not cost a log line per message.
             Metrics::inc(&self.metrics.store_failures);
         }
+        if let Ok(results) = &stored {
+            self.announce(results);
+        }
         let mut acks = Vec::with_capacity(messages.len());
-        let mut accepted_any = false;
         for (index, (message, prepared)) in messages.iter().zip(&prepared).enumerate() {
             let stored = match &stored {
                 Ok(results) => results.get(index).ok_or(()),
@@ -130,7 +133,6 @@ impl Ingest {
             };
             let (outcome, error) = answer(prepared, stored);
             self.count(outcome, stored);
-            accepted_any |= outcome == Outcome::Accept;
             let Some(code) = choose_ack(
                 &prepared.accept_ack_type,
                 &prepared.application_ack_type,
@@ -144,10 +146,15 @@ impl Ingest {
             let options = self.ack_options(&control_id, &time);
             acks.push(build_ack(message, code, error.as_ref(), &options));
         }
-        if accepted_any {
+        acks
+    }
+
+    /// Tells the subscribers about a commit that kept something new, accepted or refused:
+    /// the live view shows refused messages too. Duplicates and repeats add no message.
+    fn announce(&self, results: &[Stored]) {
+        if results.iter().any(|s| matches!(s, Stored::New { .. })) {
             self.events.committed();
         }
-        acks
     }
 
     /// Handles a frame over the size limit: its head is kept, the answer is a reject.
@@ -183,6 +190,20 @@ impl Ingest {
         }
         let header = salvage_header(frame);
         let key = header.as_ref().map(|message| key_of(&extract(message)));
+        // The code the reject below carries: the sender's MSH-15/16 decide when its header
+        // was read, and our header-less reject is always AR.
+        let ack_code = match &header {
+            Some(message) => {
+                let header = extract(message).header;
+                choose_ack(
+                    &header.accept_ack_type,
+                    &header.application_ack_type,
+                    Outcome::Reject,
+                    self.settings.ack_mode,
+                )
+            }
+            None => Some(AckCode::AR),
+        };
         let new = NewMessage {
             received_at,
             peer: peer.to_string(),
@@ -192,12 +213,13 @@ impl Ingest {
             verdict: Verdict::Reject {
                 reason: reason.clone(),
             },
-            ack_code: None,
+            ack_code: ack_code.map(|code| code.as_str().to_owned()),
             content: None,
         };
         // Kept for inspection when the store is up; the answer is a reject either way.
-        if self.store.commit(vec![new]).await.is_err() {
-            Metrics::inc(&self.metrics.store_failures);
+        match self.store.commit(vec![new]).await {
+            Ok(results) => self.announce(&results),
+            Err(_) => Metrics::inc(&self.metrics.store_failures),
         }
         let error = AckError {
             code: ErrorCode::SegmentSequence,
@@ -207,20 +229,10 @@ impl Ingest {
         let control_id = self.next_control_id();
         let time = ack_time();
         let options = self.ack_options(&control_id, &time);
-        let ack = match &header {
-            Some(message) => {
-                let header = extract(message).header;
-                match choose_ack(
-                    &header.accept_ack_type,
-                    &header.application_ack_type,
-                    Outcome::Reject,
-                    self.settings.ack_mode,
-                ) {
-                    Some(code) => build_ack(message, code, Some(&error), &options),
-                    None => return Vec::new(),
-                }
-            }
-            None => build_reject_without_header(None, &error, &options),
+        let ack = match (&header, ack_code) {
+            (Some(message), Some(code)) => build_ack(message, code, Some(&error), &options),
+            (Some(_), None) => return Vec::new(),
+            (None, _) => build_reject_without_header(None, &error, &options),
         };
         vec![ack]
     }
@@ -274,9 +286,21 @@ impl Ingest {
         {
             tracing::warn!(%peer, reason, n_suppressed, "message answered with an error");
         }
+        let accept_ack_type = extract.header.accept_ack_type.to_string();
+        let application_ack_type = extract.header.application_ack_type.to_string();
+        // What `frame` answers when the store keeps this message as new: `answer` then
+        // goes by this verdict (a duplicate or a failure is answered otherwise, and then
+        // this row is not written).
+        let ack_code = choose_ack(
+            &accept_ack_type,
+            &application_ack_type,
+            verdict.outcome(),
+            self.settings.ack_mode,
+        )
+        .map(|code| code.as_str().to_owned());
         Prepared {
-            accept_ack_type: extract.header.accept_ack_type.to_string(),
-            application_ack_type: extract.header.application_ack_type.to_string(),
+            accept_ack_type,
+            application_ack_type,
             new: Some(NewMessage {
                 received_at,
                 peer: peer.to_string(),
@@ -284,7 +308,7 @@ impl Ingest {
                 key: (missing.is_none()).then_some(key),
                 hash: Sha256::digest(raw).into(),
                 verdict: verdict.clone(),
-                ack_code: None,
+                ack_code,
                 content,
             }),
             verdict,
@@ -458,4 +482,80 @@ fn ack_time() -> String {
     jiff::Timestamp::now()
         .strftime("%Y%m%d%H%M%S+0000")
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::{SqliteOptions, SqliteStore};
+    use crate::store::{MessageFilter, SQLITE_FILE_NAME};
+
+    fn message(control_id: &str, message_type: &str, ack_types: &str) -> Vec<u8> {
+        format!(
+            "MSH|^~\\&|DEV|FAC|||20240101120000||{message_type}|{control_id}|P|2.5|||{ack_types}\r\
+             PID|||P1\rOBX|1|NM|8867-4^HR||72|/min|||||F\r"
+        )
+        .into_bytes()
+    }
+
+    /// Each new message is kept with the code it was answered with, and every commit that
+    /// kept one (refused too) is announced.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn messages_are_kept_with_their_ack_code_and_every_new_one_is_announced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&dir.path().join(SQLITE_FILE_NAME), SqliteOptions::default())
+                .unwrap(),
+        );
+        let events = Events::new();
+        let subscription = events.subscribe();
+        let ingest = Ingest::new(
+            Arc::clone(&store),
+            IngestSettings {
+                ack_mode: AckMode::Auto,
+                ack_application: "IHP".into(),
+                ack_facility: "HOSP".into(),
+                patient_identity: PatientIdentity::Id,
+            },
+            Arc::new(Metrics::default()),
+            events,
+            Arc::new(RateLimit::default()),
+        );
+        let peer: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let mut expected = Vec::new();
+        for (frame, code) in [
+            (message("C1", "ORU^R01", ""), Some("AA")),
+            (message("C2", "ORU^R01", "AL|NE"), Some("CA")),
+            (message("C3", "ORU^R01", "NE|NE"), None),
+            (message("", "ORU^R01", ""), Some("AE")),
+            (message("C5", "", "AL|NE"), Some("CE")),
+            (b"not hl7 at all".to_vec(), Some("AR")),
+        ] {
+            let before = subscription.n_commits();
+            let acks = ingest.frame(&frame, peer).await;
+            assert_eq!(acks.len(), usize::from(code.is_some()));
+            assert_eq!(subscription.n_commits(), before + 1, "announced");
+            expected.push(code.map(str::to_owned));
+        }
+        // A retransmission adds no message, and is not announced.
+        let before = subscription.n_commits();
+        assert_eq!(
+            ingest
+                .frame(&message("C1", "ORU^R01", ""), peer)
+                .await
+                .len(),
+            1
+        );
+        assert_eq!(subscription.n_commits(), before);
+        let oversized = ingest
+            .oversized(10_000, b"MSH|^~\\&|DEV|FAC", 100, peer)
+            .await;
+        assert_eq!(oversized.len(), 1);
+        expected.push(Some("AR".into()));
+
+        let mut messages = store.messages(MessageFilter::default()).await.unwrap();
+        messages.reverse();
+        let codes: Vec<Option<String>> = messages.into_iter().map(|m| m.ack_code).collect();
+        assert_eq!(codes, expected);
+    }
 }

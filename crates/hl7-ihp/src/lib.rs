@@ -13,10 +13,11 @@
 //! - [`server`]: wires the store, the exporter, HTTP and the MLLP listener, stops them in order.
 //! - [`mllp`]: the accept loop with its limits, and one connection's read–ingest–ACK loop.
 //! - [`ingest`]: frame → parse → extract → store → the one function that decides the ACK.
-//! - [`events`]: "committed" notifications the exporter (and later the live stream) follow.
+//! - [`events`]: "committed" notifications the exporter and the live stream follow.
 //! - [`store`]: the object-safe `Store` trait, its types, `open`, and the SQLite backend.
 //! - [`documents`]: pure shapes: the patient document and the vitals table with MDC names.
 //! - [`export`]: the exporter task, safe file names and atomic writes.
+//! - [`live`]: the live view (patients, devices, per-minute counts, events) from the feed.
 //! - [`http`]: the HTTP router: `/healthz`, `/metrics`.
 //! - [`sender`]: the device simulator and load generator: link, load, simulator.
 //! - [`terminal`]: device text made safe to print: controls escaped, long values cut.
@@ -33,6 +34,7 @@ pub mod export;
 pub mod http;
 pub mod ids;
 pub mod ingest;
+pub mod live;
 pub mod logging;
 pub mod metrics;
 pub mod mllp;

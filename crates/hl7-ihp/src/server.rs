@@ -19,12 +19,13 @@ use crate::export::{self, ExportCounters, ExportOptions};
 use crate::http::ExtraMetrics;
 use crate::http::{self, HttpState};
 use crate::ingest::{Ingest, IngestSettings};
+use crate::live::{self, Live};
 use crate::metrics::{Extra, Metrics};
 use crate::mllp::budget::PartialBudget;
 use crate::mllp::listener;
 use crate::rate_limit::RateLimit;
 use crate::shutdown::Shutdown;
-use crate::store::{self, Store};
+use crate::store::{self, Store, StoreRead};
 
 /// Why the receiver could not start or did not stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -101,7 +102,21 @@ pub async fn run(
         exporter_stop.into_requested(),
     ));
 
-    let http_task = http_listener.map(|listener| {
+    // The live view behind the API's patients, devices, stats and events; only when HTTP
+    // serves it. It follows the store like the exporter, off the ACK path.
+    let (stop_live, live_stop) = Shutdown::new();
+    let live = http_listener.as_ref().map(|_| {
+        let live = Live::new(config.live, Some(Arc::clone(&export_counters)));
+        let task = tokio::spawn(live::run(
+            Arc::clone(&live),
+            Arc::clone(&store) as Arc<dyn StoreRead>,
+            events.subscribe(),
+            live_stop.into_requested(),
+        ));
+        (live, task)
+    });
+
+    let http_task = http_listener.zip(live.as_ref()).map(|(listener, (live, _))| {
         let state = HttpState {
             metrics: Arc::clone(&metrics),
             extra: extra_metrics(
@@ -110,6 +125,7 @@ pub async fn run(
                 Arc::clone(&budget),
             ),
             store: Arc::clone(&store),
+            live: Arc::clone(live),
         };
         tokio::spawn(http::serve::run(
             listener,
@@ -153,6 +169,13 @@ pub async fn run(
     let _ = stop_tx.send(true);
     if let Err(error) = accept.await {
         tracing::error!(%error, "the listener task failed");
+    }
+    // The event streams end with the live view, so none holds the HTTP side's drain up.
+    stop_live.trigger();
+    if let Some((_, task)) = live
+        && let Err(error) = task.await
+    {
+        tracing::error!(%error, "the live view task failed");
     }
     stop_exporter.trigger();
     match exporter.await {

@@ -13,8 +13,10 @@ use crate::metrics::{Extra, Metrics};
 use crate::store::{Health, Store};
 
 pub mod assets;
+pub mod live_api;
 pub mod problem;
 pub mod serve;
+pub mod sse;
 
 /// Numbers kept outside [`Metrics`] (the store's, the exporter's), read at each scrape.
 pub type ExtraMetrics = Arc<dyn Fn() -> Vec<Extra> + Send + Sync>;
@@ -28,6 +30,8 @@ pub struct HttpState {
     pub extra: ExtraMetrics,
     /// The store, for `/healthz`.
     pub store: Arc<dyn Store>,
+    /// The live view: patients, devices, stats and the event stream.
+    pub live: Arc<crate::live::Live>,
 }
 
 /// The router.
@@ -35,6 +39,7 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .merge(live_api::routes())
         .merge(assets::routes())
         .with_state(state)
 }

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use super::{
-    ChangeCursor, Content, Health, MessageFilter, MessageKey, NewMessage, ObservationData, Outcome,
-    PatientData, PatientSummary, Store, StoreOptions, Stored, Verdict,
+    ChangeCursor, Content, Health, MessageFilter, MessageKey, MessageSummary, NewMessage,
+    ObservationData, Outcome, PatientData, PatientSummary, Store, StoreOptions, Stored, Verdict,
 };
 
 /// Opens a fresh (or, given the same folder again, the same) store of one backend in `dir`.
@@ -37,6 +37,11 @@ macro_rules! store_contract {
             the_change_feed_names_each_changed_patient_once,
             exporters_keep_their_own_watermarks,
             a_working_store_is_healthy,
+            the_feed_holds_every_message_in_commit_order,
+            a_patient_feed_is_their_newest_messages,
+            messages_are_filtered_by_every_condition,
+            messages_page_by_their_cursor,
+            one_message_reads_back_whole,
         );
     };
     (@tests $open:expr; $($name:ident),* $(,)?) => {
@@ -712,4 +717,520 @@ pub async fn a_working_store_is_healthy(open: Open) {
         .await
         .unwrap();
     assert_eq!(store.health(), Health::Ok);
+}
+
+/// The feed holds every new message, accepted or refused, in commit order, with its content
+/// and its patient as stored now; it pages by its limit and ends where the head is.
+pub async fn the_feed_holds_every_message_in_commit_order(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &options());
+    assert_eq!(store.feed_head().await.unwrap(), ChangeCursor::START);
+    let empty = store.feed(ChangeCursor::START, 10).await.unwrap();
+    assert!(empty.messages.is_empty());
+    assert_eq!(empty.next, ChangeCursor::START);
+
+    let mut unreadable = rejected("", "junk");
+    unreadable.key = None;
+    unreadable.content = None;
+    let mut error = oru("3", None, &[], "");
+    error.verdict = Verdict::Error {
+        reason: "MSH-9 missing".into(),
+    };
+    error.content = None;
+    let stored = store
+        .commit(vec![
+            oru("1", Some(patient("P1", "EVE", false)), &["184", "90"], ""),
+            rejected("2", ""),
+            error,
+            unreadable,
+            oru("5", None, &["7"], ""),
+        ])
+        .await
+        .unwrap();
+    let ids: Vec<i64> = stored.iter().map(new_id).collect();
+    // The patient's data as stored now, not as the message had it.
+    store
+        .commit(vec![oru(
+            "6",
+            Some(patient("P1", "EVE EVERYWOMAN", true)),
+            &[],
+            "",
+        )])
+        .await
+        .unwrap();
+    let head = store.feed_head().await.unwrap();
+
+    let feed = store.feed(ChangeCursor::START, 100).await.unwrap();
+    assert_eq!(feed.next, head);
+    let got: Vec<i64> = feed.messages.iter().map(|m| m.id).collect();
+    assert_eq!(&got[..5], &ids[..]);
+    assert_eq!(got.len(), 6);
+    let first = &feed.messages[0];
+    assert_eq!(first.outcome, Outcome::Accept);
+    assert_eq!(first.reason, None);
+    assert_eq!(first.sending_application.as_deref(), Some("DEV"));
+    assert_eq!(first.sending_facility.as_deref(), Some("FAC"));
+    assert_eq!(first.control_id.as_deref(), Some("1"));
+    assert_eq!(first.message_type.as_deref(), Some("ORU^R01"));
+    assert_eq!(first.location.as_deref(), Some("ICU^1"));
+    assert_eq!(first.device.as_deref(), Some("DEV"));
+    assert_eq!(
+        first.patient,
+        Some(patient("P1", "EVE EVERYWOMAN", false)),
+        "the patient's current data"
+    );
+    assert_eq!(
+        first.observations,
+        vec![observation(0, "184"), observation(1, "90")]
+    );
+    assert_eq!(first.received_at.as_millisecond(), 1_700_000_000_123);
+    let refused = &feed.messages[1];
+    assert_eq!(refused.outcome, Outcome::Reject);
+    assert_eq!(refused.reason.as_deref(), Some("message type not allowed"));
+    assert_eq!(refused.control_id.as_deref(), Some("2"));
+    assert_eq!(refused.patient, None, "a refused message is about no one");
+    assert!(refused.observations.is_empty());
+    let error = &feed.messages[2];
+    assert_eq!(error.outcome, Outcome::Error);
+    assert_eq!(error.reason.as_deref(), Some("MSH-9 missing"));
+    assert_eq!(error.message_type, None);
+    let unreadable = &feed.messages[3];
+    assert_eq!(unreadable.sending_application, None);
+    assert_eq!(unreadable.control_id, None);
+    let without_patient = &feed.messages[4];
+    assert_eq!(without_patient.patient, None);
+    assert_eq!(without_patient.observations, vec![observation(0, "7")]);
+
+    // Page by page: the same messages, each once, ending at the head.
+    let mut cursor = ChangeCursor::START;
+    let mut paged = Vec::new();
+    loop {
+        let page = store.feed(cursor, 4).await.unwrap();
+        assert!(page.messages.len() <= 4);
+        if page.messages.is_empty() {
+            assert_eq!(page.next, cursor);
+            break;
+        }
+        assert_eq!(
+            page.next,
+            ChangeCursor::at(page.messages.last().unwrap().id)
+        );
+        paged.extend(page.messages);
+        cursor = page.next;
+    }
+    assert_eq!(paged, feed.messages);
+    assert_eq!(cursor, head);
+    // What commits later is after the head.
+    let later = store.commit(vec![rejected("7", "later")]).await.unwrap();
+    let after = store.feed(head, 10).await.unwrap();
+    assert_eq!(after.messages.len(), 1);
+    assert_eq!(after.messages[0].id, new_id(&later[0]));
+    assert!(after.next > head);
+    assert_eq!(store.feed_head().await.unwrap(), after.next);
+}
+
+/// A patient's feed is their newest messages, newest first, with their data.
+pub async fn a_patient_feed_is_their_newest_messages(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &options());
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let stored = store
+            .commit(vec![
+                oru(
+                    &n.to_string(),
+                    Some(patient("P1", "EVE", false)),
+                    &[&n.to_string()],
+                    "",
+                ),
+                oru(
+                    &format!("o{n}"),
+                    Some(patient("P2", "ADAM", false)),
+                    &["x"],
+                    "",
+                ),
+                rejected(&format!("r{n}"), ""),
+            ])
+            .await
+            .unwrap();
+        ids.push(new_id(&stored[0]));
+    }
+    let (data, messages) = store.patient_feed("P1", 2).await.unwrap().unwrap();
+    assert_eq!(data, patient("P1", "EVE", false));
+    let got: Vec<i64> = messages.iter().map(|m| m.id).collect();
+    assert_eq!(got, [ids[2], ids[1]]);
+    assert!(
+        messages
+            .iter()
+            .all(|m| m.patient.as_ref() == Some(&data) && m.outcome == Outcome::Accept)
+    );
+    assert_eq!(messages[0].observations, vec![observation(0, "2")]);
+    let (_, all) = store.patient_feed("P1", 100).await.unwrap().unwrap();
+    assert_eq!(all.len(), 3);
+    let (_, none) = store.patient_feed("P1", 0).await.unwrap().unwrap();
+    assert!(none.is_empty());
+    assert!(store.patient_feed("nobody", 10).await.unwrap().is_none());
+}
+
+/// A message received at `ms`, answered with `ack_code`.
+fn at(mut message: NewMessage, ms: i64, ack_code: &str) -> NewMessage {
+    message.received_at = jiff::Timestamp::from_millisecond(ms).unwrap();
+    message.ack_code = Some(ack_code.into());
+    message
+}
+
+/// The ids of a listing.
+async fn listed(store: &dyn Store, filter: MessageFilter) -> Vec<i64> {
+    let messages: Vec<MessageSummary> = store.messages(filter).await.unwrap();
+    assert!(
+        messages.windows(2).all(|w| w[0].id > w[1].id),
+        "newest first"
+    );
+    messages.iter().map(|m| m.id).collect()
+}
+
+/// Every condition of the message list holds, alone and together, and the listing carries
+/// each message's type, patient and ACK code.
+pub async fn messages_are_filtered_by_every_condition(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &options());
+    let t = 1_800_000_000_000;
+    let minute = 60_000;
+    let mut adt = oru("2", Some(patient("P2", "ADAM", true)), &[], "");
+    adt.content.as_mut().unwrap().message_type = "ADT".into();
+    adt.content.as_mut().unwrap().trigger = "A08".into();
+    let mut other_facility = oru("3", Some(patient("P1", "EVE", false)), &["1"], "");
+    other_facility.key.as_mut().unwrap().sending_facility = "WARD".into();
+    let mut error = oru("5", None, &[], "");
+    error.verdict = Verdict::Error {
+        reason: "MSH-9 missing".into(),
+    };
+    error.content = None;
+    let mut no_ack = oru("6", Some(patient("P1", "EVE", false)), &["2"], "");
+    no_ack.received_at = jiff::Timestamp::from_millisecond(t + 50 * minute).unwrap();
+    let stored = store
+        .commit(vec![
+            at(
+                oru("1", Some(patient("P1", "EVE", false)), &["1"], ""),
+                t,
+                "AA",
+            ),
+            at(adt, t + 10 * minute, "CA"),
+            at(other_facility, t + 20 * minute, "AA"),
+            at(rejected("4", ""), t + 30 * minute, "AR"),
+            at(error, t + 40 * minute, "AE"),
+            no_ack,
+        ])
+        .await
+        .unwrap();
+    let id: Vec<i64> = stored.iter().map(new_id).collect();
+    let all = store.messages(MessageFilter::default()).await.unwrap();
+    assert_eq!(all.len(), 6);
+    let by_id = |n: usize| all.iter().find(|m| m.id == id[n]).unwrap();
+    assert_eq!(by_id(0).message_type.as_deref(), Some("ORU^R01"));
+    assert_eq!(by_id(0).patient.as_deref(), Some("P1"));
+    assert_eq!(by_id(0).ack_code.as_deref(), Some("AA"));
+    assert_eq!(by_id(1).message_type.as_deref(), Some("ADT^A08"));
+    assert_eq!(by_id(1).patient.as_deref(), Some("P2"));
+    assert_eq!(by_id(1).ack_code.as_deref(), Some("CA"));
+    assert_eq!(by_id(3).ack_code.as_deref(), Some("AR"));
+    assert_eq!(by_id(3).patient, None);
+    assert_eq!(by_id(4).ack_code.as_deref(), Some("AE"));
+    assert_eq!(by_id(4).message_type, None);
+    assert_eq!(by_id(5).ack_code, None, "the sender asked for no ACK");
+
+    let filter = MessageFilter::default;
+    let ids = |ns: &[usize]| ns.iter().rev().map(|&n| id[n]).collect::<Vec<_>>();
+    let cases: Vec<(MessageFilter, Vec<i64>)> = vec![
+        (
+            MessageFilter {
+                outcome: Some(Outcome::Accept),
+                ..filter()
+            },
+            ids(&[0, 1, 2, 5]),
+        ),
+        (
+            MessageFilter {
+                outcome: Some(Outcome::Reject),
+                ..filter()
+            },
+            ids(&[3]),
+        ),
+        (
+            MessageFilter {
+                outcome: Some(Outcome::Error),
+                ..filter()
+            },
+            ids(&[4]),
+        ),
+        (
+            MessageFilter {
+                rejected_only: true,
+                ..filter()
+            },
+            ids(&[3, 4]),
+        ),
+        (
+            MessageFilter {
+                rejected_only: true,
+                outcome: Some(Outcome::Accept),
+                ..filter()
+            },
+            vec![],
+        ),
+        (
+            MessageFilter {
+                message_type: Some("ORU^R01".into()),
+                ..filter()
+            },
+            // The reject kept its type: it helps whoever inspects it.
+            ids(&[0, 2, 3, 5]),
+        ),
+        (
+            MessageFilter {
+                message_type: Some("ADT^A08".into()),
+                ..filter()
+            },
+            ids(&[1]),
+        ),
+        (
+            MessageFilter {
+                message_type: Some("ORU".into()),
+                ..filter()
+            },
+            vec![],
+        ),
+        (
+            MessageFilter {
+                facility: Some("WARD".into()),
+                ..filter()
+            },
+            ids(&[2]),
+        ),
+        (
+            MessageFilter {
+                patient: Some("P1".into()),
+                ..filter()
+            },
+            ids(&[0, 2, 5]),
+        ),
+        (
+            MessageFilter {
+                patient: Some("P1".into()),
+                facility: Some("FAC".into()),
+                ..filter()
+            },
+            ids(&[0, 5]),
+        ),
+        (
+            MessageFilter {
+                patient: Some("P1".into()),
+                rejected_only: true,
+                ..filter()
+            },
+            vec![],
+        ),
+        (
+            MessageFilter {
+                patient: Some("nobody".into()),
+                ..filter()
+            },
+            vec![],
+        ),
+        (
+            MessageFilter {
+                since_ms: Some(t + 10 * minute),
+                until_ms: Some(t + 40 * minute),
+                ..filter()
+            },
+            ids(&[1, 2, 3]),
+        ),
+        (
+            MessageFilter {
+                since_ms: Some(t + 10 * minute + 1),
+                ..filter()
+            },
+            ids(&[2, 3, 4, 5]),
+        ),
+        (
+            MessageFilter {
+                until_ms: Some(t + 10 * minute),
+                ..filter()
+            },
+            ids(&[0]),
+        ),
+        (
+            MessageFilter {
+                patient: Some("P1".into()),
+                since_ms: Some(t + minute),
+                until_ms: Some(t + 50 * minute),
+                ..filter()
+            },
+            ids(&[2]),
+        ),
+        (
+            MessageFilter {
+                rejected_only: true,
+                since_ms: Some(t + 35 * minute),
+                ..filter()
+            },
+            ids(&[4]),
+        ),
+        (
+            MessageFilter {
+                before_id: Some(id[3]),
+                outcome: Some(Outcome::Accept),
+                ..filter()
+            },
+            ids(&[0, 1, 2]),
+        ),
+        (
+            MessageFilter {
+                before_id: Some(id[5]),
+                patient: Some("P1".into()),
+                limit: Some(1),
+                ..filter()
+            },
+            ids(&[2]),
+        ),
+    ];
+    for (filter, expected) in cases {
+        assert_eq!(
+            listed(store.as_ref(), filter.clone()).await,
+            expected,
+            "{filter:?}"
+        );
+    }
+}
+
+/// Pages of the message list, each starting below the last id of the one before, read
+/// every message once, also while new messages arrive.
+pub async fn messages_page_by_their_cursor(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &options());
+    let mut expected = Vec::new();
+    for n in 0..7 {
+        let message = if n % 3 == 2 {
+            rejected(&n.to_string(), "")
+        } else {
+            oru(
+                &n.to_string(),
+                Some(patient("P1", "EVE", false)),
+                &["1"],
+                "",
+            )
+        };
+        expected.push(new_id(&store.commit(vec![message]).await.unwrap()[0]));
+    }
+    expected.reverse();
+    assert_eq!(
+        listed(store.as_ref(), MessageFilter::default()).await,
+        expected
+    );
+    for filter in [
+        MessageFilter::default(),
+        MessageFilter {
+            patient: Some("P1".into()),
+            ..MessageFilter::default()
+        },
+        MessageFilter {
+            rejected_only: true,
+            ..MessageFilter::default()
+        },
+    ] {
+        let all = listed(store.as_ref(), filter.clone()).await;
+        let mut paged = Vec::new();
+        let mut before_id = None;
+        for page in 0.. {
+            let ids = listed(
+                store.as_ref(),
+                MessageFilter {
+                    before_id,
+                    limit: Some(2),
+                    ..filter.clone()
+                },
+            )
+            .await;
+            if ids.is_empty() {
+                break;
+            }
+            assert!(ids.len() <= 2);
+            before_id = ids.last().copied();
+            paged.extend(ids);
+            // What arrives meanwhile is newer than every page.
+            let n = format!("late{page}");
+            store
+                .commit(vec![oru(&n, Some(patient("P1", "EVE", false)), &["1"], "")])
+                .await
+                .unwrap();
+        }
+        assert_eq!(paged, all, "{filter:?}");
+    }
+}
+
+/// One message reads back with its bytes and everything the browser shows.
+pub async fn one_message_reads_back_whole(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &options());
+    let message = at(
+        oru(
+            "1",
+            Some(patient("P1", "EVE", false)),
+            &["184", "90"],
+            "OBX|1\r",
+        ),
+        1_800_000_000_000,
+        "CA",
+    );
+    let id = new_id(&store.commit(vec![message.clone()]).await.unwrap()[0]);
+    let detail = store.message(id).await.unwrap().unwrap();
+    assert_eq!(detail.summary.id, id);
+    assert_eq!(detail.summary.raw.as_deref(), Some(&message.raw[..]));
+    assert_eq!(detail.summary.received_at, message.received_at);
+    assert_eq!(detail.summary.peer, "127.0.0.1:40000");
+    assert_eq!(detail.summary.sender, "DEV|FAC");
+    assert_eq!(detail.summary.control_id, "1");
+    assert_eq!(detail.summary.outcome, Outcome::Accept);
+    assert_eq!(detail.summary.message_type.as_deref(), Some("ORU^R01"));
+    assert_eq!(detail.summary.patient.as_deref(), Some("P1"));
+    assert_eq!(detail.summary.ack_code.as_deref(), Some("CA"));
+    assert_eq!(detail.summary.n_received, 1);
+    assert_eq!(detail.sending_application.as_deref(), Some("DEV"));
+    assert_eq!(detail.sending_facility.as_deref(), Some("FAC"));
+    assert_eq!(detail.version.as_deref(), Some("2.6"));
+    assert_eq!(detail.location.as_deref(), Some("ICU^1"));
+    assert_eq!(detail.device.as_deref(), Some("DEV"));
+    assert_eq!(detail.last_received_at, None);
+    assert_eq!(
+        detail.observations,
+        vec![observation(0, "184"), observation(1, "90")]
+    );
+
+    // A refused frame received twice: counted, with the time of the last copy.
+    let first = at(rejected("2", ""), 1_800_000_001_000, "AR");
+    let refused = new_id(&store.commit(vec![first.clone()]).await.unwrap()[0]);
+    let again = at(first, 1_800_000_002_000, "AR");
+    store.commit(vec![again.clone()]).await.unwrap();
+    let detail = store.message(refused).await.unwrap().unwrap();
+    assert_eq!(detail.summary.outcome, Outcome::Reject);
+    assert_eq!(
+        detail.summary.reason.as_deref(),
+        Some("message type not allowed")
+    );
+    assert_eq!(detail.summary.n_received, 2);
+    assert_eq!(detail.summary.ack_code.as_deref(), Some("AR"));
+    assert_eq!(detail.summary.patient, None);
+    assert_eq!(detail.last_received_at, Some(again.received_at));
+    assert!(detail.observations.is_empty());
+    assert_eq!(detail.device, None);
+
+    let mut unreadable = rejected("", "junk");
+    unreadable.key = None;
+    unreadable.content = None;
+    let junk = new_id(&store.commit(vec![unreadable]).await.unwrap()[0]);
+    let detail = store.message(junk).await.unwrap().unwrap();
+    assert_eq!(detail.sending_application, None);
+    assert_eq!(detail.summary.sender, "");
+    assert_eq!(detail.version, None);
+    assert!(store.message(junk + 100).await.unwrap().is_none());
 }

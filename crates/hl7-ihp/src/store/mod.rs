@@ -324,9 +324,11 @@ pub struct MessageSummary {
     pub n_received: u64,
     /// Why, for errors and rejects.
     pub reason: Option<String>,
-    /// `MSH-9.1^MSH-9.2` of an accepted message.
+    /// `MSH-9.1^MSH-9.2` when the content was extracted: accepted messages, and refused
+    /// ones whose content was read (it helps whoever inspects a reject).
     pub message_type: Option<String>,
-    /// The patient's identity key, when the message named one.
+    /// The patient's identity key, when the message named one (accepted messages only:
+    /// a refused message is about no one).
     pub patient: Option<String>,
     /// The ACK code that was sent (`AA`, `AE`, `AR`, `CA`, `CE`, `CR`); `None` when the
     /// sender asked for none, or for messages stored before the code was kept.
@@ -399,7 +401,7 @@ pub struct FeedMessage {
     pub sending_facility: Option<String>,
     /// MSH-10 as sent.
     pub control_id: Option<String>,
-    /// `MSH-9.1^MSH-9.2` of an accepted message.
+    /// `MSH-9.1^MSH-9.2` when the content was extracted (as [`MessageSummary`]).
     pub message_type: Option<String>,
     /// PV1-3 as sent.
     pub location: Option<String>,

@@ -484,7 +484,8 @@ impl StoreRead for SqliteStore {
     }
 
     fn messages(&self, filter: MessageFilter) -> StoreFuture<'_, Vec<MessageSummary>> {
-        Box::pin(self.read(move |conn| read_messages(conn, &filter)))
+        let tail = self.inner.tail.clone();
+        Box::pin(self.read(move |conn| read_messages(conn, tail.as_deref(), &filter)))
     }
 
     fn changes_since(&self, after: ChangeCursor, limit: usize) -> StoreFuture<'_, Changes> {
@@ -503,11 +504,11 @@ impl StoreRead for SqliteStore {
     }
 
     fn feed(&self, after: ChangeCursor, limit: usize) -> StoreFuture<'_, Feed> {
-        todo!("{after:?} {limit}")
+        Box::pin(self.read(move |conn| read_feed(conn, after, limit)))
     }
 
     fn feed_head(&self) -> StoreFuture<'_, ChangeCursor> {
-        todo!()
+        Box::pin(self.read(read_feed_head))
     }
 
     fn patient_feed<'a>(
@@ -515,7 +516,9 @@ impl StoreRead for SqliteStore {
         key: &'a str,
         limit: usize,
     ) -> StoreFuture<'a, Option<(PatientData, Vec<FeedMessage>)>> {
-        todo!("{key} {limit}")
+        let key = key.to_owned();
+        let tail = self.inner.tail.clone();
+        Box::pin(self.read(move |conn| read_patient_feed(conn, tail.as_deref(), &key, limit)))
     }
 
     fn observations<'a>(
@@ -535,7 +538,7 @@ impl StoreRead for SqliteStore {
     }
 
     fn message(&self, id: i64) -> StoreFuture<'_, Option<MessageDetail>> {
-        todo!("{id}")
+        Box::pin(self.read(move |conn| read_message(conn, id)))
     }
 }
 
@@ -642,11 +645,11 @@ impl StoreRead for SqliteReader {
     }
 
     fn feed(&self, after: ChangeCursor, limit: usize) -> StoreFuture<'_, Feed> {
-        todo!("{after:?} {limit}")
+        self.store.feed(after, limit)
     }
 
     fn feed_head(&self) -> StoreFuture<'_, ChangeCursor> {
-        todo!()
+        self.store.feed_head()
     }
 
     fn patient_feed<'a>(
@@ -654,7 +657,7 @@ impl StoreRead for SqliteReader {
         key: &'a str,
         limit: usize,
     ) -> StoreFuture<'a, Option<(PatientData, Vec<FeedMessage>)>> {
-        todo!("{key} {limit}")
+        self.store.patient_feed(key, limit)
     }
 
     fn observations<'a>(
@@ -674,7 +677,7 @@ impl StoreRead for SqliteReader {
     }
 
     fn message(&self, id: i64) -> StoreFuture<'_, Option<MessageDetail>> {
-        todo!("{id}")
+        self.store.message(id)
     }
 }
 

@@ -35,22 +35,34 @@ pub(super) fn decode_observations(
         .collect())
 }
 
-// The three queries of a patient's messages read the same columns, which
-// [`push_records`] turns into records: id, control_id, received_ms, device, observations.
+/// The columns [`push_records`] turns into records: id, control_id, received_ms, device,
+/// observations.
+pub(super) const RECORD_COLUMNS: &str =
+    "m.id, m.control_id, m.received_ms, m.device, m.observations";
 
-/// A tail entry's message.
-pub(super) const MESSAGE_BY_ID: &str = "SELECT m.id, m.control_id, m.received_ms, m.device, \
-     m.observations FROM messages m WHERE m.id = ?1";
+/// One message by id, as a select list over `messages m` gives it (a tail entry's message).
+pub(super) fn message_by_id(columns: &str) -> String {
+    format!("SELECT {columns} FROM messages m WHERE m.id = ?1")
+}
 
-/// A patient's messages in `patient_messages` below an id, newest first.
-pub(super) const PATIENT_MESSAGES: &str = "SELECT m.id, m.control_id, m.received_ms, m.device, \
-     m.observations FROM patient_messages pm JOIN messages m ON m.id = pm.message \
-     WHERE pm.patient = ?1 AND pm.message < ?2 ORDER BY pm.message DESC";
+/// A patient's messages in `patient_messages` in an id range `[?2, ?3)`, newest first.
+pub(super) fn patient_messages(columns: &str) -> String {
+    format!(
+        "SELECT {columns} FROM patient_messages pm JOIN messages m ON m.id = pm.message \
+         WHERE pm.patient = ?1 AND pm.message >= ?2 AND pm.message < ?3 \
+         ORDER BY pm.message DESC"
+    )
+}
 
-/// A patient's messages written by another process (after the tail's `known_through`),
-/// newest first: a range of the primary key, empty in the writing process.
-pub(super) const PATIENT_MESSAGES_BEYOND: &str = "SELECT m.id, m.control_id, m.received_ms, m.device, \
-     m.observations FROM messages m WHERE m.id > ?1 AND m.patient = ?2 ORDER BY m.id DESC";
+/// A patient's messages written by another process (after the tail's `known_through`) in
+/// an id range `[?1, ?2)`, newest first: a range of the primary key, empty in the writing
+/// process.
+pub(super) fn patient_messages_beyond(columns: &str) -> String {
+    format!(
+        "SELECT {columns} FROM messages m WHERE m.id >= ?1 AND m.id < ?2 AND m.patient = ?3 \
+         ORDER BY m.id DESC"
+    )
+}
 
 /// The messages after an id, with their patients (the primary key).
 pub(super) const CHANGED_SINCE: &str = "SELECT m.id, p.key FROM messages m \
@@ -188,12 +200,21 @@ pub(super) fn read_patients(
     Ok(summaries)
 }
 
-pub(super) fn read_patient_records(
+/// A patient's messages as one read sees them: the patients row, the tail entries copied
+/// when the snapshot started, and the tail's `known_through`.
+pub(super) struct PatientScope {
+    pub(super) row: i64,
+    pub(super) in_tail: Vec<Entry>,
+    pub(super) known_through: i64,
+}
+
+/// Starts the read's snapshot by finding a patient: their data and the scope of their
+/// messages, `None` for an unknown key.
+pub(super) fn find_patient(
     conn: &Connection,
     tail: Option<&Mutex<PatientTail>>,
     key: &str,
-    limit: Option<usize>,
-) -> rusqlite::Result<Option<PatientRecords>> {
+) -> rusqlite::Result<Option<(PatientData, PatientScope)>> {
     let start = || {
         conn.prepare_cached(
             "SELECT id, patient_id, assigning_authority, identifiers, name, birth_date, sex \
@@ -222,117 +243,342 @@ pub(super) fn read_patient_records(
             .map(|(row, _)| tail.entries(*row))
             .unwrap_or_default()
     })?;
-    let Some((patient_row, patient)) = found else {
-        return Ok(None);
-    };
-    let (in_tail, known_through) = (view.entries, view.known_through);
-
-    let limit = limit.unwrap_or(usize::MAX);
-    let mut records = Vec::new();
-    // Newest first: another process's messages, the tail, then the table below the tail;
-    // each stops at the limit, so the cost is that of the records returned, not of the
-    // patient's history.
-    let mut beyond = conn.prepare_cached(PATIENT_MESSAGES_BEYOND)?;
-    push_records(
-        beyond.query(params![known_through, patient_row])?,
-        limit,
-        &mut records,
-    )?;
-    let mut by_id = conn.prepare_cached(MESSAGE_BY_ID)?;
-    for entry in in_tail.iter().rev() {
-        if records.len() >= limit {
-            break;
-        }
-        // Absent when its transaction is not in this snapshot.
-        push_records(by_id.query([entry.message])?, limit, &mut records)?;
-    }
-    let below = in_tail
-        .first()
-        .map_or(known_through.saturating_add(1), |e| e.message);
-    let mut indexed = conn.prepare_cached(PATIENT_MESSAGES)?;
-    push_records(
-        indexed.query(params![patient_row, below])?,
-        limit,
-        &mut records,
-    )?;
-    Ok(Some(PatientRecords { patient, records }))
+    Ok(found.map(|(row, patient)| {
+        let scope = PatientScope {
+            row,
+            in_tail: view.entries,
+            known_through: view.known_through,
+        };
+        (patient, scope)
+    }))
 }
 
-/// Adds the records of messages read by [`MESSAGE_BY_ID`], [`PATIENT_MESSAGES`] or
-/// [`PATIENT_MESSAGES_BEYOND`], in order, up to `limit`.
-pub(super) fn push_records(
-    mut rows: rusqlite::Rows<'_>,
-    limit: usize,
-    records: &mut Vec<ObservationRow>,
+/// Calls `each` with the patient's messages whose ids are in `ids`, newest first, as rows
+/// of `columns` (a select list over `messages m`), until it returns false.
+///
+/// Three parts, each a range: another process's messages (after `known_through`), the
+/// tail, then the table below the tail. So the cost is that of the messages `each` looks
+/// at, whatever the patient's history before or after the range.
+pub(super) fn scan_patient_messages(
+    conn: &Connection,
+    scope: &PatientScope,
+    columns: &str,
+    ids: std::ops::Range<i64>,
+    mut each: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<bool>,
 ) -> rusqlite::Result<()> {
-    while records.len() < limit {
-        let Some(row) = rows.next()? else {
-            break;
-        };
-        let Some(observations) = row.get_ref(4)?.as_str_or_null()? else {
-            continue;
-        };
-        let message_id: i64 = row.get(0)?;
-        let control_id: String = row.get::<_, Option<String>>(1)?.unwrap_or_default();
-        let received_at = instant(row.get(2)?);
-        let device: String = row.get::<_, Option<String>>(3)?.unwrap_or_default();
-        for observation in decode_observations(4, observations)? {
-            if records.len() >= limit {
-                break;
+    let std::ops::Range { start, end } = ids;
+    if start >= end {
+        return Ok(());
+    }
+    let beyond_from = start.max(scope.known_through.saturating_add(1));
+    if beyond_from < end {
+        let mut statement = conn.prepare_cached(&patient_messages_beyond(columns))?;
+        let mut rows = statement.query(params![beyond_from, end, scope.row])?;
+        while let Some(row) = rows.next()? {
+            if !each(row)? {
+                return Ok(());
             }
-            records.push(ObservationRow {
-                observation,
-                message_id,
-                control_id: control_id.clone(),
-                received_at,
-                device: device.clone(),
-            });
+        }
+    }
+    let mut by_id = conn.prepare_cached(&message_by_id(columns))?;
+    for entry in scope.in_tail.iter().rev() {
+        if entry.message >= end {
+            continue;
+        }
+        if entry.message < start {
+            return Ok(());
+        }
+        // Absent when its transaction is not in this snapshot.
+        let mut rows = by_id.query([entry.message])?;
+        if let Some(row) = rows.next()?
+            && !each(row)?
+        {
+            return Ok(());
+        }
+    }
+    let below = scope
+        .in_tail
+        .first()
+        .map_or(scope.known_through.saturating_add(1), |e| e.message)
+        .min(end);
+    if start < below {
+        let mut statement = conn.prepare_cached(&patient_messages(columns))?;
+        let mut rows = statement.query(params![scope.row, start, below])?;
+        while let Some(row) = rows.next()? {
+            if !each(row)? {
+                return Ok(());
+            }
         }
     }
     Ok(())
 }
 
+pub(super) fn read_patient_records(
+    conn: &Connection,
+    tail: Option<&Mutex<PatientTail>>,
+    key: &str,
+    limit: Option<usize>,
+) -> rusqlite::Result<Option<PatientRecords>> {
+    let Some((patient, scope)) = find_patient(conn, tail, key)? else {
+        return Ok(None);
+    };
+    let limit = limit.unwrap_or(usize::MAX);
+    let mut records = Vec::new();
+    if limit > 0 {
+        scan_patient_messages(conn, &scope, RECORD_COLUMNS, 0..i64::MAX, |row| {
+            push_records(row, limit, &mut records)?;
+            Ok(records.len() < limit)
+        })?;
+    }
+    Ok(Some(PatientRecords { patient, records }))
+}
+
+/// Adds the records of a message read as [`RECORD_COLUMNS`], in OBX order, up to `limit`.
+pub(super) fn push_records(
+    row: &rusqlite::Row<'_>,
+    limit: usize,
+    records: &mut Vec<ObservationRow>,
+) -> rusqlite::Result<()> {
+    let Some(observations) = row.get_ref(4)?.as_str_or_null()? else {
+        return Ok(());
+    };
+    let message_id: i64 = row.get(0)?;
+    let control_id: String = row.get::<_, Option<String>>(1)?.unwrap_or_default();
+    let received_at = instant(row.get(2)?);
+    let device: String = row.get::<_, Option<String>>(3)?.unwrap_or_default();
+    for observation in decode_observations(4, observations)? {
+        if records.len() >= limit {
+            break;
+        }
+        records.push(ObservationRow {
+            observation,
+            message_id,
+            control_id: control_id.clone(),
+            received_at,
+            device: device.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// How far received times may run against id order (commit order), in ms: a frame's time
+/// is taken before it waits for the writer, and the wall clock may be stepped back. The
+/// id range a time filter looks at is this much wider; a message received further out of
+/// order (a clock stepped back by more) may be missed by a filter near that time.
+pub(super) const RECEIVED_DISORDER_MS: i64 = 5 * 60 * 1000;
+
+/// The first message at or after an id, with its received time (the primary key).
+pub(super) const MESSAGE_FROM: &str =
+    "SELECT id, received_ms FROM messages WHERE id >= ?1 ORDER BY id LIMIT 1";
+
+/// The first id from which messages were received at or after `ms`, found by bisection
+/// over the primary key: about 2·log2(n) lookups, whatever the history, instead of an
+/// index on received times that the ACK path would pay for. Received times follow ids up
+/// to [`RECEIVED_DISORDER_MS`], which the callers add.
+pub(super) fn first_received_at(conn: &Connection, ms: i64) -> rusqlite::Result<i64> {
+    let (first, last): (Option<i64>, Option<i64>) =
+        conn.query_row("SELECT min(id), max(id) FROM messages", [], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?;
+    let (Some(mut lo), Some(last)) = (first, last) else {
+        return Ok(0);
+    };
+    let mut hi = last.saturating_add(1);
+    let mut from = conn.prepare_cached(MESSAGE_FROM)?;
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let found = from
+            .query_row([mid], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+            })
+            .optional()?;
+        match found {
+            // No id between `mid` and `id`: the boundary is at or below `mid`.
+            Some((id, received_ms)) if id < hi && received_ms < ms => lo = id + 1,
+            _ => hi = mid,
+        }
+    }
+    Ok(lo)
+}
+
+/// The ids `[start, end)` that hold every message received in `[since, until)`, allowing
+/// for [`RECEIVED_DISORDER_MS`] (and more messages: filter on the times too).
+pub(super) fn ids_received(
+    conn: &Connection,
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+) -> rusqlite::Result<std::ops::Range<i64>> {
+    let start = match since_ms {
+        Some(ms) => first_received_at(conn, ms.saturating_sub(RECEIVED_DISORDER_MS))?,
+        None => 0,
+    };
+    let end = match until_ms {
+        Some(ms) => first_received_at(conn, ms.saturating_add(RECEIVED_DISORDER_MS))?,
+        None => i64::MAX,
+    };
+    Ok(start..end)
+}
+
+/// The columns [`message_summary`] reads, over `messages m`; the bytes only when asked for.
+pub(super) fn summary_columns(with_raw: bool) -> String {
+    let raw = if with_raw { "m.raw" } else { "NULL" };
+    format!(
+        "m.id, m.received_ms, m.peer, m.sending_application, m.sending_facility, \
+         m.control_id, m.outcome, m.reason, {raw}, m.n_received, m.message_type, m.ack_code"
+    )
+}
+
+/// Stored frames newest first in an id range `[?1, ?2)`, filtered, with their patients'
+/// keys: a range of the primary key, or with `refused` the refused frames' index (whose
+/// condition the query repeats, so that SQLite may use it). `outcome`, `message_type`,
+/// `facility` and the received times are checked on the rows read.
+pub(super) fn messages_query(with_raw: bool, refused: bool) -> String {
+    let (index, condition) = if refused {
+        ("INDEXED BY messages_refused", "m.outcome <> 'accepted' AND")
+    } else {
+        ("", "")
+    };
+    format!(
+        "SELECT {}, p.key FROM messages m {index} LEFT JOIN patients p ON p.id = m.patient \
+         WHERE {condition} m.id >= ?1 AND m.id < ?2 \
+           AND (?3 IS NULL OR m.outcome = ?3) \
+           AND (?4 IS NULL OR m.message_type = ?4) \
+           AND (?5 IS NULL OR m.sending_facility = ?5) \
+           AND (?6 IS NULL OR m.received_ms >= ?6) \
+           AND (?7 IS NULL OR m.received_ms < ?7) \
+         ORDER BY m.id DESC LIMIT ?8",
+        summary_columns(with_raw)
+    )
+}
+
+/// A message read as [`summary_columns`], about the patient with this key.
+pub(super) fn message_summary(
+    row: &rusqlite::Row<'_>,
+    patient: Option<String>,
+) -> rusqlite::Result<MessageSummary> {
+    let application: Option<String> = row.get(3)?;
+    let facility: Option<String> = row.get(4)?;
+    Ok(MessageSummary {
+        id: row.get(0)?,
+        received_at: instant(row.get(1)?),
+        peer: row.get(2)?,
+        sender: match (application, facility) {
+            (None, None) => String::new(),
+            (application, facility) => format!(
+                "{}|{}",
+                application.unwrap_or_default(),
+                facility.unwrap_or_default()
+            ),
+        },
+        control_id: row.get::<_, Option<String>>(5)?.unwrap_or_default(),
+        outcome: outcome_of(row.get_ref(6)?.as_str()?),
+        reason: row.get(7)?,
+        raw: row.get(8)?,
+        n_received: row.get::<_, i64>(9)?.max(1) as u64,
+        message_type: row.get(10)?,
+        patient,
+        ack_code: row.get(11)?,
+    })
+}
+
+/// Whether a message read as [`summary_columns`] passes the filter's conditions other than
+/// the patient and the id range.
+fn passes(row: &rusqlite::Row<'_>, filter: &MessageFilter) -> rusqlite::Result<bool> {
+    let outcome = outcome_of(row.get_ref(6)?.as_str()?);
+    let received_ms: i64 = row.get(1)?;
+    Ok(!(filter.rejected_only && outcome == Outcome::Accept)
+        && filter.outcome.is_none_or(|wanted| wanted == outcome)
+        && match &filter.message_type {
+            Some(wanted) => row.get_ref(10)?.as_str_or_null()? == Some(wanted.as_str()),
+            None => true,
+        }
+        && match &filter.facility {
+            Some(wanted) => row.get_ref(4)?.as_str_or_null()? == Some(wanted.as_str()),
+            None => true,
+        }
+        && filter.since_ms.is_none_or(|since| received_ms >= since)
+        && filter.until_ms.is_none_or(|until| received_ms < until))
+}
+
 pub(super) fn read_messages(
     conn: &Connection,
+    tail: Option<&Mutex<PatientTail>>,
     filter: &MessageFilter,
 ) -> rusqlite::Result<Vec<MessageSummary>> {
-    let mut statement = conn.prepare_cached(
-        "SELECT id, received_ms, peer, sending_application, sending_facility, control_id, \
-           outcome, reason, CASE WHEN ?1 THEN raw END, n_received \
-         FROM messages WHERE NOT ?2 OR outcome <> 'accepted' ORDER BY id DESC LIMIT ?3",
-    )?;
-    let limit = filter
-        .limit
-        .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
-    let rows = statement.query_map(
-        params![filter.with_raw, filter.rejected_only, limit],
-        |row| {
-            let application: Option<String> = row.get(3)?;
-            let facility: Option<String> = row.get(4)?;
-            Ok(MessageSummary {
-                id: row.get(0)?,
-                received_at: instant(row.get(1)?),
-                peer: row.get(2)?,
-                sender: match (application, facility) {
-                    (None, None) => String::new(),
-                    (application, facility) => format!(
-                        "{}|{}",
-                        application.unwrap_or_default(),
-                        facility.unwrap_or_default()
-                    ),
-                },
-                control_id: row.get::<_, Option<String>>(5)?.unwrap_or_default(),
-                outcome: outcome_of(&row.get::<_, String>(6)?),
-                reason: row.get(7)?,
-                message_type: None,
-                patient: None,
-                ack_code: None,
-                raw: row.get(8)?,
-                n_received: row.get::<_, i64>(9)?.max(1) as u64,
-            })
-        },
-    )?;
-    rows.collect()
+    let limit = filter.limit.unwrap_or(usize::MAX);
+    let mut messages = Vec::new();
+    if limit == 0 {
+        return Ok(messages);
+    }
+    let Some(key) = &filter.patient else {
+        let mut ids = ids_received(conn, filter.since_ms, filter.until_ms)?;
+        if let Some(before) = filter.before_id {
+            ids.end = ids.end.min(before);
+        }
+        let refused = filter.rejected_only
+            || matches!(filter.outcome, Some(Outcome::Error | Outcome::Reject));
+        let mut statement = conn.prepare_cached(&messages_query(filter.with_raw, refused))?;
+        let mut rows = statement.query(params![
+            ids.start,
+            ids.end,
+            filter.outcome.map(outcome_name),
+            filter.message_type,
+            filter.facility,
+            filter.since_ms,
+            filter.until_ms,
+            sql_limit(filter.limit),
+        ])?;
+        while let Some(row) = rows.next()? {
+            let patient = row.get(12)?;
+            messages.push(message_summary(row, patient)?);
+        }
+        return Ok(messages);
+    };
+    // One patient's messages: their index, newest first, from the cursor on.
+    let Some((_, scope)) = find_patient(conn, tail, key)? else {
+        return Ok(messages);
+    };
+    let mut ids = ids_received(conn, filter.since_ms, filter.until_ms)?;
+    if let Some(before) = filter.before_id {
+        ids.end = ids.end.min(before);
+    }
+    let columns = summary_columns(filter.with_raw);
+    scan_patient_messages(conn, &scope, &columns, ids, |row| {
+        if passes(row, filter)? {
+            messages.push(message_summary(row, Some(key.clone()))?);
+        }
+        Ok(messages.len() < limit)
+    })?;
+    Ok(messages)
+}
+
+/// One stored frame with everything the message browser shows (the primary key).
+pub(super) const MESSAGE_DETAIL: &str = "SELECT m.id, m.received_ms, m.peer, \
+     m.sending_application, m.sending_facility, m.control_id, m.outcome, m.reason, m.raw, \
+     m.n_received, m.message_type, m.ack_code, p.key, m.version, m.location, m.device, \
+     m.last_received_ms, m.observations \
+     FROM messages m LEFT JOIN patients p ON p.id = m.patient WHERE m.id = ?1";
+
+pub(super) fn read_message(conn: &Connection, id: i64) -> rusqlite::Result<Option<MessageDetail>> {
+    let mut statement = conn.prepare_cached(MESSAGE_DETAIL)?;
+    let mut rows = statement.query([id])?;
+    let Some(row) = rows.next()? else {
+        return Ok(None);
+    };
+    let observations = match row.get_ref(17)?.as_str_or_null()? {
+        Some(text) => decode_observations(17, text)?,
+        None => Vec::new(),
+    };
+    Ok(Some(MessageDetail {
+        sending_application: row.get(3)?,
+        sending_facility: row.get(4)?,
+        version: row.get(13)?,
+        location: row.get(14)?,
+        device: row.get(15)?,
+        last_received_at: row.get::<_, Option<i64>>(16)?.map(instant),
+        observations,
+        summary: message_summary(row, row.get(12)?)?,
+    }))
 }
 
 pub(super) fn read_changes_since(
@@ -361,4 +607,103 @@ pub(super) fn read_changes_since(
         patients,
         next: ChangeCursor::at(highest),
     })
+}
+
+/// The columns [`feed_message`] reads, over `messages m`.
+pub(super) const FEED_COLUMNS: &str = "m.id, m.received_ms, m.outcome, m.reason, \
+     m.sending_application, m.sending_facility, m.control_id, m.message_type, m.location, \
+     m.device, m.observations";
+
+/// The feed after an id, with each message's patient as stored now (the primary key).
+pub(super) const FEED: &str = "SELECT m.id, m.received_ms, m.outcome, m.reason, \
+     m.sending_application, m.sending_facility, m.control_id, m.message_type, m.location, \
+     m.device, m.observations, p.key, p.patient_id, p.assigning_authority, p.identifiers, \
+     p.name, p.birth_date, p.sex \
+     FROM messages m LEFT JOIN patients p ON p.id = m.patient \
+     WHERE m.id > ?1 ORDER BY m.id LIMIT ?2";
+
+/// A message read as [`FEED_COLUMNS`], with the patient given.
+pub(super) fn feed_message(
+    row: &rusqlite::Row<'_>,
+    patient: Option<PatientData>,
+) -> rusqlite::Result<FeedMessage> {
+    let observations = match row.get_ref(10)?.as_str_or_null()? {
+        Some(text) => decode_observations(10, text)?,
+        None => Vec::new(),
+    };
+    Ok(FeedMessage {
+        id: row.get(0)?,
+        received_at: instant(row.get(1)?),
+        outcome: outcome_of(row.get_ref(2)?.as_str()?),
+        reason: row.get(3)?,
+        sending_application: row.get(4)?,
+        sending_facility: row.get(5)?,
+        control_id: row.get(6)?,
+        message_type: row.get(7)?,
+        location: row.get(8)?,
+        device: row.get(9)?,
+        patient,
+        observations,
+    })
+}
+
+/// A limit as SQLite takes it (`-1`: none).
+fn sql_limit(limit: Option<usize>) -> i64 {
+    limit.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+pub(super) fn read_feed(
+    conn: &Connection,
+    after: ChangeCursor,
+    limit: usize,
+) -> rusqlite::Result<Feed> {
+    // A range of the primary key, like the change feed: the cost is that of the messages
+    // returned. One writer, so ids are in commit order and the last id read is the cursor.
+    let mut statement = conn.prepare_cached(FEED)?;
+    let mut rows = statement.query(params![after.position(), sql_limit(Some(limit))])?;
+    let mut messages = Vec::new();
+    while let Some(row) = rows.next()? {
+        let patient = match row.get::<_, Option<String>>(11)? {
+            Some(key) => Some(PatientData {
+                key,
+                id: row.get(12)?,
+                assigning_authority: row.get(13)?,
+                identifiers: row.get(14)?,
+                name: row.get(15)?,
+                birth_date: row.get(16)?,
+                sex: row.get(17)?,
+                is_update: false,
+            }),
+            None => None,
+        };
+        messages.push(feed_message(row, patient)?);
+    }
+    let next = messages.last().map_or(after, |m| ChangeCursor::at(m.id));
+    Ok(Feed { messages, next })
+}
+
+pub(super) fn read_feed_head(conn: &Connection) -> rusqlite::Result<ChangeCursor> {
+    conn.query_row("SELECT coalesce(max(id), 0) FROM messages", [], |row| {
+        row.get(0)
+    })
+    .map(ChangeCursor::at)
+}
+
+pub(super) fn read_patient_feed(
+    conn: &Connection,
+    tail: Option<&Mutex<PatientTail>>,
+    key: &str,
+    limit: usize,
+) -> rusqlite::Result<Option<(PatientData, Vec<FeedMessage>)>> {
+    let Some((patient, scope)) = find_patient(conn, tail, key)? else {
+        return Ok(None);
+    };
+    let mut messages = Vec::new();
+    if limit > 0 {
+        scan_patient_messages(conn, &scope, FEED_COLUMNS, 0..i64::MAX, |row| {
+            messages.push(feed_message(row, Some(patient.clone()))?);
+            Ok(messages.len() < limit)
+        })?;
+    }
+    Ok(Some((patient, messages)))
 }

@@ -221,6 +221,14 @@ async fn record_messages(store: &dyn StoreRead, key: &str) -> Vec<i64> {
     ids
 }
 
+/// Message ids of a patient's feed, newest first; checked against their records.
+async fn feed_messages(store: &dyn StoreRead, key: &str) -> Vec<i64> {
+    let (_, messages) = store.patient_feed(key, usize::MAX).await.unwrap().unwrap();
+    let ids: Vec<i64> = messages.iter().map(|m| m.id).collect();
+    assert_eq!(ids, record_messages(store, key).await);
+    ids
+}
+
 #[tokio::test]
 async fn records_come_from_the_tail_and_the_table_in_order() {
     let dir = tempfile::tempdir().unwrap();
@@ -246,6 +254,12 @@ async fn records_come_from_the_tail_and_the_table_in_order() {
         }
     }
     ids.reverse();
+    assert_eq!(feed_messages(&store, "P1").await, ids);
+    let (_, newest) = store.patient_feed("P1", 3).await.unwrap().unwrap();
+    assert_eq!(
+        newest.iter().map(|m| m.id).collect::<Vec<_>>(),
+        ids[..3].to_vec()
+    );
     let moved = count(
         &sql(dir.path()),
         "SELECT count(*) FROM patient_messages WHERE patient = 1",
@@ -291,7 +305,12 @@ async fn another_process_sees_what_was_written_after_it_opened() {
     let expected: Vec<i64> = (1..=40).rev().collect();
     for store in [&inspector as &dyn StoreRead, &writer] {
         assert_eq!(record_messages(store, "P1").await, expected);
+        assert_eq!(feed_messages(store, "P1").await, expected);
         assert_eq!(store.patients().await.unwrap()[0].n_observations, 40);
+        assert_eq!(store.feed_head().await.unwrap(), ChangeCursor::at(40));
+        let feed = store.feed(ChangeCursor::at(30), 100).await.unwrap();
+        assert_eq!(feed.messages.len(), 10);
+        assert_eq!(feed.next, ChangeCursor::at(40));
     }
     drop(writer);
     assert_eq!(record_messages(&inspector, "P1").await, expected);
@@ -525,11 +544,31 @@ fn the_hot_queries_use_their_indexes() {
             "PRIMARY KEY (sent_ms=? AND key_hash=? AND hash_prefix=?)",
         ),
         (MESSAGE_KEY, "INTEGER PRIMARY KEY (rowid=?)"),
-        (MESSAGE_BY_ID, "INTEGER PRIMARY KEY (rowid=?)"),
+        (
+            message_by_id(RECORD_COLUMNS).as_str(),
+            "INTEGER PRIMARY KEY (rowid=?)",
+        ),
         (FIND_PATIENT, "sqlite_autoindex_patients_1"),
-        (PATIENT_MESSAGES, "PRIMARY KEY (patient=? AND message<?)"),
-        (PATIENT_MESSAGES_BEYOND, "INTEGER PRIMARY KEY (rowid>?)"),
+        (
+            patient_messages(RECORD_COLUMNS).as_str(),
+            "PRIMARY KEY (patient=? AND message>? AND message<?)",
+        ),
+        (
+            patient_messages_beyond(RECORD_COLUMNS).as_str(),
+            "INTEGER PRIMARY KEY (rowid>? AND rowid<?)",
+        ),
         (CHANGED_SINCE, "INTEGER PRIMARY KEY"),
+        (FEED, "INTEGER PRIMARY KEY (rowid>?)"),
+        (MESSAGE_FROM, "INTEGER PRIMARY KEY (rowid>?)"),
+        (MESSAGE_DETAIL, "INTEGER PRIMARY KEY (rowid=?)"),
+        (
+            messages_query(false, false).as_str(),
+            "INTEGER PRIMARY KEY (rowid>? AND rowid<?)",
+        ),
+        (
+            messages_query(true, true).as_str(),
+            "messages_refused (id>? AND id<?)",
+        ),
     ] {
         let plan = plan(query);
         assert!(plan.contains(index), "{query}: {plan}");

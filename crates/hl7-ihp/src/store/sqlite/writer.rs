@@ -166,6 +166,8 @@ pub(super) struct Row {
     pub(super) n_observations: i64,
     /// The observations as JSON (`observations` column), when there are any.
     pub(super) observations: Option<String>,
+    /// The ACK code it is answered with when stored as new.
+    pub(super) ack_code: Option<String>,
     pub(super) raw: Vec<u8>,
 }
 
@@ -190,6 +192,7 @@ impl Row {
             patient: None,
             n_observations: 0,
             observations: None,
+            ack_code: message.ack_code,
             raw: message.raw,
         };
         if let Some(content) = message.content {
@@ -329,9 +332,9 @@ pub(super) const UPDATE_PATIENT: &str = "UPDATE patients SET patient_id = ?2, as
 pub(super) const INSERT_MESSAGE: &str = "INSERT INTO messages (id, received_ms, peer, \
      sending_application, sending_facility, control_id, hash, outcome, reason, message_type, \
      version, location, device, patient, n_observations, sent_ms, key_hash, hash_prefix, \
-     observations, raw) \
+     observations, raw, ack_code) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
-     ?19, ?20)";
+     ?19, ?20, ?21)";
 
 pub(super) const COUNT_REPEAT: &str = "UPDATE messages \
      SET n_received = n_received + 1, last_received_ms = ?2 WHERE id = ?1";
@@ -706,6 +709,7 @@ pub(super) fn write_message(
         row.key_hash.map(|_| hash_prefix),
         row.observations,
         row.raw,
+        row.ack_code,
     ])?;
     if let Some(patient) = patient {
         let entry = Entry {

@@ -1,0 +1,102 @@
+//! `GET /api/v1/events`: the live view's events as server-sent events (docs/api.md).
+//!
+//! A client with `Last-Event-ID` first gets what it missed from the event log's window (or
+//! a `reset` when that is gone), then the live events from the broadcast channel. A comment
+//! every [`KEEP_ALIVE`] keeps proxies and the idle timeout from closing a quiet stream. A
+//! client that falls more than the channel's capacity behind gets its stream ended (it
+//! reconnects and resumes): publishing never waits for a client. Every stream ends when the
+//! live view closes at shutdown.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::IntoResponse;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::stream::{self, Stream};
+use tokio::sync::broadcast;
+
+use super::HttpState;
+use crate::live::Live;
+use crate::live::log::LiveEvent;
+
+/// How often a quiet stream gets a `: keep-alive` comment.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// The event stream.
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    params(("Last-Event-ID" = Option<String>, Header,
+        description = "The id of the last event received: the events after it come first")),
+    responses((status = 200,
+        description = "Server-sent events: `observation`, `patient`, `rejected`, `status` \
+            and `reset`, each with an `id` and JSON `data`",
+        content_type = "text/event-stream", body = String))
+)]
+pub async fn events(State(state): State<HttpState>, headers: HeaderMap) -> impl IntoResponse {
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|value| value.to_str().ok());
+    let stream = event_stream(Arc::clone(&state.live), last_event_id);
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
+}
+
+struct Follow {
+    live: Arc<Live>,
+    pending: VecDeque<Arc<LiveEvent>>,
+    receiver: broadcast::Receiver<Arc<LiveEvent>>,
+    after: u64,
+}
+
+/// The reset or backlog, then the live events, until the client lags or the view closes.
+fn event_stream(
+    live: Arc<Live>,
+    last_event_id: Option<&str>,
+) -> impl Stream<Item = Result<Event, Infallible>> + Send + use<> {
+    let start = live.start_events(last_event_id);
+    let mut pending: VecDeque<Arc<LiveEvent>> = start.backlog.into();
+    if let Some(reset) = start.reset {
+        pending.push_front(Arc::new(reset));
+    }
+    let follow = Follow {
+        live,
+        pending,
+        receiver: start.receiver,
+        after: start.after,
+    };
+    stream::unfold(follow, |mut follow| async move {
+        if let Some(event) = follow.pending.pop_front() {
+            let event = sse_event(&follow.live, &event);
+            return Some((Ok(event), follow));
+        }
+        loop {
+            let received = tokio::select! {
+                received = follow.receiver.recv() => received,
+                () = follow.live.closed() => return None,
+            };
+            match received {
+                Ok(event) if event.seq <= follow.after => continue,
+                Ok(event) => {
+                    let event = sse_event(&follow.live, &event);
+                    return Some((Ok(event), follow));
+                }
+                Err(broadcast::error::RecvError::Lagged(n_missed)) => {
+                    tracing::info!(n_missed, "event stream client fell behind; disconnected");
+                    return None;
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+}
+
+fn sse_event(live: &Live, event: &LiveEvent) -> Event {
+    Event::default()
+        .id(live.event_id(event.seq))
+        .event(event.kind.name())
+        .data(&*event.data)
+}
