@@ -126,6 +126,7 @@ pub async fn run(
             ),
             store: Arc::clone(&store),
             live: Arc::clone(live),
+            access: http::access::Access::new(config.http.token.as_ref()),
         };
         tokio::spawn(http::serve::run(
             listener,

@@ -35,6 +35,7 @@ pub fn run(args: &ReceiveArgs) -> anyhow::Result<ExitCode> {
             http = %http_address.map_or_else(|| "off".to_owned(), |a| a.to_string()),
             data_dir = %config.data_dir.display(),
             store = ?config.store.location,
+            http_token = config.http.token.is_some(),
             open_files_limit = open_files.unwrap_or(0),
             "listening"
         );
@@ -44,7 +45,7 @@ pub fn run(args: &ReceiveArgs) -> anyhow::Result<ExitCode> {
         if let Some(address) = http_address
             && !listener::is_loopback(&address)
         {
-            tracing::warn!(http = %address, "HTTP on a non-loopback address: /metrics and /healthz are reachable from the network");
+            tracing::warn!(http = %address, "HTTP on a non-loopback address without TLS: the token and the data cross the network unencrypted");
         }
         let (_trigger, shutdown) = Shutdown::on_signals();
         server::run(config, &data_dir, mllp, http, shutdown.into_requested()).await?;

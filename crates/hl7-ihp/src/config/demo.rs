@@ -40,7 +40,10 @@ impl DemoConfig {
         settings.listen = self.listen;
         settings.http = self.http;
         settings.data_dir = data_dir.to_owned();
-        Ok(ReceiveConfig::from_settings(settings))
+        let config = ReceiveConfig::from_settings(settings);
+        // The demo has no token settings: its HTTP side stays on loopback.
+        config.http.check_access()?;
+        Ok(config)
     }
 }
 

@@ -18,8 +18,8 @@ pub mod values;
 
 pub use demo::{DemoConfig, DemoFlags};
 pub use receive::{
-    ExportConfig, HttpConfig, HttpLimits, Limits, LogFormat, MllpConfig, PatientIdentity,
-    ReceiveArgs, ReceiveConfig, ReceiveFlags, StoreConfig, log_format,
+    ExportConfig, HTTP_TOKEN_ENV, HttpConfig, HttpLimits, HttpToken, Limits, LogFormat, MllpConfig,
+    PatientIdentity, ReceiveArgs, ReceiveConfig, ReceiveFlags, StoreConfig, log_format,
 };
 pub use send::{ScenarioKind, SendConfig, SendFlags};
 pub use values::parse_duration;

@@ -73,6 +73,10 @@ declare_settings! {
     http_idle_timeout: Duration = positive_duration, "DURATION", default "60s";
     /// Open HTTP connections; more wait in the kernel's backlog.
     http_max_connections: usize = positive, "N", default "256";
+    /// File whose first line is the bearer token the HTTP side requires (or give the token
+    /// itself in HL7IHP_HTTP_TOKEN); needed when --http is not a loopback address.
+    http_token_file: Option<PathBuf> = path, "FILE",
+        optional "no token; only a loopback --http is allowed";
     /// A monitor with no message for longer than this is shown `stale` (API, dashboard).
     stale_after: Duration = positive_duration, "DURATION", default "30s";
     /// A monitor with no message for longer than this is shown `offline`.
@@ -182,6 +186,111 @@ pub struct HttpConfig {
     pub listen: Option<SocketAddr>,
     /// Its limits.
     pub limits: HttpLimits,
+    /// The bearer token every path but `/healthz` requires; `None`: no token (then only a
+    /// loopback address is allowed).
+    pub token: Option<HttpToken>,
+}
+
+/// The environment variable that gives the HTTP token itself. Not a flag (a command line is
+/// visible in `ps`) nor a config file key (a config file is often readable by all): the file
+/// way is `--http-token-file`.
+pub const HTTP_TOKEN_ENV: &str = "HL7IHP_HTTP_TOKEN";
+
+/// A bearer token: visible ASCII, no spaces. `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HttpToken(String);
+
+impl HttpToken {
+    /// Checks a token's text (already trimmed).
+    pub fn new(text: &str) -> Result<HttpToken, String> {
+        if text.is_empty() {
+            return Err("the token is empty".into());
+        }
+        if !text.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("expected a token of visible ASCII characters without spaces".into());
+        }
+        Ok(HttpToken(text.to_owned()))
+    }
+
+    /// The secret itself, for the one comparison that needs it.
+    pub fn secret(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for HttpToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HttpToken(<redacted>)")
+    }
+}
+
+/// Reads a token file: its first line, trimmed. Refuses an unreadable or empty file; warns
+/// when group or others may read it.
+fn read_token_file(path: &std::path::Path) -> Result<HttpToken, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let first = text.lines().next().unwrap_or_default().trim();
+    let token = HttpToken::new(first).map_err(|reason| format!("{}: {reason}", path.display()))?;
+    if let Ok(metadata) = std::fs::metadata(path)
+        && metadata.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            file = %path.display(),
+            "the HTTP token file is readable by group or others; chmod 600 it"
+        );
+    }
+    Ok(token)
+}
+
+/// The token from `--http-token-file` or [`HTTP_TOKEN_ENV`] (not both), if either is given.
+fn http_token(
+    file: Option<&std::path::Path>,
+    env: Option<std::ffi::OsString>,
+) -> Result<Option<HttpToken>, ConfigError> {
+    let file_error = |reason: String| {
+        ConfigError::new(
+            "http_token_file",
+            "--http-token-file, HL7IHP_HTTP_TOKEN_FILE or the config file",
+            reason,
+        )
+    };
+    let env_error =
+        |reason: String| ConfigError::new("http_token", HTTP_TOKEN_ENV, reason.to_owned());
+    match (file, env) {
+        (Some(_), Some(_)) => Err(file_error(format!(
+            "give the token either in a file or in {HTTP_TOKEN_ENV}, not both"
+        ))),
+        (Some(path), None) => read_token_file(path).map(Some).map_err(file_error),
+        (None, Some(text)) => {
+            let text = text
+                .into_string()
+                .map_err(|_| env_error("expected a token of visible ASCII characters".into()))?;
+            HttpToken::new(text.trim()).map(Some).map_err(env_error)
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+impl HttpConfig {
+    /// Refuses an HTTP side that anyone on the network could use: a non-loopback address
+    /// needs a token.
+    pub fn check_access(&self) -> Result<(), ConfigError> {
+        match self.listen {
+            Some(address) if !address.ip().is_loopback() && self.token.is_none() => {
+                Err(ConfigError::new(
+                    "http",
+                    "--http, HL7IHP_HTTP or the config file",
+                    format!(
+                        "{address} is not a loopback address, so the HTTP side needs a token: \
+                         set --http-token-file (HL7IHP_HTTP_TOKEN_FILE, `http_token_file`) or \
+                         {HTTP_TOKEN_ENV}, or bind --http to 127.0.0.1"
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// When a monitor counts as gone quiet.
@@ -234,11 +343,21 @@ impl ReceiveConfig {
     /// Merges flags (and environment, which clap reads), the config file and defaults, and
     /// validates every value.
     pub fn from_args(args: &ReceiveArgs) -> Result<ReceiveConfig, ConfigError> {
+        ReceiveConfig::from_args_and_token(args, std::env::var_os(HTTP_TOKEN_ENV))
+    }
+
+    /// [`ReceiveConfig::from_args`] with [`HTTP_TOKEN_ENV`]'s value given (for the tests,
+    /// which must not set the process's environment).
+    fn from_args_and_token(
+        args: &ReceiveArgs,
+        token_env: Option<std::ffi::OsString>,
+    ) -> Result<ReceiveConfig, ConfigError> {
         let file = match &args.config {
             Some(path) => ConfigFile::read(path)?,
             None => ConfigFile::none(),
         };
-        let settings = ReceiveSettings::resolve(&args.settings, file)?;
+        let mut settings = ReceiveSettings::resolve(&args.settings, file)?;
+        let token = http_token(settings.http_token_file.take().as_deref(), token_env)?;
         // One frame at the limit (whose buffer is up to two reads larger than the frame)
         // must never be closed for being alone over the budget.
         let least = settings
@@ -261,7 +380,10 @@ impl ReceiveConfig {
                 "expected a duration longer than stale_after".to_owned(),
             ));
         }
-        Ok(ReceiveConfig::from_settings(settings))
+        let mut config = ReceiveConfig::from_settings(settings);
+        config.http.token = token;
+        config.http.check_access()?;
+        Ok(config)
     }
 
     /// Puts each validated setting into the group that uses it; the values that follow from
@@ -290,6 +412,8 @@ impl ReceiveConfig {
                     idle_timeout: s.http_idle_timeout,
                     max_connections: s.http_max_connections,
                 },
+                // Read by `from_args`: a file, or the environment.
+                token: None,
             },
             store: StoreConfig {
                 location: s
@@ -500,6 +624,82 @@ mod tests {
         assert_eq!(log_format(&ReceiveArgs::default()), LogFormat::Text);
         let args = flags(|f| f.log_format = Some("json".into()));
         assert_eq!(log_format(&args), LogFormat::Json);
+    }
+
+    fn with_token_env(args: &ReceiveArgs, env: &str) -> Result<ReceiveConfig, ConfigError> {
+        ReceiveConfig::from_args_and_token(args, Some(env.into()))
+    }
+
+    #[test]
+    fn the_token_is_the_files_first_line_and_debug_hides_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "  s3cret-T0ken \nsecond line\n").unwrap();
+        let args = flags(|f| {
+            f.http = Some("0.0.0.0:8080".into());
+            f.http_token_file = Some(file.display().to_string());
+        });
+        let config = ReceiveConfig::from_args_and_token(&args, None).unwrap();
+        let token = config.http.token.as_ref().unwrap();
+        assert_eq!(token.secret(), b"s3cret-T0ken");
+        let debug = format!("{config:?} {args:?}");
+        assert!(
+            !debug.contains("s3cret") && debug.contains("redacted"),
+            "{debug}"
+        );
+        let config = with_token_env(&flags(|_| {}), " from-env\n").unwrap();
+        assert_eq!(config.http.token.unwrap().secret(), b"from-env");
+    }
+
+    #[test]
+    fn a_bad_token_is_refused_with_the_setting_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n  \n").unwrap();
+        let from_file = |path: &Path| {
+            let args = flags(|f| f.http_token_file = Some(path.display().to_string()));
+            ReceiveConfig::from_args_and_token(&args, None)
+                .unwrap_err()
+                .to_string()
+        };
+        let message = from_file(&empty);
+        assert!(
+            message.starts_with("invalid setting `http_token_file` (--http-token-file")
+                && message.ends_with("the token is empty"),
+            "{message}"
+        );
+        let message = from_file(&dir.path().join("missing"));
+        assert!(message.contains("cannot read"), "{message}");
+        let spaced = dir.path().join("spaced");
+        std::fs::write(&spaced, "two words\n").unwrap();
+        assert!(from_file(&spaced).contains("without spaces"));
+        let message = with_token_env(&flags(|_| {}), "  ")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.starts_with("invalid setting `http_token` (HL7IHP_HTTP_TOKEN)"),
+            "{message}"
+        );
+        let args = flags(|f| f.http_token_file = Some(spaced.display().to_string()));
+        let message = with_token_env(&args, "t").unwrap_err().to_string();
+        assert!(message.contains("not both"), "{message}");
+    }
+
+    #[test]
+    fn a_non_loopback_http_address_needs_a_token() {
+        let args = flags(|f| f.http = Some("0.0.0.0:8080".into()));
+        let message = ReceiveConfig::from_args_and_token(&args, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.starts_with("invalid setting `http` (--http, HL7IHP_HTTP or the config file)")
+                && message.contains("--http-token-file")
+                && message.contains("HL7IHP_HTTP_TOKEN"),
+            "{message}"
+        );
+        assert!(with_token_env(&args, "t0ken").is_ok());
+        let args = flags(|f| f.http = Some("[::1]:8080".into()));
+        assert!(ReceiveConfig::from_args_and_token(&args, None).is_ok());
     }
 
     #[test]

@@ -223,6 +223,7 @@ pub struct Reading {
     /// OBX-5 as text.
     pub value: String,
     /// OBX-5 as a number, for NM/SN values that are plain numbers.
+    #[schema(required = true)]
     pub numeric: Option<f64>,
     /// OBX-6.1.
     pub units: String,
@@ -235,10 +236,12 @@ pub struct Reading {
     /// OBX-11.
     pub result_status: String,
     /// The bedside vital this code is, if it is one.
+    #[schema(required = true)]
     pub vital: Option<VitalKind>,
     /// Whether the value can be shown.
     pub state: ValueState,
     /// Whether it is abnormal, and the limit crossed.
+    #[schema(required = true)]
     pub alert: Option<Alert>,
     /// The observation time as the device gave it (the files' `Timestamp`).
     pub observed_at: String,

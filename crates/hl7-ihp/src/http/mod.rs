@@ -1,5 +1,7 @@
-//! The HTTP side: `/healthz` (the store's health) and `/metrics` (the API and dashboard
-//! come later), bound to loopback by default, served by [`serve::run`] with its own limits.
+//! The HTTP side: `/healthz` (the store's health), `/metrics`, and the JSON API under
+//! `/api/v1` ([`api`], described by [`openapi`]), all but `/healthz` behind the bearer token
+//! when one is set ([`access`]); bound to loopback by default, served by [`serve::run`] with
+//! its own limits.
 
 use std::sync::Arc;
 
@@ -12,8 +14,11 @@ use axum::routing::get;
 use crate::metrics::{Extra, Metrics};
 use crate::store::{Health, Store};
 
+pub mod access;
+pub mod api;
 pub mod assets;
 pub mod live_api;
+pub mod openapi;
 pub mod problem;
 pub mod serve;
 pub mod sse;
@@ -28,32 +33,81 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     /// The store's and the exporter's numbers.
     pub extra: ExtraMetrics,
-    /// The store, for `/healthz`.
+    /// The store, for `/healthz` and the API.
     pub store: Arc<dyn Store>,
     /// The live view: patients, devices, stats and the event stream.
     pub live: Arc<crate::live::Live>,
+    /// Whether requests need the bearer token.
+    pub access: access::Access,
 }
 
-/// The router.
+/// The router: every path behind [`access::require_token`], which runs first.
 pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .merge(live_api::routes())
+        .merge(api::routes())
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::require_token,
+        ))
+        // After the layer, so outside it: the dashboard's files hold no patient data, and
+        // a browser cannot send the token when it opens a page (the page then asks for it).
         .merge(assets::routes())
         .with_state(state)
 }
 
+/// Whether the receiver can store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    /// Storing works.
+    Ok,
+    /// Storing fails; messages get a reject.
+    Failing,
+}
+
+/// What `/healthz` answers.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct HealthBody {
+    /// Whether the store stores.
+    pub status: HealthStatus,
+    /// Why it fails, without patient data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// 200 while the store stores; 503 with the reason while it fails (a full disk, a deleted
 /// database file), so that a load balancer or a monitor stops trusting this receiver.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The store stores", body = HealthBody),
+        (status = 503, description = "The store fails", body = HealthBody),
+    ),
+)]
 async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
     let (status, body) = match state.store.health() {
-        Health::Ok => (StatusCode::OK, serde_json::json!({ "status": "ok" })),
+        Health::Ok => (
+            StatusCode::OK,
+            HealthBody {
+                status: HealthStatus::Ok,
+                reason: None,
+            },
+        ),
         Health::Failing { reason } => (
             StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({ "status": "failing", "reason": reason }),
+            HealthBody {
+                status: HealthStatus::Failing,
+                reason: Some(reason),
+            },
         ),
     };
+    let body = serde_json::to_string(&body).unwrap_or_default();
     (
         status,
         [(header::CONTENT_TYPE, "application/json")],
@@ -61,6 +115,16 @@ async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
     )
 }
 
+/// The receiver's counters in the Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text format 0.0.4", body = String,
+         content_type = "text/plain; version=0.0.4"),
+    ),
+)]
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

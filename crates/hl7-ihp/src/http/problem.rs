@@ -50,6 +50,17 @@ impl ApiError {
         )
     }
 
+    /// 405: the path exists, the method does not.
+    pub fn method_not_allowed() -> ApiError {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "Method not allowed",
+            "this path answers GET only",
+            None,
+        )
+    }
+
     /// 401: no token, or not the right one.
     pub fn unauthorized() -> ApiError {
         ApiError::new(

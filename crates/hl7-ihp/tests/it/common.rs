@@ -64,6 +64,18 @@ impl Receiver {
         Receiver::spawn(Command::new(binary()), data_dir, listen, extra)
     }
 
+    /// Starts `hl7-ihp receive` with HTTP on `http` and extra environment variables.
+    pub fn start_with_http(
+        data_dir: &Path,
+        http: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Receiver {
+        let mut command = Command::new(binary());
+        command.envs(env.iter().copied());
+        Receiver::spawn_with(command, data_dir, "127.0.0.1:0", http, extra)
+    }
+
     /// Starts the receiver with its open-file limit (soft and hard) set to `n`, through the
     /// shell's `ulimit`, so that accepting can run out of descriptors.
     pub fn start_with_file_limit(data_dir: &Path, n: u32, extra: &[&str]) -> Receiver {
@@ -76,14 +88,24 @@ impl Receiver {
         Receiver::spawn(command, data_dir, "127.0.0.1:0", extra)
     }
 
-    fn spawn(mut command: Command, data_dir: &Path, listen: &str, extra: &[&str]) -> Receiver {
+    fn spawn(command: Command, data_dir: &Path, listen: &str, extra: &[&str]) -> Receiver {
+        Receiver::spawn_with(command, data_dir, listen, "127.0.0.1:0", extra)
+    }
+
+    fn spawn_with(
+        mut command: Command,
+        data_dir: &Path,
+        listen: &str,
+        http: &str,
+        extra: &[&str],
+    ) -> Receiver {
         let mut child = command
             .args([
                 "receive",
                 "--listen",
                 listen,
                 "--http",
-                "127.0.0.1:0",
+                http,
                 "--log-format",
                 "json",
                 "--data-dir",
@@ -220,6 +242,108 @@ pub fn run(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// An HTTP response as read off the socket.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Header names in lower case, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+}
+
+/// Sends one HTTP/1.1 request (`Connection: close`) with `headers` and reads the whole
+/// response; chunked bodies are decoded. An unspecified address (`0.0.0.0`) is reached on
+/// loopback.
+pub fn http_request(
+    address: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> HttpResponse {
+    let mut head =
+        format!("{method} {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    http_exchange(address, head.as_bytes())
+}
+
+/// Writes raw request bytes and reads the response until the server closes.
+pub fn http_exchange(address: SocketAddr, request: &[u8]) -> HttpResponse {
+    let mut address = address;
+    if address.ip().is_unspecified() {
+        address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let mut stream = TcpStream::connect(address).expect("connect http");
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    stream.write_all(request).unwrap();
+    let mut bytes = Vec::new();
+    stream.read_to_end(&mut bytes).expect("read http");
+    parse_http_response(&bytes)
+}
+
+fn parse_http_response(bytes: &[u8]) -> HttpResponse {
+    let split = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head: {}", String::from_utf8_lossy(bytes)));
+    let head = String::from_utf8_lossy(&bytes[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .expect("status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut body = bytes[split + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    if chunked {
+        let mut decoded = Vec::new();
+        let mut rest = &body[..];
+        while let Some(end) = rest.windows(2).position(|w| w == b"\r\n") {
+            let size_text = String::from_utf8_lossy(&rest[..end]);
+            let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16)
+                .expect("chunk size");
+            if size == 0 {
+                break;
+            }
+            let start = end + 2;
+            decoded.extend_from_slice(&rest[start..start + size]);
+            rest = &rest[start + size + 2..];
+        }
+        body = decoded;
+    }
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// A blocking MLLP client.

@@ -10,6 +10,11 @@ mod support;
 #[path = "../../../hl7/tests/support/golden.rs"]
 mod golden;
 
+// A JSON Schema validator for the OpenAPI document's subset, and its look-ups.
+mod schema;
+
+// The HTTP API: every response against the OpenAPI document, paging, the bearer token.
+mod api;
 // The dashboard in headless Chromium: live values, staleness, trends, the other views.
 mod browser;
 // Every corpus file through the real receiver.
