@@ -7,6 +7,24 @@ import { EventStream } from "./sse.js";
 import { syncClock, localTime } from "./format.js";
 import * as ward from "./ward.js";
 
+// Events waiting to be applied, at most; past it the lists are read again.
+const MAX_QUEUE = 20_000;
+
+// The `key` of a patient event without parsing it: the first `"key":"…"` in the JSON text.
+// JSON escapes every quote inside a string, so this is a property named key, and only the
+// patient itself has one. null when it is not there (the event is then parsed).
+const KEY = /"key":"((?:[^"\\]|\\.)*)"/;
+
+function patientKey(text) {
+  const match = KEY.exec(text);
+  if (!match) return null;
+  try {
+    return JSON.parse(`"${match[1]}"`);
+  } catch {
+    return null;
+  }
+}
+
 /** The patients and the event stream, shared by the views. */
 class Live {
   constructor() {
@@ -16,6 +34,11 @@ class Live {
     this.listeners = new Set();
     this.link = "connecting";
     this.loading = null;
+    this.queue = [];
+    this.flushing = false;
+    this.firstLoad = new Promise((resolve) => {
+      this.loadedOnce = resolve;
+    });
   }
 
   /** Calls `fn(event)` for each event (`{event, data}`); returns the unsubscribe. */
@@ -55,12 +78,60 @@ class Live {
         this.emit({ event: "list" });
       } finally {
         this.loading = null;
+        this.loadedOnce();
       }
     })();
     return this.loading;
   }
 
-  onEvent({ event, data }) {
+  /**
+   * Takes an event as the stream gives it (`data` as text). Events wait in a queue that is
+   * worked off a moment later in one go; of several `patient` events for one patient only
+   * the last is parsed, so a burst (a reconnection, a busy ward) costs one update per
+   * patient. `observation` events are not used: each is followed by its `patient` event.
+   */
+  enqueue(event) {
+    if (event.event === "observation") return;
+    this.queue.push(event);
+    if (this.queue.length > MAX_QUEUE) {
+      // Too far behind: read everything again instead.
+      this.queue = [];
+      this.load().catch((error) => console.error(error));
+      return;
+    }
+    if (!this.flushing) {
+      this.flushing = true;
+      setTimeout(() => this.flush(), 0);
+    }
+  }
+
+  flush() {
+    this.flushing = false;
+    const queue = this.queue;
+    this.queue = [];
+    const last = new Map();
+    queue.forEach((e, i) => {
+      if (e.event === "patient") {
+        const key = patientKey(e.data);
+        if (key !== null) last.set(key, i);
+      }
+    });
+    queue.forEach((e, i) => {
+      if (e.event === "patient") {
+        const key = patientKey(e.data);
+        if (key !== null && last.get(key) !== i) return;
+      }
+      let data;
+      try {
+        data = JSON.parse(e.data);
+      } catch {
+        return;
+      }
+      this.apply({ event: e.event, data });
+    });
+  }
+
+  apply({ event, data }) {
     if (event === "patient" && data && data.key !== undefined) {
       const held = this.patients.get(data.key);
       if (held && held.last_message_id > data.last_message_id) return;
@@ -161,18 +232,23 @@ function tick() {
   if (current && current.tick) current.tick();
 }
 
+// The stream's body is read once the first list is drawn (and a frame painted): the first
+// paint does not wait for a second of events to be parsed.
+const painted = () => live.firstLoad.then(() => new Promise((resolve) => requestAnimationFrame(() => setTimeout(resolve, 0))));
 const stream = new EventStream("/api/v1/events", {
-  onEvent: (event) => live.onEvent(event),
+  onEvent: (event) => live.enqueue(event),
+  ready: painted,
   onState: (state) => live.setLink(state),
   headers: authHeaders,
   onUnauthorized: () => askToken(Boolean(authHeaders().Authorization)),
 });
 
-route();
-stream.start();
+// The list first: its request goes out before anything else is done.
 live.load().catch((error) => {
   console.error(error);
   live.emit({ event: "error", data: { message: error.message } });
 });
+route();
+stream.start();
 tick();
 setInterval(tick, 1000);

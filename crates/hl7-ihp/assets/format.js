@@ -97,37 +97,59 @@ export function shortAge(ms) {
 }
 
 // A 24-hour clock, as clinical displays use, in the browser's time zone and date order.
-const TIME = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23" });
-const HOUR_MINUTE = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
-const DATE = new Intl.DateTimeFormat(undefined, { year: "numeric", month: "2-digit", day: "2-digit" });
-const PRECISE = new Intl.DateTimeFormat(undefined, {
-  hour: "2-digit", minute: "2-digit", second: "2-digit", fractionalSecondDigits: 3, hourCycle: "h23",
-});
+// Made on first use: building them costs tens of milliseconds that the first paint need
+// not wait for.
+let formats = null;
+
+function fmt() {
+  if (formats === null) {
+    formats = {
+      time: new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23" }),
+      hourMinute: new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", hourCycle: "h23" }),
+      date: new Intl.DateTimeFormat(undefined, { year: "numeric", month: "2-digit", day: "2-digit" }),
+      precise: new Intl.DateTimeFormat(undefined, {
+        hour: "2-digit", minute: "2-digit", second: "2-digit", fractionalSecondDigits: 3, hourCycle: "h23",
+      }),
+    };
+  }
+  return formats;
+}
 
 /** Local time of day, `14:03:07`. */
 export function localTime(ms) {
-  return Number.isFinite(ms) ? TIME.format(ms) : "";
+  return Number.isFinite(ms) ? fmt().time.format(ms) : "";
 }
 
 /** Local `14:03`, for axes. */
 export function hourMinute(ms) {
-  return Number.isFinite(ms) ? HOUR_MINUTE.format(ms) : "";
+  return Number.isFinite(ms) ? fmt().hourMinute.format(ms) : "";
 }
 
+// Today's local midnight and the next one, found again when the day has passed.
+let today = [0, 0];
+
 function isToday(ms) {
-  return new Date().toDateString() === new Date(ms).toDateString();
+  const t = Date.now();
+  if (t >= today[1] || t < today[0]) {
+    const start = new Date(t);
+    start.setHours(0, 0, 0, 0);
+    const end = new Date(start);
+    end.setDate(end.getDate() + 1);
+    today = [start.getTime(), end.getTime()];
+  }
+  return ms >= today[0] && ms < today[1];
 }
 
 /** Local time of day, with the date before it when it is not today. */
 export function localDateTime(ms) {
   if (!Number.isFinite(ms)) return "";
-  return isToday(ms) ? TIME.format(ms) : `${DATE.format(ms)} ${TIME.format(ms)}`;
+  return isToday(ms) ? fmt().time.format(ms) : `${fmt().date.format(ms)} ${fmt().time.format(ms)}`;
 }
 
 /** Local date and time with milliseconds, for the message browser and records. */
 export function preciseTime(ms) {
   if (!Number.isFinite(ms)) return "";
-  return `${DATE.format(ms)} ${PRECISE.format(ms)}`;
+  return `${fmt().date.format(ms)} ${fmt().precise.format(ms)}`;
 }
 
 /** PV1-3 `ICU^^BED07^HOSP` as `ICU · BED07 · HOSP`. */
@@ -160,6 +182,17 @@ export function stateWord(value) {
   if (value.state === "invalid") return "INVALID";
   if ((value.value || "").trim().toUpperCase() === "NAV") return "NAV";
   return "NO VALUE";
+}
+
+/** Age in whole years from an ISO birth date (`1951-03-02`), or "". */
+export function ageYears(birthDate) {
+  const match = /^(\d{4})-(\d{2})-(\d{2})$/.exec(birthDate || "");
+  if (!match) return "";
+  const today = new Date();
+  const [year, month, day] = match.slice(1).map(Number);
+  let years = today.getFullYear() - year;
+  if (today.getMonth() + 1 < month || (today.getMonth() + 1 === month && today.getDate() < day)) years--;
+  return years >= 0 && years < 150 ? `${years} y` : "";
 }
 
 /** Patient sex, as the API gives it (`F`) or spelled out (`Female`), as one letter. */

@@ -212,7 +212,7 @@ export function mount(main, ctx) {
       rejected.prepend(rejectedRow(data, navigate));
       while (rejected.children.length > 50) rejected.lastChild.remove();
       soon("stats", loadStats, 2000);
-    } else if (event === "patient" || event === "observation") {
+    } else if (event === "patient") {
       soon("stats", loadStats, 5000);
     } else if (event === "status") {
       soon("devices", loadDevices, 1000);

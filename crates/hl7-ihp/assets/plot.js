@@ -10,17 +10,34 @@ export function parseRange(text) {
   return match ? [Number(match[1]), Number(match[2])] : null;
 }
 
+// A coordinate with one decimal, without toFixed (thousands of points a second).
+const r1 = (v) => Math.round(v * 10) / 10;
+
 /**
  * Draws sparklines into `svg` (viewBox 100 × 30, stretched): each of `lines` is
- * `{times, values, cls}`; `normal` shades the normal range.
+ * `{times, values, cls}`; `normal` shades the normal range. The SVG's children are made
+ * once and then only their attributes change.
  */
 export function drawSparkline(svg, lines, normal) {
-  svg.replaceChildren();
-  const all = lines.flatMap((l) => l.values).filter(Number.isFinite);
-  const times = lines.flatMap((l) => l.times);
-  if (all.length === 0 || times.length === 0) return;
-  let lo = Math.min(...all);
-  let hi = Math.max(...all);
+  let lo = Infinity;
+  let hi = -Infinity;
+  let t0 = Infinity;
+  let t1 = -Infinity;
+  for (const line of lines) {
+    for (let i = 0; i < line.values.length; i++) {
+      const v = line.values[i];
+      if (!Number.isFinite(v)) continue;
+      if (v < lo) lo = v;
+      if (v > hi) hi = v;
+      const t = line.times[i];
+      if (t < t0) t0 = t;
+      if (t > t1) t1 = t;
+    }
+  }
+  if (!(lo <= hi)) {
+    svg.replaceChildren();
+    return;
+  }
   if (normal) {
     lo = Math.min(lo, normal[0]);
     hi = Math.max(hi, normal[1]);
@@ -28,21 +45,32 @@ export function drawSparkline(svg, lines, normal) {
   const pad = (hi - lo) * 0.08 || 1;
   lo -= pad;
   hi += pad;
-  const t0 = Math.min(...times);
-  const t1 = Math.max(...times);
   const x = (t) => (t1 > t0 ? ((t - t0) / (t1 - t0)) * 98 + 1 : 50);
   const y = (v) => 29 - ((v - lo) / (hi - lo)) * 28;
+  const wanted = (normal ? 1 : 0) + lines.length;
+  if (svg.childElementCount !== wanted) {
+    const children = [];
+    if (normal) children.push(s("rect", { class: "normal", x: 0, width: 100 }));
+    for (const line of lines) children.push(s("polyline", { class: line.cls || "line", "vector-effect": "non-scaling-stroke" }));
+    svg.replaceChildren(...children);
+  }
+  let child = svg.firstElementChild;
   if (normal) {
-    svg.append(s("rect", { class: "normal", x: 0, width: 100, y: y(normal[1]), height: Math.max(0, y(normal[0]) - y(normal[1])) }));
+    child.setAttribute("y", r1(y(normal[1])));
+    child.setAttribute("height", r1(Math.max(0, y(normal[0]) - y(normal[1]))));
+    child = child.nextElementSibling;
   }
   for (const line of lines) {
-    const points = [];
-    line.values.forEach((v, i) => {
-      if (Number.isFinite(v)) points.push(`${x(line.times[i]).toFixed(2)},${y(v).toFixed(2)}`);
-    });
-    if (points.length === 0) continue;
-    if (points.length === 1) points.push(points[0]);
-    svg.append(s("polyline", { class: line.cls || "line", points: points.join(" "), "vector-effect": "non-scaling-stroke" }));
+    let points = "";
+    let n = 0;
+    for (let i = 0; i < line.values.length; i++) {
+      const v = line.values[i];
+      if (!Number.isFinite(v)) continue;
+      points += `${n++ ? " " : ""}${r1(x(line.times[i]))},${r1(y(v))}`;
+    }
+    if (n === 1) points += ` ${points}`;
+    child.setAttribute("points", points);
+    child = child.nextElementSibling;
   }
 }
 

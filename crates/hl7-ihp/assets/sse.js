@@ -7,6 +7,8 @@
  * CRLF, LF or CR (a CR at a chunk's end may be half of a CRLF); a blank line dispatches;
  * `:` starts a comment; `id` persists across events; `retry` sets the reconnection delay.
  */
+const LINE_END = /\r\n|\r|\n/;
+
 export class SseParser {
   constructor() {
     this.buffer = "";
@@ -26,20 +28,12 @@ export class SseParser {
     }
     if (this.pendingCr && text.startsWith("\n")) text = text.slice(1);
     this.pendingCr = false;
-    this.buffer += text;
+    // The native split finds the line ends; a stream carries megabytes a second.
+    const lines = (this.buffer + text).split(LINE_END);
+    this.buffer = lines.pop();
+    if (this.buffer === "" && text.endsWith("\r")) this.pendingCr = true;
     const events = [];
-    let start = 0;
-    for (let i = 0; i < this.buffer.length; i++) {
-      const c = this.buffer.charCodeAt(i);
-      if (c !== 10 && c !== 13) continue;
-      this.line(this.buffer.slice(start, i), events);
-      if (c === 13) {
-        if (i + 1 === this.buffer.length) this.pendingCr = true;
-        else if (this.buffer.charCodeAt(i + 1) === 10) i++;
-      }
-      start = i + 1;
-    }
-    this.buffer = this.buffer.slice(start);
+    for (const line of lines) this.line(line, events);
     return events;
   }
 
@@ -72,12 +66,15 @@ const SILENCE_MS = 40_000;
 const MAX_BACKOFF_MS = 15_000;
 
 /**
- * Follows `url` until `stop()`: calls `onEvent({id, event, data})` with the data parsed as
- * JSON, and `onState("live" | "connecting" | "down")`. `headers()` gives the auth header;
- * `onUnauthorized()` resolves when a new token was entered.
+ * Follows `url` until `stop()`: calls `onEvent({id, event, data})` with the data as text,
+ * and `onState("live" | "connecting" | "down")`. `headers()` gives the auth header;
+ * `onUnauthorized()` resolves when a new token was entered. The body is read only once
+ * `ready()` has resolved: until then what arrives waits in the browser's buffers, so the
+ * first paint does not share the main thread with the stream.
  */
 export class EventStream {
-  constructor(url, { onEvent, onState, headers, onUnauthorized }) {
+  constructor(url, { onEvent, onState, headers, onUnauthorized, ready = () => Promise.resolve() }) {
+    this.ready = ready;
     this.url = url;
     this.onEvent = onEvent;
     this.onState = onState;
@@ -133,6 +130,9 @@ export class EventStream {
       if (response.status === 401) throw Object.assign(new Error("unauthorized"), { unauthorized: true });
       if (!response.ok || !response.body) return false;
       this.onState("live");
+      clearTimeout(silence);
+      await this.ready();
+      silence = setTimeout(() => controller.abort(), SILENCE_MS);
       const parser = new SseParser();
       const decoder = new TextDecoder();
       const reader = response.body.getReader();
@@ -146,14 +146,8 @@ export class EventStream {
           if (parser.retry !== null) this.retry = parser.retry;
           this.lastId = event.id;
           delivered = true;
-          let data = null;
           try {
-            data = JSON.parse(event.data);
-          } catch {
-            continue;
-          }
-          try {
-            this.onEvent({ id: event.id, event: event.event, data });
+            this.onEvent(event);
           } catch (error) {
             // A view's bug must not end the stream for the others.
             console.error(error);

@@ -3,7 +3,7 @@
 // monitor's status. Built once, then updated in place as events arrive.
 
 import { h, s, setText, setAttr, toggle } from "./dom.js";
-import { VITAL_BY_NAME, NIBP, alertWords, stateWord, unitLabel, number, valueTime, shortAge, age, localDateTime, location, parseTime, now, sexLetter } from "./format.js";
+import { VITAL_BY_NAME, NIBP, alertWords, stateWord, unitLabel, number, valueTime, shortAge, age, localDateTime, location, parseTime, now, sexLetter, ageYears } from "./format.js";
 import { drawSparkline, parseRange } from "./plot.js";
 
 /** The cells of a tile: one vital each, or the three NIBP values in one. */
@@ -57,7 +57,7 @@ function cellLabel(cell, value) {
  * Creates a tile. `link` makes it an anchor to the patient view; `sources` links each
  * value to the message it came from.
  */
-export function createTile(patient, { link = true, sources = false, thresholds = null } = {}) {
+export function createTile(patient, { link = true, sources = false, thresholds = null, visible = true } = {}) {
   const parts = {};
   const head = h("div", { class: "tile-head" },
     h("div", { class: "who" },
@@ -87,7 +87,7 @@ export function createTile(patient, { link = true, sources = false, thresholds =
   parts.foot = h("div", { class: "tile-foot" });
   const body = [head, parts.banner, h("div", { class: "vitals" }, cells.map((c) => c.root)), parts.foot];
   const root = link ? h("a", { class: "tile", data: { key: patient.key } }, body) : h("div", { class: "tile big" }, body);
-  const tile = { root, parts, cells, patient, thresholds };
+  const tile = { root, parts, cells, patient, thresholds, visible };
   updateTile(tile, patient, thresholds);
   return tile;
 }
@@ -101,20 +101,21 @@ export function updateTile(tile, patient, thresholds) {
   setAttr(root, "data-message", patient.last_message_id);
   setText(parts.name, patient.name || "(no name)");
   toggle(parts.name, "unknown", !patient.name);
-  const details = [patient.id || patient.key, sexLetter(patient.sex), patient.birth_date].filter(Boolean).join(" · ");
+  const details = [patient.id || patient.key, sexLetter(patient.sex), ageYears(patient.birth_date)].filter(Boolean).join(" · ");
   setText(parts.pid, details);
+  setAttr(parts.pid, "title", [patient.identifiers, patient.birth_date && `born ${patient.birth_date}`, patient.device && `device ${patient.device}`].filter(Boolean).join(", "));
   setText(parts.where, location(patient.location) || patient.device || "");
   let worst = 0;
   const sparks = new Map((patient.sparklines || []).map((sp) => [sp.code, sp]));
   for (const c of tile.cells) {
-    worst = Math.max(worst, updateCell(c, patient, sparks));
+    worst = Math.max(worst, updateCell(tile, c, patient, sparks));
   }
   setAttr(root, "data-severity", worst);
   tickTile(tile);
 }
 
 // One cell; returns its severity (0, 1 warning, 2 critical).
-function updateCell(c, patient, sparks) {
+function updateCell(tile, c, patient, sparks) {
   const values = c.cell.vitals.map((v) => pick(patient.latest, v));
   const main = values[0] || values.find(Boolean) || null;
   c.values = values;
@@ -186,12 +187,26 @@ function updateCell(c, patient, sparks) {
     const sp = value && sparks.get(value.code);
     if (sp) lines.push({ times: sp.times_ms, values: sp.values, cls: i === 0 ? "line" : "line second" });
   });
-  const key = lines.map((l) => `${l.times.length}:${l.times[l.times.length - 1]}:${l.values[l.values.length - 1]}`).join("|");
-  if (c.sparkKey !== key) {
-    c.sparkKey = key;
-    drawSparkline(c.spark, lines, main && c.cell.id !== "nibp" ? parseRange(main.reference_range) : null);
-  }
+  c.lines = lines;
+  c.normal = main && c.cell.id !== "nibp" ? main.reference_range : null;
+  if (tile.visible) drawSpark(c);
   return level;
+}
+
+// Sparklines are drawn only while the tile is on the screen (`tile.visible`, which the
+// view keeps): with 200 patients most are not, and their lines would be most of the work.
+function drawSpark(c) {
+  const lines = c.lines || [];
+  const key = `${c.normal}|${lines.map((l) => `${l.times.length}:${l.times[l.times.length - 1]}:${l.values[l.values.length - 1]}`).join("|")}`;
+  if (c.sparkKey === key) return;
+  c.sparkKey = key;
+  drawSparkline(c.spark, lines, parseRange(c.normal));
+}
+
+/** Marks the tile on or off the screen; on it, its sparklines are brought up to date. */
+export function setVisible(tile, visible) {
+  tile.visible = visible;
+  if (visible) for (const c of tile.cells) drawSpark(c);
 }
 
 /** The parts that change with time alone: ages and the status. */

@@ -3,7 +3,7 @@
 // arrive together are drawn in one animation frame.
 
 import { h, setText } from "./dom.js";
-import { createTile, updateTile, tickTile } from "./tile.js";
+import { createTile, updateTile, tickTile, setVisible } from "./tile.js";
 import { location as place, parseTime } from "./format.js";
 
 const SORTS = {
@@ -43,6 +43,9 @@ function matches(patient, q) {
 // Columns so that all tiles fit on the screen when they can, as large as they can be.
 const MIN_TILE = 330;
 const PAD = 16;
+// The least height of a tile in a row of its own; fewer patients than fit get a row each.
+const ROW_HEIGHT = 150;
+const GAP = 10;
 const ASPECT = 0.74;
 
 function columns(n, width, height) {
@@ -67,6 +70,14 @@ export function mount(main, ctx) {
   let q = search.get("q") || "";
   let sort = SORTS[search.get("sort")] ? search.get("sort") : "location";
   const tiles = new Map();
+  const byNode = new WeakMap();
+  // Which tiles are on the screen (or nearly): only those draw their sparklines.
+  const seen = new IntersectionObserver((entries) => {
+    for (const entry of entries) {
+      const tile = byNode.get(entry.target);
+      if (tile) setVisible(tile, entry.isIntersecting);
+    }
+  }, { rootMargin: "300px 0px" });
   const dirty = new Set();
   let frame = 0;
   let everything = true;
@@ -83,8 +94,7 @@ export function mount(main, ctx) {
     grid,
   );
 
-  // The grid's top, read while it is empty (a cheap layout), and the view's side padding.
-  let gridTop = grid.getBoundingClientRect().top + window.scrollY;
+  let gridTop = 0;
 
   function remember() {
     const params = new URLSearchParams();
@@ -117,11 +127,17 @@ export function mount(main, ctx) {
       if (!patient) continue;
       const held = tiles.get(key);
       if (held) updateTile(held, patient, live.thresholds);
-      else tiles.set(key, createTile(patient, { thresholds: live.thresholds }));
+      else {
+        const tile = createTile(patient, { thresholds: live.thresholds, visible: false });
+        tiles.set(key, tile);
+        byNode.set(tile.root, tile);
+        seen.observe(tile.root);
+      }
     }
     if (everything) {
       for (const [key, tile] of tiles) {
         if (!live.patients.has(key)) {
+          seen.unobserve(tile.root);
           tile.root.remove();
           tiles.delete(key);
         }
@@ -138,17 +154,25 @@ export function mount(main, ctx) {
   function arrange() {
     const visible = [...live.patients.values()].filter((p) => matches(p, q)).sort(comparator(sort, tiles));
     const wanted = visible.map((p) => tiles.get(p.key).root);
-    const present = [...grid.children];
-    if (wanted.length !== present.length || wanted.some((node, i) => node !== present[i])) grid.replaceChildren(...wanted);
-    // From the window's size and the grid's place, read once: reading the layout after
-    // the tiles changed would make the browser lay out all of them here.
-    const cols = columns(wanted.length, window.innerWidth - 2 * PAD, window.innerHeight - gridTop - PAD);
-    grid.style.setProperty("--columns", String(cols));
     if (!live.loaded) setText(note, "Loading patients…");
     else if (live.patients.size === 0) setText(note, "No patients yet: a monitor's patient appears here with its first message.");
     else if (wanted.length === 0) setText(note, `No patient matches “${q}”.`);
     else setText(note, "");
     note.hidden = note.textContent === "";
+    // The grid's top is read while it is empty (a cheap layout): reading the layout after
+    // the tiles changed would make the browser lay out all of them here.
+    if (grid.childElementCount === 0) gridTop = grid.getBoundingClientRect().top + window.scrollY;
+    const present = [...grid.children];
+    if (wanted.length !== present.length || wanted.some((node, i) => node !== present[i])) grid.replaceChildren(...wanted);
+    const height = window.innerHeight - gridTop - PAD;
+    const rows = wanted.length > 0 && wanted.length * ROW_HEIGHT <= height;
+    grid.classList.toggle("rows", rows);
+    if (rows) {
+      grid.style.setProperty("--rows-height", `${height}px`);
+      grid.style.setProperty("--row-height", `${Math.floor((height - GAP * (wanted.length - 1)) / wanted.length)}px`);
+    } else {
+      grid.style.setProperty("--columns", String(columns(wanted.length, window.innerWidth - 2 * PAD, height)));
+    }
   }
 
   function summarize() {
@@ -189,10 +213,7 @@ export function mount(main, ctx) {
       note.hidden = false;
     }
   });
-  const onResize = () => {
-    if (grid.childElementCount === 0) gridTop = grid.getBoundingClientRect().top + window.scrollY;
-    schedule(true);
-  };
+  const onResize = () => schedule(true);
   window.addEventListener("resize", onResize);
   if (live.loaded) draw();
 
@@ -208,6 +229,7 @@ export function mount(main, ctx) {
     },
     unmount() {
       unsubscribe();
+      seen.disconnect();
       window.removeEventListener("resize", onResize);
       if (frame) cancelAnimationFrame(frame);
     },

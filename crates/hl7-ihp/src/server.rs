@@ -116,26 +116,28 @@ pub async fn run(
         (live, task)
     });
 
-    let http_task = http_listener.zip(live.as_ref()).map(|(listener, (live, _))| {
-        let state = HttpState {
-            metrics: Arc::clone(&metrics),
-            extra: extra_metrics(
-                Arc::clone(&store),
-                Arc::clone(&export_counters),
-                Arc::clone(&budget),
-            ),
-            store: Arc::clone(&store),
-            live: Arc::clone(live),
-            access: http::access::Access::new(config.http.token.as_ref()),
-        };
-        tokio::spawn(http::serve::run(
-            listener,
-            http::router(state),
-            config.http.limits,
-            Arc::clone(&metrics),
-            stop_rx.clone(),
-        ))
-    });
+    let http_task = http_listener
+        .zip(live.as_ref())
+        .map(|(listener, (live, _))| {
+            let state = HttpState {
+                metrics: Arc::clone(&metrics),
+                extra: extra_metrics(
+                    Arc::clone(&store),
+                    Arc::clone(&export_counters),
+                    Arc::clone(&budget),
+                ),
+                store: Arc::clone(&store),
+                live: Arc::clone(live),
+                access: http::access::Access::new(config.http.token.as_ref()),
+            };
+            tokio::spawn(http::serve::run(
+                listener,
+                http::router(state),
+                config.http.limits,
+                Arc::clone(&metrics),
+                stop_rx.clone(),
+            ))
+        });
 
     // Its summaries of held-back lines go on until the end, after the connections' last.
     let log_limit = Arc::new(RateLimit::default());

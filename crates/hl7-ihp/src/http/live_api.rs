@@ -39,9 +39,27 @@ pub fn routes() -> Router<HttpState> {
 #[openapi(
     paths(patients, patient, devices, stats, sse::events),
     components(schemas(
-        PatientList, PatientView, PatientBody, Sparkline, Status, Reading, VitalKind, ValueState,
-        Alert, AlertLevel, DeviceList, DeviceView, DeviceKind, Stats, MinuteCounts,
-        ConnectionCounts, ExportLag, ObservationEvent, RejectedEvent, StatusEvent, ResetEvent,
+        PatientList,
+        PatientView,
+        PatientBody,
+        Sparkline,
+        Status,
+        Reading,
+        VitalKind,
+        ValueState,
+        Alert,
+        AlertLevel,
+        DeviceList,
+        DeviceView,
+        DeviceKind,
+        Stats,
+        MinuteCounts,
+        ConnectionCounts,
+        ExportLag,
+        ObservationEvent,
+        RejectedEvent,
+        StatusEvent,
+        ResetEvent,
         Problem
     ))
 )]
