@@ -13,7 +13,8 @@ use sha2::{Digest, Sha256};
 
 use super::{
     ChangeCursor, Content, Health, MessageFilter, MessageKey, MessageSummary, NewMessage,
-    ObservationData, Outcome, PatientData, PatientSummary, Store, StoreOptions, Stored, Verdict,
+    ObservationData, ObservationQuery, ObservationRow, Outcome, PatientData, PatientSummary,
+    RecordPosition, Store, StoreOptions, Stored, TrendBucket, TrendQuery, Verdict,
 };
 
 /// Opens a fresh (or, given the same folder again, the same) store of one backend in `dir`.
@@ -42,6 +43,9 @@ macro_rules! store_contract {
             messages_are_filtered_by_every_condition,
             messages_page_by_their_cursor,
             one_message_reads_back_whole,
+            observations_page_in_record_order_while_data_arrives,
+            observations_are_filtered_by_code_and_observation_time,
+            trends_summarise_each_code_per_bucket,
         );
     };
     (@tests $open:expr; $($name:ident),* $(,)?) => {
@@ -1233,4 +1237,435 @@ pub async fn one_message_reads_back_whole(open: Open) {
     assert_eq!(detail.summary.sender, "");
     assert_eq!(detail.version, None);
     assert!(store.message(junk + 100).await.unwrap().is_none());
+}
+
+/// The contract's clock for time filters: messages arrive when their values were observed.
+const T0: i64 = 1_800_000_000_000;
+
+/// An OBX of `code` with this value (numeric when it is a number), observed at `ms`.
+fn vital(index: u32, code: &str, value: &str, ms: i64) -> ObservationData {
+    ObservationData {
+        code: code.into(),
+        code_text: format!("{code} TEXT"),
+        units: format!("{code} UNITS"),
+        observed_ms: ms,
+        ..observation(index, value)
+    }
+}
+
+/// An accepted ORU about P1 with these OBX, received at `ms`.
+fn vitals(control_id: &str, ms: i64, observations: Vec<ObservationData>) -> NewMessage {
+    let mut message = oru(control_id, Some(patient("P1", "EVE", false)), &[], "");
+    message.received_at = jiff::Timestamp::from_millisecond(ms).unwrap();
+    message.content.as_mut().unwrap().observations = observations;
+    message
+}
+
+/// Records as (message, index, value).
+fn positions(records: &[ObservationRow]) -> Vec<(i64, u32, String)> {
+    records
+        .iter()
+        .map(|r| {
+            (
+                r.message_id,
+                r.observation.index,
+                r.observation.value.clone(),
+            )
+        })
+        .collect()
+}
+
+/// Reads every page of a query, committing a new message for the patient between pages.
+async fn every_page(store: &dyn Store, query: ObservationQuery) -> Vec<ObservationRow> {
+    let mut all = Vec::new();
+    let mut after = None;
+    for page in 0.. {
+        let records = store
+            .observations(
+                "P1",
+                ObservationQuery {
+                    after,
+                    ..query.clone()
+                },
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(records.len() <= query.limit);
+        let Some(last) = records.last() else {
+            break;
+        };
+        after = Some(RecordPosition {
+            message_id: last.message_id,
+            index: last.observation.index,
+        });
+        all.extend(records);
+        // New data between pages is newer than every page: never inside a later one.
+        let late = vitals(
+            &format!("late{page}"),
+            T0 + 10_000,
+            vec![vital(0, "HR", "999", T0 + 10_000)],
+        );
+        store.commit(vec![late]).await.unwrap();
+    }
+    all
+}
+
+fn all_records() -> ObservationQuery {
+    ObservationQuery {
+        code: None,
+        since_ms: None,
+        until_ms: None,
+        after: None,
+        limit: 1000,
+    }
+}
+
+/// A patient's records page newest message first and in OBX order within a message, each
+/// page after the last record of the one before: no record twice, none skipped, also
+/// while new data arrives between pages and when a page ends inside a message.
+pub async fn observations_page_in_record_order_while_data_arrives(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &options());
+    let mut ids = Vec::new();
+    for n in 0..5i64 {
+        let at = T0 + n * 1000;
+        let message = vitals(
+            &n.to_string(),
+            at,
+            (0..3)
+                .map(|i| vital(i, "HR", &format!("{n}.{i}"), at))
+                .collect(),
+        );
+        let other = oru(
+            &format!("other{n}"),
+            Some(patient("P2", "ADAM", false)),
+            &["x"],
+            "",
+        );
+        let stored = store
+            .commit(vec![message, other, rejected(&format!("r{n}"), "")])
+            .await
+            .unwrap();
+        ids.push(new_id(&stored[0]));
+    }
+    // A message without observations has no records.
+    store
+        .commit(vec![vitals("empty", T0 + 6000, vec![])])
+        .await
+        .unwrap();
+    let expected: Vec<(i64, u32, String)> = ids
+        .iter()
+        .enumerate()
+        .rev()
+        .flat_map(|(n, &id)| (0..3).map(move |i| (id, i, format!("{n}.{i}"))))
+        .collect();
+    let whole = store
+        .observations("P1", all_records())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(positions(&whole), expected);
+    let first = &whole[0];
+    assert_eq!(first.control_id, "4");
+    assert_eq!(first.device, "DEV");
+    assert_eq!(first.received_at.as_millisecond(), T0 + 4000);
+    assert_eq!(first.observation, vital(0, "HR", "4.0", T0 + 4000));
+    for limit in [1, 2, 3, 4, 7, 15, 16] {
+        let paged = every_page(
+            store.as_ref(),
+            ObservationQuery {
+                limit,
+                ..all_records()
+            },
+        )
+        .await;
+        // Pages read after the first see the late messages only if the first page did.
+        let paged: Vec<_> = positions(&paged)
+            .into_iter()
+            .filter(|(_, _, value)| value != "999")
+            .collect();
+        assert_eq!(paged, expected, "limit {limit}");
+    }
+    let none = store
+        .observations(
+            "P1",
+            ObservationQuery {
+                limit: 0,
+                ..all_records()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(none.is_empty());
+    assert!(
+        store
+            .observations("nobody", all_records())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// The code filter is on OBX-3.1; `since` is inclusive and `until` exclusive, on the
+/// observation time; both hold across pages.
+pub async fn observations_are_filtered_by_code_and_observation_time(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &options());
+    let second = 1000;
+    let mut messages = Vec::new();
+    for n in 0..10i64 {
+        let at = T0 + n * second;
+        messages.push(vitals(
+            &n.to_string(),
+            at,
+            vec![
+                vital(0, "HR", &format!("hr{n}"), at),
+                vital(1, "SPO2", &format!("spo2-{n}"), at),
+                // Observed a little before it arrived, as a monitor's values are.
+                vital(2, "HR", &format!("hr{n}b"), at - 500),
+            ],
+        ));
+    }
+    store.commit(messages).await.unwrap();
+    let values = |records: &[ObservationRow]| -> Vec<String> {
+        records
+            .iter()
+            .map(|r| r.observation.value.clone())
+            .collect()
+    };
+    let hr = |n: i64| vec![format!("hr{n}"), format!("hr{n}b")];
+
+    let codes = ObservationQuery {
+        code: Some("SPO2".into()),
+        ..all_records()
+    };
+    let spo2 = store
+        .observations("P1", codes.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    let expected: Vec<String> = (0..10).rev().map(|n| format!("spo2-{n}")).collect();
+    assert_eq!(values(&spo2), expected);
+    let paged = every_page(store.as_ref(), ObservationQuery { limit: 3, ..codes }).await;
+    assert_eq!(values(&paged), expected);
+
+    let window = ObservationQuery {
+        code: Some("HR".into()),
+        since_ms: Some(T0 + 3 * second),
+        until_ms: Some(T0 + 6 * second),
+        ..all_records()
+    };
+    let in_window = store
+        .observations("P1", window.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    // hr3b was observed before `since`; hr6 at `until`, hr6b before it.
+    let mut expected = vec!["hr6b".to_string()];
+    expected.extend(hr(5));
+    expected.extend(hr(4));
+    expected.push("hr3".into());
+    assert_eq!(values(&in_window), expected);
+    for record in &in_window {
+        let observed = record.observation.observed_ms;
+        assert!((T0 + 3 * second..T0 + 6 * second).contains(&observed));
+    }
+    let paged = every_page(
+        store.as_ref(),
+        ObservationQuery {
+            limit: 2,
+            ..window.clone()
+        },
+    )
+    .await;
+    assert_eq!(values(&paged), expected);
+    let since_only = store
+        .observations(
+            "P1",
+            ObservationQuery {
+                since_ms: Some(T0 + 8 * second),
+                // The late messages of the paging above are observed at 10 s.
+                until_ms: Some(T0 + 10 * second),
+                code: None,
+                ..window.clone()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        values(&since_only),
+        ["hr9", "spo2-9", "hr9b", "hr8", "spo2-8"]
+    );
+    let until_only = store
+        .observations(
+            "P1",
+            ObservationQuery {
+                since_ms: None,
+                until_ms: Some(T0 + second),
+                ..window.clone()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    // hr1b was observed half a second before its message, within the first second.
+    assert_eq!(values(&until_only), ["hr1b", "hr0", "hr0b"]);
+    let nothing = store
+        .observations(
+            "P1",
+            ObservationQuery {
+                code: Some("NONE".into()),
+                ..window
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(nothing.is_empty());
+}
+
+fn bucket(start_ms: i64, count: u64, min: f64, median: f64, max: f64) -> TrendBucket {
+    TrendBucket {
+        start_ms,
+        count,
+        min,
+        median,
+        max,
+    }
+}
+
+/// A trend has per code (ordered by code) the buckets with numeric values in range,
+/// oldest first, aligned to multiples of the bucket length: count, min, median (the mean
+/// of the middle two for an even count) and max; text and units of the newest record.
+pub async fn trends_summarise_each_code_per_bucket(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &options());
+    let minute = 60_000;
+    // T0 is a multiple of a minute.
+    assert_eq!(T0 % minute, 0);
+    let hr = |index, value: &str, at| vital(index, "HR", value, at);
+    let messages = vec![
+        // Before the range.
+        vitals("0", T0 - 1, vec![hr(0, "500", T0 - 1)]),
+        // Minute 0: 1, 3, 2 (and a value that is no number).
+        vitals(
+            "1",
+            T0 + 1000,
+            vec![
+                hr(0, "1", T0 + 1000),
+                vital(1, "SPO2", "97", T0 + 1000),
+                hr(2, "3", T0 + 2000),
+            ],
+        ),
+        vitals(
+            "2",
+            T0 + 59_999,
+            vec![hr(0, "2", T0 + 59_999), hr(1, "NAV", T0 + 59_999)],
+        ),
+        // Minute 2: 4, 1, 3, 2.
+        vitals(
+            "3",
+            T0 + 2 * minute,
+            vec![hr(0, "4", T0 + 2 * minute), hr(1, "1", T0 + 2 * minute + 1)],
+        ),
+        vitals(
+            "4",
+            T0 + 2 * minute + 10,
+            vec![hr(0, "3", T0 + 2 * minute + 10)],
+        ),
+        vitals(
+            "5",
+            T0 + 3 * minute - 1,
+            vec![
+                ObservationData {
+                    code_text: "HR NEWEST".into(),
+                    units: "bpm".into(),
+                    ..hr(0, "2", T0 + 3 * minute - 1)
+                },
+                vital(1, "SPO2", "95", T0 + 3 * minute - 1),
+                vital(2, "ABC", "-1.5", T0 + 3 * minute - 1),
+            ],
+        ),
+        // At the range's end: out.
+        vitals("6", T0 + 3 * minute, vec![hr(0, "700", T0 + 3 * minute)]),
+    ];
+    store.commit(messages).await.unwrap();
+    // Another patient's values are not in it.
+    let mut other = oru("o", Some(patient("P2", "ADAM", false)), &["1"], "");
+    other.received_at = jiff::Timestamp::from_millisecond(T0 + 1000).unwrap();
+    other.content.as_mut().unwrap().observations = vec![hr(0, "1000", T0 + 1000)];
+    store.commit(vec![other]).await.unwrap();
+
+    let query = TrendQuery {
+        code: None,
+        since_ms: T0,
+        until_ms: T0 + 3 * minute,
+        bucket_ms: minute,
+    };
+    let series = store.trends("P1", query.clone()).await.unwrap().unwrap();
+    let codes: Vec<&str> = series.iter().map(|s| s.code.as_str()).collect();
+    assert_eq!(codes, ["ABC", "HR", "SPO2"]);
+    let heart = &series[1];
+    assert_eq!(heart.code_text, "HR NEWEST");
+    assert_eq!(heart.units, "bpm");
+    assert_eq!(
+        heart.buckets,
+        vec![
+            bucket(T0, 3, 1.0, 2.0, 3.0),
+            bucket(T0 + 2 * minute, 4, 1.0, 2.5, 4.0),
+        ]
+    );
+    assert_eq!(
+        series[0].buckets,
+        vec![bucket(T0 + 2 * minute, 1, -1.5, -1.5, -1.5)]
+    );
+    assert_eq!(series[2].code_text, "SPO2 TEXT");
+    assert_eq!(series[2].units, "SPO2 UNITS");
+    assert_eq!(
+        series[2].buckets,
+        vec![
+            bucket(T0, 1, 97.0, 97.0, 97.0),
+            bucket(T0 + 2 * minute, 1, 95.0, 95.0, 95.0),
+        ]
+    );
+
+    // One code; larger buckets (aligned to the epoch, not to `since`).
+    let one = store
+        .trends(
+            "P1",
+            TrendQuery {
+                code: Some("HR".into()),
+                since_ms: T0 + 1500,
+                bucket_ms: 2 * minute,
+                ..query.clone()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(
+        one[0].buckets,
+        vec![
+            bucket(T0, 2, 2.0, 2.5, 3.0),
+            bucket(T0 + 2 * minute, 4, 1.0, 2.5, 4.0),
+        ]
+    );
+    let empty = store
+        .trends(
+            "P1",
+            TrendQuery {
+                since_ms: T0 + 10 * minute,
+                until_ms: T0 + 20 * minute,
+                ..query.clone()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(empty.is_empty());
+    assert!(store.trends("nobody", query).await.unwrap().is_none());
 }

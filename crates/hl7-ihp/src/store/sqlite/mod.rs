@@ -17,6 +17,7 @@
 
 use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::ops::ControlFlow;
 use std::os::raw::c_int;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
@@ -30,6 +31,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 mod checkpoint;
+mod encoded;
 mod keys;
 mod readers;
 mod schema;
@@ -48,7 +50,7 @@ use super::{
     ChangeCursor, Changes, Feed, FeedMessage, Health, MessageDetail, MessageFilter, MessageKey,
     MessageSummary, NewMessage, ObservationData, ObservationQuery, ObservationRow, Outcome,
     PatientData, PatientRecords, PatientSummary, Store, StoreError, StoreFuture, StoreRead,
-    StoreStats, Stored, TrendQuery, TrendSeries, Verdict, outcome_name,
+    StoreStats, Stored, TrendBucket, TrendQuery, TrendSeries, Verdict, outcome_name,
 };
 
 /// Page size of a new database (an existing one keeps its own). A vitals ORU's row (its
@@ -526,7 +528,9 @@ impl StoreRead for SqliteStore {
         key: &'a str,
         query: ObservationQuery,
     ) -> StoreFuture<'a, Option<Vec<ObservationRow>>> {
-        todo!("{key} {query:?}")
+        let key = key.to_owned();
+        let tail = self.inner.tail.clone();
+        Box::pin(self.read(move |conn| read_observations(conn, tail.as_deref(), &key, &query)))
     }
 
     fn trends<'a>(
@@ -534,7 +538,9 @@ impl StoreRead for SqliteStore {
         key: &'a str,
         query: TrendQuery,
     ) -> StoreFuture<'a, Option<Vec<TrendSeries>>> {
-        todo!("{key} {query:?}")
+        let key = key.to_owned();
+        let tail = self.inner.tail.clone();
+        Box::pin(self.read(move |conn| read_trends(conn, tail.as_deref(), &key, &query)))
     }
 
     fn message(&self, id: i64) -> StoreFuture<'_, Option<MessageDetail>> {
@@ -665,7 +671,7 @@ impl StoreRead for SqliteReader {
         key: &'a str,
         query: ObservationQuery,
     ) -> StoreFuture<'a, Option<Vec<ObservationRow>>> {
-        todo!("{key} {query:?}")
+        self.store.observations(key, query)
     }
 
     fn trends<'a>(
@@ -673,7 +679,7 @@ impl StoreRead for SqliteReader {
         key: &'a str,
         query: TrendQuery,
     ) -> StoreFuture<'a, Option<Vec<TrendSeries>>> {
-        todo!("{key} {query:?}")
+        self.store.trends(key, query)
     }
 
     fn message(&self, id: i64) -> StoreFuture<'_, Option<MessageDetail>> {

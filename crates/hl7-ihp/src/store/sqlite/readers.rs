@@ -6,33 +6,19 @@ use super::*;
 /// The `observations` column back into observations, `index` from their order.
 pub(super) fn decode_observations(
     column: usize,
-    text: &str,
+    text: &[u8],
 ) -> rusqlite::Result<Vec<ObservationData>> {
-    let encoded: Vec<EncodedObservation<String>> = serde_json::from_str(text).map_err(|e| {
+    encoded::decode(text).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, e.into())
-    })?;
-    Ok(encoded
-        .into_iter()
-        .enumerate()
-        .map(|(index, o)| ObservationData {
-            index: u32::try_from(index).unwrap_or(u32::MAX),
-            value_type: o.0,
-            code: o.1,
-            code_text: o.2,
-            code_system: o.3,
-            sub_id: o.4,
-            value: o.5,
-            numeric: o.6,
-            units: o.7,
-            units_text: o.8,
-            reference_range: o.9,
-            abnormal_flags: o.10,
-            status: o.11,
-            observed_at: o.12,
-            observed_ms: o.13,
-            equipment: o.14,
-        })
-        .collect())
+    })
+}
+
+impl From<encoded::Malformed> for rusqlite::Error {
+    fn from(error: encoded::Malformed) -> rusqlite::Error {
+        // Where a read looks at single values, the column's index is not at hand; the
+        // error names the position in the column.
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, error.into())
+    }
 }
 
 /// The columns [`push_records`] turns into records: id, control_id, received_ms, device,
@@ -339,7 +325,7 @@ pub(super) fn push_records(
     limit: usize,
     records: &mut Vec<ObservationRow>,
 ) -> rusqlite::Result<()> {
-    let Some(observations) = row.get_ref(4)?.as_str_or_null()? else {
+    let Some(observations) = row.get_ref(4)?.as_bytes_or_null()? else {
         return Ok(());
     };
     let message_id: i64 = row.get(0)?;
@@ -565,7 +551,7 @@ pub(super) fn read_message(conn: &Connection, id: i64) -> rusqlite::Result<Optio
     let Some(row) = rows.next()? else {
         return Ok(None);
     };
-    let observations = match row.get_ref(17)?.as_str_or_null()? {
+    let observations = match row.get_ref(17)?.as_bytes_or_null()? {
         Some(text) => decode_observations(17, text)?,
         None => Vec::new(),
     };
@@ -627,7 +613,7 @@ pub(super) fn feed_message(
     row: &rusqlite::Row<'_>,
     patient: Option<PatientData>,
 ) -> rusqlite::Result<FeedMessage> {
-    let observations = match row.get_ref(10)?.as_str_or_null()? {
+    let observations = match row.get_ref(10)?.as_bytes_or_null()? {
         Some(text) => decode_observations(10, text)?,
         None => Vec::new(),
     };
@@ -706,4 +692,254 @@ pub(super) fn read_patient_feed(
         })?;
     }
     Ok(Some((patient, messages)))
+}
+
+/// How far an observation time may run ahead of its message's arrival and still be found
+/// by a `since` filter, in ms: a device clock set a little ahead, or an hour off after a
+/// daylight-saving mistake. A time-filtered read looks at the patient's messages received
+/// from `since` less this on.
+pub(super) const OBSERVED_AHEAD_MS: i64 = 60 * 60 * 1000;
+
+/// How far an observation time may lie before its message's arrival and still be found by
+/// an `until` filter, in ms: a monitor that sends what it measured while its link was
+/// down. A time-filtered read looks at the patient's messages received up to `until` plus
+/// this. (With `until` at now, as the live view asks, this costs nothing.)
+pub(super) const OBSERVED_BEHIND_MS: i64 = 60 * 60 * 1000;
+
+/// The ids that hold every record observed in `[since, until)`, given the slack above:
+/// the messages received from `since - OBSERVED_AHEAD_MS` to `until + OBSERVED_BEHIND_MS`
+/// (and [`RECEIVED_DISORDER_MS`] either side). A record observed further from its
+/// arrival is not found by a time filter, only by a read without one.
+pub(super) fn ids_observed(
+    conn: &Connection,
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+) -> rusqlite::Result<std::ops::Range<i64>> {
+    ids_received(
+        conn,
+        since_ms.map(|ms| ms.saturating_sub(OBSERVED_AHEAD_MS)),
+        until_ms.map(|ms| ms.saturating_add(OBSERVED_BEHIND_MS)),
+    )
+}
+
+pub(super) fn read_observations(
+    conn: &Connection,
+    tail: Option<&Mutex<PatientTail>>,
+    key: &str,
+    query: &ObservationQuery,
+) -> rusqlite::Result<Option<Vec<ObservationRow>>> {
+    let Some((_, scope)) = find_patient(conn, tail, key)? else {
+        return Ok(None);
+    };
+    let mut records = Vec::new();
+    if query.limit == 0 {
+        return Ok(Some(records));
+    }
+    // Newest first from the page's start (the previous page's last record), down to the
+    // oldest message that can hold a record observed after `since`: a page costs the
+    // messages it looks at, whatever the history before them.
+    let mut ids = ids_observed(conn, query.since_ms, query.until_ms)?;
+    if let Some(after) = query.after {
+        ids.end = ids.end.min(after.message_id.saturating_add(1));
+    }
+    let wanted = |encoded: &encoded::Encoded<'_>| -> rusqlite::Result<bool> {
+        if let Some(code) = &query.code
+            && !encoded.text_is(encoded::field::CODE, code)?
+        {
+            return Ok(false);
+        }
+        if query.since_ms.is_some() || query.until_ms.is_some() {
+            let observed = encoded.integer(encoded::field::OBSERVED_MS)?;
+            if query.since_ms.is_some_and(|since| observed < since)
+                || query.until_ms.is_some_and(|until| observed >= until)
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+    scan_patient_messages(conn, &scope, RECORD_COLUMNS, ids, |row| {
+        let Some(column) = row.get_ref(4)?.as_bytes_or_null()? else {
+            return Ok(true);
+        };
+        let message_id: i64 = row.get(0)?;
+        let first = match query.after {
+            Some(after) if after.message_id == message_id => after.index.saturating_add(1),
+            _ => 0,
+        };
+        // The message's own columns, read once it has a record on the page.
+        let mut context: Option<(String, jiff::Timestamp, String)> = None;
+        encoded::each_observation(column, |index, encoded| {
+            if index < first || !wanted(encoded)? {
+                return Ok(ControlFlow::Continue(()));
+            }
+            let (control_id, received_at, device) = match &context {
+                Some(context) => context.clone(),
+                None => {
+                    let read = (
+                        row.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                        instant(row.get(2)?),
+                        row.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                    );
+                    context = Some(read.clone());
+                    read
+                }
+            };
+            records.push(ObservationRow {
+                observation: encoded.to_data(index)?,
+                message_id,
+                control_id,
+                received_at,
+                device,
+            });
+            Ok::<_, rusqlite::Error>(if records.len() >= query.limit {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            })
+        })?;
+        Ok(records.len() < query.limit)
+    })?;
+    Ok(Some(records))
+}
+
+/// A code's values while a trend is read: per bucket start, the values.
+struct SeriesValues {
+    code: String,
+    code_text: String,
+    units: String,
+    buckets: Vec<(i64, Vec<f64>)>,
+    /// Bucket start → position in `buckets`.
+    positions: HashMap<i64, usize>,
+    /// The bucket the last value went to: consecutive messages mostly share one.
+    last: Option<(i64, usize)>,
+}
+
+impl SeriesValues {
+    fn add(&mut self, start_ms: i64, value: f64) {
+        let position = match self.last {
+            Some((start, position)) if start == start_ms => position,
+            _ => {
+                let buckets = &mut self.buckets;
+                let position = *self.positions.entry(start_ms).or_insert_with(|| {
+                    buckets.push((start_ms, Vec::new()));
+                    buckets.len() - 1
+                });
+                self.last = Some((start_ms, position));
+                position
+            }
+        };
+        self.buckets[position].1.push(value);
+    }
+
+    fn finish(self) -> TrendSeries {
+        let mut buckets: Vec<TrendBucket> = self
+            .buckets
+            .into_iter()
+            .map(|(start_ms, mut values)| summarise(start_ms, &mut values))
+            .collect();
+        buckets.sort_unstable_by_key(|b| b.start_ms);
+        TrendSeries {
+            code: self.code,
+            code_text: self.code_text,
+            units: self.units,
+            buckets,
+        }
+    }
+}
+
+/// Count, min, median and max of a bucket's values (at least one).
+fn summarise(start_ms: i64, values: &mut [f64]) -> TrendBucket {
+    let n = values.len();
+    let (min, max) = values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
+    let (below, upper, _) = values.select_nth_unstable_by(n / 2, f64::total_cmp);
+    let upper = *upper;
+    let median = if n % 2 == 1 {
+        upper
+    } else {
+        // The lower middle value is the largest of those below the upper one.
+        let lower = below.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (lower + upper) / 2.0
+    };
+    TrendBucket {
+        start_ms,
+        count: n as u64,
+        min,
+        median,
+        max,
+    }
+}
+
+/// The trend scan's one column.
+pub(super) const TREND_COLUMNS: &str = "m.observations";
+
+pub(super) fn read_trends(
+    conn: &Connection,
+    tail: Option<&Mutex<PatientTail>>,
+    key: &str,
+    query: &TrendQuery,
+) -> rusqlite::Result<Option<Vec<TrendSeries>>> {
+    let Some((_, scope)) = find_patient(conn, tail, key)? else {
+        return Ok(None);
+    };
+    let bucket_ms = query.bucket_ms.max(1);
+    let mut series: Vec<SeriesValues> = Vec::new();
+    if query.since_ms >= query.until_ms {
+        return Ok(Some(Vec::new()));
+    }
+    let ids = ids_observed(conn, Some(query.since_ms), Some(query.until_ms))?;
+    // Every message that may hold a record of the range, newest first (so the first record
+    // of a code names its text and units); of each OBX only the code, the number and the
+    // time are looked at until it counts.
+    scan_patient_messages(conn, &scope, TREND_COLUMNS, ids, |row| {
+        let Some(column) = row.get_ref(0)?.as_bytes_or_null()? else {
+            return Ok(true);
+        };
+        encoded::each_observation(column, |_, encoded| {
+            let Some(value) = encoded.number(encoded::field::NUMERIC)? else {
+                return Ok(ControlFlow::Continue(()));
+            };
+            let observed = encoded.integer(encoded::field::OBSERVED_MS)?;
+            if observed < query.since_ms || observed >= query.until_ms {
+                return Ok(ControlFlow::Continue(()));
+            }
+            if let Some(code) = &query.code
+                && !encoded.text_is(encoded::field::CODE, code)?
+            {
+                return Ok(ControlFlow::Continue(()));
+            }
+            let mut position = None;
+            for (n, known) in series.iter().enumerate() {
+                if encoded.text_is(encoded::field::CODE, &known.code)? {
+                    position = Some(n);
+                    break;
+                }
+            }
+            let position = match position {
+                Some(position) => position,
+                None => {
+                    series.push(SeriesValues {
+                        code: encoded.text(encoded::field::CODE)?.into_owned(),
+                        code_text: encoded.text(encoded::field::CODE_TEXT)?.into_owned(),
+                        units: encoded.text(encoded::field::UNITS)?.into_owned(),
+                        buckets: Vec::new(),
+                        positions: HashMap::new(),
+                        last: None,
+                    });
+                    series.len() - 1
+                }
+            };
+            let start = observed.div_euclid(bucket_ms) * bucket_ms;
+            series[position].add(start, value);
+            Ok::<_, rusqlite::Error>(ControlFlow::Continue(()))
+        })?;
+        Ok(true)
+    })?;
+    let mut series: Vec<TrendSeries> = series.into_iter().map(SeriesValues::finish).collect();
+    series.sort_by(|a, b| a.code.cmp(&b.code));
+    Ok(Some(series))
 }

@@ -221,11 +221,51 @@ async fn record_messages(store: &dyn StoreRead, key: &str) -> Vec<i64> {
     ids
 }
 
-/// Message ids of a patient's feed, newest first; checked against their records.
+/// Message ids of a patient's feed, newest first; checked against their records, which
+/// also read the same page by page through `observations`, and their trend.
 async fn feed_messages(store: &dyn StoreRead, key: &str) -> Vec<i64> {
     let (_, messages) = store.patient_feed(key, usize::MAX).await.unwrap().unwrap();
     let ids: Vec<i64> = messages.iter().map(|m| m.id).collect();
     assert_eq!(ids, record_messages(store, key).await);
+    let records = store.patient_records(key, None).await.unwrap().unwrap();
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let query = crate::store::ObservationQuery {
+            code: None,
+            since_ms: None,
+            until_ms: None,
+            after,
+            limit: 3,
+        };
+        let page = store.observations(key, query).await.unwrap().unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(crate::store::RecordPosition {
+            message_id: last.message_id,
+            index: last.observation.index,
+        });
+        paged.extend(page);
+    }
+    assert_eq!(paged, records.records);
+    // The fixtures' values are observed in one second of 2002.
+    let query = crate::store::TrendQuery {
+        code: None,
+        since_ms: 0,
+        until_ms: i64::MAX / 2,
+        bucket_ms: 1000,
+    };
+    let trends = store.trends(key, query).await.unwrap().unwrap();
+    let n_values: u64 = trends
+        .iter()
+        .flat_map(|s| &s.buckets)
+        .map(|b| b.count)
+        .sum();
+    let n_numeric = records
+        .records
+        .iter()
+        .filter(|r| r.observation.numeric.is_some())
+        .count();
+    assert_eq!(n_values, n_numeric as u64);
     ids
 }
 

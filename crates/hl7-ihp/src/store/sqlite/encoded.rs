@@ -1,0 +1,396 @@
+//! The `observations` column read in place: each OBX's fifteen values as slices of the
+//! column's JSON, turned into text or numbers only when a read needs them.
+//!
+//! A trend over a day of one-second vitals reads 600,000 observations; building each one's
+//! ten strings (what deserializing the whole array does) would cost most of the read. Here
+//! a read that wants a code, a number and a time looks at those three values and skips the
+//! others' bytes. The column is what the writer (`serde_json`, compact) or migration 2
+//! (SQLite's `json_array`) wrote: an array of arrays of strings, numbers and nulls; the
+//! reader also takes whitespace between tokens.
+
+use std::borrow::Cow;
+use std::ops::ControlFlow;
+
+use super::ObservationData;
+
+/// Values per observation, in the order migration 2 documents.
+const N_FIELDS: usize = 15;
+
+/// The position of each value in an observation's array.
+pub(super) mod field {
+    pub const VALUE_TYPE: usize = 0;
+    pub const CODE: usize = 1;
+    pub const CODE_TEXT: usize = 2;
+    pub const CODE_SYSTEM: usize = 3;
+    pub const SUB_ID: usize = 4;
+    pub const VALUE: usize = 5;
+    pub const NUMERIC: usize = 6;
+    pub const UNITS: usize = 7;
+    pub const UNITS_TEXT: usize = 8;
+    pub const REFERENCE_RANGE: usize = 9;
+    pub const ABNORMAL_FLAGS: usize = 10;
+    pub const STATUS: usize = 11;
+    pub const OBSERVED_AT: usize = 12;
+    pub const OBSERVED_MS: usize = 13;
+    pub const EQUIPMENT: usize = 14;
+}
+
+/// The column is not what the writer writes (changed by hand, or damaged). Says where,
+/// never what: the column holds patient data.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed observations column at byte {position}")]
+pub(super) struct Malformed {
+    position: usize,
+}
+
+/// One observation of the column: each value's JSON token (a string with its quotes, a
+/// number, or `null`).
+pub(super) struct Encoded<'a> {
+    tokens: [&'a [u8]; N_FIELDS],
+    /// Where the observation starts in the column, for errors.
+    position: usize,
+}
+
+impl<'a> Encoded<'a> {
+    fn malformed(&self) -> Malformed {
+        Malformed {
+            position: self.position,
+        }
+    }
+
+    /// A string value, borrowed from the column unless it has escapes.
+    pub(super) fn text(&self, field: usize) -> Result<Cow<'a, str>, Malformed> {
+        let token = self.tokens[field];
+        let inner = string_inner(token).ok_or_else(|| self.malformed())?;
+        if memchr::memchr(b'\\', inner).is_none() {
+            return std::str::from_utf8(inner)
+                .map(Cow::Borrowed)
+                .map_err(|_| self.malformed());
+        }
+        serde_json::from_slice::<String>(token)
+            .map(Cow::Owned)
+            .map_err(|_| self.malformed())
+    }
+
+    /// Whether a string value is `wanted`, without building it in the common case.
+    pub(super) fn text_is(&self, field: usize, wanted: &str) -> Result<bool, Malformed> {
+        let inner = string_inner(self.tokens[field]).ok_or_else(|| self.malformed())?;
+        if memchr::memchr(b'\\', inner).is_none() {
+            return Ok(inner == wanted.as_bytes());
+        }
+        Ok(self.text(field)? == wanted)
+    }
+
+    /// A number value; `None` for `null`.
+    pub(super) fn number(&self, field: usize) -> Result<Option<f64>, Malformed> {
+        let token = self.tokens[field];
+        if token == b"null" {
+            return Ok(None);
+        }
+        std::str::from_utf8(token)
+            .ok()
+            .and_then(|text| text.parse::<f64>().ok())
+            .filter(|n| n.is_finite())
+            .map(Some)
+            .ok_or_else(|| self.malformed())
+    }
+
+    /// An integer value (SQLite may have written a whole number as `1.0e12`).
+    pub(super) fn integer(&self, field: usize) -> Result<i64, Malformed> {
+        let text = std::str::from_utf8(self.tokens[field]).map_err(|_| self.malformed())?;
+        if let Ok(n) = text.parse::<i64>() {
+            return Ok(n);
+        }
+        match text.parse::<f64>() {
+            Ok(n) if n.is_finite() && n.fract() == 0.0 => Ok(n as i64),
+            _ => Err(self.malformed()),
+        }
+    }
+
+    /// The whole observation, the `index`-th of its message.
+    pub(super) fn to_data(&self, index: u32) -> Result<ObservationData, Malformed> {
+        let text = |field| self.text(field).map(Cow::into_owned);
+        Ok(ObservationData {
+            index,
+            value_type: text(field::VALUE_TYPE)?,
+            code: text(field::CODE)?,
+            code_text: text(field::CODE_TEXT)?,
+            code_system: text(field::CODE_SYSTEM)?,
+            sub_id: text(field::SUB_ID)?,
+            value: text(field::VALUE)?,
+            numeric: self.number(field::NUMERIC)?,
+            units: text(field::UNITS)?,
+            units_text: text(field::UNITS_TEXT)?,
+            reference_range: text(field::REFERENCE_RANGE)?,
+            abnormal_flags: text(field::ABNORMAL_FLAGS)?,
+            status: text(field::STATUS)?,
+            observed_at: text(field::OBSERVED_AT)?,
+            observed_ms: self.integer(field::OBSERVED_MS)?,
+            equipment: text(field::EQUIPMENT)?,
+        })
+    }
+}
+
+/// A string token's bytes between its quotes.
+fn string_inner(token: &[u8]) -> Option<&[u8]> {
+    token.strip_prefix(b"\"")?.strip_suffix(b"\"")
+}
+
+/// Calls `each` with every observation of a column, in order, with its index, until it
+/// breaks. Only the array's structure is checked here; a value is checked when read.
+pub(super) fn each_observation<'a, E: From<Malformed>>(
+    column: &'a [u8],
+    mut each: impl FnMut(u32, &Encoded<'a>) -> Result<ControlFlow<()>, E>,
+) -> Result<(), E> {
+    let mut scanner = Scanner {
+        bytes: column,
+        at: 0,
+    };
+    scanner.open()?;
+    if scanner.closes()? {
+        return Ok(());
+    }
+    let mut index = 0u32;
+    loop {
+        let position = scanner.at;
+        scanner.open()?;
+        let mut tokens: [&[u8]; N_FIELDS] = [&[]; N_FIELDS];
+        for (n, token) in tokens.iter_mut().enumerate() {
+            if n > 0 {
+                scanner.comma()?;
+            }
+            *token = scanner.scalar()?;
+        }
+        if !scanner.closes()? {
+            return Err(scanner.malformed().into());
+        }
+        if each(index, &Encoded { tokens, position })?.is_break() {
+            return Ok(());
+        }
+        index = index.saturating_add(1);
+        if scanner.closes()? {
+            return Ok(());
+        }
+        scanner.comma()?;
+    }
+}
+
+/// Decodes a whole column: every observation, in order.
+pub(super) fn decode(column: &[u8]) -> Result<Vec<ObservationData>, Malformed> {
+    let mut observations = Vec::new();
+    each_observation(column, |index, encoded| {
+        observations.push(encoded.to_data(index)?);
+        Ok::<_, Malformed>(ControlFlow::Continue(()))
+    })?;
+    Ok(observations)
+}
+
+struct Scanner<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Scanner<'a> {
+    fn malformed(&self) -> Malformed {
+        Malformed { position: self.at }
+    }
+
+    /// The next byte that is not whitespace, not consumed.
+    fn peek(&mut self) -> Option<u8> {
+        while let Some(&byte) = self.bytes.get(self.at) {
+            if !matches!(byte, b' ' | b'\t' | b'\n' | b'\r') {
+                return Some(byte);
+            }
+            self.at += 1;
+        }
+        None
+    }
+
+    fn expect(&mut self, wanted: u8) -> Result<(), Malformed> {
+        if self.peek() == Some(wanted) {
+            self.at += 1;
+            Ok(())
+        } else {
+            Err(self.malformed())
+        }
+    }
+
+    fn open(&mut self) -> Result<(), Malformed> {
+        self.expect(b'[')
+    }
+
+    fn comma(&mut self) -> Result<(), Malformed> {
+        self.expect(b',')
+    }
+
+    /// Consumes a `]` if one comes next.
+    fn closes(&mut self) -> Result<bool, Malformed> {
+        match self.peek() {
+            Some(b']') => {
+                self.at += 1;
+                Ok(true)
+            }
+            Some(_) => Ok(false),
+            None => Err(self.malformed()),
+        }
+    }
+
+    /// A string (with its quotes) or a bare token (a number, `null`, `true`, `false`).
+    fn scalar(&mut self) -> Result<&'a [u8], Malformed> {
+        let start = self.at;
+        match self.peek() {
+            Some(b'"') => {
+                let start = self.at;
+                let mut at = start + 1;
+                loop {
+                    let rest = self.bytes.get(at..).unwrap_or_default();
+                    match memchr::memchr2(b'"', b'\\', rest) {
+                        Some(n) if rest[n] == b'"' => {
+                            self.at = at + n + 1;
+                            return Ok(&self.bytes[start..self.at]);
+                        }
+                        // An escape: the next byte is never the string's end.
+                        Some(n) => at += n + 2,
+                        None => {
+                            self.at = start;
+                            return Err(self.malformed());
+                        }
+                    }
+                }
+            }
+            Some(b'[' | b'{' | b']' | b',') | None => Err(Malformed { position: start }),
+            Some(_) => {
+                let start = self.at;
+                let rest = &self.bytes[start..];
+                let n = rest
+                    .iter()
+                    .position(|b| matches!(b, b',' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+                    .unwrap_or(rest.len());
+                self.at = start + n;
+                Ok(&self.bytes[start..self.at])
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::super::encode_observations;
+    use super::*;
+
+    fn observation(index: u32, text: &str, numeric: Option<f64>) -> ObservationData {
+        ObservationData {
+            index,
+            value_type: "NM".into(),
+            code: text.into(),
+            code_text: format!("{text}\"\\/\u{1}é"),
+            code_system: String::new(),
+            sub_id: "1.1".into(),
+            value: "72".into(),
+            numeric,
+            units: "/min".into(),
+            units_text: "\u{2028}".into(),
+            reference_range: "50-120".into(),
+            abnormal_flags: String::new(),
+            status: "F".into(),
+            observed_at: "2026-12-01T12:00:00".into(),
+            observed_ms: -1_764_590_400_000,
+            equipment: "\n\t".into(),
+        }
+    }
+
+    #[test]
+    fn what_the_writer_writes_reads_back() {
+        let observations = vec![
+            observation(0, "8867-4", Some(72.0)),
+            observation(1, "a\"b", None),
+            observation(2, "", Some(-1.5e-300)),
+            observation(3, "x", Some(1e300)),
+        ];
+        let column = encode_observations(&observations).unwrap();
+        assert_eq!(decode(column.as_bytes()).unwrap(), observations);
+    }
+
+    #[test]
+    fn what_sqlite_writes_reads_back() {
+        let column = r#" [ ["NM" , "1554-5","GLUCOSE","LN","","182",182.0,"mg/dl","","70_105","H","F","2002-02-15T07:30:00",1.0132e12,"EQ"] ] "#;
+        let decoded = decode(column.as_bytes()).unwrap();
+        assert_eq!(decoded.len(), 1);
+        assert_eq!(decoded[0].numeric, Some(182.0));
+        assert_eq!(decoded[0].observed_ms, 1_013_200_000_000);
+        assert!(decode(b"[]").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_malformed_column_is_an_error_that_names_a_position_only() {
+        for column in [
+            "",
+            "[",
+            "[[\"a\"]]",
+            "[[\"a\",\"b\"",
+            "{}",
+            "[[\"unterminated]]",
+            "[[\"NM\",\"c\",\"t\",\"s\",\"\",\"v\",\"x\",\"u\",\"\",\"\",\"\",\"F\",\"t\",1,\"e\"]]",
+            "[[\"NM\",\"c\",\"t\",\"s\",\"\",\"v\",null,\"u\",\"\",\"\",\"\",\"F\",\"t\",1,\"e\",\"extra\"]]",
+            "[[\"NM\",\"c\",\"t\",\"s\",\"\",\"v\",null,\"u\",\"\",\"\",\"\",\"F\",\"t\",1,\"e\"],]",
+        ] {
+            let error = decode(column.as_bytes()).expect_err(column);
+            assert!(
+                error
+                    .to_string()
+                    .starts_with("malformed observations column at byte")
+            );
+        }
+    }
+
+    #[test]
+    fn a_read_stops_when_asked_and_compares_codes_in_place() {
+        let observations: Vec<_> = (0..5)
+            .map(|n| observation(n, &format!("c{n}"), Some(f64::from(n))))
+            .collect();
+        let column = encode_observations(&observations).unwrap();
+        let mut seen = Vec::new();
+        each_observation(column.as_bytes(), |index, encoded| {
+            seen.push((index, encoded.text_is(field::CODE, "c1")?));
+            Ok::<_, Malformed>(if index == 2 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            })
+        })
+        .unwrap();
+        assert_eq!(seen, [(0, false), (1, true), (2, false)]);
+    }
+
+    proptest! {
+        #[test]
+        fn any_observations_read_back(
+            texts in proptest::collection::vec(any::<String>(), 1..4),
+            numeric in proptest::option::of(any::<f64>().prop_filter("finite", |n| n.is_finite())),
+            observed_ms in any::<i64>(),
+        ) {
+            let observations: Vec<_> = texts
+                .iter()
+                .enumerate()
+                .map(|(n, text)| ObservationData {
+                    value: text.clone(),
+                    observed_ms,
+                    ..observation(n as u32, text, numeric)
+                })
+                .collect();
+            let column = encode_observations(&observations).unwrap();
+            prop_assert_eq!(decode(column.as_bytes()).unwrap(), observations.clone());
+            let mut found = 0;
+            each_observation(column.as_bytes(), |index, encoded| {
+                if encoded.text_is(field::CODE, &texts[index as usize])? {
+                    found += 1;
+                }
+                Ok::<_, Malformed>(ControlFlow::Continue(()))
+            })
+            .unwrap();
+            prop_assert_eq!(found, texts.len());
+        }
+    }
+}
