@@ -6,7 +6,7 @@
 //!   (which carry no data and never wait) and reads what changed through
 //!   [`StoreRead::feed`], in batches of [`FEED_BATCH`], at most [`MAX_READS_PER_WAKE`] reads
 //!   before it looks at the clock and the shutdown again. It also reads once a
-//!   [`TICK`] without being told, so what another writer of the same store adds is seen too.
+//!   [`POLL`] without being told, so what another writer of the same store adds is seen too.
 //! - At start it fills itself from the store: the patients silent the shortest first (at
 //!   most [`view::MAX_PATIENTS`]), each with their last [`SEED_MESSAGES_PER_PATIENT`]
 //!   messages ([`StoreRead::patient_feed`]), and the per-minute counts from the messages of
@@ -47,8 +47,13 @@ use self::view::{Changes, DeviceSnapshot, PatientSnapshot, View};
 pub const FEED_BATCH: usize = 1_000;
 /// Reads of the feed in one go, before the clock and the shutdown are looked at again.
 pub const MAX_READS_PER_WAKE: usize = 16;
-/// How often statuses are checked and the feed is read without a notification.
+/// How often statuses are checked.
 pub const TICK: Duration = Duration::from_secs(1);
+/// How long the feed goes unread without a notification before it is read anyway, for
+/// commits no notification told of (another writer of the same store). Rare: each read
+/// runs on the blocking pool, and a pool thread kept busy forever never exits, and so
+/// never gives the allocator the moment at which it returns memory freed after a burst.
+pub const POLL: Duration = Duration::from_secs(30);
 /// A patient's newest messages read at start: enough to fill the sparklines.
 pub const SEED_MESSAGES_PER_PATIENT: usize = view::SPARKLINE_POINTS;
 /// Messages of the last 24 h read at start for the per-minute counts; older minutes past
@@ -103,12 +108,22 @@ pub struct Live {
     minutes: Mutex<Minutes>,
     export: Option<Arc<ExportCounters>>,
     closed: watch::Sender<bool>,
+    /// [`POLL`], shorter in tests.
+    poll: Duration,
 }
 
 impl Live {
     /// An empty view with these thresholds; `export` is the exporter's progress, for the
     /// stats' export lag. [`run`] fills it.
     pub fn new(config: LiveConfig, export: Option<Arc<ExportCounters>>) -> Arc<Live> {
+        Live::with_poll(config, export, POLL)
+    }
+
+    fn with_poll(
+        config: LiveConfig,
+        export: Option<Arc<ExportCounters>>,
+        poll: Duration,
+    ) -> Arc<Live> {
         Arc::new(Live {
             config,
             log: EventLog::new(crate::ids::run_id()),
@@ -116,6 +131,7 @@ impl Live {
             minutes: Mutex::default(),
             export,
             closed: watch::Sender::new(false),
+            poll,
         })
     }
 
@@ -437,13 +453,17 @@ impl Follower<'_> {
         shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
     ) {
         let mut next_tick = Instant::now() + TICK;
+        let mut next_poll = Instant::now() + self.live.poll;
         let mut read = Read::CaughtUp;
         loop {
+            let mut reading = true;
             match read {
                 Read::More => {}
                 Read::CaughtUp => tokio::select! {
                     () = subscription.changed() => {}
-                    () = tokio::time::sleep_until(next_tick) => {}
+                    () = tokio::time::sleep_until(next_tick.min(next_poll)) => {
+                        reading = Instant::now() >= next_poll;
+                    }
                     () = shutdown.as_mut() => return,
                 },
                 Read::Failed => tokio::select! {
@@ -451,7 +471,10 @@ impl Follower<'_> {
                     () = shutdown.as_mut() => return,
                 },
             }
-            read = self.read().await;
+            if reading {
+                read = self.read().await;
+                next_poll = Instant::now() + self.live.poll;
+            }
             if Instant::now() >= next_tick {
                 let events = self.view.tick(now_ms());
                 self.live.publish(Changes {

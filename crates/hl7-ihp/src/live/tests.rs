@@ -251,7 +251,7 @@ async fn the_task_fills_from_the_store_then_follows_and_stops() {
         vec![heart_rate("71", "")],
     ));
     let events = Events::new();
-    let live = Live::new(config(), None);
+    let live = Live::with_poll(config(), None, Duration::from_millis(200));
     let (trigger, shutdown) = crate::shutdown::Shutdown::new();
     let task = tokio::spawn(run(
         Arc::clone(&live),
@@ -308,7 +308,7 @@ async fn the_task_fills_from_the_store_then_follows_and_stops() {
     );
     assert_eq!(live.devices(now_ms()).len(), 2);
 
-    // Without a notification (another writer), the next tick reads it.
+    // Without a notification (another writer), the next poll reads it.
     store.push(message(4, "C", "Cid Ny", "ICU^03", vec![]));
     eventually("the poll", || live.patient("C", now_ms()).is_some()).await;
 

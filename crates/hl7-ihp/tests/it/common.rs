@@ -497,3 +497,231 @@ pub fn lines_of(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<
     });
     rx
 }
+
+/// One server-sent event: its id, its name and its data, as read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+}
+
+impl SseEvent {
+    /// The data as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.data)
+            .unwrap_or_else(|e| panic!("event data is not JSON ({e}): {}", self.data))
+    }
+}
+
+/// What an SSE client reads: events, comment lines (without the `:`), and the end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SseItem {
+    Event(SseEvent),
+    Comment(String),
+    End,
+}
+
+/// A blocking event-stream client: a GET with `Accept: text/event-stream` (and an optional
+/// `Last-Event-ID`), its chunked body de-chunked and read line by line on a thread of its
+/// own, so that a test can wait for the next item with a deadline.
+pub struct SseClient {
+    pub status: u16,
+    pub headers: String,
+    items: std::sync::mpsc::Receiver<SseItem>,
+    stream: TcpStream,
+}
+
+impl SseClient {
+    pub fn connect(address: SocketAddr, path: &str, last_event_id: Option<&str>) -> SseClient {
+        let mut stream = TcpStream::connect(address).expect("connect http");
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let resume = last_event_id
+            .map(|id| format!("Last-Event-ID: {id}\r\n"))
+            .unwrap_or_default();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n{resume}\r\n"
+        )
+        .unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut headers = String::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                break;
+            }
+            headers.push_str(&line);
+        }
+        let status = headers
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let chunked = headers
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked");
+        let (tx, items) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let body: Box<dyn BufRead> = if chunked {
+                Box::new(BufReader::new(Dechunk {
+                    inner: reader,
+                    left: 0,
+                    done: false,
+                }))
+            } else {
+                Box::new(reader)
+            };
+            let mut event = SseEvent::default();
+            let mut has_data = false;
+            for line in body.lines() {
+                let Ok(line) = line else { break };
+                if line.is_empty() {
+                    if has_data || event.id.is_some() || event.event.is_some() {
+                        let _ = tx.send(SseItem::Event(std::mem::take(&mut event)));
+                    }
+                    has_data = false;
+                } else if let Some(comment) = line.strip_prefix(':') {
+                    let _ = tx.send(SseItem::Comment(comment.trim_start().to_owned()));
+                } else {
+                    let (field, value) = line.split_once(':').unwrap_or((&line, ""));
+                    let value = value.strip_prefix(' ').unwrap_or(value).to_owned();
+                    match field {
+                        "id" => event.id = Some(value),
+                        "event" => event.event = Some(value),
+                        "data" => {
+                            if has_data {
+                                event.data.push('\n');
+                            }
+                            event.data.push_str(&value);
+                            has_data = true;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            let _ = tx.send(SseItem::End);
+        });
+        SseClient {
+            status,
+            headers,
+            items,
+            stream,
+        }
+    }
+
+    /// The next item, or `None` when nothing came within `timeout`.
+    pub fn next_within(&self, timeout: Duration) -> Option<SseItem> {
+        self.items.recv_timeout(timeout).ok()
+    }
+
+    /// The next event, skipping comments; panics at the deadline or the end.
+    pub fn next_event(&self) -> SseEvent {
+        loop {
+            match self.items.recv_timeout(DEADLINE) {
+                Ok(SseItem::Event(event)) => return event,
+                Ok(SseItem::Comment(_)) => {}
+                Ok(SseItem::End) => panic!("the event stream ended"),
+                Err(_) => panic!("no event within the deadline"),
+            }
+        }
+    }
+
+    /// Events until one named `name` for which `accept` holds; returns it and those before.
+    pub fn until(
+        &self,
+        name: &str,
+        mut accept: impl FnMut(&SseEvent) -> bool,
+    ) -> (SseEvent, Vec<SseEvent>) {
+        let mut before = Vec::new();
+        loop {
+            let event = self.next_event();
+            if event.event.as_deref() == Some(name) && accept(&event) {
+                return (event, before);
+            }
+            before.push(event);
+        }
+    }
+
+    /// True when the stream ends (EOF) within the deadline, whatever comes before.
+    pub fn ends(&self) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < DEADLINE {
+            match self.items.recv_timeout(DEADLINE) {
+                Ok(SseItem::End) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    /// Closes the connection.
+    pub fn close(self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// A chunked transfer-encoded body as plain bytes.
+struct Dechunk<R> {
+    inner: R,
+    left: usize,
+    done: bool,
+}
+
+impl<R: BufRead> Read for Dechunk<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.done {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            let mut line = String::new();
+            if self.inner.read_line(&mut line)? == 0 {
+                self.done = true;
+                return Ok(0);
+            }
+            if line.trim().is_empty() {
+                // The CRLF after the previous chunk.
+                line.clear();
+                if self.inner.read_line(&mut line)? == 0 {
+                    self.done = true;
+                    return Ok(0);
+                }
+            }
+            let size = line.trim().split(';').next().unwrap_or("");
+            self.left = usize::from_str_radix(size, 16)
+                .map_err(|_| std::io::Error::other("bad chunk size"))?;
+            if self.left == 0 {
+                self.done = true;
+                return Ok(0);
+            }
+        }
+        let n = buf.len().min(self.left);
+        let n = self.inner.read(&mut buf[..n])?;
+        if n == 0 {
+            self.done = true;
+        }
+        self.left -= n;
+        Ok(n)
+    }
+}
+
+/// A GET on `address` with extra request headers: status, headers and body.
+pub fn http_get_with(address: SocketAddr, path: &str, headers: &str) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(address).expect("connect http");
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read http");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_owned(), body.to_owned())
+}

@@ -15,6 +15,8 @@ mod schema;
 
 // The HTTP API: every response against the OpenAPI document, paging, the bearer token.
 mod api;
+// The live view's API: patients, devices, stats and the event stream.
+mod api_live;
 // The dashboard in headless Chromium: live values, staleness, trends, the other views.
 mod browser;
 // Every corpus file through the real receiver.
