@@ -1,6 +1,5 @@
 //! hl7-ihp receives HL7 v2 data from medical devices over MLLP, stores every message durably
-//! before its ACK, and hands it to the IHP platform as per-patient files (HTTP serves only
-//! `/healthz` and `/metrics` so far).
+//! before its ACK, and hands it to the IHP platform as per-patient files and an HTTP API.
 //!
 //! The module map (ARCHITECTURE.md has the invariants); dependencies point one way:
 //! `commands` → `server` → `mllp`, `http`, `export` → `ingest` → `store`, `documents` → `hl7`.
@@ -18,7 +17,8 @@
 //! - [`documents`]: pure shapes: the patient document and the vitals table with MDC names.
 //! - [`export`]: the exporter task, safe file names and atomic writes.
 //! - [`live`]: the live view (patients, devices, per-minute counts, events) from the feed.
-//! - [`http`]: the HTTP router: `/healthz`, `/metrics`.
+//! - [`http`]: the HTTP router: `/healthz`, `/metrics`, the JSON API, its OpenAPI document,
+//!   the bearer token.
 //! - [`sender`]: the device simulator and load generator: link, load, simulator.
 //! - [`terminal`]: device text made safe to print: controls escaped, long values cut.
 //! - [`rate_limit`]: at most one log line of a kind per peer per interval, the rest counted.

@@ -127,6 +127,7 @@ pub async fn run(
                     Arc::clone(&budget),
                 ),
                 store: Arc::clone(&store),
+                access: http::access::Access::new(config.http.token.as_ref()),
                 live: Arc::clone(live),
                 access: http::access::Access::new(config.http.token.as_ref()),
             };

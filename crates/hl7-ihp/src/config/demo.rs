@@ -40,10 +40,20 @@ impl DemoConfig {
         settings.listen = self.listen;
         settings.http = self.http;
         settings.data_dir = data_dir.to_owned();
-        let config = ReceiveConfig::from_settings(settings);
         // The demo has no token settings: its HTTP side stays on loopback.
-        config.http.check_access()?;
-        Ok(config)
+        if let Some(address) = self.http
+            && !address.ip().is_loopback()
+        {
+            return Err(ConfigError::new(
+                "http",
+                "--http",
+                format!(
+                    "{address} is not a loopback address, and the demo has no token for its \
+                     HTTP side; use 127.0.0.1, or `hl7-ihp receive` with --http-token-file"
+                ),
+            ));
+        }
+        Ok(ReceiveConfig::from_settings(settings))
     }
 }
 
@@ -70,6 +80,23 @@ mod tests {
             StoreLocation::in_data_dir(Path::new("/tmp/demo"))
         );
         assert_eq!(receive.mllp.limits.max_connections, 4096);
+    }
+
+    #[test]
+    fn the_demo_keeps_http_on_loopback() {
+        let flags = DemoFlags {
+            http: Some("0.0.0.0:8080".into()),
+            ..DemoFlags::default()
+        };
+        let demo = DemoConfig::from_flags(&flags).unwrap();
+        let message = demo
+            .receive_config(Path::new("/tmp/demo"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.starts_with("invalid setting `http`") && message.contains("token"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -35,10 +35,10 @@ pub struct HttpState {
     pub extra: ExtraMetrics,
     /// The store, for `/healthz` and the API.
     pub store: Arc<dyn Store>,
-    /// The live view: patients, devices, stats and the event stream.
-    pub live: Arc<crate::live::Live>,
     /// Whether requests need the bearer token.
     pub access: access::Access,
+    /// The live view: patients, devices, stats and the event stream.
+    pub live: Arc<crate::live::Live>,
 }
 
 /// The router: every path behind [`access::require_token`], which runs first.
@@ -46,8 +46,8 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .merge(live_api::routes())
         .merge(api::routes())
+        .merge(live_api::routes())
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -46,6 +46,7 @@ pub struct ApiDoc;
 /// The whole document: [`ApiDoc`], the live view's, and the access rules.
 pub fn document() -> openapi::OpenApi {
     let mut document = ApiDoc::openapi();
+    document.merge(super::live_api::LiveApi::openapi());
     add_access(&mut document);
     document
 }

@@ -248,6 +248,8 @@ pub fn run(args: &[&str]) -> (i32, String, String) {
 #[derive(Debug)]
 pub struct HttpResponse {
     pub status: u16,
+    /// The status line and the headers as sent.
+    pub head: String,
     /// Header names in lower case, in order.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
@@ -309,7 +311,7 @@ fn parse_http_response(bytes: &[u8]) -> HttpResponse {
         .position(|w| w == b"\r\n\r\n")
         .unwrap_or_else(|| panic!("no response head: {}", String::from_utf8_lossy(bytes)));
     let head = String::from_utf8_lossy(&bytes[..split]).into_owned();
-    let mut lines = head.split("\r\n");
+    let mut lines = head.lines();
     let status = lines
         .next()
         .and_then(|line| line.split(' ').nth(1))
@@ -341,6 +343,7 @@ fn parse_http_response(bytes: &[u8]) -> HttpResponse {
     }
     HttpResponse {
         status,
+        head,
         headers,
         body,
     }
@@ -706,22 +709,12 @@ impl<R: BufRead> Read for Dechunk<R> {
     }
 }
 
-/// A GET on `address` with extra request headers: status, headers and body.
+/// A GET on `address` with extra request headers (each line ending in `\r\n`): status,
+/// the response's head and its body.
 pub fn http_get_with(address: SocketAddr, path: &str, headers: &str) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(address).expect("connect http");
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read http");
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, head.to_owned(), body.to_owned())
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}\r\n");
+    let response = http_exchange(address, request.as_bytes());
+    let body = response.text();
+    (response.status, response.head, body)
 }

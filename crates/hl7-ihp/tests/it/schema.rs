@@ -1,9 +1,12 @@
 //! A small JSON Schema validator for the subset utoipa emits in an OpenAPI 3.1 document
 //! (`type`, also as a list and with `null`; `properties`, `required`, `items`, `$ref` to
 //! `#/components/…`, `oneOf`/`anyOf`/`allOf`, `enum`, `const`, `additionalProperties`,
+//! `propertyNames`,
 //! `minimum`/`maximum`, `format: date-time`), and the look-ups that find the schema of a
 //! response by path, method, status and content type. A keyword it does not know fails the
-//! check rather than passing silently.
+//! check rather than passing silently, and so does an object key the schema does not declare
+//! (utoipa writes no `additionalProperties: false`, but a field the code sends and the
+//! document lacks is drift all the same).
 #![allow(dead_code)]
 
 use serde_json::Value;
@@ -105,6 +108,43 @@ impl Document {
 
     /// Checks `value` against `schema`; the error names where (`at`) and why.
     pub fn validate(&self, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
+        self.check(schema, value, at, true)
+    }
+
+    /// The property names an object schema declares, through `$ref` and `allOf`; `None`
+    /// for a schema that takes any key (no properties, or `additionalProperties`).
+    fn declared(&self, schema: &Value) -> Option<Vec<String>> {
+        if let Some(reference) = schema.get("$ref").and_then(Value::as_str) {
+            return self.declared(self.resolve(reference)?);
+        }
+        if schema.get("additionalProperties").is_some() {
+            return None;
+        }
+        let mut names: Vec<String> = schema
+            .get("properties")
+            .and_then(Value::as_object)
+            .map(|properties| properties.keys().cloned().collect())
+            .unwrap_or_default();
+        let all_of = schema.get("allOf").and_then(Value::as_array);
+        if names.is_empty() && all_of.is_none() {
+            return None;
+        }
+        for sub in all_of.into_iter().flatten() {
+            names.extend(self.declared(sub)?);
+        }
+        Some(names)
+    }
+
+    /// `whole`: `schema` is all there is for `value` (not one branch of an `allOf`), so an
+    /// object key it does not declare is an error.
+    fn check(&self, schema: &Value, value: &Value, at: &str, whole: bool) -> Result<(), String> {
+        if whole
+            && let Value::Object(object) = value
+            && let Some(declared) = self.declared(schema)
+            && let Some(key) = object.keys().find(|key| !declared.contains(key))
+        {
+            return Err(format!("{at}.{key}: not in the document"));
+        }
         let schema = match schema {
             Value::Bool(true) => return Ok(()),
             Value::Bool(false) => return Err(format!("{at}: nothing is allowed here")),
@@ -118,7 +158,7 @@ impl Document {
                     let target = self
                         .resolve(reference)
                         .ok_or_else(|| format!("{at}: unresolved {reference}"))?;
-                    self.validate(target, value, at)?;
+                    self.check(target, value, at, whole)?;
                 }
                 "type" => {
                     let types: Vec<&str> = match argument {
@@ -145,7 +185,7 @@ impl Document {
                     if let Value::Object(object) = value {
                         for (name, property) in argument.as_object().ok_or("bad properties")? {
                             if let Some(item) = object.get(name) {
-                                self.validate(property, item, &format!("{at}.{name}"))?;
+                                self.check(property, item, &format!("{at}.{name}"), true)?;
                             }
                         }
                     }
@@ -167,27 +207,35 @@ impl Document {
                             if known.is_some_and(|k| k.contains_key(name)) {
                                 continue;
                             }
-                            self.validate(argument, item, &format!("{at}.{name}"))?;
+                            self.check(argument, item, &format!("{at}.{name}"), true)?;
+                        }
+                    }
+                }
+                "propertyNames" => {
+                    if let Value::Object(object) = value {
+                        for name in object.keys() {
+                            let key = Value::from(name.as_str());
+                            self.check(argument, &key, &format!("{at}.{name} (the key)"), true)?;
                         }
                     }
                 }
                 "items" => {
                     if let Value::Array(items) = value {
                         for (i, item) in items.iter().enumerate() {
-                            self.validate(argument, item, &format!("{at}[{i}]"))?;
+                            self.check(argument, item, &format!("{at}[{i}]"), true)?;
                         }
                     }
                 }
                 "allOf" => {
                     for sub in argument.as_array().ok_or("bad allOf")? {
-                        self.validate(sub, value, at)?;
+                        self.check(sub, value, at, false)?;
                     }
                 }
                 "anyOf" => {
                     let subs = argument.as_array().ok_or("bad anyOf")?;
                     let errors: Vec<String> = subs
                         .iter()
-                        .filter_map(|sub| self.validate(sub, value, at).err())
+                        .filter_map(|sub| self.check(sub, value, at, whole).err())
                         .collect();
                     if errors.len() == subs.len() {
                         return Err(format!("{at}: matches none of anyOf: {errors:?}"));
@@ -197,7 +245,7 @@ impl Document {
                     let subs = argument.as_array().ok_or("bad oneOf")?;
                     let n_matching = subs
                         .iter()
-                        .filter(|sub| self.validate(sub, value, at).is_ok())
+                        .filter(|sub| self.check(sub, value, at, whole).is_ok())
                         .count();
                     if n_matching != 1 {
                         return Err(format!(
@@ -286,7 +334,11 @@ fn the_validator_checks_what_it_claims() {
                 },
                 "additionalProperties": false,
             },
-            "Both": {"allOf": [{"$ref": "#/components/schemas/Thing"}, {"type": "object", "required": ["extra"]}]},
+            "Open": {"type": "object", "properties": {"id": {"type": "integer"}}},
+            "Both": {"allOf": [{"$ref": "#/components/schemas/Open"},
+                               {"type": "object", "required": ["extra", "kind"],
+                                "properties": {"extra": {"type": "integer"}, "kind": {"type": "string"},
+                                               "note": {}, "at": {}, "parent": {}, "tags": {}}}]},
         }},
     }));
     let thing = serde_json::json!({"$ref": "#/components/schemas/Thing"});
@@ -309,6 +361,11 @@ fn the_validator_checks_what_it_claims() {
     }
     let both = serde_json::json!({"$ref": "#/components/schemas/Both"});
     assert!(document.validate(&both, &ok, "$").is_err());
+    let mut with_extra = ok.clone();
+    with_extra["extra"] = Value::from(1);
+    document.validate(&both, &with_extra, "$").unwrap();
+    with_extra["undeclared"] = Value::from(1);
+    assert!(document.validate(&both, &with_extra, "$").is_err());
     let unknown = serde_json::json!({"pattern": "^a$"});
     assert!(document.validate(&unknown, &Value::from("a"), "$").is_err());
     let missing = serde_json::json!({"$ref": "#/components/schemas/Nothing"});

@@ -4,6 +4,7 @@
 //! value becomes a 400 problem naming its parameter, axum's own rejections included.
 
 use axum::extract::{FromRequestParts, Path};
+use axum::http::Uri;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 use utoipa::IntoParams;
@@ -30,12 +31,18 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
-        query(parts.uri.query().unwrap_or_default()).map(Query)
+        query(&parts.uri).map(Query)
     }
 }
 
-/// Reads a query string into `T` (see [`Query`]).
-pub fn query<T: DeserializeOwned + IntoParams>(text: &str) -> Result<T, ApiError> {
+/// Reads a request's query string into `T` (see [`Query`]). Its pairs are decoded as forms
+/// are (`+` a space, `%XX` a byte); bytes that are not UTF-8 are replaced, so a value that
+/// needed them matches nothing.
+pub fn query<T: DeserializeOwned + IntoParams>(uri: &Uri) -> Result<T, ApiError> {
+    let unreadable = || ApiError::bad_parameter("query", "the query string cannot be read");
+    let axum::extract::Query(pairs) =
+        axum::extract::Query::<Vec<(String, String)>>::try_from_uri(uri)
+            .map_err(|_| unreadable())?;
     let known: Vec<String> = T::into_params(|| Some(ParameterIn::Query))
         .into_iter()
         .filter(|parameter| parameter.parameter_in == ParameterIn::Query)
@@ -43,7 +50,7 @@ pub fn query<T: DeserializeOwned + IntoParams>(text: &str) -> Result<T, ApiError
         .collect();
     let mut values = serde_json::Map::new();
     let mut seen = Vec::new();
-    for (name, value) in form_pairs(text) {
+    for (name, value) in pairs {
         if !known.contains(&name) {
             let detail = if known.is_empty() {
                 "this endpoint takes no parameters".to_owned()
@@ -60,46 +67,7 @@ pub fn query<T: DeserializeOwned + IntoParams>(text: &str) -> Result<T, ApiError
             values.insert(name, serde_json::Value::String(value));
         }
     }
-    serde_json::from_value(serde_json::Value::Object(values))
-        .map_err(|_| ApiError::bad_parameter("query", "the query string cannot be read"))
-}
-
-/// `application/x-www-form-urlencoded` pairs: `+` is a space, `%XX` a byte, and bytes that
-/// are not UTF-8 are replaced (a value that needed them matches nothing).
-fn form_pairs(text: &str) -> Vec<(String, String)> {
-    text.split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode(name), decode(value))
-        })
-        .collect()
-}
-
-fn decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
-            .then(|| Some(hex(*bytes.get(i + 1)?)? << 4 | hex(*bytes.get(i + 2)?)?))
-            .flatten();
-        match (bytes[i], escaped) {
-            (_, Some(byte)) => {
-                out.push(byte);
-                i += 3;
-                continue;
-            }
-            (b'+', None) => out.push(b' '),
-            (byte, None) => out.push(byte),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(byte: u8) -> Option<u8> {
-    (byte as char).to_digit(16).map(|d| d as u8)
+    serde_json::from_value(serde_json::Value::Object(values)).map_err(|_| unreadable())
 }
 
 /// One path parameter as text, percent-decoded; a path that is not UTF-8 after decoding is
@@ -265,6 +233,10 @@ mod tests {
 
     fn parameter(error: ApiError) -> String {
         error.0.parameter.unwrap_or_default()
+    }
+
+    fn query<T: DeserializeOwned + IntoParams>(text: &str) -> Result<T, ApiError> {
+        super::query(&format!("/?{text}").parse().unwrap())
     }
 
     #[test]
