@@ -129,7 +129,6 @@ pub async fn run(
                 store: Arc::clone(&store),
                 access: http::access::Access::new(config.http.token.as_ref()),
                 live: Arc::clone(live),
-                access: http::access::Access::new(config.http.token.as_ref()),
             };
             tokio::spawn(http::serve::run(
                 listener,

@@ -67,13 +67,6 @@ impl Api {
             metrics,
             extra: Arc::new(Vec::new),
             store,
-            live: crate::live::Live::new(
-                crate::config::receive::LiveConfig {
-                    stale_after: std::time::Duration::from_secs(30),
-                    offline_after: std::time::Duration::from_secs(300),
-                },
-                None,
-            ),
             access,
             live: crate::live::Live::new(
                 crate::config::receive::LiveConfig {
