@@ -51,7 +51,7 @@ export function mount(main, ctx) {
     form,
     status,
     h("table", { class: "list" },
-      h("thead", {}, h("tr", {}, ["Id", "Received", "Peer", "Sender (MSH-3)", "Facility", "Control id", "Type", "Outcome", "ACK", "Reason", "Patient", "×"].map((t) => h("th", { text: t })))),
+      h("thead", {}, h("tr", {}, ["Id", "Received", "Peer", "Sender (MSH-3)", "Facility", "Control id", "Type", "Outcome", "ACK", "Reason", "Patient", "Times"].map((t) => h("th", { text: t })))),
       rows),
     more);
 
@@ -151,7 +151,7 @@ export function mountMessage(main, ctx) {
     if (!message) return;
     body.replaceChildren(view === "raw" ? raw(message.raw || "", obx) : parsed(message.parsed, obx, message.reason));
     const target = body.querySelector(".highlight");
-    if (target) target.scrollIntoView({ block: "center" });
+    if (target) target.scrollIntoView({ block: "start" });
   }
 
   api(`/api/v1/messages/${encodeURIComponent(id)}`, { signal: abort.signal }).then((m) => {
@@ -188,7 +188,7 @@ function raw(text, obx) {
     if (!segment) continue;
     const isObx = segment.startsWith(`OBX${separator}`);
     if (isObx) n++;
-    const line = h("span", { class: `seg${isObx && obx !== null && String(n) === obx ? " highlight" : ""}` });
+    const line = h("span", { class: `seg${isObx && obx !== null && String(n) === obx ? " highlight" : ""}`, title: isObx ? `OBX ${n + 1}` : null });
     segment.split(separator).forEach((piece, i) => {
       if (i > 0) line.append(h("span", { class: "sep", text: separator }));
       line.append(piece);
@@ -217,7 +217,8 @@ function parsed(tree, obx, reason) {
         h("td", { class: "val" }, field.value, detail));
     });
     root.append(h("div", { class: `segment${highlight ? " highlight" : ""}` },
-      h("h4", { text: ordinal > 1 || segment.id === "OBX" ? `${segment.id} ${ordinal}` : segment.id }),
+      h("h4", {}, ordinal > 1 || segment.id === "OBX" ? `${segment.id} ${ordinal}` : segment.id,
+        highlight ? h("span", { class: "here", text: "the value you opened" }) : null),
       h("table", {}, h("tbody", {}, rows))));
   }
   return root;

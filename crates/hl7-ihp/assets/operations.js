@@ -4,6 +4,7 @@
 
 import { api, query } from "./api.js";
 import { h, s, setText } from "./dom.js";
+import { niceTicks } from "./plot.js";
 import { syncClock, parseTime, preciseTime, localTime, hourMinute, age, location, STATUS_TEXT } from "./format.js";
 
 const WINDOWS = {
@@ -30,7 +31,7 @@ function rejectedRow(m, navigate) {
 /** Draws per-minute counts as stacked bars (accepted, error, rejected). */
 function rateChart(minutes, windowSpec, generatedAt) {
   const W = 1200;
-  const H = 200;
+  const H = 170;
   const M = { left: 52, right: 10, top: 10, bottom: 24 };
   const binMs = windowSpec.bin * 60_000;
   const end = Math.floor(generatedAt / 60_000) * 60_000 + 60_000;
@@ -48,13 +49,14 @@ function rateChart(minutes, windowSpec, generatedAt) {
   }
   // Per minute, so that the scale means the same in both windows.
   const perMinute = (n) => n / windowSpec.bin;
-  const most = Math.max(1, ...[...bins.values()].map((b) => perMinute(b.accepted + b.error + b.rejected)));
+  const highest = Math.max(1, ...[...bins.values()].map((b) => perMinute(b.accepted + b.error + b.rejected)));
+  const ticks = niceTicks(0, highest, 4);
+  const most = Math.max(highest, ticks[ticks.length - 1]);
   const x = (t) => M.left + ((t - start) / (end - start)) * (W - M.left - M.right);
   const y = (v) => H - M.bottom - (v / most) * (H - M.top - M.bottom);
   const svg = s("svg", { class: "rate", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "messages per minute" });
   const grid = s("g", { class: "grid" });
-  for (let i = 0; i <= 4; i++) {
-    const v = (most * i) / 4;
+  for (const v of ticks) {
     grid.append(s("line", { x1: M.left, x2: W - M.right, y1: y(v), y2: y(v) }));
     grid.append(s("text", { x: M.left - 6, y: y(v) + 4, "text-anchor": "end", text: Math.round(v).toLocaleString() }));
   }
@@ -128,14 +130,16 @@ export function mount(main, ctx) {
     const generated = parseTime(stats.generated_at);
     const sums = (minutes) => minutes.reduce((t, m) => ({ accepted: t.accepted + m.accepted, error: t.error + m.error, rejected: t.rejected + m.rejected }), { accepted: 0, error: 0, rejected: 0 });
     const lastHour = sums(stats.minutes.filter((m) => parseTime(m.start) >= generated - 3_600_000));
-    const lastMinute = stats.minutes.filter((m) => parseTime(m.start) >= Math.floor(generated / 60_000) * 60_000 - 60_000);
-    const recent = lastMinute.length ? lastMinute[0] : { accepted: 0, error: 0, rejected: 0 };
+    const thisMinute = Math.floor(generated / 60_000) * 60_000;
+    const none = { accepted: 0, error: 0, rejected: 0 };
+    const recent = stats.minutes.find((m) => parseTime(m.start) === thisMinute - 60_000) || none;
+    const current = stats.minutes.find((m) => parseTime(m.start) === thisMinute) || none;
     const exp = stats.export || {};
     const lagLevel = exp.lag_seconds > 300 ? "critical" : exp.lag_seconds > 30 ? "warning" : "";
     const counts = { live: 0, stale: 0, offline: 0 };
     for (const d of devices) counts[d.status] = (counts[d.status] || 0) + 1;
     cards.replaceChildren(
-      card("Accepted, last full minute", recent.accepted.toLocaleString(), `${lastHour.accepted.toLocaleString()} in the last hour`),
+      card("Accepted, last full minute", recent.accepted.toLocaleString(), `${current.accepted.toLocaleString()} so far this minute, ${lastHour.accepted.toLocaleString()} in the last hour`),
       card("Refused, last hour", (lastHour.error + lastHour.rejected).toLocaleString(), `${lastHour.error} error, ${lastHour.rejected} rejected`, lastHour.rejected + lastHour.error > 0 ? "warning" : ""),
       card("MLLP connections open", String(stats.connections ? stats.connections.open : "?"), `${stats.connections ? stats.connections.total : "?"} since start`),
       card("Export lag", `${(exp.lag_seconds ?? 0).toFixed(1)} s`, `${(exp.lag_messages ?? 0).toLocaleString()} messages behind (${exp.watermark ?? "?"} of ${exp.newest ?? "?"})`, lagLevel),

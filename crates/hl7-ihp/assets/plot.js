@@ -74,8 +74,8 @@ export function drawSparkline(svg, lines, normal) {
   }
 }
 
-// Ticks at round numbers: about `n` of them between lo and hi.
-function niceTicks(lo, hi, n) {
+/** Ticks at round numbers: about `n` of them between lo and hi. */
+export function niceTicks(lo, hi, n) {
   const span = hi - lo;
   if (!(span > 0)) return [lo];
   const raw = span / n;

@@ -318,12 +318,21 @@ fn the_dashboard_shows_live_values_staleness_trends_and_messages_in_a_real_brows
         "!!document.querySelector('#raw .seg.highlight') && document.querySelector('#raw').textContent.startsWith('MSH|')",
     );
 
-    // The operations view: message rate, devices.
+    // The operations view: message rate, devices, and a rejected frame with its reason,
+    // arriving while the view is open.
     browser.click("nav a[data-view='operations']");
     browser.wait(
         "the message rate and the devices",
         "location.pathname === '/operations' && Number(document.querySelector('svg.rate')?.dataset.bins) > 0 && document.querySelectorAll('#devices tr').length >= 4",
     );
+    client.write_raw(&common::frame(b"this is not HL7"));
+    let ack = client.read_ack().expect("an ACK for the reject");
+    assert!(String::from_utf8_lossy(&ack).contains("MSA|AR"), "{ack:?}");
+    let reason = browser.wait(
+        "the rejected frame in the operations view, with its reason",
+        "(() => { const row = document.querySelector('#rejected tr.row'); return row && row.textContent.includes('rejected') && row.querySelector('.reason').textContent; })()",
+    );
+    assert!(!reason.as_str().unwrap().is_empty(), "{reason}");
     browser.screenshot("operations.png");
 
     // The message browser with a filter in its address.
@@ -360,4 +369,70 @@ fn the_dashboard_shows_live_values_staleness_trends_and_messages_in_a_real_brows
     assert!(errors.is_empty(), "the page had errors: {errors:#?}");
     drop(browser);
     receiver.kill();
+}
+
+#[test]
+fn the_dashboard_asks_for_the_token_once_and_keeps_it_for_the_session() {
+    if !browser_available() {
+        return;
+    }
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("http-token");
+    std::fs::write(&token_file, "dashboard-T0ken-0123456789\n").unwrap();
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let (_dir, receiver) = common::start(&["--http-token-file", token_file.to_str().unwrap()]);
+    let base = format!("http://{}", receiver.http.expect("http"));
+    let mut client = Client::connect(receiver.mllp);
+    client.exchange(&bedside("TOKEN-1", "71", "N", "97"));
+
+    let mut browser = Browser::start(1280, 800);
+    browser.goto(&format!("{base}/"));
+    browser.wait(
+        "the token dialog (the API answered 401)",
+        "document.getElementById('token-dialog').open",
+    );
+    browser.click("#token-input");
+    browser.request(json!({"cmd": "type", "text": "dashboard-T0ken-0123456789"}));
+    browser.click("#token-form button[type='submit']");
+    browser.wait(
+        "the ward with the token",
+        &tile_js(
+            "Bea Tester",
+            "return tile.querySelector('.v-hr .v-value').textContent === '71';",
+        ),
+    );
+    // The event stream sends the token too: a new value arrives without a reload.
+    client.exchange(&bedside("TOKEN-2", "72", "N", "97"));
+    browser.wait(
+        "a live update through the stream with the token",
+        &tile_js(
+            "Bea Tester",
+            "return tile.querySelector('.v-hr .v-value').textContent === '72';",
+        ),
+    );
+    assert_eq!(
+        browser.eval("sessionStorage.getItem('hl7-ihp.token')"),
+        json!("dashboard-T0ken-0123456789")
+    );
+    // Kept for the session: a reload asks no more.
+    browser.goto(&format!("{base}/"));
+    browser.wait(
+        "the ward after a reload, without the dialog",
+        &format!(
+            "!document.getElementById('token-dialog').open && {}",
+            tile_js(
+                "Bea Tester",
+                "return tile.querySelector('.v-hr .v-value').textContent === '72';"
+            )
+        ),
+    );
+    browser.screenshot("token-kept.png");
+    let errors = browser.errors();
+    // The 401s that asked for the token are the only errors the browser may log.
+    let others: Vec<_> = errors.iter().filter(|e| !e.contains("401")).collect();
+    assert!(others.is_empty(), "the page had errors: {others:#?}");
 }
