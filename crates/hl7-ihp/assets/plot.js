@@ -97,6 +97,7 @@ function timeTicks(t0, t1, n) {
   return ticks;
 }
 
+const MAX_JOIN_MS = 120_000;
 const W = 640;
 const H = 220;
 const M = { left: 46, right: 12, top: 12, bottom: 24 };
@@ -146,12 +147,14 @@ export function trendChart({ series, since, until, bucketMs, points = false, nor
         n++;
       }
     } else {
-      // Segments break where buckets are missing, so a gap is not drawn as a trend.
+      // Segments break where values are missing for longer than a monitor's usual pause
+      // (two minutes, or a bucket and a half), so a gap is not drawn as a trend.
+      const gap = Math.max(bucketMs * 1.5, MAX_JOIN_MS);
       let run = [];
       const runs = [run];
       let previous = null;
       for (const b of buckets) {
-        if (previous !== null && b.t - previous > bucketMs * 1.5) runs.push((run = []));
+        if (previous !== null && b.t - previous > gap) runs.push((run = []));
         run.push(b);
         previous = b.t;
       }

@@ -131,7 +131,7 @@ function updateCell(tile, c, patient, sparks) {
     titles.push(`${value.code_text || value.code} ${value.value} ${value.units_text || value.units}` +
       (value.reference_range ? ` (range ${value.reference_range})` : "") +
       (value.abnormal_flags ? ` flag ${value.abnormal_flags}` : "") +
-      ` status ${value.result_status || "-"}`);
+      ` status ${value.result_status || "-"}, measured ${localDateTime(valueTime(value))}`);
     if (value.state === "ok" && value.alert) {
       const l = value.alert.level === "critical" ? 2 : 1;
       if (l > level) {
@@ -159,7 +159,9 @@ function updateCell(tile, c, patient, sparks) {
       text = `${shown(sys) ?? stateWord(sys || { state: "missing" })}/${shown(dia) ?? stateWord(dia || { state: "missing" })}`;
       state = shown(sys) !== null && shown(dia) !== null ? "ok" : "partial";
     }
-    if (mean) extra = shown(mean) !== null ? `(${shown(mean)})` : `(${stateWord(mean)})`;
+    // The mean beside, unless nothing of the measurement is a number (one word then says it).
+    const anyNumber = [sys, dia, mean].some((v) => shown(v) !== null);
+    if (mean && anyNumber) extra = shown(mean) !== null ? `(${shown(mean)})` : `(${stateWord(mean)})`;
   } else if (main.state === "ok" && Number.isFinite(main.numeric)) {
     text = number(main.numeric, decimals);
   } else if (main.state === "ok") {

@@ -41,15 +41,16 @@ function matches(patient, q) {
 }
 
 // Columns so that all tiles fit on the screen when they can, as large as they can be.
-const MIN_TILE = 330;
+// The least width of a tile: large (readable across a room) or compact (more at once).
+const SIZES = { large: { label: "Large tiles", min: 330 }, compact: { label: "Compact tiles", min: 232 } };
 const PAD = 16;
 // The least height of a tile in a row of its own; fewer patients than fit get a row each.
 const ROW_HEIGHT = 150;
 const GAP = 10;
 const ASPECT = 0.74;
 
-function columns(n, width, height) {
-  const most = Math.max(1, Math.floor(width / MIN_TILE));
+function columns(n, width, height, minTile) {
+  const most = Math.max(1, Math.floor(width / minTile));
   let best = most;
   let bestWidth = 0;
   for (let cols = 1; cols <= most; cols++) {
@@ -83,12 +84,14 @@ export function mount(main, ctx) {
   let everything = true;
 
   const input = h("input", { type: "search", placeholder: "Search name, id or bed", value: q, "aria-label": "Search patients" });
+  let size = SIZES[search.get("size")] ? search.get("size") : "large";
+  const sizes = h("select", { "aria-label": "Tile size" }, Object.entries(SIZES).map(([value, { label }]) => h("option", { value, text: label, selected: value === size })));
   const select = h("select", { "aria-label": "Sort" }, Object.entries(SORTS).map(([value, text]) => h("option", { value, text, selected: value === sort })));
   const summary = h("div", { class: "summary", "aria-live": "polite" });
-  const grid = h("div", { class: "ward", id: "ward" });
+  const grid = h("div", { class: size === "compact" ? "ward compact" : "ward", id: "ward" });
   const note = h("p", { class: "empty", text: "Loading patients…" });
   main.replaceChildren(
-    h("div", { class: "toolbar" }, h("h1", { text: "Ward" }), summary, h("div", { class: "controls" }, input, select)),
+    h("div", { class: "toolbar" }, h("h1", { text: "Ward" }), summary, h("div", { class: "controls" }, input, select, sizes)),
     h("p", { class: "link-banner", role: "alert", text: "No connection to the receiver: the values shown are not being updated." }),
     note,
     grid,
@@ -100,11 +103,27 @@ export function mount(main, ctx) {
     const params = new URLSearchParams();
     if (q) params.set("q", q);
     if (sort !== "location") params.set("sort", sort);
+    if (size !== "large") params.set("size", size);
     const text = params.toString();
     history.replaceState(null, "", text ? `/?${text}` : "/");
   }
   input.addEventListener("input", () => {
     q = input.value.trim();
+    remember();
+    schedule(true);
+  });
+  summary.addEventListener("click", (event) => {
+    const chip = event.target.closest("button[data-sort]");
+    if (!chip) return;
+    sort = chip.dataset.sort;
+    select.value = sort;
+    remember();
+    schedule(true);
+    window.scrollTo(0, 0);
+  });
+  sizes.addEventListener("change", () => {
+    size = sizes.value;
+    grid.classList.toggle("compact", size === "compact");
     remember();
     schedule(true);
   });
@@ -165,13 +184,13 @@ export function mount(main, ctx) {
     const present = [...grid.children];
     if (wanted.length !== present.length || wanted.some((node, i) => node !== present[i])) grid.replaceChildren(...wanted);
     const height = window.innerHeight - gridTop - PAD;
-    const rows = wanted.length > 0 && wanted.length * ROW_HEIGHT <= height;
+    const rows = size === "large" && wanted.length > 0 && wanted.length * ROW_HEIGHT <= height;
     grid.classList.toggle("rows", rows);
     if (rows) {
       grid.style.setProperty("--rows-height", `${height}px`);
       grid.style.setProperty("--row-height", `${Math.floor((height - GAP * (wanted.length - 1)) / wanted.length)}px`);
     } else {
-      grid.style.setProperty("--columns", String(columns(wanted.length, window.innerWidth - 2 * PAD, height)));
+      grid.style.setProperty("--columns", String(columns(wanted.length, window.innerWidth - 2 * PAD, height, SIZES[size].min)));
     }
   }
 
@@ -191,7 +210,9 @@ export function mount(main, ctx) {
     const parts = [h("span", { class: "count", text: `${n} patient${n === 1 ? "" : "s"}` })];
     const words = { critical: "critical", warning: "warning", stale: "stale", offline: "offline", novalues: "no values" };
     for (const [kind, count] of Object.entries(counts)) {
-      if (count > 0) parts.push(h("span", { class: `chip ${kind}`, text: `${count} ${words[kind]}` }));
+      // A chip sorts the ward so that those patients come first.
+      const order = kind === "critical" || kind === "warning" ? "severity" : "staleness";
+      if (count > 0) parts.push(h("button", { type: "button", class: `chip ${kind}`, title: `sort: ${SORTS[order].toLowerCase()}`, data: { sort: order }, text: `${count} ${words[kind]}` }));
     }
     const key = parts.map((p) => p.textContent).join("|");
     if (summary.dataset.key !== key) {
