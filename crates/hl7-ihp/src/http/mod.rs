@@ -1,7 +1,7 @@
 //! The HTTP side: `/healthz` (the store's health), `/metrics`, and the JSON API under
 //! `/api/v1` ([`api`], described by [`openapi`]), all but `/healthz` behind the bearer token
-//! when one is set ([`access`]); bound to loopback by default, served by [`serve::run`] with
-//! its own limits.
+//! when one is set ([`access`]), and the dashboard's files ([`assets`]) outside it; bound to
+//! loopback by default, served by [`serve::run`] with its own limits.
 
 use std::sync::Arc;
 
