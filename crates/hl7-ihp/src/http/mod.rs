@@ -1,7 +1,7 @@
 //! The HTTP side: `/healthz` (the store's health), `/metrics`, and the JSON API under
 //! `/api/v1` ([`api`], described by [`openapi`]), all but `/healthz` behind the bearer token
-//! when one is set ([`access`]); bound to loopback by default, served by [`serve::run`] with
-//! its own limits.
+//! when one is set ([`access`]), and the dashboard's files ([`assets`]) outside it; bound to
+//! loopback by default, served by [`serve::run`] with its own limits.
 
 use std::sync::Arc;
 
@@ -16,6 +16,7 @@ use crate::store::{Health, Store};
 
 pub mod access;
 pub mod api;
+pub mod assets;
 pub mod live_api;
 pub mod openapi;
 pub mod problem;
@@ -52,6 +53,9 @@ pub fn router(state: HttpState) -> Router {
             state.clone(),
             access::require_token,
         ))
+        // After the layer, so outside it: the dashboard's files hold no patient data, and
+        // a browser cannot send the token when it opens a page (the page then asks for it).
+        .merge(assets::routes())
         .with_state(state)
 }
 
