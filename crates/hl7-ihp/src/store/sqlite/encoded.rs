@@ -58,6 +58,13 @@ impl<'a> Encoded<'a> {
         }
     }
 
+    /// A value's JSON text as stored (a string with its quotes): equal texts are equal
+    /// values, which a read can compare without decoding (the converse may not hold, so
+    /// on a mismatch it compares the decoded values).
+    pub(super) fn token(&self, field: usize) -> &'a [u8] {
+        self.tokens[field]
+    }
+
     /// A string value, borrowed from the column unless it has escapes.
     pub(super) fn text(&self, field: usize) -> Result<Cow<'a, str>, Malformed> {
         let token = self.tokens[field];

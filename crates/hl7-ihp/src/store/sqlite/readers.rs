@@ -824,6 +824,8 @@ pub(super) fn read_observations(
 /// A code's values while a trend is read: per bucket start, the values.
 struct SeriesValues {
     code: String,
+    /// The code's JSON text as first read: most records compare with it byte for byte.
+    token: Vec<u8>,
     code_text: String,
     units: String,
     buckets: Vec<(i64, Vec<f64>)>,
@@ -927,19 +929,28 @@ impl<'q> TrendValues<'q> {
             if observed < query.since_ms || observed >= query.until_ms {
                 return Ok(ControlFlow::Continue(()));
             }
-            let code = encoded.text(encoded::field::CODE)?;
-            let position = match self.series.iter().position(|known| known.code == *code) {
+            let token = encoded.token(encoded::field::CODE);
+            let known = self.series.iter().position(|known| known.token == token);
+            let position = match known {
                 Some(position) => position,
                 None => {
-                    self.series.push(SeriesValues {
-                        code: code.into_owned(),
-                        code_text: encoded.text(encoded::field::CODE_TEXT)?.into_owned(),
-                        units: encoded.text(encoded::field::UNITS)?.into_owned(),
-                        buckets: Vec::new(),
-                        positions: HashMap::new(),
-                        last: None,
-                    });
-                    self.series.len() - 1
+                    let code = encoded.text(encoded::field::CODE)?;
+                    match self.series.iter().position(|known| known.code == *code) {
+                        // The same code written otherwise (escaped by SQLite's JSON).
+                        Some(position) => position,
+                        None => {
+                            self.series.push(SeriesValues {
+                                code: code.into_owned(),
+                                token: token.to_vec(),
+                                code_text: encoded.text(encoded::field::CODE_TEXT)?.into_owned(),
+                                units: encoded.text(encoded::field::UNITS)?.into_owned(),
+                                buckets: Vec::new(),
+                                positions: HashMap::new(),
+                                last: None,
+                            });
+                            self.series.len() - 1
+                        }
+                    }
                 }
             };
             let start = observed.div_euclid(self.bucket_ms) * self.bucket_ms;
@@ -1053,4 +1064,34 @@ pub(super) fn read_trends(
     })?;
     values.merge_older(older);
     Ok(Some(values.finish()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_code_written_with_escapes_joins_its_series() {
+        let query = TrendQuery {
+            code: None,
+            since_ms: 0,
+            until_ms: 10_000,
+            bucket_ms: 1000,
+        };
+        let column = |code: &str, value: f64| {
+            format!(
+                r#"[["NM",{code},"TEXT","MDC","","{value}",{value},"U","","","","F","t",1500,""]]"#
+            )
+        };
+        let mut values = TrendValues::new(&query);
+        values.add(column(r#""AB""#, 1.0).as_bytes()).unwrap();
+        values.add(column(r#""A\u0042""#, 3.0).as_bytes()).unwrap();
+        values.add(column(r#""C""#, 2.0).as_bytes()).unwrap();
+        let series = values.finish();
+        assert_eq!(series.len(), 2);
+        assert_eq!(series[0].code, "AB");
+        assert_eq!(series[0].buckets[0].count, 2);
+        assert_eq!(series[0].buckets[0].median, 2.0);
+        assert_eq!(series[1].buckets[0].start_ms, 1000);
+    }
 }

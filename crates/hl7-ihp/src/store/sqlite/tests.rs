@@ -351,6 +351,16 @@ async fn another_process_sees_what_was_written_after_it_opened() {
         let feed = store.feed(ChangeCursor::at(30), 100).await.unwrap();
         assert_eq!(feed.messages.len(), 10);
         assert_eq!(feed.next, ChangeCursor::at(40));
+        let filter = MessageFilter {
+            patient: Some("P1".into()),
+            before_id: Some(40),
+            ..MessageFilter::default()
+        };
+        let listed = store.messages(filter).await.unwrap();
+        assert_eq!(listed.len(), 39);
+        assert_eq!(listed[0].patient.as_deref(), Some("P1"));
+        let detail = store.message(40).await.unwrap().unwrap();
+        assert_eq!(detail.summary.control_id, "40");
     }
     drop(writer);
     assert_eq!(record_messages(&inspector, "P1").await, expected);
