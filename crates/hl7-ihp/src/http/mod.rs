@@ -41,9 +41,10 @@ pub struct HttpState {
     pub live: Arc<crate::live::Live>,
 }
 
-/// The router: every path behind [`access::require_token`], which runs first.
+/// The router: every path but the dashboard's files behind [`access::require_token`], which
+/// runs first.
 pub fn router(state: HttpState) -> Router {
-    Router::new()
+    let guarded = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .merge(api::routes())
@@ -53,10 +54,11 @@ pub fn router(state: HttpState) -> Router {
             state.clone(),
             access::require_token,
         ))
-        // After the layer, so outside it: the dashboard's files hold no patient data, and
-        // a browser cannot send the token when it opens a page (the page then asks for it).
-        .merge(assets::routes())
-        .with_state(state)
+        .with_state(state);
+    // The dashboard's files outside the token's layer: they hold no patient data, and a
+    // browser cannot send the token when it opens a page (the page then asks for it).
+    // Every other path, unknown ones too, goes through the layer.
+    assets::routes().fallback_service(guarded)
 }
 
 /// Whether the receiver can store.
