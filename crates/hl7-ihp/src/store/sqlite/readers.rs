@@ -929,6 +929,16 @@ impl<'q> TrendValues<'q> {
             if observed < query.since_ms || observed >= query.until_ms {
                 return Ok(ControlFlow::Continue(()));
             }
+            // A value its device marked wrong (OBX-11 `W`) or not obtained (`X`, `N`) is
+            // no point of a trend, as it is no number on the ward view
+            // (documents::reading).
+            let status = encoded.text(encoded::field::STATUS)?;
+            if ["W", "X", "N"]
+                .iter()
+                .any(|s| status.trim().eq_ignore_ascii_case(s))
+            {
+                return Ok(ControlFlow::Continue(()));
+            }
             let token = encoded.token(encoded::field::CODE);
             let known = self.series.iter().position(|known| known.token == token);
             let position = match known {
