@@ -5,8 +5,9 @@
 #    latency of GET /api/v1/patients (bench/api_probe.py latency);
 # 2. a 24 h trend at 60 s buckets of one patient with a vitals message a second of
 #    observation time (86,400 messages, 604,800 records);
-# 3. ingest throughput at 64 connections with and without an event-stream client and the
-#    dashboard (headless Chromium, when installed) connected, PAIRS alternating pairs.
+# 3. ingest throughput at 64 connections with HTTP off (no live view), with HTTP on, and with
+#    an event-stream client and the dashboard (headless Chromium, when installed) connected,
+#    PAIRS alternating rounds.
 # Writes $RESULTS/api.jsonl. Settings: DURATION (30s), RATE (1000), PATIENTS (1000), PAIRS (3),
 # LOAD_DURATION (20s), HOURS (24), PHASES ("1 2 3").
 # In 3 the watchers run under `nice -n 19`: on this 2-core machine the browser and the
@@ -72,9 +73,17 @@ if [[ " $PHASES " == *" 3 "* ]]; then
 echo "== 3. ingest at 64 connections, alone and with an event-stream client and the dashboard"
 chromium=$(command -v chromium || true)
 for pair in $(seq 1 "$PAIRS"); do
-  for watched in no yes; do
+  for watched in off no yes; do
     data=$(mktemp -d); mllp=$(free_port); http=$(free_port)
-    start_receiver "$data/data" "$mllp" "$http"
+    if [ "$watched" = off ]; then
+      # No HTTP side, so no live view: what the live view itself costs.
+      "$BIN" receive --listen "127.0.0.1:$mllp" --http off --data-dir "$data/data" \
+        2>"$RESULTS/receiver.log" &
+      RECEIVER_PID=$!
+      wait_port "$mllp"
+    else
+      start_receiver "$data/data" "$mllp" "$http"
+    fi
     pids=()
     if [ "$watched" = yes ]; then
       nice -n 19 $PROBE sse "$http" "$(( ${LOAD_DURATION%s} + 5 ))" >/dev/null &
@@ -108,7 +117,12 @@ for r in rows:
     if r["phase"] == "trends":
         print(f"{r['hours']} h trend, 60 s buckets, {r['values_summarised']} values: "
               f"p50 {r['trend_p50_ms']} ms, max {r['trend_max_ms']} ms")
+off = [r["messages_per_second"] for r in rows if r["phase"] == "ingest" and r["watched"] == "off"]
 alone = [r["messages_per_second"] for r in rows if r["phase"] == "ingest" and r["watched"] == "no"]
+if off and alone:
+    o, a = statistics.mean(off), statistics.mean(alone)
+    print(f"ingest at 64 connections: {o:.0f} msg/s with --http off, {a:.0f} msg/s with HTTP "
+          f"and its live view ({(a - o) / o * 100:+.1f}%), mean of {len(off)} rounds")
 watched = [r["messages_per_second"] for r in rows if r["phase"] == "ingest" and r["watched"] == "yes"]
 if alone and watched:
     a, w = statistics.mean(alone), statistics.mean(watched)
