@@ -1,7 +1,11 @@
 # Shared helpers of the benchmark scripts (sourced, not run). Everything talks to 127.0.0.1.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BIN=$ROOT/target/release/hl7-ihp
+# The cargo target directory: CARGO_TARGET_DIR when set (relative to the repository, where
+# build runs cargo), else target/.
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+case $TARGET_DIR in /*) ;; *) TARGET_DIR=$ROOT/$TARGET_DIR ;; esac
+BIN=$TARGET_DIR/release/hl7-ihp
 RESULTS=${RESULTS:-$ROOT/bench/results}
 mkdir -p "$RESULTS"
 

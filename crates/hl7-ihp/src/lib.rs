@@ -18,7 +18,7 @@
 //! - [`export`]: the exporter task, safe file names and atomic writes.
 //! - [`live`]: the live view (patients, devices, per-minute counts, events) from the feed.
 //! - [`http`]: the HTTP router: `/healthz`, `/metrics`, the JSON API, its OpenAPI document,
-//!   the bearer token.
+//!   the bearer token, the dashboard's built-in files.
 //! - [`sender`]: the device simulator and load generator: link, load, simulator.
 //! - [`terminal`]: device text made safe to print: controls escaped, long values cut.
 //! - [`rate_limit`]: at most one log line of a kind per peer per interval, the rest counted.

@@ -144,7 +144,13 @@ async fn demo(
         "  MLLP          {mllp_address}   (point your own devices here: hl7-ihp send --to {mllp_address})"
     );
     if let Some(address) = http_address {
-        println!("  HTTP          http://{address}/metrics  http://{address}/healthz");
+        println!(
+            "  dashboard     http://{address}/   (open it in a browser: the ward's live vitals)"
+        );
+        println!(
+            "  API           http://{address}/api/v1/patients   (docs: http://{address}/api/v1/openapi.json)"
+        );
+        println!("  metrics       http://{address}/metrics  http://{address}/healthz");
     }
     println!("  JSON files    {}", patients_dir.display());
     println!(

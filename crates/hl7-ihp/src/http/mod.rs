@@ -1,7 +1,7 @@
 //! The HTTP side: `/healthz` (the store's health), `/metrics`, and the JSON API under
 //! `/api/v1` ([`api`], described by [`openapi`]), all but `/healthz` behind the bearer token
-//! when one is set ([`access`]); bound to loopback by default, served by [`serve::run`] with
-//! its own limits.
+//! when one is set ([`access`]), and the dashboard's files ([`assets`]) outside it; bound to
+//! loopback by default, served by [`serve::run`] with its own limits.
 
 use std::sync::Arc;
 
@@ -16,6 +16,7 @@ use crate::store::{Health, Store};
 
 pub mod access;
 pub mod api;
+pub mod assets;
 pub mod live_api;
 pub mod openapi;
 pub mod problem;
@@ -40,9 +41,10 @@ pub struct HttpState {
     pub live: Arc<crate::live::Live>,
 }
 
-/// The router: every path behind [`access::require_token`], which runs first.
+/// The router: every path but the dashboard's files behind [`access::require_token`], which
+/// runs first.
 pub fn router(state: HttpState) -> Router {
-    Router::new()
+    let guarded = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .merge(api::routes())
@@ -52,7 +54,11 @@ pub fn router(state: HttpState) -> Router {
             state.clone(),
             access::require_token,
         ))
-        .with_state(state)
+        .with_state(state);
+    // The dashboard's files outside the token's layer: they hold no patient data, and a
+    // browser cannot send the token when it opens a page (the page then asks for it).
+    // Every other path, unknown ones too, goes through the layer.
+    assets::routes().fallback_service(guarded)
 }
 
 /// Whether the receiver can store.

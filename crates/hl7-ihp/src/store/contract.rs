@@ -1550,7 +1550,7 @@ pub async fn trends_summarise_each_code_per_bucket(open: Open) {
     let messages = vec![
         // Before the range.
         vitals("0", T0 - 1, vec![hr(0, "500", T0 - 1)]),
-        // Minute 0: 1, 3, 2 (and a value that is no number).
+        // Minute 0: 1, 3, 2 (and a value that is no number, and one marked wrong).
         vitals(
             "1",
             T0 + 1000,
@@ -1563,7 +1563,15 @@ pub async fn trends_summarise_each_code_per_bucket(open: Open) {
         vitals(
             "2",
             T0 + 59_999,
-            vec![hr(0, "2", T0 + 59_999), hr(1, "NAV", T0 + 59_999)],
+            vec![
+                hr(0, "2", T0 + 59_999),
+                hr(1, "NAV", T0 + 59_999),
+                // Marked wrong by its device (OBX-11 `W`): no point of the trend.
+                ObservationData {
+                    status: "W".into(),
+                    ..hr(2, "900", T0 + 59_999)
+                },
+            ],
         ),
         // Minute 2: 4, 1, 3, 2.
         vitals(

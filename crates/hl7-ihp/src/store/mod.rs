@@ -433,6 +433,11 @@ pub struct RecordPosition {
 }
 
 /// Which of a patient's records to read ([`StoreRead::observations`]).
+///
+/// The time filters are on observation times, which no index orders: a backend may look
+/// only at messages that arrived near the range (SQLite: within an hour of it, see
+/// docs/storage.md), so a record observed much earlier or later than it arrived is found
+/// by a read without them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObservationQuery {
     /// Only this code (OBX-3.1).
@@ -476,7 +481,8 @@ pub struct TrendBucket {
 }
 
 /// Which trends to compute ([`StoreRead::trends`]): observation times in
-/// `[since_ms, until_ms)`, buckets of `bucket_ms`.
+/// `[since_ms, until_ms)`, buckets of `bucket_ms`, with the same bound on how far from
+/// their arrival records are looked for as [`ObservationQuery`]'s time filters.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TrendQuery {
     /// Only this code; `None`: every code with numeric values.

@@ -115,3 +115,46 @@ fn a_failed_start_leaves_no_temporary_folder() {
     assert!(left.is_empty(), "left behind: {left:?}");
     drop(taken);
 }
+
+#[test]
+fn the_demo_names_its_dashboard_and_the_dashboard_answers_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(common::binary())
+        .args(["demo", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .args(["--patients", "2", "--interval", "100ms", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let rx = common::lines_of(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    let address = loop {
+        let line = rx
+            .recv_timeout(common::DEADLINE)
+            .unwrap_or_else(|_| panic!("demo output so far: {seen}"));
+        seen.push_str(&line);
+        seen.push('\n');
+        if let Some(rest) = line.trim().strip_prefix("dashboard") {
+            let url = rest.split_whitespace().next().unwrap();
+            let address = url
+                .strip_prefix("http://")
+                .and_then(|a| a.strip_suffix('/'))
+                .unwrap_or_else(|| panic!("{line}"));
+            break address.parse::<std::net::SocketAddr>().unwrap();
+        }
+    };
+    let (status, head, body) = common::http_get_with(address, "/", "");
+    assert_eq!(status, 200, "{head}");
+    assert!(head.to_ascii_lowercase().contains("text/html"), "{head}");
+    assert!(
+        body.contains("<html") || body.contains("<!doctype html"),
+        "{body}"
+    );
+    // The API the demo names answers there too, with the demo's monitors.
+    common::wait_until("the demo's patients in the API", || {
+        let (status, _, body) = common::http_get_with(address, "/api/v1/patients", "");
+        status == 200 && body.contains("MRN00002")
+    });
+    assert!(common::interrupt_and_wait(&mut child).success());
+}

@@ -17,6 +17,8 @@ mod schema;
 mod api;
 // The live view's API: patients, devices, stats and the event stream.
 mod api_live;
+// The dashboard in headless Chromium: live values, staleness, trends, the other views.
+mod browser;
 // Every corpus file through the real receiver.
 mod corpus_receive;
 // A receiver killed with SIGKILL under load loses no acknowledged message.

@@ -58,11 +58,18 @@ impl<'a> Encoded<'a> {
         }
     }
 
+    /// A value's JSON text as stored (a string with its quotes): equal texts are equal
+    /// values, which a read can compare without decoding (the converse may not hold, so
+    /// on a mismatch it compares the decoded values).
+    pub(super) fn token(&self, field: usize) -> &'a [u8] {
+        self.tokens[field]
+    }
+
     /// A string value, borrowed from the column unless it has escapes.
     pub(super) fn text(&self, field: usize) -> Result<Cow<'a, str>, Malformed> {
         let token = self.tokens[field];
         let inner = string_inner(token).ok_or_else(|| self.malformed())?;
-        if memchr::memchr(b'\\', inner).is_none() {
+        if !inner.contains(&b'\\') {
             return std::str::from_utf8(inner)
                 .map(Cow::Borrowed)
                 .map_err(|_| self.malformed());
@@ -75,7 +82,7 @@ impl<'a> Encoded<'a> {
     /// Whether a string value is `wanted`, without building it in the common case.
     pub(super) fn text_is(&self, field: usize, wanted: &str) -> Result<bool, Malformed> {
         let inner = string_inner(self.tokens[field]).ok_or_else(|| self.malformed())?;
-        if memchr::memchr(b'\\', inner).is_none() {
+        if !inner.contains(&b'\\') {
             return Ok(inner == wanted.as_bytes());
         }
         Ok(self.text(field)? == wanted)
@@ -87,6 +94,9 @@ impl<'a> Encoded<'a> {
         if token == b"null" {
             return Ok(None);
         }
+        if let Some(n) = plain_decimal(token) {
+            return Ok(Some(n));
+        }
         std::str::from_utf8(token)
             .ok()
             .and_then(|text| text.parse::<f64>().ok())
@@ -97,7 +107,11 @@ impl<'a> Encoded<'a> {
 
     /// An integer value (SQLite may have written a whole number as `1.0e12`).
     pub(super) fn integer(&self, field: usize) -> Result<i64, Malformed> {
-        let text = std::str::from_utf8(self.tokens[field]).map_err(|_| self.malformed())?;
+        let token = self.tokens[field];
+        if let Some(n) = plain_integer(token) {
+            return Ok(n);
+        }
+        let text = std::str::from_utf8(token).map_err(|_| self.malformed())?;
         if let Ok(n) = text.parse::<i64>() {
             return Ok(n);
         }
@@ -131,6 +145,62 @@ impl<'a> Encoded<'a> {
     }
 }
 
+/// A token of at most 18 digits with an optional minus: every time the writer writes, read
+/// without the general parser (a trend reads 600,000 of them).
+fn plain_integer(token: &[u8]) -> Option<i64> {
+    let (negative, digits) = match token.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, token),
+    };
+    if digits.is_empty() || digits.len() > 18 {
+        return None;
+    }
+    let mut n: i64 = 0;
+    for &b in digits {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + i64::from(b - b'0');
+    }
+    Some(if negative { -n } else { n })
+}
+
+/// Powers of ten a double holds exactly.
+const EXACT_POWERS_OF_TEN: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// A decimal without an exponent and with at most 15 digits (`72.0`, `-0.25`: what
+/// vitals are), read without the general parser. The digits make an integer below 2^53
+/// and the point a power of ten that a double holds exactly, so one division rounds
+/// correctly, as the general parser does.
+fn plain_decimal(token: &[u8]) -> Option<f64> {
+    let (negative, digits) = match token.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, token),
+    };
+    let mut mantissa: u64 = 0;
+    let mut n_digits = 0;
+    let mut decimals = None;
+    for (position, &b) in digits.iter().enumerate() {
+        match b {
+            b'0'..=b'9' => {
+                mantissa = mantissa * 10 + u64::from(b - b'0');
+                n_digits += 1;
+            }
+            b'.' if decimals.is_none() && position > 0 => decimals = Some(position),
+            _ => return None,
+        }
+    }
+    if n_digits == 0 || n_digits > 15 || decimals == Some(digits.len() - 1) {
+        return None;
+    }
+    let scale = decimals.map_or(0, |point| digits.len() - 1 - point);
+    let value = mantissa as f64 / EXACT_POWERS_OF_TEN[scale];
+    Some(if negative { -value } else { value })
+}
+
 /// A string token's bytes between its quotes.
 fn string_inner(token: &[u8]) -> Option<&[u8]> {
     token.strip_prefix(b"\"")?.strip_suffix(b"\"")
@@ -142,15 +212,30 @@ pub(super) fn each_observation<'a, E: From<Malformed>>(
     column: &'a [u8],
     mut each: impl FnMut(u32, &Encoded<'a>) -> Result<ControlFlow<()>, E>,
 ) -> Result<(), E> {
+    // What is not in the writer's exact form (whitespace: SQLite's, or a hand's) the
+    // general scanner reads, from where the compact reader stopped.
     let mut scanner = Scanner {
         bytes: column,
         at: 0,
     };
-    scanner.open()?;
-    if scanner.closes()? {
-        return Ok(());
+    let mut index = 0;
+    match compact(column, &mut each)? {
+        Compact::Done => return Ok(()),
+        Compact::Start => {
+            scanner.open()?;
+            if scanner.closes()? {
+                return Ok(());
+            }
+        }
+        Compact::Observation { at, index: next } => (scanner.at, index) = (at, next),
+        Compact::After { at, index: next } => {
+            (scanner.at, index) = (at, next);
+            if scanner.closes()? {
+                return Ok(());
+            }
+            scanner.comma()?;
+        }
     }
-    let mut index = 0u32;
     loop {
         let position = scanner.at;
         scanner.open()?;
@@ -172,6 +257,108 @@ pub(super) fn each_observation<'a, E: From<Malformed>>(
             return Ok(());
         }
         scanner.comma()?;
+    }
+}
+
+/// Which values are bare tokens (numbers or `null`) in the writer's form; the others are
+/// strings.
+const BARE: [bool; N_FIELDS] = {
+    let mut bare = [false; N_FIELDS];
+    bare[field::NUMERIC] = true;
+    bare[field::OBSERVED_MS] = true;
+    bare
+};
+
+/// How far [`compact`] got.
+enum Compact {
+    /// Through the end of the column, or `each` broke.
+    Done,
+    /// The first observation is not in the writer's form: nothing was read.
+    Start,
+    /// At the start of an observation (the `index`-th, at byte `at`) not in the writer's
+    /// form.
+    Observation { at: usize, index: u32 },
+    /// After an observation, where what follows is not in the writer's form.
+    After { at: usize, index: u32 },
+}
+
+/// The column in exactly the form `serde_json` writes it (no whitespace, strings and bare
+/// tokens where the writer puts them), read with fewer checks per byte than the general
+/// scanner: each string is one search for its end, each separator one comparison. Stops
+/// at the first observation in another form, before calling `each` with it.
+fn compact<'a, E: From<Malformed>>(
+    column: &'a [u8],
+    each: &mut impl FnMut(u32, &Encoded<'a>) -> Result<ControlFlow<()>, E>,
+) -> Result<Compact, E> {
+    let stopped = |at, index| {
+        Ok(if index == 0 {
+            Compact::Start
+        } else {
+            Compact::Observation { at, index }
+        })
+    };
+    match column {
+        [b'[', b']'] => return Ok(Compact::Done),
+        [b'[', ..] => {}
+        _ => return Ok(Compact::Start),
+    }
+    let mut at = 1;
+    let mut index = 0u32;
+    loop {
+        let position = at;
+        if column.get(at) != Some(&b'[') {
+            return stopped(position, index);
+        }
+        at += 1;
+        let mut tokens: [&[u8]; N_FIELDS] = [&[]; N_FIELDS];
+        for (n, token) in tokens.iter_mut().enumerate() {
+            let rest = column.get(at..).unwrap_or_default();
+            let len = if BARE[n] {
+                rest.iter()
+                    .position(|&b| b == b',' || b == b']')
+                    .filter(|&len| len > 0)
+            } else if rest.first() == Some(&b'"') {
+                string_len(rest)
+            } else {
+                None
+            };
+            let Some(len) = len else {
+                return stopped(position, index);
+            };
+            *token = &rest[..len];
+            at += len;
+            let separator = if n + 1 < N_FIELDS { b',' } else { b']' };
+            if column.get(at) != Some(&separator) {
+                return stopped(position, index);
+            }
+            at += 1;
+        }
+        if each(index, &Encoded { tokens, position })?.is_break() {
+            return Ok(Compact::Done);
+        }
+        index = index.saturating_add(1);
+        match column.get(at) {
+            Some(b',') => at += 1,
+            Some(b']') if at + 1 == column.len() => return Ok(Compact::Done),
+            // The general scanner reads on or reports what is wrong.
+            _ => return Ok(Compact::After { at, index }),
+        }
+    }
+}
+
+/// The length of the string token at the start of `bytes` (quotes included).
+fn string_len(bytes: &[u8]) -> Option<usize> {
+    let mut at = 1;
+    loop {
+        let rest = bytes.get(at..)?;
+        // A plain loop rather than memchr: the values are mostly a few bytes long, shorter
+        // than what a vectorised search gains on.
+        let n = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
+        if rest[n] == b'"' {
+            return Some(at + n + 1);
+        }
+        // An escape: the next byte is never the string's end.
+        at += n + 2;
     }
 }
 
@@ -242,9 +429,11 @@ impl<'a> Scanner<'a> {
             Some(b'"') => {
                 let start = self.at;
                 let mut at = start + 1;
+                // A plain loop rather than memchr: the values are mostly a few bytes long,
+                // shorter than what a vectorised search gains on.
                 loop {
                     let rest = self.bytes.get(at..).unwrap_or_default();
-                    match memchr::memchr2(b'"', b'\\', rest) {
+                    match rest.iter().position(|&b| b == b'"' || b == b'\\') {
                         Some(n) if rest[n] == b'"' => {
                             self.at = at + n + 1;
                             return Ok(&self.bytes[start..self.at]);
@@ -308,6 +497,15 @@ mod tests {
             observation(1, "a\"b", None),
             observation(2, "", Some(-1.5e-300)),
             observation(3, "x", Some(1e300)),
+            // Times of 19 digits too.
+            ObservationData {
+                observed_ms: i64::MIN,
+                ..observation(4, "y", None)
+            },
+            ObservationData {
+                observed_ms: i64::MAX,
+                ..observation(5, "z", Some(0.0))
+            },
         ];
         let column = encode_observations(&observations).unwrap();
         assert_eq!(decode(column.as_bytes()).unwrap(), observations);
@@ -321,6 +519,57 @@ mod tests {
         assert_eq!(decoded[0].numeric, Some(182.0));
         assert_eq!(decoded[0].observed_ms, 1_013_200_000_000);
         assert!(decode(b"[]").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_column_partly_in_another_form_reads_the_same() {
+        let observations: Vec<_> = (0..3)
+            .map(|n| observation(n, &format!("c{n}"), Some(f64::from(n) + 0.5)))
+            .collect();
+        let column = encode_observations(&observations).unwrap();
+        // Whitespace after the first, inside the second, and at the end.
+        let first_end = column.find("],[").unwrap() + 1;
+        let spaced = format!("{} ,{} ", &column[..first_end], &column[first_end + 1..]);
+        let spaced = spaced.replacen(",\"c1\"", ", \"c1\"", 1);
+        for column in [spaced.clone(), format!(" {column}"), format!("{column}\n")] {
+            assert_eq!(decode(column.as_bytes()).unwrap(), observations, "{column}");
+        }
+        assert!(decode(b"[ ]").unwrap().is_empty());
+        assert!(decode(b" [] ").unwrap().is_empty());
+    }
+
+    #[test]
+    fn plain_numbers_read_as_the_general_parser_reads_them() {
+        for text in [
+            "0",
+            "-0",
+            "72",
+            "72.0",
+            "-0.25",
+            "98.6",
+            "0.1",
+            "123456789012345",
+            "1.00000000000001",
+            "37.299999999999997",
+            "1e5",
+            "1.5E-3",
+            "12345678901234567",
+            "-",
+            ".5",
+            "5.",
+            "1.2.3",
+        ] {
+            assert_eq!(
+                plain_decimal(text.as_bytes()).map(f64::to_bits),
+                plain_decimal(text.as_bytes()).and(text.parse::<f64>().ok().map(f64::to_bits)),
+                "{text}"
+            );
+        }
+        assert_eq!(plain_decimal(b"98.6"), Some(98.6));
+        assert_eq!(plain_decimal(b"1e5"), None);
+        assert_eq!(plain_decimal(b"5."), None);
+        assert_eq!(plain_integer(b"-1800000000000"), Some(-1_800_000_000_000));
+        assert_eq!(plain_integer(b"1.0"), None);
     }
 
     #[test]
@@ -365,6 +614,20 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn plain_decimals_read_exactly(mantissa in 0u64..1_000_000_000_000_000, scale in 0usize..16, negative: bool) {
+            let digits = mantissa.to_string();
+            let text = if scale == 0 || scale >= digits.len() {
+                digits
+            } else {
+                format!("{}.{}", &digits[..digits.len() - scale], &digits[digits.len() - scale..])
+            };
+            let text = if negative { format!("-{text}") } else { text };
+            if let Some(n) = plain_decimal(text.as_bytes()) {
+                prop_assert_eq!(n.to_bits(), text.parse::<f64>().unwrap().to_bits(), "{}", text);
+            }
+        }
+
         #[test]
         fn any_observations_read_back(
             texts in proptest::collection::vec(any::<String>(), 1..4),

@@ -1,5 +1,5 @@
-//! The SQLite store: one writer thread with group commit, a reader connection, and a
-//! checkpoint thread that keeps WAL checkpoints off the ACK path (docs/storage.md).
+//! The SQLite store: one writer thread with group commit, a small pool of reader
+//! connections, and a checkpoint thread that keeps WAL checkpoints off the ACK path (docs/storage.md).
 //!
 //! `commit` sends its batch to the writer over a bounded queue. The writer takes every batch
 //! waiting (up to `max_batch` messages), writes them in one transaction, commits (the one
@@ -33,6 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 mod checkpoint;
 mod encoded;
 mod keys;
+mod pool;
 mod readers;
 mod schema;
 mod tail;
@@ -42,6 +43,7 @@ mod writer;
 
 use self::checkpoint::*;
 use self::keys::*;
+use self::pool::*;
 use self::readers::*;
 use self::schema::*;
 use self::tail::*;
@@ -71,7 +73,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// cost proportional to the cache size (measured: 14% of the writer's time at 64 MiB).
 const WRITER_CACHE_KIB: i64 = 16 * 1024;
 
-/// The reader's page cache, in KiB.
+/// Each reader connection's page cache, in KiB.
 const READER_CACHE_KIB: i64 = 16 * 1024;
 
 /// WAL frames (pages: 64 MiB of 8 KiB pages) after which the checkpointer copies the WAL
@@ -152,7 +154,7 @@ impl Default for SqliteOptions {
     }
 }
 
-/// The SQLite store; clones share one database, one writer and one reader.
+/// The SQLite store; clones share one database, one writer and one pool of readers.
 ///
 /// Dropping the last clone waits until the writer has written the batches already queued,
 /// then checkpoints so that the database file alone holds everything.
@@ -164,7 +166,7 @@ pub struct SqliteStore {
 struct Inner {
     /// `None` only while dropping: closing the queue is what stops the writer.
     requests: Option<mpsc::Sender<Request>>,
-    reader: Arc<Mutex<Connection>>,
+    readers: Arc<ReaderPool>,
     /// `None` in a read-only store: its readers find the messages after the patient
     /// watermark by a scan instead.
     tail: Option<Arc<Mutex<PatientTail>>>,
@@ -362,7 +364,7 @@ impl SqliteStore {
 
         let writer_conn = open_writer_retrying(path)?;
         let tail = Arc::new(Mutex::new(load_tail(&writer_conn).map_err(database_error)?));
-        let reader = open_reader(path)?;
+        let readers = ReaderPool::open(path)?;
         let checkpointer_conn = open_checkpointer(path)?;
 
         let watch = FileWatch::new(path, &file)
@@ -392,7 +394,7 @@ impl SqliteStore {
         // Owned by `inner` from here on, so that a failure below still stops the writer.
         let mut inner = Inner {
             requests: Some(requests),
-            reader: Arc::new(Mutex::new(reader)),
+            readers: Arc::new(readers),
             tail: Some(tail),
             counters,
             checkpoint,
@@ -421,8 +423,7 @@ impl SqliteStore {
                 path.display()
             )));
         }
-        let reader = open_reader(path)?;
-        let version = schema_version(&reader, database_error)?;
+        let version = schema_version(&open_reader(path)?, database_error)?;
         let supported = MIGRATIONS.len() as i64;
         if version < supported {
             return Err(StoreError::Database(format!(
@@ -433,7 +434,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 requests: None,
-                reader: Arc::new(Mutex::new(reader)),
+                readers: Arc::new(ReaderPool::open(path)?),
                 tail: None,
                 counters: Arc::default(),
                 checkpoint: Arc::default(),
@@ -449,30 +450,20 @@ impl SqliteStore {
         requests.send(request).await.map_err(|_| StoreError::Closed)
     }
 
-    /// Runs `read` on the reader connection, off the async worker threads.
-    async fn read<T, F>(&self, read: F) -> Result<T, StoreError>
+    /// Runs `read` on a reader connection in one snapshot, off the async worker threads.
+    async fn read<T, F>(&self, cost: Cost, read: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        let reader = Arc::clone(&self.inner.reader);
-        tokio::task::spawn_blocking(move || {
-            let conn = lock(&reader);
-            // One snapshot for all the statements of a read.
-            let snapshot = conn.unchecked_transaction().map_err(database_error)?;
-            let value = read(&snapshot).map_err(database_error)?;
-            snapshot.commit().map_err(database_error)?;
-            Ok(value)
-        })
-        .await
-        .map_err(|_| StoreError::Database("the reader task failed".into()))?
+        self.inner.readers.read(cost, read).await
     }
 }
 
 impl StoreRead for SqliteStore {
     fn patients(&self) -> StoreFuture<'_, Vec<PatientSummary>> {
         let tail = self.inner.tail.clone();
-        Box::pin(self.read(move |conn| read_patients(conn, tail.as_deref())))
+        Box::pin(self.read(Cost::Slow, move |conn| read_patients(conn, tail.as_deref())))
     }
 
     fn patient_records<'a>(
@@ -482,21 +473,27 @@ impl StoreRead for SqliteStore {
     ) -> StoreFuture<'a, Option<PatientRecords>> {
         let key = key.to_owned();
         let tail = self.inner.tail.clone();
-        Box::pin(self.read(move |conn| read_patient_records(conn, tail.as_deref(), &key, limit)))
+        Box::pin(self.read(Cost::Quick, move |conn| {
+            read_patient_records(conn, tail.as_deref(), &key, limit)
+        }))
     }
 
     fn messages(&self, filter: MessageFilter) -> StoreFuture<'_, Vec<MessageSummary>> {
         let tail = self.inner.tail.clone();
-        Box::pin(self.read(move |conn| read_messages(conn, tail.as_deref(), &filter)))
+        Box::pin(self.read(Cost::Slow, move |conn| {
+            read_messages(conn, tail.as_deref(), &filter)
+        }))
     }
 
     fn changes_since(&self, after: ChangeCursor, limit: usize) -> StoreFuture<'_, Changes> {
-        Box::pin(self.read(move |conn| read_changes_since(conn, after, limit)))
+        Box::pin(self.read(Cost::Quick, move |conn| {
+            read_changes_since(conn, after, limit)
+        }))
     }
 
     fn export_watermark<'a>(&'a self, exporter: &'a str) -> StoreFuture<'a, ChangeCursor> {
         let name = format!("{EXPORT_WATERMARK_PREFIX}{exporter}");
-        Box::pin(self.read(move |conn| {
+        Box::pin(self.read(Cost::Quick, move |conn| {
             conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |row| {
                 row.get(0)
             })
@@ -506,11 +503,11 @@ impl StoreRead for SqliteStore {
     }
 
     fn feed(&self, after: ChangeCursor, limit: usize) -> StoreFuture<'_, Feed> {
-        Box::pin(self.read(move |conn| read_feed(conn, after, limit)))
+        Box::pin(self.read(Cost::Quick, move |conn| read_feed(conn, after, limit)))
     }
 
     fn feed_head(&self) -> StoreFuture<'_, ChangeCursor> {
-        Box::pin(self.read(read_feed_head))
+        Box::pin(self.read(Cost::Quick, read_feed_head))
     }
 
     fn patient_feed<'a>(
@@ -520,7 +517,9 @@ impl StoreRead for SqliteStore {
     ) -> StoreFuture<'a, Option<(PatientData, Vec<FeedMessage>)>> {
         let key = key.to_owned();
         let tail = self.inner.tail.clone();
-        Box::pin(self.read(move |conn| read_patient_feed(conn, tail.as_deref(), &key, limit)))
+        Box::pin(self.read(Cost::Quick, move |conn| {
+            read_patient_feed(conn, tail.as_deref(), &key, limit)
+        }))
     }
 
     fn observations<'a>(
@@ -530,7 +529,12 @@ impl StoreRead for SqliteStore {
     ) -> StoreFuture<'a, Option<Vec<ObservationRow>>> {
         let key = key.to_owned();
         let tail = self.inner.tail.clone();
-        Box::pin(self.read(move |conn| read_observations(conn, tail.as_deref(), &key, &query)))
+        // Without filters, a page reads only its records; with them it may scan.
+        let filtered = query.code.is_some() || query.since_ms.is_some() || query.until_ms.is_some();
+        let cost = if filtered { Cost::Slow } else { Cost::Quick };
+        Box::pin(self.read(cost, move |conn| {
+            read_observations(conn, tail.as_deref(), &key, &query)
+        }))
     }
 
     fn trends<'a>(
@@ -540,11 +544,18 @@ impl StoreRead for SqliteStore {
     ) -> StoreFuture<'a, Option<Vec<TrendSeries>>> {
         let key = key.to_owned();
         let tail = self.inner.tail.clone();
-        Box::pin(self.read(move |conn| read_trends(conn, tail.as_deref(), &key, &query)))
+        let readers = Arc::clone(&self.inner.readers);
+        Box::pin(async move {
+            readers
+                .read_parallel(move |conn, helper| {
+                    read_trends(conn, helper, tail.as_deref(), &key, &query)
+                })
+                .await
+        })
     }
 
     fn message(&self, id: i64) -> StoreFuture<'_, Option<MessageDetail>> {
-        Box::pin(self.read(move |conn| read_message(conn, id)))
+        Box::pin(self.read(Cost::Quick, move |conn| read_message(conn, id)))
     }
 }
 

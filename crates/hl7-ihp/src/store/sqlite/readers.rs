@@ -287,9 +287,22 @@ pub(super) fn scan_patient_messages(
         .first()
         .map_or(scope.known_through.saturating_add(1), |e| e.message)
         .min(end);
-    if start < below {
+    scan_indexed_messages(conn, scope.row, columns, start..below, each)
+}
+
+/// Calls `each` with a patient's messages in `patient_messages` whose ids are in `ids`,
+/// newest first, until it returns false: the part of [`scan_patient_messages`] below the
+/// tail, which another connection can read too (entries only ever join the table).
+pub(super) fn scan_indexed_messages(
+    conn: &Connection,
+    patient_row: i64,
+    columns: &str,
+    ids: std::ops::Range<i64>,
+    mut each: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<bool>,
+) -> rusqlite::Result<()> {
+    if ids.start < ids.end {
         let mut statement = conn.prepare_cached(&patient_messages(columns))?;
-        let mut rows = statement.query(params![scope.row, start, below])?;
+        let mut rows = statement.query(params![patient_row, ids.start, ids.end])?;
         while let Some(row) = rows.next()? {
             if !each(row)? {
                 return Ok(());
@@ -353,6 +366,10 @@ pub(super) fn push_records(
 /// order (a clock stepped back by more) may be missed by a filter near that time.
 pub(super) const RECEIVED_DISORDER_MS: i64 = 5 * 60 * 1000;
 
+/// The lowest and the highest message id, each read at an end of the primary key.
+pub(super) const ID_RANGE: &str =
+    "SELECT (SELECT min(id) FROM messages), (SELECT max(id) FROM messages)";
+
 /// The first message at or after an id, with its received time (the primary key).
 pub(super) const MESSAGE_FROM: &str =
     "SELECT id, received_ms FROM messages WHERE id >= ?1 ORDER BY id LIMIT 1";
@@ -362,10 +379,11 @@ pub(super) const MESSAGE_FROM: &str =
 /// index on received times that the ACK path would pay for. Received times follow ids up
 /// to [`RECEIVED_DISORDER_MS`], which the callers add.
 pub(super) fn first_received_at(conn: &Connection, ms: i64) -> rusqlite::Result<i64> {
-    let (first, last): (Option<i64>, Option<i64>) =
-        conn.query_row("SELECT min(id), max(id) FROM messages", [], |row| {
-            Ok((row.get(0)?, row.get(1)?))
-        })?;
+    // Two subqueries: SQLite reads min() or max() at an end of the primary key only when
+    // it is a query's one aggregate, and would scan the table for both at once.
+    let (first, last): (Option<i64>, Option<i64>) = conn
+        .prepare_cached(ID_RANGE)?
+        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))?;
     let (Some(mut lo), Some(last)) = (first, last) else {
         return Ok(0);
     };
@@ -806,6 +824,8 @@ pub(super) fn read_observations(
 /// A code's values while a trend is read: per bucket start, the values.
 struct SeriesValues {
     code: String,
+    /// The code's JSON text as first read: most records compare with it byte for byte.
+    token: Vec<u8>,
     code_text: String,
     units: String,
     buckets: Vec<(i64, Vec<f64>)>,
@@ -816,7 +836,7 @@ struct SeriesValues {
 }
 
 impl SeriesValues {
-    fn add(&mut self, start_ms: i64, value: f64) {
+    fn bucket(&mut self, start_ms: i64) -> &mut Vec<f64> {
         let position = match self.last {
             Some((start, position)) if start == start_ms => position,
             _ => {
@@ -829,7 +849,7 @@ impl SeriesValues {
                 position
             }
         };
-        self.buckets[position].1.push(value);
+        &mut self.buckets[position].1
     }
 
     fn finish(self) -> TrendSeries {
@@ -874,32 +894,34 @@ fn summarise(start_ms: i64, values: &mut [f64]) -> TrendBucket {
     }
 }
 
-/// The trend scan's one column.
-pub(super) const TREND_COLUMNS: &str = "m.observations";
+/// A trend's values as read so far, per code in the order first seen.
+struct TrendValues<'q> {
+    query: &'q TrendQuery,
+    bucket_ms: i64,
+    series: Vec<SeriesValues>,
+}
 
-pub(super) fn read_trends(
-    conn: &Connection,
-    tail: Option<&Mutex<PatientTail>>,
-    key: &str,
-    query: &TrendQuery,
-) -> rusqlite::Result<Option<Vec<TrendSeries>>> {
-    let Some((_, scope)) = find_patient(conn, tail, key)? else {
-        return Ok(None);
-    };
-    let bucket_ms = query.bucket_ms.max(1);
-    let mut series: Vec<SeriesValues> = Vec::new();
-    if query.since_ms >= query.until_ms {
-        return Ok(Some(Vec::new()));
+impl<'q> TrendValues<'q> {
+    fn new(query: &'q TrendQuery) -> Self {
+        TrendValues {
+            query,
+            bucket_ms: query.bucket_ms.max(1),
+            series: Vec::new(),
+        }
     }
-    let ids = ids_observed(conn, Some(query.since_ms), Some(query.until_ms))?;
-    // Every message that may hold a record of the range, newest first (so the first record
-    // of a code names its text and units); of each OBX only the code, the number and the
-    // time are looked at until it counts.
-    scan_patient_messages(conn, &scope, TREND_COLUMNS, ids, |row| {
-        let Some(column) = row.get_ref(0)?.as_bytes_or_null()? else {
-            return Ok(true);
-        };
+
+    /// Adds a message's values (its `observations` column). Messages come newest first,
+    /// so a code's first record names its text and units; of each OBX only the code, the
+    /// number and the time are looked at until it counts.
+    fn add(&mut self, column: &[u8]) -> rusqlite::Result<()> {
+        let query = self.query;
         encoded::each_observation(column, |_, encoded| {
+            // The cheapest test first: comparing bytes, then reading numbers.
+            if let Some(code) = &query.code
+                && !encoded.text_is(encoded::field::CODE, code)?
+            {
+                return Ok(ControlFlow::Continue(()));
+            }
             let Some(value) = encoded.number(encoded::field::NUMERIC)? else {
                 return Ok(ControlFlow::Continue(()));
             };
@@ -907,39 +929,179 @@ pub(super) fn read_trends(
             if observed < query.since_ms || observed >= query.until_ms {
                 return Ok(ControlFlow::Continue(()));
             }
-            if let Some(code) = &query.code
-                && !encoded.text_is(encoded::field::CODE, code)?
+            // A value its device marked wrong (OBX-11 `W`) or not obtained (`X`, `N`) is
+            // no point of a trend, as it is no number on the ward view
+            // (documents::reading).
+            let status = encoded.text(encoded::field::STATUS)?;
+            if ["W", "X", "N"]
+                .iter()
+                .any(|s| status.trim().eq_ignore_ascii_case(s))
             {
                 return Ok(ControlFlow::Continue(()));
             }
-            let mut position = None;
-            for (n, known) in series.iter().enumerate() {
-                if encoded.text_is(encoded::field::CODE, &known.code)? {
-                    position = Some(n);
-                    break;
-                }
-            }
-            let position = match position {
+            let token = encoded.token(encoded::field::CODE);
+            let known = self.series.iter().position(|known| known.token == token);
+            let position = match known {
                 Some(position) => position,
                 None => {
-                    series.push(SeriesValues {
-                        code: encoded.text(encoded::field::CODE)?.into_owned(),
-                        code_text: encoded.text(encoded::field::CODE_TEXT)?.into_owned(),
-                        units: encoded.text(encoded::field::UNITS)?.into_owned(),
-                        buckets: Vec::new(),
-                        positions: HashMap::new(),
-                        last: None,
-                    });
-                    series.len() - 1
+                    let code = encoded.text(encoded::field::CODE)?;
+                    match self.series.iter().position(|known| known.code == *code) {
+                        // The same code written otherwise (escaped by SQLite's JSON).
+                        Some(position) => position,
+                        None => {
+                            self.series.push(SeriesValues {
+                                code: code.into_owned(),
+                                token: token.to_vec(),
+                                code_text: encoded.text(encoded::field::CODE_TEXT)?.into_owned(),
+                                units: encoded.text(encoded::field::UNITS)?.into_owned(),
+                                buckets: Vec::new(),
+                                positions: HashMap::new(),
+                                last: None,
+                            });
+                            self.series.len() - 1
+                        }
+                    }
                 }
             };
-            let start = observed.div_euclid(bucket_ms) * bucket_ms;
-            series[position].add(start, value);
+            let start = observed.div_euclid(self.bucket_ms) * self.bucket_ms;
+            self.series[position].bucket(start).push(value);
             Ok::<_, rusqlite::Error>(ControlFlow::Continue(()))
+        })
+    }
+
+    /// Adds what was read of older messages: a code's text and units stay the newer's.
+    fn merge_older(&mut self, older: TrendValues<'_>) {
+        for series in older.series {
+            match self
+                .series
+                .iter_mut()
+                .find(|known| known.code == series.code)
+            {
+                Some(known) => {
+                    for (start, values) in series.buckets {
+                        known.bucket(start).extend(values);
+                    }
+                }
+                None => self.series.push(series),
+            }
+        }
+    }
+
+    fn finish(self) -> Vec<TrendSeries> {
+        let mut series: Vec<TrendSeries> =
+            self.series.into_iter().map(SeriesValues::finish).collect();
+        series.sort_by(|a, b| a.code.cmp(&b.code));
+        series
+    }
+}
+
+/// The trend scan's one column.
+pub(super) const TREND_COLUMNS: &str = "m.observations";
+
+/// Adds a message read as [`TREND_COLUMNS`] to a trend; goes on to the next.
+fn add_row(values: &mut TrendValues<'_>, row: &rusqlite::Row<'_>) -> rusqlite::Result<bool> {
+    if let Some(column) = row.get_ref(0)?.as_bytes_or_null()? {
+        values.add(column)?;
+    }
+    Ok(true)
+}
+
+/// A trend reads its older half on a second connection when the pool has one free and
+/// the patient's indexed messages in range span at least this many ids: the read's cost
+/// is mostly reading pages and the observations' JSON, which two cores do in half the
+/// time. (Slow reads are bounded by the pool either way: the helper is a slow read's
+/// connection.)
+pub(super) const PARALLEL_TREND_IDS: i64 = 16_384;
+
+pub(super) fn read_trends(
+    conn: &Connection,
+    helper: Option<&mut Connection>,
+    tail: Option<&Mutex<PatientTail>>,
+    key: &str,
+    query: &TrendQuery,
+) -> rusqlite::Result<Option<Vec<TrendSeries>>> {
+    let Some((_, scope)) = find_patient(conn, tail, key)? else {
+        return Ok(None);
+    };
+    if query.since_ms >= query.until_ms {
+        return Ok(Some(Vec::new()));
+    }
+    let ids = ids_observed(conn, Some(query.since_ms), Some(query.until_ms))?;
+    let mut values = TrendValues::new(query);
+    // The part of the range in `patient_messages` below the tail.
+    let below = scope
+        .in_tail
+        .first()
+        .map_or(scope.known_through.saturating_add(1), |e| e.message)
+        .min(ids.end);
+    let split = match helper {
+        Some(helper) if below.saturating_sub(ids.start) >= PARALLEL_TREND_IDS => {
+            Some((helper, ids.start + (below - ids.start) / 2))
+        }
+        _ => None,
+    };
+    let Some((helper, middle)) = split else {
+        scan_patient_messages(conn, &scope, TREND_COLUMNS, ids, |row| {
+            add_row(&mut values, row)
         })?;
-        Ok(true)
+        return Ok(Some(values.finish()));
+    };
+    // The older half on the helper, in its own snapshot: begun after this read's, so it
+    // holds every message this one does below `middle`, and those are in the table,
+    // where entries only ever join (and messages are never changed).
+    let older = std::thread::scope(|threads| {
+        let (patient_row, start) = (scope.row, ids.start);
+        // The connection moves to the thread (a connection is used by one thread at once).
+        let older = threads.spawn(move || {
+            let snapshot = helper.unchecked_transaction()?;
+            let mut older = TrendValues::new(query);
+            scan_indexed_messages(
+                &snapshot,
+                patient_row,
+                TREND_COLUMNS,
+                start..middle,
+                |row| add_row(&mut older, row),
+            )?;
+            snapshot.commit()?;
+            Ok::<_, rusqlite::Error>(older)
+        });
+        scan_patient_messages(conn, &scope, TREND_COLUMNS, middle..ids.end, |row| {
+            add_row(&mut values, row)
+        })?;
+        older
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })?;
-    let mut series: Vec<TrendSeries> = series.into_iter().map(SeriesValues::finish).collect();
-    series.sort_by(|a, b| a.code.cmp(&b.code));
-    Ok(Some(series))
+    values.merge_older(older);
+    Ok(Some(values.finish()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_code_written_with_escapes_joins_its_series() {
+        let query = TrendQuery {
+            code: None,
+            since_ms: 0,
+            until_ms: 10_000,
+            bucket_ms: 1000,
+        };
+        let column = |code: &str, value: f64| {
+            format!(
+                r#"[["NM",{code},"TEXT","MDC","","{value}",{value},"U","","","","F","t",1500,""]]"#
+            )
+        };
+        let mut values = TrendValues::new(&query);
+        values.add(column(r#""AB""#, 1.0).as_bytes()).unwrap();
+        values.add(column(r#""A\u0042""#, 3.0).as_bytes()).unwrap();
+        values.add(column(r#""C""#, 2.0).as_bytes()).unwrap();
+        let series = values.finish();
+        assert_eq!(series.len(), 2);
+        assert_eq!(series[0].code, "AB");
+        assert_eq!(series[0].buckets[0].count, 2);
+        assert_eq!(series[0].buckets[0].median, 2.0);
+        assert_eq!(series[1].buckets[0].start_ms, 1000);
+    }
 }

@@ -351,6 +351,16 @@ async fn another_process_sees_what_was_written_after_it_opened() {
         let feed = store.feed(ChangeCursor::at(30), 100).await.unwrap();
         assert_eq!(feed.messages.len(), 10);
         assert_eq!(feed.next, ChangeCursor::at(40));
+        let filter = MessageFilter {
+            patient: Some("P1".into()),
+            before_id: Some(40),
+            ..MessageFilter::default()
+        };
+        let listed = store.messages(filter).await.unwrap();
+        assert_eq!(listed.len(), 39);
+        assert_eq!(listed[0].patient.as_deref(), Some("P1"));
+        let detail = store.message(40).await.unwrap().unwrap();
+        assert_eq!(detail.summary.control_id, "40");
     }
     drop(writer);
     assert_eq!(record_messages(&inspector, "P1").await, expected);
@@ -600,6 +610,7 @@ fn the_hot_queries_use_their_indexes() {
         (CHANGED_SINCE, "INTEGER PRIMARY KEY"),
         (FEED, "INTEGER PRIMARY KEY (rowid>?)"),
         (MESSAGE_FROM, "INTEGER PRIMARY KEY (rowid>?)"),
+        (ID_RANGE, "SEARCH messages"),
         (MESSAGE_DETAIL, "INTEGER PRIMARY KEY (rowid=?)"),
         (
             messages_query(false, false).as_str(),
@@ -746,4 +757,54 @@ async fn a_refusal_rolled_back_with_its_transaction_is_not_counted_on() {
         .unwrap();
     assert_eq!(again, vec![Stored::Repeated { id }]);
     assert_eq!(count(&sql(dir.path()), "SELECT count(*) FROM messages"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trend_read_in_two_halves_is_the_trend_read_in_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let n = super::readers::PARALLEL_TREND_IDS + 1000;
+    let t0 = 1_800_000_000_000;
+    let mut batch = Vec::new();
+    for i in 0..n {
+        let at = t0 + i * 1000;
+        let mut message = oru(&i.to_string(), Some(patient("P1", "EVE", false)), &[], "");
+        message.received_at = jiff::Timestamp::from_millisecond(at).unwrap();
+        message.content.as_mut().unwrap().observations = (0..2)
+            .map(|index| ObservationData {
+                code: format!("C{index}"),
+                code_text: format!("TEXT {}", i / 5000),
+                numeric: Some(((i * 7 + index) % 13) as f64),
+                observed_ms: at,
+                ..crate::store::contract::observation(index as u32, "1")
+            })
+            .collect();
+        batch.push(message);
+        if batch.len() == 1000 {
+            store.commit(std::mem::take(&mut batch)).await.unwrap();
+        }
+    }
+    store.commit(batch).await.unwrap();
+    let query = TrendQuery {
+        code: None,
+        since_ms: t0,
+        until_ms: t0 + n * 1000,
+        bucket_ms: 60_000,
+    };
+    let parallel = store.trends("P1", query.clone()).await.unwrap().unwrap();
+    let tail = store.inner.tail.clone();
+    let single = store
+        .inner
+        .readers
+        .read(Cost::Slow, move |conn| {
+            read_trends(conn, None, tail.as_deref(), "P1", &query)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(parallel, single);
+    assert_eq!(parallel.len(), 2);
+    let n_values: u64 = parallel[0].buckets.iter().map(|b| b.count).sum();
+    assert_eq!(n_values, n as u64);
+    assert_eq!(parallel[0].code_text, format!("TEXT {}", (n - 1) / 5000));
 }
