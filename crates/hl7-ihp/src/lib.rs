@@ -14,7 +14,8 @@
 //! - [`ingest`]: frame → parse → extract → store → the one function that decides the ACK.
 //! - [`events`]: "committed" notifications the exporter and the live stream follow.
 //! - [`store`]: the object-safe `Store` trait, its types, `open`, and the SQLite backend.
-//! - [`documents`]: pure shapes: the patient document and the vitals table with MDC names.
+//! - [`documents`]: pure shapes: the patient document, the vitals table with MDC names, and
+//!   an observation classified for the API (which vital, missing or invalid, its alert).
 //! - [`export`]: the exporter task, safe file names and atomic writes.
 //! - [`live`]: the live view (patients, devices, per-minute counts, events) from the feed.
 //! - [`http`]: the HTTP router: `/healthz`, `/metrics`, the JSON API, its OpenAPI document,

@@ -1,6 +1,7 @@
 //! The bedside vitals hl7-ihp knows by name: IHE PCD-01 / ISO/IEEE 11073 MDC codes, their
 //! units, containment (OBX-4) and normal ranges. The simulator sends them, the demo's table
-//! shows them, and later the dashboard lays out its tiles by them.
+//! shows them; the API and the dashboard know them (and their LOINC codes) through
+//! `documents::reading`.
 
 /// One vital sign as monitors report it.
 #[derive(Clone, Copy, Debug, PartialEq)]
