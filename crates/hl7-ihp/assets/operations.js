@@ -200,6 +200,22 @@ export function mount(main, ctx) {
     }));
   }
 
+  // A refused message counts in the cards and the chart as soon as it is listed, not only
+  // at the next read of the stats (which a pending later read may put off by seconds).
+  function countRefused(message) {
+    if (!stats) return;
+    const kind = message.outcome === "error" ? "error" : "rejected";
+    const at = Math.floor(parseTime(message.received_at) / 60_000) * 60_000;
+    let minute = stats.minutes.find((m) => parseTime(m.start) === at);
+    if (!minute) {
+      minute = { start: new Date(at).toISOString(), accepted: 0, error: 0, rejected: 0, by_type: {} };
+      stats.minutes.push(minute);
+      stats.minutes.sort((a, b) => parseTime(a.start) - parseTime(b.start));
+    }
+    minute[kind] += 1;
+    drawStats();
+  }
+
   const timers = {};
   function soon(name, fn, ms) {
     if (timers[name]) return;
@@ -215,6 +231,7 @@ export function mount(main, ctx) {
       if (empty) rejected.replaceChildren();
       rejected.prepend(rejectedRow(data, navigate));
       while (rejected.children.length > 50) rejected.lastChild.remove();
+      countRefused(data);
       soon("stats", loadStats, 2000);
     } else if (event === "patient") {
       soon("stats", loadStats, 5000);
