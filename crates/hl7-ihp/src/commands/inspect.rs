@@ -78,7 +78,7 @@ pub fn show(args: &ShowArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     };
     let mut out = io::stdout().lock();
-    let document = crate::documents::patient::render_document(&records);
+    let document = crate::documents::patient::render_document(&records, args.fields);
     out.write_all(&terminal::json_text(&document))?;
     out.flush()?;
     Ok(ExitCode::SUCCESS)

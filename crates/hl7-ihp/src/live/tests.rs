@@ -98,6 +98,14 @@ impl StoreRead for FakeStore {
         ready(ChangeCursor::START)
     }
 
+    fn export_files<'a>(
+        &'a self,
+        _exporter: &'a str,
+        _keys: Option<Vec<String>>,
+    ) -> StoreFuture<'a, std::collections::HashMap<String, crate::store::FilePosition>> {
+        ready(Default::default())
+    }
+
     fn feed(&self, after: ChangeCursor, limit: usize) -> StoreFuture<'_, Feed> {
         let messages: Vec<FeedMessage> = self
             .messages
