@@ -80,7 +80,7 @@ impl NdjsonSink {
 
 impl Sink for NdjsonSink {
     fn take(&mut self, message: &FeedMessage) {
-        if message.outcome != Outcome::Accept || message.observations.is_empty() {
+        if message.outcome != Outcome::Accept {
             return;
         }
         let Some(data) = &message.patient else {
@@ -108,6 +108,8 @@ impl Sink for NdjsonSink {
             );
             stream.lines.push(b'\n');
         }
+        // Also without records (an ADT), so the recorded position names the patient's
+        // newest message.
         stream.messages.push((message.id, stream.lines.len()));
         self.pending_bytes += stream.lines.len() - before;
     }

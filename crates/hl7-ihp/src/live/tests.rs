@@ -49,6 +49,7 @@ impl StoreRead for FakeStore {
                 name: p.name.clone(),
                 n_observations: 0,
                 last_received_at: Some(m.received_at),
+                last_message: Some(m.id),
             });
         }
         ready(summaries)

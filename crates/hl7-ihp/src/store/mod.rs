@@ -278,6 +278,8 @@ pub struct PatientSummary {
     pub n_observations: u64,
     /// When the last message about them arrived; `None` when none is stored.
     pub last_received_at: Option<jiff::Timestamp>,
+    /// That message's id.
+    pub last_message: Option<i64>,
 }
 
 /// An observation row as read back, with its message's context.

@@ -181,6 +181,7 @@ pub(super) fn read_patients(
             name,
             n_observations: n_observations.max(0) as u64,
             last_received_at,
+            last_message: last,
         });
     }
     Ok(summaries)
