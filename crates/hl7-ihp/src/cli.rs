@@ -65,7 +65,7 @@ pub struct PatientsArgs {
 pub struct ShowArgs {
     /// The patient's id (PID-3.1, or `authority/id` with `--patient-identity authority-id`).
     pub patient: String,
-    /// Every record in the store, not only the newest 300 a JSON file holds by default.
+    /// Every record in the store, not only the newest 200 a JSON file holds by default.
     #[arg(long)]
     pub all: bool,
     /// The records' keys: `prototype` (the files' default) or `full` (as `--json-fields`).

@@ -61,9 +61,9 @@ declare_settings! {
     json_fields: Fields = json_fields, "prototype|full", default "prototype";
     /// Newest records per patient JSON file, 0 for all (README, "Patient files", for
     /// the cost of more).
-    json_max_records: usize = number, "N", default "300";
+    json_max_records: usize = number, "N", default "200";
     /// Least time between two rewrites of one patient's JSON file, e.g. `2s`, `0s`.
-    json_min_interval: Duration = duration, "DURATION", default "2s";
+    json_min_interval: Duration = duration, "DURATION", default "3s";
     /// Largest MLLP payload in bytes.
     max_frame_bytes: usize = positive, "N", default "1048576";
     /// Open connections in total.
@@ -532,10 +532,10 @@ mod tests {
         assert_eq!(config.mllp.ack_application, "HL7IHP");
         assert_eq!(config.mllp.ack_facility, "");
         assert_eq!(config.mllp.patient_identity, PatientIdentity::Id);
-        assert_eq!(config.export.json_max_records, 300);
+        assert_eq!(config.export.json_max_records, 200);
         assert_eq!(config.export.files, PatientFiles::Json);
         assert_eq!(config.export.fields, Fields::Prototype);
-        assert_eq!(config.export.json_min_interval, Duration::from_secs(2));
+        assert_eq!(config.export.json_min_interval, Duration::from_secs(3));
         assert_eq!(config.export.patients_dir, PathBuf::from("./data/patients"));
         let limits = config.mllp.limits;
         assert_eq!(limits.max_frame_bytes, 1024 * 1024);

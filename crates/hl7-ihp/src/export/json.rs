@@ -16,6 +16,10 @@ use crate::store::{
     ChangeCursor, FeedMessage, FilePosition, Outcome, PatientData, Store, StoreError,
 };
 
+/// JSON flushes happen on this grid, each writing every file due by then: fewer, larger
+/// batches (one `syncfs`, one folder sync, one store write each) for up to this much delay.
+const FLUSH_GRID: Duration = Duration::from_millis(500);
+
 /// Unwritten lines one patient may hold; past it (or past the cap) the file is rebuilt
 /// from the store instead, which costs the same and holds nothing in memory.
 const MAX_PENDING_PER_PATIENT: usize = 256 << 10;
@@ -29,6 +33,8 @@ pub(super) struct JsonSink {
     name_case: NameCase,
     patients: HashMap<String, Patient>,
     pending_bytes: usize,
+    /// Where [`FLUSH_GRID`] starts.
+    epoch: Instant,
 }
 
 /// The version of a file the exporter last wrote.
@@ -69,7 +75,16 @@ impl JsonSink {
             name_case: context.options.name_case,
             patients: HashMap::new(),
             pending_bytes: 0,
+            epoch: Instant::now(),
         }
+    }
+
+    /// `at`, or the next point of [`FLUSH_GRID`] after it.
+    fn on_grid(&self, at: Instant) -> Instant {
+        let since = at.saturating_duration_since(self.epoch).as_nanos();
+        let grid = FLUSH_GRID.as_nanos();
+        let steps = since.div_ceil(grid);
+        self.epoch + Duration::from_nanos(u64::try_from(steps * grid).unwrap_or(u64::MAX))
     }
 
     fn due(&self, patient: &Patient, now: Instant, all: bool) -> bool {
@@ -158,6 +173,9 @@ impl Sink for JsonSink {
         all: bool,
         _read: ChangeCursor,
     ) -> Result<Flushed, StoreError> {
+        if !all && self.next_due().is_none_or(|at| now < at) {
+            return Ok(Flushed::default());
+        }
         let mut due: Vec<String> = self
             .patients
             .iter()
@@ -338,11 +356,9 @@ impl Sink for JsonSink {
         self.patients
             .values()
             .filter(|p| p.first_pending.is_some())
-            .map(|p| {
-                p.last_write
-                    .map_or_else(Instant::now, |at| at + self.min_interval)
-            })
+            .map(|p| p.last_write.map_or(self.epoch, |at| at + self.min_interval))
             .min()
+            .map(|due| self.on_grid(due))
     }
 
     fn pending_bytes(&self) -> usize {

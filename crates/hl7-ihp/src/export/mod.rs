@@ -18,7 +18,7 @@
 //!   cap, a copy. Only the first write of a patient after a start, after a failure, or when
 //!   more records arrived than the file holds reads the patient's records from the store.
 //! - Bounded cost: a patient's JSON file is rewritten at most once every
-//!   [`ExportOptions::min_interval`] (default 2 s), however many messages arrive for them,
+//!   [`ExportOptions::min_interval`] (default 3 s), however many messages arrive for them,
 //!   and holds the newest [`ExportOptions::max_records`] records (default
 //!   [`DEFAULT_MAX_RECORDS`]), so the bytes written per message stay a small multiple of
 //!   the bytes received (README, "Patient files"). The NDJSON stream only appends: its
@@ -62,9 +62,9 @@ pub use files::{Folder, Identity, prepare_dir};
 pub use names::{FILE_PREFIX, FILE_SUFFIX, NDJSON_SUFFIX, NameCase, file_name, ndjson_file_name};
 
 /// Default for [`ExportOptions::max_records`] (README, "Patient files", for the numbers).
-pub const DEFAULT_MAX_RECORDS: usize = 300;
+pub const DEFAULT_MAX_RECORDS: usize = 200;
 /// Default for [`ExportOptions::min_interval`].
-pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(2);
+pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(3);
 /// Default for [`ExportOptions::rest_factor`]: busy at most a quarter of the time.
 pub const DEFAULT_REST_FACTOR: u32 = 3;
 /// How often the NDJSON streams' pending lines are appended and synced.
