@@ -93,7 +93,7 @@ PY
 # exporter's watermark), 10 minutes at most.
 wait_export() {
   for _ in $(seq 1 6000); do
-    [ "$(metric "$1" hl7ihp_export_watermark)" -ge "$2" ] && return 0
+    [ "$(metric "$1" 'hl7ihp_export_watermark{output="json"}')" -ge "$2" ] && return 0
     sleep 0.1
   done
   echo "the JSON files did not catch up" >&2

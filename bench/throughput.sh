@@ -27,7 +27,7 @@ for c in $CONNECTIONS; do
   # Export lag: from the end of the load until every message is in the JSON files.
   last=$(metric "$http" hl7ihp_store_messages_total)
   lag_start=$(date +%s.%N)
-  lag_behind=$(( last - $(metric "$http" hl7ihp_export_watermark) ))
+  lag_behind=$(( last - $(metric "$http" 'hl7ihp_export_watermark{output="json"}') ))
   wait_export "$http" "$last"
   lag=$(python3 -c "import time; print(round(time.time() - $lag_start, 2))")
   stop_receiver

@@ -65,9 +65,12 @@ pub struct PatientsArgs {
 pub struct ShowArgs {
     /// The patient's id (PID-3.1, or `authority/id` with `--patient-identity authority-id`).
     pub patient: String,
-    /// Every record in the store, not only the newest 10,000 the file holds.
+    /// Every record in the store, not only the newest 300 a JSON file holds by default.
     #[arg(long)]
     pub all: bool,
+    /// The records' keys: `prototype` (the files' default) or `full` (as `--json-fields`).
+    #[arg(long = "json-fields", value_name = "prototype|full", default_value = "prototype", value_parser = parse_fields)]
+    pub fields: crate::export::Fields,
     /// The receiver's data directory.
     #[command(flatten)]
     pub store: DataDir,
@@ -149,4 +152,12 @@ pub struct DataDir {
     /// in the data directory].
     #[arg(long = "store", env = "HL7IHP_STORE", value_name = "LOCATION")]
     pub store: Option<String>,
+}
+
+fn parse_fields(text: &str) -> Result<crate::export::Fields, String> {
+    match text {
+        "prototype" => Ok(crate::export::Fields::Prototype),
+        "full" => Ok(crate::export::Fields::Full),
+        _ => Err("expected prototype or full".into()),
+    }
 }

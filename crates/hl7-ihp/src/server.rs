@@ -83,7 +83,7 @@ pub async fn run(
     let metrics = Arc::new(Metrics::default());
     let budget = PartialBudget::new(config.mllp.limits.max_partial_bytes);
     let events = Events::new();
-    let export_counters = Arc::new(ExportCounters::default());
+    let export_counters = Arc::new(ExportCounters::new(config.export.files));
     let (stop_tx, stop_rx) = watch::channel(false);
     // Checked and prepared by `datadir::prepare`; the exporter opens it again itself.
     let patients_dir = data_dir.patients_dir().to_path_buf();
@@ -93,13 +93,16 @@ pub async fn run(
         Arc::clone(&store),
         patients_dir,
         ExportOptions {
+            files: config.export.files,
+            fields: config.export.fields,
             max_records: config.export.json_max_records,
+            min_interval: config.export.json_min_interval,
             name_case: data_dir.name_case(),
             ..ExportOptions::default()
         },
-        events.subscribe(),
+        events.clone(),
         Arc::clone(&export_counters),
-        exporter_stop.into_requested(),
+        exporter_stop,
     ));
 
     // The live view behind the API's patients, devices, stats and events; only when HTTP
@@ -121,11 +124,7 @@ pub async fn run(
         .map(|(listener, (live, _))| {
             let state = HttpState {
                 metrics: Arc::clone(&metrics),
-                extra: extra_metrics(
-                    Arc::clone(&store),
-                    Arc::clone(&export_counters),
-                    Arc::clone(&budget),
-                ),
+                extra: extra_metrics(Arc::clone(&store), Arc::clone(&budget)),
                 store: Arc::clone(&store),
                 access: http::access::Access::new(config.http.token.as_ref()),
                 live: Arc::clone(live),
@@ -195,15 +194,11 @@ pub async fn run(
     Ok(())
 }
 
-/// The store's, the exporter's and the partial-frame budget's numbers for `/metrics`.
-fn extra_metrics(
-    store: Arc<dyn Store>,
-    export: Arc<ExportCounters>,
-    budget: Arc<PartialBudget>,
-) -> ExtraMetrics {
+/// The store's and the partial-frame budget's numbers for `/metrics` (the exporter's are
+/// rendered by the handler, which reads their lag from the store).
+fn extra_metrics(store: Arc<dyn Store>, budget: Arc<PartialBudget>) -> ExtraMetrics {
     Arc::new(move || {
         let stats = store.stats();
-        let export = export.stats();
         let counter = |name, help, value: u64| Extra {
             name,
             help,
@@ -236,32 +231,11 @@ fn extra_metrics(
                 "Messages reusing a stored control id with other content.",
                 stats.n_reused_control_ids,
             ),
-            counter(
-                "hl7ihp_export_rounds_total",
-                "JSON exporter rounds.",
-                export.n_rounds,
-            ),
-            counter(
-                "hl7ihp_export_files_written_total",
-                "Patient JSON files written.",
-                export.n_files_written,
-            ),
-            counter(
-                "hl7ihp_export_write_failures_total",
-                "Patient JSON files that could not be written.",
-                export.n_write_failures,
-            ),
             Extra {
                 name: "hl7ihp_partial_frame_bytes",
                 help: "Bytes held now in unfinished frames, against --max-partial-bytes.",
                 counter: false,
                 value: i64::try_from(budget.held()).unwrap_or(i64::MAX),
-            },
-            Extra {
-                name: "hl7ihp_export_watermark",
-                help: "Every change up to this message id is in the JSON files.",
-                counter: false,
-                value: export.watermark,
             },
         ]
     })

@@ -35,33 +35,97 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// `hl7-ihp patients`: one line per patient. Ids and names are the devices' text: escaped,
-/// and cut to a column's width.
+/// and cut to a column's width. For each kind of patient file the store has positions
+/// for, a column says how far that patient's file is behind the store.
 pub fn patients(args: &PatientsArgs) -> anyhow::Result<ExitCode> {
     let store = open(&args.store)?;
-    let patients = runtime()?.block_on(store.patients())?;
+    let runtime = runtime()?;
+    let patients = runtime.block_on(store.patients())?;
+    let mut outputs = Vec::new();
+    for output in [export::Output::Json, export::Output::Ndjson] {
+        let files = runtime.block_on(store.export_files(output.name(), None))?;
+        if !files.is_empty() {
+            outputs.push((output, files));
+        }
+    }
+    let now_ms = jiff::Timestamp::now().as_millisecond();
     let mut out = io::BufWriter::new(io::stdout().lock());
     let width = terminal::column_width(
         patients.iter().map(|p| p.key.as_str()),
         "PATIENT".len().max(10),
         terminal::ID_WIDTH,
     );
-    writeln!(
+    write!(
         out,
-        "{:<width$}  {:>12}  {:<24}  NAME",
+        "{:<width$}  {:>12}  {:<24}",
         "PATIENT", "OBSERVATIONS", "LAST RECEIVED"
     )?;
-    for patient in &patients {
-        writeln!(
+    for (output, _) in &outputs {
+        write!(
             out,
-            "{:<width$}  {:>12}  {:<24}  {}",
+            "  {:<18}",
+            format!("{} FILE", output.name().to_uppercase())
+        )?;
+    }
+    writeln!(out, "  NAME")?;
+    for patient in &patients {
+        write!(
+            out,
+            "{:<width$}  {:>12}  {:<24}",
             terminal::cell(&patient.key, width),
             patient.n_observations,
             patient.last_received_at.map(utc_text).unwrap_or_default(),
+        )?;
+        for (_, files) in &outputs {
+            let lag = file_lag(&runtime, &*store, patient, files.get(&patient.key), now_ms)?;
+            write!(out, "  {lag:<18}")?;
+        }
+        writeln!(
+            out,
+            "  {}",
             terminal::cell(&patient.name, terminal::NAME_WIDTH)
         )?;
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Messages looked at to say how far a file is behind; beyond, it says "over".
+const LAG_LOOKBACK: usize = 100;
+
+/// How far a patient's file is behind: `current`, `3 behind, 4.2 s` (messages stored after
+/// the newest the file holds, and how long ago the oldest of them arrived), or `none`.
+fn file_lag(
+    runtime: &tokio::runtime::Runtime,
+    store: &dyn StoreRead,
+    patient: &store::PatientSummary,
+    position: Option<&store::FilePosition>,
+    now_ms: i64,
+) -> anyhow::Result<String> {
+    let Some(position) = position else {
+        return Ok("none".into());
+    };
+    if patient
+        .last_message
+        .is_none_or(|last| last <= position.through)
+    {
+        return Ok("current".into());
+    }
+    let newest = runtime
+        .block_on(store.patient_feed(&patient.key, LAG_LOOKBACK))?
+        .map(|(_, messages)| messages)
+        .unwrap_or_default();
+    let behind: Vec<_> = newest.iter().filter(|m| m.id > position.through).collect();
+    let Some(oldest) = behind.last() else {
+        return Ok("current".into());
+    };
+    let seconds = (now_ms - oldest.received_at.as_millisecond()).max(0) as f64 / 1000.0;
+    let count = if behind.len() >= LAG_LOOKBACK {
+        format!("over {LAG_LOOKBACK}")
+    } else {
+        behind.len().to_string()
+    };
+    Ok(format!("{count} behind, {seconds:.1} s"))
 }
 
 /// `hl7-ihp show <patient>`: the patient's document, the shape of their JSON file.
@@ -78,7 +142,7 @@ pub fn show(args: &ShowArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     };
     let mut out = io::stdout().lock();
-    let document = crate::documents::patient::render_document(&records);
+    let document = crate::documents::patient::render_document(&records, args.fields);
     out.write_all(&terminal::json_text(&document))?;
     out.flush()?;
     Ok(ExitCode::SUCCESS)

@@ -11,8 +11,10 @@ use hl7::ack::AckMode;
 use super::ConfigError;
 use super::settings::{ConfigFile, Reads, declare_settings};
 use super::values::{
-    address, address_or_off, choice, number, path, positive, positive_duration, switch, text,
+    address, address_or_off, choice, duration, number, path, positive, positive_duration, switch,
+    text,
 };
+use crate::export::{Fields, PatientFiles};
 use crate::store::{StoreLocation, StoreOptions};
 
 /// The flags of `hl7-ihp receive`: `--config` and every setting of the table below.
@@ -50,8 +52,18 @@ declare_settings! {
     dedupe: bool = switch, "on|off", default "on";
     /// `auto` follows MSH-15/16; `original` answers AA/AE/AR to everything.
     ack_mode: AckMode = ack_mode, "auto|original", default "auto";
-    /// Newest records per patient JSON file, 0 for all.
-    json_max_records: usize = number, "N", default "10000";
+    /// Which patient files to keep: `json` (patient_<id>.json, the prototype's document),
+    /// `ndjson` (patient_<id>.ndjson, one record a line, appended), `both`, or `off`.
+    patient_files: PatientFiles = patient_files, "json|ndjson|both|off", default "json";
+    /// Keys of the patient files' records: `prototype` (the prototype's six) or `full`
+    /// (also code text, coding system, value type, sub-id, number, status, device,
+    /// equipment, received time, control id).
+    json_fields: Fields = json_fields, "prototype|full", default "prototype";
+    /// Newest records per patient JSON file, 0 for all (README, "Patient files", for
+    /// the cost of more).
+    json_max_records: usize = number, "N", default "300";
+    /// Least time between two rewrites of one patient's JSON file, e.g. `2s`, `0s`.
+    json_min_interval: Duration = duration, "DURATION", default "2s";
     /// Largest MLLP payload in bytes.
     max_frame_bytes: usize = positive, "N", default "1048576";
     /// Open connections in total.
@@ -124,6 +136,25 @@ fn patient_identity(text: &str) -> Result<PatientIdentity, String> {
             ("id", PatientIdentity::Id),
             ("authority-id", PatientIdentity::AuthorityAndId),
         ],
+    )
+}
+
+fn patient_files(text: &str) -> Result<PatientFiles, String> {
+    choice(
+        text,
+        &[
+            ("json", PatientFiles::Json),
+            ("ndjson", PatientFiles::Ndjson),
+            ("both", PatientFiles::Both),
+            ("off", PatientFiles::Off),
+        ],
+    )
+}
+
+fn json_fields(text: &str) -> Result<Fields, String> {
+    choice(
+        text,
+        &[("prototype", Fields::Prototype), ("full", Fields::Full)],
     )
 }
 
@@ -316,8 +347,14 @@ pub struct StoreConfig {
 pub struct ExportConfig {
     /// The patient files' folder, `patients/` in the data directory.
     pub patients_dir: PathBuf,
+    /// Which files.
+    pub files: PatientFiles,
+    /// Which keys.
+    pub fields: Fields,
     /// Newest records per JSON file, 0 for all.
     pub json_max_records: usize,
+    /// Least time between two rewrites of one JSON file.
+    pub json_min_interval: Duration,
 }
 
 /// The validated settings of `hl7-ihp receive`, grouped by the part that uses them.
@@ -423,7 +460,10 @@ impl ReceiveConfig {
             },
             export: ExportConfig {
                 patients_dir: s.data_dir.join("patients"),
+                files: s.patient_files,
+                fields: s.json_fields,
                 json_max_records: s.json_max_records,
+                json_min_interval: s.json_min_interval,
             },
             live: LiveConfig {
                 stale_after: s.stale_after,
@@ -492,7 +532,10 @@ mod tests {
         assert_eq!(config.mllp.ack_application, "HL7IHP");
         assert_eq!(config.mllp.ack_facility, "");
         assert_eq!(config.mllp.patient_identity, PatientIdentity::Id);
-        assert_eq!(config.export.json_max_records, 10_000);
+        assert_eq!(config.export.json_max_records, 300);
+        assert_eq!(config.export.files, PatientFiles::Json);
+        assert_eq!(config.export.fields, Fields::Prototype);
+        assert_eq!(config.export.json_min_interval, Duration::from_secs(2));
         assert_eq!(config.export.patients_dir, PathBuf::from("./data/patients"));
         let limits = config.mllp.limits;
         assert_eq!(limits.max_frame_bytes, 1024 * 1024);

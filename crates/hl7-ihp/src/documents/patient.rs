@@ -1,10 +1,11 @@
-//! The patient document: the prototype's JSON shape (`PatientInfo`, `Records` newest first)
-//! with more keys, borrowed from the store's rows. The JSON files and `hl7-ihp show` both
-//! render it, so the file and the command agree.
+//! The patient document: the prototype's JSON shape (`PatientInfo`, `Records` newest first),
+//! with the prototype's keys or more ([`Fields`]), borrowed from the store's rows, one record
+//! a line ([`assemble`]). The JSON files, the NDJSON streams (one record a line) and
+//! `hl7-ihp show` all render it, so the files and the command agree.
 
 use serde::Serialize;
 
-use crate::store::{ObservationRow, PatientRecords};
+use crate::store::{ObservationData, ObservationRow, PatientData, PatientRecords};
 
 /// Writes a received time as `utc_text` does, straight into the output.
 fn utc<S: serde::Serializer>(time: &jiff::Timestamp, serializer: S) -> Result<S::Ok, S::Error> {
@@ -109,25 +110,101 @@ pub struct Record<'a> {
     pub message_control_id: &'a str,
 }
 
-/// The document for a patient and their records, in the order the store gave them.
-pub fn document(records: &PatientRecords) -> Document<'_> {
-    let patient = &records.patient;
-    Document {
-        patient_info: PatientInfo {
-            patient_id: &patient.id,
-            patient_name: &patient.name,
-            date_of_birth: &patient.birth_date,
-            sex: hl7::extract::sex_name(&patient.sex).unwrap_or(&patient.sex),
-            assigning_authority: &patient.assigning_authority,
-            identifiers: &patient.identifiers,
-            patient_key: (patient.key != patient.id).then_some(patient.key.as_str()),
-        },
-        records: records.records.iter().map(record).collect(),
+/// Which keys the patient files (and `hl7-ihp show`) write (`--json-fields`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Fields {
+    /// The prototype's keys only: `PatientID`, `PatientName`, `DateOfBirth`, `Sex` (and
+    /// `PatientKey` when the identity is not `PatientID`); `Timestamp`, `ObservationID`,
+    /// `ObservationValue`, `Units`, `ReferenceRange`, `AbnormalFlags`. A record is about a
+    /// third of the size of a full one.
+    #[default]
+    Prototype,
+    /// Every key of [`PatientInfo`] and [`Record`].
+    Full,
+}
+
+impl Fields {
+    /// The setting's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fields::Prototype => "prototype",
+            Fields::Full => "full",
+        }
     }
 }
 
-fn record(row: &ObservationRow) -> Record<'_> {
-    let observation = &row.observation;
+/// The `PatientInfo` object with the prototype's keys.
+#[derive(Serialize)]
+struct PrototypeInfo<'a> {
+    #[serde(rename = "PatientID")]
+    patient_id: &'a str,
+    #[serde(rename = "PatientName")]
+    patient_name: &'a str,
+    #[serde(rename = "DateOfBirth")]
+    date_of_birth: &'a str,
+    #[serde(rename = "Sex")]
+    sex: &'a str,
+    #[serde(rename = "PatientKey", skip_serializing_if = "Option::is_none")]
+    patient_key: Option<&'a str>,
+}
+
+/// A record with the prototype's keys.
+#[derive(Serialize)]
+struct PrototypeRecord<'a> {
+    #[serde(rename = "Timestamp")]
+    timestamp: &'a str,
+    #[serde(rename = "ObservationID")]
+    observation_id: &'a str,
+    #[serde(rename = "ObservationValue")]
+    observation_value: &'a str,
+    #[serde(rename = "Units")]
+    units: &'a str,
+    #[serde(rename = "ReferenceRange")]
+    reference_range: &'a str,
+    #[serde(rename = "AbnormalFlags")]
+    abnormal_flags: &'a str,
+}
+
+/// One record's inputs: an observation and its message's context.
+#[derive(Clone, Copy, Debug)]
+pub struct RecordSource<'a> {
+    /// The OBX.
+    pub observation: &'a ObservationData,
+    /// MSH-10.
+    pub control_id: &'a str,
+    /// When the message arrived.
+    pub received_at: jiff::Timestamp,
+    /// MSH-3.
+    pub device: &'a str,
+}
+
+impl<'a> From<&'a ObservationRow> for RecordSource<'a> {
+    fn from(row: &'a ObservationRow) -> Self {
+        RecordSource {
+            observation: &row.observation,
+            control_id: &row.control_id,
+            received_at: row.received_at,
+            device: &row.device,
+        }
+    }
+}
+
+/// The `PatientInfo` object of a patient, all keys.
+pub fn patient_info(patient: &PatientData) -> PatientInfo<'_> {
+    PatientInfo {
+        patient_id: &patient.id,
+        patient_name: &patient.name,
+        date_of_birth: &patient.birth_date,
+        sex: hl7::extract::sex_name(&patient.sex).unwrap_or(&patient.sex),
+        assigning_authority: &patient.assigning_authority,
+        identifiers: &patient.identifiers,
+        patient_key: (patient.key != patient.id).then_some(patient.key.as_str()),
+    }
+}
+
+/// The record of an observation, all keys.
+pub fn record(source: RecordSource<'_>) -> Record<'_> {
+    let observation = source.observation;
     Record {
         timestamp: &observation.observed_at,
         observation_id: &observation.code,
@@ -142,20 +219,126 @@ fn record(row: &ObservationRow) -> Record<'_> {
         numeric_value: observation.numeric,
         units_text: &observation.units_text,
         result_status: &observation.status,
-        device: &row.device,
+        device: source.device,
         equipment_id: &observation.equipment,
-        received_at: row.received_at,
-        message_control_id: &row.control_id,
+        received_at: source.received_at,
+        message_control_id: source.control_id,
     }
 }
 
-/// The patient document as the file holds it: indented JSON ending with a newline.
-pub fn render_document(records: &PatientRecords) -> Vec<u8> {
-    let mut bytes = serde_json::to_vec_pretty(&document(records))
-        // Only strings, numbers and lists of them: serialising to memory cannot fail.
-        .expect("a patient document always serialises");
-    bytes.push(b'\n');
-    bytes
+/// The document for a patient and their records, in the order the store gave them.
+pub fn document(records: &PatientRecords) -> Document<'_> {
+    Document {
+        patient_info: patient_info(&records.patient),
+        records: records
+            .records
+            .iter()
+            .map(|r| record(RecordSource::from(r)))
+            .collect(),
+    }
+}
+
+// Only strings, numbers and lists of them: serialising to memory cannot fail.
+const SERIALISES: &str = "a patient document always serialises";
+
+/// Appends one record as a single line of JSON (no newline: strings escape theirs), the
+/// form both the JSON document and the NDJSON stream hold.
+pub fn write_record(out: &mut Vec<u8>, source: RecordSource<'_>, fields: Fields) {
+    match fields {
+        Fields::Full => serde_json::to_writer(&mut *out, &record(source)),
+        Fields::Prototype => {
+            let o = source.observation;
+            serde_json::to_writer(
+                &mut *out,
+                &PrototypeRecord {
+                    timestamp: &o.observed_at,
+                    observation_id: &o.code,
+                    observation_value: &o.value,
+                    units: &o.units,
+                    reference_range: &o.reference_range,
+                    abnormal_flags: &o.abnormal_flags,
+                },
+            )
+        }
+    }
+    .expect(SERIALISES);
+}
+
+/// The document's first line: `{"PatientInfo":{…},"Records":[` (without its newline).
+pub fn write_header(out: &mut Vec<u8>, patient: &PatientData, fields: Fields) {
+    out.extend_from_slice(br#"{"PatientInfo":"#);
+    match fields {
+        Fields::Full => serde_json::to_writer(&mut *out, &patient_info(patient)),
+        Fields::Prototype => {
+            let info = patient_info(patient);
+            serde_json::to_writer(
+                &mut *out,
+                &PrototypeInfo {
+                    patient_id: info.patient_id,
+                    patient_name: info.patient_name,
+                    date_of_birth: info.date_of_birth,
+                    sex: info.sex,
+                    patient_key: info.patient_key,
+                },
+            )
+        }
+    }
+    .expect(SERIALISES);
+    out.extend_from_slice(br#","Records":["#);
+}
+
+/// What ends a document: the line after the last record.
+pub const DOCUMENT_END: &[u8] = b"]}\n";
+
+/// Appends a document from its header line and its record lines (newest first), in the
+/// layout the files have: the header line, one record a line with `,` after all but the
+/// last, then `]}`:
+///
+/// ```text
+/// {"PatientInfo":{…},"Records":[
+/// {"Timestamp":…},
+/// {"Timestamp":…}
+/// ]}
+/// ```
+pub fn assemble<'a>(out: &mut Vec<u8>, header: &[u8], lines: impl IntoIterator<Item = &'a [u8]>) {
+    out.extend_from_slice(header);
+    out.push(b'\n');
+    let mut any = false;
+    for line in lines {
+        if any {
+            out.extend_from_slice(b",\n");
+        }
+        out.extend_from_slice(line);
+        any = true;
+    }
+    if any {
+        out.push(b'\n');
+    }
+    out.extend_from_slice(DOCUMENT_END);
+}
+
+/// The patient document as the files hold it (the layout of [`assemble`]).
+pub fn render_document(records: &PatientRecords, fields: Fields) -> Vec<u8> {
+    let mut header = Vec::new();
+    write_header(&mut header, &records.patient, fields);
+    let mut lines = Vec::with_capacity(records.records.len() * 160);
+    let mut ends = Vec::with_capacity(records.records.len());
+    for row in &records.records {
+        write_record(&mut lines, RecordSource::from(row), fields);
+        ends.push(lines.len());
+    }
+    let mut out = Vec::with_capacity(header.len() + lines.len() + 2 * ends.len() + 8);
+    let mut start = 0;
+    assemble(
+        &mut out,
+        &header,
+        ends.iter().map(|&end| {
+            let line = &lines[start..end];
+            start = end;
+            line
+        }),
+    );
+    out
 }
 
 #[cfg(test)]
@@ -213,55 +396,57 @@ pub(crate) mod tests {
             patient: prototype_patient(),
             records: vec![row(3, glucose(0, "184")), row(1, glucose(0, "182"))],
         };
-        let json = String::from_utf8(render_document(&records)).unwrap();
-        let expected = r#"{
-  "PatientInfo": {
-    "PatientID": "555-44-4444",
-    "PatientName": "EVE EVERYWOMAN",
-    "DateOfBirth": "196203520",
-    "Sex": "Female",
-    "AssigningAuthority": "",
-    "Identifiers": "555-44-4444"
-  },
-  "Records": [
-    {
-      "Timestamp": "2002-02-15T07:30:00",
-      "ObservationID": "1554-5",
-      "ObservationValue": "184",
-      "Units": "mg/dl",
-      "ReferenceRange": "70_105",
-      "AbnormalFlags": "H",
-      "ObservationText": "GLUCOSE",
-      "CodingSystem": "POST 12H CFST:MCNC:PT:SER/PLAS:QN",
-      "ValueType": "SN",
-      "SubID": "",
-      "NumericValue": 184.0,
-      "ResultStatus": "F",
-      "Device": "GHH LAB",
-      "ReceivedAt": "2025-08-04T12:01:03.000Z",
-      "MessageControlID": "CNTRL-3456"
-    },
-    {
-      "Timestamp": "2002-02-15T07:30:00",
-      "ObservationID": "1554-5",
-      "ObservationValue": "182",
-      "Units": "mg/dl",
-      "ReferenceRange": "70_105",
-      "AbnormalFlags": "H",
-      "ObservationText": "GLUCOSE",
-      "CodingSystem": "POST 12H CFST:MCNC:PT:SER/PLAS:QN",
-      "ValueType": "SN",
-      "SubID": "",
-      "NumericValue": 182.0,
-      "ResultStatus": "F",
-      "Device": "GHH LAB",
-      "ReceivedAt": "2025-08-04T12:01:01.000Z",
-      "MessageControlID": "CNTRL-3456"
-    }
-  ]
-}
-"#;
+        let json: serde_json::Value =
+            serde_json::from_slice(&render_document(&records, Fields::Full)).unwrap();
+        let record = |value: &str, second: u32| {
+            serde_json::json!({
+                "Timestamp": "2002-02-15T07:30:00",
+                "ObservationID": "1554-5",
+                "ObservationValue": value,
+                "Units": "mg/dl",
+                "ReferenceRange": "70_105",
+                "AbnormalFlags": "H",
+                "ObservationText": "GLUCOSE",
+                "CodingSystem": "POST 12H CFST:MCNC:PT:SER/PLAS:QN",
+                "ValueType": "SN",
+                "SubID": "",
+                "NumericValue": value.parse::<f64>().unwrap(),
+                "ResultStatus": "F",
+                "Device": "GHH LAB",
+                "ReceivedAt": format!("2025-08-04T12:01:0{second}.000Z"),
+                "MessageControlID": "CNTRL-3456"
+            })
+        };
+        let expected = serde_json::json!({
+            "PatientInfo": {
+                "PatientID": "555-44-4444",
+                "PatientName": "EVE EVERYWOMAN",
+                "DateOfBirth": "196203520",
+                "Sex": "Female",
+                "AssigningAuthority": "",
+                "Identifiers": "555-44-4444"
+            },
+            "Records": [record("184", 3), record("182", 1)]
+        });
         assert_eq!(json, expected);
+        // The prototype's keys only, in its order.
+        let text = String::from_utf8(render_document(&records, Fields::Prototype)).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let keys: Vec<&String> = value["Records"][0].as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys,
+            [
+                "AbnormalFlags",
+                "ObservationID",
+                "ObservationValue",
+                "ReferenceRange",
+                "Timestamp",
+                "Units"
+            ]
+        );
+        assert!(text.find("\"Timestamp\"").unwrap() < text.find("\"AbnormalFlags\"").unwrap());
+        let info: Vec<&String> = value["PatientInfo"].as_object().unwrap().keys().collect();
+        assert_eq!(info, ["DateOfBirth", "PatientID", "PatientName", "Sex"]);
     }
 
     #[test]
@@ -287,10 +472,11 @@ pub(crate) mod tests {
         ] {
             records.patient.sex = code.into();
             let value: serde_json::Value =
-                serde_json::from_slice(&render_document(&records)).unwrap();
+                serde_json::from_slice(&render_document(&records, Fields::Full)).unwrap();
             assert_eq!(value["PatientInfo"]["Sex"], name);
         }
-        let value: serde_json::Value = serde_json::from_slice(&render_document(&records)).unwrap();
+        let value: serde_json::Value =
+            serde_json::from_slice(&render_document(&records, Fields::Full)).unwrap();
         assert_eq!(value["PatientInfo"]["PatientKey"], "AUTH/555-44-4444");
         let record = &value["Records"][0];
         assert_eq!(record["ObservationValue"], "<10");

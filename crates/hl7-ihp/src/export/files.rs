@@ -22,6 +22,31 @@ use super::names::NameCase;
 /// Temporary files start with this; no patient file does.
 pub const TEMP_PREFIX: &str = ".tmp-";
 
+/// What tells one version of a file from another: the inode, the size and the modification
+/// time. The JSON files are rebuilt from their last version only when it is still the one
+/// the exporter wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+}
+
+impl Identity {
+    fn of(stat: &rustix::fs::Stat) -> Identity {
+        Identity {
+            ino: stat.st_ino,
+            size: u64::try_from(stat.st_size).unwrap_or(0),
+            mtime: (stat.st_mtime, stat.st_mtime_nsec as i64),
+        }
+    }
+
+    /// The file's size in bytes.
+    pub fn size(self) -> u64 {
+        self.size
+    }
+}
+
 /// The patients folder, open: the handle every file operation goes through.
 #[derive(Debug)]
 pub struct Folder {
@@ -49,7 +74,8 @@ impl Folder {
     /// Replaces `name` with `bytes` so that a reader sees the old file or the new one, never
     /// a part: a temporary file in the same folder, synced, renamed over it. The folder
     /// itself is synced later, once per round ([`Folder::sync`]).
-    pub fn write_atomically(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+    /// Returns the new file's [`Identity`].
+    pub fn write_atomically(&self, name: &str, bytes: &[u8]) -> io::Result<Identity> {
         static N_TEMP_FILES: AtomicU64 = AtomicU64::new(0);
         let n = N_TEMP_FILES.fetch_add(1, Ordering::Relaxed);
         let temp = format!("{TEMP_PREFIX}{}-{n}", std::process::id());
@@ -65,13 +91,101 @@ impl Folder {
             file.set_permissions(fs::Permissions::from_mode(0o600))?;
             file.write_all(bytes)?;
             file.sync_all()?;
+            let identity = Identity::of(&rustix::fs::fstat(&file)?);
             rustix::fs::renameat(&self.fd, temp.as_str(), &self.fd, name)?;
-            Ok(())
+            Ok(identity)
         })();
         if result.is_err() {
             let _ = rustix::fs::unlinkat(&self.fd, temp.as_str(), AtFlags::empty());
         }
         result
+    }
+
+    /// The first half of a batched atomic replacement: `bytes` in a new temporary file of
+    /// the folder (0600), not yet synced; returns its name and identity. Then
+    /// [`Folder::sync_files`] once for the batch, [`Folder::rename`] each, [`Folder::sync`].
+    pub fn write_temp(&self, bytes: &[u8]) -> io::Result<(String, Identity)> {
+        static N_TEMP_FILES: AtomicU64 = AtomicU64::new(0);
+        let n = N_TEMP_FILES.fetch_add(1, Ordering::Relaxed);
+        let temp = format!("{TEMP_PREFIX}b{}-{n}", std::process::id());
+        let result = (|| {
+            let fd = rustix::fs::openat(
+                &self.fd,
+                temp.as_str(),
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )?;
+            let mut file = fs::File::from(fd);
+            file.set_permissions(fs::Permissions::from_mode(0o600))?;
+            file.write_all(bytes)?;
+            Ok(Identity::of(&rustix::fs::fstat(&file)?))
+        })();
+        match result {
+            Ok(identity) => Ok((temp, identity)),
+            Err(error) => {
+                let _ = rustix::fs::unlinkat(&self.fd, temp.as_str(), AtFlags::empty());
+                Err(error)
+            }
+        }
+    }
+
+    /// Renames a temporary file of [`Folder::write_temp`] over `name`.
+    pub fn rename(&self, temp: &str, name: &str) -> io::Result<()> {
+        Ok(rustix::fs::renameat(&self.fd, temp, &self.fd, name)?)
+    }
+
+    /// Removes a temporary file that will not be renamed.
+    pub fn remove_temp(&self, temp: &str) {
+        let _ = rustix::fs::unlinkat(&self.fd, temp, AtFlags::empty());
+    }
+
+    /// Makes the data of every file written in the folder's file system durable
+    /// (`syncfs`): one call for a batch of files instead of an `fsync` each.
+    pub fn sync_files(&self) -> io::Result<()> {
+        Ok(rustix::fs::syncfs(&self.fd)?)
+    }
+
+    /// Reads `name` whole, with its identity; `None` when there is no such file. A symbolic
+    /// link is not followed.
+    pub fn read(&self, name: &str) -> io::Result<Option<(Vec<u8>, Identity)>> {
+        let fd = match rustix::fs::openat(
+            &self.fd,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => return Ok(None),
+            Err(error) => return Err(error.into()),
+        };
+        let mut file = fs::File::from(fd);
+        let identity = Identity::of(&rustix::fs::fstat(&file)?);
+        let mut bytes = Vec::with_capacity(usize::try_from(identity.size).unwrap_or(0));
+        io::Read::read_to_end(&mut file, &mut bytes)?;
+        Ok(Some((bytes, identity)))
+    }
+
+    /// The identity of `name` now; `None` when there is no such file.
+    pub fn identity(&self, name: &str) -> io::Result<Option<Identity>> {
+        match rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) => Ok(Some(Identity::of(&stat))),
+            Err(rustix::io::Errno::NOENT) => Ok(None),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Opens `name` to read and append, creating it owner-only (0600) when missing. A
+    /// symbolic link is not followed.
+    pub fn open_append(&self, name: &str) -> io::Result<fs::File> {
+        let fd = rustix::fs::openat(
+            &self.fd,
+            name,
+            OFlags::RDWR | OFlags::CREATE | OFlags::APPEND | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )?;
+        let file = fs::File::from(fd);
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+        Ok(file)
     }
 
     /// Makes the renames in the folder durable.

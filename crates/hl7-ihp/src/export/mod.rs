@@ -1,49 +1,50 @@
-//! The patient JSON files (docs/patient-files.md): their names, their shape, and the task that keeps them current.
+//! The patient files (docs/patient-files.md): the JSON document per patient, the NDJSON
+//! stream per patient, their names, and the tasks that keep them current.
 //!
 //! [`file_name`] maps any identity key to one safe name inside the patients folder (with
-//! upper-case letters encoded where the file system ignores case, [`NameCase`]);
-//! [`render_document`] writes a patient and their records in the prototype's shape (the
-//! exporter and `hl7-ihp show` both call it, so the file and the command agree); [`run`] is
-//! the exporter task that rewrites the files of the patients the store says have changed.
+//! upper-case letters encoded where the file system ignores case, [`NameCase`]); the shape
+//! and the layout (one record a line) are in [`crate::documents::patient`]; [`run`] starts
+//! one follower per output `--patient-files` asks for (`json`, `ndjson`, both, or none).
 //!
 //! # Upkeep policy
 //!
 //! - Off the ACK path: the receiver only announces each commit on [`crate::events`], which
-//!   never waits. The exporter runs on its own task, reads the store, and renders and writes
-//!   each file in `spawn_blocking`, one file at a time (so at most one document is in memory
-//!   and at most one core is busy with it).
-//! - Coalesced: a round asks the store which patients changed after the last message it has
-//!   seen (the store's change feed, [`CHANGES_PER_READ`] messages per read) and
-//!   rewrites each of them once, however many messages arrived for them. Wake-ups during a
-//!   round collapse into one more round.
-//! - Paced: a round starts at least [`ExportOptions::min_interval`] after the previous one
-//!   ended, and at least [`ExportOptions::rest_factor`] times as long as that round took, so
-//!   under heavy load the exporter keeps to a bounded share of one core (a quarter by
-//!   default) and the files lag instead of the ACKs. The rest ends early once a whole
-//!   `min_interval` passes without a commit: the load has stopped and the files catch up.
-//!   A round looks at no more than [`MAX_READS_PER_ROUND`] reads or [`MAX_DIRTY_PATIENTS`]
-//!   patients; what is left is the next round's work, which starts without waiting for a
-//!   wake-up.
-//! - Bounded files: a file holds the newest [`ExportOptions::max_records`] records (default
-//!   10,000; 0 = no limit). The full history stays in the store (`hl7-ihp show <id> --all`).
-//! - Atomic and private: a file is written to a temporary name in the same folder (`.tmp-…`,
-//!   which no patient file can have since those start with `patient_`), synced, and renamed
-//!   over the old one, with mode 0600; the folder is 0700.
-//! - Catches up, also after a restart: the store keeps a watermark, the highest message id
-//!   whose changes are all in the files. It is advanced only after every patient changed up
-//!   to it has been written and the folder synced, so a crash, a full disk or a failing file
-//!   makes the next round (or the next start) write those patients again. A failed file is
-//!   retried after [`RETRY_DELAY`]; the others go on being updated meanwhile.
-//! - At shutdown a final round, without the per-round limits, makes the files current.
+//!   never waits. Each output follows the store's change feed ([`StoreRead::feed`]) on its
+//!   own task, in commit order, with its own watermark in the store (`export:json`,
+//!   `export:ndjson`): every message up to it is in that output's files.
+//! - Records are rendered once, when their message is read from the feed. A JSON file is
+//!   then rebuilt from its previous version (which the exporter wrote and recognises by
+//!   inode, size and time): the header, the new record lines, then the old lines up to the
+//!   cap, a copy. Only the first write of a patient after a start, after a failure, or when
+//!   more records arrived than the file holds reads the patient's records from the store.
+//! - Bounded cost: a patient's JSON file is rewritten at most once every
+//!   [`ExportOptions::min_interval`] (default 2 s), however many messages arrive for them,
+//!   and holds the newest [`ExportOptions::max_records`] records (default
+//!   [`DEFAULT_MAX_RECORDS`]), so the bytes written per message stay a small multiple of
+//!   the bytes received (README, "Patient files"). The NDJSON stream only appends: its
+//!   pending lines are written every [`NDJSON_INTERVAL`], whatever the history.
+//! - Batched durability: a flush writes every due file (JSON to a temporary name), makes
+//!   them durable with one `syncfs`, renames the JSON files into place, syncs the folder,
+//!   and only then records the watermark and the files' positions, in one store write.
+//! - Paced: after a flush that took `t`, the next waits at least
+//!   [`ExportOptions::rest_factor`]` × t`, so under heavy load an output keeps to a bounded
+//!   share of a core and its files lag instead of the ACKs.
+//! - Catches up, also after a restart or a crash: an output reads the feed again from its
+//!   watermark. The JSON files of the patients it finds are rebuilt from the store. An
+//!   NDJSON stream is continued from the position the store recorded for it: complete lines
+//!   after that position (appended before a crash, not yet recorded) are compared with the
+//!   records that belong there and kept, a torn last line is cut, so no record is ever
+//!   written twice or skipped.
+//! - At shutdown a final flush, without the intervals, makes every file current.
 //!
 //! No log line names a patient or a file (file names contain patient ids): failures are
 //! logged as counts with the operating system's error.
 
 pub mod files;
+mod json;
 pub mod names;
+mod ndjson;
 
-use std::collections::BTreeSet;
-use std::future::Future;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -52,45 +53,96 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::documents::patient::render_document;
-use crate::events::Subscription;
-use crate::store::{ChangeCursor, Store, StoreError};
+use crate::events::Events;
+use crate::shutdown::Shutdown;
+use crate::store::{ChangeCursor, FeedMessage, FilePosition, Store, StoreError, StoreRead};
 
-pub use files::{Folder, prepare_dir};
-pub use names::{FILE_PREFIX, FILE_SUFFIX, NameCase, file_name};
+pub use crate::documents::patient::Fields;
+pub use files::{Folder, Identity, prepare_dir};
+pub use names::{FILE_PREFIX, FILE_SUFFIX, NDJSON_SUFFIX, NameCase, file_name, ndjson_file_name};
 
-/// The JSON files' name in the store's table of exporter watermarks.
-pub const EXPORTER_NAME: &str = "json";
-/// Default for [`ExportOptions::max_records`] (docs/patient-files.md).
-pub const DEFAULT_MAX_RECORDS: usize = 10_000;
+/// Default for [`ExportOptions::max_records`] (README, "Patient files", for the numbers).
+pub const DEFAULT_MAX_RECORDS: usize = 300;
+/// Default for [`ExportOptions::min_interval`].
+pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(2);
 /// Default for [`ExportOptions::rest_factor`]: busy at most a quarter of the time.
 pub const DEFAULT_REST_FACTOR: u32 = 3;
-
-/// Default for [`ExportOptions::min_interval`].
-pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_millis(200);
-/// Messages looked at per read of the change feed ([`crate::store::StoreRead::changes_since`]).
-pub const CHANGES_PER_READ: usize = 10_000;
-/// Reads of changes per round, so a round ends even while messages keep arriving.
-pub const MAX_READS_PER_ROUND: usize = 32;
-/// Patients collected for rewriting before a round stops reading and writes them.
-pub const MAX_DIRTY_PATIENTS: usize = 10_000;
-/// How long after a failed round (store error, file not written) the exporter tries again.
+/// How often the NDJSON streams' pending lines are appended and synced.
+pub const NDJSON_INTERVAL: Duration = Duration::from_secs(1);
+/// Messages per read of the feed.
+pub const FEED_BATCH: usize = 2_000;
+/// Reads of the feed before a flush, so a flush comes even while a backlog is read.
+pub const MAX_READS_PER_ROUND: usize = 8;
+/// Rendered lines an output may hold unwritten before it stops reading ahead.
+pub const MAX_PENDING_BYTES: usize = 64 << 20;
+/// How long after a failure (store error, file not written) an output tries again.
 pub const RETRY_DELAY: Duration = Duration::from_secs(1);
+/// The longest a watermark that moved waits before it is recorded, when no file was written
+/// (messages without records, such as rejected frames, move it too).
+pub const PERSIST_EVERY: Duration = Duration::from_secs(1);
 
 /// The store's record limit for a `max_records` setting: 0 means no limit.
 pub fn record_limit(max_records: usize) -> Option<usize> {
     (max_records != 0).then_some(max_records)
 }
 
+/// What `--patient-files` asks for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PatientFiles {
+    /// `patient_<id>.json`, the prototype's document (the default).
+    #[default]
+    Json,
+    /// `patient_<id>.ndjson`, one record a line, appended.
+    Ndjson,
+    /// Both.
+    Both,
+    /// Neither: the store, the API and `hl7-ihp show` only.
+    Off,
+}
+
+impl PatientFiles {
+    /// The outputs it keeps.
+    pub fn outputs(self) -> &'static [Output] {
+        match self {
+            PatientFiles::Json => &[Output::Json],
+            PatientFiles::Ndjson => &[Output::Ndjson],
+            PatientFiles::Both => &[Output::Json, Output::Ndjson],
+            PatientFiles::Off => &[],
+        }
+    }
+}
+
+/// One kind of patient file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Output {
+    /// The JSON documents.
+    Json,
+    /// The NDJSON streams.
+    Ndjson,
+}
+
+impl Output {
+    /// Its name: in metrics (`output="json"`) and in the store's watermarks (`export:json`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Output::Json => "json",
+            Output::Ndjson => "ndjson",
+        }
+    }
+}
+
 /// How the exporter works; see the module documentation for the policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExportOptions {
-    /// The newest records a file holds (`--json-max-records`); 0 = no limit.
+    /// Which files (`--patient-files`).
+    pub files: PatientFiles,
+    /// Which keys (`--json-fields`), for both outputs.
+    pub fields: Fields,
+    /// The newest records a JSON file holds (`--json-max-records`); 0 = no limit.
     pub max_records: usize,
-    /// The least time between the end of a round and the start of the next.
+    /// The least time between two rewrites of one patient's JSON file (`--json-min-interval`).
     pub min_interval: Duration,
-    /// After a round that took `t`, the next one waits at least `rest_factor × t`: the
-    /// exporter is busy at most `1 / (1 + rest_factor)` of the time.
+    /// After a flush that took `t`, the next one waits at least `rest_factor × t`.
     pub rest_factor: u32,
     /// How file names treat upper-case letters: what the folder's file system needs, as
     /// [`Folder::probe_case`] found at start (not a setting).
@@ -100,6 +152,8 @@ pub struct ExportOptions {
 impl Default for ExportOptions {
     fn default() -> Self {
         ExportOptions {
+            files: PatientFiles::default(),
+            fields: Fields::default(),
             max_records: DEFAULT_MAX_RECORDS,
             min_interval: DEFAULT_MIN_INTERVAL,
             rest_factor: DEFAULT_REST_FACTOR,
@@ -108,38 +162,120 @@ impl Default for ExportOptions {
     }
 }
 
-/// What the exporter has done so far, for metrics and tests.
+/// What one output has done so far, for metrics and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ExportStats {
-    /// Rounds finished, failed ones included.
+pub struct OutputStats {
+    /// Flushes finished, failed ones included.
     pub n_rounds: u64,
-    /// Patient files written.
+    /// Files written (a JSON file replaced, an NDJSON stream appended to).
     pub n_files_written: u64,
-    /// Patient files that could not be written (each retried later).
+    /// Files that could not be written (each retried later).
     pub n_write_failures: u64,
-    /// The watermark last persisted: every change up to this message id is in the files.
+    /// Bytes written to files.
+    pub n_bytes_written: u64,
+    /// JSON files rebuilt from the store rather than from their previous version.
+    pub n_rebuilt: u64,
+    /// Every message up to this id is in the files (in memory; the store's copy may be up
+    /// to [`PERSIST_EVERY`] older).
     pub watermark: i64,
 }
 
-/// The exporter's counters, shared with `/metrics`.
+/// One output's counters.
 #[derive(Debug, Default)]
-pub struct ExportCounters {
+pub struct OutputCounters {
     n_rounds: AtomicU64,
     n_files_written: AtomicU64,
     n_write_failures: AtomicU64,
+    n_bytes_written: AtomicU64,
+    n_rebuilt: AtomicU64,
     watermark: AtomicI64,
 }
 
-impl ExportCounters {
-    /// What the exporter has done so far.
-    pub fn stats(&self) -> ExportStats {
-        ExportStats {
+impl OutputCounters {
+    /// What it has done so far.
+    pub fn stats(&self) -> OutputStats {
+        OutputStats {
             n_rounds: self.n_rounds.load(Ordering::Relaxed),
             n_files_written: self.n_files_written.load(Ordering::Relaxed),
             n_write_failures: self.n_write_failures.load(Ordering::Relaxed),
+            n_bytes_written: self.n_bytes_written.load(Ordering::Relaxed),
+            n_rebuilt: self.n_rebuilt.load(Ordering::Relaxed),
             watermark: self.watermark.load(Ordering::Relaxed),
         }
     }
+}
+
+/// The counters of every output the receiver keeps, shared with `/metrics` and the API.
+#[derive(Debug, Default)]
+pub struct ExportCounters {
+    outputs: Vec<(Output, OutputCounters)>,
+}
+
+impl ExportCounters {
+    /// Counters for the outputs of `files`.
+    pub fn new(files: PatientFiles) -> ExportCounters {
+        ExportCounters {
+            outputs: files
+                .outputs()
+                .iter()
+                .map(|&output| (output, OutputCounters::default()))
+                .collect(),
+        }
+    }
+
+    /// One output's counters, when it is kept.
+    pub fn get(&self, output: Output) -> Option<&OutputCounters> {
+        self.outputs
+            .iter()
+            .find(|(o, _)| *o == output)
+            .map(|(_, counters)| counters)
+    }
+
+    /// Every kept output with what it has done.
+    pub fn outputs(&self) -> Vec<(Output, OutputStats)> {
+        self.outputs
+            .iter()
+            .map(|(output, counters)| (*output, counters.stats()))
+            .collect()
+    }
+
+    /// The lowest watermark of the kept outputs; `None` without any.
+    pub fn slowest_watermark(&self) -> Option<i64> {
+        self.outputs
+            .iter()
+            .map(|(_, counters)| counters.watermark.load(Ordering::Relaxed))
+            .min()
+    }
+}
+
+/// How far an output's files are behind the store.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Lag {
+    /// The newest message in the store.
+    pub newest: i64,
+    /// Messages committed after the watermark.
+    pub messages: i64,
+    /// How long ago the oldest of them arrived (0 when there is none).
+    pub seconds: f64,
+}
+
+/// The lag of files whose watermark is `watermark`, read from the store at `now_ms`.
+pub async fn lag(store: &dyn StoreRead, watermark: i64, now_ms: i64) -> Result<Lag, StoreError> {
+    let newest = store.feed_head().await?.position();
+    let messages = (newest - watermark).max(0);
+    let mut seconds = 0.0;
+    if messages > 0 {
+        let oldest = store.feed(ChangeCursor::at(watermark), 1).await?;
+        if let Some(message) = oldest.messages.first() {
+            let ms = now_ms - message.received_at.as_millisecond();
+            seconds = ms.max(0) as f64 / 1000.0;
+        }
+    }
+    Ok(Lag {
+        newest,
+        messages,
+        seconds,
+    })
 }
 
 /// Why the exporter stopped without making the files current.
@@ -148,10 +284,10 @@ pub enum ExportError {
     /// The patients folder could not be created or made private.
     #[error("cannot prepare the patients folder: {0}")]
     Folder(io::Error),
-    /// The store failed during the final round.
+    /// The store failed during the final flush.
     #[error("patient files not brought up to date: {0}")]
     Store(#[from] StoreError),
-    /// Some files could not be written in the final round; they are written at the next start.
+    /// Some files could not be written in the final flush; they are written at the next start.
     #[error("{n_failed} patient files not written: {error}")]
     Files {
         /// How many.
@@ -159,24 +295,28 @@ pub enum ExportError {
         /// The first failure, from the operating system (it names no file).
         error: io::Error,
     },
+    /// An output's task failed.
+    #[error("patient file task failed")]
+    Task,
 }
 
-/// Keeps the patient files in `patients_dir` current until `shutdown` completes, then makes
-/// them current one last time and returns.
+/// Keeps the patient files `options.files` asks for in `patients_dir` current until
+/// `shutdown` is requested, then makes them current one last time and returns.
 ///
-/// The first round runs at once, so files left behind by a crash or a stop catch up. Later
-/// rounds run when `events` says something was committed (or, after a failure or an unfinished
-/// round, without being told), never sooner than `options.min_interval` after the previous
-/// one. Errors during normal running are logged and retried; only the final round's are
+/// Each output's first read starts at once, so files left behind by a crash or a stop catch
+/// up. Errors during normal running are logged and retried; only the final flush's are
 /// returned.
 pub async fn run(
     store: Arc<dyn Store>,
     patients_dir: PathBuf,
     options: ExportOptions,
-    mut events: Subscription,
+    events: Events,
     counters: Arc<ExportCounters>,
-    shutdown: impl Future<Output = ()> + Send,
+    shutdown: Shutdown,
 ) -> Result<(), ExportError> {
+    if options.files.outputs().is_empty() {
+        return Ok(());
+    }
     // Opened once: every write, sync and removal goes through this handle, so a symbolic
     // link put in place of the folder later is never followed.
     let (folder, n_stale) = tokio::task::spawn_blocking(move || -> io::Result<_> {
@@ -193,234 +333,277 @@ pub async fn run(
             "removed unfinished patient files from an earlier run"
         );
     }
-
-    let mut exporter = Exporter {
-        store,
-        folder,
-        options,
-        shared: counters,
-        persisted: None,
-        seen: ChangeCursor::START,
-        dirty: BTreeSet::new(),
-    };
-    tokio::pin!(shutdown);
-    let mut next = Next::Now;
-    let mut last_round: Option<(Instant, Instant)> = None;
-    loop {
-        match next {
-            Next::Now => {}
-            Next::WhenChanged => tokio::select! {
-                () = events.changed() => {}
-                () = &mut shutdown => break,
-            },
-            Next::Retry => tokio::select! {
-                () = tokio::time::sleep(RETRY_DELAY) => {}
-                () = &mut shutdown => break,
-            },
+    let mut tasks = Vec::new();
+    for &output in options.files.outputs() {
+        let context = Context {
+            store: Arc::clone(&store),
+            folder: Arc::clone(&folder),
+            options: options.clone(),
+            counters: Arc::clone(&counters),
+            output,
+        };
+        let subscription = events.subscribe();
+        let shutdown = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            match output {
+                Output::Json => {
+                    let sink = json::JsonSink::new(&context);
+                    follow(sink, context, subscription, shutdown).await
+                }
+                Output::Ndjson => {
+                    let sink = ndjson::NdjsonSink::new(&context);
+                    follow(sink, context, subscription, shutdown).await
+                }
+            }
+        }));
+    }
+    let mut result = Ok(());
+    for task in tasks {
+        let outcome = task.await.unwrap_or(Err(ExportError::Task));
+        if result.is_ok() {
+            result = outcome;
         }
-        if let Some((start, end)) = last_round {
-            let min_interval = exporter.options.min_interval;
-            let rest = min_interval.max((end - start) * exporter.options.rest_factor);
-            // The rest leaves the cores to the ACK path while messages arrive; once a whole
-            // `min_interval` passes without a commit, the receiver is idle and the files
-            // catch up at once instead of after the rest.
-            let until = end + rest;
-            let mut at = end + min_interval;
-            let mut n_changes = events.n_commits();
-            let mut stopped = false;
-            loop {
+    }
+    result
+}
+
+/// What an output's follower and its sink share.
+pub(crate) struct Context {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) folder: Arc<Folder>,
+    pub(crate) options: ExportOptions,
+    counters: Arc<ExportCounters>,
+    output: Output,
+}
+
+impl Context {
+    fn counters(&self) -> &OutputCounters {
+        self.counters
+            .get(self.output)
+            .expect("counters for every output run")
+    }
+}
+
+/// What a flush did.
+#[derive(Debug, Default)]
+pub(crate) struct Flushed {
+    /// The files written, with their new positions.
+    pub(crate) files: Vec<(String, FilePosition)>,
+    /// Bytes written to them.
+    pub(crate) n_bytes: u64,
+    /// JSON files rebuilt from the store.
+    pub(crate) n_rebuilt: u64,
+    /// Files that failed, and the first error.
+    pub(crate) failed: Option<(usize, io::Error)>,
+}
+
+/// One kind of patient file, fed messages in commit order by [`follow`].
+pub(crate) trait Sink: Send {
+    /// Takes one message of the feed (all of them, in commit order; most hold records).
+    fn take(&mut self, message: &FeedMessage);
+
+    /// Writes the files that are due at `now` (all pending ones with `all`), durably.
+    /// `read` is how far the feed has been read.
+    fn flush(
+        &mut self,
+        now: Instant,
+        all: bool,
+        read: ChangeCursor,
+    ) -> impl std::future::Future<Output = Result<Flushed, StoreError>> + Send;
+
+    /// Every message up to the returned cursor is in the files, the feed having been read
+    /// up to `read`.
+    fn watermark(&self, read: ChangeCursor) -> ChangeCursor;
+
+    /// When the next pending file falls due; `None` when nothing is pending.
+    fn next_due(&self) -> Option<Instant>;
+
+    /// Bytes of rendered lines held unwritten.
+    fn pending_bytes(&self) -> usize;
+}
+
+/// Follows the feed for one output until shutdown, then flushes everything.
+async fn follow<S: Sink>(
+    mut sink: S,
+    context: Context,
+    mut events: Subscription,
+    mut shutdown: Shutdown,
+) -> Result<(), ExportError> {
+    let name = context.output.name();
+    let store = Arc::clone(&context.store);
+    let mut persisted = loop {
+        match store.export_watermark(name).await {
+            Ok(cursor) => break cursor,
+            Err(error) => {
+                tracing::warn!(output = name, %error, "patient files: watermark not read; will retry");
                 tokio::select! {
-                    () = tokio::time::sleep_until(at.min(until)) => {}
-                    () = &mut shutdown => {
-                        stopped = true;
+                    () = tokio::time::sleep(RETRY_DELAY) => {}
+                    () = shutdown.requested() => return Ok(()),
+                }
+            }
+        }
+    };
+    let counters = context.counters();
+    counters
+        .watermark
+        .store(persisted.position(), Ordering::Relaxed);
+    let mut cursor = persisted;
+    let mut persisted_at = Instant::now();
+    let mut not_before = Instant::now();
+    let mut retry_at: Option<Instant> = None;
+    // Positions written but not yet recorded (the store write failed): sent again with the
+    // next, so the watermark never moves past a file whose position the store lacks.
+    let mut unrecorded: std::collections::HashMap<String, FilePosition> = Default::default();
+    loop {
+        // Read what was committed (bounded, so a long backlog still gets flushes).
+        let mut more = false;
+        let mut failed = false;
+        for _ in 0..MAX_READS_PER_ROUND {
+            if sink.pending_bytes() >= MAX_PENDING_BYTES {
+                more = true;
+                break;
+            }
+            match store.feed(cursor, FEED_BATCH).await {
+                Ok(feed) => {
+                    for message in &feed.messages {
+                        sink.take(message);
+                    }
+                    let full = feed.messages.len() >= FEED_BATCH && feed.next > cursor;
+                    cursor = feed.next;
+                    if !full {
+                        more = false;
                         break;
                     }
+                    more = true;
                 }
-                let now = events.n_commits();
-                if at >= until || now == n_changes {
+                Err(error) => {
+                    tracing::warn!(output = name, %error, "patient files: store not read; will retry");
+                    failed = true;
                     break;
                 }
-                n_changes = now;
-                at += min_interval;
-            }
-            if stopped {
-                break;
             }
         }
-        let start = Instant::now();
-        next = match exporter.round(Limits::Round).await {
-            Ok(Progress::CaughtUp) => Next::WhenChanged,
-            Ok(Progress::MorePending) => Next::Now,
-            Ok(Progress::Failed { n_failed, error }) => {
-                tracing::warn!(n_failed, %error, "patient files not written; will retry");
-                Next::Retry
+
+        // Write what is due, paced.
+        let now = Instant::now();
+        if now >= not_before && retry_at.is_none_or(|at| now >= at) {
+            match sink.flush(now, false, cursor).await {
+                Ok(flushed) => {
+                    retry_at = None;
+                    count(counters, &flushed);
+                    if let Some((n_failed, error)) = &flushed.failed {
+                        tracing::warn!(output = name, n_failed, %error, "patient files not written; will retry");
+                        retry_at = Some(Instant::now() + RETRY_DELAY);
+                    }
+                    let watermark = sink.watermark(cursor);
+                    let wrote = !flushed.files.is_empty();
+                    unrecorded.extend(flushed.files);
+                    if wrote
+                        || !unrecorded.is_empty()
+                        || (watermark > persisted && persisted_at.elapsed() >= PERSIST_EVERY)
+                    {
+                        let files: Vec<(String, FilePosition)> =
+                            unrecorded.iter().map(|(k, p)| (k.clone(), *p)).collect();
+                        match store.set_export_progress(name, watermark, files).await {
+                            Ok(()) => {
+                                unrecorded.clear();
+                                persisted = watermark;
+                                persisted_at = Instant::now();
+                            }
+                            Err(error) => {
+                                tracing::warn!(output = name, %error, "patient files: progress not recorded; will retry");
+                            }
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(output = name, %error, "patient files: store not read; will retry");
+                    retry_at = Some(Instant::now() + RETRY_DELAY);
+                }
             }
-            Err(error) => {
-                tracing::warn!(%error, "patient files not brought up to date; will retry");
-                Next::Retry
-            }
-        };
-        last_round = Some((start, Instant::now()));
+            let took = now.elapsed();
+            not_before = Instant::now() + took * context.options.rest_factor;
+        }
+        counters
+            .watermark
+            .store(sink.watermark(cursor).position(), Ordering::Relaxed);
+
+        if more && !failed && sink.pending_bytes() < MAX_PENDING_BYTES {
+            continue;
+        }
+        // Sleep until a commit, the next file due, a retry, or the time to record the
+        // watermark.
+        let mut wake = sink.next_due().map(|due| due.max(not_before));
+        if let Some(at) = retry_at {
+            wake = Some(wake.map_or(at, |w| w.max(at)));
+        }
+        if failed {
+            wake = Some(Instant::now() + RETRY_DELAY);
+        }
+        if sink.watermark(cursor) > persisted {
+            let at = persisted_at + PERSIST_EVERY;
+            wake = Some(wake.map_or(at, |w| w.min(at)));
+        }
+        tokio::select! {
+            () = events.changed(), if !failed => {}
+            () = sleep_until(wake) => {}
+            () = shutdown.requested() => break,
+        }
     }
 
-    // The final round: the receiver has stopped taking messages, so it ends.
+    // The final flush: the receiver has stopped taking messages, so it ends.
     loop {
-        match exporter.round(Limits::Final).await? {
-            Progress::CaughtUp => return Ok(()),
-            Progress::MorePending => {}
-            Progress::Failed { n_failed, error } => {
+        let feed = store.feed(cursor, FEED_BATCH).await?;
+        for message in &feed.messages {
+            sink.take(message);
+        }
+        let caught_up = feed.messages.len() < FEED_BATCH || feed.next <= cursor;
+        cursor = feed.next;
+        if caught_up || sink.pending_bytes() >= MAX_PENDING_BYTES {
+            let flushed = sink.flush(Instant::now(), true, cursor).await?;
+            count(counters, &flushed);
+            let failed = flushed.failed;
+            let watermark = sink.watermark(cursor);
+            unrecorded.extend(flushed.files);
+            let files: Vec<(String, FilePosition)> = unrecorded.drain().collect();
+            store.set_export_progress(name, watermark, files).await?;
+            counters
+                .watermark
+                .store(watermark.position(), Ordering::Relaxed);
+            if let Some((n_failed, error)) = failed {
                 return Err(ExportError::Files { n_failed, error });
             }
+            if caught_up {
+                return Ok(());
+            }
         }
     }
 }
 
-enum Next {
-    Now,
-    WhenChanged,
-    Retry,
-}
+use crate::events::Subscription;
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Limits {
-    /// [`MAX_READS_PER_ROUND`] and [`MAX_DIRTY_PATIENTS`] apply.
-    Round,
-    /// Read until caught up.
-    Final,
-}
-
-enum Progress {
-    /// Every change the store reported is in the files.
-    CaughtUp,
-    /// The round stopped at its limits; there is more to do.
-    MorePending,
-    /// Some files could not be written; they stay pending.
-    Failed { n_failed: usize, error: io::Error },
-}
-
-enum WriteError {
-    Store(StoreError),
-    Io(io::Error),
-}
-
-struct Exporter {
-    store: Arc<dyn Store>,
-    folder: Arc<Folder>,
-    options: ExportOptions,
-    shared: Arc<ExportCounters>,
-    /// The watermark in the store, once read.
-    persisted: Option<ChangeCursor>,
-    /// Every change up to this cursor is in the files or its patient is in `dirty`.
-    seen: ChangeCursor,
-    /// Patients to rewrite.
-    dirty: BTreeSet<String>,
-}
-
-impl Exporter {
-    async fn round(&mut self, limits: Limits) -> Result<Progress, StoreError> {
-        let result = self.round_inner(limits).await;
-        self.shared.n_rounds.fetch_add(1, Ordering::Relaxed);
-        result
+fn count(counters: &OutputCounters, flushed: &Flushed) {
+    counters.n_rounds.fetch_add(1, Ordering::Relaxed);
+    counters
+        .n_files_written
+        .fetch_add(flushed.files.len() as u64, Ordering::Relaxed);
+    counters
+        .n_bytes_written
+        .fetch_add(flushed.n_bytes, Ordering::Relaxed);
+    counters
+        .n_rebuilt
+        .fetch_add(flushed.n_rebuilt, Ordering::Relaxed);
+    if let Some((n_failed, _)) = &flushed.failed {
+        counters
+            .n_write_failures
+            .fetch_add(*n_failed as u64, Ordering::Relaxed);
     }
+}
 
-    async fn round_inner(&mut self, limits: Limits) -> Result<Progress, StoreError> {
-        let persisted = match self.persisted {
-            Some(persisted) => persisted,
-            None => {
-                let persisted = self.store.export_watermark(EXPORTER_NAME).await?;
-                self.persisted = Some(persisted);
-                self.seen = persisted;
-                self.shared
-                    .watermark
-                    .store(persisted.position(), Ordering::Relaxed);
-                persisted
-            }
-        };
-
-        let mut caught_up = false;
-        let mut n_reads = 0;
-        while limits == Limits::Final
-            || (n_reads < MAX_READS_PER_ROUND && self.dirty.len() < MAX_DIRTY_PATIENTS)
-        {
-            let changes = self
-                .store
-                .changes_since(self.seen, CHANGES_PER_READ)
-                .await?;
-            n_reads += 1;
-            self.dirty.extend(changes.patients);
-            if changes.next <= self.seen {
-                caught_up = true;
-                break;
-            }
-            self.seen = changes.next;
-        }
-
-        let mut n_failed = 0;
-        let mut first_error = None;
-        let keys: Vec<String> = self.dirty.iter().cloned().collect();
-        for key in keys {
-            match self.write_patient(&key).await {
-                Ok(()) => {
-                    self.dirty.remove(&key);
-                }
-                Err(WriteError::Io(error)) => {
-                    n_failed += 1;
-                    self.shared.n_write_failures.fetch_add(1, Ordering::Relaxed);
-                    first_error.get_or_insert(error);
-                }
-                Err(WriteError::Store(error)) => return Err(error),
-            }
-        }
-        if let Some(error) = first_error {
-            return Ok(Progress::Failed { n_failed, error });
-        }
-
-        if self.seen > persisted {
-            // The renames must be durable before the watermark says they happened.
-            let folder = Arc::clone(&self.folder);
-            let synced = tokio::task::spawn_blocking(move || folder.sync())
-                .await
-                .unwrap_or_else(|_| Err(io::Error::other("folder sync task failed")));
-            if let Err(error) = synced {
-                return Ok(Progress::Failed { n_failed: 0, error });
-            }
-            self.store
-                .set_export_watermark(EXPORTER_NAME, self.seen)
-                .await?;
-            self.persisted = Some(self.seen);
-            self.shared
-                .watermark
-                .store(self.seen.position(), Ordering::Relaxed);
-        }
-        Ok(if caught_up {
-            Progress::CaughtUp
-        } else {
-            Progress::MorePending
-        })
-    }
-
-    async fn write_patient(&mut self, key: &str) -> Result<(), WriteError> {
-        let limit = record_limit(self.options.max_records);
-        let Some(records) = self
-            .store
-            .patient_records(key, limit)
-            .await
-            .map_err(WriteError::Store)?
-        else {
-            // Nothing to write for a patient the store does not know.
-            return Ok(());
-        };
-        let folder = Arc::clone(&self.folder);
-        let name = file_name(key, self.options.name_case);
-        // Rendering up to `max_records` records and writing them is blocking work.
-        tokio::task::spawn_blocking(move || {
-            folder.write_atomically(&name, &render_document(&records))
-        })
-        .await
-        .unwrap_or_else(|_| Err(io::Error::other("file writer task failed")))
-        .map_err(WriteError::Io)?;
-        self.shared.n_files_written.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

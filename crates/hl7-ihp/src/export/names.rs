@@ -17,6 +17,8 @@ use sha2::{Digest, Sha256};
 pub const FILE_PREFIX: &str = "patient_";
 /// Every patient file's name ends with this.
 pub const FILE_SUFFIX: &str = ".json";
+/// Every patient's NDJSON stream's name ends with this (same prefix, same encoded id).
+pub const NDJSON_SUFFIX: &str = ".ndjson";
 /// An id longer than this once encoded is shortened and hashed, which keeps every name far
 /// below the 255-byte limit of common file systems.
 const MAX_ID_BYTES: usize = 100;
@@ -52,10 +54,19 @@ pub enum NameCase {
 /// So a name has only `A-Z a-z 0-9 . _ - % ~`, never `/` or NUL, is never `.` or `..`, stays
 /// inside the patients folder, and is at most 113 bytes long.
 pub fn file_name(key: &str, case: NameCase) -> String {
-    let mut name = String::with_capacity(FILE_PREFIX.len() + key.len() + FILE_SUFFIX.len());
+    file_name_ending(key, case, FILE_SUFFIX)
+}
+
+/// The NDJSON stream's name: [`file_name`] with [`NDJSON_SUFFIX`] for `.json`.
+pub fn ndjson_file_name(key: &str, case: NameCase) -> String {
+    file_name_ending(key, case, NDJSON_SUFFIX)
+}
+
+fn file_name_ending(key: &str, case: NameCase, suffix: &str) -> String {
+    let mut name = String::with_capacity(FILE_PREFIX.len() + key.len() + suffix.len());
     name.push_str(FILE_PREFIX);
     name.push_str(&encode_id(key.as_bytes(), case));
-    name.push_str(FILE_SUFFIX);
+    name.push_str(suffix);
     name
 }
 

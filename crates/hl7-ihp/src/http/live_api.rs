@@ -25,7 +25,6 @@ use crate::live::shapes::{
     Stats, Status, StatusEvent,
 };
 use crate::live::{MAX_QUERY_CHARS, PatientSort, millis_text};
-use crate::store::ChangeCursor;
 
 /// The live view's routes.
 pub fn routes() -> Router<HttpState> {
@@ -192,24 +191,19 @@ async fn stats(
 ) -> Result<Json<Stats>, ApiError> {
     use std::sync::atomic::Ordering;
     let now = now_ms();
-    let export = match state.live.export_counters() {
-        Some(counters) => {
-            let watermark = counters.stats().watermark;
-            let newest = state.store.feed_head().await?.position();
-            let lag_messages = (newest - watermark).max(0);
-            let mut lag_seconds = 0.0;
-            if lag_messages > 0 {
-                let oldest = state.store.feed(ChangeCursor::at(watermark), 1).await?;
-                if let Some(message) = oldest.messages.first() {
-                    let ms = now - message.received_at.as_millisecond();
-                    lag_seconds = ms.max(0) as f64 / 1000.0;
-                }
-            }
+    // The slowest output's lag: the files are as current as the least current of them.
+    let export = match state
+        .live
+        .export_counters()
+        .and_then(|c| c.slowest_watermark())
+    {
+        Some(watermark) => {
+            let lag = crate::export::lag(&*state.store, watermark, now).await?;
             Some(ExportLag {
                 watermark,
-                newest,
-                lag_messages,
-                lag_seconds,
+                newest: lag.newest,
+                lag_messages: lag.messages,
+                lag_seconds: lag.seconds,
             })
         }
         None => None,

@@ -128,8 +128,113 @@ async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
     ),
 )]
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(&(state.extra)()),
-    )
+    let mut text = state.metrics.render(&(state.extra)());
+    if let Some(counters) = state.live.export_counters() {
+        export_metrics(&mut text, &*state.store, counters).await;
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+/// The exporter's numbers, one series per output (`output="json"`, `output="ndjson"`),
+/// with the lag read from the store now: a stuck exporter's lag keeps growing.
+async fn export_metrics(
+    out: &mut String,
+    store: &dyn crate::store::StoreRead,
+    counters: &crate::export::ExportCounters,
+) {
+    use std::fmt::Write as _;
+    let outputs = counters.outputs();
+    let now_ms = jiff::Timestamp::now().as_millisecond();
+    let mut lags = Vec::with_capacity(outputs.len());
+    for (output, stats) in &outputs {
+        // A store that cannot answer now leaves the lag out rather than reporting 0.
+        if let Ok(lag) = crate::export::lag(store, stats.watermark, now_ms).await {
+            lags.push((*output, lag));
+        }
+    }
+    type Series = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&crate::export::OutputStats) -> u64,
+    );
+    let series: [Series; 5] = [
+        (
+            "hl7ihp_export_rounds_total",
+            "counter",
+            "Exporter flushes.",
+            |s| s.n_rounds,
+        ),
+        (
+            "hl7ihp_export_files_written_total",
+            "counter",
+            "Patient files written (replaced or appended to).",
+            |s| s.n_files_written,
+        ),
+        (
+            "hl7ihp_export_write_failures_total",
+            "counter",
+            "Patient files that could not be written (retried).",
+            |s| s.n_write_failures,
+        ),
+        (
+            "hl7ihp_export_bytes_written_total",
+            "counter",
+            "Bytes written to patient files.",
+            |s| s.n_bytes_written,
+        ),
+        (
+            "hl7ihp_export_rebuilt_total",
+            "counter",
+            "Patient files rebuilt from the store rather than from their last version.",
+            |s| s.n_rebuilt,
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (output, stats) in &outputs {
+            let _ = writeln!(
+                out,
+                "{name}{{output=\"{}\"}} {}",
+                output.name(),
+                value(stats)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP hl7ihp_export_watermark Every message up to this id is in the output's files.\n# TYPE hl7ihp_export_watermark gauge"
+    );
+    for (output, stats) in &outputs {
+        let _ = writeln!(
+            out,
+            "hl7ihp_export_watermark{{output=\"{}\"}} {}",
+            output.name(),
+            stats.watermark
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP hl7ihp_export_lag_messages Messages stored and not yet in the output's files.\n# TYPE hl7ihp_export_lag_messages gauge"
+    );
+    for (output, lag) in &lags {
+        let _ = writeln!(
+            out,
+            "hl7ihp_export_lag_messages{{output=\"{}\"}} {}",
+            output.name(),
+            lag.messages
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP hl7ihp_export_lag_seconds Age of the oldest message not yet in the output's files (0 when current): the one to alert on.\n# TYPE hl7ihp_export_lag_seconds gauge"
+    );
+    for (output, lag) in &lags {
+        let _ = writeln!(
+            out,
+            "hl7ihp_export_lag_seconds{{output=\"{}\"}} {:.3}",
+            output.name(),
+            lag.seconds
+        );
+    }
 }

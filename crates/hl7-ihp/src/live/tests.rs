@@ -49,6 +49,7 @@ impl StoreRead for FakeStore {
                 name: p.name.clone(),
                 n_observations: 0,
                 last_received_at: Some(m.received_at),
+                last_message: Some(m.id),
             });
         }
         ready(summaries)
@@ -96,6 +97,14 @@ impl StoreRead for FakeStore {
 
     fn export_watermark<'a>(&'a self, _exporter: &'a str) -> StoreFuture<'a, ChangeCursor> {
         ready(ChangeCursor::START)
+    }
+
+    fn export_files<'a>(
+        &'a self,
+        _exporter: &'a str,
+        _keys: Option<Vec<String>>,
+    ) -> StoreFuture<'a, std::collections::HashMap<String, crate::store::FilePosition>> {
+        ready(Default::default())
     }
 
     fn feed(&self, after: ChangeCursor, limit: usize) -> StoreFuture<'_, Feed> {

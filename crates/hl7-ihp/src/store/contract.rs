@@ -12,9 +12,9 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use super::{
-    ChangeCursor, Content, Health, MessageFilter, MessageKey, MessageSummary, NewMessage,
-    ObservationData, ObservationQuery, ObservationRow, Outcome, PatientData, PatientSummary,
-    RecordPosition, Store, StoreOptions, Stored, TrendBucket, TrendQuery, Verdict,
+    ChangeCursor, Content, FilePosition, Health, MessageFilter, MessageKey, MessageSummary,
+    NewMessage, ObservationData, ObservationQuery, ObservationRow, Outcome, PatientData,
+    PatientSummary, RecordPosition, Store, StoreOptions, Stored, TrendBucket, TrendQuery, Verdict,
 };
 
 /// Opens a fresh (or, given the same folder again, the same) store of one backend in `dir`.
@@ -37,6 +37,7 @@ macro_rules! store_contract {
             a_reopened_store_finds_everything,
             the_change_feed_names_each_changed_patient_once,
             exporters_keep_their_own_watermarks,
+            file_positions_are_recorded_with_the_watermark,
             a_working_store_is_healthy,
             the_feed_holds_every_message_in_commit_order,
             a_patient_feed_is_their_newest_messages,
@@ -216,6 +217,7 @@ pub async fn commit_and_read_back(open: Open) {
             name: "EVE EVERYWOMAN".into(),
             n_observations: 2,
             last_received_at: Some(message.received_at),
+            last_message: Some(id),
         }]
     );
 
@@ -708,6 +710,55 @@ pub async fn exporters_keep_their_own_watermarks(open: Open) {
     assert_eq!(
         store.export_watermark("json").await.unwrap(),
         ChangeCursor::START
+    );
+}
+
+/// An exporter's file positions are kept per exporter and patient, with its watermark,
+/// replaced by the next, and survive a reopening.
+pub async fn file_positions_are_recorded_with_the_watermark(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &options());
+    assert!(store.export_files("ndjson", None).await.unwrap().is_empty());
+    let at = |through, length| FilePosition { through, length };
+    store
+        .set_export_progress(
+            "ndjson",
+            ChangeCursor::at(7),
+            vec![("A".into(), at(5, 100)), ("B/2".into(), at(7, 40))],
+        )
+        .await
+        .unwrap();
+    store
+        .set_export_progress("json", ChangeCursor::at(3), vec![("A".into(), at(3, 9))])
+        .await
+        .unwrap();
+    store
+        .set_export_progress(
+            "ndjson",
+            ChangeCursor::at(9),
+            vec![("A".into(), at(9, 160))],
+        )
+        .await
+        .unwrap();
+    drop(store);
+    let store = open(dir.path(), &options());
+    assert_eq!(
+        store.export_watermark("ndjson").await.unwrap(),
+        ChangeCursor::at(9)
+    );
+    let all = store.export_files("ndjson", None).await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all["A"], at(9, 160));
+    assert_eq!(all["B/2"], at(7, 40));
+    let some = store
+        .export_files("ndjson", Some(vec!["B/2".into(), "nobody".into()]))
+        .await
+        .unwrap();
+    assert_eq!(some.len(), 1);
+    assert_eq!(some["B/2"], at(7, 40));
+    assert_eq!(
+        store.export_files("json", None).await.unwrap()["A"],
+        at(3, 9)
     );
 }
 

@@ -10,6 +10,7 @@
 pub mod contract;
 pub mod sqlite;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -277,6 +278,8 @@ pub struct PatientSummary {
     pub n_observations: u64,
     /// When the last message about them arrived; `None` when none is stored.
     pub last_received_at: Option<jiff::Timestamp>,
+    /// That message's id.
+    pub last_message: Option<i64>,
 }
 
 /// An observation row as read back, with its message's context.
@@ -519,6 +522,15 @@ impl ChangeCursor {
     }
 }
 
+/// A patient file's progress as an exporter records it ([`Store::set_export_progress`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FilePosition {
+    /// The newest message whose records the file holds (0: none).
+    pub through: i64,
+    /// The file's size in bytes when recorded.
+    pub length: u64,
+}
+
 /// What changed after a cursor.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changes {
@@ -611,6 +623,14 @@ pub trait StoreRead: Send + Sync + 'static {
     /// up to it is in that exporter's output. [`ChangeCursor::START`] when it has none.
     fn export_watermark<'a>(&'a self, exporter: &'a str) -> StoreFuture<'a, ChangeCursor>;
 
+    /// An exporter's recorded file positions by patient key: of `keys`, or of every file
+    /// with `None`. A patient without a row is absent.
+    fn export_files<'a>(
+        &'a self,
+        exporter: &'a str,
+        keys: Option<Vec<String>>,
+    ) -> StoreFuture<'a, HashMap<String, FilePosition>>;
+
     /// The change feed with content: every message committed after `after` (accepted or
     /// not), at most `limit`, in commit order. What the live view and the event stream follow.
     fn feed(&self, after: ChangeCursor, limit: usize) -> StoreFuture<'_, Feed>;
@@ -662,6 +682,17 @@ pub trait Store: StoreRead {
         &'a self,
         exporter: &'a str,
         cursor: ChangeCursor,
+    ) -> StoreFuture<'a, ()> {
+        self.set_export_progress(exporter, cursor, Vec::new())
+    }
+
+    /// Records an exporter's watermark and the positions of the files it wrote, in one
+    /// transaction: a reader never sees one without the other.
+    fn set_export_progress<'a>(
+        &'a self,
+        exporter: &'a str,
+        cursor: ChangeCursor,
+        files: Vec<(String, FilePosition)>,
     ) -> StoreFuture<'a, ()>;
 
     /// The counters, cheap to read (for `/metrics`).

@@ -31,6 +31,10 @@ impl Rng {
     }
 }
 
+/// The files with every key, so their records name their messages (MessageControlID), and
+/// every record, so they can be checked against everything acknowledged.
+const FULL: &[&str] = &["--json-fields", "full", "--json-max-records", "0"];
+
 /// Sends until the connection breaks; returns the control ids that were acknowledged AA.
 fn send_until_broken(
     address: SocketAddr,
@@ -91,6 +95,8 @@ fn stored_control_ids(data_dir: &Path) -> BTreeSet<String> {
             "show",
             &format!("CRASH-{patient}"),
             "--all",
+            "--json-fields",
+            "full",
             "--data-dir",
             data_dir,
         ]);
@@ -106,7 +112,7 @@ fn stored_control_ids(data_dir: &Path) -> BTreeSet<String> {
     ids
 }
 
-/// The patient's file holds exactly what `show` (the newest 10,000 records) prints.
+/// The patient's file holds exactly what `show --all` prints.
 fn files_match_the_store(data_dir: &Path, patient: usize) -> bool {
     let path = data_dir.join(format!("patients/patient_CRASH-{patient}.json"));
     let Some(file) = std::fs::read_to_string(path)
@@ -118,6 +124,9 @@ fn files_match_the_store(data_dir: &Path, patient: usize) -> bool {
     let (status, stdout, _) = common::run(&[
         "show",
         &format!("CRASH-{patient}"),
+        "--all",
+        "--json-fields",
+        "full",
         "--data-dir",
         data_dir.to_str().unwrap(),
     ]);
@@ -162,7 +171,7 @@ fn sigkill_under_load_loses_no_acknowledged_message() {
     let data = dir.path().join("data");
     let acked_all: Arc<Mutex<BTreeSet<String>>> = Arc::default();
     for cycle in 0..cycles {
-        let receiver = Receiver::start(&data, &[]);
+        let receiver = Receiver::start(&data, FULL);
         let stop = Arc::new(AtomicBool::new(false));
         let senders = spawn_senders(receiver.mllp, cycle, &stop, &acked_all);
         // Kill at a random moment once the load is running.
@@ -182,7 +191,7 @@ fn sigkill_under_load_loses_no_acknowledged_message() {
         );
     }
     // Restart once more: everything acknowledged is in the store, and the files catch up.
-    let receiver = Receiver::start(&data, &[]);
+    let receiver = Receiver::start(&data, FULL);
     let acked = acked_all.lock().unwrap().clone();
     assert!(!acked.is_empty(), "no message was acknowledged at all");
     let stored = stored_control_ids(&data);
@@ -194,15 +203,12 @@ fn sigkill_under_load_loses_no_acknowledged_message() {
         lost.len()
     );
     assert!(lost.is_empty(), "acknowledged but not stored: {lost:?}");
-    // Each file holds its patient's newest 10,000 records: within that window it catches up
-    // with the store, which holds every acknowledged message.
-    wait_until(
-        "the JSON files to hold each patient's newest records",
-        || (0..PATIENTS).all(|patient| files_match_the_store(&data, patient)),
-    );
-    if acked.len() * 2 < 10_000 {
-        assert!(file_control_ids(&data).is_superset(&acked));
-    }
+    // Each file (uncapped here) catches up with the store, which holds every acknowledged
+    // message.
+    wait_until("the JSON files to hold each patient's records", || {
+        (0..PATIENTS).all(|patient| files_match_the_store(&data, patient))
+    });
+    assert!(file_control_ids(&data).is_superset(&acked));
     let (status, _) = receiver.terminate();
     assert!(status.success());
 }
@@ -257,7 +263,7 @@ fn a_full_disk_gets_rejects_and_storing_resumes_when_space_returns() {
         return;
     };
     let data = disk.path.join("data");
-    let receiver = Receiver::start(&data, &[]);
+    let receiver = Receiver::start(&data, FULL);
     let mut client = Client::connect(receiver.mllp);
     assert_eq!(
         ack_field(&client.exchange(&oru("FULL-0", "FULL", 1)), "MSA-1"),
@@ -301,7 +307,7 @@ fn a_full_disk_gets_rejects_and_storing_resumes_when_space_returns() {
 fn sigterm_with_messages_in_flight_loses_nothing_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let receiver = Receiver::start(&data, &[]);
+    let receiver = Receiver::start(&data, FULL);
     let stop = Arc::new(AtomicBool::new(false));
     let acked_all: Arc<Mutex<BTreeSet<String>>> = Arc::default();
     let senders = spawn_senders(receiver.mllp, 999, &stop, &acked_all);
@@ -327,4 +333,126 @@ fn sigterm_with_messages_in_flight_loses_nothing_and_exits_0() {
     assert!(lost.is_empty(), "acknowledged but not stored: {lost:?}");
     // The final export round ran: the files hold every acknowledged message.
     assert!(file_control_ids(&data).is_superset(&acked));
+}
+
+/// The NDJSON streams, with every key (so lines name their messages).
+const NDJSON: &[&str] = &["--patient-files", "ndjson", "--json-fields", "full"];
+
+/// A patient's NDJSON stream as JSON values, one per line; `None` while a line does not parse.
+fn stream_records(data_dir: &Path, patient: &str) -> Option<Vec<Value>> {
+    let path = data_dir.join(format!("patients/patient_{patient}.ndjson"));
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+/// The store's records of a patient, oldest first: what their stream must hold, once each.
+fn store_records_oldest_first(data_dir: &Path, patient: &str) -> Vec<Value> {
+    let (status, stdout, stderr) = common::run(&[
+        "show",
+        patient,
+        "--all",
+        "--json-fields",
+        "full",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ]);
+    if status != 0 {
+        assert!(stderr.contains("no patient"), "{stderr}");
+        return Vec::new();
+    }
+    let document: Value = serde_json::from_str(&stdout).unwrap();
+    // Newest message first there; oldest first here, in OBX order within a message (each
+    // message here has its own control id).
+    let mut messages: Vec<Vec<Value>> = Vec::new();
+    for record in document["Records"].as_array().unwrap() {
+        match messages.last_mut() {
+            Some(last) if last[0]["MessageControlID"] == record["MessageControlID"] => {
+                last.push(record.clone());
+            }
+            _ => messages.push(vec![record.clone()]),
+        }
+    }
+    messages.into_iter().rev().flatten().collect()
+}
+
+#[test]
+fn sigkill_while_appending_leaves_every_record_in_its_stream_exactly_once() {
+    let cycles: usize = std::env::var("HL7IHP_CRASH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("NDJSON crash test: {cycles} cycles, seed {seed}");
+    let mut rng = Rng(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let acked_all: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    for cycle in 0..cycles {
+        let receiver = Receiver::start(&data, NDJSON);
+        let stop = Arc::new(AtomicBool::new(false));
+        let senders = spawn_senders(receiver.mllp, cycle, &stop, &acked_all);
+        // Streams are appended once a second: a kill anywhere in 0.3–2.3 s lands before,
+        // during or after an append, and during the catch-up of the last crash's backlog.
+        let delay = Duration::from_millis(300 + rng.next() % 2000);
+        std::thread::sleep(delay);
+        receiver.kill();
+        stop.store(true, Ordering::Relaxed);
+        for sender in senders {
+            sender.join().expect("sender");
+        }
+    }
+    let receiver = Receiver::start(&data, NDJSON);
+    let acked = acked_all.lock().unwrap().clone();
+    assert!(!acked.is_empty(), "no message was acknowledged at all");
+    let mismatch = || -> Option<String> {
+        (0..PATIENTS).find_map(|p| {
+            let patient = format!("CRASH-{p}");
+            let expected = store_records_oldest_first(&data, &patient);
+            let found = stream_records(&data, &patient);
+            if expected.is_empty() || found.as_ref() == Some(&expected) {
+                return None;
+            }
+            let found = found.unwrap_or_default();
+            let at = expected.iter().zip(&found).position(|(a, b)| a != b);
+            Some(format!(
+                "{patient}: {} in the store, {} in the stream, first difference at {at:?}: {:?} / {:?}",
+                expected.len(),
+                found.len(),
+                at.map(|i| expected[i].to_string()),
+                at.map(|i| found[i].to_string()),
+            ))
+        })
+    };
+    let deadline = Instant::now() + common::DEADLINE;
+    while let Some(problem) = mismatch() {
+        assert!(
+            Instant::now() < deadline,
+            "streams never matched the store: {problem}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Each acknowledged message's two records, once each.
+    let mut seen: std::collections::BTreeMap<String, usize> = Default::default();
+    for p in 0..PATIENTS {
+        for record in stream_records(&data, &format!("CRASH-{p}")).unwrap_or_default() {
+            let id = record["MessageControlID"].as_str().unwrap().to_owned();
+            *seen.entry(id).or_default() += 1;
+        }
+    }
+    for id in &acked {
+        assert_eq!(seen.get(id), Some(&2), "records of {id} in the streams");
+    }
+    eprintln!(
+        "NDJSON crash test: {} acknowledged, {} messages in the streams, each once",
+        acked.len(),
+        seen.len()
+    );
+    let (status, _) = receiver.terminate();
+    assert!(status.success());
 }

@@ -32,7 +32,7 @@ fn patients_dir(receiver: &Receiver) -> PathBuf {
 
 #[test]
 fn prototype_messages_give_the_prototypes_file() {
-    let (_dir, receiver) = start(&[]);
+    let (_dir, receiver) = start(&["--json-fields", "full"]);
     let mut client = Client::connect(receiver.mllp);
     for n in 1..=3 {
         assert_eq!(
@@ -77,7 +77,14 @@ fn prototype_messages_give_the_prototypes_file() {
 
     // The inspection commands agree with the file.
     let data_dir = receiver.data_dir.to_str().unwrap().to_owned();
-    let (status, stdout, _) = common::run(&["show", "555-44-4444", "--data-dir", &data_dir]);
+    let (status, stdout, _) = common::run(&[
+        "show",
+        "555-44-4444",
+        "--json-fields",
+        "full",
+        "--data-dir",
+        &data_dir,
+    ]);
     assert_eq!(status, 0);
     let shown: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(shown["Records"], document["Records"]);
@@ -275,7 +282,7 @@ fn json_files_catch_up_after_a_restart() {
 
 #[test]
 fn json_max_records_bounds_the_file() {
-    let (_dir, receiver) = start(&["--json-max-records", "5"]);
+    let (_dir, receiver) = start(&["--json-max-records", "5", "--json-fields", "full"]);
     let mut client = Client::connect(receiver.mllp);
     for n in 0..10 {
         client.exchange(&oru(&format!("W-{n}"), "WINDOW", n));
@@ -336,4 +343,205 @@ fn messages_shows_the_newest_50_unless_asked_for_more() {
     let (ids, stderr) = rows(&["--limit", "52"]);
     assert_eq!(ids.len(), 52);
     assert!(stderr.contains("not shown"), "{stderr}");
+}
+
+#[test]
+fn the_default_file_has_the_prototypes_keys_one_record_a_line() {
+    let (_dir, receiver) = start(&[]);
+    let mut client = Client::connect(receiver.mllp);
+    for n in 0..3 {
+        assert_eq!(
+            ack_field(
+                &client.exchange(&oru(&format!("P-{n}"), "PROTO", n)),
+                "MSA-1"
+            ),
+            "AA"
+        );
+    }
+    let path = patients_dir(&receiver).join("patient_PROTO.json");
+    let document = file_with_records(&path, 6);
+    let keys =
+        |value: &Value| -> Vec<String> { value.as_object().unwrap().keys().cloned().collect() };
+    assert_eq!(
+        keys(&document["PatientInfo"]),
+        ["DateOfBirth", "PatientID", "PatientName", "Sex"]
+    );
+    for record in document["Records"].as_array().unwrap() {
+        assert_eq!(
+            keys(record),
+            [
+                "AbnormalFlags",
+                "ObservationID",
+                "ObservationValue",
+                "ReferenceRange",
+                "Timestamp",
+                "Units"
+            ]
+        );
+    }
+    // The header, then one record a line, newest message first, OBX order within one.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 8, "{text}");
+    assert!(lines[0].starts_with("{\"PatientInfo\":") && lines[0].ends_with("\"Records\":["));
+    assert!(lines[1].contains("\"ObservationValue\":\"2\"") && lines[1].contains("8867-4"));
+    assert!(lines[2].contains("59408-5"));
+    assert_eq!(lines[7], "]}");
+    // No NDJSON stream unless asked for.
+    assert!(
+        !patients_dir(&receiver)
+            .join("patient_PROTO.ndjson")
+            .exists()
+    );
+}
+
+const NDJSON: &[&str] = &["--patient-files", "ndjson", "--json-fields", "full"];
+
+fn stream(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+fn control_ids(records: &[Value]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| r["MessageControlID"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn an_ndjson_stream_cuts_a_torn_line_and_keeps_lines_appended_before_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let receiver = Receiver::start(&data, NDJSON);
+    let mut client = Client::connect(receiver.mllp);
+    for n in 0..6 {
+        client.exchange(&oru(&format!("L-{n}"), "LOG", n));
+    }
+    drop(client);
+    let (status, _) = receiver.terminate();
+    assert!(status.success());
+    let path = data.join("patients/patient_LOG.ndjson");
+    let ids = |n: usize| -> Vec<String> {
+        (0..n)
+            .flat_map(|m| [format!("L-{m}"), format!("L-{m}")])
+            .collect()
+    };
+    assert_eq!(
+        control_ids(&stream(&path)),
+        ids(6),
+        "oldest first, OBX order"
+    );
+    assert!(!data.join("patients/patient_LOG.json").exists());
+
+    // As if the receiver had died after appending messages 5 and 6 and before recording
+    // them, in the middle of a seventh line: the store says the stream ends after message
+    // 4, and a torn line follows the complete ones.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let four = text
+        .split_inclusive('\n')
+        .take(8)
+        .map(str::len)
+        .sum::<usize>();
+    {
+        let db = rusqlite::Connection::open(data.join("hl7-ihp.sqlite3")).unwrap();
+        let fourth: i64 = db
+            .query_row(
+                "SELECT id FROM messages WHERE control_id = 'L-3'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        db.execute(
+            "UPDATE export_files SET through = ?1, length = ?2 \
+             WHERE exporter = 'ndjson' AND patient = 'LOG'",
+            rusqlite::params![fourth, four as i64],
+        )
+        .unwrap();
+        db.execute(
+            "UPDATE meta SET value = ?1 WHERE name = 'export:ndjson'",
+            [fourth],
+        )
+        .unwrap();
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    std::io::Write::write_all(&mut file, b"{\"Timestamp\":\"2026-11-26T10:1").unwrap();
+    drop(file);
+
+    let receiver = Receiver::start(&data, NDJSON);
+    let mut client = Client::connect(receiver.mllp);
+    for n in 6..8 {
+        client.exchange(&oru(&format!("L-{n}"), "LOG", n));
+    }
+    wait_until("the stream to hold the new messages", || {
+        std::fs::read_to_string(&path).is_ok_and(|t| t.ends_with('\n') && t.contains("L-7"))
+    });
+    assert_eq!(control_ids(&stream(&path)), ids(8), "each record once");
+    // The lines before the crash are the same bytes: a reader that had read them goes on.
+    assert!(std::fs::read_to_string(&path).unwrap().starts_with(&text));
+    drop(client);
+    let (status, _) = receiver.terminate();
+    assert!(status.success());
+}
+
+#[test]
+fn a_removed_ndjson_stream_is_rebuilt_whole_and_both_outputs_run_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let flags = ["--patient-files", "both", "--json-fields", "full"];
+    let receiver = Receiver::start(&data, &flags);
+    let mut client = Client::connect(receiver.mllp);
+    for n in 0..3 {
+        client.exchange(&oru(&format!("B-{n}"), "BOTH", n));
+    }
+    let json = data.join("patients/patient_BOTH.json");
+    let ndjson = data.join("patients/patient_BOTH.ndjson");
+    wait_until("both files", || {
+        stream(&ndjson).len() == 6
+            && read_json(&json)
+                .is_some_and(|d| d["Records"].as_array().is_some_and(|r| r.len() == 6))
+    });
+    let (_, body) = receiver.http_get("/metrics");
+    for output in ["json", "ndjson"] {
+        assert!(
+            body.contains(&format!(
+                "hl7ihp_export_lag_messages{{output=\"{output}\"}} 0"
+            )),
+            "{body}"
+        );
+        assert!(body.contains(&format!(
+            "hl7ihp_export_lag_seconds{{output=\"{output}\"}} 0.000"
+        )));
+        assert!(body.contains(&format!(
+            "hl7ihp_export_files_written_total{{output=\"{output}\"}}"
+        )));
+    }
+    drop(client);
+    let (status, _) = receiver.terminate();
+    assert!(status.success());
+
+    std::fs::remove_file(&ndjson).unwrap();
+    let receiver = Receiver::start(&data, &flags);
+    let mut client = Client::connect(receiver.mllp);
+    client.exchange(&oru("B-3", "BOTH", 3));
+    wait_until("the stream rebuilt with the new message", || {
+        stream(&ndjson).len() == 8
+    });
+    let mut expected: Vec<String> = (0..4)
+        .flat_map(|m| [format!("B-{m}"), format!("B-{m}")])
+        .collect();
+    assert_eq!(control_ids(&stream(&ndjson)), expected);
+    expected.reverse();
+    let document = read_json(&json).unwrap();
+    let newest_first = control_ids(document["Records"].as_array().unwrap());
+    assert_eq!(newest_first, expected);
+    drop(client);
+    let (status, _) = receiver.terminate();
+    assert!(status.success());
 }

@@ -22,6 +22,8 @@ fn show_all(data_dir: &Path, patient: &str) -> Value {
         "show",
         patient,
         "--all",
+        "--json-fields",
+        "full",
         "--data-dir",
         data_dir.to_str().unwrap(),
     ]);

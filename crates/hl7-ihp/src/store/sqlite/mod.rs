@@ -49,10 +49,10 @@ use self::schema::*;
 use self::tail::*;
 use self::writer::*;
 use super::{
-    ChangeCursor, Changes, Feed, FeedMessage, Health, MessageDetail, MessageFilter, MessageKey,
-    MessageSummary, NewMessage, ObservationData, ObservationQuery, ObservationRow, Outcome,
-    PatientData, PatientRecords, PatientSummary, Store, StoreError, StoreFuture, StoreRead,
-    StoreStats, Stored, TrendBucket, TrendQuery, TrendSeries, Verdict, outcome_name,
+    ChangeCursor, Changes, Feed, FeedMessage, FilePosition, Health, MessageDetail, MessageFilter,
+    MessageKey, MessageSummary, NewMessage, ObservationData, ObservationQuery, ObservationRow,
+    Outcome, PatientData, PatientRecords, PatientSummary, Store, StoreError, StoreFuture,
+    StoreRead, StoreStats, Stored, TrendBucket, TrendQuery, TrendSeries, Verdict, outcome_name,
 };
 
 /// Page size of a new database (an existing one keeps its own). A vitals ORU's row (its
@@ -295,6 +295,8 @@ enum Request {
     SetWatermark {
         name: String,
         id: i64,
+        /// The exporter's name and its files' positions.
+        files: Option<(String, Vec<(String, FilePosition)>)>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     /// Tests: the writer waits until the sender is dropped, so that batches pile up.
@@ -502,6 +504,22 @@ impl StoreRead for SqliteStore {
         }))
     }
 
+    fn export_files<'a>(
+        &'a self,
+        exporter: &'a str,
+        keys: Option<Vec<String>>,
+    ) -> StoreFuture<'a, HashMap<String, FilePosition>> {
+        let exporter = exporter.to_owned();
+        let cost = if keys.is_some() {
+            Cost::Quick
+        } else {
+            Cost::Slow
+        };
+        Box::pin(self.read(cost, move |conn| {
+            read_export_files(conn, &exporter, keys.as_deref())
+        }))
+    }
+
     fn feed(&self, after: ChangeCursor, limit: usize) -> StoreFuture<'_, Feed> {
         Box::pin(self.read(Cost::Quick, move |conn| read_feed(conn, after, limit)))
     }
@@ -574,12 +592,14 @@ impl Store for SqliteStore {
         })
     }
 
-    fn set_export_watermark<'a>(
+    fn set_export_progress<'a>(
         &'a self,
         exporter: &'a str,
         cursor: ChangeCursor,
+        files: Vec<(String, FilePosition)>,
     ) -> StoreFuture<'a, ()> {
         let name = format!("{EXPORT_WATERMARK_PREFIX}{exporter}");
+        let files = (!files.is_empty()).then(|| (exporter.to_owned(), files));
         Box::pin(async move {
             // Through the writer: it joins the next group transaction instead of competing
             // with the writer for the database's write lock.
@@ -587,6 +607,7 @@ impl Store for SqliteStore {
             self.send(Request::SetWatermark {
                 name,
                 id: cursor.position(),
+                files,
                 reply,
             })
             .await?;
@@ -659,6 +680,14 @@ impl StoreRead for SqliteReader {
 
     fn export_watermark<'a>(&'a self, exporter: &'a str) -> StoreFuture<'a, ChangeCursor> {
         self.store.export_watermark(exporter)
+    }
+
+    fn export_files<'a>(
+        &'a self,
+        exporter: &'a str,
+        keys: Option<Vec<String>>,
+    ) -> StoreFuture<'a, HashMap<String, FilePosition>> {
+        self.store.export_files(exporter, keys)
     }
 
     fn feed(&self, after: ChangeCursor, limit: usize) -> StoreFuture<'_, Feed> {

@@ -181,6 +181,7 @@ pub(super) fn read_patients(
             name,
             n_observations: n_observations.max(0) as u64,
             last_received_at,
+            last_message: last,
         });
     }
     Ok(summaries)
@@ -1074,6 +1075,51 @@ pub(super) fn read_trends(
     })?;
     values.merge_older(older);
     Ok(Some(values.finish()))
+}
+
+/// An exporter's file positions, of `keys` or of all its files.
+pub(super) fn read_export_files(
+    conn: &Connection,
+    exporter: &str,
+    keys: Option<&[String]>,
+) -> rusqlite::Result<HashMap<String, FilePosition>> {
+    let mut positions = HashMap::new();
+    let position = |row: &rusqlite::Row<'_>| -> rusqlite::Result<(String, FilePosition)> {
+        let length: i64 = row.get(2)?;
+        Ok((
+            row.get(0)?,
+            FilePosition {
+                through: row.get(1)?,
+                length: u64::try_from(length).unwrap_or(0),
+            },
+        ))
+    };
+    match keys {
+        None => {
+            let mut statement = conn.prepare_cached(
+                "SELECT patient, through, length FROM export_files WHERE exporter = ?1",
+            )?;
+            for row in statement.query_map([exporter], position)? {
+                let (key, at) = row?;
+                positions.insert(key, at);
+            }
+        }
+        Some(keys) => {
+            let mut statement = conn.prepare_cached(
+                "SELECT patient, through, length FROM export_files \
+                 WHERE exporter = ?1 AND patient = ?2",
+            )?;
+            for key in keys {
+                if let Some((key, at)) = statement
+                    .query_row(params![exporter, key], position)
+                    .optional()?
+                {
+                    positions.insert(key, at);
+                }
+            }
+        }
+    }
+    Ok(positions)
 }
 
 #[cfg(test)]

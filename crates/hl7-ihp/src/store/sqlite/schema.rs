@@ -27,6 +27,10 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         sql: include_str!("migrations/0004_ack_codes_refused_index.sql"),
         then: None,
     },
+    Migration {
+        sql: include_str!("migrations/0005_export_files.sql"),
+        then: None,
+    },
 ];
 
 /// Opening sets WAL mode and migrates, steps in which SQLite answers "locked" at once,

@@ -342,6 +342,11 @@ pub(super) const COUNT_REPEAT: &str = "UPDATE messages \
 pub(super) const SET_META: &str = "INSERT INTO meta (name, value) VALUES (?1, ?2) \
      ON CONFLICT (name) DO UPDATE SET value = excluded.value";
 
+/// A patient file's position (`export_files`, schema version 5).
+pub(super) const SET_EXPORT_FILE: &str = "INSERT INTO export_files (exporter, patient, through, length) VALUES (?1, ?2, ?3, ?4) \
+     ON CONFLICT (exporter, patient) DO UPDATE SET through = excluded.through, \
+     length = excluded.length";
+
 /// The writer's statements, prepared once per transaction.
 pub(super) struct Statements<'c> {
     pub(super) find_key: CachedStatement<'c>,
@@ -614,8 +619,17 @@ pub(super) fn write_group(
                 }
                 done.push(Done::Commit(stored));
             }
-            Request::SetWatermark { name, id, .. } => {
+            Request::SetWatermark {
+                name, id, files, ..
+            } => {
                 statements.set_meta.execute(params![name, id])?;
+                if let Some((exporter, files)) = files {
+                    let mut set = conn.prepare_cached(SET_EXPORT_FILE)?;
+                    for (patient, position) in files {
+                        let length = i64::try_from(position.length).unwrap_or(i64::MAX);
+                        set.execute(params![exporter, patient, position.through, length])?;
+                    }
+                }
                 done.push(Done::Watermark);
             }
             #[cfg(test)]
