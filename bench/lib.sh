@@ -9,7 +9,9 @@ BIN=$TARGET_DIR/release/hl7-ihp
 RESULTS=${RESULTS:-$ROOT/bench/results}
 mkdir -p "$RESULTS"
 
+# build: the release binary; NO_BUILD=1 uses the one there is.
 build() {
+  [ "${NO_BUILD:-0}" = 1 ] && return 0
   (cd "$ROOT" && cargo build --release --quiet -p hl7-ihp)
 }
 
@@ -29,18 +31,29 @@ wait_port() {
   return 1
 }
 
-# start_receiver DATA_DIR MLLP_PORT HTTP_PORT [FLAGS...]: sets RECEIVER_PID.
+# start_receiver DATA_DIR MLLP_PORT HTTP_PORT [FLAGS...]: sets RECEIVER_PID. The log goes to
+# RECEIVER_LOG (default $RESULTS/receiver.log).
 start_receiver() {
   local dir=$1 mllp=$2 http=$3
   shift 3
   "$BIN" receive --listen "127.0.0.1:$mllp" --http "127.0.0.1:$http" --data-dir "$dir" "$@" \
-    2>"$RESULTS/receiver.log" &
+    2>"${RECEIVER_LOG:-$RESULTS/receiver.log}" &
   RECEIVER_PID=$!
   wait_port "$mllp"
 }
 
+# stop_receiver: SIGTERM, then SIGKILL if it is still running after STOP_TIMEOUT seconds
+# (default 120).
 stop_receiver() {
   kill -TERM "$RECEIVER_PID" 2>/dev/null || true
+  local waited=0
+  while kill -0 "$RECEIVER_PID" 2>/dev/null && [ "$waited" -lt "$(( ${STOP_TIMEOUT:-120} * 10 ))" ]; do
+    sleep 0.1; waited=$((waited + 1))
+  done
+  if kill -0 "$RECEIVER_PID" 2>/dev/null; then
+    echo "the receiver did not stop within ${STOP_TIMEOUT:-120} s of SIGTERM: killed" >&2
+    kill -KILL "$RECEIVER_PID" 2>/dev/null || true
+  fi
   wait "$RECEIVER_PID" 2>/dev/null || true
 }
 
@@ -54,17 +67,25 @@ hwm_kb() {
   awk '/^VmHWM:/ {print $2}' "/proc/$1/status"
 }
 
-# metric HTTP_PORT NAME: one value from /metrics.
+# metric HTTP_PORT NAME [DEFAULT]: one value from /metrics, DEFAULT (0) when it is absent.
+# NAME may carry labels, `hl7ihp_export_lag_messages{output="json"}`: a series matches when
+# it has that name and at least those labels, in any order (so a NAME without labels takes
+# the first series of that name, whatever its labels).
 metric() {
-  python3 - "$1" "$2" <<'PY'
-import sys, urllib.request
-port, name = sys.argv[1], sys.argv[2]
+  python3 - "$1" "$2" "${3:-0}" <<'PY'
+import re, sys, urllib.request
+port, wanted, default = sys.argv[1], sys.argv[2], sys.argv[3]
+series = re.compile(r'([A-Za-z_:][A-Za-z0-9_:]*)(?:\{([^}]*)\})?\s+(\S+)')
+label = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"')
+m = series.fullmatch(wanted + " x")
+name, labels = m.group(1), dict(label.findall(m.group(2) or ""))
 text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
 for line in text.splitlines():
-    if line.startswith(name + " "):
-        print(line.split()[1]); break
+    m = series.match(line)
+    if m and m.group(1) == name and labels.items() <= dict(label.findall(m.group(2) or "")).items():
+        print(m.group(3)); break
 else:
-    print(0)
+    print(default)
 PY
 }
 
