@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use crate::store::{ObservationData, ObservationRow, PatientData, PatientRecords};
+use crate::store::{FeedMessage, ObservationData, ObservationRow, PatientData, PatientRecords};
 
 /// Writes a received time as `utc_text` does, straight into the output.
 fn utc<S: serde::Serializer>(time: &jiff::Timestamp, serializer: S) -> Result<S::Ok, S::Error> {
@@ -176,6 +176,18 @@ pub struct RecordSource<'a> {
     pub received_at: jiff::Timestamp,
     /// MSH-3.
     pub device: &'a str,
+}
+
+impl<'a> RecordSource<'a> {
+    /// An observation of a message read from the store's feed.
+    pub fn of_feed(message: &'a FeedMessage, observation: &'a ObservationData) -> Self {
+        RecordSource {
+            observation,
+            control_id: message.control_id.as_deref().unwrap_or(""),
+            received_at: message.received_at,
+            device: message.device.as_deref().unwrap_or(""),
+        }
+    }
 }
 
 impl<'a> From<&'a ObservationRow> for RecordSource<'a> {

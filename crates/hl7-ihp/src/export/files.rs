@@ -76,6 +76,21 @@ impl Folder {
     /// itself is synced later, once per round ([`Folder::sync`]).
     /// Returns the new file's [`Identity`].
     pub fn write_atomically(&self, name: &str, bytes: &[u8]) -> io::Result<Identity> {
+        let (temp, identity) = self.create_temp(bytes, true)?;
+        self.rename(&temp, name)
+            .inspect_err(|_| self.remove_temp(&temp))?;
+        Ok(identity)
+    }
+
+    /// The first half of a batched atomic replacement: `bytes` in a new temporary file of
+    /// the folder (0600), not yet synced; returns its name and identity. Then
+    /// [`Folder::sync_files`] once for the batch, [`Folder::rename`] each, [`Folder::sync`].
+    pub fn write_temp(&self, bytes: &[u8]) -> io::Result<(String, Identity)> {
+        self.create_temp(bytes, false)
+    }
+
+    /// `bytes` in a new temporary file (0600), synced when `sync`.
+    fn create_temp(&self, bytes: &[u8], sync: bool) -> io::Result<(String, Identity)> {
         static N_TEMP_FILES: AtomicU64 = AtomicU64::new(0);
         let n = N_TEMP_FILES.fetch_add(1, Ordering::Relaxed);
         let temp = format!("{TEMP_PREFIX}{}-{n}", std::process::id());
@@ -90,34 +105,9 @@ impl Folder {
             // The mode above is filtered by the umask; owner-only is the rule either way.
             file.set_permissions(fs::Permissions::from_mode(0o600))?;
             file.write_all(bytes)?;
-            file.sync_all()?;
-            let identity = Identity::of(&rustix::fs::fstat(&file)?);
-            rustix::fs::renameat(&self.fd, temp.as_str(), &self.fd, name)?;
-            Ok(identity)
-        })();
-        if result.is_err() {
-            let _ = rustix::fs::unlinkat(&self.fd, temp.as_str(), AtFlags::empty());
-        }
-        result
-    }
-
-    /// The first half of a batched atomic replacement: `bytes` in a new temporary file of
-    /// the folder (0600), not yet synced; returns its name and identity. Then
-    /// [`Folder::sync_files`] once for the batch, [`Folder::rename`] each, [`Folder::sync`].
-    pub fn write_temp(&self, bytes: &[u8]) -> io::Result<(String, Identity)> {
-        static N_TEMP_FILES: AtomicU64 = AtomicU64::new(0);
-        let n = N_TEMP_FILES.fetch_add(1, Ordering::Relaxed);
-        let temp = format!("{TEMP_PREFIX}b{}-{n}", std::process::id());
-        let result = (|| {
-            let fd = rustix::fs::openat(
-                &self.fd,
-                temp.as_str(),
-                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::from_raw_mode(0o600),
-            )?;
-            let mut file = fs::File::from(fd);
-            file.set_permissions(fs::Permissions::from_mode(0o600))?;
-            file.write_all(bytes)?;
+            if sync {
+                file.sync_all()?;
+            }
             Ok(Identity::of(&rustix::fs::fstat(&file)?))
         })();
         match result {

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::{Context, Flushed, Folder, Identity, NameCase, Sink, file_name, record_limit};
 use crate::documents::patient::{
-    DOCUMENT_END, Fields, RecordSource, render_document, write_header, write_record,
+    DOCUMENT_END, Fields, RecordSource, assemble, render_document, write_header, write_record,
 };
 use crate::store::{
     ChangeCursor, FeedMessage, FilePosition, Outcome, PatientData, Store, StoreError,
@@ -142,12 +142,7 @@ impl Sink for JsonSink {
             }
             write_record(
                 &mut patient.lines,
-                RecordSource {
-                    observation,
-                    control_id: message.control_id.as_deref().unwrap_or(""),
-                    received_at: message.received_at,
-                    device: message.device.as_deref().unwrap_or(""),
-                },
+                RecordSource::of_feed(message, observation),
                 self.fields,
             );
         }
@@ -425,30 +420,13 @@ pub(super) fn splice(
         line.strip_suffix(b",").unwrap_or(line)
     };
     let mut out = Vec::with_capacity(header.len() + blocks.len() + 2 * ends.len() + kept.len() + 8);
-    out.extend_from_slice(header);
-    out.push(b'\n');
-    let mut any = false;
-    for i in (0..ends.len()).rev() {
+    let new = (0..ends.len()).rev().map(|i| {
         let start = if i == 0 { 0 } else { ends[i - 1].0 };
-        if start == ends[i].0 {
-            continue;
-        }
-        if any {
-            out.extend_from_slice(b",\n");
-        }
-        out.extend_from_slice(&blocks[start..ends[i].0]);
-        any = true;
-    }
-    if !kept.is_empty() {
-        if any {
-            out.extend_from_slice(b",\n");
-        }
-        out.extend_from_slice(kept);
-        any = true;
-    }
-    if any {
-        out.push(b'\n');
-    }
-    out.extend_from_slice(DOCUMENT_END);
+        &blocks[start..ends[i].0]
+    });
+    let lines = new
+        .chain(std::iter::once(kept))
+        .filter(|block| !block.is_empty());
+    assemble(&mut out, header, lines);
     Some(out)
 }

@@ -98,12 +98,7 @@ impl Sink for NdjsonSink {
         for observation in &message.observations {
             write_record(
                 &mut stream.lines,
-                RecordSource {
-                    observation,
-                    control_id: message.control_id.as_deref().unwrap_or(""),
-                    received_at: message.received_at,
-                    device: message.device.as_deref().unwrap_or(""),
-                },
+                RecordSource::of_feed(message, observation),
                 self.fields,
             );
             stream.lines.push(b'\n');

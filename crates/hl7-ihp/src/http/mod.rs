@@ -201,40 +201,41 @@ async fn export_metrics(
             );
         }
     }
-    let _ = writeln!(
+    let watermarks = outputs.iter().map(|(o, s)| (*o, s.watermark.to_string()));
+    gauge(
         out,
-        "# HELP hl7ihp_export_watermark Every message up to this id is in the output's files.\n# TYPE hl7ihp_export_watermark gauge"
+        "hl7ihp_export_watermark",
+        "Every message up to this id is in the output's files.",
+        watermarks,
     );
-    for (output, stats) in &outputs {
-        let _ = writeln!(
-            out,
-            "hl7ihp_export_watermark{{output=\"{}\"}} {}",
-            output.name(),
-            stats.watermark
-        );
-    }
-    let _ = writeln!(
+    let messages = lags.iter().map(|(o, lag)| (*o, lag.messages.to_string()));
+    gauge(
         out,
-        "# HELP hl7ihp_export_lag_messages Messages stored and not yet in the output's files.\n# TYPE hl7ihp_export_lag_messages gauge"
+        "hl7ihp_export_lag_messages",
+        "Messages stored and not yet in the output's files.",
+        messages,
     );
-    for (output, lag) in &lags {
-        let _ = writeln!(
-            out,
-            "hl7ihp_export_lag_messages{{output=\"{}\"}} {}",
-            output.name(),
-            lag.messages
-        );
-    }
-    let _ = writeln!(
+    let seconds = lags
+        .iter()
+        .map(|(o, lag)| (*o, format!("{:.3}", lag.seconds)));
+    gauge(
         out,
-        "# HELP hl7ihp_export_lag_seconds Age of the oldest message not yet in the output's files (0 when current): the one to alert on.\n# TYPE hl7ihp_export_lag_seconds gauge"
+        "hl7ihp_export_lag_seconds",
+        "Age of the oldest message not yet in the output's files (0 when current): the one to alert on.",
+        seconds,
     );
-    for (output, lag) in &lags {
-        let _ = writeln!(
-            out,
-            "hl7ihp_export_lag_seconds{{output=\"{}\"}} {:.3}",
-            output.name(),
-            lag.seconds
-        );
+}
+
+/// One gauge with a series per output.
+fn gauge(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    values: impl Iterator<Item = (crate::export::Output, String)>,
+) {
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    for (output, value) in values {
+        let _ = writeln!(out, "{name}{{output=\"{}\"}} {value}", output.name());
     }
 }

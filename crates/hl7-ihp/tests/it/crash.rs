@@ -154,8 +154,15 @@ fn file_control_ids(data_dir: &Path) -> BTreeSet<String> {
     ids
 }
 
-#[test]
-fn sigkill_under_load_loses_no_acknowledged_message() {
+/// `HL7IHP_CRASH_CYCLES` (5) times: a receiver on `data` with `flags` under load from the
+/// senders, killed with SIGKILL a random number of ms in `kill_after_ms` later. Returns the
+/// control ids acknowledged over all cycles.
+fn kill_cycles(
+    what: &str,
+    data: &Path,
+    flags: &[&str],
+    kill_after_ms: std::ops::Range<u64>,
+) -> Arc<Mutex<BTreeSet<String>>> {
     let cycles: usize = std::env::var("HL7IHP_CRASH_CYCLES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -165,19 +172,16 @@ fn sigkill_under_load_loses_no_acknowledged_message() {
         .unwrap()
         .as_nanos() as u64
         | 1;
-    eprintln!("crash test: {cycles} cycles, seed {seed}");
+    eprintln!("{what}: {cycles} cycles, seed {seed}");
     let mut rng = Rng(seed);
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
     let acked_all: Arc<Mutex<BTreeSet<String>>> = Arc::default();
     for cycle in 0..cycles {
-        let receiver = Receiver::start(&data, FULL);
+        let receiver = Receiver::start(data, flags);
         let stop = Arc::new(AtomicBool::new(false));
         let senders = spawn_senders(receiver.mllp, cycle, &stop, &acked_all);
-        // Kill at a random moment once the load is running.
         let before = acked_all.lock().unwrap().len();
-        // A random moment to kill at, not a wait for a condition.
-        let delay = Duration::from_millis(50 + rng.next() % 700);
+        let span = kill_after_ms.end - kill_after_ms.start;
+        let delay = Duration::from_millis(kill_after_ms.start + rng.next() % span);
         std::thread::sleep(delay);
         receiver.kill();
         stop.store(true, Ordering::Relaxed);
@@ -190,6 +194,15 @@ fn sigkill_under_load_loses_no_acknowledged_message() {
             after - before
         );
     }
+    acked_all
+}
+
+#[test]
+fn sigkill_under_load_loses_no_acknowledged_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // A random moment to kill at, not a wait for a condition.
+    let acked_all = kill_cycles("crash test", &data, FULL, 50..750);
     // Restart once more: everything acknowledged is in the store, and the files catch up.
     let receiver = Receiver::start(&data, FULL);
     let acked = acked_all.lock().unwrap().clone();
@@ -379,34 +392,11 @@ fn store_records_oldest_first(data_dir: &Path, patient: &str) -> Vec<Value> {
 
 #[test]
 fn sigkill_while_appending_leaves_every_record_in_its_stream_exactly_once() {
-    let cycles: usize = std::env::var("HL7IHP_CRASH_CYCLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    eprintln!("NDJSON crash test: {cycles} cycles, seed {seed}");
-    let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let acked_all: Arc<Mutex<BTreeSet<String>>> = Arc::default();
-    for cycle in 0..cycles {
-        let receiver = Receiver::start(&data, NDJSON);
-        let stop = Arc::new(AtomicBool::new(false));
-        let senders = spawn_senders(receiver.mllp, cycle, &stop, &acked_all);
-        // Streams are appended once a second: a kill anywhere in 0.3–2.3 s lands before,
-        // during or after an append, and during the catch-up of the last crash's backlog.
-        let delay = Duration::from_millis(300 + rng.next() % 2000);
-        std::thread::sleep(delay);
-        receiver.kill();
-        stop.store(true, Ordering::Relaxed);
-        for sender in senders {
-            sender.join().expect("sender");
-        }
-    }
+    // Streams are appended once a second: a kill anywhere in 0.3–2.3 s lands before, during
+    // or after an append, and during the catch-up of the last crash's backlog.
+    let acked_all = kill_cycles("NDJSON crash test", &data, NDJSON, 300..2300);
     let receiver = Receiver::start(&data, NDJSON);
     let acked = acked_all.lock().unwrap().clone();
     assert!(!acked.is_empty(), "no message was acknowledged at all");
