@@ -26,9 +26,9 @@
 //! - Batched durability: a flush writes every due file (JSON to a temporary name), makes
 //!   them durable with one `syncfs`, renames the JSON files into place, syncs the folder,
 //!   and only then records the watermark and the files' positions, in one store write.
-//! - Paced: after a flush that took `t`, the next waits at least
-//!   [`ExportOptions::rest_factor`]` × t`, so under heavy load an output keeps to a bounded
-//!   share of a core and its files lag instead of the ACKs.
+//! - Paced: after a round (reading the feed, rendering, writing) that took `t`, the next
+//!   waits at least [`ExportOptions::rest_factor`]` × t`, so under heavy load an output
+//!   keeps to a bounded share of a core and its files lag instead of the ACKs.
 //! - Catches up, also after a restart or a crash: an output reads the feed again from its
 //!   watermark. The JSON files of the patients it finds are rebuilt from the store. An
 //!   NDJSON stream is continued from the position the store recorded for it: complete lines
@@ -142,7 +142,8 @@ pub struct ExportOptions {
     pub max_records: usize,
     /// The least time between two rewrites of one patient's JSON file (`--json-min-interval`).
     pub min_interval: Duration,
-    /// After a flush that took `t`, the next one waits at least `rest_factor × t`.
+    /// After a round that took `t` (reading, rendering, writing), the next one waits at
+    /// least `rest_factor × t`.
     pub rest_factor: u32,
     /// How file names treat upper-case letters: what the folder's file system needs, as
     /// [`Folder::probe_case`] found at start (not a setting).
@@ -455,6 +456,14 @@ async fn follow<S: Sink>(
     // next, so the watermark never moves past a file whose position the store lacks.
     let mut unrecorded: std::collections::HashMap<String, FilePosition> = Default::default();
     loop {
+        // Paced: the rest after the last round's work (reading and rendering included).
+        if Instant::now() < not_before {
+            tokio::select! {
+                () = tokio::time::sleep_until(not_before) => {}
+                () = shutdown.requested() => break,
+            }
+        }
+        let round_start = Instant::now();
         // Read what was committed (bounded, so a long backlog still gets flushes).
         let mut more = false;
         let mut failed = false;
@@ -486,7 +495,7 @@ async fn follow<S: Sink>(
 
         // Write what is due, paced.
         let now = Instant::now();
-        if now >= not_before && retry_at.is_none_or(|at| now >= at) {
+        if retry_at.is_none_or(|at| now >= at) {
             match sink.flush(now, false, cursor).await {
                 Ok(flushed) => {
                     retry_at = None;
@@ -521,9 +530,8 @@ async fn follow<S: Sink>(
                     retry_at = Some(Instant::now() + RETRY_DELAY);
                 }
             }
-            let took = now.elapsed();
-            not_before = Instant::now() + took * context.options.rest_factor;
         }
+        not_before = Instant::now() + round_start.elapsed() * context.options.rest_factor;
         counters
             .watermark
             .store(sink.watermark(cursor).position(), Ordering::Relaxed);

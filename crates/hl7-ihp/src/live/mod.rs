@@ -406,6 +406,10 @@ async fn seed(live: &Live, store: &dyn StoreRead, view: &mut View) -> Result<See
             continue;
         };
         view.add_patient(&data, &mut changes);
+        // Only what was committed before the head read above: a message committed since is
+        // applied by following, which announces it (applied here, silently, it would be
+        // seen and never announced: a client that connected before it would miss it).
+        messages.retain(|m| m.id <= cursor.position());
         messages.reverse();
         for message in &mut messages {
             message.patient.get_or_insert_with(|| data.clone());

@@ -620,8 +620,11 @@ impl SseClient {
 
     /// The next event, skipping comments; panics at the deadline or the end.
     pub fn next_event(&self) -> SseEvent {
+        // One deadline for the event, however many keep-alive comments come meanwhile.
+        let deadline = Instant::now() + DEADLINE;
         loop {
-            match self.items.recv_timeout(DEADLINE) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.items.recv_timeout(left) {
                 Ok(SseItem::Event(event)) => return event,
                 Ok(SseItem::Comment(_)) => {}
                 Ok(SseItem::End) => panic!("the event stream ended"),
