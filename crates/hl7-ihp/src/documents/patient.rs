@@ -276,6 +276,24 @@ pub fn write_record(out: &mut Vec<u8>, source: RecordSource<'_>, fields: Fields)
     .expect(SERIALISES);
 }
 
+/// Appends a feed message's records, in OBX order, each as [`write_record`] writes it,
+/// with `between` between two of them and `after` after each.
+pub fn write_message_records(
+    out: &mut Vec<u8>,
+    message: &FeedMessage,
+    fields: Fields,
+    between: &[u8],
+    after: &[u8],
+) {
+    for (i, observation) in message.observations.iter().enumerate() {
+        if i > 0 {
+            out.extend_from_slice(between);
+        }
+        write_record(out, RecordSource::of_feed(message, observation), fields);
+        out.extend_from_slice(after);
+    }
+}
+
 /// The document's first line: `{"PatientInfo":{…},"Records":[` (without its newline).
 pub fn write_header(out: &mut Vec<u8>, patient: &PatientData, fields: Fields) {
     out.extend_from_slice(br#"{"PatientInfo":"#);

@@ -10,11 +10,9 @@ use tokio::time::Instant;
 
 use super::{Context, Flushed, Folder, Identity, NameCase, Sink, file_name, record_limit};
 use crate::documents::patient::{
-    DOCUMENT_END, Fields, RecordSource, assemble, render_document, write_header, write_record,
+    DOCUMENT_END, Fields, assemble, render_document, write_header, write_message_records,
 };
-use crate::store::{
-    ChangeCursor, FeedMessage, FilePosition, Outcome, PatientData, Store, StoreError,
-};
+use crate::store::{ChangeCursor, FeedMessage, FilePosition, PatientData, Store, StoreError};
 
 /// JSON flushes happen on this grid, each writing every file due by then: fewer, larger
 /// batches (one `syncfs`, one folder sync, one store write each) for up to this much delay.
@@ -98,10 +96,7 @@ impl JsonSink {
 
 impl Sink for JsonSink {
     fn take(&mut self, message: &FeedMessage) {
-        if message.outcome != Outcome::Accept {
-            return;
-        }
-        let Some(data) = &message.patient else {
+        let Some(data) = message.accepted_patient() else {
             return;
         };
         let patient = self
@@ -136,16 +131,7 @@ impl Sink for JsonSink {
             return;
         }
         let before = patient.lines.len();
-        for (i, observation) in message.observations.iter().enumerate() {
-            if i > 0 {
-                patient.lines.extend_from_slice(b",\n");
-            }
-            write_record(
-                &mut patient.lines,
-                RecordSource::of_feed(message, observation),
-                self.fields,
-            );
-        }
+        write_message_records(&mut patient.lines, message, self.fields, b",\n", b"");
         patient
             .ends
             .push((patient.lines.len(), message.observations.len()));

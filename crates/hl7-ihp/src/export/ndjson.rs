@@ -25,8 +25,8 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::{Context, Flushed, Folder, NDJSON_INTERVAL, NameCase, Sink, ndjson_file_name};
-use crate::documents::patient::{Fields, RecordSource, write_record};
-use crate::store::{ChangeCursor, FeedMessage, FilePosition, Outcome, Store, StoreError};
+use crate::documents::patient::{Fields, RecordSource, write_message_records, write_record};
+use crate::store::{ChangeCursor, FeedMessage, FilePosition, Store, StoreError};
 
 pub(super) struct NdjsonSink {
     store: Arc<dyn Store>,
@@ -80,10 +80,7 @@ impl NdjsonSink {
 
 impl Sink for NdjsonSink {
     fn take(&mut self, message: &FeedMessage) {
-        if message.outcome != Outcome::Accept {
-            return;
-        }
-        let Some(data) = &message.patient else {
+        let Some(data) = message.accepted_patient() else {
             return;
         };
         let stream = self.patients.entry(data.key.clone()).or_default();
@@ -95,14 +92,7 @@ impl Sink for NdjsonSink {
             return;
         }
         let before = stream.lines.len();
-        for observation in &message.observations {
-            write_record(
-                &mut stream.lines,
-                RecordSource::of_feed(message, observation),
-                self.fields,
-            );
-            stream.lines.push(b'\n');
-        }
+        write_message_records(&mut stream.lines, message, self.fields, b"", b"\n");
         // Also without records (an ADT), so the recorded position names the patient's
         // newest message.
         stream.messages.push((message.id, stream.lines.len()));

@@ -416,6 +416,16 @@ pub struct FeedMessage {
     pub observations: Vec<ObservationData>,
 }
 
+impl FeedMessage {
+    /// The patient of an accepted message: whose records (or, for an ADT, demographics) it
+    /// carries; `None` for a refused frame or a message without a patient.
+    pub fn accepted_patient(&self) -> Option<&PatientData> {
+        self.patient
+            .as_ref()
+            .filter(|_| self.outcome == Outcome::Accept)
+    }
+}
+
 /// Messages of the change feed after a cursor, in commit order.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Feed {
