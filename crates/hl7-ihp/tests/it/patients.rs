@@ -530,8 +530,11 @@ fn a_removed_ndjson_stream_is_rebuilt_whole_and_both_outputs_run_together() {
     let receiver = Receiver::start(&data, &flags);
     let mut client = Client::connect(receiver.mllp);
     client.exchange(&oru("B-3", "BOTH", 3));
-    wait_until("the stream rebuilt with the new message", || {
+    // The two outputs flush on their own clocks: wait for both before comparing.
+    wait_until("both files to hold the new message", || {
         stream(&ndjson).len() == 8
+            && read_json(&json)
+                .is_some_and(|d| d["Records"].as_array().is_some_and(|r| r.len() == 8))
     });
     let mut expected: Vec<String> = (0..4)
         .flat_map(|m| [format!("B-{m}"), format!("B-{m}")])
