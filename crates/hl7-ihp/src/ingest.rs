@@ -4,7 +4,7 @@
 //! writes what it gets. A positive ACK is built only from a [`Stored`] that the store
 //! returned after its commit, so nothing is acknowledged before it is durable.
 
-use std::net::SocketAddr;
+use crate::net::Peer;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -16,6 +16,7 @@ use hl7::extract::{Extract, extract};
 use hl7::{Message, SegmentId};
 use sha2::{Digest, Sha256};
 
+use crate::audit::Audit;
 use crate::config::PatientIdentity;
 use crate::events::Events;
 use crate::ids::base36;
@@ -49,6 +50,8 @@ pub struct Ingest {
     events: Events,
     /// Per-peer limits on warning lines, shared with the connections' lines.
     log_limit: Arc<RateLimit>,
+    /// The audit trail: one event per message received.
+    audit: Arc<Audit>,
     /// Fresh ACK control ids: a per-process prefix and a counter.
     ack_prefix: String,
     ack_counter: AtomicU64,
@@ -81,9 +84,16 @@ impl Ingest {
             metrics,
             events,
             log_limit,
+            audit: Audit::off(),
             ack_prefix: format!("A{}", base36(boot)),
             ack_counter: AtomicU64::new(0),
         }
+    }
+
+    /// Audits each message received to `audit`.
+    pub fn with_audit(mut self, audit: Arc<Audit>) -> Self {
+        self.audit = audit;
+        self
     }
 
     /// The per-peer limiter of log lines, for the connections' own lines.
@@ -92,7 +102,7 @@ impl Ingest {
     }
 
     /// Handles one frame: its ACKs in order (none when the sender asked for none).
-    pub async fn frame(&self, frame: &[u8], peer: SocketAddr) -> Vec<Vec<u8>> {
+    pub async fn frame(&self, frame: &[u8], peer: &Peer) -> Vec<Vec<u8>> {
         Metrics::inc(&self.metrics.frames);
         let received_at = jiff::Timestamp::now();
         let batch = match hl7::parse_batch(frame) {
@@ -163,7 +173,7 @@ impl Ingest {
         len: usize,
         head: &[u8],
         limit: usize,
-        peer: SocketAddr,
+        peer: &Peer,
     ) -> Vec<Vec<u8>> {
         Metrics::inc(&self.metrics.frames_oversized);
         let reason = format!("frame of {len} bytes is over the limit of {limit} bytes");
@@ -178,13 +188,13 @@ impl Ingest {
         frame: &[u8],
         reason: String,
         location: Option<ErrorLocation>,
-        peer: SocketAddr,
+        peer: &Peer,
         received_at: jiff::Timestamp,
     ) -> Vec<Vec<u8>> {
         Metrics::inc(&self.metrics.messages_rejected);
         if let Some(n_suppressed) =
             self.log_limit
-                .allow(peer.ip(), "rejected an unreadable frame", Level::Warn)
+                .allow(peer.addr.ip(), "rejected an unreadable frame", Level::Warn)
         {
             tracing::warn!(%peer, reason = %reason, n_suppressed, "rejected an unreadable frame");
         }
@@ -207,6 +217,7 @@ impl Ingest {
         let new = NewMessage {
             received_at,
             peer: peer.to_string(),
+            peer_identity: peer.identity.as_deref().map(str::to_owned),
             raw: frame.to_vec(),
             key,
             hash: Sha256::digest(frame).into(),
@@ -240,7 +251,7 @@ impl Ingest {
     fn prepare(
         &self,
         message: &Message<'_>,
-        peer: SocketAddr,
+        peer: &Peer,
         received_at: jiff::Timestamp,
     ) -> Prepared {
         if !message.charset_known() {
@@ -280,9 +291,11 @@ impl Ingest {
             ),
         };
         if let Some(reason) = verdict.reason()
-            && let Some(n_suppressed) =
-                self.log_limit
-                    .allow(peer.ip(), "message answered with an error", Level::Warn)
+            && let Some(n_suppressed) = self.log_limit.allow(
+                peer.addr.ip(),
+                "message answered with an error",
+                Level::Warn,
+            )
         {
             tracing::warn!(%peer, reason, n_suppressed, "message answered with an error");
         }
@@ -304,6 +317,7 @@ impl Ingest {
             new: Some(NewMessage {
                 received_at,
                 peer: peer.to_string(),
+                peer_identity: peer.identity.as_deref().map(str::to_owned),
                 raw: raw.to_vec(),
                 key: (missing.is_none()).then_some(key),
                 hash: Sha256::digest(raw).into(),
@@ -521,7 +535,7 @@ mod tests {
             events,
             Arc::new(RateLimit::default()),
         );
-        let peer: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let peer = &Peer::tcp(0, "127.0.0.1:4000".parse().unwrap());
         let mut expected = Vec::new();
         for (frame, code) in [
             (message("C1", "ORU^R01", ""), Some("AA")),

@@ -23,8 +23,15 @@
 //! - [`sender`]: the device simulator and load generator: link, load, simulator.
 //! - [`terminal`]: device text made safe to print: controls escaped, long values cut.
 //! - [`rate_limit`]: at most one log line of a kind per peer per interval, the rest counted.
+//! - [`net`]: a connection's peer (address, load balancer, TLS identity), the allowlist and
+//!   the PROXY protocol header.
+//! - [`tls`]: rustls with `ring`: reloadable listener configurations, the client's, a
+//!   certificate's identity.
+//! - [`audit`]: the audit trail, JSON lines through a bounded queue.
+//! - [`reload`]: SIGHUP and the TLS files' watcher.
 //! - [`metrics`], [`logging`], [`ids`]: counters, log set-up, base-36 ids.
 
+pub mod audit;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -39,9 +46,12 @@ pub mod live;
 pub mod logging;
 pub mod metrics;
 pub mod mllp;
+pub mod net;
 pub mod rate_limit;
+pub mod reload;
 pub mod sender;
 pub mod server;
 pub mod shutdown;
 pub mod store;
 pub mod terminal;
+pub mod tls;

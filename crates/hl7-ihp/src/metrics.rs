@@ -12,6 +12,20 @@ pub struct Metrics {
     pub connections_accepted: AtomicU64,
     /// Connections refused by the per-peer limit.
     pub connections_refused: AtomicU64,
+    /// Connections refused by the allowlist.
+    pub connections_refused_allowlist: AtomicU64,
+    /// Connections refused for their PROXY header (missing, invalid, or untrusted).
+    pub connections_refused_proxy: AtomicU64,
+    /// TLS handshakes completed.
+    pub tls_handshakes: AtomicU64,
+    /// TLS handshakes failed or timed out.
+    pub tls_handshake_failures: AtomicU64,
+    /// HTTPS handshakes failed or timed out.
+    pub http_tls_handshake_failures: AtomicU64,
+    /// TLS configurations reloaded.
+    pub tls_reloads: AtomicU64,
+    /// TLS reloads refused (the old configuration stayed).
+    pub tls_reload_failures: AtomicU64,
     /// Connections open now.
     pub connections_open: AtomicI64,
     /// Connections closed for silence or a frame that took too long.
@@ -69,7 +83,7 @@ impl Metrics {
     pub fn render(&self, extra: &[Extra]) -> String {
         let mut out = String::with_capacity(2048);
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let counters: [(&str, &str, u64); 18] = [
+        let counters: [(&str, &str, u64); 25] = [
             (
                 "hl7ihp_connections_accepted_total",
                 "Connections accepted.",
@@ -79,6 +93,41 @@ impl Metrics {
                 "hl7ihp_connections_refused_total",
                 "Connections refused by the per-peer limit.",
                 get(&self.connections_refused),
+            ),
+            (
+                "hl7ihp_connections_refused_allowlist_total",
+                "Connections refused by --allow before a byte was read.",
+                get(&self.connections_refused_allowlist),
+            ),
+            (
+                "hl7ihp_connections_refused_proxy_total",
+                "Connections refused for their PROXY header (missing, invalid or untrusted).",
+                get(&self.connections_refused_proxy),
+            ),
+            (
+                "hl7ihp_tls_handshakes_total",
+                "TLS handshakes completed.",
+                get(&self.tls_handshakes),
+            ),
+            (
+                "hl7ihp_tls_handshake_failures_total",
+                "TLS handshakes failed or timed out (the audit trail has each reason).",
+                get(&self.tls_handshake_failures),
+            ),
+            (
+                "hl7ihp_http_tls_handshake_failures_total",
+                "HTTPS handshakes failed or timed out.",
+                get(&self.http_tls_handshake_failures),
+            ),
+            (
+                "hl7ihp_tls_reloads_total",
+                "TLS configurations reloaded (SIGHUP or changed files).",
+                get(&self.tls_reloads),
+            ),
+            (
+                "hl7ihp_tls_reload_failures_total",
+                "TLS reloads refused; the previous configuration stayed.",
+                get(&self.tls_reload_failures),
             ),
             (
                 "hl7ihp_connections_timed_out_total",

@@ -5,6 +5,7 @@
 //! the same code (STYLE.md §5).
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use std::io;
@@ -12,6 +13,7 @@ use std::io;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::audit::{Audit, AuditEvent};
 use crate::config::ReceiveConfig;
 use crate::datadir::DataDir;
 use crate::events::Events;
@@ -22,10 +24,12 @@ use crate::ingest::{Ingest, IngestSettings};
 use crate::live::{self, Live};
 use crate::metrics::{Extra, Metrics};
 use crate::mllp::budget::PartialBudget;
-use crate::mllp::listener;
+use crate::mllp::listener::{self, Gate, Transport};
 use crate::rate_limit::RateLimit;
+use crate::reload;
 use crate::shutdown::Shutdown;
 use crate::store::{self, Store, StoreRead};
+use crate::tls::ServerTls;
 
 /// Why the receiver could not start or did not stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +42,17 @@ pub enum ServerError {
         /// Why.
         source: io::Error,
     },
+    /// A listener's TLS files could not be used.
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
+    /// The audit trail's file could not be opened.
+    #[error("cannot open the audit log {path}: {source}")]
+    Audit {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: io::Error,
+    },
     /// The store could not be opened.
     #[error("opening the store: {0}")]
     Store(#[from] crate::store::StoreError),
@@ -46,21 +61,73 @@ pub enum ServerError {
     Task(String),
 }
 
-/// Binds the MLLP and (unless off) HTTP addresses of a configuration.
-pub async fn bind(
-    config: &ReceiveConfig,
-) -> Result<(TcpListener, Option<TcpListener>), ServerError> {
+/// The bound listeners of a receiver, with the TLS configurations loaded from their files.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Plain MLLP, unless `--listen off`.
+    pub mllp: Option<TcpListener>,
+    /// MLLP over TLS.
+    pub mllp_tls: Option<(TcpListener, Arc<ServerTls>)>,
+    /// HTTP, unless `--http off`.
+    pub http: Option<TcpListener>,
+    /// HTTPS's configuration, when HTTP is served over TLS.
+    pub http_tls: Option<Arc<ServerTls>>,
+}
+
+impl Listeners {
+    /// The plain MLLP listener's address.
+    pub fn mllp_addr(&self) -> Option<SocketAddr> {
+        self.mllp.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The TLS MLLP listener's address.
+    pub fn mllp_tls_addr(&self) -> Option<SocketAddr> {
+        self.mllp_tls
+            .as_ref()
+            .and_then(|(l, _)| l.local_addr().ok())
+    }
+
+    /// The HTTP listener's address.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
+    }
+}
+
+/// Loads the TLS files (a bad one is an error before anything listens) and binds the MLLP
+/// and HTTP addresses of a configuration.
+pub async fn bind(config: &ReceiveConfig) -> Result<Listeners, ServerError> {
+    crate::tls::install_provider();
     let bind = |address| async move {
         TcpListener::bind(address)
             .await
             .map_err(|source| ServerError::Bind { address, source })
     };
-    let mllp = bind(config.mllp.listen).await?;
+    let mllp_tls_config = match &config.mllp.tls {
+        Some(tls) => Some((tls.listen, ServerTls::load(tls.files.clone())?)),
+        None => None,
+    };
+    let http_tls = match &config.http.tls {
+        Some(files) => Some(ServerTls::load(files.clone())?),
+        None => None,
+    };
+    let mllp = match config.mllp.listen {
+        Some(address) => Some(bind(address).await?),
+        None => None,
+    };
+    let mllp_tls = match mllp_tls_config {
+        Some((address, tls)) => Some((bind(address).await?, tls)),
+        None => None,
+    };
     let http = match config.http.listen {
         Some(address) => Some(bind(address).await?),
         None => None,
     };
-    Ok((mllp, http))
+    Ok(Listeners {
+        mllp,
+        mllp_tls,
+        http,
+        http_tls,
+    })
 }
 
 /// Runs the receiver over `data_dir` (prepared and locked by [`crate::datadir::prepare`];
@@ -70,10 +137,43 @@ pub async fn bind(
 pub async fn run(
     config: ReceiveConfig,
     data_dir: &DataDir,
-    mllp: TcpListener,
-    http_listener: Option<TcpListener>,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    let Listeners {
+        mllp,
+        mllp_tls,
+        http: http_listener,
+        http_tls,
+    } = listeners;
+    let (_hangup_sender, hangups) = reload::hangups();
+    let (stop_audit, audit_stop) = Shutdown::new();
+    let (audit, audit_task) = match &config.audit_log {
+        Some(path) => {
+            let (audit, writer) = Audit::open(path).map_err(|source| ServerError::Audit {
+                path: path.clone(),
+                source,
+            })?;
+            let task = tokio::spawn(writer.run(hangups.clone(), audit_stop));
+            (audit, Some(task))
+        }
+        None => (Audit::off(), None),
+    };
+    let mut described = Vec::new();
+    if let Some(address) = mllp.as_ref().and_then(|l| l.local_addr().ok()) {
+        described.push(format!("mllp tcp {address}"));
+    }
+    if let Some(address) = mllp_tls.as_ref().and_then(|(l, _)| l.local_addr().ok()) {
+        described.push(format!("mllp tls {address}"));
+    }
+    if let Some(address) = http_listener.as_ref().and_then(|l| l.local_addr().ok()) {
+        let scheme = if http_tls.is_some() { "https" } else { "http" };
+        described.push(format!("{scheme} {address}"));
+    }
+    audit.record(AuditEvent::ReceiverStarted {
+        version: env!("CARGO_PKG_VERSION"),
+        listeners: described,
+    });
     let store_config = config.store;
     let store = tokio::task::spawn_blocking(move || {
         store::open(&store_config.location, &store_config.options)
@@ -81,6 +181,24 @@ pub async fn run(
     .await
     .map_err(|error| ServerError::Task(format!("opening the store: {error}")))??;
     let metrics = Arc::new(Metrics::default());
+    // The TLS files are watched from the start: a renewed certificate needs no restart.
+    let (stop_watchers, watchers_stop) = Shutdown::new();
+    let mut watchers = Vec::new();
+    for (name, tls) in [
+        ("mllp", mllp_tls.as_ref().map(|(_, tls)| tls)),
+        ("http", http_tls.as_ref()),
+    ] {
+        if let Some(tls) = tls {
+            watchers.push(tokio::spawn(reload::watch_tls(
+                name,
+                Arc::clone(tls),
+                hangups.clone(),
+                Arc::clone(&audit),
+                Arc::clone(&metrics),
+                watchers_stop.clone(),
+            )));
+        }
+    }
     let budget = PartialBudget::new(config.mllp.limits.max_partial_bytes);
     let events = Events::new();
     let export_counters = Arc::new(ExportCounters::new(config.export.files));
@@ -131,6 +249,7 @@ pub async fn run(
             };
             tokio::spawn(http::serve::run(
                 listener,
+                http_tls.clone(),
                 http::router(state),
                 config.http.limits,
                 Arc::clone(&metrics),
@@ -145,32 +264,56 @@ pub async fn run(
         let log_limit = Arc::clone(&log_limit);
         tokio::spawn(async move { log_limit.run_flusher(flusher_stop.into_requested()).await })
     };
-    let ingest = Arc::new(Ingest::new(
-        Arc::clone(&store),
-        IngestSettings {
-            ack_mode: config.mllp.ack_mode,
-            ack_application: config.mllp.ack_application,
-            ack_facility: config.mllp.ack_facility,
-            patient_identity: config.mllp.patient_identity,
-        },
-        Arc::clone(&metrics),
-        events,
-        Arc::clone(&log_limit),
-    ));
-    let accept = tokio::spawn(listener::run(
-        mllp,
-        ingest,
+    let ingest = Arc::new(
+        Ingest::new(
+            Arc::clone(&store),
+            IngestSettings {
+                ack_mode: config.mllp.ack_mode,
+                ack_application: config.mllp.ack_application,
+                ack_facility: config.mllp.ack_facility,
+                patient_identity: config.mllp.patient_identity,
+            },
+            Arc::clone(&metrics),
+            events,
+            Arc::clone(&log_limit),
+        )
+        .with_audit(Arc::clone(&audit)),
+    );
+    let access = config.mllp.access;
+    let gate = Gate::new(
         config.mllp.limits,
-        Arc::clone(&metrics),
-        budget,
-        stop_rx,
-    ));
+        access.allow,
+        access.proxy_from,
+        access.handshake_timeout,
+        Arc::clone(&audit),
+    );
+    let mut accepts = Vec::new();
+    let plain = mllp.map(|listener| (listener, Transport::Tcp));
+    let tls = mllp_tls.map(|(listener, tls)| (listener, Transport::Tls(tls)));
+    for (listener, transport) in plain.into_iter().chain(tls) {
+        accepts.push(tokio::spawn(listener::run(
+            listener,
+            transport,
+            Arc::clone(&gate),
+            Arc::clone(&ingest),
+            Arc::clone(&metrics),
+            Arc::clone(&budget),
+            stop_rx.clone(),
+        )));
+    }
+    drop(ingest);
 
     shutdown.await;
     tracing::info!("shutting down: no new connections, finishing the messages in hand");
     let _ = stop_tx.send(true);
-    if let Err(error) = accept.await {
-        tracing::error!(%error, "the listener task failed");
+    for accept in accepts {
+        if let Err(error) = accept.await {
+            tracing::error!(%error, "the listener task failed");
+        }
+    }
+    stop_watchers.trigger();
+    for watcher in watchers {
+        let _ = watcher.await;
     }
     // The event streams end with the live view, so none holds the HTTP side's drain up.
     stop_live.trigger();
@@ -190,6 +333,11 @@ pub async fn run(
     }
     stop_flusher.trigger();
     let _ = log_flusher.await;
+    audit.record(AuditEvent::ReceiverStopped);
+    stop_audit.trigger();
+    if let Some(task) = audit_task {
+        let _ = task.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

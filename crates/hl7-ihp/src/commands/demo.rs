@@ -100,9 +100,11 @@ async fn demo(
 ) -> anyhow::Result<()> {
     let data_dir = locked.path().to_path_buf();
     let patients_dir = locked.patients_dir().to_path_buf();
-    let (mllp, http) = server::bind(&config).await?;
-    let mllp_address = mllp.local_addr()?;
-    let http_address = http.as_ref().map(|l| l.local_addr()).transpose()?;
+    let listeners = server::bind(&config).await?;
+    let mllp_address = listeners
+        .mllp_addr()
+        .context("the demo's MLLP listener has no address")?;
+    let http_address = listeners.http_addr();
     // The monitors stop first, then the receiver, each through its own shutdown; Ctrl+C or
     // SIGTERM starts both.
     let (stop_monitors, monitors_stop) = Shutdown::new();
@@ -113,7 +115,7 @@ async fn demo(
     drop(store::open(location, &config.store.options).context("creating the store")?);
     let reader = store::open_read_only(location).context("opening the store to read it")?;
     let mut receiver = tokio::spawn(async move {
-        server::run(config, &locked, mllp, http, receiver_stop.into_requested()).await
+        server::run(config, &locked, listeners, receiver_stop.into_requested()).await
     });
 
     // One connection per monitor, as bedside monitors connect.

@@ -37,7 +37,7 @@ impl DemoConfig {
     /// The demo's receiver over `data_dir`: every other setting at `receive`'s default.
     pub fn receive_config(&self, data_dir: &Path) -> Result<ReceiveConfig, ConfigError> {
         let mut settings = ReceiveSettings::defaults()?;
-        settings.listen = self.listen;
+        settings.listen = Some(self.listen);
         settings.http = self.http;
         settings.data_dir = data_dir.to_owned();
         // The demo has no token settings: its HTTP side stays on loopback.
@@ -73,7 +73,7 @@ mod tests {
         assert_eq!(demo.interval, Duration::from_secs(1));
         assert_eq!(demo.data_dir, None);
         let receive = demo.receive_config(Path::new("/tmp/demo")).unwrap();
-        assert_eq!(receive.mllp.listen.to_string(), "127.0.0.1:0");
+        assert_eq!(receive.mllp.listen.unwrap().to_string(), "127.0.0.1:0");
         assert_eq!(receive.http.listen, None);
         assert_eq!(
             receive.store.location,

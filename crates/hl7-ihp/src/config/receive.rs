@@ -15,7 +15,9 @@ use super::values::{
     text,
 };
 use crate::export::{Fields, PatientFiles};
+use crate::net::allow::AddressList;
 use crate::store::{StoreLocation, StoreOptions};
+use crate::tls::ServerTlsFiles;
 
 /// The flags of `hl7-ihp receive`: `--config` and every setting of the table below.
 #[derive(Debug, Default, Args)]
@@ -39,8 +41,32 @@ declare_settings! {
     #[derive(Clone, Debug)]
     pub(super) struct ReceiveSettings;
 
-    /// MLLP address to listen on.
-    listen: SocketAddr = address, "ADDR", default "0.0.0.0:2575";
+    /// MLLP address to listen on (plain TCP), or `off`.
+    listen: Option<SocketAddr> = address_or_off, "ADDR|off", default "0.0.0.0:2575";
+    /// MLLP-over-TLS address to listen on (needs --tls-cert and --tls-key).
+    listen_tls: Option<SocketAddr> = address, "ADDR", optional "no TLS listener";
+    /// The TLS listener's certificate chain, PEM, its own certificate first.
+    tls_cert: Option<PathBuf> = path, "FILE", optional "none";
+    /// The TLS listener's private key, PEM.
+    tls_key: Option<PathBuf> = path, "FILE", optional "none";
+    /// CA certificates, PEM: a client certificate issued by one of them is then required.
+    tls_client_ca: Option<PathBuf> = path, "FILE", optional "no client certificates";
+    /// Certificate revocation lists of those CAs, PEM (needs --tls-client-ca).
+    tls_crl: Option<PathBuf> = path, "FILE", optional "no CRL";
+    /// Time a connection has for its PROXY header and its TLS handshake.
+    tls_handshake_timeout: Duration = positive_duration, "DURATION", default "10s";
+    /// Refuse to start with MLLP or HTTP on a non-loopback address without TLS.
+    require_tls: bool = switch, "on|off", default "off";
+    /// Addresses that may connect over MLLP, e.g. `10.20.0.0/16,192.0.2.7`; others are
+    /// closed before a byte is read.
+    allow: AddressList = AddressList::parse, "CIDR,...|any", default "any";
+    /// Load balancers whose PROXY protocol header (v1 or v2) names the device; a header
+    /// from anyone else is refused.
+    proxy_protocol_from: Option<AddressList> = AddressList::parse, "CIDR,...",
+        optional "PROXY headers from no one";
+    /// Audit trail: JSON lines of connections, refusals, TLS failures, messages (no
+    /// names, no bodies) and reloads; file 0600, reopened on SIGHUP.
+    audit_log: Option<PathBuf> = path, "FILE", optional "no audit trail";
     /// Directory for the database and the patient files.
     data_dir: PathBuf = path, "DIR", default "./data";
     /// Where messages are stored: a SQLite file, as PATH or sqlite:PATH.
@@ -48,6 +74,10 @@ declare_settings! {
         optional "hl7-ihp.sqlite3 in the data directory";
     /// HTTP address for /healthz, /metrics and the API, or `off`.
     http: Option<SocketAddr> = address_or_off, "ADDR|off", default "127.0.0.1:8080";
+    /// Serve HTTPS instead with this certificate chain, PEM (needs --http-tls-key).
+    http_tls_cert: Option<PathBuf> = path, "FILE", optional "plain HTTP";
+    /// The HTTPS private key, PEM.
+    http_tls_key: Option<PathBuf> = path, "FILE", optional "plain HTTP";
     /// Recognise retransmissions (same MSH-3, MSH-4, MSH-10 and bytes).
     dedupe: bool = switch, "on|off", default "on";
     /// `auto` follows MSH-15/16; `original` answers AA/AE/AR to everything.
@@ -193,11 +223,35 @@ pub struct HttpLimits {
     pub max_connections: usize,
 }
 
+/// The TLS listener of the MLLP side.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MllpTlsConfig {
+    /// Its address.
+    pub listen: SocketAddr,
+    /// Its certificate, key, client CA and CRL.
+    pub files: ServerTlsFiles,
+}
+
+/// Who may connect over MLLP, and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessConfig {
+    /// `--allow`.
+    pub allow: AddressList,
+    /// `--proxy-protocol-from`.
+    pub proxy_from: Option<AddressList>,
+    /// Time for the PROXY header and the TLS handshake.
+    pub handshake_timeout: Duration,
+}
+
 /// What the MLLP side needs: where to listen, its limits, and how to answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MllpConfig {
-    /// MLLP address.
-    pub listen: SocketAddr,
+    /// The plain MLLP address, `None` when off.
+    pub listen: Option<SocketAddr>,
+    /// The TLS listener.
+    pub tls: Option<MllpTlsConfig>,
+    /// The allowlist, PROXY headers and the handshake timeout.
+    pub access: AccessConfig,
     /// Connection and frame limits.
     pub limits: Limits,
     /// ACK mode.
@@ -217,6 +271,8 @@ pub struct HttpConfig {
     pub listen: Option<SocketAddr>,
     /// Its limits.
     pub limits: HttpLimits,
+    /// HTTPS's certificate and key (`client_ca` and `crl` unused).
+    pub tls: Option<ServerTlsFiles>,
     /// The bearer token every path but `/healthz` requires; `None`: no token (then only a
     /// loopback address is allowed).
     pub token: Option<HttpToken>,
@@ -372,6 +428,8 @@ pub struct ReceiveConfig {
     pub live: LiveConfig,
     /// Database and patient files, unless `--store` puts the database elsewhere.
     pub data_dir: PathBuf,
+    /// The audit trail's file.
+    pub audit_log: Option<PathBuf>,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -417,9 +475,14 @@ impl ReceiveConfig {
                 "expected a duration longer than stale_after".to_owned(),
             ));
         }
+        check_tls(&settings)?;
+        let require_tls = settings.require_tls;
         let mut config = ReceiveConfig::from_settings(settings);
         config.http.token = token;
         config.http.check_access()?;
+        if require_tls {
+            config.check_required_tls()?;
+        }
         Ok(config)
     }
 
@@ -429,6 +492,24 @@ impl ReceiveConfig {
         ReceiveConfig {
             mllp: MllpConfig {
                 listen: s.listen,
+                // Checked by `check_tls`: a TLS address comes with a certificate and a key.
+                tls: s
+                    .listen_tls
+                    .zip(s.tls_cert.zip(s.tls_key))
+                    .map(|(listen, (cert, key))| MllpTlsConfig {
+                        listen,
+                        files: ServerTlsFiles {
+                            cert,
+                            key,
+                            client_ca: s.tls_client_ca,
+                            crl: s.tls_crl,
+                        },
+                    }),
+                access: AccessConfig {
+                    allow: s.allow,
+                    proxy_from: s.proxy_protocol_from,
+                    handshake_timeout: s.tls_handshake_timeout,
+                },
                 limits: Limits {
                     max_frame_bytes: s.max_frame_bytes,
                     max_partial_bytes: s.max_partial_bytes,
@@ -449,6 +530,15 @@ impl ReceiveConfig {
                     idle_timeout: s.http_idle_timeout,
                     max_connections: s.http_max_connections,
                 },
+                tls: s
+                    .http_tls_cert
+                    .zip(s.http_tls_key)
+                    .map(|(cert, key)| ServerTlsFiles {
+                        cert,
+                        key,
+                        client_ca: None,
+                        crl: None,
+                    }),
                 // Read by `from_args`: a file, or the environment.
                 token: None,
             },
@@ -470,8 +560,115 @@ impl ReceiveConfig {
                 offline_after: s.offline_after,
             },
             data_dir: s.data_dir,
+            audit_log: s.audit_log,
             log_format: s.log_format,
         }
+    }
+}
+
+/// The TLS settings go together: a TLS address with a certificate and a key, a CRL with a
+/// client CA, no TLS file without the listener it is for, and at least one MLLP listener.
+fn check_tls(s: &ReceiveSettings) -> Result<(), ConfigError> {
+    let error = |name: &'static str, reason: &str| {
+        let flag = name.replace('_', "-");
+        ConfigError::new(
+            name,
+            &format!(
+                "--{flag}, HL7IHP_{} or the config file",
+                name.to_ascii_uppercase()
+            ),
+            reason.to_owned(),
+        )
+    };
+    if s.listen.is_none() && s.listen_tls.is_none() {
+        return Err(error(
+            "listen",
+            "`off` leaves nothing to listen on: give --listen-tls ADDR too, or an address",
+        ));
+    }
+    if s.listen_tls.is_some() {
+        for (name, value) in [("tls_cert", &s.tls_cert), ("tls_key", &s.tls_key)] {
+            if value.is_none() {
+                return Err(error(
+                    name,
+                    "--listen-tls needs --tls-cert FILE and --tls-key FILE",
+                ));
+            }
+        }
+        if s.listen == s.listen_tls {
+            return Err(error(
+                "listen_tls",
+                "the TLS listener needs an address of its own, not --listen's",
+            ));
+        }
+    } else {
+        for (name, given) in [
+            ("tls_cert", s.tls_cert.is_some()),
+            ("tls_key", s.tls_key.is_some()),
+            ("tls_client_ca", s.tls_client_ca.is_some()),
+            ("tls_crl", s.tls_crl.is_some()),
+        ] {
+            if given {
+                return Err(error(name, "has no effect without --listen-tls ADDR"));
+            }
+        }
+    }
+    if s.tls_crl.is_some() && s.tls_client_ca.is_none() {
+        return Err(error(
+            "tls_crl",
+            "a CRL is for client certificates: give --tls-client-ca FILE too",
+        ));
+    }
+    match (&s.http_tls_cert, &s.http_tls_key) {
+        (Some(_), None) => {
+            return Err(error(
+                "http_tls_key",
+                "--http-tls-cert needs --http-tls-key",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(error(
+                "http_tls_cert",
+                "--http-tls-key needs --http-tls-cert",
+            ));
+        }
+        (Some(_), Some(_)) if s.http.is_none() => {
+            return Err(error("http_tls_cert", "has no effect with --http off"));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+impl ReceiveConfig {
+    /// `--require-tls`: no listener on a non-loopback address without TLS.
+    fn check_required_tls(&self) -> Result<(), ConfigError> {
+        if let Some(address) = self.mllp.listen
+            && !address.ip().is_loopback()
+        {
+            return Err(ConfigError::new(
+                "listen",
+                "--listen, HL7IHP_LISTEN or the config file",
+                format!(
+                    "--require-tls is on and {address} is not a loopback address: use \
+                     --listen-tls, or --listen off, or bind --listen to 127.0.0.1"
+                ),
+            ));
+        }
+        if let Some(address) = self.http.listen
+            && !address.ip().is_loopback()
+            && self.http.tls.is_none()
+        {
+            return Err(ConfigError::new(
+                "http",
+                "--http, HL7IHP_HTTP or the config file",
+                format!(
+                    "--require-tls is on and {address} is not a loopback address: give \
+                     --http-tls-cert and --http-tls-key, or bind --http to 127.0.0.1"
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -517,7 +714,7 @@ mod tests {
     #[test]
     fn defaults_are_the_prototypes() {
         let config = ReceiveConfig::from_args(&ReceiveArgs::default()).unwrap();
-        assert_eq!(config.mllp.listen.to_string(), "0.0.0.0:2575");
+        assert_eq!(config.mllp.listen.unwrap().to_string(), "0.0.0.0:2575");
         assert_eq!(config.data_dir, PathBuf::from("./data"));
         assert_eq!(
             config.http.listen.map(|a| a.to_string()).as_deref(),
@@ -559,7 +756,7 @@ mod tests {
         let mut args = flags(|f| f.listen = Some("127.0.0.1:4000".into()));
         args.config = Some(path);
         let config = ReceiveConfig::from_args(&args).unwrap();
-        assert_eq!(config.mllp.listen.to_string(), "127.0.0.1:4000");
+        assert_eq!(config.mllp.listen.unwrap().to_string(), "127.0.0.1:4000");
         assert_eq!(config.http.listen, None);
         assert!(!config.store.options.dedupe);
         assert_eq!(config.export.json_max_records, 5);

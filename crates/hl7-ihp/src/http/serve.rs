@@ -15,6 +15,9 @@
 //!   handler is closed at once: hyper's graceful shutdown leaves a connection that has not
 //!   sent a whole request head open, so half-open clients would hold the exit back. (A
 //!   response already produced but not yet written when shutdown comes is lost with it.)
+//! - With `--http-tls-cert`, each connection's TLS handshake runs in its own task within the
+//!   header timeout; the configuration is the one in force when it was accepted (reloaded
+//!   like the MLLP listener's).
 
 use std::io;
 use std::pin::Pin;
@@ -26,7 +29,7 @@ use std::time::Duration;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -34,6 +37,7 @@ use tower_service::Service as _;
 
 use crate::config::HttpLimits;
 use crate::metrics::Metrics;
+use crate::tls::ServerTls;
 
 /// How long shutdown waits for HTTP connections to finish the request in hand.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -43,6 +47,7 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// Serves `router` on `listener` until `shutdown` turns true (or its sender is dropped).
 pub async fn run(
     listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
     router: Router,
     limits: HttpLimits,
     metrics: Arc<Metrics>,
@@ -88,10 +93,26 @@ pub async fn run(
         let router = router.clone();
         let metrics = Arc::clone(&metrics);
         let shutdown = shutdown.clone();
+        let tls = tls.as_ref().map(|tls| tls.config());
         tasks.spawn(async move {
             let _permit = permit;
             let _open = OpenHttpConnection::new(Arc::clone(&metrics));
-            connection(stream, router, limits, &metrics, shutdown).await;
+            let _ = stream.set_nodelay(true);
+            let Some(tls) = tls else {
+                connection(stream, router, limits, &metrics, shutdown).await;
+                return;
+            };
+            // The handshake inside the header timeout: a client that stalls it holds only
+            // its own permit, and for no longer than one that stalls its request head.
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+            match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => connection(stream, router, limits, &metrics, shutdown).await,
+                Ok(Err(_)) => Metrics::inc(&metrics.http_tls_handshake_failures),
+                Err(_) => {
+                    Metrics::inc(&metrics.http_tls_handshake_failures);
+                    Metrics::inc(&metrics.http_connections_timed_out);
+                }
+            }
         });
     }
     drop(listener);
@@ -105,14 +126,13 @@ pub async fn run(
 }
 
 /// Serves one HTTP/1.1 connection until it ends, times out or is drained at shutdown.
-async fn connection(
-    stream: TcpStream,
+async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
     router: Router,
     limits: HttpLimits,
     metrics: &Metrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let _ = stream.set_nodelay(true);
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Tracked {
         stream,
@@ -195,13 +215,13 @@ impl Activity {
     }
 }
 
-/// A TCP stream that records when bytes move, for the idle timeout.
-struct Tracked {
-    stream: TcpStream,
+/// A stream (TCP or TLS) that records when bytes move, for the idle timeout.
+struct Tracked<S> {
+    stream: S,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for Tracked {
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -216,7 +236,7 @@ impl AsyncRead for Tracked {
     }
 }
 
-impl AsyncWrite for Tracked {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -74,6 +74,7 @@ impl StoreRead for FakeStore {
                 id: m.id,
                 received_at: m.received_at,
                 peer: String::new(),
+                peer_identity: None,
                 sender: String::new(),
                 control_id: String::new(),
                 outcome: m.outcome,

@@ -16,14 +16,12 @@
 //! up to one largest frame plus one read, not beyond, and a buffer that a large frame grew is
 //! given back once it holds little again, so memory follows what is in flight.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use hl7::mllp::{MllpCodec, MllpItem, MllpStats};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
@@ -32,6 +30,7 @@ use crate::config::Limits;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::mllp::budget::Charge;
+use crate::net::Peer;
 use crate::rate_limit::Level;
 
 /// How much to read at a time, and the buffer's size between frames.
@@ -40,9 +39,9 @@ pub const READ_CHUNK: usize = 16 * 1024;
 /// large frame's allocation should not stay with its connection after the frame.
 const SHRINK_ABOVE: usize = 4 * READ_CHUNK;
 
-/// Why a connection ended, for its log line.
+/// Why a connection ended, for its log line and the audit trail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Close {
+pub enum Close {
     PeerClosed,
     IdleTimeout,
     FrameTimeout,
@@ -54,7 +53,8 @@ enum Close {
 }
 
 impl Close {
-    fn as_str(self) -> &'static str {
+    /// The reason as logs and the audit trail say it.
+    pub fn as_str(self) -> &'static str {
         match self {
             Close::PeerClosed => "peer closed",
             Close::IdleTimeout => "idle timeout",
@@ -68,18 +68,18 @@ impl Close {
     }
 }
 
-/// Serves one connection until the peer closes, a timeout fires, the partial-frame budget
-/// tells it to close, or shutdown is asked for (then the message in hand is finished and
-/// answered first).
-pub async fn serve(
-    mut stream: TcpStream,
-    peer: SocketAddr,
+/// Serves one connection (plain TCP or TLS) until the peer closes, a timeout fires, the
+/// partial-frame budget tells it to close, or shutdown is asked for (then the message in
+/// hand is finished and answered first). Returns why it ended and how many frames it read.
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    peer: &Peer,
     ingest: Arc<Ingest>,
     limits: Limits,
     metrics: Arc<Metrics>,
     mut charge: Charge,
     mut shutdown: watch::Receiver<bool>,
-) {
+) -> (Close, u64) {
     // A frame never needs more: past the limit the codec discards what it has read.
     let most_buffered = limits.max_frame_bytes.saturating_add(READ_CHUNK + 2);
     let mut codec = MllpCodec::with_max_frame_len(limits.max_frame_bytes);
@@ -170,20 +170,27 @@ pub async fn serve(
         Metrics::inc(&metrics.connections_closed_over_budget);
     }
     let partial = codec.in_frame();
-    let Some(n_suppressed) = ingest
-        .log_limit()
-        .allow(peer.ip(), "connection closed", Level::Info)
-    else {
-        return;
-    };
-    tracing::info!(
-        %peer,
-        n_frames,
-        n_suppressed,
-        reason = close.as_str(),
-        partial_frame_dropped = partial,
-        "connection closed"
-    );
+    if close == Close::WriteTimeout || close == Close::WriteError || close == Close::PeerClosed {
+        // Nothing more to say to this peer.
+    } else {
+        // A TLS peer is told the connection ends (close_notify); bounded like a write.
+        let _ = tokio::time::timeout(limits.frame_timeout, stream.shutdown()).await;
+    }
+    if let Some(n_suppressed) =
+        ingest
+            .log_limit()
+            .allow(peer.addr.ip(), "connection closed", Level::Info)
+    {
+        tracing::info!(
+            %peer,
+            n_frames,
+            n_suppressed,
+            reason = close.as_str(),
+            partial_frame_dropped = partial,
+            "connection closed"
+        );
+    }
+    (close, n_frames)
 }
 
 /// Makes room for one read, doubling the buffer like `Vec` does but never past `most` (or
@@ -213,8 +220,8 @@ fn give_back(buffer: &mut BytesMut) {
     }
 }
 
-async fn write_acks(
-    stream: &mut TcpStream,
+async fn write_acks<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     acks: &[Vec<u8>],
     timeout: Duration,
 ) -> Result<(), Close> {
@@ -225,7 +232,12 @@ async fn write_acks(
     for ack in acks {
         out.extend_from_slice(&hl7::mllp::frame(ack));
     }
-    match tokio::time::timeout(timeout, stream.write_all(&out)).await {
+    // A TLS stream buffers what it encrypts: flush, so the ACK leaves now.
+    let write = async {
+        stream.write_all(&out).await?;
+        stream.flush().await
+    };
+    match tokio::time::timeout(timeout, write).await {
         Err(_) => Err(Close::WriteTimeout),
         Ok(Err(_)) => Err(Close::WriteError),
         Ok(Ok(())) => Ok(()),

@@ -1,23 +1,38 @@
-//! The accept loop: connection limits (in total and per peer address), back-off when file
-//! descriptors run out, one task per connection, and a panic in one connection never takes
-//! the server down.
+//! The accept loop of each MLLP listener (plain TCP and TLS): connection limits (in total
+//! and per peer address, shared by both listeners), the allowlist, the PROXY header of a
+//! trusted load balancer, the TLS handshake, back-off when file descriptors run out, one
+//! task per connection, and a panic in one connection never takes the server down.
+//!
+//! Order of checks: the connection limit before accepting (excess connections wait in the
+//! kernel's backlog); then, for a direct peer, the allowlist and the per-peer limit before
+//! a byte is read; for a trusted load balancer's connection, its PROXY header first (within
+//! the handshake timeout) and those checks on the device's address it names. The TLS
+//! handshake runs in the connection's task under the same timeout, so a slow client holds
+//! only its own permit.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
+use crate::audit::{Audit, AuditEvent};
 use crate::config::Limits;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
-use crate::mllp::budget::PartialBudget;
+use crate::mllp::budget::{Charge, PartialBudget};
 use crate::mllp::connection;
+use crate::net::Peer;
+use crate::net::allow::{AddressList, canonical};
+use crate::net::proxy::{self, ProxyError, ProxyHeader};
 use crate::rate_limit::Level;
+use crate::tls::{self, ServerTls};
 
 /// Longest pause between accepts while file descriptors are exhausted.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
@@ -68,18 +83,64 @@ impl Drop for PeerGuard {
     }
 }
 
+/// What both MLLP listeners (plain and TLS) share: the connection limits, who may connect,
+/// whose PROXY headers are believed, and the audit trail.
+#[derive(Debug)]
+pub struct Gate {
+    permits: Arc<Semaphore>,
+    peers: Arc<PeerCounts>,
+    limits: Limits,
+    allow: AddressList,
+    /// `None`: PROXY headers are not expected from anyone.
+    proxy_from: Option<AddressList>,
+    /// For the PROXY header and the TLS handshake.
+    handshake_timeout: Duration,
+    audit: Arc<Audit>,
+    next_connection: AtomicU64,
+}
+
+impl Gate {
+    /// A gate with these limits and lists.
+    pub fn new(
+        limits: Limits,
+        allow: AddressList,
+        proxy_from: Option<AddressList>,
+        handshake_timeout: Duration,
+        audit: Arc<Audit>,
+    ) -> Arc<Gate> {
+        Arc::new(Gate {
+            permits: Arc::new(Semaphore::new(limits.max_connections)),
+            peers: Arc::new(PeerCounts::default()),
+            limits,
+            allow,
+            proxy_from,
+            handshake_timeout,
+            audit,
+            next_connection: AtomicU64::new(1),
+        })
+    }
+}
+
+/// What a listener speaks.
+#[derive(Clone, Debug)]
+pub enum Transport {
+    /// MLLP over plain TCP.
+    Tcp,
+    /// MLLP over TLS, with the listener's reloadable configuration.
+    Tls(Arc<ServerTls>),
+}
+
 /// Accepts connections until shutdown, then waits (up to [`SHUTDOWN_GRACE`]) for them to
-/// finish the message in hand.
+/// finish the message in hand. Both listeners run this over one [`Gate`].
 pub async fn run(
     listener: TcpListener,
+    transport: Transport,
+    gate: Arc<Gate>,
     ingest: Arc<Ingest>,
-    limits: Limits,
     metrics: Arc<Metrics>,
     budget: Arc<PartialBudget>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let peers = Arc::new(PeerCounts::default());
     let mut tasks = JoinSet::new();
     let mut backoff = Duration::from_millis(10);
     loop {
@@ -92,7 +153,7 @@ pub async fn run(
         // Waiting for a permit before accepting leaves excess connections in the kernel's
         // backlog instead of accepting and dropping them.
         let permit = tokio::select! {
-            permit = Arc::clone(&permits).acquire_owned() => match permit {
+            permit = Arc::clone(&gate.permits).acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => break,
             },
@@ -106,7 +167,7 @@ pub async fn run(
             accepted = listener.accept() => accepted,
             _ = shutdown.changed() => break,
         };
-        let (stream, peer) = match accepted {
+        let (stream, socket_peer) = match accepted {
             Ok(pair) => {
                 backoff = Duration::from_millis(10);
                 pair
@@ -126,36 +187,42 @@ pub async fn run(
                 continue;
             }
         };
-        let Some(guard) = peers.enter(peer.ip(), limits.max_connections_per_peer) else {
-            Metrics::inc(&metrics.connections_refused);
-            if let Some(n_suppressed) = ingest.log_limit().allow(
-                peer.ip(),
-                "connection refused: too many from this address",
-                Level::Warn,
-            ) {
-                tracing::warn!(%peer, limit = limits.max_connections_per_peer, n_suppressed, "connection refused: too many from this address");
+        let socket_peer = SocketAddr::new(canonical(socket_peer.ip()), socket_peer.port());
+        let from_proxy = gate
+            .proxy_from
+            .as_ref()
+            .is_some_and(|trusted| trusted.contains(socket_peer.ip()));
+        // Without a PROXY header to wait for, the allowlist and the per-peer limit are
+        // checked here, before a byte is read or a handshake starts.
+        let guard = if from_proxy {
+            None
+        } else {
+            match admit(&gate, &ingest, &metrics, socket_peer, None) {
+                Some(guard) => Some(guard),
+                None => continue,
             }
-            drop(stream);
-            continue;
         };
         let _ = stream.set_nodelay(true);
-        Metrics::inc(&metrics.connections_accepted);
-        if let Some(n_suppressed) =
-            ingest
-                .log_limit()
-                .allow(peer.ip(), "connection opened", Level::Info)
-        {
-            tracing::info!(%peer, n_suppressed, "connection opened");
-        }
         let ingest = Arc::clone(&ingest);
         let metrics = Arc::clone(&metrics);
+        let gate = Arc::clone(&gate);
+        let transport = transport.clone();
         let shutdown = shutdown.clone();
         let charge = budget.open();
         tasks.spawn(async move {
             let _permit = permit;
-            let _guard = guard;
-            let _open = OpenConnection::new(Arc::clone(&metrics));
-            connection::serve(stream, peer, ingest, limits, metrics, charge, shutdown).await;
+            connection(
+                stream,
+                socket_peer,
+                guard,
+                transport,
+                gate,
+                ingest,
+                metrics,
+                charge,
+                shutdown,
+            )
+            .await;
         });
     }
     drop(listener);
@@ -171,6 +238,246 @@ pub async fn run(
             "connections still busy at shutdown; closing them"
         );
         tasks.abort_all();
+    }
+}
+
+/// The allowlist and the per-peer limit for the device at `addr`: its slot, or `None` when
+/// refused (counted, logged now and then, audited).
+fn admit(
+    gate: &Gate,
+    ingest: &Ingest,
+    metrics: &Metrics,
+    addr: SocketAddr,
+    via: Option<SocketAddr>,
+) -> Option<PeerGuard> {
+    if !gate.allow.contains(addr.ip()) {
+        Metrics::inc(&metrics.connections_refused_allowlist);
+        refused(gate, ingest, addr, via, "not in the allowlist");
+        return None;
+    }
+    let guard = gate
+        .peers
+        .enter(addr.ip(), gate.limits.max_connections_per_peer);
+    if guard.is_none() {
+        Metrics::inc(&metrics.connections_refused);
+        refused(
+            gate,
+            ingest,
+            addr,
+            via,
+            "too many connections from this address",
+        );
+    }
+    guard
+}
+
+/// Logs (now and then) and audits a refused connection.
+fn refused(
+    gate: &Gate,
+    ingest: &Ingest,
+    peer: SocketAddr,
+    via: Option<SocketAddr>,
+    reason: &'static str,
+) {
+    if let Some(n_suppressed) = ingest.log_limit().allow(peer.ip(), reason, Level::Warn) {
+        tracing::warn!(%peer, via = via.map(|v| v.to_string()), n_suppressed, "connection refused: {reason}");
+    }
+    gate.audit.record(AuditEvent::ConnectionRefused {
+        peer,
+        via,
+        reason: reason.to_owned(),
+    });
+}
+
+/// One connection from accept to close: the PROXY header (from a trusted load balancer),
+/// the checks it defers, the TLS handshake, then MLLP.
+#[allow(clippy::too_many_arguments)]
+async fn connection(
+    mut stream: TcpStream,
+    socket_peer: SocketAddr,
+    mut guard: Option<PeerGuard>,
+    transport: Transport,
+    gate: Arc<Gate>,
+    ingest: Arc<Ingest>,
+    metrics: Arc<Metrics>,
+    charge: Charge,
+    shutdown: watch::Receiver<bool>,
+) {
+    let deadline = Instant::now() + gate.handshake_timeout;
+    let mut addr = socket_peer;
+    let mut via = None;
+    if guard.is_none() {
+        // From a trusted load balancer: the header names the device.
+        match tokio::time::timeout_at(deadline, proxy::read_header(&mut stream)).await {
+            Ok(Ok(ProxyHeader::Proxied { source, .. })) => {
+                addr = SocketAddr::new(canonical(source.ip()), source.port());
+                via = Some(socket_peer);
+            }
+            // The balancer's own health check: it is the peer.
+            Ok(Ok(ProxyHeader::Local)) => {}
+            Ok(Err(error)) => {
+                Metrics::inc(&metrics.connections_refused_proxy);
+                let reason = match error {
+                    ProxyError::Io(_) => "closed before its PROXY header",
+                    ProxyError::Invalid(_) => "invalid PROXY header",
+                };
+                refused(&gate, &ingest, socket_peer, None, reason);
+                return;
+            }
+            Err(_) => {
+                Metrics::inc(&metrics.connections_refused_proxy);
+                refused(&gate, &ingest, socket_peer, None, "no PROXY header in time");
+                return;
+            }
+        }
+        match admit(&gate, &ingest, &metrics, addr, via) {
+            Some(admitted) => guard = Some(admitted),
+            None => return,
+        }
+    } else if gate.proxy_from.is_some() && sends_proxy_header(&stream, deadline).await {
+        // Only the trusted balancers may say whose connection it is.
+        Metrics::inc(&metrics.connections_refused_proxy);
+        refused(
+            &gate,
+            &ingest,
+            socket_peer,
+            None,
+            "PROXY header from an untrusted address",
+        );
+        return;
+    }
+    let _guard = guard;
+    let _open = OpenConnection::new(Arc::clone(&metrics));
+    let connection = gate.next_connection.fetch_add(1, Ordering::Relaxed);
+    let mut peer = Peer {
+        connection,
+        addr,
+        via,
+        tls: false,
+        identity: None,
+    };
+    let limits = gate.limits;
+    let (close, n_frames) = match transport {
+        Transport::Tcp => {
+            opened(&gate, &ingest, &metrics, &peer, None, None);
+            connection::serve(stream, &peer, ingest, limits, metrics, charge, shutdown).await
+        }
+        Transport::Tls(tls) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+            let stream = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    handshake_failed(
+                        &gate,
+                        &ingest,
+                        &metrics,
+                        &peer,
+                        tls::handshake_failure(&error),
+                    );
+                    return;
+                }
+                Err(_) => {
+                    handshake_failed(&gate, &ingest, &metrics, &peer, "handshake timeout");
+                    return;
+                }
+            };
+            Metrics::inc(&metrics.tls_handshakes);
+            let (_, session) = stream.get_ref();
+            peer.tls = true;
+            peer.identity = session
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|cert| tls::identity::describe(cert))
+                .map(Arc::from);
+            let version = session.protocol_version().map(|v| format!("{v:?}"));
+            let suite = session
+                .negotiated_cipher_suite()
+                .map(|s| format!("{:?}", s.suite()));
+            opened(&gate, &ingest, &metrics, &peer, version, suite);
+            connection::serve(stream, &peer, ingest, limits, metrics, charge, shutdown).await
+        }
+    };
+    gate.audit.record(AuditEvent::ConnectionClosed {
+        connection,
+        peer: peer.addr,
+        reason: close.as_str(),
+        frames: n_frames,
+    });
+}
+
+/// Counts, logs (now and then) and audits an opened connection.
+fn opened(
+    gate: &Gate,
+    ingest: &Ingest,
+    metrics: &Metrics,
+    peer: &Peer,
+    tls_version: Option<String>,
+    cipher_suite: Option<String>,
+) {
+    Metrics::inc(&metrics.connections_accepted);
+    if let Some(n_suppressed) =
+        ingest
+            .log_limit()
+            .allow(peer.addr.ip(), "connection opened", Level::Info)
+    {
+        tracing::info!(%peer, via = peer.via.map(|v| v.to_string()), transport = peer.transport(), n_suppressed, "connection opened");
+    }
+    gate.audit.record(AuditEvent::ConnectionOpened {
+        connection: peer.connection,
+        peer: peer.addr,
+        via: peer.via,
+        transport: peer.transport(),
+        identity: peer.identity.as_deref().map(str::to_owned),
+        tls_version,
+        cipher_suite,
+    });
+}
+
+fn handshake_failed(
+    gate: &Gate,
+    ingest: &Ingest,
+    metrics: &Metrics,
+    peer: &Peer,
+    reason: &'static str,
+) {
+    Metrics::inc(&metrics.tls_handshake_failures);
+    if let Some(n_suppressed) =
+        ingest
+            .log_limit()
+            .allow(peer.addr.ip(), "TLS handshake failed", Level::Warn)
+    {
+        tracing::warn!(%peer, reason, n_suppressed, "TLS handshake failed");
+    }
+    gate.audit.record(AuditEvent::NodeAuthenticationFailure {
+        peer: peer.addr,
+        via: peer.via,
+        reason,
+    });
+}
+
+/// Whether a connection's first bytes are a PROXY header, waiting for them no longer than
+/// `deadline` (a device that says nothing until then is not sending one). Peeks: the bytes
+/// stay for MLLP or TLS.
+async fn sends_proxy_header(stream: &TcpStream, deadline: Instant) -> bool {
+    let mut head = [0u8; 16];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut head)).await {
+            Ok(Ok(n)) => n,
+            _ => return false,
+        };
+        if n == 0 || !proxy::looks_like_header(&head[..n]) {
+            return false;
+        }
+        if proxy::is_header_start(&head[..n]) {
+            return true;
+        }
+        // A header's start split over segments: look again in a moment.
+        if tokio::time::timeout_at(deadline, tokio::time::sleep(Duration::from_millis(20)))
+            .await
+            .is_err()
+        {
+            return false;
+        }
     }
 }
 

@@ -179,8 +179,10 @@ pub struct Content {
 pub struct NewMessage {
     /// When the frame was read, UTC.
     pub received_at: jiff::Timestamp,
-    /// The peer's address, `ip:port`.
+    /// The peer's address, `ip:port` (the device's, when a trusted PROXY header named it).
     pub peer: String,
+    /// The TLS client certificate's subject and SANs, when the peer sent one.
+    pub peer_identity: Option<String>,
     /// The message bytes as received (an oversized frame: its first 64 KiB).
     pub raw: Vec<u8>,
     /// The duplicate key, when MSH could be read.
@@ -316,6 +318,8 @@ pub struct MessageSummary {
     pub received_at: jiff::Timestamp,
     /// The peer address.
     pub peer: String,
+    /// The TLS client certificate's subject and SANs, when the peer sent one.
+    pub peer_identity: Option<String>,
     /// MSH-3 and MSH-4 as sent, `app|facility`.
     pub sender: String,
     /// MSH-10.

@@ -37,11 +37,11 @@ fn server_run_in_process_answers_stores_and_stops() {
     let data_dir = datadir::prepare(&config.data_dir).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let (mllp, http) = server::bind(&config).await.unwrap();
-        let address = mllp.local_addr().unwrap();
+        let listeners = server::bind(&config).await.unwrap();
+        let address = listeners.mllp_addr().unwrap();
         let (stop, shutdown) = Shutdown::new();
         let server =
-            async { server::run(config, &data_dir, mllp, http, shutdown.into_requested()).await };
+            async { server::run(config, &data_dir, listeners, shutdown.into_requested()).await };
         let client = async {
             let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
             stream

@@ -1,7 +1,6 @@
 //! The API in-process: the real router over a real SQLite store in a temporary directory,
 //! fed through `ingest` as a device would, asked without a socket (axum's `examples/testing`).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -85,8 +84,8 @@ impl Api {
 
     /// Sends one frame as a device would; its ACKs.
     async fn send(&self, frame: &[u8]) -> Vec<Vec<u8>> {
-        let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-        self.ingest.frame(frame, peer).await
+        let peer = crate::net::Peer::tcp(0, "127.0.0.1:40000".parse().unwrap());
+        self.ingest.frame(frame, &peer).await
     }
 
     async fn get(&mut self, uri: &str) -> Answer {

@@ -429,7 +429,8 @@ pub(super) fn summary_columns(with_raw: bool) -> String {
     let raw = if with_raw { "m.raw" } else { "NULL" };
     format!(
         "m.id, m.received_ms, m.peer, m.sending_application, m.sending_facility, \
-         m.control_id, m.outcome, m.reason, {raw}, m.n_received, m.message_type, m.ack_code"
+         m.control_id, m.outcome, m.reason, {raw}, m.n_received, m.message_type, m.ack_code, \
+         m.peer_identity"
     )
 }
 
@@ -483,6 +484,7 @@ pub(super) fn message_summary(
         message_type: row.get(10)?,
         patient,
         ack_code: row.get(11)?,
+        peer_identity: row.get(12)?,
     })
 }
 
@@ -534,7 +536,7 @@ pub(super) fn read_messages(
             sql_limit(filter.limit),
         ])?;
         while let Some(row) = rows.next()? {
-            let patient = row.get(12)?;
+            let patient = row.get(13)?;
             messages.push(message_summary(row, patient)?);
         }
         return Ok(messages);
@@ -560,8 +562,8 @@ pub(super) fn read_messages(
 /// One stored frame with everything the message browser shows (the primary key).
 pub(super) const MESSAGE_DETAIL: &str = "SELECT m.id, m.received_ms, m.peer, \
      m.sending_application, m.sending_facility, m.control_id, m.outcome, m.reason, m.raw, \
-     m.n_received, m.message_type, m.ack_code, p.key, m.version, m.location, m.device, \
-     m.last_received_ms, m.observations \
+     m.n_received, m.message_type, m.ack_code, m.peer_identity, p.key, m.version, m.location, \
+     m.device, m.last_received_ms, m.observations \
      FROM messages m LEFT JOIN patients p ON p.id = m.patient WHERE m.id = ?1";
 
 pub(super) fn read_message(conn: &Connection, id: i64) -> rusqlite::Result<Option<MessageDetail>> {
@@ -570,19 +572,19 @@ pub(super) fn read_message(conn: &Connection, id: i64) -> rusqlite::Result<Optio
     let Some(row) = rows.next()? else {
         return Ok(None);
     };
-    let observations = match row.get_ref(17)?.as_bytes_or_null()? {
-        Some(text) => decode_observations(17, text)?,
+    let observations = match row.get_ref(18)?.as_bytes_or_null()? {
+        Some(text) => decode_observations(18, text)?,
         None => Vec::new(),
     };
     Ok(Some(MessageDetail {
         sending_application: row.get(3)?,
         sending_facility: row.get(4)?,
-        version: row.get(13)?,
-        location: row.get(14)?,
-        device: row.get(15)?,
-        last_received_at: row.get::<_, Option<i64>>(16)?.map(instant),
+        version: row.get(14)?,
+        location: row.get(15)?,
+        device: row.get(16)?,
+        last_received_at: row.get::<_, Option<i64>>(17)?.map(instant),
         observations,
-        summary: message_summary(row, row.get(12)?)?,
+        summary: message_summary(row, row.get(13)?)?,
     }))
 }
 

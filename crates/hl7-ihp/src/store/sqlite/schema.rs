@@ -31,6 +31,10 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         sql: include_str!("migrations/0005_export_files.sql"),
         then: None,
     },
+    Migration {
+        sql: include_str!("migrations/0006_peer_identity.sql"),
+        then: None,
+    },
 ];
 
 /// Opening sets WAL mode and migrates, steps in which SQLite answers "locked" at once,

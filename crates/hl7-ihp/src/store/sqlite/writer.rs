@@ -150,6 +150,7 @@ pub(super) fn meta_value(conn: &Connection, name: &str) -> rusqlite::Result<i64>
 pub(super) struct Row {
     pub(super) received_ms: i64,
     pub(super) peer: String,
+    pub(super) peer_identity: Option<String>,
     pub(super) key: Option<MessageKey>,
     /// Accepted messages with a key: the duplicate key's hash.
     pub(super) key_hash: Option<i64>,
@@ -181,6 +182,7 @@ impl Row {
         let mut row = Row {
             received_ms: message.received_at.as_millisecond(),
             peer: message.peer,
+            peer_identity: message.peer_identity,
             key: message.key,
             key_hash,
             hash: message.hash,
@@ -332,9 +334,9 @@ pub(super) const UPDATE_PATIENT: &str = "UPDATE patients SET patient_id = ?2, as
 pub(super) const INSERT_MESSAGE: &str = "INSERT INTO messages (id, received_ms, peer, \
      sending_application, sending_facility, control_id, hash, outcome, reason, message_type, \
      version, location, device, patient, n_observations, sent_ms, key_hash, hash_prefix, \
-     observations, raw, ack_code) \
+     observations, raw, ack_code, peer_identity) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
-     ?19, ?20, ?21)";
+     ?19, ?20, ?21, ?22)";
 
 pub(super) const COUNT_REPEAT: &str = "UPDATE messages \
      SET n_received = n_received + 1, last_received_ms = ?2 WHERE id = ?1";
@@ -724,6 +726,7 @@ pub(super) fn write_message(
         row.observations,
         row.raw,
         row.ack_code,
+        row.peer_identity,
     ])?;
     if let Some(patient) = patient {
         let entry = Entry {
