@@ -16,7 +16,7 @@ use hl7::extract::{Extract, extract};
 use hl7::{Message, SegmentId};
 use sha2::{Digest, Sha256};
 
-use crate::audit::Audit;
+use crate::audit::{Audit, AuditEvent};
 use crate::config::PatientIdentity;
 use crate::events::Events;
 use crate::ids::base36;
@@ -55,6 +55,40 @@ pub struct Ingest {
     /// Fresh ACK control ids: a per-process prefix and a counter.
     ack_prefix: String,
     ack_counter: AtomicU64,
+}
+
+/// What the audit trail keeps of a message: its key and its patient's key, no content.
+struct Facts {
+    control_id: String,
+    sending_application: String,
+    sending_facility: String,
+    patient: Option<String>,
+}
+
+impl Facts {
+    fn of(new: &NewMessage) -> Facts {
+        let key = new.key.as_ref();
+        let text = |get: fn(&MessageKey) -> &String| key.map(get).cloned().unwrap_or_default();
+        Facts {
+            control_id: text(|k| &k.control_id),
+            sending_application: text(|k| &k.sending_application),
+            sending_facility: text(|k| &k.sending_facility),
+            patient: new
+                .content
+                .as_ref()
+                .and_then(|c| c.patient.as_ref())
+                .map(|p| p.key.clone()),
+        }
+    }
+}
+
+/// The audit trail's name of an outcome.
+fn outcome_name(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Accept => "accepted",
+        Outcome::Error => "error",
+        Outcome::Reject => "rejected",
+    }
 }
 
 /// One message of a frame, ready to store, with what its answer needs.
@@ -125,6 +159,15 @@ impl Ingest {
             .iter()
             .map(|message| self.prepare(message, peer, received_at))
             .collect();
+        // What the audit trail says of each message, read before the store takes them.
+        let facts: Vec<Option<Facts>> = if self.audit.is_on() {
+            prepared
+                .iter()
+                .map(|p| p.new.as_ref().map(Facts::of))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let batch_for_store = prepared.iter_mut().filter_map(|p| p.new.take()).collect();
         let stored = self.store.commit(batch_for_store).await;
         if stored.is_err() {
@@ -143,12 +186,16 @@ impl Ingest {
             };
             let (outcome, error) = answer(prepared, stored);
             self.count(outcome, stored);
-            let Some(code) = choose_ack(
+            let code = choose_ack(
                 &prepared.accept_ack_type,
                 &prepared.application_ack_type,
                 outcome,
                 self.settings.ack_mode,
-            ) else {
+            );
+            if let Some(Some(facts)) = facts.get(index) {
+                self.audit_message(peer, facts, stored.ok(), outcome, code);
+            }
+            let Some(code) = code else {
                 continue;
             };
             let control_id = self.next_control_id();
@@ -157,6 +204,37 @@ impl Ingest {
             acks.push(build_ack(message, code, error.as_ref(), &options));
         }
         acks
+    }
+
+    /// One `message_received` event: who sent what about whom (the key, never the name)
+    /// and how it was answered.
+    fn audit_message(
+        &self,
+        peer: &Peer,
+        facts: &Facts,
+        stored: Option<&Stored>,
+        outcome: Outcome,
+        code: Option<AckCode>,
+    ) {
+        let (message_id, outcome) = match stored {
+            Some(Stored::Duplicate { id, .. }) => (Some(*id), "duplicate"),
+            Some(Stored::New { id } | Stored::Repeated { id }) => {
+                (Some(*id), outcome_name(outcome))
+            }
+            None => (None, outcome_name(outcome)),
+        };
+        self.audit.record(AuditEvent::MessageReceived {
+            connection: peer.connection,
+            peer: peer.addr,
+            identity: peer.identity.as_deref().map(str::to_owned),
+            message_id,
+            control_id: facts.control_id.clone(),
+            sending_application: facts.sending_application.clone(),
+            sending_facility: facts.sending_facility.clone(),
+            patient: facts.patient.clone(),
+            outcome,
+            ack_code: code.map(|c| c.as_str().to_owned()),
+        });
     }
 
     /// Tells the subscribers about a commit that kept something new, accepted or refused:
@@ -227,10 +305,20 @@ impl Ingest {
             ack_code: ack_code.map(|code| code.as_str().to_owned()),
             content: None,
         };
+        let facts = self.audit.is_on().then(|| Facts::of(&new));
         // Kept for inspection when the store is up; the answer is a reject either way.
-        match self.store.commit(vec![new]).await {
-            Ok(results) => self.announce(&results),
-            Err(_) => Metrics::inc(&self.metrics.store_failures),
+        let stored = match self.store.commit(vec![new]).await {
+            Ok(results) => {
+                self.announce(&results);
+                results.into_iter().next()
+            }
+            Err(_) => {
+                Metrics::inc(&self.metrics.store_failures);
+                None
+            }
+        };
+        if let Some(facts) = &facts {
+            self.audit_message(peer, facts, stored.as_ref(), Outcome::Reject, ack_code);
         }
         let error = AckError {
             code: ErrorCode::SegmentSequence,

@@ -185,6 +185,13 @@ pub fn messages(args: &MessagesArgs) -> anyhow::Result<ExitCode> {
             ),
             None => sender.into_owned(),
         };
+        if let Some(identity) = &message.peer_identity {
+            // Who the TLS client certificate says it is: device text, escaped and cut.
+            detail.push_str(&format!(
+                "  [TLS {}]",
+                terminal::cell(identity, terminal::REASON_WIDTH)
+            ));
+        }
         if message.n_received > 1 {
             // The same refused bytes again, counted on this row instead of kept again.
             detail.push_str(&format!("  ×{} received", message.n_received));

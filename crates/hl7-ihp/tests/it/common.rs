@@ -47,7 +47,10 @@ pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 /// A running receiver.
 pub struct Receiver {
     child: Child,
+    /// The plain MLLP address (`0.0.0.0:0` with `--listen off`).
     pub mllp: SocketAddr,
+    /// The MLLP-over-TLS address, with `--listen-tls`.
+    pub mllp_tls: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
     pub data_dir: PathBuf,
     logs: Arc<Mutex<String>>,
@@ -61,6 +64,11 @@ impl Receiver {
 
     /// Starts `hl7-ihp receive` on a given MLLP address (to restart on the same port).
     pub fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> Receiver {
+        Receiver::spawn(Command::new(binary()), data_dir, listen, extra)
+    }
+
+    /// Starts `hl7-ihp receive` with `--listen` as given (`off` too), HTTP on loopback.
+    pub fn start_listening(data_dir: &Path, listen: &str, extra: &[&str]) -> Receiver {
         Receiver::spawn(Command::new(binary()), data_dir, listen, extra)
     }
 
@@ -149,13 +157,14 @@ impl Receiver {
         let event: serde_json::Value = serde_json::from_str(&line).expect("json log line");
         let mllp = event["mllp"]
             .as_str()
-            .expect("mllp address")
-            .parse()
-            .expect("address");
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let mllp_tls = event["mllp_tls"].as_str().and_then(|a| a.parse().ok());
         let http = event["http"].as_str().and_then(|a| a.parse().ok());
         Receiver {
             child,
             mllp,
+            mllp_tls,
             http,
             data_dir: data_dir.to_path_buf(),
             logs,
@@ -349,9 +358,13 @@ fn parse_http_response(bytes: &[u8]) -> HttpResponse {
     }
 }
 
-/// A blocking MLLP client.
+/// What a [`Client`] speaks over: plain TCP or TLS.
+pub trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+/// A blocking MLLP client, over TCP or TLS.
 pub struct Client {
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
     buffer: Vec<u8>,
 }
 
@@ -365,10 +378,32 @@ impl Client {
         let stream = TcpStream::connect(address).ok()?;
         stream.set_read_timeout(Some(DEADLINE)).ok()?;
         stream.set_nodelay(true).ok()?;
-        Some(Client {
-            stream,
+        Some(Client::over(stream))
+    }
+
+    /// A client over an established stream (a TLS one, or TCP after a PROXY header).
+    pub fn over(stream: impl Stream + 'static) -> Client {
+        Client {
+            stream: Box::new(stream),
             buffer: Vec::new(),
-        })
+        }
+    }
+
+    /// A TLS client whose handshake has completed (from its side: with TLS 1.3, the
+    /// server checks a client certificate after that, and refuses by closing).
+    pub fn connect_tls(
+        address: SocketAddr,
+        config: Arc<rustls::ClientConfig>,
+    ) -> std::io::Result<Client> {
+        let mut tcp = TcpStream::connect(address)?;
+        tcp.set_read_timeout(Some(DEADLINE))?;
+        tcp.set_nodelay(true)?;
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = rustls::ClientConnection::new(config, name).map_err(std::io::Error::other)?;
+        while tls.is_handshaking() {
+            tls.complete_io(&mut tcp)?;
+        }
+        Ok(Client::over(rustls::StreamOwned::new(tls, tcp)))
     }
 
     /// Like `send`, reporting a broken connection instead of panicking.
@@ -408,6 +443,18 @@ impl Client {
     pub fn exchange(&mut self, message: &[u8]) -> Vec<u8> {
         self.send(message);
         self.read_ack().expect("an ACK")
+    }
+
+    /// One byte of what the server sent, `None` at the close.
+    pub fn read_byte(&mut self) -> Option<u8> {
+        if !self.buffer.is_empty() {
+            return Some(self.buffer.remove(0));
+        }
+        let mut byte = [0u8; 1];
+        match self.stream.read(&mut byte) {
+            Ok(1) => Some(byte[0]),
+            _ => None,
+        }
     }
 
     /// True when the server closed the connection (reads EOF) within the deadline.

@@ -10,6 +10,10 @@ mod support;
 #[path = "../../../hl7/tests/support/golden.rs"]
 mod golden;
 
+// Certificates made for the TLS tests with rcgen.
+mod pki;
+// MLLP over TLS, mutual TLS, reloads, the allowlist, PROXY headers, HTTPS, the audit trail.
+mod tls;
 // A JSON Schema validator for the OpenAPI document's subset, and its look-ups.
 mod schema;
 

@@ -72,8 +72,14 @@ pub struct MessageItem {
     /// When it arrived (the first time, for a frame received more than once).
     #[schema(format = DateTime)]
     pub received_at: String,
-    /// The peer's address, `ip:port`.
+    /// The peer's address, `ip:port`: the device's, also when a trusted load balancer's
+    /// PROXY header named it.
     pub peer: String,
+    /// The TLS client certificate's subject and subject alternative names
+    /// (`CN=monitor-7,O=St Example; DNS:monitor-7.example`); `null` for plain TCP or a TLS
+    /// client without a certificate.
+    #[schema(required = true)]
+    pub peer_identity: Option<String>,
     /// MSH-3 as sent; `null` when MSH could not be read.
     #[schema(required = true)]
     pub sending_application: Option<String>,
@@ -107,6 +113,7 @@ impl MessageItem {
             id: summary.id,
             received_at: utc_text(summary.received_at),
             peer: summary.peer,
+            peer_identity: summary.peer_identity,
             sending_application: application,
             sending_facility: facility,
             control_id: summary.control_id,
