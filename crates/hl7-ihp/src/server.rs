@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use std::io;
 
@@ -242,7 +243,7 @@ pub async fn run(
         .map(|(listener, (live, _))| {
             let state = HttpState {
                 metrics: Arc::clone(&metrics),
-                extra: extra_metrics(Arc::clone(&store), Arc::clone(&budget)),
+                extra: extra_metrics(Arc::clone(&store), Arc::clone(&budget), Arc::clone(&audit)),
                 store: Arc::clone(&store),
                 access: http::access::Access::new(config.http.token.as_ref()),
                 live: Arc::clone(live),
@@ -342,9 +343,13 @@ pub async fn run(
     Ok(())
 }
 
-/// The store's and the partial-frame budget's numbers for `/metrics` (the exporter's are
-/// rendered by the handler, which reads their lag from the store).
-fn extra_metrics(store: Arc<dyn Store>, budget: Arc<PartialBudget>) -> ExtraMetrics {
+/// The store's, the partial-frame budget's and the audit trail's numbers for `/metrics` (the
+/// exporter's are rendered by the handler, which reads their lag from the store).
+fn extra_metrics(
+    store: Arc<dyn Store>,
+    budget: Arc<PartialBudget>,
+    audit: Arc<Audit>,
+) -> ExtraMetrics {
     Arc::new(move || {
         let stats = store.stats();
         let counter = |name, help, value: u64| Extra {
@@ -378,6 +383,16 @@ fn extra_metrics(store: Arc<dyn Store>, budget: Arc<PartialBudget>) -> ExtraMetr
                 "hl7ihp_control_ids_reused_total",
                 "Messages reusing a stored control id with other content.",
                 stats.n_reused_control_ids,
+            ),
+            counter(
+                "hl7ihp_audit_events_total",
+                "Audit events written and synced to --audit-log.",
+                audit.n_written.load(Ordering::Relaxed),
+            ),
+            counter(
+                "hl7ihp_audit_events_dropped_total",
+                "Audit events dropped: queue full, writer stopped or write failed.",
+                audit.n_dropped.load(Ordering::Relaxed),
             ),
             Extra {
                 name: "hl7ihp_partial_frame_bytes",
