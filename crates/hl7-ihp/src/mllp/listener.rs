@@ -373,11 +373,12 @@ async fn connection(
                         &metrics,
                         &peer,
                         tls::handshake_failure(&error),
+                        &error.to_string(),
                     );
                     return;
                 }
                 Err(_) => {
-                    handshake_failed(&gate, &ingest, &metrics, &peer, "handshake timeout");
+                    handshake_failed(&gate, &ingest, &metrics, &peer, "handshake timeout", "");
                     return;
                 }
             };
@@ -439,6 +440,7 @@ fn handshake_failed(
     metrics: &Metrics,
     peer: &Peer,
     reason: &'static str,
+    detail: &str,
 ) {
     Metrics::inc(&metrics.tls_handshake_failures);
     if let Some(n_suppressed) =
@@ -446,7 +448,8 @@ fn handshake_failed(
             .log_limit()
             .allow(peer.addr.ip(), "TLS handshake failed", Level::Warn)
     {
-        tracing::warn!(%peer, reason, n_suppressed, "TLS handshake failed");
+        // rustls's own words (protocol facts, no device text) help whoever debugs a device.
+        tracing::warn!(%peer, reason, detail, n_suppressed, "TLS handshake failed");
     }
     gate.audit.record(AuditEvent::NodeAuthenticationFailure {
         peer: peer.addr,

@@ -211,17 +211,26 @@ fn server_config(files: &ServerTlsFiles) -> Result<Arc<ServerConfig>, TlsError> 
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder.with_single_cert(chain, key).map_err(|e| {
-        TlsError(format!(
-            "the certificate {} and the key {}: {e}",
-            files.cert.display(),
-            files.key.display()
-        ))
-    })?;
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| pair_error(&files.cert, &files.key, &e))?;
     // MLLP has no ALPN name; a resumed session skips the client-certificate check's cost
     // but not its result (rustls keeps the peer's certificates in the session).
     config.alpn_protocols = Vec::new();
     Ok(Arc::new(config))
+}
+
+/// A certificate and key that rustls refused together, said plainly.
+fn pair_error(cert: &Path, key: &Path, error: &rustls::Error) -> TlsError {
+    let why = match error {
+        rustls::Error::InconsistentKeys(_) => "the key does not match the certificate".to_owned(),
+        other => other.to_string(),
+    };
+    TlsError(format!(
+        "the certificate {} and the key {}: {why}",
+        cert.display(),
+        key.display()
+    ))
 }
 
 /// The CA bundles tried when `send --tls` is given no `--tls-ca`.
@@ -256,13 +265,7 @@ pub fn client_config(
         None => builder.with_no_client_auth(),
         Some((cert, key)) => builder
             .with_client_auth_cert(certificates(cert, "certificate")?, private_key(key)?)
-            .map_err(|e| {
-                TlsError(format!(
-                    "the certificate {} and the key {}: {e}",
-                    cert.display(),
-                    key.display()
-                ))
-            })?,
+            .map_err(|e| pair_error(cert, key, &e))?,
     };
     Ok(Arc::new(config))
 }
@@ -287,8 +290,11 @@ pub fn handshake_failure(error: &std::io::Error) -> &'static str {
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
         ) => "not yet valid",
         Error::InvalidCertificate(_) => "bad certificate",
+        // TLS 1.2 and 1.3 clients always send signature_algorithms; a ClientHello without
+        // it is a TLS 1.0 or 1.1 one (what rustls notices first of an old client).
         Error::PeerIncompatible(
-            PeerIncompatible::SupportedVersionsExtensionRequired
+            PeerIncompatible::SignatureAlgorithmsExtensionRequired
+            | PeerIncompatible::SupportedVersionsExtensionRequired
             | PeerIncompatible::Tls12NotOffered
             | PeerIncompatible::Tls12NotOfferedOrEnabled
             | PeerIncompatible::Tls13RequiredForQuic,

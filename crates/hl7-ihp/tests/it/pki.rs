@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason,
-    RevokedCertParams, SanType, SerialNumber, date_time_ymd,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevocationReason, RevokedCertParams, SanType, SerialNumber, date_time_ymd,
 };
 
 /// A certificate and its key as PEM files.
@@ -85,17 +85,20 @@ impl Pki {
             let key = KeyPair::generate().unwrap();
             let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
             params.serial_number = Some(SerialNumber::from(serial));
-            params
-                .distinguished_name
-                .push(DnType::CommonName, common_name);
+            // As CAs write them: the most general first (RFC 4514 text shows CN first).
+            // rcgen starts with a CN of its own; this subject is all ours.
+            params.distinguished_name = DistinguishedName::new();
             if client {
                 params
                     .distinguished_name
-                    .push(DnType::OrganizationalUnitName, "ICU");
+                    .push(DnType::OrganizationName, "St Example");
                 params
                     .distinguished_name
-                    .push(DnType::OrganizationName, "St Example");
+                    .push(DnType::OrganizationalUnitName, "ICU");
             }
+            params
+                .distinguished_name
+                .push(DnType::CommonName, common_name);
             params.subject_alt_names = sans;
             params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
             params.extended_key_usages = vec![if client {

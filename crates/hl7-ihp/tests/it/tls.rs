@@ -257,7 +257,12 @@ fn old_tls_versions_and_plain_mllp_on_the_tls_port_are_refused() {
         .iter()
         .map(|e| e["reason"].as_str().unwrap())
         .collect();
-    assert_eq!(reasons, ["old TLS version", "old TLS version", "not TLS"]);
+    assert_eq!(
+        reasons,
+        ["old TLS version", "old TLS version", "not TLS"],
+        "{}",
+        receiver.logs()
+    );
     assert!(!messages_table(&receiver.data_dir).contains("PLAIN-1"));
 }
 
@@ -579,7 +584,7 @@ fn tls_settings_are_checked_at_start() {
                 "--tls-key",
                 pki.renewed.key(),
             ],
-            "do not match",
+            "does not match the certificate",
         ),
         (
             vec![
