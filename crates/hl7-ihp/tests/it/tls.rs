@@ -636,3 +636,53 @@ fn https_serves_the_api_with_the_token_and_plain_http_gets_nothing() {
         .unwrap();
     assert!(!String::from_utf8_lossy(&read_to_close(&mut plain)).contains("200"));
 }
+
+#[test]
+fn a_silent_handshake_times_out_in_its_own_task_and_holds_only_its_permit() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&dir.path().join("pki"));
+    let receiver = mutual_tls(
+        dir.path(),
+        &pki,
+        &["--tls-handshake-timeout", "1s", "--max-connections", "3"],
+    );
+    let address = receiver.mllp_tls.unwrap();
+    // Two clients that connect and say nothing hold two of the three permits...
+    let mut silent: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(address).unwrap())
+        .collect();
+    // ...and the accept loop goes on: a device is served meanwhile.
+    let mut device = Client::connect_tls(address, client(&pki, Some(&pki.device))).unwrap();
+    assert_eq!(
+        ack_field(&device.exchange(&oru("HS-1", "P-HS", 1)), "MSA-1"),
+        "AA"
+    );
+    // The third permit is the device's: a fourth connection waits in the backlog until a
+    // silent one's handshake times out, then it is served.
+    let mut late = Client::connect_tls(address, client(&pki, Some(&pki.device))).unwrap();
+    assert_eq!(
+        ack_field(&late.exchange(&oru("HS-2", "P-HS", 2)), "MSA-1"),
+        "AA"
+    );
+    for stream in &mut silent {
+        assert!(read_to_close(stream).is_empty(), "closed without a word");
+    }
+    let events = audit_until(dir.path(), "both timeouts audited", |_| {
+        std::fs::read_to_string(dir.path().join("audit.jsonl"))
+            .unwrap_or_default()
+            .matches("handshake timeout")
+            .count()
+            == 2
+    });
+    // The late device was opened after a timeout freed its permit.
+    let position = |what: &dyn Fn(&Value) -> bool| events.iter().position(what).unwrap();
+    let first_timeout = position(&|e| e["reason"] == "handshake timeout");
+    let late_opened = events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e["event"] == "connection_opened")
+        .map(|(n, _)| n)
+        .nth(1)
+        .unwrap();
+    assert!(first_timeout < late_opened, "{events:?}");
+}
