@@ -123,6 +123,9 @@ pub enum AuditEvent {
         connection: u64,
         /// The device's address.
         peer: SocketAddr,
+        /// The client certificate's identity, as when it opened.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        identity: Option<String>,
         /// Why it ended (`peer closed`, `idle timeout`, `shutdown`, …).
         reason: &'static str,
         /// Frames read on it.

@@ -595,7 +595,8 @@ fn check_tls(s: &ReceiveSettings) -> Result<(), ConfigError> {
                 ));
             }
         }
-        if s.listen == s.listen_tls {
+        // Port 0 asks the system for a free port: two of them are two listeners.
+        if s.listen == s.listen_tls && s.listen.is_some_and(|a| a.port() != 0) {
             return Err(error(
                 "listen_tls",
                 "the TLS listener needs an address of its own, not --listen's",
@@ -964,5 +965,101 @@ mod tests {
                 .max_partial_bytes,
             67536
         );
+    }
+
+    #[test]
+    fn tls_settings_go_together() {
+        let tls = |f: &mut ReceiveFlags| {
+            f.listen_tls = Some("127.0.0.1:0".into());
+            f.tls_cert = Some("cert.pem".into());
+            f.tls_key = Some("key.pem".into());
+        };
+        // Port 0 twice is two listeners; the same fixed address twice is one too many.
+        let config = ReceiveConfig::from_args(&flags(|f| {
+            tls(f);
+            f.listen = Some("127.0.0.1:0".into());
+        }))
+        .unwrap();
+        let tls_config = config.mllp.tls.unwrap();
+        assert_eq!(tls_config.files.cert, PathBuf::from("cert.pem"));
+        assert_eq!(tls_config.files.client_ca, None);
+        let message = error(flags(|f| {
+            tls(f);
+            f.listen = Some("127.0.0.1:2576".into());
+            f.listen_tls = Some("127.0.0.1:2576".into());
+        }));
+        assert!(message.contains("`listen_tls`"), "{message}");
+        for (set, name) in [
+            (
+                Box::new(|f: &mut ReceiveFlags| {
+                    tls(f);
+                    f.tls_key = None;
+                }) as Box<dyn Fn(&mut ReceiveFlags)>,
+                "`tls_key`",
+            ),
+            (
+                Box::new(|f| f.tls_client_ca = Some("ca.pem".into())),
+                "`tls_client_ca`",
+            ),
+            (
+                Box::new(|f| {
+                    tls(f);
+                    f.tls_crl = Some("crl.pem".into());
+                }),
+                "`tls_crl`",
+            ),
+            (Box::new(|f| f.listen = Some("off".into())), "`listen`"),
+            (
+                Box::new(|f| f.http_tls_key = Some("key.pem".into())),
+                "`http_tls_cert`",
+            ),
+            (
+                Box::new(|f| {
+                    f.http = Some("off".into());
+                    f.http_tls_cert = Some("cert.pem".into());
+                    f.http_tls_key = Some("key.pem".into());
+                }),
+                "`http_tls_cert`",
+            ),
+        ] {
+            let message = error(flags(|f| set(f)));
+            assert!(message.contains(name), "{name}: {message}");
+        }
+        // --listen off with a TLS listener is fine.
+        let config = ReceiveConfig::from_args(&flags(|f| {
+            tls(f);
+            f.listen = Some("off".into());
+        }))
+        .unwrap();
+        assert_eq!(config.mllp.listen, None);
+    }
+
+    #[test]
+    fn require_tls_refuses_plain_listeners_beyond_loopback() {
+        let message = error(flags(|f| f.require_tls = Some("on".into())));
+        assert!(
+            message.contains("`listen`") && message.contains("--require-tls"),
+            "{message}"
+        );
+        let args = flags(|f| {
+            f.require_tls = Some("on".into());
+            f.listen = Some("127.0.0.1:2575".into());
+            f.http = Some("0.0.0.0:8080".into());
+        });
+        let message = with_token_env(&args, "t0ken").unwrap_err().to_string();
+        assert!(
+            message.contains("`http`") && message.contains("--http-tls-cert"),
+            "{message}"
+        );
+        let args = flags(|f| {
+            f.require_tls = Some("on".into());
+            f.listen = Some("127.0.0.1:2575".into());
+            f.http = Some("0.0.0.0:8080".into());
+            f.http_tls_cert = Some("cert.pem".into());
+            f.http_tls_key = Some("key.pem".into());
+        });
+        assert!(with_token_env(&args, "t0ken").is_ok());
+        // Without --require-tls the same plain listener only warns (at start).
+        assert!(ReceiveConfig::from_args(&ReceiveArgs::default()).is_ok());
     }
 }

@@ -401,6 +401,7 @@ async fn connection(
     gate.audit.record(AuditEvent::ConnectionClosed {
         connection,
         peer: peer.addr,
+        identity: peer.identity.as_deref().map(str::to_owned),
         reason: close.as_str(),
         frames: n_frames,
     });

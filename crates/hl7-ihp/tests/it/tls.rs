@@ -102,6 +102,7 @@ fn a_good_client_certificate_gets_aa_and_is_kept_as_the_peer_identity() {
     });
     let opened = event(&events, "connection_opened");
     assert_eq!(opened.len(), 1, "{events:?}");
+    assert_eq!(event(&events, "connection_closed")[0]["identity"], identity);
     assert_eq!(opened[0]["transport"], "tls");
     assert_eq!(opened[0]["identity"], identity);
     assert!(
