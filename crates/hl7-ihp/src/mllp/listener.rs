@@ -364,9 +364,12 @@ async fn connection(
         }
         Transport::Tls(tls) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
-            let stream = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+            // Fallible: a refused peer's socket comes back, so that the refusal is counted
+            // and audited before the peer sees the close.
+            let handshake = acceptor.accept(stream).into_fallible();
+            let stream = match tokio::time::timeout_at(deadline, handshake).await {
                 Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => {
+                Ok(Err((error, _socket))) => {
                     handshake_failed(
                         &gate,
                         &ingest,
