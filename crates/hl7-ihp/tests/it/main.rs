@@ -34,6 +34,8 @@ mod data_dir;
 mod demo;
 // Limits under attack: deadlines, the partial-frame budget, the HTTP side, log floods.
 mod hardening;
+// deploy/haproxy.cfg run by the real HAProxy in front of a receiver.
+mod haproxy;
 // `hl7-ihp parse`.
 mod parse_cli;
 // The patient JSON files and the inspection commands.
