@@ -197,7 +197,7 @@ pub async fn run(
         let guard = if from_proxy {
             None
         } else {
-            match admit(&gate, &ingest, &metrics, socket_peer, None) {
+            match admit(&gate, &ingest, &metrics, socket_peer, None, true) {
                 Some(guard) => Some(guard),
                 None => continue,
             }
@@ -249,8 +249,9 @@ fn admit(
     metrics: &Metrics,
     addr: SocketAddr,
     via: Option<SocketAddr>,
+    check_allow: bool,
 ) -> Option<PeerGuard> {
-    if !gate.allow.contains(addr.ip()) {
+    if check_allow && !gate.allow.contains(addr.ip()) {
         Metrics::inc(&metrics.connections_refused_allowlist);
         refused(gate, ingest, addr, via, "not in the allowlist");
         return None;
@@ -306,6 +307,9 @@ async fn connection(
     let deadline = Instant::now() + gate.handshake_timeout;
     let mut addr = socket_peer;
     let mut via = None;
+    // A trusted balancer speaking for itself (a health check) is not held to the
+    // allowlist, which lists devices: `--proxy-protocol-from` already trusts it.
+    let mut device = true;
     if guard.is_none() {
         // From a trusted load balancer: the header names the device.
         match tokio::time::timeout_at(deadline, proxy::read_header(&mut stream)).await {
@@ -314,7 +318,7 @@ async fn connection(
                 via = Some(socket_peer);
             }
             // The balancer's own health check: it is the peer.
-            Ok(Ok(ProxyHeader::Local)) => {}
+            Ok(Ok(ProxyHeader::Local)) => device = false,
             Ok(Err(error)) => {
                 Metrics::inc(&metrics.connections_refused_proxy);
                 let reason = match error {
@@ -330,7 +334,7 @@ async fn connection(
                 return;
             }
         }
-        match admit(&gate, &ingest, &metrics, addr, via) {
+        match admit(&gate, &ingest, &metrics, addr, via, device) {
             Some(admitted) => guard = Some(admitted),
             None => return,
         }

@@ -462,7 +462,7 @@ fn proxy_headers_from_a_trusted_balancer_name_the_device_and_others_are_refused(
             "--proxy-protocol-from",
             "127.0.0.1",
             "--allow",
-            "192.0.2.0/24,127.0.0.1",
+            "192.0.2.0/24",
             "--audit-log",
             audit.to_str().unwrap(),
         ],
@@ -500,6 +500,18 @@ fn proxy_headers_from_a_trusted_balancer_name_the_device_and_others_are_refused(
             .any(|l| l.contains("PX-2") && l.contains("192.0.2.8:40008")),
         "{table}"
     );
+    // The balancer speaking for itself (v2 LOCAL, a health check) is not a device: the
+    // allowlist, which does not list it, does not apply.
+    let mut local = TcpStream::connect(receiver.mllp).unwrap();
+    local
+        .write_all(b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00")
+        .unwrap();
+    let mut local = Client::over(local);
+    assert_eq!(
+        ack_field(&local.exchange(&oru("PX-L", "P-PX", 9)), "MSA-1"),
+        "AA"
+    );
+    drop(local);
     // The allowlist applies to the device the header names.
     let mut outsider = TcpStream::connect(receiver.mllp).unwrap();
     outsider
