@@ -26,7 +26,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Simulate a device (the prototype's three messages by default, bedside monitors with
     /// `--scenario vitals`), or generate load with `--connections`.
-    Send(SendArgs),
+    // Boxed as `Receive` is: with its TLS settings it is the largest of the others.
+    Send(Box<SendArgs>),
     /// List the patients in the store.
     Patients(PatientsArgs),
     /// Print a patient's document (the shape of their JSON file) from the store.
@@ -121,6 +122,9 @@ pub struct SendArgs {
     /// Print the summary as one JSON line.
     #[arg(long)]
     pub json: bool,
+    /// MLLP over TLS (see --tls-ca, --tls-cert, --tls-key, --tls-server-name).
+    #[arg(long)]
+    pub tls: bool,
     /// The settings validated by `config::SendConfig`.
     #[command(flatten)]
     pub settings: SendFlags,

@@ -131,6 +131,7 @@ async fn demo(
             count: None,
             deadline: None,
             verbose: false,
+            tls: None,
         };
         let source = Source::new(Scenario::Vitals { patients }, &run_id, index, patients);
         monitors.spawn(link::connection(

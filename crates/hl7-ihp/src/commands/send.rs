@@ -7,16 +7,37 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use rustls::pki_types::ServerName;
+
 use crate::cli::SendArgs;
-use crate::config::{ScenarioKind, SendConfig};
+use crate::config::{ConfigError, ScenarioKind, SendConfig, SendTls};
+use crate::sender::link::TlsClient;
 use crate::sender::load::{self, Plan, Summary};
 use crate::sender::simulator::Scenario;
 
 /// Runs `hl7-ihp send`.
 pub fn run(args: &SendArgs) -> anyhow::Result<ExitCode> {
-    let config = match SendConfig::from_flags(&args.settings) {
+    crate::tls::install_provider();
+    let config = match SendConfig::from_flags(&args.settings, args.tls) {
         Ok(config) => config,
         Err(error) => return Ok(super::invalid_setting(&error)),
+    };
+    // Loaded once per run: every connection and reconnection shares it.
+    let tls = match &config.tls {
+        None => None,
+        Some(tls) => {
+            let name = match server_name(tls, &args.to) {
+                Ok(name) => name,
+                Err(error) => return Ok(super::invalid_setting(&error)),
+            };
+            let client_config = crate::tls::client_config(
+                tls.ca.as_deref(),
+                tls.cert_and_key
+                    .as_ref()
+                    .map(|(cert, key)| (cert.as_path(), key.as_path())),
+            )?;
+            Some(TlsClient::new(client_config, name))
+        }
     };
     let scenario = if !args.file.is_empty() {
         Scenario::Files(read_files(&args.file)?)
@@ -56,6 +77,7 @@ pub fn run(args: &SendArgs) -> anyhow::Result<ExitCode> {
         count: None,
         deadline: duration.map(|d| started + d),
         verbose: !load,
+        tls,
     };
     let runtime = super::runtime()?;
     let summary = runtime.block_on(load::run_connections(
@@ -79,6 +101,30 @@ pub fn run(args: &SendArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The name to check the receiver's certificate against: `--tls-server-name`, else the
+/// host of `--to` (an IP address is checked against the certificate's IP SANs).
+fn server_name(tls: &SendTls, to: &str) -> Result<ServerName<'static>, ConfigError> {
+    let name = tls.server_name.as_deref().unwrap_or_else(|| host_of(to));
+    ServerName::try_from(name.to_owned()).map_err(|_| {
+        ConfigError::new(
+            "tls_server_name",
+            "--tls-server-name",
+            format!(
+                "the host of --to, {}, is not a DNS name or an IP address: give a name",
+                crate::terminal::escape(host_of(to))
+            ),
+        )
+    })
+}
+
+/// The host of `host:port` or `[v6]:port`, without the brackets.
+fn host_of(to: &str) -> &str {
+    let host = to.rsplit_once(':').map_or(to, |(host, _)| host);
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
 }
 
 fn print_summary(summary: &Summary) {
@@ -183,6 +229,14 @@ fn read_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_server_name_is_the_host_of_to() {
+        assert_eq!(host_of("127.0.0.1:2575"), "127.0.0.1");
+        assert_eq!(host_of("[::1]:2575"), "::1");
+        assert_eq!(host_of("hl7.example:2575"), "hl7.example");
+        assert_eq!(host_of("hl7.example"), "hl7.example");
+    }
 
     #[test]
     fn hl7_files_are_told_from_others() {

@@ -21,7 +21,7 @@ pub use receive::{
     ExportConfig, HTTP_TOKEN_ENV, HttpConfig, HttpLimits, HttpToken, Limits, LogFormat, MllpConfig,
     PatientIdentity, ReceiveArgs, ReceiveConfig, ReceiveFlags, StoreConfig, log_format,
 };
-pub use send::{ScenarioKind, SendConfig, SendFlags};
+pub use send::{ScenarioKind, SendConfig, SendFlags, SendTls};
 pub use values::parse_duration;
 
 /// An invalid setting: which one, where it came from, and why.

@@ -1,19 +1,20 @@
 //! The settings of `hl7-ihp send` that need validating, declared as `receive`'s are and
 //! checked by the same parsers; the plain ones (`--to`, `--count`, `--file`, …) stay in
-//! `cli::SendArgs`.
+//! `cli::SendArgs`, and so does `--tls`, a switch without a value that the TLS files go with.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::ConfigError;
 use super::settings::{ConfigFile, Reads, declare_settings};
-use super::values::{choice, duration, positive_duration, positive_real};
+use super::values::{choice, duration, path, positive_duration, positive_real};
 
 declare_settings! {
     /// The flags of `hl7-ihp send` that need validating, as text.
     pub struct SendFlags reads Reads::Flags;
-    /// The validated settings of `hl7-ihp send`.
+    /// The settings of `hl7-ihp send` one by one, before they are checked together.
     #[derive(Clone, Debug, PartialEq)]
-    pub struct SendConfig;
+    struct SendSettings;
 
     /// Pause between messages of a connection, e.g. `100ms`, `0ms`.
     interval: Option<Duration> = duration, "DURATION", optional "1s, none with --connections";
@@ -27,6 +28,52 @@ declare_settings! {
     ack_timeout: Duration = positive_duration, "DURATION", default "10s";
     /// How long to keep retrying one message before counting it unacknowledged.
     retry_for: Duration = duration, "DURATION", default "60s";
+    /// CA certificates that the receiver's certificate must come from, PEM (needs --tls).
+    tls_ca: Option<PathBuf> = path, "FILE", optional "the system's CA bundle";
+    /// Client certificate chain to present, PEM (needs --tls and --tls-key).
+    tls_cert: Option<PathBuf> = path, "FILE", optional "none";
+    /// Private key of --tls-cert, PEM (needs --tls and --tls-cert).
+    tls_key: Option<PathBuf> = path, "FILE", optional "none";
+    /// Name the receiver's certificate must carry, a DNS name or an IP address (needs --tls).
+    tls_server_name: Option<String> = server_name, "NAME", optional "the host of --to";
+}
+
+/// The validated settings of `hl7-ihp send`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SendConfig {
+    /// Pause between messages of a connection.
+    pub interval: Option<Duration>,
+    /// Which built-in messages to send.
+    pub scenario: ScenarioKind,
+    /// Total messages a second over all connections.
+    pub rate: Option<f64>,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    /// How long to wait for an ACK.
+    pub ack_timeout: Duration,
+    /// How long to keep retrying one message.
+    pub retry_for: Duration,
+    /// MLLP over TLS (`--tls`), with these files; `None`: plain MLLP.
+    pub tls: Option<SendTls>,
+}
+
+/// What `send --tls` connects with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SendTls {
+    /// Trusted CAs; `None`: the system's bundle.
+    pub ca: Option<PathBuf>,
+    /// The client certificate chain and its key (mutual TLS), both or neither.
+    pub cert_and_key: Option<(PathBuf, PathBuf)>,
+    /// The name to check the receiver's certificate against; `None`: the host of `--to`.
+    pub server_name: Option<String>,
+}
+
+/// A name a server certificate can carry: a DNS name or an IP address literal.
+fn server_name(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    rustls::pki_types::ServerName::try_from(text)
+        .map(|_| text.to_owned())
+        .map_err(|_| "expected a DNS name or an IP address".into())
 }
 
 /// Which built-in messages `send` makes when no `--file` is given.
@@ -49,9 +96,50 @@ fn scenario(text: &str) -> Result<ScenarioKind, String> {
 }
 
 impl SendConfig {
-    /// Validates the flags.
-    pub fn from_flags(flags: &SendFlags) -> Result<SendConfig, ConfigError> {
-        SendConfig::resolve(flags, ConfigFile::none())
+    /// Validates the flags; `tls` is whether `--tls` was given.
+    pub fn from_flags(flags: &SendFlags, tls: bool) -> Result<SendConfig, ConfigError> {
+        let s = SendSettings::resolve(flags, ConfigFile::none())?;
+        let error = |name: &'static str, reason: &str| {
+            ConfigError::new(
+                name,
+                &format!("--{}", name.replace('_', "-")),
+                reason.into(),
+            )
+        };
+        let tls = if tls {
+            let cert_and_key = match (s.tls_cert, s.tls_key) {
+                (Some(cert), Some(key)) => Some((cert, key)),
+                (Some(_), None) => return Err(error("tls_cert", "needs --tls-key FILE too")),
+                (None, Some(_)) => return Err(error("tls_key", "needs --tls-cert FILE too")),
+                (None, None) => None,
+            };
+            Some(SendTls {
+                ca: s.tls_ca,
+                cert_and_key,
+                server_name: s.tls_server_name,
+            })
+        } else {
+            for (name, given) in [
+                ("tls_ca", s.tls_ca.is_some()),
+                ("tls_cert", s.tls_cert.is_some()),
+                ("tls_key", s.tls_key.is_some()),
+                ("tls_server_name", s.tls_server_name.is_some()),
+            ] {
+                if given {
+                    return Err(error(name, "has no effect without --tls"));
+                }
+            }
+            None
+        };
+        Ok(SendConfig {
+            interval: s.interval,
+            scenario: s.scenario,
+            rate: s.rate,
+            duration: s.duration,
+            ack_timeout: s.ack_timeout,
+            retry_for: s.retry_for,
+            tls,
+        })
     }
 }
 
@@ -62,12 +150,14 @@ mod tests {
     fn error(set: impl FnOnce(&mut SendFlags)) -> String {
         let mut flags = SendFlags::default();
         set(&mut flags);
-        SendConfig::from_flags(&flags).unwrap_err().to_string()
+        SendConfig::from_flags(&flags, false)
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
     fn defaults() {
-        let config = SendConfig::from_flags(&SendFlags::default()).unwrap();
+        let config = SendConfig::from_flags(&SendFlags::default(), false).unwrap();
         assert_eq!(
             config,
             SendConfig {
@@ -77,6 +167,7 @@ mod tests {
                 duration: None,
                 ack_timeout: Duration::from_secs(10),
                 retry_for: Duration::from_secs(60),
+                tls: None,
             }
         );
     }
@@ -90,8 +181,9 @@ mod tests {
             duration: Some("5m".into()),
             ack_timeout: Some("2s".into()),
             retry_for: Some("0s".into()),
+            ..SendFlags::default()
         };
-        let config = SendConfig::from_flags(&flags).unwrap();
+        let config = SendConfig::from_flags(&flags, false).unwrap();
         assert_eq!(config.interval, Some(Duration::ZERO));
         assert_eq!(config.scenario, ScenarioKind::Vitals);
         assert_eq!(config.rate, Some(2.5));
@@ -124,6 +216,72 @@ mod tests {
         assert!(
             error(|f| f.duration = Some("forever".into()))
                 .starts_with("invalid setting `duration` (--duration): ")
+        );
+    }
+
+    #[test]
+    fn tls_files_go_with_tls_and_with_each_other() {
+        let tls_error = |set: fn(&mut SendFlags)| {
+            let mut flags = SendFlags::default();
+            set(&mut flags);
+            SendConfig::from_flags(&flags, true)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            tls_error(|f| f.tls_cert = Some("device.pem".into())),
+            "invalid setting `tls_cert` (--tls-cert): needs --tls-key FILE too"
+        );
+        assert_eq!(
+            tls_error(|f| f.tls_key = Some("device.key".into())),
+            "invalid setting `tls_key` (--tls-key): needs --tls-cert FILE too"
+        );
+        assert_eq!(
+            tls_error(|f| f.tls_server_name = Some("not a name".into())),
+            "invalid setting `tls_server_name` (--tls-server-name): expected a DNS name or an IP address"
+        );
+        for (name, set) in [
+            (
+                "tls_ca",
+                (|f| f.tls_ca = Some("ca.pem".into())) as fn(&mut SendFlags),
+            ),
+            ("tls_cert", |f| f.tls_cert = Some("device.pem".into())),
+            ("tls_key", |f| f.tls_key = Some("device.key".into())),
+            ("tls_server_name", |f| {
+                f.tls_server_name = Some("hl7.example".into())
+            }),
+        ] {
+            assert_eq!(
+                error(set),
+                format!(
+                    "invalid setting `{name}` (--{}): has no effect without --tls",
+                    name.replace('_', "-")
+                )
+            );
+        }
+        let flags = SendFlags {
+            tls_ca: Some("ca.pem".into()),
+            tls_cert: Some("device.pem".into()),
+            tls_key: Some("device.key".into()),
+            tls_server_name: Some("127.0.0.1".into()),
+            ..SendFlags::default()
+        };
+        assert_eq!(
+            SendConfig::from_flags(&flags, true).unwrap().tls,
+            Some(SendTls {
+                ca: Some("ca.pem".into()),
+                cert_and_key: Some(("device.pem".into(), "device.key".into())),
+                server_name: Some("127.0.0.1".into()),
+            })
+        );
+        let plain = SendConfig::from_flags(&SendFlags::default(), true).unwrap();
+        assert_eq!(
+            plain.tls,
+            Some(SendTls {
+                ca: None,
+                cert_and_key: None,
+                server_name: None,
+            })
         );
     }
 }

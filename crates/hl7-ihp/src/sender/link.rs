@@ -1,6 +1,6 @@
 //! One sending connection: send a message, wait for its ACK and check MSA-2, reconnect with
 //! back-off and retransmit byte for byte what was not acknowledged (at-least-once, as a real
-//! device does). One message is in flight per connection.
+//! device does). One message is in flight per connection, over plain TCP or TLS.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,8 +10,11 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use hl7::ack::{AckCode, Outcome};
 use hl7::mllp::{MllpCodec, MllpItem};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 use tokio_util::codec::Decoder;
 
 use crate::shutdown::Shutdown;
@@ -23,12 +26,44 @@ use crate::terminal;
 /// Longest pause between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// How long the TCP connection and the TLS handshake may take together.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What `send --tls` connects with: the client configuration, loaded once per run and shared
+/// by every connection, and the name the receiver's certificate must carry.
+#[derive(Clone)]
+pub struct TlsClient {
+    connector: TlsConnector,
+    server_name: ServerName<'static>,
+}
+
+impl TlsClient {
+    /// Connects with `config`, checking the receiver's certificate against `server_name`.
+    pub fn new(config: Arc<rustls::ClientConfig>, server_name: ServerName<'static>) -> TlsClient {
+        TlsClient {
+            connector: TlsConnector::from(config),
+            server_name,
+        }
+    }
+}
+
+impl std::fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsClient")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What became of one attempt to deliver a message.
 enum Delivery {
     /// An ACK arrived (or none was asked for).
     Answered(Option<AckCode>),
     /// The connection failed or the ACK did not come: send again on a new connection.
     Retry(&'static str),
+    /// The receiver refused the TLS connection after the handshake (with TLS 1.3 a client
+    /// certificate is checked then): a connection failure, reported as one, and retried.
+    Refused(String),
 }
 
 /// Sleeps until `until`, or less when shutdown is asked for first; true when it was.
@@ -40,8 +75,24 @@ async fn pause(stop: &Shutdown, until: Instant) -> bool {
     }
 }
 
-/// An I/O error as a lower-case reason: `connection refused (os error 111)`.
-fn reason(error: &std::io::Error) -> String {
+/// Reports a connection problem: at once and then now and then, not a line per attempt, nor
+/// one per connection in load mode.
+fn report(totals: &Totals, plan: &Plan, why: &str) {
+    if totals.time_to_report() {
+        eprintln!(
+            "hl7-ihp: cannot connect to {}: {why}; retrying (a message is given up after {:?})",
+            terminal::escape(&plan.to),
+            plan.retry_for
+        );
+    }
+}
+
+/// An I/O error as a lower-case reason: `connection refused (os error 111)`, or what went
+/// wrong with TLS in a few words.
+fn reason(error: &std::io::Error, tls: Option<&TlsClient>) -> String {
+    if let Some(why) = tls_reason(error, tls) {
+        return why;
+    }
     let text = error.to_string();
     let mut chars = text.chars();
     match chars.next() {
@@ -103,7 +154,7 @@ pub async fn connection(
                 let connected = tokio::select! {
                     biased;
                     _ = stop.clone().into_requested() => break None,
-                    connected = Link::connect(&plan.to) => connected,
+                    connected = Link::connect(&plan.to, plan.tls.as_ref()) => connected,
                 };
                 match connected {
                     Ok(link) => {
@@ -112,16 +163,7 @@ pub async fn connection(
                     }
                     Err(error) => {
                         totals.errors.fetch_add(1, Ordering::Relaxed);
-                        // Why, at once and then now and then: not a line per attempt, nor
-                        // one per connection in load mode.
-                        if totals.time_to_report() {
-                            eprintln!(
-                                "hl7-ihp: cannot connect to {}: {}; retrying (a message is given up after {:?})",
-                                terminal::escape(&plan.to),
-                                reason(&error),
-                                plan.retry_for
-                            );
-                        }
+                        report(&totals, &plan, &reason(&error, plan.tls.as_ref()));
                         if pause(&stop, (Instant::now() + backoff).min(give_up_at)).await {
                             break None;
                         }
@@ -143,7 +185,8 @@ pub async fn connection(
             counter.fetch_add(1, Ordering::Relaxed);
             written = true;
             let sent_at = Instant::now();
-            match link.deliver(&message, plan.ack_timeout).await {
+            let delivery = link.deliver(&message, plan.ack_timeout).await;
+            match delivery {
                 Delivery::Answered(code) => {
                     if code.is_some() && latencies.len() < MAX_LATENCY_SAMPLES {
                         latencies
@@ -151,13 +194,15 @@ pub async fn connection(
                     }
                     break Some(code);
                 }
-                Delivery::Retry(why) => {
+                Delivery::Retry(_) | Delivery::Refused(_) => {
                     totals.errors.fetch_add(1, Ordering::Relaxed);
-                    if plan.verbose {
-                        eprintln!(
+                    match &delivery {
+                        Delivery::Refused(why) => report(&totals, &plan, why),
+                        Delivery::Retry(why) if plan.verbose => eprintln!(
                             "hl7-ihp: {} {why}; sending it again",
                             terminal::cell(&message.control_id, terminal::ID_WIDTH)
-                        );
+                        ),
+                        _ => {}
                     }
                     stream = None;
                     if pause(&stop, (Instant::now() + backoff).min(give_up_at)).await {
@@ -198,15 +243,88 @@ pub async fn connection(
     latencies
 }
 
+/// A connection to the receiver, plain or TLS.
+enum Transport {
+    Plain(TcpStream),
+    // Boxed: a TLS stream carries its buffers and is many times the size of a socket.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Transport {
+    /// Writes all of `bytes`; over TLS, flushes too, as the record is only sent then.
+    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Transport::Plain(stream) => stream.write_all(bytes).await,
+            Transport::Tls(stream) => {
+                stream.write_all(bytes).await?;
+                stream.flush().await
+            }
+        }
+    }
+
+    async fn read_buf(&mut self, buffer: &mut BytesMut) -> std::io::Result<usize> {
+        match self {
+            Transport::Plain(stream) => stream.read_buf(buffer).await,
+            Transport::Tls(stream) => stream.read_buf(buffer).await,
+        }
+    }
+}
+
+/// What went wrong with TLS, in a few words, when `error` is a TLS error; what came from
+/// the receiver (names in its certificate) is escaped.
+fn tls_reason(error: &std::io::Error, tls: Option<&TlsClient>) -> Option<String> {
+    use rustls::{AlertDescription as Alert, CertificateError as Cert, Error};
+    let tls_error = error.get_ref()?.downcast_ref::<Error>()?;
+    let name = tls.map_or_else(String::new, |tls| tls.server_name.to_str().into_owned());
+    let why = match tls_error {
+        Error::InvalidCertificate(Cert::UnknownIssuer) => {
+            "the receiver's certificate is not from a trusted CA (see --tls-ca)".to_owned()
+        }
+        Error::InvalidCertificate(Cert::NotValidForName | Cert::NotValidForNameContext { .. }) => {
+            format!(
+                "the receiver's certificate is not for {} (see --tls-server-name)",
+                terminal::escape(&name)
+            )
+        }
+        Error::InvalidCertificate(Cert::Expired | Cert::ExpiredContext { .. }) => {
+            "the receiver's certificate has expired".to_owned()
+        }
+        Error::InvalidCertificate(Cert::NotValidYet | Cert::NotValidYetContext { .. }) => {
+            "the receiver's certificate is not valid yet".to_owned()
+        }
+        Error::InvalidCertificate(Cert::Revoked) => {
+            "the receiver's certificate is revoked".to_owned()
+        }
+        Error::AlertReceived(Alert::CertificateRequired) => {
+            "the receiver wants a client certificate (give --tls-cert and --tls-key)".to_owned()
+        }
+        Error::AlertReceived(
+            alert @ (Alert::BadCertificate
+            | Alert::UnknownCA
+            | Alert::CertificateExpired
+            | Alert::CertificateRevoked
+            | Alert::CertificateUnknown
+            | Alert::UnsupportedCertificate
+            | Alert::AccessDenied),
+        ) => format!("the receiver refused our certificate ({alert:?})"),
+        Error::AlertReceived(alert) => format!("the receiver ended the handshake ({alert:?})"),
+        other => terminal::escape(&other.to_string()).into_owned(),
+    };
+    Some(format!("TLS: {why}"))
+}
+
 /// An open MLLP connection with its read buffer.
 struct Link {
-    stream: TcpStream,
+    stream: Transport,
     codec: MllpCodec,
     buffer: BytesMut,
+    /// Whether an ACK came on this connection yet.
+    answered: bool,
 }
 
 impl Link {
-    async fn connect(to: &str) -> std::io::Result<Link> {
+    /// Connects, and over TLS completes the handshake, within [`CONNECT_TIMEOUT`].
+    async fn connect(to: &str, tls: Option<&TlsClient>) -> std::io::Result<Link> {
         let address: SocketAddr = match to.parse() {
             Ok(address) => address,
             Err(_) => tokio::net::lookup_host(to)
@@ -214,21 +332,51 @@ impl Link {
                 .next()
                 .ok_or_else(|| std::io::Error::other("no address for host"))?,
         };
-        let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(address))
+        let connect = async {
+            let stream = TcpStream::connect(address).await?;
+            stream.set_nodelay(true)?;
+            Ok::<_, std::io::Error>(match tls {
+                None => Transport::Plain(stream),
+                Some(tls) => Transport::Tls(Box::new(
+                    tls.connector
+                        .connect(tls.server_name.clone(), stream)
+                        .await?,
+                )),
+            })
+        };
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
             .map_err(|_| std::io::Error::other("connect timed out"))??;
-        stream.set_nodelay(true)?;
         Ok(Link {
             stream,
             codec: MllpCodec::new(),
             buffer: BytesMut::with_capacity(4096),
+            answered: false,
         })
+    }
+
+    /// A connection that failed with `error` (or closed, `None`) while `fallback` was going
+    /// on: a TLS refusal when it says so, or when a new TLS connection is closed before its
+    /// first answer (with TLS 1.3 the receiver checks a client certificate after the
+    /// handshake, and its alert can be lost in the reset of the connection).
+    fn failed(&self, error: Option<&std::io::Error>, fallback: &'static str) -> Delivery {
+        if let Some(why) = error.and_then(|e| tls_reason(e, None)) {
+            return Delivery::Refused(why);
+        }
+        if matches!(self.stream, Transport::Tls(_)) && !self.answered {
+            return Delivery::Refused(
+                "TLS: the receiver closed the connection after the handshake (does it want \
+                 another client certificate?)"
+                    .to_owned(),
+            );
+        }
+        Delivery::Retry(fallback)
     }
 
     async fn deliver(&mut self, message: &Outgoing, timeout: Duration) -> Delivery {
         let framed = hl7::mllp::frame(&message.bytes);
-        if self.stream.write_all(&framed).await.is_err() {
-            return Delivery::Retry("could not be written");
+        if let Err(error) = self.stream.write(&framed).await {
+            return self.failed(Some(&error), "could not be written");
         }
         if !message.expects_ack {
             return Delivery::Answered(None);
@@ -237,6 +385,7 @@ impl Link {
         loop {
             match self.codec.decode(&mut self.buffer) {
                 Ok(Some(MllpItem::Frame(frame))) => {
+                    self.answered = true;
                     let Ok(ack) = hl7::parse(&frame) else {
                         return Delivery::Retry("got an unreadable answer");
                     };
@@ -263,7 +412,8 @@ impl Link {
             self.buffer.reserve(4096);
             match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buffer)).await {
                 Err(_) => return Delivery::Retry("got no ACK in time"),
-                Ok(Ok(0)) | Ok(Err(_)) => return Delivery::Retry("lost its connection"),
+                Ok(Ok(0)) => return self.failed(None, "lost its connection"),
+                Ok(Err(error)) => return self.failed(Some(&error), "lost its connection"),
                 Ok(Ok(_)) => {}
             }
         }

@@ -70,6 +70,8 @@ pub struct Plan {
     pub deadline: Option<Instant>,
     /// Print a line per message.
     pub verbose: bool,
+    /// Connect over TLS with this; `None`: plain MLLP.
+    pub tls: Option<super::link::TlsClient>,
 }
 
 /// What a run sent and measured.

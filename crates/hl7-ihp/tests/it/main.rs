@@ -46,6 +46,8 @@ mod receive;
 mod server;
 // `hl7-ihp send`: the simulator, load mode, retransmission, interop with python-hl7.
 mod send;
+// `hl7-ihp send --tls` against mutual TLS, and python-hl7's client over Python's `ssl`.
+mod send_tls;
 // Device text never reaches a terminal raw: escaped, and cut when long.
 mod terminal;
 // House rules checked over the source tree.
