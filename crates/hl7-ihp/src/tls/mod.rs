@@ -214,9 +214,13 @@ fn server_config(files: &ServerTlsFiles) -> Result<Arc<ServerConfig>, TlsError> 
     let mut config = builder
         .with_single_cert(chain, key)
         .map_err(|e| pair_error(&files.cert, &files.key, &e))?;
-    // MLLP has no ALPN name; a resumed session skips the client-certificate check's cost
-    // but not its result (rustls keeps the peer's certificates in the session).
+    // MLLP has no ALPN name.
     config.alpn_protocols = Vec::new();
+    // No TLS 1.3 session tickets: they are written after the client's last handshake
+    // message, so a client that closes at once (a TLS health check, `openssl s_time`) made
+    // a finished handshake count as failed; and MLLP connections last hours, so resuming
+    // saves little. (TLS 1.2 session ids still resume, from rustls' in-memory cache.)
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
