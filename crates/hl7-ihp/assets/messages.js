@@ -163,6 +163,7 @@ export function mountMessage(main, ctx) {
       ...item("ACK", m.ack_code || "none"),
       ...item("Last received", m.n_received > 1 ? `${preciseTime(parseTime(m.last_received_at))} (${m.n_received} times)` : "once"),
       ...item("Peer", m.peer),
+      ...item("TLS identity", m.peer_identity || "—"),
       ...item("Reason", m.reason ? h("span", { class: "reason", text: m.reason }) : "—"),
       ...item("Sender (MSH-3)", m.sending_application),
       ...item("Facility (MSH-4)", m.sending_facility),
