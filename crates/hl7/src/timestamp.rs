@@ -23,13 +23,18 @@
 //! - Equality is of the value as written: `10:00+0100` and `09:00+0000` are different values
 //!   of the same instant; compare [`Timestamp::to_jiff_timestamp`] for the instant.
 //!
+//! - [`Timestamp::resolve`] gives a value without an offset one, from MSH-7's or a site time
+//!   zone handed in by the caller (this crate never looks up a zone itself): in a DST gap the
+//!   offset before the gap, in a fold the earlier one (jiff's `compatible`); values coarser
+//!   than the hour stay without one.
+//!
 //! Error messages hold positions and counts, never the value: a birth date is patient data.
 
 use std::fmt;
 use std::str::FromStr;
 
 use jiff::civil;
-use jiff::tz::Offset;
+use jiff::tz::{AmbiguousOffset, Offset, TimeZone};
 
 /// The most digits accepted in a fraction of a second (nanoseconds; HL7 itself allows 4).
 pub const MAX_FRACTION_DIGITS: u8 = 9;
@@ -226,6 +231,44 @@ impl Timestamp {
         // Parsing and `from_instant` checked that the conversion succeeds.
         self.offset
             .and_then(|offset| offset.to_timestamp(self.civil).ok())
+    }
+
+    /// This value with an offset, for a site that knows where its devices are: unchanged when
+    /// it gave one; else `message_offset` (MSH-7's own offset, whole minutes) when given; else
+    /// the offset `zone` has at this local time.
+    ///
+    /// - A local time in a gap (the hour skipped in spring) takes the offset before the gap,
+    ///   so it names the instant after the gap (`02:30` in Europe/Zurich on 2026-03-29 is
+    ///   `02:30+01:00`, 03:30 summer time); a local time in a fold (the hour repeated in
+    ///   autumn) takes the earlier instant, the first offset (`02:30` on 2026-10-25 is
+    ///   `02:30+02:00`). Both are jiff's `Disambiguation::Compatible` (RFC 5545, Temporal).
+    /// - A value coarser than the hour (a year, month or day) names no instant: it stays
+    ///   without an offset. From the hour on, missing parts read as zero (`2026030108` is
+    ///   08:00 local).
+    /// - The value stays without an offset when the zone's offset is not whole minutes within
+    ///   [`MAX_OFFSET_MINUTES`] (local mean times before 1900), which HL7 cannot write, or
+    ///   when the instant is beyond jiff's range.
+    pub fn resolve(&self, message_offset: Option<Offset>, zone: &TimeZone) -> Timestamp {
+        if self.offset.is_some() || self.precision < Precision::Hour {
+            return *self;
+        }
+        let offset = message_offset.unwrap_or_else(|| {
+            match zone.to_ambiguous_timestamp(self.civil).offset() {
+                AmbiguousOffset::Unambiguous { offset } => offset,
+                AmbiguousOffset::Gap { before, .. } | AmbiguousOffset::Fold { before, .. } => {
+                    before
+                }
+            }
+        });
+        let seconds = offset.seconds();
+        let writable = seconds % 60 == 0 && (seconds / 60).abs() <= MAX_OFFSET_MINUTES;
+        if !writable || offset.to_timestamp(self.civil).is_err() {
+            return *self;
+        }
+        Timestamp {
+            offset: Some(offset),
+            ..*self
+        }
     }
 
     /// The ISO 8601 form of the patient files, `YYYY-MM-DDTHH:MM:SS`, missing parts as zeros,
@@ -1144,6 +1187,198 @@ mod tests {
                     out
                 },
             )
+    }
+
+    // Site zones as POSIX TZ strings, so that these tests read no time zone database and
+    // give the same answer on every machine (rules as in force since 1996 and 1986).
+    fn zurich() -> TimeZone {
+        TimeZone::posix("CET-1CEST,M3.5.0,M10.5.0/3").unwrap()
+    }
+
+    fn kolkata() -> TimeZone {
+        TimeZone::posix("IST-5:30").unwrap()
+    }
+
+    fn kathmandu() -> TimeZone {
+        TimeZone::posix("<+0545>-5:45").unwrap()
+    }
+
+    /// Resolves `input` and checks the instant and the ISO form the patient files write.
+    fn check_resolved(
+        input: &str,
+        msh7: Option<Offset>,
+        zone: &TimeZone,
+        instant: &str,
+        iso: &str,
+    ) {
+        let resolved = ts(input).resolve(msh7, zone);
+        let expected: jiff::Timestamp = instant.parse().unwrap();
+        assert_eq!(resolved.to_jiff_timestamp(), Some(expected), "{input:?}");
+        assert_eq!(resolved.to_iso_string(), iso, "{input:?}");
+        assert_eq!(resolved.precision(), ts(input).precision(), "{input:?}");
+        assert_eq!(resolved.to_civil(), ts(input).to_civil(), "{input:?}");
+    }
+
+    #[test]
+    fn resolve_takes_the_zones_offset_in_winter_and_in_summer() {
+        check_resolved(
+            "20260301083000",
+            None,
+            &zurich(),
+            "2026-03-01T07:30:00Z",
+            "2026-03-01T08:30:00+01:00",
+        );
+        check_resolved(
+            "20260701083000",
+            None,
+            &zurich(),
+            "2026-07-01T06:30:00Z",
+            "2026-07-01T08:30:00+02:00",
+        );
+    }
+
+    #[test]
+    fn resolve_in_the_spring_gap_takes_the_offset_before_it() {
+        // 02:30 does not exist on 2026-03-29 in Zurich: read as 03:30 summer time.
+        check_resolved(
+            "20260329023000",
+            None,
+            &zurich(),
+            "2026-03-29T01:30:00Z",
+            "2026-03-29T02:30:00+01:00",
+        );
+        let compatible = zurich()
+            .to_ambiguous_timestamp(date(2026, 3, 29).at(2, 30, 0, 0))
+            .compatible()
+            .unwrap();
+        assert_eq!(
+            ts("20260329023000")
+                .resolve(None, &zurich())
+                .to_jiff_timestamp(),
+            Some(compatible)
+        );
+        // The minutes on either side of the gap are unambiguous.
+        check_resolved(
+            "202603290159",
+            None,
+            &zurich(),
+            "2026-03-29T00:59:00Z",
+            "2026-03-29T01:59:00+01:00",
+        );
+        check_resolved(
+            "202603290300",
+            None,
+            &zurich(),
+            "2026-03-29T01:00:00Z",
+            "2026-03-29T03:00:00+02:00",
+        );
+    }
+
+    #[test]
+    fn resolve_in_the_autumn_fold_takes_the_earlier_instant() {
+        // 02:30 happens twice on 2026-10-25 in Zurich: the first, still summer time.
+        check_resolved(
+            "20261025023000",
+            None,
+            &zurich(),
+            "2026-10-25T00:30:00Z",
+            "2026-10-25T02:30:00+02:00",
+        );
+        let compatible = zurich()
+            .to_ambiguous_timestamp(date(2026, 10, 25).at(2, 30, 0, 0))
+            .compatible()
+            .unwrap();
+        assert_eq!(
+            ts("20261025023000")
+                .resolve(None, &zurich())
+                .to_jiff_timestamp(),
+            Some(compatible)
+        );
+        check_resolved(
+            "20261025030000",
+            None,
+            &zurich(),
+            "2026-10-25T02:00:00Z",
+            "2026-10-25T03:00:00+01:00",
+        );
+    }
+
+    #[test]
+    fn resolve_keeps_the_minutes_of_an_offset() {
+        check_resolved(
+            "20260301083000",
+            None,
+            &kolkata(),
+            "2026-03-01T03:00:00Z",
+            "2026-03-01T08:30:00+05:30",
+        );
+        check_resolved(
+            "20260301083000",
+            None,
+            &kathmandu(),
+            "2026-03-01T02:45:00Z",
+            "2026-03-01T08:30:00+05:45",
+        );
+    }
+
+    #[test]
+    fn resolve_prefers_the_offset_of_msh7_to_the_zone() {
+        let msh7 = ts("20260701090000+0530").offset();
+        check_resolved(
+            "20260701083000",
+            msh7,
+            &zurich(),
+            "2026-07-01T03:00:00Z",
+            "2026-07-01T08:30:00+05:30",
+        );
+        check_resolved(
+            "20260701083000",
+            Some(tz::offset(-3) - jiff::SignedDuration::from_mins(30)),
+            &kolkata(),
+            "2026-07-01T12:00:00Z",
+            "2026-07-01T08:30:00-03:30",
+        );
+    }
+
+    #[test]
+    fn resolve_leaves_a_given_offset_alone() {
+        let given = ts("20260701083000-0500");
+        assert_eq!(given.resolve(Some(tz::offset(1)), &zurich()), given);
+        assert_eq!(given.resolve(None, &kathmandu()), given);
+        let utc = ts("20260329023000+0000");
+        assert_eq!(utc.resolve(None, &zurich()), utc);
+    }
+
+    #[test]
+    fn resolve_follows_the_precision() {
+        // A date (or month, or year) names no instant: it stays without an offset.
+        for input in ["2026", "202607", "20260701"] {
+            let value = ts(input);
+            assert_eq!(value.resolve(None, &zurich()), value, "{input:?}");
+            assert_eq!(
+                value.resolve(Some(tz::offset(2)), &zurich()),
+                value,
+                "{input:?}"
+            );
+        }
+        // From the hour on, the missing parts are zero, at the precision given.
+        let hour = ts("2026070108").resolve(None, &zurich());
+        assert_eq!(hour.to_hl7_string(), "2026070108+0200");
+        assert_eq!(hour.to_iso_string(), "2026-07-01T08:00:00+02:00");
+        let fraction = ts("20260101083000.25").resolve(None, &kathmandu());
+        assert_eq!(fraction.to_hl7_string(), "20260101083000.25+0545");
+        assert_eq!(fraction.to_iso_string(), "2026-01-01T08:30:00.25+05:45");
+    }
+
+    #[test]
+    fn resolve_refuses_offsets_hl7_cannot_write() {
+        // A local mean time with seconds (Zurich's before 1894 was +00:34:08).
+        let mean_time = TimeZone::fixed(Offset::from_seconds(34 * 60 + 8).unwrap());
+        let value = ts("18800101120000");
+        assert_eq!(value.resolve(None, &mean_time), value);
+        // The last day of 9999 west of UTC is beyond jiff's last instant.
+        let late = ts("99991231230000");
+        assert_eq!(late.resolve(Some(tz::offset(-12)), &zurich()), late);
     }
 
     proptest! {
