@@ -14,6 +14,7 @@ use hl7::ack::{
 };
 use hl7::extract::{Extract, extract};
 use hl7::{Message, SegmentId};
+use jiff::tz::TimeZone;
 use sha2::{Digest, Sha256};
 
 use crate::audit::{Audit, AuditEvent};
@@ -38,6 +39,10 @@ pub struct IngestSettings {
     pub ack_facility: String,
     /// How patients are identified.
     pub patient_identity: PatientIdentity,
+    /// The site's time zone (`--timezone`): an observation time without an offset takes
+    /// MSH-7's offset, else this zone's ([`hl7::timestamp::Timestamp::resolve`]). `None`
+    /// keeps it as written, read as UTC for ordering.
+    pub time_zone: Option<TimeZone>,
 }
 
 /// Turns frames into stored messages and ACK bytes.
@@ -374,6 +379,7 @@ impl Ingest {
                 Some(content_of(
                     &extract,
                     self.settings.patient_identity,
+                    self.settings.time_zone.as_ref(),
                     received_at,
                 )),
             ),
@@ -500,6 +506,7 @@ fn key_of(extract: &Extract<'_>) -> MessageKey {
 fn content_of(
     extract: &Extract<'_>,
     identity: PatientIdentity,
+    time_zone: Option<&TimeZone>,
     received_at: jiff::Timestamp,
 ) -> Content {
     let patient = extract.patient.as_ref().and_then(|patient| {
@@ -531,12 +538,19 @@ fn content_of(
         })
     });
     let received_text = format_utc(received_at);
+    // Only observation times are resolved: the duplicate key files MSH-7 as written
+    // (`key_of`), so a retransmission is found whatever the zone was when it first came.
+    let message_offset = extract.header.time.and_then(|time| time.offset());
     let observations = extract
         .observations
         .iter()
         .enumerate()
         .map(|(index, obx)| {
-            let (observed_at, observed_ms) = match obx.time {
+            let time = match (obx.time, time_zone) {
+                (Some(time), Some(zone)) => Some(time.resolve(message_offset, zone)),
+                (time, _) => time,
+            };
+            let (observed_at, observed_ms) = match time {
                 Some(time) => (
                     time.to_iso_string(),
                     instant_ms(&time).unwrap_or(received_at.as_millisecond()),
@@ -600,6 +614,79 @@ mod tests {
         .into_bytes()
     }
 
+    /// The observation times of `bytes` as the store gets them: (`observed_at`, `observed_ms`).
+    fn observed(bytes: &[u8], time_zone: Option<&TimeZone>) -> Vec<(String, i64)> {
+        let message = hl7::parse(bytes).unwrap();
+        let received_at: jiff::Timestamp = "2026-07-01T12:00:00Z".parse().unwrap();
+        content_of(
+            &extract(&message),
+            PatientIdentity::Id,
+            time_zone,
+            received_at,
+        )
+        .observations
+        .into_iter()
+        .map(|o| (o.observed_at, o.observed_ms))
+        .collect()
+    }
+
+    fn at(iso: &str, instant: &str) -> (String, i64) {
+        let instant: jiff::Timestamp = instant.parse().unwrap();
+        (iso.to_owned(), instant.as_millisecond())
+    }
+
+    fn zurich() -> TimeZone {
+        TimeZone::posix("CET-1CEST,M3.5.0,M10.5.0/3").unwrap()
+    }
+
+    #[test]
+    fn a_site_zone_gives_observation_times_an_offset() {
+        let bytes = b"MSH|^~\\&|DEV|FAC|||20260701120000||ORU^R01|1|P|2.5\r\
+            PID|||P1\r\
+            OBX|1|NM|8867-4^HR||72|/min|||||F|||20260101083000\r\
+            OBX|2|NM|8867-4^HR||72|/min|||||F|||20260701083000\r\
+            OBX|3|NM|8867-4^HR||72|/min|||||F|||20260701083000-0500\r\
+            OBX|4|NM|8867-4^HR||72|/min|||||F|||20260701\r\
+            OBX|5|NM|8867-4^HR||72|/min|||||F\r";
+        assert_eq!(
+            observed(bytes, Some(&zurich())),
+            [
+                at("2026-01-01T08:30:00+01:00", "2026-01-01T07:30:00Z"),
+                at("2026-07-01T08:30:00+02:00", "2026-07-01T06:30:00Z"),
+                at("2026-07-01T08:30:00-05:00", "2026-07-01T13:30:00Z"),
+                at("2026-07-01T00:00:00", "2026-07-01T00:00:00Z"),
+                at("2026-07-01T12:00:00+02:00", "2026-07-01T10:00:00Z"),
+            ]
+        );
+        // Without a zone: as written, read as UTC for ordering, as before.
+        assert_eq!(
+            observed(bytes, None),
+            [
+                at("2026-01-01T08:30:00", "2026-01-01T08:30:00Z"),
+                at("2026-07-01T08:30:00", "2026-07-01T08:30:00Z"),
+                at("2026-07-01T08:30:00-05:00", "2026-07-01T13:30:00Z"),
+                at("2026-07-01T00:00:00", "2026-07-01T00:00:00Z"),
+                at("2026-07-01T12:00:00", "2026-07-01T12:00:00Z"),
+            ]
+        );
+    }
+
+    #[test]
+    fn msh7s_offset_comes_before_the_site_zone() {
+        let bytes = b"MSH|^~\\&|DEV|FAC|||20260701120000+0530||ORU^R01|1|P|2.5\r\
+            PID|||P1\r\
+            OBX|1|NM|8867-4^HR||72|/min|||||F|||20260701083000\r";
+        assert_eq!(
+            observed(bytes, Some(&zurich())),
+            [at("2026-07-01T08:30:00+05:30", "2026-07-01T03:00:00Z")]
+        );
+        // Without a zone MSH-7's offset is not borrowed.
+        assert_eq!(
+            observed(bytes, None),
+            [at("2026-07-01T08:30:00", "2026-07-01T08:30:00Z")]
+        );
+    }
+
     /// Each new message is kept with the code it was answered with, and every commit that
     /// kept one (refused too) is announced.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -618,6 +705,7 @@ mod tests {
                 ack_application: "IHP".into(),
                 ack_facility: "HOSP".into(),
                 patient_identity: PatientIdentity::Id,
+                time_zone: None,
             },
             Arc::new(Metrics::default()),
             events,

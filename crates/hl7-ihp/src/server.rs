@@ -273,6 +273,7 @@ pub async fn run(
                 ack_application: config.mllp.ack_application,
                 ack_facility: config.mllp.ack_facility,
                 patient_identity: config.mllp.patient_identity,
+                time_zone: config.mllp.time_zone,
             },
             Arc::clone(&metrics),
             events,

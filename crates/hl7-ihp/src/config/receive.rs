@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 use hl7::ack::AckMode;
+use jiff::tz::TimeZone;
 
 use super::ConfigError;
 use super::settings::{ConfigFile, Reads, declare_settings};
@@ -130,6 +131,9 @@ declare_settings! {
     /// What identifies a patient: `id` (PID-3.1, the prototype's rule) or `authority-id`
     /// (PID-3.4 and PID-3.1, for ids from several authorities).
     patient_identity: PatientIdentity = patient_identity, "id|authority-id", default "id";
+    /// The site's IANA time zone, e.g. `Europe/Zurich`: an HL7 time without an offset then
+    /// takes MSH-7's offset, else this zone's at that local time.
+    timezone: Option<TimeZone> = time_zone, "ZONE", optional "none: times without an offset stay as written";
     /// Log lines as `text` or `json`.
     log_format: LogFormat = log_format_of, "text|json", default "text";
 }
@@ -167,6 +171,14 @@ fn patient_identity(text: &str) -> Result<PatientIdentity, String> {
             ("authority-id", PatientIdentity::AuthorityAndId),
         ],
     )
+}
+
+/// An IANA time zone name, looked up in the system's time zone database at start-up.
+fn time_zone(text: &str) -> Result<TimeZone, String> {
+    TimeZone::get(text.trim()).map_err(|_| {
+        "expected an IANA time zone name such as Europe/Zurich, found in the time zone database"
+            .to_owned()
+    })
 }
 
 fn patient_files(text: &str) -> Result<PatientFiles, String> {
@@ -262,6 +274,8 @@ pub struct MllpConfig {
     pub ack_facility: String,
     /// Patient identity rule.
     pub patient_identity: PatientIdentity,
+    /// `--timezone`: where a time without an offset is read; `None` leaves it as written.
+    pub time_zone: Option<TimeZone>,
 }
 
 /// What the HTTP side needs.
@@ -522,6 +536,7 @@ impl ReceiveConfig {
                 ack_application: s.ack_application,
                 ack_facility: s.ack_facility,
                 patient_identity: s.patient_identity,
+                time_zone: s.timezone,
             },
             http: HttpConfig {
                 listen: s.http,
@@ -730,6 +745,7 @@ mod tests {
         assert_eq!(config.mllp.ack_application, "HL7IHP");
         assert_eq!(config.mllp.ack_facility, "");
         assert_eq!(config.mllp.patient_identity, PatientIdentity::Id);
+        assert_eq!(config.mllp.time_zone, None);
         assert_eq!(config.export.json_max_records, 200);
         assert_eq!(config.export.files, PatientFiles::Json);
         assert_eq!(config.export.fields, Fields::Prototype);
@@ -779,6 +795,13 @@ mod tests {
         );
         let message = error(flags(|f| f.max_connections = Some("0".into())));
         assert!(message.contains("`max_connections`"), "{message}");
+        let message = error(flags(|f| f.timezone = Some("Europe/Atlantis".into())));
+        assert!(
+            message.starts_with(
+                "invalid setting `timezone` (--timezone or HL7IHP_TIMEZONE): expected an IANA"
+            ),
+            "{message}"
+        );
         let (_dir, path) = config_file("frame_timeout = \"0s\"\n");
         let message = error(ReceiveArgs {
             config: Some(path),

@@ -52,3 +52,5 @@ mod send_tls;
 mod terminal;
 // House rules checked over the source tree.
 mod tidy;
+// `--timezone`: times without an offset in the patient files and the API.
+mod timezone;

@@ -57,6 +57,7 @@ impl Api {
                 ack_application: "HL7IHP".into(),
                 ack_facility: String::new(),
                 patient_identity: PatientIdentity::Id,
+                time_zone: None,
             },
             Arc::clone(&metrics),
             Events::new(),
