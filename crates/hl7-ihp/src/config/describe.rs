@@ -76,15 +76,15 @@ pub fn effective(
     token: TokenSource,
 ) -> String {
     let mut out = String::new();
-    writeln!(
-        out,
-        "# The settings `hl7-ihp receive` runs with, given these flags, environment and config"
-    )
-    .unwrap();
     let file = config_file.map_or_else(|| "none".to_owned(), |p| p.display().to_string());
     writeln!(
         out,
-        "# file ({file}): its flag, then HL7IHP_<NAME>, then the file, then the default."
+        "# The settings `hl7-ihp receive` would run with (config file: {file}), each from"
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "# its flag, else HL7IHP_<NAME>, else the config file, else its default."
     )
     .unwrap();
     for effective in sources {
