@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 
 use crate::config::{DemoFlags, ReceiveArgs, SendFlags};
 
@@ -36,6 +36,49 @@ pub enum Command {
     Messages(MessagesArgs),
     /// Print the structure of HL7 v2 files (one message, a batch, or MLLP-framed messages).
     Parse(ParseArgs),
+    /// Show `receive`'s effective settings (`--print`, with receive's flags) or a commented
+    /// config file with every setting (`--example`).
+    // Boxed as `Receive` is: it carries receive's flags.
+    Config(Box<ConfigArgs>),
+    /// Print a shell completion script for bash, zsh or fish.
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff), or write one page per command with `--dir`.
+    Man(ManArgs),
+}
+
+/// `hl7-ihp config`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("what").required(true).args(["print", "example"])))]
+pub struct ConfigArgs {
+    /// Print the settings `receive` would run with, given the same flags, environment and
+    /// `--config` file, as TOML with each one's source (secrets redacted); exit 2 when one
+    /// is invalid.
+    #[arg(long)]
+    pub print: bool,
+    /// Print a config file with every setting of `receive` commented out with its default
+    /// and its help (deploy/hl7-ihp.toml).
+    #[arg(long)]
+    pub example: bool,
+    /// `receive`'s flags, for `--print`.
+    #[command(flatten)]
+    pub receive: ReceiveArgs,
+}
+
+/// `hl7-ihp completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell (bash, zsh, fish; also elvish, powershell).
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `hl7-ihp man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write `hl7-ihp.1` and one `hl7-ihp-<command>.1` per command into this directory
+    /// instead of printing the top page.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 /// `hl7-ihp parse`.

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use hl7_ihp::cli::{Cli, Command};
 use hl7_ihp::commands;
 
@@ -14,7 +14,12 @@ use hl7_ihp::commands;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // `Cli::parse()`, keeping clap's matches: `config --print` asks them whether a value
+    // came from a flag or from its environment variable.
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches)
+        .map_err(|error| error.format(&mut Cli::command()))
+        .unwrap_or_else(|error| error.exit());
     let result = match cli.command {
         Command::Parse(args) => commands::parse::run(&args),
         Command::Receive(args) => commands::receive::run(&args),
@@ -23,6 +28,9 @@ fn main() -> ExitCode {
         Command::Patients(args) => commands::inspect::patients(&args),
         Command::Show(args) => commands::inspect::show(&args),
         Command::Messages(args) => commands::inspect::messages(&args),
+        Command::Config(args) => commands::config::run(&args, matches.subcommand_matches("config")),
+        Command::Completions(args) => commands::manual::completions(&args),
+        Command::Man(args) => commands::manual::man(&args),
     };
     match result {
         Ok(code) => code,

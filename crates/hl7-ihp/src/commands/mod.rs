@@ -1,8 +1,10 @@
 //! One function per subcommand: each reads its arguments, runs the library's pieces and says
 //! what happened on the terminal. The only modules that use `anyhow`.
 
+pub mod config;
 pub mod demo;
 pub mod inspect;
+pub mod manual;
 pub mod parse;
 pub mod receive;
 pub mod send;

@@ -8,10 +8,13 @@
 //!   file key, help, default and parser, and the merge.
 //! - [`values`]: the validating parsers (address, number, duration, switch, choice, text).
 //! - [`receive`], [`send`], [`demo`]: each command's table and typed config.
+//! - [`describe`]: `receive`'s table as text: the commented example file and the effective
+//!   settings, secrets redacted (`hl7-ihp config`).
 
 mod settings;
 
 pub mod demo;
+pub mod describe;
 pub mod receive;
 pub mod send;
 pub mod values;
@@ -19,9 +22,11 @@ pub mod values;
 pub use demo::{DemoConfig, DemoFlags};
 pub use receive::{
     ExportConfig, HTTP_TOKEN_ENV, HttpConfig, HttpLimits, HttpToken, Limits, LogFormat, MllpConfig,
-    PatientIdentity, ReceiveArgs, ReceiveConfig, ReceiveFlags, StoreConfig, log_format,
+    PatientIdentity, RECEIVE_SETTINGS, ReceiveArgs, ReceiveConfig, ReceiveFlags, StoreConfig,
+    log_format,
 };
 pub use send::{ScenarioKind, SendConfig, SendFlags, SendTls};
+pub use settings::{Effective, Fallback, SettingDoc, Source};
 pub use values::parse_duration;
 
 /// An invalid setting: which one, where it came from, and why.

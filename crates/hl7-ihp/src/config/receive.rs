@@ -10,7 +10,7 @@ use hl7::ack::AckMode;
 use jiff::tz::TimeZone;
 
 use super::ConfigError;
-use super::settings::{ConfigFile, Reads, declare_settings};
+use super::settings::{ConfigFile, Effective, Reads, SettingDoc, declare_settings};
 use super::values::{
     address, address_or_off, choice, duration, number, path, positive, positive_duration, switch,
     text,
@@ -136,6 +136,21 @@ declare_settings! {
     timezone: Option<TimeZone> = time_zone, "ZONE", optional "none: times without an offset stay as written";
     /// Log lines as `text` or `json`.
     log_format: LogFormat = log_format_of, "text|json", default "text";
+}
+
+/// Every setting of `receive`'s table, in its order: what `config --example` describes.
+pub const RECEIVE_SETTINGS: &[SettingDoc] = ReceiveSettings::TABLE;
+
+impl ReceiveArgs {
+    /// Each setting's effective text and source, merged as [`ReceiveConfig::from_args`]
+    /// merges them (not validated: validate with it first).
+    pub fn sources(&self) -> Result<Vec<Effective>, ConfigError> {
+        let file = match &self.config {
+            Some(path) => ConfigFile::read(path)?,
+            None => ConfigFile::none(),
+        };
+        ReceiveSettings::sources(&self.settings, file)
+    }
 }
 
 /// How a patient is identified (docs/storage.md).

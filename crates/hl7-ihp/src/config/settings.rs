@@ -99,6 +99,46 @@ macro_rules! declare_settings {
                 Ok(values)
             }
         }
+
+        // Only `receive`'s table reads a file, so only it is described by `hl7-ihp config`.
+        #[allow(dead_code)]
+        impl $values {
+            /// Every setting of the table, in its order, as `config --example` describes it.
+            $vis const TABLE: &'static [$crate::config::settings::SettingDoc] = &[
+                $(
+                    $crate::config::settings::SettingDoc {
+                        name: stringify!($name),
+                        value_name: $value_name,
+                        help: concat!($($help),+),
+                        fallback: $crate::config::settings::Fallback::$fallback($shown),
+                    },
+                )+
+            ];
+
+            /// Each setting's text and the source it came from, merged as `resolve` merges
+            /// them but not validated, for `config --print`.
+            $vis fn sources(
+                flags: &$flags,
+                mut file: $crate::config::settings::ConfigFile,
+            ) -> Result<Vec<$crate::config::settings::Effective>, $crate::config::ConfigError> {
+                let sources = vec![
+                    $(
+                        $crate::config::settings::Effective::of(
+                            $crate::config::settings::given(
+                                $reads,
+                                stringify!($name),
+                                flags.$name.as_deref(),
+                                &mut file,
+                            )?,
+                            stringify!($name),
+                            $crate::config::settings::Fallback::$fallback($shown),
+                        ),
+                    )+
+                ];
+                file.finish()?;
+                Ok(sources)
+            }
+        }
     };
 }
 
@@ -130,6 +170,103 @@ pub fn help(doc: &str, shown: &str) -> String {
     let doc = doc.trim();
     let doc = doc.strip_suffix('.').unwrap_or(doc);
     format!("{doc} [default: {shown}]")
+}
+
+/// One line of a settings table, as `config --example` describes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SettingDoc {
+    /// The setting's name: the config file's key, the flag in kebab case.
+    pub name: &'static str,
+    /// What its value looks like, as `--help` shows it.
+    pub value_name: &'static str,
+    /// Its doc comment's lines, joined.
+    pub help: &'static str,
+    /// Its default, or what happens without it.
+    pub fallback: Fallback,
+}
+
+/// What a setting is when no source gives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fallback {
+    /// The default's text, parsed like any given text.
+    Default(&'static str),
+    /// No value; the text says what happens then.
+    Optional(&'static str),
+}
+
+// Named as the table's keywords, so that the macro can call them by those.
+impl Fallback {
+    /// `default "TEXT"`.
+    pub const fn default(shown: &'static str) -> Fallback {
+        Fallback::Default(shown)
+    }
+
+    /// `optional "WHAT THEN"`.
+    pub const fn optional(shown: &'static str) -> Fallback {
+        Fallback::Optional(shown)
+    }
+}
+
+/// Where a setting's effective text came from, as `config --print` says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The flag or its `HL7IHP_<NAME>` variable (clap reads both into the flag; the command,
+    /// which has clap's matches, tells them apart).
+    FlagOrEnv,
+    /// The `--config` file.
+    File,
+    /// The table's default.
+    Default,
+    /// No source and no default.
+    NotSet,
+}
+
+/// A setting's effective text (`None` when not set) and its source, not validated.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Effective {
+    /// The setting's name.
+    pub name: &'static str,
+    /// Its text as given, or its default's.
+    pub text: Option<String>,
+    /// Where the text came from.
+    pub source: Source,
+    /// What happens without it (for an optional setting).
+    pub fallback: Fallback,
+}
+
+impl Effective {
+    /// The text a source gave, else the fallback's.
+    pub fn of(given: Option<Given>, name: &'static str, fallback: Fallback) -> Effective {
+        let (text, source) = match (given, fallback) {
+            (Some(given), _) => {
+                let source = match given.origin {
+                    Origin::Flag(_) => Source::FlagOrEnv,
+                    Origin::File => Source::File,
+                    Origin::Default => Source::Default,
+                };
+                (Some(given.text), source)
+            }
+            (None, Fallback::Default(text)) => (Some(text.to_owned()), Source::Default),
+            (None, Fallback::Optional(_)) => (None, Source::NotSet),
+        };
+        Effective {
+            name,
+            text,
+            source,
+            fallback,
+        }
+    }
+}
+
+// A value may carry a password one day (a store's URI): `Debug` shows only the name and
+// the source.
+impl std::fmt::Debug for Effective {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Effective")
+            .field("name", &self.name)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Where a value came from, for the error message.

@@ -40,6 +40,9 @@ mod haproxy;
 mod parse_cli;
 // The patient JSON files and the inspection commands.
 mod patients;
+// Running it as a service: `config --print`/`--example`, completions, man pages, and
+// deploy/hl7-ihp.service (its hardening keys; `systemd-analyze verify` where installed).
+mod running;
 // `hl7-ihp receive`: framing, ACK rules, duplicates, limits, logs, shutdown.
 mod receive;
 // The receiver in-process through the library: server::bind and server::run.
