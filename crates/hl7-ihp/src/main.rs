@@ -23,6 +23,7 @@ fn main() -> ExitCode {
         Command::Patients(args) => commands::inspect::patients(&args),
         Command::Show(args) => commands::inspect::show(&args),
         Command::Messages(args) => commands::inspect::messages(&args),
+        Command::Backup(args) => commands::backup::run(&args),
     };
     match result {
         Ok(code) => code,
