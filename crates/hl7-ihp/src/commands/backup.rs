@@ -32,17 +32,16 @@ pub fn run(args: &BackupArgs) -> anyhow::Result<ExitCode> {
         if let Some(bar) = &bar {
             bar.set_length(p.n_bytes_total);
             bar.set_position(p.n_bytes_done);
-        } else if p.n_bytes_total > 0 {
-            let tenth = p.n_bytes_done * PROGRESS_STEPS / p.n_bytes_total;
-            if last_tenth != Some(tenth) {
-                last_tenth = Some(tenth);
-                eprintln!(
-                    "backup: {}% ({:.1} of {:.1} MB)",
-                    tenth * 100 / PROGRESS_STEPS,
-                    p.n_bytes_done as f64 / 1e6,
-                    p.n_bytes_total as f64 / 1e6
-                );
-            }
+        } else if let Some(tenth) = (p.n_bytes_done * PROGRESS_STEPS).checked_div(p.n_bytes_total)
+            && last_tenth != Some(tenth)
+        {
+            last_tenth = Some(tenth);
+            eprintln!(
+                "backup: {}% ({:.1} of {:.1} MB)",
+                tenth * 100 / PROGRESS_STEPS,
+                p.n_bytes_done as f64 / 1e6,
+                p.n_bytes_total as f64 / 1e6
+            );
         }
     };
     let result = store::backup(
