@@ -34,6 +34,9 @@ pub enum Command {
     Show(ShowArgs),
     /// List stored frames, newest first: control id, sender, time, outcome.
     Messages(MessagesArgs),
+    /// Copy the store, also while a receiver runs on it, into one self-contained file, and
+    /// check the copy.
+    Backup(BackupArgs),
     /// Print the structure of HL7 v2 files (one message, a batch, or MLLP-framed messages).
     Parse(ParseArgs),
     /// Show `receive`'s effective settings (`--print`, with receive's flags) or a commented
@@ -136,6 +139,20 @@ pub struct MessagesArgs {
     /// At most this many, newest first; 0 for all.
     #[arg(long, default_value_t = DEFAULT_MESSAGES_LIMIT, value_name = "N")]
     pub limit: usize,
+    /// The receiver's data directory.
+    #[command(flatten)]
+    pub store: DataDir,
+}
+
+/// `hl7-ihp backup`.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The file to write the copy to; an existing one is refused unless `--force`.
+    #[arg(value_name = "DEST")]
+    pub dest: PathBuf,
+    /// Replace an existing DEST (atomically: the copy is written beside it, then renamed).
+    #[arg(long)]
+    pub force: bool,
     /// The receiver's data directory.
     #[command(flatten)]
     pub store: DataDir,

@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         Command::Config(args) => commands::config::run(&args, matches.subcommand_matches("config")),
         Command::Completions(args) => commands::manual::completions(&args),
         Command::Man(args) => commands::manual::man(&args),
+        Command::Backup(args) => commands::backup::run(&args),
     };
     match result {
         Ok(code) => code,

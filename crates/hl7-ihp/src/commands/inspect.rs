@@ -11,8 +11,9 @@ use crate::export;
 use crate::store::{self, MessageFilter, StoreLocation, StoreRead, outcome_name, utc_text};
 use crate::terminal;
 
-fn open(args: &DataDir) -> anyhow::Result<std::sync::Arc<dyn StoreRead>> {
-    let location = match &args.store {
+/// The store `--data-dir` or `--store` names, as a location.
+pub fn location(args: &DataDir) -> anyhow::Result<StoreLocation> {
+    Ok(match &args.store {
         Some(text) => match StoreLocation::parse(text) {
             Ok(location) => location,
             Err(reason) => anyhow::bail!("invalid --store: {reason}"),
@@ -23,7 +24,11 @@ fn open(args: &DataDir) -> anyhow::Result<std::sync::Arc<dyn StoreRead>> {
             }
             StoreLocation::in_data_dir(&args.path)
         }
-    };
+    })
+}
+
+fn open(args: &DataDir) -> anyhow::Result<std::sync::Arc<dyn StoreRead>> {
+    let location = location(args)?;
     store::open_read_only(&location).with_context(|| format!("opening the store {location:?}"))
 }
 

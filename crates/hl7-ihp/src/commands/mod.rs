@@ -1,6 +1,7 @@
 //! One function per subcommand: each reads its arguments, runs the library's pieces and says
 //! what happened on the terminal. The only modules that use `anyhow`.
 
+pub mod backup;
 pub mod config;
 pub mod demo;
 pub mod inspect;

@@ -746,6 +746,77 @@ pub fn open(
     }
 }
 
+/// How [`backup`] treats an existing destination.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackupOptions {
+    /// Replace an existing destination (atomically) instead of refusing it.
+    pub force: bool,
+}
+
+/// How far a [`backup`] is, reported after each step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackupProgress {
+    /// Bytes (whole database pages) copied so far.
+    pub n_bytes_done: u64,
+    /// The size of the snapshot being copied.
+    pub n_bytes_total: u64,
+}
+
+/// What the finished copy holds, read back from it after its integrity check passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackupSummary {
+    /// Stored frames (`messages` rows) in the copy.
+    pub n_messages: u64,
+    /// Its schema version (`PRAGMA user_version`).
+    pub schema_version: i64,
+    /// Its size in bytes.
+    pub n_bytes: u64,
+}
+
+/// Why a [`backup`] failed; the destination is then untouched.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// The store's database file does not exist.
+    #[error("no database at {}", .0.display())]
+    NoDatabase(PathBuf),
+    /// The destination exists and replacing it was not asked for.
+    #[error("{} exists; use --force to replace it", .0.display())]
+    Exists(PathBuf),
+    /// The destination is the store's own database file.
+    #[error("the destination is the store's own database")]
+    SameFile,
+    /// Reading the store or writing the copy failed in SQLite.
+    #[error("database failure: {0}")]
+    Database(String),
+    /// A file operation around the copy failed.
+    #[error("{what}: {reason}")]
+    Io {
+        /// The step that failed.
+        what: &'static str,
+        /// The operating system's reason.
+        reason: String,
+    },
+    /// The copy, read back, failed `PRAGMA integrity_check`.
+    #[error("the copy failed its integrity check: {0}")]
+    Integrity(String),
+}
+
+/// Copies the store at `location` to the file `dest` while a receiver may be writing to it:
+/// one consistent snapshot (every message acknowledged before the call is in it), a single
+/// self-contained SQLite file with permissions 0600, replaced atomically when `force` allows
+/// an existing `dest`, then opened read-only and checked. `progress` is called after each
+/// step. Blocking. Only SQLite stores can be copied this way (the only backend so far).
+pub fn backup(
+    location: &StoreLocation,
+    dest: &Path,
+    options: BackupOptions,
+    progress: &mut dyn FnMut(BackupProgress),
+) -> Result<BackupSummary, BackupError> {
+    match location {
+        StoreLocation::Sqlite(path) => sqlite::backup::backup(path, dest, options, progress),
+    }
+}
+
 /// Opens a store only to read it, as the inspection commands do, also while a receiver
 /// writes to it. Blocking.
 pub fn open_read_only(location: &StoreLocation) -> Result<Arc<dyn StoreRead>, StoreError> {

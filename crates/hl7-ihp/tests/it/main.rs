@@ -17,6 +17,8 @@ mod tls;
 // A JSON Schema validator for the OpenAPI document's subset, and its look-ups.
 mod schema;
 
+// `hl7-ihp backup`: an online copy under load, `--force`, a copy read as a store.
+mod backup;
 // The HTTP API: every response against the OpenAPI document, paging, the bearer token.
 mod api;
 // The live view's API: patients, devices, stats and the event stream.

@@ -30,6 +30,7 @@ use rusqlite::{CachedStatement, Connection, OpenFlags, OptionalExtension, params
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
+pub mod backup;
 mod checkpoint;
 mod encoded;
 mod keys;
