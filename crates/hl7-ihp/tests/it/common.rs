@@ -768,3 +768,10 @@ pub fn http_get_with(address: SocketAddr, path: &str, headers: &str) -> (u16, St
     let body = response.text();
     (response.status, response.head, body)
 }
+
+/// The table `hl7-ihp messages` prints for a data directory.
+pub fn messages_table(data: &Path) -> String {
+    let (code, out, err) = run(&["messages", "--data-dir", data.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    out
+}

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{Client, DEADLINE, Receiver, ack_field, oru, run, wait_until};
+use crate::common::{Client, DEADLINE, Receiver, ack_field, messages_table, oru, wait_until};
 use crate::pki::Pki;
 
 /// Where the device connects from: not HAProxy's address, so only the PROXY header can
@@ -299,8 +299,7 @@ fn audit_until(path: &Path, what: &str, until: impl Fn(&Value) -> bool) -> Vec<V
 
 /// The row of `hl7-ihp messages` for a control id.
 fn message_row(data: &Path, control_id: &str) -> String {
-    let (code, out, err) = run(&["messages", "--data-dir", data.to_str().unwrap()]);
-    assert_eq!(code, 0, "{err}");
+    let out = messages_table(data);
     out.lines()
         .find(|line| line.contains(control_id))
         .unwrap_or_else(|| panic!("no row for {control_id}:\n{out}"))
@@ -324,9 +323,9 @@ fn the_haproxy_example_passes_devices_through_with_their_address_and_certificate
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(&dir.path().join("pki"));
     let audit = dir.path().join("audit.jsonl");
-    // The TLS listener on 127.0.0.3: the receiver refuses `--listen-tls` equal to
-    // `--listen`, and takes two `127.0.0.1:0` for equal. HAProxy still connects from
-    // 127.0.0.1 (the source the kernel gives for all of 127.0.0.0/8).
+    // The TLS listener on another loopback address, 127.0.0.3, so that the two listeners
+    // are told apart at a glance in the logs; HAProxy still connects from 127.0.0.1 (the
+    // source the kernel gives for all of 127.0.0.0/8).
     let receiver = Receiver::start_listening(
         &dir.path().join("data"),
         "127.0.0.1:0",

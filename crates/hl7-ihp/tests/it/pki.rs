@@ -190,6 +190,19 @@ impl Pki {
         self.crl.to_str().unwrap()
     }
 
+    /// `hl7-ihp send`'s flags for the good device: TLS, the CA, its certificate and key.
+    pub fn device_flags(&self) -> [&str; 7] {
+        [
+            "--tls",
+            "--tls-ca",
+            self.ca(),
+            "--tls-cert",
+            self.device.cert(),
+            "--tls-key",
+            self.device.key(),
+        ]
+    }
+
     /// A file in the folder, for files the tests write themselves.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)

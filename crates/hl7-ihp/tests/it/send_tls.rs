@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-use crate::common::{self, Receiver};
+use crate::common::{self, Receiver, messages_table};
 use crate::pki::Pki;
 
 /// A receiver with only a TLS listener and mutual TLS against the test CA.
@@ -38,34 +38,21 @@ fn send(args: &[&str]) -> (i32, String, String) {
     common::run(&all)
 }
 
-/// The rows `hl7-ihp messages` prints.
-fn messages_table(data: &Path) -> String {
-    let (code, out, err) = common::run(&["messages", "--data-dir", data.to_str().unwrap()]);
-    assert_eq!(code, 0, "{err}");
-    out
-}
-
 #[test]
 fn send_tls_with_the_device_certificate_is_stored_with_its_identity() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(&dir.path().join("pki"));
     let (receiver, address) = mutual_tls(dir.path(), &pki);
     // No --tls-server-name: the IP of --to is checked against the server's IP SAN.
-    let (status, stdout, stderr) = send(&[
-        "--to",
-        &address.to_string(),
-        "--tls",
-        "--tls-ca",
-        pki.ca(),
-        "--tls-cert",
-        pki.device.cert(),
-        "--tls-key",
-        pki.device.key(),
-        "--count",
-        "3",
-        "--interval",
-        "0ms",
-    ]);
+    let to = address.to_string();
+    let (status, stdout, stderr) = send(
+        &[
+            &["--to", &to][..],
+            &pki.device_flags(),
+            &["--count", "3", "--interval", "0ms"],
+        ]
+        .concat(),
+    );
     assert_eq!(status, 0, "{stdout}{stderr}");
     assert_eq!(stdout.matches(" AA").count(), 3, "{stdout}");
     let table = messages_table(&receiver.data_dir);
@@ -159,26 +146,25 @@ fn send_tls_load_mode_prints_its_summary() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(&dir.path().join("pki"));
     let (_receiver, address) = mutual_tls(dir.path(), &pki);
-    let (status, stdout, stderr) = send(&[
-        "--to",
-        &address.to_string(),
-        "--tls",
-        "--tls-ca",
-        pki.ca(),
-        "--tls-cert",
-        pki.device.cert(),
-        "--tls-key",
-        pki.device.key(),
-        "--scenario",
-        "vitals",
-        "--patients",
-        "20",
-        "--connections",
-        "4",
-        "--count",
-        "200",
-        "--json",
-    ]);
+    let to = address.to_string();
+    let (status, stdout, stderr) = send(
+        &[
+            &["--to", &to][..],
+            &pki.device_flags(),
+            &[
+                "--scenario",
+                "vitals",
+                "--patients",
+                "20",
+                "--connections",
+                "4",
+                "--count",
+                "200",
+                "--json",
+            ],
+        ]
+        .concat(),
+    );
     assert_eq!(status, 0, "{stderr}");
     let summary: Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
     assert_eq!(summary["connections"], 4);

@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::common::{Client, DEADLINE, Receiver, ack_field, metric, oru, run, wait_until};
+use crate::common::{
+    Client, DEADLINE, Receiver, ack_field, messages_table, metric, oru, run, wait_until,
+};
 use crate::pki::Pki;
 
 /// A client configuration trusting the test CA, presenting `identity` when given.
@@ -93,13 +95,6 @@ fn reasons<'a>(events: &'a [Value], name: &str) -> Vec<&'a str> {
 
 fn event<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["event"] == name).collect()
-}
-
-/// The rows `hl7-ihp messages` prints for a data directory.
-fn messages_table(data: &Path) -> String {
-    let (code, out, err) = run(&["messages", "--data-dir", data.to_str().unwrap()]);
-    assert_eq!(code, 0, "{err}");
-    out
 }
 
 #[test]
