@@ -528,7 +528,10 @@ fn a_client_that_reconnects_gets_exactly_what_it_missed_or_a_reset() {
 
 #[test]
 fn a_monitor_that_goes_quiet_turns_stale_then_offline_and_back() {
-    let (_dir, receiver) = common::start(&["--stale-after", "1s", "--offline-after", "2s"]);
+    // Statuses are announced at 1 s ticks: offline must come more than two ticks after
+    // stale, or a tick on each side of the stale second would go from live straight to
+    // offline (which is what a status event then says, and right).
+    let (_dir, receiver) = common::start(&["--stale-after", "1s", "--offline-after", "4s"]);
     let events = events_client(&receiver, None);
     let mut client = Client::connect(receiver.mllp);
     send(
