@@ -95,6 +95,11 @@ pub enum AuditEvent {
         /// `not in the allowlist`, `PROXY header from an untrusted address`,
         /// `invalid PROXY header`, `too many connections from this address`.
         reason: String,
+        /// Refusals of this address for this reason since the last one audited, not
+        /// audited each (at most one event per address and reason per 10 s, so that a host
+        /// that is refused cannot flood the trail or crowd other events out of its queue).
+        #[serde(skip_serializing_if = "is_zero")]
+        suppressed: u64,
     },
     /// A connection was accepted (after the allowlist, the PROXY header and TLS).
     ConnectionOpened {
@@ -170,6 +175,10 @@ pub enum AuditEvent {
         /// Why.
         reason: String,
     },
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The handle every part records through; cheap to share.

@@ -70,10 +70,23 @@ struct Facts {
     patient: Option<String>,
 }
 
+/// The longest text an audit event takes from a message (a control id or a key of a
+/// megabyte would otherwise be queued and written whole).
+const AUDIT_TEXT_CHARS: usize = 256;
+
+/// `text` cut to [`AUDIT_TEXT_CHARS`] characters, `…` marking a cut.
+fn audit_text(text: &str) -> String {
+    match text.char_indices().nth(AUDIT_TEXT_CHARS) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
 impl Facts {
     fn of(new: &NewMessage) -> Facts {
         let key = new.key.as_ref();
-        let text = |get: fn(&MessageKey) -> &String| key.map(get).cloned().unwrap_or_default();
+        let text =
+            |get: fn(&MessageKey) -> &String| key.map(|k| audit_text(get(k))).unwrap_or_default();
         Facts {
             control_id: text(|k| &k.control_id),
             sending_application: text(|k| &k.sending_application),
@@ -82,7 +95,7 @@ impl Facts {
                 .content
                 .as_ref()
                 .and_then(|c| c.patient.as_ref())
-                .map(|p| p.key.clone()),
+                .map(|p| audit_text(&p.key)),
         }
     }
 }

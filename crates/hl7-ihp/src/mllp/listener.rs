@@ -272,7 +272,8 @@ fn admit(
     guard
 }
 
-/// Logs (now and then) and audits a refused connection.
+/// Logs and audits a refused connection, both at most once per address and reason per
+/// 10 s (the rest counted on the next): a refused host must not flood either.
 fn refused(
     gate: &Gate,
     ingest: &Ingest,
@@ -282,12 +283,13 @@ fn refused(
 ) {
     if let Some(n_suppressed) = ingest.log_limit().allow(peer.ip(), reason, Level::Warn) {
         tracing::warn!(%peer, via = via.map(|v| v.to_string()), n_suppressed, "connection refused: {reason}");
+        gate.audit.record(AuditEvent::ConnectionRefused {
+            peer,
+            via,
+            reason: reason.to_owned(),
+            suppressed: n_suppressed,
+        });
     }
-    gate.audit.record(AuditEvent::ConnectionRefused {
-        peer,
-        via,
-        reason: reason.to_owned(),
-    });
 }
 
 /// One connection from accept to close: the PROXY header (from a trusted load balancer),
@@ -319,6 +321,9 @@ async fn connection(
             }
             // The balancer's own health check: it is the peer.
             Ok(Ok(ProxyHeader::Local)) => device = false,
+            // A relayed connection from an unknown source: the balancer is the peer, and
+            // the allowlist applies to it as to any device.
+            Ok(Ok(ProxyHeader::Unknown)) => {}
             Ok(Err(error)) => {
                 Metrics::inc(&metrics.connections_refused_proxy);
                 let reason = match error {

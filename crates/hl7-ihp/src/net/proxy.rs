@@ -20,9 +20,13 @@ pub enum ProxyHeader {
         /// The address the device connected to (the load balancer's front).
         destination: SocketAddr,
     },
-    /// The load balancer's own connection (v2 `LOCAL`, v1 `UNKNOWN`: a health check): the
-    /// socket's peer is the peer.
+    /// The load balancer's own connection (v2 `LOCAL`: a health check): the socket's peer
+    /// is the peer.
     Local,
+    /// A relayed connection whose source the balancer does not know (v1 `UNKNOWN`, v2
+    /// `PROXY` with an unspecified family, e.g. from a unix socket front): the socket's
+    /// peer is the peer, and unlike `Local` it is someone else's connection.
+    Unknown,
 }
 
 /// Why a header was refused.
@@ -115,7 +119,7 @@ fn parse_v1_line(line: &str) -> Result<ProxyHeader, ProxyError> {
     // The receiver ignores whatever follows UNKNOWN (the spec: the sender may put the
     // addresses there, or nothing).
     if line == "UNKNOWN" || line.starts_with("UNKNOWN ") {
-        return Ok(ProxyHeader::Local);
+        return Ok(ProxyHeader::Unknown);
     }
     // Split on single spaces: two spaces in a row give an empty field, which fails below.
     let mut fields = line.split(' ');
@@ -219,7 +223,7 @@ async fn read_v2<S: AsyncRead + Unpin>(stream: &mut S) -> Result<ProxyHeader, Pr
         return Ok(ProxyHeader::Local);
     }
     match family {
-        V2_UNSPEC => Ok(ProxyHeader::Local),
+        V2_UNSPEC => Ok(ProxyHeader::Unknown),
         V2_TCP4 => {
             let Some(addresses) = block.get(..12) else {
                 return Err(ProxyError::Invalid("v2 block too short for ipv4 addresses"));
@@ -377,7 +381,7 @@ mod tests {
         // The spec's worst case, 107 bytes.
         let unknown = v1(&format!("UNKNOWN {full} {full} 65535 65535"));
         assert_eq!(unknown.len(), V1_MAX_LEN);
-        assert_eq!(read_valid(&unknown), ProxyHeader::Local);
+        assert_eq!(read_valid(&unknown), ProxyHeader::Unknown);
     }
 
     #[test]
@@ -507,7 +511,7 @@ mod tests {
         // PROXY with an unspecified family: the balancer did not know the addresses.
         assert_eq!(
             read_valid(&v2(0x21, V2_UNSPEC, &[1, 2, 3])),
-            ProxyHeader::Local
+            ProxyHeader::Unknown
         );
     }
 

@@ -135,7 +135,12 @@ pub async fn connection(
                 continue;
             }
             // A fixed schedule: a late message does not push every later one back.
-            next_at = next_at.max(now - period) + period;
+            // (`checked_sub`: an interval longer than the machine's uptime has no instant
+            // before it.)
+            next_at = now
+                .checked_sub(period)
+                .map_or(next_at, |before| next_at.max(before))
+                + period;
         }
         let message = source.next_message();
         sent += 1;
@@ -375,13 +380,17 @@ impl Link {
 
     async fn deliver(&mut self, message: &Outgoing, timeout: Duration) -> Delivery {
         let framed = hl7::mllp::frame(&message.bytes);
-        if let Err(error) = self.stream.write(&framed).await {
-            return self.failed(Some(&error), "could not be written");
+        // One deadline for writing and for the ACK: a receiver that stops reading cannot
+        // hold the message (nor Ctrl+C, which waits for it) longer than the ACK timeout.
+        let deadline = tokio::time::Instant::now() + timeout;
+        match tokio::time::timeout_at(deadline, self.stream.write(&framed)).await {
+            Err(_) => return Delivery::Retry("could not be written in time"),
+            Ok(Err(error)) => return self.failed(Some(&error), "could not be written"),
+            Ok(Ok(())) => {}
         }
         if !message.expects_ack {
             return Delivery::Answered(None);
         }
-        let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match self.codec.decode(&mut self.buffer) {
                 Ok(Some(MllpItem::Frame(frame))) => {

@@ -412,25 +412,28 @@ fn the_allowlist_refuses_before_reading() {
             audit.to_str().unwrap(),
         ],
     );
-    let mut refused = Client::connect(receiver.mllp);
-    // The server closes without reading: the message is never answered nor stored.
-    let _ = refused.try_send(&oru("DENIED-1", "P-DENY", 1));
-    assert!(refused.read_ack().is_none());
+    for n in 0..3 {
+        let mut refused = Client::connect(receiver.mllp);
+        // The server closes without reading: the message is never answered nor stored.
+        let _ = refused.try_send(&oru(&format!("DENIED-{n}"), "P-DENY", n));
+        assert!(refused.read_ack().is_none());
+    }
+    wait_until("three refusals counted", || {
+        let (_, metrics) = receiver.http_get("/metrics");
+        metric(&metrics, "hl7ihp_connections_refused_allowlist_total") == Some(3)
+    });
+    // Audited once: the same address refused for the same reason within 10 s is counted
+    // on the next event, not audited each time.
     let events = audit_until(dir.path(), "the refusal audited", |e| {
         e["event"] == "connection_refused"
     });
-    assert_eq!(
-        event(&events, "connection_refused")[0]["reason"],
-        "not in the allowlist"
-    );
+    let refusals = event(&events, "connection_refused");
+    assert_eq!(refusals.len(), 1, "{events:?}");
+    assert_eq!(refusals[0]["reason"], "not in the allowlist");
     assert!(event(&events, "connection_opened").is_empty());
     let (_, metrics) = receiver.http_get("/metrics");
-    assert_eq!(
-        metric(&metrics, "hl7ihp_connections_refused_allowlist_total"),
-        Some(1)
-    );
     assert_eq!(metric(&metrics, "hl7ihp_frames_total"), Some(0));
-    assert!(!messages_table(&receiver.data_dir).contains("DENIED-1"));
+    assert!(!messages_table(&receiver.data_dir).contains("DENIED-"));
 }
 
 /// A PROXY protocol v2 header for a TCP/IPv4 connection from `source` to `destination`.
@@ -521,7 +524,15 @@ fn proxy_headers_from_a_trusted_balancer_name_the_device_and_others_are_refused(
         .write_all(b"PROXY TCP4 192.0.2.7 nonsense\r\n")
         .unwrap();
     assert!(read_to_close(&mut garbled).is_empty());
-    let events = audit_count(dir.path(), "connection_refused", 2);
+    // A relayed connection from a source the balancer does not know: the balancer is the
+    // peer, and not a device the allowlist lists.
+    let mut unknown = TcpStream::connect(receiver.mllp).unwrap();
+    unknown.write_all(b"PROXY UNKNOWN\r\n").unwrap();
+    unknown
+        .write_all(&crate::common::frame(&oru("PX-U", "P-PX", 4)))
+        .unwrap();
+    assert!(!read_to_close(&mut unknown).contains(&0x0B));
+    let events = audit_count(dir.path(), "connection_refused", 3);
     let opened = event(&events, "connection_opened");
     assert_eq!(opened[0]["peer"], "192.0.2.7:40007");
     assert_eq!(
@@ -532,6 +543,13 @@ fn proxy_headers_from_a_trusted_balancer_name_the_device_and_others_are_refused(
     assert_eq!(refused[0]["peer"], "198.51.100.1:40001");
     assert_eq!(refused[0]["reason"], "not in the allowlist");
     assert_eq!(refused[1]["reason"], "invalid PROXY header");
+    assert_eq!(refused[2]["reason"], "not in the allowlist");
+    assert!(
+        refused[2]["peer"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
     drop((v1, v2));
     let (status, _) = receiver.terminate();
     assert!(status.success());
