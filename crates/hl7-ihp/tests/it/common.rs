@@ -775,3 +775,32 @@ pub fn messages_table(data: &Path) -> String {
     assert_eq!(code, 0, "{err}");
     out
 }
+
+/// Whether a runnable `program args…` is here (exit status 0), asked quietly: a missing
+/// peer gets one line from [`peer_present`], not a traceback.
+pub fn runs(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Whether a test's outside peer is here. When it is not, the test says so in one line
+/// (past the harness's capture, so it shows in the output) and should return; under
+/// `CI=true` it fails instead, since CI installs every peer.
+pub fn peer_present(test: &str, present: bool, peer: &str, install: &str) -> bool {
+    if !present {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI must install {peer} ({install})"
+        );
+        let _ = writeln!(
+            std::io::stderr(),
+            "{test} skipped: {peer} is not installed ({install})"
+        );
+    }
+    present
+}

@@ -111,15 +111,7 @@ fn haproxy_binary() -> Option<PathBuf> {
     ["haproxy", "/usr/sbin/haproxy"]
         .into_iter()
         .map(PathBuf::from)
-        .find(|binary| {
-            Command::new(binary)
-                .arg("-v")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
+        .find(|binary| crate::common::runs(binary.to_str().unwrap(), &["-v"]))
 }
 
 /// A running `haproxy -db`, killed when dropped.
@@ -308,16 +300,17 @@ fn message_row(data: &Path, control_id: &str) -> String {
 
 #[test]
 fn the_haproxy_example_passes_devices_through_with_their_address_and_certificate() {
-    let Some(binary) = haproxy_binary() else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI must install haproxy (apt-get install haproxy)"
-        );
-        // Past the harness's capture, as the other skip lines: it shows in the output.
-        let _ = writeln!(
-            std::io::stderr(),
-            "haproxy test skipped: haproxy is not installed (apt-get install haproxy)"
-        );
+    let binary = haproxy_binary();
+    let present = binary.is_some();
+    if !crate::common::peer_present(
+        "haproxy test",
+        present,
+        "haproxy",
+        "apt-get install haproxy",
+    ) {
+        return;
+    }
+    let Some(binary) = binary else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -330,21 +323,18 @@ fn the_haproxy_example_passes_devices_through_with_their_address_and_certificate
         &dir.path().join("data"),
         "127.0.0.1:0",
         &[
-            "--listen-tls",
-            "127.0.0.3:0",
-            "--tls-cert",
-            pki.server.cert(),
-            "--tls-key",
-            pki.server.key(),
-            "--tls-client-ca",
-            pki.ca(),
-            "--proxy-protocol-from",
-            "127.0.0.1",
-            "--allow",
-            &DEVICE.to_string(),
-            "--audit-log",
-            audit.to_str().unwrap(),
-        ],
+            &["--listen-tls", "127.0.0.3:0"][..],
+            &pki.listener_flags(),
+            &[
+                "--proxy-protocol-from",
+                "127.0.0.1",
+                "--allow",
+                &DEVICE.to_string(),
+                "--audit-log",
+                audit.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
     );
     let haproxy = Haproxy::start(&binary, dir.path(), &receiver);
 

@@ -190,6 +190,19 @@ impl Pki {
         self.crl.to_str().unwrap()
     }
 
+    /// `hl7-ihp receive`'s flags for mutual TLS: the server's certificate and key, the
+    /// device CA (with `--listen-tls ADDR` beside them).
+    pub fn listener_flags(&self) -> [&str; 6] {
+        [
+            "--tls-cert",
+            self.server.cert(),
+            "--tls-key",
+            self.server.key(),
+            "--tls-client-ca",
+            self.ca(),
+        ]
+    }
+
     /// `hl7-ihp send`'s flags for the good device: TLS, the CA, its certificate and key.
     pub fn device_flags(&self) -> [&str; 7] {
         [

@@ -3,7 +3,7 @@
 //! failure, load mode, and interop with a server we did not write (python-hl7's).
 
 use crate::common;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -381,25 +381,8 @@ fn usage_errors_exit_2() {
 fn interop_with_python_hl7_mllp_server() {
     let script =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/peers/python_hl7_server.py");
-    // Asked quietly: without python-hl7 the test says so in one line, not with Python's
-    // traceback.
-    let available = Command::new("python3")
-        .args(["-c", "import hl7.mllp"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !available {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI must install python-hl7 (pip install hl7)"
-        );
-        // Past the harness's capture, as the corpus tests' skip line: it shows in the output.
-        let _ = writeln!(
-            std::io::stderr(),
-            "interop test skipped: python-hl7 is not installed (pip install hl7)"
-        );
+    let available = crate::common::runs("python3", &["-c", "import hl7.mllp"]);
+    if !crate::common::peer_present("interop test", available, "python-hl7", "pip install hl7") {
         return;
     }
     let mut server = Command::new("python3")

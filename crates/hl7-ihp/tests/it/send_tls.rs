@@ -17,16 +17,7 @@ fn mutual_tls(dir: &Path, pki: &Pki) -> (Receiver, SocketAddr) {
     let receiver = Receiver::start_listening(
         &dir.join("data"),
         "off",
-        &[
-            "--listen-tls",
-            "127.0.0.1:0",
-            "--tls-cert",
-            pki.server.cert(),
-            "--tls-key",
-            pki.server.key(),
-            "--tls-client-ca",
-            pki.ca(),
-        ],
+        &[&["--listen-tls", "127.0.0.1:0"][..], &pki.listener_flags()].concat(),
     );
     let address = receiver.mllp_tls.expect("a TLS listener");
     (receiver, address)
@@ -260,22 +251,13 @@ asyncio.run(main())
 
 #[test]
 fn python_hl7_client_over_tls() {
-    let available = Command::new("python3")
-        .args(["-c", "import hl7.mllp, ssl"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !available {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI must install python-hl7 (pip install hl7)"
-        );
-        let _ = writeln!(
-            std::io::stderr(),
-            "python-hl7 TLS test skipped: python-hl7 is not installed (pip install hl7)"
-        );
+    let available = common::runs("python3", &["-c", "import hl7.mllp, ssl"]);
+    if !common::peer_present(
+        "python-hl7 TLS test",
+        available,
+        "python-hl7",
+        "pip install hl7",
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -29,20 +29,14 @@ fn client(pki: &Pki, identity: Option<&crate::pki::Pair>) -> Arc<rustls::ClientC
 /// audit trail.
 fn mutual_tls(dir: &Path, pki: &Pki, extra: &[&str]) -> Receiver {
     let audit = dir.join("audit.jsonl");
-    let mut flags = vec![
-        "--listen-tls",
-        "127.0.0.1:0",
-        "--tls-cert",
-        pki.server.cert(),
-        "--tls-key",
-        pki.server.key(),
-        "--tls-client-ca",
-        pki.ca(),
+    let mut flags = vec!["--listen-tls", "127.0.0.1:0"];
+    flags.extend(pki.listener_flags());
+    flags.extend([
         "--tls-crl",
         pki.crl(),
         "--audit-log",
         audit.to_str().unwrap(),
-    ];
+    ]);
     flags.extend_from_slice(extra);
     Receiver::start_listening(&dir.join("data"), "off", &flags)
 }
