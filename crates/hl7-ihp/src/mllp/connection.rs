@@ -170,10 +170,12 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         Metrics::inc(&metrics.connections_closed_over_budget);
     }
     let partial = codec.in_frame();
-    if close == Close::WriteTimeout || close == Close::WriteError || close == Close::PeerClosed {
-        // Nothing more to say to this peer.
-    } else {
-        // A TLS peer is told the connection ends (close_notify); bounded like a write.
+    // A TLS peer is told the connection ends (close_notify), bounded like a write; a peer
+    // that closed, or that a write already failed on, is told nothing more.
+    if !matches!(
+        close,
+        Close::WriteTimeout | Close::WriteError | Close::PeerClosed
+    ) {
         let _ = tokio::time::timeout(limits.frame_timeout, stream.shutdown()).await;
     }
     if let Some(n_suppressed) =

@@ -102,11 +102,6 @@ impl ServerTls {
         }))
     }
 
-    /// The files.
-    pub fn files(&self) -> &ServerTlsFiles {
-        &self.files
-    }
-
     /// The configuration a new connection uses.
     pub fn config(&self) -> Arc<ServerConfig> {
         Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))

@@ -649,7 +649,7 @@ fn tls_settings_are_checked_at_start() {
 }
 
 #[test]
-fn https_serves_the_api_with_the_token_and_plain_http_gets_nothing() {
+fn https_serves_the_http_side_and_plain_http_gets_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(&dir.path().join("pki"));
     let receiver = Receiver::start(
