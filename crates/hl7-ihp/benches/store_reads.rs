@@ -187,6 +187,7 @@ fn message(n: i64, at_ms: i64) -> NewMessage {
             device: "MONITOR-03^0123456789ABCDEF^EUI-64".into(),
             location: Some("ICU^03^A".into()),
             observations,
+            merge: None,
         }),
     }
 }

@@ -24,7 +24,7 @@ use crate::ids::base36;
 use crate::metrics::Metrics;
 use crate::rate_limit::{Level, RateLimit};
 use crate::store::{
-    Content, MessageKey, NewMessage, ObservationData, PatientData, Store, Stored, Verdict,
+    Content, MergeRequest, MessageKey, NewMessage, ObservationData, PatientData, Store, Stored, Verdict,
     instant_ms,
 };
 
@@ -236,7 +236,7 @@ impl Ingest {
     ) {
         let (message_id, outcome) = match stored {
             Some(Stored::Duplicate { id, .. }) => (Some(*id), "duplicate"),
-            Some(Stored::New { id } | Stored::Repeated { id }) => {
+            Some(Stored::New { id } | Stored::Repeated { id } | Stored::Refused { id, .. }) => {
                 (Some(*id), outcome_name(outcome))
             }
             None => (None, outcome_name(outcome)),
@@ -258,7 +258,10 @@ impl Ingest {
     /// Tells the subscribers about a commit that kept something new, accepted or refused:
     /// the live view shows refused messages too. Duplicates and repeats add no message.
     fn announce(&self, results: &[Stored]) {
-        if results.iter().any(|s| matches!(s, Stored::New { .. })) {
+        if results
+            .iter()
+            .any(|s| matches!(s, Stored::New { .. } | Stored::Refused { .. }))
+        {
             self.events.committed();
         }
     }
@@ -367,7 +370,7 @@ impl Ingest {
         let raw = message.raw();
         let key = key_of(&extract);
         let missing = extract.header.missing_required();
-        let (verdict, error, content) = match missing {
+        let (mut verdict, mut error, mut content) = match missing {
             Some(missing) => {
                 let name = if missing.field == 9 {
                     "MSH-9 (message type)"
@@ -397,6 +400,35 @@ impl Ingest {
                 )),
             ),
         };
+        let accept_ack_type = extract.header.accept_ack_type.to_string();
+        let application_ack_type = extract.header.application_ack_type.to_string();
+        // A patient merge: the message alone may already be wrong (docs/acks.md, "Patient
+        // merges"); what passes goes to the store, which checks the rest in its writer.
+        if let Some(content) = content.as_mut()
+            && crate::merges::is_merge(&content.message_type, &content.trigger)
+        {
+            match crate::merges::read_prior(message, self.settings.patient_identity) {
+                Ok(prior) => {
+                    content.merge = Some(MergeRequest {
+                        prior: prior.key,
+                        event: content.trigger.clone(),
+                        refused_ack_code: choose_ack(
+                            &accept_ack_type,
+                            &application_ack_type,
+                            Outcome::Error,
+                            self.settings.ack_mode,
+                        )
+                        .map(|code| code.as_str().to_owned()),
+                    });
+                }
+                Err(refusal) => {
+                    verdict = Verdict::Error {
+                        reason: refusal.text.clone(),
+                    };
+                    error = Some(refusal);
+                }
+            }
+        }
         if let Some(reason) = verdict.reason()
             && let Some(n_suppressed) = self.log_limit.allow(
                 peer.addr.ip(),
@@ -406,8 +438,6 @@ impl Ingest {
         {
             tracing::warn!(%peer, reason, n_suppressed, "message answered with an error");
         }
-        let accept_ack_type = extract.header.accept_ack_type.to_string();
-        let application_ack_type = extract.header.application_ack_type.to_string();
         // What `frame` answers when the store keeps this message as new: `answer` then
         // goes by this verdict (a duplicate or a failure is answered otherwise, and then
         // this row is not written).
@@ -475,6 +505,17 @@ fn answer(prepared: &Prepared, stored: Result<&Stored, ()>) -> (Outcome, Option<
         Err(()) => return (Outcome::Reject, Some(store_failed())),
         Ok(Stored::New { .. } | Stored::Repeated { .. }) => &prepared.verdict,
         Ok(Stored::Duplicate { verdict, .. }) => verdict,
+        // The store refused what the message asks (a patient merge its state contradicts).
+        Ok(Stored::Refused { reason, .. }) => {
+            return (
+                Outcome::Error,
+                Some(AckError {
+                    code: ErrorCode::UnknownKeyIdentifier,
+                    location: Some(crate::merges::mrg1()),
+                    text: reason.clone(),
+                }),
+            );
+        }
     };
     match verdict {
         Verdict::Accept => (Outcome::Accept, None),
@@ -598,6 +639,7 @@ fn content_of(
         device: extract.header.sending_application.to_string(),
         location: extract.location.as_ref().map(|l| l.to_string()),
         observations,
+        merge: None,
     }
 }
 

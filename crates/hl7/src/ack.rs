@@ -177,6 +177,8 @@ pub enum ErrorCode {
     UnsupportedProcessingId,
     /// 203: unsupported version id.
     UnsupportedVersionId,
+    /// 204: unknown key identifier (e.g. a patient a merge names is not known as needed).
+    UnknownKeyIdentifier,
     /// 207: application internal error.
     ApplicationInternal,
 }
@@ -193,6 +195,7 @@ impl ErrorCode {
             Self::UnsupportedEventCode => 201,
             Self::UnsupportedProcessingId => 202,
             Self::UnsupportedVersionId => 203,
+            Self::UnknownKeyIdentifier => 204,
             Self::ApplicationInternal => 207,
         }
     }
@@ -208,6 +211,7 @@ impl ErrorCode {
             Self::UnsupportedEventCode => "Unsupported event code",
             Self::UnsupportedProcessingId => "Unsupported processing ID",
             Self::UnsupportedVersionId => "Unsupported version ID",
+            Self::UnknownKeyIdentifier => "Unknown key identifier",
             Self::ApplicationInternal => "Application internal error",
         }
     }

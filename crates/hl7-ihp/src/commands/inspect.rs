@@ -190,6 +190,14 @@ pub fn messages(args: &MessagesArgs) -> anyhow::Result<ExitCode> {
             ),
             None => sender.into_owned(),
         };
+        if let Some(merge) = &message.merge {
+            // The patient merge this message made: keys are shown by `patients` too.
+            detail.push_str(&format!(
+                "  merge {} → {}",
+                terminal::cell(&merge.prior, terminal::ID_WIDTH),
+                terminal::cell(&merge.survivor, terminal::ID_WIDTH)
+            ));
+        }
         if let Some(identity) = &message.peer_identity {
             // Who the TLS client certificate says it is: device text, escaped and cut.
             detail.push_str(&format!(

@@ -124,6 +124,15 @@ impl Folder {
         Ok(rustix::fs::renameat(&self.fd, temp, &self.fd, name)?)
     }
 
+    /// Removes the file `name` (a merged-away patient's); no such file is no error. The
+    /// removal is durable after [`Folder::sync`].
+    pub fn remove(&self, name: &str) -> io::Result<()> {
+        match rustix::fs::unlinkat(&self.fd, name, AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(error) => Err(error.into()),
+        }
+    }
+
     /// Removes a temporary file that will not be renamed.
     pub fn remove_temp(&self, temp: &str) {
         let _ = rustix::fs::unlinkat(&self.fd, temp, AtFlags::empty());

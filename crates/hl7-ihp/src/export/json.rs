@@ -31,6 +31,9 @@ pub(super) struct JsonSink {
     name_case: NameCase,
     patients: HashMap<String, Patient>,
     pending_bytes: usize,
+    /// Files of patients merged into another (`FeedMessage::merged_from`), to remove before
+    /// the next files are written: the watermark passes the merge only after that.
+    merged_away: Vec<String>,
     /// Where [`FLUSH_GRID`] starts.
     epoch: Instant,
 }
@@ -73,6 +76,7 @@ impl JsonSink {
             name_case: context.options.name_case,
             patients: HashMap::new(),
             pending_bytes: 0,
+            merged_away: Vec::new(),
             epoch: Instant::now(),
         }
     }
@@ -99,6 +103,17 @@ impl Sink for JsonSink {
         let Some(data) = message.accepted_patient() else {
             return;
         };
+        if let Some(prior) = &message.merged_from {
+            // The prior patient's records are the survivor's now: their file goes, and
+            // the survivor's is rebuilt from the store with both histories.
+            if let Some(gone) = self.patients.remove(prior) {
+                self.pending_bytes -= gone.lines.len();
+            }
+            self.merged_away.push(prior.clone());
+            if let Some(survivor) = self.patients.get_mut(&data.key) {
+                survivor.rebuild = true;
+            }
+        }
         let patient = self
             .patients
             .entry(data.key.clone())
@@ -154,6 +169,31 @@ impl Sink for JsonSink {
         all: bool,
         _read: ChangeCursor,
     ) -> Result<Flushed, StoreError> {
+        if !self.merged_away.is_empty() {
+            let folder = Arc::clone(&self.folder);
+            let names: Vec<String> = self
+                .merged_away
+                .iter()
+                .map(|key| file_name(key, self.name_case))
+                .collect();
+            let removed = tokio::task::spawn_blocking(move || -> io::Result<()> {
+                for name in &names {
+                    folder.remove(name)?;
+                }
+                folder.sync()
+            })
+            .await
+            .unwrap_or_else(|_| Err(io::Error::other("file remover task failed")));
+            match removed {
+                Ok(()) => self.merged_away.clear(),
+                Err(error) => {
+                    return Ok(Flushed {
+                        failed: Some((self.merged_away.len(), error)),
+                        ..Flushed::default()
+                    });
+                }
+            }
+        }
         if !all && self.next_due().is_none_or(|at| now < at) {
             return Ok(Flushed::default());
         }

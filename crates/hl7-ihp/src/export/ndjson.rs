@@ -39,6 +39,9 @@ pub(super) struct NdjsonSink {
     last_flush: Option<Instant>,
     /// The feed's end at the first flush: once read past it, unmatched lines are orphans.
     head_at_start: Option<ChangeCursor>,
+    /// Streams of patients merged into another, to remove at the next flush (before the
+    /// merge message, pending on the survivor's stream, lets the watermark pass it).
+    merged_away: Vec<String>,
 }
 
 /// What the exporter knows of one stream.
@@ -74,6 +77,7 @@ impl NdjsonSink {
             pending_bytes: 0,
             last_flush: None,
             head_at_start: None,
+            merged_away: Vec::new(),
         }
     }
 }
@@ -83,6 +87,12 @@ impl Sink for NdjsonSink {
         let Some(data) = message.accepted_patient() else {
             return;
         };
+        if let Some(prior) = &message.merged_from {
+            if let Some(gone) = self.patients.remove(prior) {
+                self.pending_bytes -= gone.lines.len();
+            }
+            self.merged_away.push(prior.clone());
+        }
         let stream = self.patients.entry(data.key.clone()).or_default();
         if stream
             .at
@@ -110,6 +120,29 @@ impl Sink for NdjsonSink {
             return Ok(flushed);
         }
         self.last_flush = Some(now);
+        if !self.merged_away.is_empty() {
+            let folder = Arc::clone(&self.folder);
+            let names: Vec<String> = self
+                .merged_away
+                .iter()
+                .map(|key| ndjson_file_name(key, self.name_case))
+                .collect();
+            let removed = tokio::task::spawn_blocking(move || -> io::Result<()> {
+                for name in &names {
+                    folder.remove(name)?;
+                }
+                folder.sync()
+            })
+            .await
+            .unwrap_or_else(|_| Err(io::Error::other("file remover task failed")));
+            match removed {
+                Ok(()) => self.merged_away.clear(),
+                Err(error) => {
+                    flushed.failed = Some((self.merged_away.len(), error));
+                    return Ok(flushed);
+                }
+            }
+        }
         let head = match self.head_at_start {
             Some(head) => head,
             None => {

@@ -83,6 +83,7 @@ impl StoreRead for FakeStore {
                 message_type: m.message_type.clone(),
                 patient: m.patient.as_ref().map(|p| p.key.clone()),
                 ack_code: None,
+                merge: None,
                 raw: None,
             })
             .collect();
@@ -222,6 +223,7 @@ fn message(
         device: Some(format!("DEV-{key}")),
         patient: Some(patient(key, name)),
         observations: obs,
+        merged_from: None,
     }
 }
 

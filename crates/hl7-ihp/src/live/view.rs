@@ -387,6 +387,13 @@ impl View {
                 }
                 continue;
             }
+            // A merge: the prior patient's history is the survivor's now (their own
+            // tile goes; the survivor's readings come from what it already holds).
+            if let Some(prior) = &message.merged_from
+                && self.patients.remove(prior).is_some()
+            {
+                changes.removed_patients.push(prior.clone());
+            }
             let readings: Vec<Kept> = message
                 .observations
                 .iter()

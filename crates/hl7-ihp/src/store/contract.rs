@@ -134,6 +134,7 @@ pub fn oru(
                 .enumerate()
                 .map(|(n, value)| observation(n as u32, value))
                 .collect(),
+            merge: None,
         }),
     }
 }

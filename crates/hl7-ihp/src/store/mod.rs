@@ -172,6 +172,31 @@ pub struct Content {
     pub location: Option<String>,
     /// One per OBX, in order.
     pub observations: Vec<ObservationData>,
+    /// For a patient merge (ADT^A40, A34, A47) that passed the checks of the message
+    /// alone: the prior patient, whom the store merges into [`Content::patient`] if its
+    /// state allows (docs/acks.md, "Patient merges").
+    pub merge: Option<MergeRequest>,
+}
+
+/// A merge of the prior patient (MRG-1) into the surviving one (PID-3), as a message asks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MergeRequest {
+    /// The prior patient's identity key, computed from MRG-1 as PID-3's is.
+    pub prior: String,
+    /// The event, `A40`, `A34` or `A47`.
+    pub event: String,
+    /// The ACK code the message is answered with if the store refuses the merge (`AE`,
+    /// `CE`, or `None` when the sender asked for no answer to an error), kept on its row.
+    pub refused_ack_code: Option<String>,
+}
+
+/// A merge as recorded, for the message list and the API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MergeNote {
+    /// The prior patient's key: their history joined the survivor's.
+    pub prior: String,
+    /// The surviving patient's key.
+    pub survivor: String,
 }
 
 /// One frame (or one message of a batch frame) to keep.
@@ -222,6 +247,15 @@ pub enum Stored {
     Repeated {
         /// The kept frame's id.
         id: i64,
+    },
+    /// Kept as a new message with this id, but refused by the store because of what it
+    /// holds: a patient merge ([`Content::merge`]) its state contradicts. Stored as an
+    /// error with this reason and nothing else changed; it is answered with an error.
+    Refused {
+        /// The message's id.
+        id: i64,
+        /// Why, without patient data.
+        reason: String,
     },
 }
 
@@ -340,6 +374,8 @@ pub struct MessageSummary {
     /// The ACK code that was sent (`AA`, `AE`, `AR`, `CA`, `CE`, `CR`); `None` when the
     /// sender asked for none, or for messages stored before the code was kept.
     pub ack_code: Option<String>,
+    /// The patient merge this message made, when it made one.
+    pub merge: Option<MergeNote>,
     /// The bytes, when asked for.
     pub raw: Option<Vec<u8>>,
 }
@@ -418,6 +454,9 @@ pub struct FeedMessage {
     pub patient: Option<PatientData>,
     /// The observations of an accepted message, in OBX order.
     pub observations: Vec<ObservationData>,
+    /// The prior patient's key when this message merged them into [`FeedMessage::patient`]:
+    /// their history is now the survivor's and their files go away.
+    pub merged_from: Option<String>,
 }
 
 impl FeedMessage {

@@ -75,6 +75,7 @@ fn message(
                 o
             })
             .collect(),
+        merged_from: None,
     }
 }
 

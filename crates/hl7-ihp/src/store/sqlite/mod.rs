@@ -41,6 +41,7 @@ mod tail;
 #[cfg(test)]
 mod tests;
 mod writer;
+mod merge;
 
 use self::checkpoint::*;
 use self::keys::*;
@@ -51,7 +52,7 @@ use self::tail::*;
 use self::writer::*;
 use super::{
     ChangeCursor, Changes, Feed, FeedMessage, FilePosition, Health, MessageDetail, MessageFilter,
-    MessageKey, MessageSummary, NewMessage, ObservationData, ObservationQuery, ObservationRow,
+    MergeNote, MessageKey, MessageSummary, NewMessage, ObservationData, ObservationQuery, ObservationRow,
     Outcome, PatientData, PatientRecords, PatientSummary, Store, StoreError, StoreFuture,
     StoreRead, StoreStats, Stored, TrendBucket, TrendQuery, TrendSeries, Verdict, outcome_name,
 };

@@ -485,7 +485,43 @@ pub(super) fn message_summary(
         patient,
         ack_code: row.get(11)?,
         peer_identity: row.get(12)?,
+        merge: None,
     })
+}
+
+/// Fills in the merges the listed messages made (one lookup of `patient_merges` per page).
+pub(super) fn add_merge_notes(
+    conn: &Connection,
+    messages: &mut [MessageSummary],
+) -> rusqlite::Result<()> {
+    let (Some(low), Some(high)) = (
+        messages.iter().map(|m| m.id).min(),
+        messages.iter().map(|m| m.id).max(),
+    ) else {
+        return Ok(());
+    };
+    let mut statement = conn.prepare_cached(
+        "SELECT message, prior_key, survivor_key FROM patient_merges \
+         WHERE message >= ?1 AND message <= ?2",
+    )?;
+    let mut rows = statement.query(params![low, high])?;
+    let mut notes = HashMap::new();
+    while let Some(row) = rows.next()? {
+        notes.insert(
+            row.get::<_, i64>(0)?,
+            MergeNote {
+                prior: row.get(1)?,
+                survivor: row.get(2)?,
+            },
+        );
+    }
+    if notes.is_empty() {
+        return Ok(());
+    }
+    for message in messages {
+        message.merge = notes.remove(&message.id);
+    }
+    Ok(())
 }
 
 /// Whether a message read as [`summary_columns`] passes the filter's conditions other than
@@ -539,6 +575,7 @@ pub(super) fn read_messages(
             let patient = row.get(13)?;
             messages.push(message_summary(row, patient)?);
         }
+        add_merge_notes(conn, &mut messages)?;
         return Ok(messages);
     };
     // One patient's messages: their index, newest first, from the cursor on.
@@ -556,6 +593,7 @@ pub(super) fn read_messages(
         }
         Ok(messages.len() < limit)
     })?;
+    add_merge_notes(conn, &mut messages)?;
     Ok(messages)
 }
 
@@ -584,7 +622,12 @@ pub(super) fn read_message(conn: &Connection, id: i64) -> rusqlite::Result<Optio
         device: row.get(16)?,
         last_received_at: row.get::<_, Option<i64>>(17)?.map(instant),
         observations,
-        summary: message_summary(row, row.get(13)?)?,
+        summary: {
+            let mut summary = [message_summary(row, row.get(13)?)?];
+            add_merge_notes(conn, &mut summary)?;
+            let [summary] = summary;
+            summary
+        },
     }))
 }
 
@@ -610,6 +653,20 @@ pub(super) fn read_changes_since(
             patients.push(key);
         }
     }
+    // A merge changed the prior patient too: their records are gone (now the survivor's).
+    if highest > after.position() {
+        let mut merged = conn.prepare_cached(
+            "SELECT prior_key FROM patient_merges WHERE message > ?1 AND message <= ?2 \
+             ORDER BY message",
+        )?;
+        let mut rows = merged.query(params![after.position(), highest])?;
+        while let Some(row) = rows.next()? {
+            let key: String = row.get(0)?;
+            if seen.insert(key.clone()) {
+                patients.push(key);
+            }
+        }
+    }
     Ok(Changes {
         patients,
         next: ChangeCursor::at(highest),
@@ -625,8 +682,9 @@ pub(super) const FEED_COLUMNS: &str = "m.id, m.received_ms, m.outcome, m.reason,
 pub(super) const FEED: &str = "SELECT m.id, m.received_ms, m.outcome, m.reason, \
      m.sending_application, m.sending_facility, m.control_id, m.message_type, m.location, \
      m.device, m.observations, p.key, p.patient_id, p.assigning_authority, p.identifiers, \
-     p.name, p.birth_date, p.sex \
+     p.name, p.birth_date, p.sex, g.prior_key \
      FROM messages m LEFT JOIN patients p ON p.id = m.patient \
+     LEFT JOIN patient_merges g ON g.message = m.id \
      WHERE m.id > ?1 ORDER BY m.id LIMIT ?2";
 
 /// A message read as [`FEED_COLUMNS`], with the patient given.
@@ -651,6 +709,7 @@ pub(super) fn feed_message(
         device: row.get(9)?,
         patient,
         observations,
+        merged_from: None,
     })
 }
 
@@ -683,7 +742,9 @@ pub(super) fn read_feed(
             }),
             None => None,
         };
-        messages.push(feed_message(row, patient)?);
+        let mut message = feed_message(row, patient)?;
+        message.merged_from = row.get(18)?;
+        messages.push(message);
     }
     let next = messages.last().map_or(after, |m| ChangeCursor::at(m.id));
     Ok(Feed { messages, next })

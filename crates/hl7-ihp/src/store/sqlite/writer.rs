@@ -2,6 +2,7 @@
 //! (the one fsync) and only then answers each caller (group commit).
 
 use super::*;
+use crate::store::MergeRequest;
 
 /// One observation in the `observations` column, in the order the migration documents.
 pub(super) type EncodedObservation<S> = (S, S, S, S, S, S, Option<f64>, S, S, S, S, S, S, i64, S);
@@ -169,6 +170,8 @@ pub(super) struct Row {
     pub(super) observations: Option<String>,
     /// The ACK code it is answered with when stored as new.
     pub(super) ack_code: Option<String>,
+    /// Accepted patient merges only: whom to merge into `patient`.
+    pub(super) merge: Option<MergeRequest>,
     pub(super) raw: Vec<u8>,
 }
 
@@ -195,6 +198,7 @@ impl Row {
             n_observations: 0,
             observations: None,
             ack_code: message.ack_code,
+            merge: None,
             raw: message.raw,
         };
         if let Some(content) = message.content {
@@ -204,6 +208,7 @@ impl Row {
             if accepted {
                 row.device = Some(content.device);
                 row.patient = content.patient;
+                row.merge = content.merge;
                 row.n_observations = content.observations.len() as i64;
                 row.observations = encode_observations(&content.observations);
             }
@@ -361,6 +366,8 @@ pub(super) struct Statements<'c> {
     pub(super) insert_message: CachedStatement<'c>,
     pub(super) count_repeat: CachedStatement<'c>,
     pub(super) set_meta: CachedStatement<'c>,
+    pub(super) find_merge: CachedStatement<'c>,
+    pub(super) find_patient_row: CachedStatement<'c>,
 }
 
 impl<'c> Statements<'c> {
@@ -376,6 +383,8 @@ impl<'c> Statements<'c> {
             insert_message: conn.prepare_cached(INSERT_MESSAGE)?,
             count_repeat: conn.prepare_cached(COUNT_REPEAT)?,
             set_meta: conn.prepare_cached(SET_META)?,
+            find_merge: conn.prepare_cached(super::merge::FIND_MERGE)?,
+            find_patient_row: conn.prepare_cached(super::merge::FIND_PATIENT_ROW)?,
         })
     }
 }
@@ -610,6 +619,8 @@ pub(super) fn write_group(
                 let mut stored = Vec::with_capacity(rows.len());
                 for row in rows {
                     stored.push(write_message(
+                        conn,
+                        tail,
                         &mut statements,
                         state,
                         &mut next,
@@ -650,7 +661,10 @@ pub(super) fn write_group(
     Ok(done)
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(super) fn write_message(
+    conn: &Connection,
+    tail: &Mutex<PatientTail>,
     statements: &mut Statements<'_>,
     state: &mut WriterState,
     next_id: &mut i64,
@@ -698,12 +712,42 @@ pub(super) fn write_message(
         state.recent_refusals.forget(&row.hash);
     }
 
-    let patient = match &row.patient {
-        Some(patient) => Some(patient_row(statements, state, patient, row.received_ms)?),
-        None => None,
-    };
     let id = *next_id;
+    // A merge is checked, and made, before the message's own patient row is looked up
+    // (which would create the survivor): a refused one leaves the message about no one.
+    let refusal = match (&row.merge, &row.patient) {
+        (Some(merge), Some(survivor)) => super::merge::merge_patients(
+            conn,
+            statements,
+            state,
+            tail,
+            change,
+            merge,
+            &survivor.key,
+            id,
+            row.received_ms,
+        )?
+        .err(),
+        _ => None,
+    };
+    let patient = match (&row.patient, &refusal) {
+        (Some(patient), None) => Some(patient_row(statements, state, patient, row.received_ms)?),
+        _ => None,
+    };
     let key = row.key.as_ref();
+    // A refused merge is stored as an error: no device, observations or duplicate key.
+    let accepted = refusal.is_none();
+    let key_hash = row.key_hash.filter(|_| accepted);
+    let verdict = match &refusal {
+        Some(reason) => Verdict::Error {
+            reason: reason.clone(),
+        },
+        None => row.verdict.clone(),
+    };
+    let ack_code = match &refusal {
+        Some(_) => row.merge.as_ref().and_then(|m| m.refused_ack_code.clone()),
+        None => row.ack_code.clone(),
+    };
     statements.insert_message.execute(params![
         id,
         row.received_ms,
@@ -712,20 +756,20 @@ pub(super) fn write_message(
         key.map(|k| &k.sending_facility),
         key.map(|k| &k.control_id),
         &row.hash[..],
-        outcome_name(row.verdict.outcome()),
-        row.verdict.reason(),
+        outcome_name(verdict.outcome()),
+        verdict.reason(),
         row.message_type,
         row.version,
         row.location,
-        row.device,
+        row.device.as_ref().filter(|_| accepted),
         patient,
-        row.n_observations,
-        row.key_hash.and(key.and_then(|k| k.sent_ms)),
-        row.key_hash,
-        row.key_hash.map(|_| hash_prefix),
-        row.observations,
+        if accepted { row.n_observations } else { 0 },
+        key_hash.and(key.and_then(|k| k.sent_ms)),
+        key_hash,
+        key_hash.map(|_| hash_prefix),
+        row.observations.as_ref().filter(|_| accepted),
         row.raw,
-        row.ack_code,
+        ack_code,
         row.peer_identity,
     ])?;
     if let Some(patient) = patient {
@@ -735,7 +779,7 @@ pub(super) fn write_message(
         };
         change.appended.push((patient, entry));
     }
-    if let (Some(key_hash), Some(keys)) = (row.key_hash, state.keys.as_mut()) {
+    if let (Some(key_hash), Some(keys)) = (key_hash, state.keys.as_mut()) {
         keys.add((sent, key_hash, hash_prefix, id), Instant::now());
     }
     if refused {
@@ -743,7 +787,10 @@ pub(super) fn write_message(
     }
     *next_id += 1;
     tally.n_stored += 1;
-    Ok(Stored::New { id })
+    Ok(match refusal {
+        Some(reason) => Stored::Refused { id, reason },
+        None => Stored::New { id },
+    })
 }
 
 /// The patient's row id, creating or updating the row as [`PatientFields::merge`] says.
@@ -772,7 +819,22 @@ pub(super) fn patient_row(
             .optional()?;
         let cached = match found {
             Some(cached) => cached,
+            // Merged away: the message joins the survivor, whose data it does not change
+            // (what it says of the patient is the prior identity's).
             None => {
+                if let Some(survivor) = super::merge::survivor_of(statements, &patient.key)? {
+                    let survivor_data = PatientData {
+                        key: survivor,
+                        is_update: false,
+                        ..patient.clone()
+                    };
+                    return patient_row_through_merge(
+                        statements,
+                        state,
+                        &survivor_data,
+                        received_ms,
+                    );
+                }
                 let fields = PatientFields::from_data(patient);
                 let row = statements.insert_patient.insert(params![
                     patient.key,
@@ -809,4 +871,21 @@ pub(super) fn patient_row(
         ])?;
     }
     Ok(cached.row)
+}
+
+/// The survivor's row for a message about a patient merged away: found (or, if the
+/// survivor's row is gone too, created) without taking the message's demographics.
+fn patient_row_through_merge(
+    statements: &mut Statements<'_>,
+    state: &mut WriterState,
+    survivor: &PatientData,
+    received_ms: i64,
+) -> rusqlite::Result<i64> {
+    if let Some(cached) = state.patients.get(&survivor.key) {
+        return Ok(cached.row);
+    }
+    match super::merge::patient_row_by_key(statements, &survivor.key)? {
+        Some(row) => Ok(row),
+        None => patient_row(statements, state, survivor, received_ms),
+    }
 }
