@@ -24,8 +24,8 @@ use crate::ids::base36;
 use crate::metrics::Metrics;
 use crate::rate_limit::{Level, RateLimit};
 use crate::store::{
-    Content, MergeRequest, MessageKey, NewMessage, ObservationData, PatientData, Store, Stored, Verdict,
-    instant_ms,
+    Content, MergeRequest, MessageKey, NewMessage, ObservationData, PatientData, Store, Stored,
+    Verdict, instant_ms,
 };
 
 /// What ingest needs to know of the settings.

@@ -80,7 +80,12 @@ pub fn read_prior(message: &Message<'_>, identity: PatientIdentity) -> Result<Pr
     let first_with_id = |field: hl7::message::Field<'_>| {
         field.repetitions().find_map(|repetition| {
             let id = repetition.component(1).text();
-            (!id.trim().is_empty()).then(|| (id.into_owned(), repetition.component(4).raw_text().into_owned()))
+            (!id.trim().is_empty()).then(|| {
+                (
+                    id.into_owned(),
+                    repetition.component(4).raw_text().into_owned(),
+                )
+            })
         })
     };
     let Some((survivor_id, survivor_authority)) = first_with_id(pid.field(3)) else {
@@ -158,7 +163,10 @@ mod tests {
             (format!("{HEAD}PID|||B1\r"), "needs an MRG segment"),
             (format!("{HEAD}MRG|A1\r"), "needs a PID segment"),
             (format!("{HEAD}PID|||B1\rMRG|^^^HOSP\r"), "MRG-1 (the prior"),
-            (format!("{HEAD}PID|||^^^HOSP\rMRG|A1\r"), "PID-3 (the surviving"),
+            (
+                format!("{HEAD}PID|||^^^HOSP\rMRG|A1\r"),
+                "PID-3 (the surviving",
+            ),
             (
                 format!("{HEAD}PID|||B1^^^HOSP\rMRG|A1^^^OTHER\r"),
                 "mismatched assigning authorities",

@@ -152,7 +152,7 @@ pub fn rejected(control_id: &str, body: &str) -> NewMessage {
 pub fn new_id(stored: &Stored) -> i64 {
     match stored {
         Stored::New { id } => *id,
-        Stored::Duplicate { .. } | Stored::Repeated { .. } => {
+        Stored::Duplicate { .. } | Stored::Repeated { .. } | Stored::Refused { .. } => {
             panic!("expected a new message, got {stored:?}")
         }
     }

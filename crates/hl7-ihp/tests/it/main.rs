@@ -42,6 +42,8 @@ mod haproxy;
 mod parse_cli;
 // The patient JSON files and the inspection commands.
 mod patients;
+// Patient merges (ADT^A40, A34, A47): both histories in one, the errors with their reasons.
+mod merge;
 // Running it as a service: `config --print`/`--example`, completions, man pages, and
 // deploy/hl7-ihp.service (its hardening keys; `systemd-analyze verify` where installed).
 mod running;

@@ -43,7 +43,10 @@ pub(super) fn survivor_of(
     Ok(current)
 }
 
-pub(super) fn patient_row_by_key(statements: &mut Statements<'_>, key: &str) -> rusqlite::Result<Option<i64>> {
+pub(super) fn patient_row_by_key(
+    statements: &mut Statements<'_>,
+    key: &str,
+) -> rusqlite::Result<Option<i64>> {
     statements
         .find_patient_row
         .query_row([key], |row| row.get(0))
@@ -68,7 +71,7 @@ pub(super) fn merge_patients(
     let prior = merge.prior.as_str();
     if prior == survivor {
         return Ok(Err(
-            "MRG-1 names the same patient as PID-3: nothing to merge".into()
+            "MRG-1 names the same patient as PID-3: nothing to merge".into(),
         ));
     }
     if survivor_of(statements, prior)?.is_some() {
@@ -88,9 +91,7 @@ pub(super) fn merge_patients(
     let n_messages = match (prior_row, survivor_row) {
         (None, Some(_)) => {
             return Ok(Err(
-                "nothing to merge: the prior patient (MRG-1) is unknown while the surviving \
-                 patient (PID-3) is known; are PID-3 and MRG-1 the wrong way round?"
-                    .into(),
+                "wrong way round? MRG-1 unknown, PID-3 known: nothing to merge".into(),
             ));
         }
         // Neither is known: nothing moves, but the merge is recorded, so that messages

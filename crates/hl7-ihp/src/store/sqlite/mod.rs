@@ -34,6 +34,7 @@ pub mod backup;
 mod checkpoint;
 mod encoded;
 mod keys;
+mod merge;
 mod pool;
 mod readers;
 mod schema;
@@ -41,7 +42,6 @@ mod tail;
 #[cfg(test)]
 mod tests;
 mod writer;
-mod merge;
 
 use self::checkpoint::*;
 use self::keys::*;
@@ -51,10 +51,11 @@ use self::schema::*;
 use self::tail::*;
 use self::writer::*;
 use super::{
-    ChangeCursor, Changes, Feed, FeedMessage, FilePosition, Health, MessageDetail, MessageFilter,
-    MergeNote, MessageKey, MessageSummary, NewMessage, ObservationData, ObservationQuery, ObservationRow,
-    Outcome, PatientData, PatientRecords, PatientSummary, Store, StoreError, StoreFuture,
-    StoreRead, StoreStats, Stored, TrendBucket, TrendQuery, TrendSeries, Verdict, outcome_name,
+    ChangeCursor, Changes, Feed, FeedMessage, FilePosition, Health, MergeNote, MessageDetail,
+    MessageFilter, MessageKey, MessageSummary, NewMessage, ObservationData, ObservationQuery,
+    ObservationRow, Outcome, PatientData, PatientRecords, PatientSummary, Store, StoreError,
+    StoreFuture, StoreRead, StoreStats, Stored, TrendBucket, TrendQuery, TrendSeries, Verdict,
+    outcome_name,
 };
 
 /// Page size of a new database (an existing one keeps its own). A vitals ORU's row (its
