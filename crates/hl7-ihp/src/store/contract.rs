@@ -12,9 +12,10 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use super::{
-    ChangeCursor, Content, FilePosition, Health, MessageFilter, MessageKey, MessageSummary,
-    NewMessage, ObservationData, ObservationQuery, ObservationRow, Outcome, PatientData,
-    PatientSummary, RecordPosition, Store, StoreOptions, Stored, TrendBucket, TrendQuery, Verdict,
+    ChangeCursor, Content, FilePosition, Health, MergeRequest, MessageFilter, MessageKey,
+    MessageSummary, NewMessage, ObservationData, ObservationQuery, ObservationRow, Outcome,
+    PatientData, PatientSummary, RecordPosition, Store, StoreOptions, Stored, TrendBucket,
+    TrendQuery, Verdict,
 };
 
 /// Opens a fresh (or, given the same folder again, the same) store of one backend in `dir`.
@@ -47,6 +48,12 @@ macro_rules! store_contract {
             observations_page_in_record_order_while_data_arrives,
             observations_are_filtered_by_code_and_observation_time,
             trends_summarise_each_code_per_bucket,
+            a_merge_of_two_known_patients_moves_the_history,
+            a_merge_into_an_unknown_patient_renames,
+            a_merge_of_two_unknown_patients_is_recorded_for_later_messages,
+            merges_the_store_contradicts_are_refused_and_change_nothing,
+            a_merge_in_the_same_batch_as_the_prior_patients_messages,
+            the_change_feed_reports_both_patients_of_a_merge,
         );
     };
     (@tests $open:expr; $($name:ident),* $(,)?) => {
@@ -137,6 +144,27 @@ pub fn oru(
             merge: None,
         }),
     }
+}
+
+/// An ADT^`event` (A40, A34, A47) that passed ingest's checks: merge `prior` into
+/// `survivor`, answered `AE` if the store refuses it.
+pub fn merge(control_id: &str, survivor: &str, prior: &str, event: &str) -> NewMessage {
+    let mut message = oru(
+        control_id,
+        Some(patient(survivor, "MERGED", true)),
+        &[],
+        &format!("MRG|{prior}\r"),
+    );
+    let content = message.content.as_mut().expect("oru has content");
+    content.message_type = "ADT".into();
+    content.trigger = event.into();
+    content.merge = Some(MergeRequest {
+        prior: prior.into(),
+        event: event.into(),
+        refused_ack_code: Some("AE".into()),
+    });
+    message.ack_code = Some("AA".into());
+    message
 }
 
 /// A rejected copy of [`oru`].
@@ -1729,4 +1757,316 @@ pub async fn trends_summarise_each_code_per_bucket(open: Open) {
         .unwrap();
     assert!(empty.is_empty());
     assert!(store.trends("nobody", query).await.unwrap().is_none());
+}
+
+/// The control ids of a patient's records, newest first.
+async fn record_ids(store: &dyn Store, key: &str) -> Option<Vec<String>> {
+    store
+        .patient_records(key, None)
+        .await
+        .unwrap()
+        .map(|r| r.records.into_iter().map(|r| r.control_id).collect())
+}
+
+/// The keys `patients` lists.
+async fn patient_keys(store: &dyn Store) -> Vec<String> {
+    store
+        .patients()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.key)
+        .collect()
+}
+
+/// The listed message with this id.
+async fn summary(store: &dyn Store, id: i64) -> MessageSummary {
+    store
+        .messages(MessageFilter::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|m| m.id == id)
+        .unwrap_or_else(|| panic!("message {id} is not listed"))
+}
+
+/// Both known: the prior's messages (in the index and in the recent tail) become the
+/// survivor's, the prior is listed no more, the merge is recorded on its message, and a
+/// later message under the prior key joins the survivor.
+pub async fn a_merge_of_two_known_patients_moves_the_history(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &options());
+    let who = |key: &str| Some(patient(key, "X", false));
+    store
+        .commit(vec![
+            oru("a1", who("A"), &["1", "2"], ""),
+            oru("b1", who("B"), &["3"], ""),
+        ])
+        .await
+        .unwrap();
+    store
+        .commit(vec![oru("a2", who("A"), &["4"], "")])
+        .await
+        .unwrap();
+    let stored = store
+        .commit(vec![merge("m1", "B", "A", "A40")])
+        .await
+        .unwrap();
+    let merge_id = new_id(&stored[0]);
+
+    assert_eq!(record_ids(store.as_ref(), "A").await, None);
+    assert_eq!(
+        record_ids(store.as_ref(), "B").await.unwrap(),
+        ["a2", "b1", "a1", "a1"]
+    );
+    assert_eq!(patient_keys(store.as_ref()).await, ["B"]);
+    let listed = summary(store.as_ref(), merge_id).await;
+    assert_eq!(listed.outcome, Outcome::Accept);
+    assert_eq!(listed.patient.as_deref(), Some("B"));
+    let note = listed.merge.expect("the merge is shown on its message");
+    assert_eq!((note.prior.as_str(), note.survivor.as_str()), ("A", "B"));
+    // The survivor's message list holds the prior's messages too.
+    let of_b = store
+        .messages(MessageFilter {
+            patient: Some("B".into()),
+            ..MessageFilter::default()
+        })
+        .await
+        .unwrap();
+    let ids: Vec<&str> = of_b.iter().map(|m| m.control_id.as_str()).collect();
+    assert_eq!(ids, ["m1", "a2", "b1", "a1"]);
+    assert!(of_b.iter().all(|m| m.patient.as_deref() == Some("B")));
+
+    // A later message under the prior key is the survivor's; its demographics do not
+    // replace the survivor's.
+    store
+        .commit(vec![oru(
+            "a3",
+            Some(patient("A", "OTHER NAME", true)),
+            &["5"],
+            "",
+        )])
+        .await
+        .unwrap();
+    assert_eq!(record_ids(store.as_ref(), "A").await, None);
+    let b = store.patient_records("B", Some(1)).await.unwrap().unwrap();
+    assert_eq!(b.records[0].control_id, "a3");
+    assert_eq!(b.patient.name, "MERGED");
+    assert_eq!(patient_keys(store.as_ref()).await, ["B"]);
+
+    // All of it survives a reopen.
+    drop(store);
+    let store = open(dir.path(), &options());
+    assert_eq!(
+        record_ids(store.as_ref(), "B").await.unwrap(),
+        ["a3", "a2", "b1", "a1", "a1"]
+    );
+    assert_eq!(record_ids(store.as_ref(), "A").await, None);
+}
+
+/// The prior known, the survivor unknown (A47's change of identifier): the prior takes the
+/// new key with all their messages.
+pub async fn a_merge_into_an_unknown_patient_renames(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &options());
+    store
+        .commit(vec![oru("a1", Some(patient("A", "X", false)), &["1"], "")])
+        .await
+        .unwrap();
+    let stored = store
+        .commit(vec![merge("m1", "NEW", "A", "A47")])
+        .await
+        .unwrap();
+    let merge_id = new_id(&stored[0]);
+    assert_eq!(patient_keys(store.as_ref()).await, ["NEW"]);
+    assert_eq!(record_ids(store.as_ref(), "NEW").await.unwrap(), ["a1"]);
+    assert_eq!(record_ids(store.as_ref(), "A").await, None);
+    let note = summary(store.as_ref(), merge_id).await.merge.unwrap();
+    assert_eq!((note.prior.as_str(), note.survivor.as_str()), ("A", "NEW"));
+    // The old key now leads to the new one.
+    store
+        .commit(vec![oru("a2", Some(patient("A", "X", false)), &["2"], "")])
+        .await
+        .unwrap();
+    assert_eq!(
+        record_ids(store.as_ref(), "NEW").await.unwrap(),
+        ["a2", "a1"]
+    );
+    assert_eq!(patient_keys(store.as_ref()).await, ["NEW"]);
+}
+
+/// Neither known: accepted, nothing moves, but the merge is recorded, so the prior key's
+/// later messages are the survivor's.
+pub async fn a_merge_of_two_unknown_patients_is_recorded_for_later_messages(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &options());
+    let stored = store
+        .commit(vec![merge("m1", "B", "A", "A40")])
+        .await
+        .unwrap();
+    let merge_id = new_id(&stored[0]);
+    let note = summary(store.as_ref(), merge_id).await.merge.unwrap();
+    assert_eq!((note.prior.as_str(), note.survivor.as_str()), ("A", "B"));
+    store
+        .commit(vec![oru("a1", Some(patient("A", "X", false)), &["1"], "")])
+        .await
+        .unwrap();
+    assert_eq!(record_ids(store.as_ref(), "A").await, None);
+    assert_eq!(record_ids(store.as_ref(), "B").await.unwrap(), ["a1"]);
+    assert_eq!(patient_keys(store.as_ref()).await, ["B"]);
+}
+
+/// Each merge the store's state contradicts is kept as an error with its reason and the
+/// refused ACK code, about no one, and changes nothing: no patient moves, none is created,
+/// no merge is recorded (a later message under the prior key stays the prior's).
+pub async fn merges_the_store_contradicts_are_refused_and_change_nothing(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &options());
+    let who = |key: &str| Some(patient(key, "X", false));
+    store
+        .commit(vec![
+            oru("a1", who("A"), &["1"], ""),
+            oru("b1", who("B"), &["2"], ""),
+            oru("c1", who("C"), &["3"], ""),
+            oru("d1", who("D"), &["4"], ""),
+        ])
+        .await
+        .unwrap();
+    // C into D is the one accepted merge: C is merged away, D a survivor.
+    new_id(
+        &store
+            .commit(vec![merge("m0", "D", "C", "A40")])
+            .await
+            .unwrap()[0],
+    );
+    let before_patients = patient_keys(store.as_ref()).await;
+    assert_eq!(before_patients, ["A", "B", "D"]);
+    let (_, before_changes) = all_changes(store.as_ref()).await;
+
+    let cases = [
+        // MRG-1 names the survivor itself.
+        (merge("r1", "A", "A", "A40"), "same patient"),
+        // The prior unknown, the survivor known: PID-3 and MRG-1 swapped?
+        (merge("r2", "A", "NOBODY", "A40"), "wrong way round"),
+        // The prior was merged away already (into D).
+        (merge("r3", "B", "C", "A40"), "already merged"),
+        (merge("r4", "NEWCOMER", "C", "A47"), "already merged"),
+        // The survivor was itself merged away.
+        (merge("r5", "C", "A", "A40"), "merge into that one"),
+    ];
+    for (message, expected) in cases {
+        let control_id = message.key.as_ref().unwrap().control_id.clone();
+        let stored = store.commit(vec![message]).await.unwrap();
+        let (id, reason) = match &stored[0] {
+            Stored::Refused { id, reason } => (*id, reason.clone()),
+            other => panic!("{control_id}: expected a refusal, got {other:?}"),
+        };
+        assert!(reason.contains(expected), "{control_id}: {reason}");
+        let listed = summary(store.as_ref(), id).await;
+        assert_eq!(listed.outcome, Outcome::Error, "{control_id}");
+        assert_eq!(listed.reason.as_deref(), Some(reason.as_str()));
+        assert_eq!(listed.ack_code.as_deref(), Some("AE"), "{control_id}");
+        assert_eq!(listed.patient, None, "{control_id}");
+        assert_eq!(listed.merge, None, "{control_id}");
+        let detail = store.message(id).await.unwrap().unwrap();
+        assert!(detail.observations.is_empty());
+    }
+    assert_eq!(patient_keys(store.as_ref()).await, before_patients);
+    assert_eq!(record_ids(store.as_ref(), "A").await.unwrap(), ["a1"]);
+    assert_eq!(record_ids(store.as_ref(), "B").await.unwrap(), ["b1"]);
+    assert_eq!(record_ids(store.as_ref(), "NEWCOMER").await, None);
+    // The refused messages changed no patient file.
+    let later = store.changes_since(before_changes, 100).await.unwrap();
+    assert!(later.patients.is_empty(), "{:?}", later.patients);
+    // No merge was recorded: A's and NOBODY's later messages stay theirs.
+    store
+        .commit(vec![
+            oru("a2", who("A"), &["5"], ""),
+            oru("n1", who("NOBODY"), &["6"], ""),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(record_ids(store.as_ref(), "A").await.unwrap(), ["a2", "a1"]);
+    assert_eq!(record_ids(store.as_ref(), "NOBODY").await.unwrap(), ["n1"]);
+    // A refused merge is judged again when it comes back, not taken as a duplicate.
+    let again = store
+        .commit(vec![merge("r2", "A", "NOBODY", "A40")])
+        .await
+        .unwrap();
+    assert!(matches!(again[0], Stored::New { .. }), "{:?}", again[0]);
+    assert_eq!(
+        record_ids(store.as_ref(), "A").await.unwrap(),
+        ["n1", "a2", "a1"]
+    );
+}
+
+/// A merge committed in the same batch as messages of the prior patient (their index
+/// entries still this transaction's own) takes those messages too, and the ones after it
+/// in the batch go to the survivor.
+pub async fn a_merge_in_the_same_batch_as_the_prior_patients_messages(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &options());
+    let who = |key: &str| Some(patient(key, "X", false));
+    store
+        .commit(vec![oru("b0", who("B"), &["1"], "")])
+        .await
+        .unwrap();
+    let stored = store
+        .commit(vec![
+            oru("a1", who("A"), &["2"], ""),
+            oru("b1", who("B"), &["3"], ""),
+            oru("a2", who("A"), &["4", "5"], ""),
+            merge("m1", "B", "A", "A40"),
+            oru("a3", who("A"), &["6"], ""),
+        ])
+        .await
+        .unwrap();
+    assert!(
+        stored.iter().all(|s| matches!(s, Stored::New { .. })),
+        "{stored:?}"
+    );
+    let expected = ["a3", "a2", "a2", "b1", "a1", "b0"];
+    assert_eq!(record_ids(store.as_ref(), "B").await.unwrap(), expected);
+    assert_eq!(record_ids(store.as_ref(), "A").await, None);
+    assert_eq!(patient_keys(store.as_ref()).await, ["B"]);
+    let summaries = store.patients().await.unwrap();
+    assert_eq!(summaries[0].n_observations, 6);
+    // And so it stays once the index is read back from the database.
+    drop(store);
+    let store = open(dir.path(), &options());
+    assert_eq!(record_ids(store.as_ref(), "B").await.unwrap(), expected);
+    assert_eq!(record_ids(store.as_ref(), "A").await, None);
+}
+
+/// The change feed names the survivor and the prior patient of a merge (the prior's files
+/// must go), also when the prior's own messages were read before.
+pub async fn the_change_feed_reports_both_patients_of_a_merge(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &options());
+    let who = |key: &str| Some(patient(key, "X", false));
+    store
+        .commit(vec![
+            oru("a1", who("A"), &["1"], ""),
+            oru("b1", who("B"), &["2"], ""),
+        ])
+        .await
+        .unwrap();
+    let (_, before) = all_changes(store.as_ref()).await;
+    store
+        .commit(vec![merge("m1", "B", "A", "A40")])
+        .await
+        .unwrap();
+    let changes = store.changes_since(before, 100).await.unwrap();
+    let mut patients = changes.patients.clone();
+    patients.sort();
+    assert_eq!(patients, ["A", "B"]);
+    assert!(changes.next > before);
+    // The feed carries the merge on its message.
+    let feed = store.feed(before, 100).await.unwrap();
+    assert_eq!(feed.messages.len(), 1);
+    assert_eq!(feed.messages[0].merged_from.as_deref(), Some("A"));
+    assert_eq!(
+        feed.messages[0].accepted_patient().map(|p| p.key.as_str()),
+        Some("B")
+    );
 }
