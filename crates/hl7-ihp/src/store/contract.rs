@@ -1825,6 +1825,7 @@ pub async fn a_merge_of_two_known_patients_moves_the_history(open: Open) {
     assert_eq!(listed.patient.as_deref(), Some("B"));
     let note = listed.merge.expect("the merge is shown on its message");
     assert_eq!((note.prior.as_str(), note.survivor.as_str()), ("A", "B"));
+    assert_eq!(note.event, "A40");
     // The survivor's message list holds the prior's messages too.
     let of_b = store
         .messages(MessageFilter {

@@ -197,6 +197,8 @@ pub struct MergeNote {
     pub prior: String,
     /// The surviving patient's key.
     pub survivor: String,
+    /// The event that asked for it: `A40`, `A34` or `A47`.
+    pub event: String,
 }
 
 /// One frame (or one message of a batch frame) to keep.

@@ -105,6 +105,22 @@ pub struct MessageItem {
     pub patient: Option<String>,
     /// How many times these bytes arrived (more than 1 for a refused frame sent again).
     pub n_received: u64,
+    /// The patient merge this message made (an accepted ADT^A40, A34 or A47); `null` for
+    /// every other message, refused merges included (their reason says why).
+    #[schema(required = true)]
+    pub merge: Option<MergeItem>,
+}
+
+/// A patient merge a message made: the prior patient's history joined the survivor's, and
+/// the prior is no longer listed (docs/acks.md, "Patient merges").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct MergeItem {
+    /// The prior patient's identity key (MRG-1).
+    pub prior: String,
+    /// The surviving patient's identity key (PID-3).
+    pub survivor: String,
+    /// The trigger event: `A40`, `A34` or `A47`.
+    pub event: String,
 }
 
 impl MessageItem {
@@ -123,6 +139,11 @@ impl MessageItem {
             ack_code: summary.ack_code,
             patient: summary.patient,
             n_received: summary.n_received,
+            merge: summary.merge.map(|merge| MergeItem {
+                prior: merge.prior,
+                survivor: merge.survivor,
+                event: merge.event,
+            }),
         }
     }
 

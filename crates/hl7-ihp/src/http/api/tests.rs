@@ -23,6 +23,9 @@ struct Api {
     _dir: tempfile::TempDir,
     ingest: Ingest,
     router: axum::Router,
+    /// What the router reads, for tests that run the live view over it.
+    state: HttpState,
+    events: Events,
 }
 
 /// An answer: status, content type and the body as JSON (`Null` when it is not JSON).
@@ -50,6 +53,7 @@ impl Api {
                 .unwrap(),
         );
         let metrics = Arc::new(Metrics::default());
+        let events = Events::new();
         let ingest = Ingest::new(
             Arc::clone(&store),
             IngestSettings {
@@ -60,7 +64,7 @@ impl Api {
                 time_zone: None,
             },
             Arc::clone(&metrics),
-            Events::new(),
+            events.clone(),
             Arc::new(RateLimit::default()),
         );
         let state = HttpState {
@@ -79,7 +83,9 @@ impl Api {
         Api {
             _dir: dir,
             ingest,
-            router: router(state),
+            router: router(state.clone()),
+            state,
+            events,
         }
     }
 
@@ -745,4 +751,141 @@ fn subcomponents_are_given_only_where_there_are_some() {
         obx["fields"][3]["repetitions"],
         serde_json::json!([{"components": ["x"]}, {"components": ["y"]}])
     );
+}
+
+/// An ADT^A40 merging `prior` into `survivor` (both `HOSP` identifiers).
+fn a40(control_id: &str, survivor: &str, prior: &str) -> Vec<u8> {
+    format!(
+        "MSH|^~\\&|ADT|HOSP|HL7IHP|IHP|{}+0000||ADT^A40^ADT_A39|{control_id}|P|2.5\r\
+         EVN|A40\r\
+         PID|||{survivor}^^^HOSP^MR||Berg^Anna||19510302|F\r\
+         MRG|{prior}^^^HOSP^MR\r",
+        at(0).0
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn messages_carry_the_merge_they_made_and_the_patient_list_drops_the_prior() {
+    let mut api = Api::new();
+    let (trigger, shutdown) = crate::shutdown::Shutdown::new();
+    let live = tokio::spawn(crate::live::run(
+        Arc::clone(&api.state.live),
+        Arc::clone(&api.state.store) as Arc<dyn crate::store::StoreRead>,
+        api.events.subscribe(),
+        shutdown.into_requested(),
+    ));
+    for (control_id, patient, seconds) in [("A1", "A", 0), ("B1", "B", 1)] {
+        let acks = api
+            .send(&vitals(control_id, patient, &at(seconds).0, 80, 97))
+            .await;
+        assert_eq!(ack_code(&acks[0]), "AA");
+    }
+    let keys = |answer: &Answer| -> Vec<String> {
+        let mut keys: Vec<String> = answer.json["patients"]
+            .as_array()
+            .map(|patients| {
+                patients
+                    .iter()
+                    .filter_map(|p| p["key"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        keys.sort();
+        keys
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let list = api.get("/api/v1/patients").await;
+        if keys(&list) == ["A", "B"] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{list:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // A refused merge (the wrong way round) carries no merge, only its reason.
+    let acks = api.send(&a40("M0", "B", "NOBODY")).await;
+    assert_eq!(ack_code(&acks[0]), "AE");
+    let acks = api.send(&a40("M1", "B", "A")).await;
+    assert_eq!(ack_code(&acks[0]), "AA");
+
+    let all = api.get("/api/v1/messages").await;
+    assert_eq!(all.status, StatusCode::OK, "{all:?}");
+    let listed = all.json["messages"].as_array().unwrap();
+    let ids: Vec<&str> = listed
+        .iter()
+        .map(|m| m["control_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["M1", "M0", "B1", "A1"]);
+    let merge = serde_json::json!({"prior": "A", "survivor": "B", "event": "A40"});
+    assert_eq!(listed[0]["merge"], merge, "{}", listed[0]);
+    assert_eq!(listed[0]["patient"], "B");
+    for refused_or_plain in &listed[1..] {
+        // Present and null, as the schema says.
+        assert_eq!(
+            refused_or_plain.get("merge"),
+            Some(&Value::Null),
+            "{refused_or_plain}"
+        );
+    }
+    assert_eq!(listed[1]["outcome"], "error");
+    assert!(
+        listed[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("wrong way round"),
+        "{}",
+        listed[1]
+    );
+    // The prior's message is listed as the survivor's.
+    assert_eq!(listed[3]["patient"], "B");
+    let id = listed[0]["id"].as_i64().unwrap();
+    let one = api.get(&format!("/api/v1/messages/{id}")).await;
+    assert_eq!(one.status, StatusCode::OK, "{one:?}");
+    assert_eq!(one.json["merge"], merge);
+    // Filtering by the survivor finds the prior's message too.
+    let of_b = api.get("/api/v1/messages?patient=B").await;
+    let of_b: Vec<&str> = of_b.json["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["control_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(of_b, ["M1", "B1", "A1"]);
+
+    // The live patient list no longer has the prior; the survivor is there.
+    loop {
+        let list = api.get("/api/v1/patients").await;
+        if keys(&list) == ["B"] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{list:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let prior = api.get("/api/v1/patients/A").await;
+    assert_eq!(prior.status, StatusCode::NOT_FOUND, "{prior:?}");
+    let records = api.get("/api/v1/patients/B/observations").await;
+    assert_eq!(
+        records.json["records"].as_array().map(Vec::len),
+        Some(4),
+        "{records:?}"
+    );
+
+    // The document describes it.
+    let document = api.get("/api/v1/openapi.json").await;
+    let schemas = &document.json["components"]["schemas"];
+    let item = &schemas["MessageItem"];
+    assert!(
+        item["required"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("merge")),
+        "{item}"
+    );
+    let merge_item = &schemas["MergeItem"];
+    for field in ["prior", "survivor", "event"] {
+        assert!(merge_item["properties"][field].is_object(), "{merge_item}");
+    }
+    trigger.trigger();
+    live.await.unwrap();
 }

@@ -501,7 +501,7 @@ pub(super) fn add_merge_notes(
         return Ok(());
     };
     let mut statement = conn.prepare_cached(
-        "SELECT message, prior_key, survivor_key FROM patient_merges \
+        "SELECT message, prior_key, survivor_key, event FROM patient_merges \
          WHERE message >= ?1 AND message <= ?2",
     )?;
     let mut rows = statement.query(params![low, high])?;
@@ -512,6 +512,7 @@ pub(super) fn add_merge_notes(
             MergeNote {
                 prior: row.get(1)?,
                 survivor: row.get(2)?,
+                event: row.get(3)?,
             },
         );
     }
