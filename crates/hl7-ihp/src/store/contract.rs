@@ -54,6 +54,7 @@ macro_rules! store_contract {
             merges_the_store_contradicts_are_refused_and_change_nothing,
             a_merge_in_the_same_batch_as_the_prior_patients_messages,
             the_change_feed_reports_both_patients_of_a_merge,
+            a_merged_patients_file_positions_go_when_the_watermark_passes_the_merge,
         );
     };
     (@tests $open:expr; $($name:ident),* $(,)?) => {
@@ -2069,5 +2070,94 @@ pub async fn the_change_feed_reports_both_patients_of_a_merge(open: Open) {
     assert_eq!(
         feed.messages[0].accepted_patient().map(|p| p.key.as_str()),
         Some("B")
+    );
+}
+
+/// The prior patient's file positions stay while the exporter has not passed the merge
+/// (its file is still there; the exporter may record it again), and go, for that exporter
+/// only, in the transaction that moves its watermark past the merge.
+pub async fn a_merged_patients_file_positions_go_when_the_watermark_passes_the_merge(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &options());
+    let who = |key: &str| Some(patient(key, "X", false));
+    let stored = store
+        .commit(vec![
+            oru("a1", who("A"), &["1"], ""),
+            oru("b1", who("B"), &["2"], ""),
+        ])
+        .await
+        .unwrap();
+    let (a1, b1) = (new_id(&stored[0]), new_id(&stored[1]));
+    let at = |through, length| FilePosition { through, length };
+    for exporter in ["json", "ndjson"] {
+        store
+            .set_export_progress(
+                exporter,
+                ChangeCursor::at(b1),
+                vec![("A".into(), at(a1, 10)), ("B".into(), at(b1, 20))],
+            )
+            .await
+            .unwrap();
+    }
+    let merge_id = new_id(
+        &store
+            .commit(vec![merge("m1", "B", "A", "A40")])
+            .await
+            .unwrap()[0],
+    );
+    let keys = |files: std::collections::HashMap<String, FilePosition>| {
+        let mut keys: Vec<String> = files.into_keys().collect();
+        keys.sort();
+        keys
+    };
+    // An exporter that read the prior's messages before the merge records their file again,
+    // with a watermark short of the merge: kept.
+    store
+        .set_export_progress(
+            "json",
+            ChangeCursor::at(merge_id - 1),
+            vec![("A".into(), at(a1, 11))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        keys(store.export_files("json", None).await.unwrap()),
+        ["A", "B"]
+    );
+    // Past the merge: the prior's position goes, the survivor's is written.
+    store
+        .set_export_progress(
+            "json",
+            ChangeCursor::at(merge_id),
+            vec![("B".into(), at(merge_id, 30))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(keys(store.export_files("json", None).await.unwrap()), ["B"]);
+    assert_eq!(
+        store.export_files("json", None).await.unwrap()["B"],
+        at(merge_id, 30)
+    );
+    // The other exporter has not passed it yet.
+    assert_eq!(
+        keys(store.export_files("ndjson", None).await.unwrap()),
+        ["A", "B"]
+    );
+    // A watermark alone (no files) passing the merge is enough.
+    store
+        .set_export_watermark("ndjson", ChangeCursor::at(merge_id + 5))
+        .await
+        .unwrap();
+    assert_eq!(
+        keys(store.export_files("ndjson", None).await.unwrap()),
+        ["B"]
+    );
+    // And it stays so after a reopen.
+    drop(store);
+    let store = open(dir.path(), &options());
+    assert_eq!(keys(store.export_files("json", None).await.unwrap()), ["B"]);
+    assert_eq!(
+        keys(store.export_files("ndjson", None).await.unwrap()),
+        ["B"]
     );
 }

@@ -52,6 +52,23 @@ fn file(data_dir: &Path, key: &str) -> Option<Value> {
     serde_json::from_str(&text).ok()
 }
 
+/// The `export_files` rows, `exporter patient`, sorted.
+fn file_positions(data_dir: &Path) -> Vec<String> {
+    let db = rusqlite::Connection::open_with_flags(
+        data_dir.join("hl7-ihp.sqlite3"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut statement = db
+        .prepare("SELECT exporter || ' ' || patient FROM export_files ORDER BY 1")
+        .unwrap();
+    statement
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap()
+}
+
 fn messages(data_dir: &Path) -> String {
     let (status, stdout, stderr) =
         common::run(&["messages", "--data-dir", data_dir.to_str().unwrap()]);
@@ -75,6 +92,9 @@ fn a40_merges_a_into_b_and_the_errors_change_nothing() {
     wait_until("both files", || {
         file(&data_dir, "MRG-A").is_some_and(|d| control_ids(&d).len() == 4)
             && file(&data_dir, "MRG-B").is_some_and(|d| control_ids(&d).len() == 2)
+    });
+    wait_until("both file positions", || {
+        file_positions(&data_dir) == ["json MRG-A", "json MRG-B"]
     });
 
     // The wrong way round: the prior (MRG-1) unknown, the survivor known.
@@ -115,6 +135,10 @@ fn a40_merges_a_into_b_and_the_errors_change_nothing() {
     wait_until("A's file gone and B's holding both", || {
         file(&data_dir, "MRG-A").is_none()
             && file(&data_dir, "MRG-B").is_some_and(|d| control_ids(&d).len() == 6)
+    });
+    // The prior's file position goes with the watermark that passes the merge.
+    wait_until("A's file position forgotten", || {
+        file_positions(&data_dir) == ["json MRG-B"]
     });
     let listed = messages(&data_dir);
     assert!(listed.contains("merge MRG-A → MRG-B"), "{listed}");

@@ -189,3 +189,28 @@ fn repoint(
     }
     Ok(ids.len() as i64)
 }
+
+/// Forgets the file positions (`export_files`) of the patients merged away by the merges
+/// an exporter's watermark `name` passes on its way to `through`: the exporter removed
+/// their files before it let the watermark pass the merge (docs/patient-files.md), so the
+/// positions go in the same transaction as the watermark, and `hl7-ihp patients` and a
+/// restarted NDJSON stream never see a position of a file that is gone. Not done in the
+/// merge's own transaction: until the exporter has removed the file, its position is what
+/// the exporter's recovery needs, and an exporter that read the prior's messages before
+/// the merge may still record the prior's file with a watermark before it.
+pub(super) fn forget_merged_files(
+    conn: &Connection,
+    name: &str,
+    through: i64,
+) -> rusqlite::Result<()> {
+    let Some(exporter) = name.strip_prefix(super::EXPORT_WATERMARK_PREFIX) else {
+        return Ok(());
+    };
+    conn.prepare_cached(
+        "DELETE FROM export_files WHERE exporter = ?1 AND patient IN \
+         (SELECT prior_key FROM patient_merges WHERE message <= ?3 AND message > \
+          coalesce((SELECT value FROM meta WHERE name = ?2), 0))",
+    )?
+    .execute(params![exporter, name, through])?;
+    Ok(())
+}

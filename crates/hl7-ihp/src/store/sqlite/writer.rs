@@ -635,7 +635,6 @@ pub(super) fn write_group(
             Request::SetWatermark {
                 name, id, files, ..
             } => {
-                statements.set_meta.execute(params![name, id])?;
                 if let Some((exporter, files)) = files {
                     let mut set = conn.prepare_cached(SET_EXPORT_FILE)?;
                     for (patient, position) in files {
@@ -643,6 +642,9 @@ pub(super) fn write_group(
                         set.execute(params![exporter, patient, position.through, length])?;
                     }
                 }
+                // Before the watermark moves: the merges it passes, read from the old one.
+                super::merge::forget_merged_files(conn, name, *id)?;
+                statements.set_meta.execute(params![name, id])?;
                 done.push(Done::Watermark);
             }
             #[cfg(test)]
