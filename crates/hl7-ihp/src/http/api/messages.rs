@@ -105,6 +105,13 @@ pub struct MessageItem {
     pub patient: Option<String>,
     /// How many times these bytes arrived (more than 1 for a refused frame sent again).
     pub n_received: u64,
+    /// The stored message whose bytes this one replays (`hl7-ihp replay`); `null` for what
+    /// a device sent.
+    #[schema(required = true)]
+    pub replay_of: Option<i64>,
+    /// The first message stored as a replay of this one; `null` when none is.
+    #[schema(required = true)]
+    pub replayed_as: Option<i64>,
 }
 
 impl MessageItem {
@@ -123,6 +130,8 @@ impl MessageItem {
             ack_code: summary.ack_code,
             patient: summary.patient,
             n_received: summary.n_received,
+            replay_of: summary.replay_of,
+            replayed_as: summary.replayed_as,
         }
     }
 
