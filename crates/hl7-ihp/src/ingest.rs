@@ -860,6 +860,18 @@ mod tests {
     }
 
     #[test]
+    fn an_oversized_frames_length_is_read_back_from_its_reason() {
+        assert_eq!(
+            oversized_length(&oversized_reason(70_000, 1_024)),
+            Some(70_000)
+        );
+        assert_eq!(
+            oversized_length("MSH-10 (message control id) is empty"),
+            None
+        );
+    }
+
+    #[test]
     fn msh7s_offset_comes_before_the_site_zone() {
         let bytes = b"MSH|^~\\&|DEV|FAC|||20260701120000+0530||ORU^R01|1|P|2.5\r\
             PID|||P1\r\

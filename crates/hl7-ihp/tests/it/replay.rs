@@ -155,6 +155,10 @@ fn a_refused_message_replays_once_after_its_setting_is_fixed() {
 fn replay_to_another_receiver_reports_its_answers() {
     // The first receiver keeps running: `--to` only reads its store.
     let (dir, first) = refusing_receiver();
+    // Over 64 KiB: only its head is kept, so it cannot be replayed.
+    let mut client = Client::connect(first.mllp);
+    let big = oru("BIG", "P2", 70).repeat(300);
+    assert_eq!(ack_field(&client.exchange(&big), "MSA-1"), "AR");
     let (_other_dir, second) = start(&[]);
     let to = second.mllp.to_string();
     let report = first.data_dir.with_file_name("report.jsonl");
@@ -182,7 +186,11 @@ fn replay_to_another_receiver_reports_its_answers() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("1 selected, 1 answered (0 negative), 0 failed"),
+        stdout.contains("#3 ORU^R01 ctl=BIG → not replayable: only the first 65536 of its"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("2 selected, 1 answered (0 negative), 0 failed, 1 not replayable"),
         "{stdout}"
     );
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&report)
@@ -190,7 +198,8 @@ fn replay_to_another_receiver_reports_its_answers() {
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect();
-    assert_eq!(lines.len(), 1);
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["result"], "not_replayable");
     assert_eq!(lines[0]["original"], 1);
     assert_eq!(lines[0]["control_id"], "R1");
     assert_eq!(lines[0]["ack_code"], "AA");
@@ -200,7 +209,7 @@ fn replay_to_another_receiver_reports_its_answers() {
     let (code, stdout, _) = run(&["messages", "--data-dir", second.data_dir.to_str().unwrap()]);
     assert_eq!(code, 0);
     assert!(stdout.contains("R1"), "{stdout}");
-    assert_eq!(rows(&first.data_dir).len(), 2);
+    assert_eq!(rows(&first.data_dir).len(), 3);
 
     // Sent again, it is a retransmission there: acknowledged, not stored twice.
     let (code, stdout, _) = replay(&first.data_dir, &["--rejected", "--to", &to]);
