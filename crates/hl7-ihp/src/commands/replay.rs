@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use futures_util::future::join_all;
 use serde::Serialize;
 
 use crate::cli::ReplayArgs;
@@ -21,6 +22,9 @@ use crate::sender::link::Session;
 use crate::sender::simulator::Outgoing;
 use crate::store::{self, MessageFilter, MessageSummary, Outcome, StoreRead, outcome_name};
 use crate::terminal;
+
+/// Messages a local replay runs through ingest at once: the store commits them together.
+const REPLAY_GROUP: usize = 64;
 
 /// How long `--to` waits for each message's ACK (writing it included).
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -315,113 +319,127 @@ fn local(
             ..Counts::default()
         };
         let mut out = io::stdout().lock();
-        for message in &selection.messages {
-            let name = label(message);
-            let mut line = ReportLine {
-                original: message.id,
-                control_id: message.control_id.clone(),
-                ..ReportLine::default()
-            };
-            let raw = message.raw.as_deref().unwrap_or_default();
-            if let Some(replay) = message.replayed_as {
-                counts.already += 1;
-                writeln!(out, "{name} → already replayed as #{replay}")?;
-                line.result = "already_replayed";
-                line.message = Some(replay);
-                write_report(&mut report, &line)?;
-                continue;
-            }
-            if let Some(why) = not_replayable(message, raw) {
-                counts.not_replayable += 1;
-                writeln!(out, "{name} → {why}")?;
-                line.result = "not_replayable";
-                line.text = Some(why);
-                write_report(&mut report, &line)?;
-                continue;
-            }
-            let original = Original {
-                id: message.id,
-                peer: message.peer.clone(),
-                peer_identity: message.peer_identity.clone(),
-            };
-            let results = match ingest
-                .replay(raw, &original, max_frame_bytes, !args.dry_run)
-                .await
-            {
-                Ok(results) => results,
-                Err(error) => {
-                    counts.failed += 1;
-                    writeln!(out, "{name} → failed: {error}")?;
-                    line.result = "failed";
-                    line.text = Some(error.to_string());
-                    write_report(&mut report, &line)?;
-                    continue;
+        for chunk in selection.messages.chunks(REPLAY_GROUP) {
+            // Concurrently, so that the store's writer commits them together (one sync per
+            // group instead of one per message); the lines stay in the selection's order.
+            let replays = join_all(chunk.iter().map(|message| async {
+                let raw = message.raw.as_deref().unwrap_or_default();
+                if message.replayed_as.is_some() || not_replayable(message, raw).is_some() {
+                    return None;
                 }
-            };
-            for result in results {
+                let original = Original {
+                    id: message.id,
+                    peer: message.peer.clone(),
+                    peer_identity: message.peer_identity.clone(),
+                };
+                Some(
+                    ingest
+                        .replay(raw, &original, max_frame_bytes, !args.dry_run)
+                        .await,
+                )
+            }))
+            .await;
+            for (message, replayed) in chunk.iter().zip(replays) {
+                let name = label(message);
                 let mut line = ReportLine {
                     original: message.id,
                     control_id: message.control_id.clone(),
                     ..ReportLine::default()
                 };
-                let text = match &result {
-                    Replayed::Stored { id, ack_code } => {
-                        counts.stored += 1;
-                        line.result = "stored";
-                        line.message = Some(*id);
-                        line.ack_code.clone_from(ack_code);
-                        format!("stored as #{id} ({})", code_text(ack_code.as_deref()))
+                let raw = message.raw.as_deref().unwrap_or_default();
+                if let Some(replay) = message.replayed_as {
+                    counts.already += 1;
+                    writeln!(out, "{name} → already replayed as #{replay}")?;
+                    line.result = "already_replayed";
+                    line.message = Some(replay);
+                    write_report(&mut report, &line)?;
+                    continue;
+                }
+                if let Some(why) = not_replayable(message, raw) {
+                    counts.not_replayable += 1;
+                    writeln!(out, "{name} → {why}")?;
+                    line.result = "not_replayable";
+                    line.text = Some(why);
+                    write_report(&mut report, &line)?;
+                    continue;
+                }
+                let results = match replayed {
+                    Some(Ok(results)) => results,
+                    Some(Err(error)) => {
+                        counts.failed += 1;
+                        writeln!(out, "{name} → failed: {error}")?;
+                        line.result = "failed";
+                        line.text = Some(error.to_string());
+                        write_report(&mut report, &line)?;
+                        continue;
                     }
-                    Replayed::Duplicate { id, ack_code } => {
-                        counts.duplicate += 1;
-                        line.result = "duplicate";
-                        line.message = Some(*id);
-                        line.ack_code.clone_from(ack_code);
-                        format!(
-                            "duplicate of #{id}, nothing stored ({})",
-                            code_text(ack_code.as_deref())
-                        )
-                    }
-                    Replayed::StillRefused {
-                        outcome,
-                        reason,
-                        ack_code,
-                    } => {
-                        counts.still_refused += 1;
-                        line.result = "still_refused";
-                        line.ack_code.clone_from(ack_code);
-                        line.text = Some(reason.clone());
-                        format!(
-                            "still refused ({}, {}): {}",
-                            outcome_name(*outcome),
-                            code_text(ack_code.as_deref()),
-                            terminal::cell(reason, terminal::REASON_WIDTH)
-                        )
-                    }
-                    Replayed::WouldStore { ack_code } => {
-                        counts.would += 1;
-                        line.result = "would_store";
-                        line.ack_code.clone_from(ack_code);
-                        if message.outcome == Outcome::Accept && config.store.options.dedupe {
-                            // Same key and bytes as the original, which is stored and
-                            // accepted: the duplicate check finds it.
-                            line.result = "would_be_duplicate";
-                            line.message = Some(message.id);
+                    None => continue,
+                };
+                for result in results {
+                    let mut line = ReportLine {
+                        original: message.id,
+                        control_id: message.control_id.clone(),
+                        ..ReportLine::default()
+                    };
+                    let text = match &result {
+                        Replayed::Stored { id, ack_code } => {
+                            counts.stored += 1;
+                            line.result = "stored";
+                            line.message = Some(*id);
+                            line.ack_code.clone_from(ack_code);
+                            format!("stored as #{id} ({})", code_text(ack_code.as_deref()))
+                        }
+                        Replayed::Duplicate { id, ack_code } => {
+                            counts.duplicate += 1;
+                            line.result = "duplicate";
+                            line.message = Some(*id);
+                            line.ack_code.clone_from(ack_code);
                             format!(
-                                "would be a duplicate of #{}, nothing stored ({})",
-                                message.id,
-                                code_text(ack_code.as_deref())
-                            )
-                        } else {
-                            format!(
-                                "would be stored as new ({}), unless a copy is already stored",
+                                "duplicate of #{id}, nothing stored ({})",
                                 code_text(ack_code.as_deref())
                             )
                         }
-                    }
-                };
-                writeln!(out, "{name} → {text}")?;
-                write_report(&mut report, &line)?;
+                        Replayed::StillRefused {
+                            outcome,
+                            reason,
+                            ack_code,
+                        } => {
+                            counts.still_refused += 1;
+                            line.result = "still_refused";
+                            line.ack_code.clone_from(ack_code);
+                            line.text = Some(reason.clone());
+                            format!(
+                                "still refused ({}, {}): {}",
+                                outcome_name(*outcome),
+                                code_text(ack_code.as_deref()),
+                                terminal::cell(reason, terminal::REASON_WIDTH)
+                            )
+                        }
+                        Replayed::WouldStore { ack_code } => {
+                            counts.would += 1;
+                            line.result = "would_store";
+                            line.ack_code.clone_from(ack_code);
+                            if message.outcome == Outcome::Accept && config.store.options.dedupe {
+                                // Same key and bytes as the original, which is stored and
+                                // accepted: the duplicate check finds it.
+                                line.result = "would_be_duplicate";
+                                line.message = Some(message.id);
+                                format!(
+                                    "would be a duplicate of #{}, nothing stored ({})",
+                                    message.id,
+                                    code_text(ack_code.as_deref())
+                                )
+                            } else {
+                                format!(
+                                    "would be stored as new ({}), unless a copy is already stored",
+                                    code_text(ack_code.as_deref())
+                                )
+                            }
+                        }
+                    };
+                    writeln!(out, "{name} → {text}")?;
+                    write_report(&mut report, &line)?;
+                }
             }
         }
         out.flush()?;
