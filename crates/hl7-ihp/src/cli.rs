@@ -196,6 +196,22 @@ pub struct ReplayArgs {
     /// here (the store is then only read, also while a receiver runs on it).
     #[arg(long, value_name = "HOST:PORT")]
     pub to: Option<String>,
+    /// MLLP over TLS to --to (see --to-tls-ca, --to-tls-cert, --to-tls-key,
+    /// --to-tls-server-name; as `send --tls`).
+    #[arg(long, requires = "to")]
+    pub to_tls: bool,
+    /// CA certificates, PEM, that --to's certificate must chain to [default: the system's].
+    #[arg(long, value_name = "FILE", requires = "to_tls")]
+    pub to_tls_ca: Option<PathBuf>,
+    /// Our client certificate chain, PEM, for a receiver that wants one (with --to-tls-key).
+    #[arg(long, value_name = "FILE", requires_all = ["to_tls", "to_tls_key"])]
+    pub to_tls_cert: Option<PathBuf>,
+    /// Its private key, PEM.
+    #[arg(long, value_name = "FILE", requires_all = ["to_tls", "to_tls_cert"])]
+    pub to_tls_key: Option<PathBuf>,
+    /// The name --to's certificate must carry [default: the host of --to].
+    #[arg(long, value_name = "NAME", requires = "to_tls")]
+    pub to_tls_server_name: Option<String>,
     /// Say what would happen, change nothing.
     #[arg(long)]
     pub dry_run: bool,

@@ -12,13 +12,13 @@ use futures_util::future::join_all;
 use serde::Serialize;
 
 use crate::cli::ReplayArgs;
-use crate::config::{ReceiveConfig, values};
+use crate::config::{ReceiveConfig, SendTls, values};
 use crate::datadir::{self, DataDirError};
 use crate::events::Events;
 use crate::ingest::{Ingest, IngestSettings, Original, Replayed, oversized_length};
 use crate::metrics::Metrics;
 use crate::rate_limit::RateLimit;
-use crate::sender::link::Session;
+use crate::sender::link::{Session, TlsClient};
 use crate::sender::simulator::Outgoing;
 use crate::store::{self, MessageFilter, MessageSummary, Outcome, StoreRead, outcome_name};
 use crate::terminal;
@@ -533,6 +533,31 @@ fn remote(
     {
         return Ok(usage(&format!("no store at {}", path.display())));
     }
+    let tls = if args.to_tls {
+        crate::tls::install_provider();
+        let tls = SendTls {
+            ca: args.to_tls_ca.clone(),
+            cert_and_key: args.to_tls_cert.clone().zip(args.to_tls_key.clone()),
+            server_name: args.to_tls_server_name.clone(),
+        };
+        let name = match super::send::server_name(&tls, to) {
+            Ok(name) => name,
+            Err(error) => return Ok(super::invalid_setting(&error)),
+        };
+        let client_config = match crate::tls::client_config(
+            tls.ca.as_deref(),
+            tls.cert_and_key
+                .as_ref()
+                .map(|(cert, key)| (cert.as_path(), key.as_path())),
+        ) {
+            Ok(client_config) => client_config,
+            // Unreadable or bad files are settings to fix, as for `send`.
+            Err(error) => return Ok(usage(&error.to_string())),
+        };
+        Some(TlsClient::new(client_config, name))
+    } else {
+        None
+    };
     let store = store::open_read_only(&config.store.location)
         .with_context(|| format!("opening the store {:?}", config.store.location))?;
     let runtime = super::runtime()?;
@@ -542,7 +567,7 @@ fn remote(
             selected: selection.messages.len(),
             ..Counts::default()
         };
-        let mut session = Session::new(to, None);
+        let mut session = Session::new(to, tls);
         let target = terminal::escape(to).into_owned();
         let mut out = io::stdout().lock();
         for message in &selection.messages {

@@ -1,10 +1,12 @@
 //! `hl7-ihp replay`: a message refused under one setting replays once stored with its link
 //! after the setting is fixed, and never twice; dry runs change nothing; a running receiver
-//! holds the directory; `--to` sends to another receiver and reports its answers.
+//! holds the directory; `--to` sends to another receiver (plain or mutual TLS) and reports
+//! its answers.
 
 use std::path::Path;
 
-use crate::common::{Client, Receiver, ack_field, oru, run, start};
+use crate::common::{Client, Receiver, ack_field, messages_table, oru, run, start};
+use crate::pki::Pki;
 
 /// Under the limit the first receiver runs with, a short message that it accepts.
 fn short(control_id: &str) -> Vec<u8> {
@@ -225,4 +227,54 @@ fn replay_to_another_receiver_reports_its_answers() {
     let (code, stdout, _) = replay(&dir.path().join("data"), &["--rejected", "--to", &to]);
     assert_eq!(code, 1, "{stdout}");
     assert!(stdout.contains("not delivered"), "{stdout}");
+}
+
+#[test]
+fn replay_to_a_mutual_tls_receiver_presents_our_certificate() {
+    let (dir, first) = refusing_receiver();
+    let pki = Pki::new(&dir.path().join("pki"));
+    let second = Receiver::start_listening(
+        &dir.path().join("second"),
+        "off",
+        &[&["--listen-tls", "127.0.0.1:0"][..], &pki.listener_flags()].concat(),
+    );
+    let to = second.mllp_tls.expect("a TLS listener").to_string();
+    let tls = [
+        "--to-tls",
+        "--to-tls-ca",
+        pki.ca(),
+        "--to-tls-cert",
+        pki.device.cert(),
+        "--to-tls-key",
+        pki.device.key(),
+    ];
+    let (code, stdout, stderr) = replay(
+        &first.data_dir,
+        &[&["--rejected", "--to", &to][..], &tls].concat(),
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("#1 ORU^R01 ctl=R1 → {to} answered AA")),
+        "{stdout}"
+    );
+    let table = messages_table(&second.data_dir);
+    assert!(table.contains("[TLS CN=monitor-7"), "{table}");
+
+    // Without our certificate the receiver refuses the connection: not delivered, exit 1.
+    let (code, stdout, _) = replay(
+        &first.data_dir,
+        &[
+            "--rejected",
+            "--to",
+            &to,
+            "--to-tls",
+            "--to-tls-ca",
+            pki.ca(),
+        ],
+    );
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("not delivered"), "{stdout}");
+    // A TLS file without --to-tls is a usage error.
+    let (code, _, _) = replay(&first.data_dir, &["--rejected", "--to-tls-ca", pki.ca()]);
+    assert_eq!(code, 2);
 }
