@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::common::{Client, Receiver, ack_field, messages_table, oru, run, start};
+use crate::common::{self, Client, Receiver, ack_field, messages_table, oru, run, start};
 use crate::pki::Pki;
 
 /// Under the limit the first receiver runs with, a short message that it accepts.
@@ -151,6 +151,17 @@ fn a_refused_message_replays_once_after_its_setting_is_fixed() {
     assert_eq!(code, 2);
     assert!(stderr.contains("invalid --since"), "{stderr}");
     assert_eq!(rows(&data_dir), after);
+
+    // The patient file takes the replayed message when a receiver next runs on the store.
+    let receiver = Receiver::start(&data_dir, &[]);
+    let file = data_dir.join("patients/patient_P1.json");
+    common::wait_until("the replayed message in the patient file", || {
+        std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .is_some_and(|document| document["Records"].as_array().is_some_and(|r| r.len() == 2))
+    });
+    drop(receiver);
 }
 
 #[test]
