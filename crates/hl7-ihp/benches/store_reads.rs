@@ -160,6 +160,7 @@ fn message(n: i64, at_ms: i64) -> NewMessage {
         received_at: at,
         peer: "10.0.0.3:50122".into(),
         peer_identity: None,
+        replay_of: None,
         hash: Sha256::digest(raw.as_bytes()).into(),
         key: Some(MessageKey {
             sending_application: "MONITOR-03^0123456789ABCDEF^EUI-64".into(),

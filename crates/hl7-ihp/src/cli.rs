@@ -47,6 +47,11 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the manual page (roff), or write one page per command with `--dir`.
     Man(ManArgs),
+    /// Run stored messages through ingest again (refused ones after a setting was fixed),
+    /// into this data directory or to another receiver with `--to`; each new message is
+    /// linked to the original, and replaying twice stores nothing twice.
+    // Boxed as `Receive` is: it carries receive's flags.
+    Replay(Box<ReplayArgs>),
 }
 
 /// `hl7-ihp config`.
@@ -156,6 +161,67 @@ pub struct BackupArgs {
     /// The receiver's data directory.
     #[command(flatten)]
     pub store: DataDir,
+}
+
+/// Messages `hl7-ihp replay` takes at most unless told otherwise, so that no selection runs
+/// unbounded.
+pub const DEFAULT_REPLAY_LIMIT: u64 = 10_000;
+
+/// `hl7-ihp replay`.
+#[derive(Debug, Args)]
+#[command(group(
+    ArgGroup::new("selection")
+        .required(true)
+        .multiple(true)
+        .args(["rejected", "since", "until", "ids"])
+))]
+pub struct ReplayArgs {
+    /// Only messages that were refused (answered with an error or a reject).
+    #[arg(long)]
+    pub rejected: bool,
+    /// Only messages received at or after TIME: RFC 3339 (`2026-12-01T08:00:00Z`) or a
+    /// duration ago (`2h`, `90m`, `7d`).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only messages received before TIME (as --since).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// This message (its id, as `hl7-ihp messages` shows it); repeat for more.
+    #[arg(long = "id", value_name = "N")]
+    pub ids: Vec<i64>,
+    /// At most this many messages, the newest that match.
+    #[arg(long, default_value_t = DEFAULT_REPLAY_LIMIT, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: u64,
+    /// Send the messages over MLLP to the receiver at HOST:PORT instead of storing them
+    /// here (the store is then only read, also while a receiver runs on it).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub to: Option<String>,
+    /// MLLP over TLS to --to (see --to-tls-ca, --to-tls-cert, --to-tls-key,
+    /// --to-tls-server-name; as `send --tls`).
+    #[arg(long, requires = "to")]
+    pub to_tls: bool,
+    /// CA certificates, PEM, that --to's certificate must chain to [default: the system's].
+    #[arg(long, value_name = "FILE", requires = "to_tls")]
+    pub to_tls_ca: Option<PathBuf>,
+    /// Our client certificate chain, PEM, for a receiver that wants one (with --to-tls-key).
+    #[arg(long, value_name = "FILE", requires_all = ["to_tls", "to_tls_key"])]
+    pub to_tls_cert: Option<PathBuf>,
+    /// Its private key, PEM.
+    #[arg(long, value_name = "FILE", requires_all = ["to_tls", "to_tls_cert"])]
+    pub to_tls_key: Option<PathBuf>,
+    /// The name --to's certificate must carry [default: the host of --to].
+    #[arg(long, value_name = "NAME", requires = "to_tls")]
+    pub to_tls_server_name: Option<String>,
+    /// Say what would happen, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also write one JSON line per message to FILE (created 0600; appended to).
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// The receiving settings a local replay runs ingest with (`--config`, environment,
+    /// flags, as `receive` reads them), and `--data-dir` / `--store`.
+    #[command(flatten)]
+    pub receive: ReceiveArgs,
 }
 
 /// `hl7-ihp send`.

@@ -275,7 +275,7 @@ impl Ingest {
         peer: &Peer,
     ) -> Vec<Vec<u8>> {
         Metrics::inc(&self.metrics.frames_oversized);
-        let reason = format!("frame of {len} bytes is over the limit of {limit} bytes");
+        let reason = oversized_reason(len, limit);
         self.unreadable(head, reason, None, peer, jiff::Timestamp::now())
             .await
     }
@@ -299,20 +299,7 @@ impl Ingest {
         }
         let header = salvage_header(frame);
         let key = header.as_ref().map(|message| key_of(&extract(message)));
-        // The code the reject below carries: the sender's MSH-15/16 decide when its header
-        // was read, and our header-less reject is always AR.
-        let ack_code = match &header {
-            Some(message) => {
-                let header = extract(message).header;
-                choose_ack(
-                    &header.accept_ack_type,
-                    &header.application_ack_type,
-                    Outcome::Reject,
-                    self.settings.ack_mode,
-                )
-            }
-            None => Some(AckCode::AR),
-        };
+        let ack_code = self.reject_code(header.as_ref());
         let new = NewMessage {
             received_at,
             peer: peer.to_string(),
@@ -325,6 +312,7 @@ impl Ingest {
             },
             ack_code: ack_code.map(|code| code.as_str().to_owned()),
             content: None,
+            replay_of: None,
         };
         let facts = self.audit.is_on().then(|| Facts::of(&new));
         // Kept for inspection when the store is up; the answer is a reject either way.
@@ -355,6 +343,137 @@ impl Ingest {
             (None, _) => build_reject_without_header(None, &error, &options),
         };
         vec![ack]
+    }
+
+    /// The code a reject carries: the sender's MSH-15/16 decide when its header was read,
+    /// and our header-less reject is always AR.
+    fn reject_code(&self, header: Option<&Message<'_>>) -> Option<AckCode> {
+        match header {
+            Some(message) => {
+                let header = extract(message).header;
+                choose_ack(
+                    &header.accept_ack_type,
+                    &header.application_ack_type,
+                    Outcome::Reject,
+                    self.settings.ack_mode,
+                )
+            }
+            None => Some(AckCode::AR),
+        }
+    }
+
+    /// Runs a stored message's bytes through ingest again (`hl7-ihp replay`): the frame
+    /// limit, parsing, extraction and the verdict as for a frame a device sends now, with
+    /// these settings. Only what is accepted now is offered to the store, linked to
+    /// `original` (`replay_of`) and carrying its peer; what is refused again is not stored
+    /// again (the original holds those bytes). With `commit` false nothing is stored and an
+    /// accepted message comes back as [`Replayed::WouldStore`]. One result per message of
+    /// the frame, in order.
+    pub async fn replay(
+        &self,
+        frame: &[u8],
+        original: &Original,
+        max_frame_bytes: usize,
+        commit: bool,
+    ) -> Result<Vec<Replayed>, crate::store::StoreError> {
+        let refused = |reason: String| {
+            let ack_code = self.reject_code(salvage_header(frame).as_ref());
+            vec![Replayed::StillRefused {
+                outcome: Outcome::Reject,
+                reason,
+                ack_code: ack_code.map(|code| code.as_str().to_owned()),
+            }]
+        };
+        if frame.len() > max_frame_bytes {
+            return Ok(refused(oversized_reason(frame.len(), max_frame_bytes)));
+        }
+        let batch = match hl7::parse_batch(frame) {
+            Ok(batch) if !batch.messages().is_empty() => batch,
+            Ok(_) => return Ok(refused("frame holds batch segments but no message".into())),
+            Err(error) => return Ok(refused(error.to_string())),
+        };
+        // The peer only names the device in the log lines of `prepare`; the new rows carry
+        // the original's peer as it was stored.
+        let peer = Peer::tcp(
+            0,
+            original
+                .peer
+                .parse()
+                .unwrap_or(std::net::SocketAddr::from(([0, 0, 0, 0], 0))),
+        );
+        let received_at = jiff::Timestamp::now();
+        let mut prepared: Vec<Prepared> = batch
+            .messages()
+            .iter()
+            .map(|message| self.prepare(message, &peer, received_at))
+            .collect();
+        let mut results: Vec<Option<Replayed>> = Vec::with_capacity(prepared.len());
+        let mut to_store = Vec::new();
+        for p in &mut prepared {
+            let Some(mut new) = p.new.take() else {
+                results.push(None);
+                continue;
+            };
+            match &p.verdict {
+                Verdict::Accept if commit => {
+                    new.peer.clone_from(&original.peer);
+                    new.peer_identity.clone_from(&original.peer_identity);
+                    new.replay_of = Some(original.id);
+                    to_store.push(new);
+                    results.push(None);
+                }
+                Verdict::Accept => results.push(Some(Replayed::WouldStore {
+                    ack_code: new.ack_code,
+                })),
+                Verdict::Error { reason } | Verdict::Reject { reason } => {
+                    results.push(Some(Replayed::StillRefused {
+                        outcome: p.verdict.outcome(),
+                        reason: reason.clone(),
+                        ack_code: new.ack_code,
+                    }));
+                }
+            }
+        }
+        if to_store.is_empty() {
+            return Ok(results.into_iter().flatten().collect());
+        }
+        let stored = self.store.commit(to_store).await?;
+        self.announce(&stored);
+        let mut stored = stored.into_iter();
+        let mut out = Vec::with_capacity(results.len());
+        for (result, p) in results.into_iter().zip(&prepared) {
+            if let Some(result) = result {
+                out.push(result);
+                continue;
+            }
+            let Some(stored) = stored.next() else {
+                return Err(crate::store::StoreError::Database(
+                    "the store answered fewer messages than it was given".into(),
+                ));
+            };
+            let (outcome, _) = answer(p, Ok(&stored));
+            let ack_code = choose_ack(
+                &p.accept_ack_type,
+                &p.application_ack_type,
+                outcome,
+                self.settings.ack_mode,
+            )
+            .map(|code| code.as_str().to_owned());
+            out.push(match stored {
+                Stored::New { id } => Replayed::Stored { id, ack_code },
+                Stored::Duplicate { id, .. } | Stored::Repeated { id } => {
+                    Replayed::Duplicate { id, ack_code }
+                }
+                // A patient merge the store's state contradicts: kept as an error, linked to
+                // the original like any replay, so the next replay skips it.
+                Stored::Refused { id, reason } => Replayed::RefusedByStore {
+                    id,
+                    reason,
+                    ack_code,
+                },
+            });
+        }
+        Ok(out)
     }
 
     fn prepare(
@@ -461,6 +580,7 @@ impl Ingest {
                 verdict: verdict.clone(),
                 ack_code,
                 content,
+                replay_of: None,
             }),
             verdict,
             error,
@@ -492,6 +612,78 @@ impl Ingest {
             time,
         }
     }
+}
+
+/// The reason an oversized frame is refused with.
+fn oversized_reason(len: usize, limit: usize) -> String {
+    format!("frame of {len} bytes is over the limit of {limit} bytes")
+}
+
+/// The length an oversized frame had, read back from its stored reason: only its first
+/// bytes were kept when the stored bytes are fewer (such a frame cannot be replayed).
+pub fn oversized_length(reason: &str) -> Option<usize> {
+    reason
+        .strip_prefix("frame of ")?
+        .split_once(" bytes is over the limit of ")?
+        .0
+        .parse()
+        .ok()
+}
+
+/// The stored message a replay starts from ([`Ingest::replay`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Original {
+    /// Its id: the new rows' `replay_of`.
+    pub id: i64,
+    /// The peer it came from, as stored; the new rows carry it too.
+    pub peer: String,
+    /// The TLS identity it came with, as stored.
+    pub peer_identity: Option<String>,
+}
+
+/// What replaying one message of a stored frame came to ([`Ingest::replay`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Replayed {
+    /// Accepted now and stored as a new message, linked to the original.
+    Stored {
+        /// The new message's id.
+        id: i64,
+        /// The code a device would have been answered with.
+        ack_code: Option<String>,
+    },
+    /// Accepted now, but the same key and bytes as an accepted message already stored
+    /// (the original itself when it was accepted): nothing stored.
+    Duplicate {
+        /// The stored message's id.
+        id: i64,
+        /// The code a device would have been answered with.
+        ack_code: Option<String>,
+    },
+    /// Refused again: nothing stored.
+    StillRefused {
+        /// Error or reject.
+        outcome: Outcome,
+        /// Why, without patient data.
+        reason: String,
+        /// The code a device would have been answered with.
+        ack_code: Option<String>,
+    },
+    /// Stored, but refused by what the store holds (a patient merge it contradicts): kept
+    /// as an error linked to the original.
+    RefusedByStore {
+        /// The new message's id.
+        id: i64,
+        /// Why, without patient data.
+        reason: String,
+        /// The code a device would have been answered with.
+        ack_code: Option<String>,
+    },
+    /// Not committed (a dry run): accepted now, so it would be offered to the store, which
+    /// stores it as new unless it is a duplicate.
+    WouldStore {
+        /// The code a device would be answered with.
+        ack_code: Option<String>,
+    },
 }
 
 /// The one place that turns what happened into the answer's family and its ERR.
@@ -723,6 +915,18 @@ mod tests {
                 at("2026-07-01T00:00:00", "2026-07-01T00:00:00Z"),
                 at("2026-07-01T12:00:00", "2026-07-01T12:00:00Z"),
             ]
+        );
+    }
+
+    #[test]
+    fn an_oversized_frames_length_is_read_back_from_its_reason() {
+        assert_eq!(
+            oversized_length(&oversized_reason(70_000, 1_024)),
+            Some(70_000)
+        );
+        assert_eq!(
+            oversized_length("MSH-10 (message control id) is empty"),
+            None
         );
     }
 

@@ -205,6 +205,13 @@ pub fn messages(args: &MessagesArgs) -> anyhow::Result<ExitCode> {
                 terminal::cell(identity, terminal::REASON_WIDTH)
             ));
         }
+        // `hl7-ihp replay`'s links, both ways.
+        if let Some(original) = message.replay_of {
+            detail.push_str(&format!("  (replay of #{original})"));
+        }
+        if let Some(replay) = message.replayed_as {
+            detail.push_str(&format!("  (replayed as #{replay})"));
+        }
         if message.n_received > 1 {
             // The same refused bytes again, counted on this row instead of kept again.
             detail.push_str(&format!("  ×{} received", message.n_received));

@@ -8,6 +8,7 @@ pub mod inspect;
 pub mod manual;
 pub mod parse;
 pub mod receive;
+pub mod replay;
 pub mod send;
 
 use std::process::ExitCode;

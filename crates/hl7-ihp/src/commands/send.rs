@@ -105,7 +105,7 @@ pub fn run(args: &SendArgs) -> anyhow::Result<ExitCode> {
 
 /// The name to check the receiver's certificate against: `--tls-server-name`, else the
 /// host of `--to` (an IP address is checked against the certificate's IP SANs).
-fn server_name(tls: &SendTls, to: &str) -> Result<ServerName<'static>, ConfigError> {
+pub(super) fn server_name(tls: &SendTls, to: &str) -> Result<ServerName<'static>, ConfigError> {
     let name = tls.server_name.as_deref().unwrap_or_else(|| host_of(to));
     ServerName::try_from(name.to_owned()).map_err(|_| {
         ConfigError::new(

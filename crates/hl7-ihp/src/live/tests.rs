@@ -75,6 +75,8 @@ impl StoreRead for FakeStore {
                 received_at: m.received_at,
                 peer: String::new(),
                 peer_identity: None,
+                replay_of: None,
+                replayed_as: None,
                 sender: String::new(),
                 control_id: String::new(),
                 outcome: m.outcome,

@@ -325,6 +325,8 @@ struct Link {
     buffer: BytesMut,
     /// Whether an ACK came on this connection yet.
     answered: bool,
+    /// The text of the last ACK read (MSA-3, else ERR-8), for `replay --to`'s report.
+    last_text: String,
 }
 
 impl Link {
@@ -357,6 +359,7 @@ impl Link {
             codec: MllpCodec::new(),
             buffer: BytesMut::with_capacity(4096),
             answered: false,
+            last_text: String::new(),
         })
     }
 
@@ -408,6 +411,7 @@ impl Link {
                         // keep waiting for ours.
                         continue;
                     }
+                    self.last_text = ack_text(&ack);
                     return match code {
                         Some(code) => Delivery::Answered(Some(code)),
                         None => Delivery::Retry("got an ACK without a valid MSA-1"),
@@ -426,5 +430,76 @@ impl Link {
                 Ok(Ok(_)) => {}
             }
         }
+    }
+}
+
+/// An ACK's text: MSA-3, else the first ERR-8 (where 2.5 and later put it), as sent.
+fn ack_text(ack: &hl7::Message<'_>) -> String {
+    ["MSA-3", "ERR-8"]
+        .into_iter()
+        .filter_map(|path| ack.get(path))
+        .find(|text| !text.is_empty())
+        .map(|text| String::from_utf8_lossy(text).into_owned())
+        .unwrap_or_default()
+}
+
+/// What a receiver answered to one message ([`Session::send`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// MSA-1; `None` when the message asked for no ACK (nothing was awaited).
+    pub code: Option<AckCode>,
+    /// MSA-3, else ERR-8, as sent (device text: escape it before printing).
+    pub text: String,
+}
+
+/// One connection for sending messages one at a time and reading each one's answer, with
+/// one reconnection per message (`hl7-ihp replay --to`): unlike [`connection`], a message
+/// is not retried for long, and what the receiver answered is handed back.
+pub struct Session {
+    to: String,
+    tls: Option<TlsClient>,
+    link: Option<Link>,
+}
+
+impl Session {
+    /// A session with the receiver at `to` (`HOST:PORT`); it connects on the first send.
+    pub fn new(to: &str, tls: Option<TlsClient>) -> Session {
+        Session {
+            to: to.to_owned(),
+            tls,
+            link: None,
+        }
+    }
+
+    /// Sends one message and waits up to `timeout` for its ACK; a connection that fails is
+    /// opened again once. The error is a lower-case reason.
+    pub async fn send(&mut self, message: &Outgoing, timeout: Duration) -> Result<Answer, String> {
+        let mut why = String::new();
+        for _ in 0..2 {
+            let link = match self.link.as_mut() {
+                Some(link) => link,
+                None => match Link::connect(&self.to, self.tls.as_ref()).await {
+                    Ok(link) => self.link.insert(link),
+                    Err(error) => {
+                        why = reason(&error, self.tls.as_ref());
+                        continue;
+                    }
+                },
+            };
+            match link.deliver(message, timeout).await {
+                Delivery::Answered(code) => {
+                    let text = if code.is_some() {
+                        std::mem::take(&mut link.last_text)
+                    } else {
+                        String::new()
+                    };
+                    return Ok(Answer { code, text });
+                }
+                Delivery::Retry(reason) => why = reason.to_owned(),
+                Delivery::Refused(reason) => why = reason,
+            }
+            self.link = None;
+        }
+        Err(why)
     }
 }

@@ -125,6 +125,7 @@ pub fn oru(
         received_at: jiff::Timestamp::from_millisecond(1_700_000_000_123).unwrap(),
         peer: "127.0.0.1:40000".into(),
         peer_identity: None,
+        replay_of: None,
         hash: Sha256::digest(raw.as_bytes()).into(),
         raw: raw.into_bytes(),
         key: Some(key(control_id)),

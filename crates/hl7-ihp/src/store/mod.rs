@@ -223,6 +223,9 @@ pub struct NewMessage {
     pub ack_code: Option<String>,
     /// The extracted data, for accepted messages.
     pub content: Option<Content>,
+    /// The stored message whose bytes this one replays (`hl7-ihp replay`); `None` for what
+    /// a device sent.
+    pub replay_of: Option<i64>,
 }
 
 /// What the store did with one message.
@@ -380,6 +383,10 @@ pub struct MessageSummary {
     pub merge: Option<MergeNote>,
     /// The bytes, when asked for.
     pub raw: Option<Vec<u8>>,
+    /// The stored message this one is a replay of (`hl7-ihp replay`).
+    pub replay_of: Option<i64>,
+    /// The first message stored as a replay of this one, if any.
+    pub replayed_as: Option<i64>,
 }
 
 /// Which messages to list: every condition given must hold.

@@ -49,6 +49,8 @@ mod merge;
 mod running;
 // `hl7-ihp receive`: framing, ACK rules, duplicates, limits, logs, shutdown.
 mod receive;
+// `hl7-ihp replay`: locally with a fixed setting, idempotent, dry runs, `--to`.
+mod replay;
 // The receiver in-process through the library: server::bind and server::run.
 mod server;
 // `hl7-ihp send`: the simulator, load mode, retransmission, interop with python-hl7.

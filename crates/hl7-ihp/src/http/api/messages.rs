@@ -109,6 +109,13 @@ pub struct MessageItem {
     /// every other message, refused merges included (their reason says why).
     #[schema(required = true)]
     pub merge: Option<MergeItem>,
+    /// The stored message whose bytes this one replays (`hl7-ihp replay`); `null` for what
+    /// a device sent.
+    #[schema(required = true)]
+    pub replay_of: Option<i64>,
+    /// The first message stored as a replay of this one; `null` when none is.
+    #[schema(required = true)]
+    pub replayed_as: Option<i64>,
 }
 
 /// A patient merge a message made: the prior patient's history joined the survivor's, and
@@ -144,6 +151,8 @@ impl MessageItem {
                 survivor: merge.survivor,
                 event: merge.event,
             }),
+            replay_of: summary.replay_of,
+            replayed_as: summary.replayed_as,
         }
     }
 

@@ -662,6 +662,8 @@ async fn messages_are_filtered_and_paged() {
         ("ack_code", "AA".into()),
         ("patient", "P1".into()),
         ("n_received", 1.into()),
+        ("replay_of", Value::Null),
+        ("replayed_as", Value::Null),
     ] {
         assert_eq!(one[key], value, "{key}: {one}");
     }

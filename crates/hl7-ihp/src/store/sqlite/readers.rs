@@ -424,13 +424,18 @@ pub(super) fn ids_received(
     Ok(start..end)
 }
 
+/// The first replay of `messages m`: one probe of the replays' partial index (`replay_of =`
+/// implies `IS NOT NULL`, so SQLite may use it).
+const REPLAYED_AS: &str = "(SELECT r.id FROM messages r WHERE r.replay_of = m.id \
+     ORDER BY r.id LIMIT 1)";
+
 /// The columns [`message_summary`] reads, over `messages m`; the bytes only when asked for.
 pub(super) fn summary_columns(with_raw: bool) -> String {
     let raw = if with_raw { "m.raw" } else { "NULL" };
     format!(
         "m.id, m.received_ms, m.peer, m.sending_application, m.sending_facility, \
          m.control_id, m.outcome, m.reason, {raw}, m.n_received, m.message_type, m.ack_code, \
-         m.peer_identity"
+         m.peer_identity, m.replay_of, {REPLAYED_AS}"
     )
 }
 
@@ -486,6 +491,8 @@ pub(super) fn message_summary(
         ack_code: row.get(11)?,
         peer_identity: row.get(12)?,
         merge: None,
+        replay_of: row.get(13)?,
+        replayed_as: row.get(14)?,
     })
 }
 
@@ -573,7 +580,7 @@ pub(super) fn read_messages(
             sql_limit(filter.limit),
         ])?;
         while let Some(row) = rows.next()? {
-            let patient = row.get(13)?;
+            let patient = row.get(15)?;
             messages.push(message_summary(row, patient)?);
         }
         add_merge_notes(conn, &mut messages)?;
@@ -599,32 +606,34 @@ pub(super) fn read_messages(
 }
 
 /// One stored frame with everything the message browser shows (the primary key).
-pub(super) const MESSAGE_DETAIL: &str = "SELECT m.id, m.received_ms, m.peer, \
-     m.sending_application, m.sending_facility, m.control_id, m.outcome, m.reason, m.raw, \
-     m.n_received, m.message_type, m.ack_code, m.peer_identity, p.key, m.version, m.location, \
-     m.device, m.last_received_ms, m.observations \
-     FROM messages m LEFT JOIN patients p ON p.id = m.patient WHERE m.id = ?1";
+pub(super) fn message_detail() -> String {
+    format!(
+        "SELECT {}, p.key, m.version, m.location, m.device, m.last_received_ms, m.observations \
+         FROM messages m LEFT JOIN patients p ON p.id = m.patient WHERE m.id = ?1",
+        summary_columns(true)
+    )
+}
 
 pub(super) fn read_message(conn: &Connection, id: i64) -> rusqlite::Result<Option<MessageDetail>> {
-    let mut statement = conn.prepare_cached(MESSAGE_DETAIL)?;
+    let mut statement = conn.prepare_cached(&message_detail())?;
     let mut rows = statement.query([id])?;
     let Some(row) = rows.next()? else {
         return Ok(None);
     };
-    let observations = match row.get_ref(18)?.as_bytes_or_null()? {
-        Some(text) => decode_observations(18, text)?,
+    let observations = match row.get_ref(20)?.as_bytes_or_null()? {
+        Some(text) => decode_observations(20, text)?,
         None => Vec::new(),
     };
     Ok(Some(MessageDetail {
         sending_application: row.get(3)?,
         sending_facility: row.get(4)?,
-        version: row.get(14)?,
-        location: row.get(15)?,
-        device: row.get(16)?,
-        last_received_at: row.get::<_, Option<i64>>(17)?.map(instant),
+        version: row.get(16)?,
+        location: row.get(17)?,
+        device: row.get(18)?,
+        last_received_at: row.get::<_, Option<i64>>(19)?.map(instant),
         observations,
         summary: {
-            let mut summary = [message_summary(row, row.get(13)?)?];
+            let mut summary = [message_summary(row, row.get(15)?)?];
             add_merge_notes(conn, &mut summary)?;
             let [summary] = summary;
             summary

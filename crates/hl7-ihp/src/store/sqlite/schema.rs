@@ -39,6 +39,10 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         sql: include_str!("migrations/0007_patient_merges.sql"),
         then: None,
     },
+    Migration {
+        sql: include_str!("migrations/0008_replay_links.sql"),
+        then: None,
+    },
 ];
 
 /// Opening sets WAL mode and migrates, steps in which SQLite answers "locked" at once,

@@ -588,6 +588,7 @@ fn the_hot_queries_use_their_indexes() {
             .unwrap();
         rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
     };
+    let detail = message_detail();
     for (query, index) in [
         (
             FIND_KEY,
@@ -611,7 +612,9 @@ fn the_hot_queries_use_their_indexes() {
         (FEED, "INTEGER PRIMARY KEY (rowid>?)"),
         (MESSAGE_FROM, "INTEGER PRIMARY KEY (rowid>?)"),
         (ID_RANGE, "SEARCH messages"),
-        (MESSAGE_DETAIL, "INTEGER PRIMARY KEY (rowid=?)"),
+        (detail.as_str(), "INTEGER PRIMARY KEY (rowid=?)"),
+        // A message's first replay: the replays' partial index, not a scan.
+        (detail.as_str(), "messages_replays (replay_of=?)"),
         (
             messages_query(false, false).as_str(),
             "INTEGER PRIMARY KEY (rowid>? AND rowid<?)",

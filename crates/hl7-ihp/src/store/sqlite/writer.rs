@@ -173,6 +173,8 @@ pub(super) struct Row {
     /// Accepted patient merges only: whom to merge into `patient`.
     pub(super) merge: Option<MergeRequest>,
     pub(super) raw: Vec<u8>,
+    /// The message this one replays.
+    pub(super) replay_of: Option<i64>,
 }
 
 impl Row {
@@ -200,6 +202,7 @@ impl Row {
             ack_code: message.ack_code,
             merge: None,
             raw: message.raw,
+            replay_of: message.replay_of,
         };
         if let Some(content) = message.content {
             row.message_type = Some(format!("{}^{}", content.message_type, content.trigger));
@@ -339,9 +342,9 @@ pub(super) const UPDATE_PATIENT: &str = "UPDATE patients SET patient_id = ?2, as
 pub(super) const INSERT_MESSAGE: &str = "INSERT INTO messages (id, received_ms, peer, \
      sending_application, sending_facility, control_id, hash, outcome, reason, message_type, \
      version, location, device, patient, n_observations, sent_ms, key_hash, hash_prefix, \
-     observations, raw, ack_code, peer_identity) \
+     observations, raw, ack_code, peer_identity, replay_of) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
-     ?19, ?20, ?21, ?22)";
+     ?19, ?20, ?21, ?22, ?23)";
 
 pub(super) const COUNT_REPEAT: &str = "UPDATE messages \
      SET n_received = n_received + 1, last_received_ms = ?2 WHERE id = ?1";
@@ -773,6 +776,7 @@ pub(super) fn write_message(
         row.raw,
         ack_code,
         row.peer_identity,
+        row.replay_of,
     ])?;
     if let Some(patient) = patient {
         let entry = Entry {
