@@ -35,6 +35,7 @@ mod checkpoint;
 mod encoded;
 mod keys;
 mod pool;
+mod raw;
 mod readers;
 mod schema;
 mod tail;

@@ -426,11 +426,15 @@ pub(super) fn ids_received(
 
 /// The columns [`message_summary`] reads, over `messages m`; the bytes only when asked for.
 pub(super) fn summary_columns(with_raw: bool) -> String {
-    let raw = if with_raw { "m.raw" } else { "NULL" };
+    let (raw, encoding) = if with_raw {
+        ("m.raw", "m.raw_encoding")
+    } else {
+        ("NULL", "NULL")
+    };
     format!(
         "m.id, m.received_ms, m.peer, m.sending_application, m.sending_facility, \
          m.control_id, m.outcome, m.reason, {raw}, m.n_received, m.message_type, m.ack_code, \
-         m.peer_identity"
+         m.peer_identity, {encoding}"
     )
 }
 
@@ -457,6 +461,9 @@ pub(super) fn messages_query(with_raw: bool, refused: bool) -> String {
     )
 }
 
+/// The column of `raw_encoding` in [`summary_columns`].
+const RAW_ENCODING: usize = 13;
+
 /// A message read as [`summary_columns`], about the patient with this key.
 pub(super) fn message_summary(
     row: &rusqlite::Row<'_>,
@@ -479,7 +486,7 @@ pub(super) fn message_summary(
         control_id: row.get::<_, Option<String>>(5)?.unwrap_or_default(),
         outcome: outcome_of(row.get_ref(6)?.as_str()?),
         reason: row.get(7)?,
-        raw: row.get(8)?,
+        raw: raw::read(row, 8, RAW_ENCODING)?,
         n_received: row.get::<_, i64>(9)?.max(1) as u64,
         message_type: row.get(10)?,
         patient,
@@ -536,7 +543,7 @@ pub(super) fn read_messages(
             sql_limit(filter.limit),
         ])?;
         while let Some(row) = rows.next()? {
-            let patient = row.get(13)?;
+            let patient = row.get(14)?;
             messages.push(message_summary(row, patient)?);
         }
         return Ok(messages);
@@ -562,8 +569,8 @@ pub(super) fn read_messages(
 /// One stored frame with everything the message browser shows (the primary key).
 pub(super) const MESSAGE_DETAIL: &str = "SELECT m.id, m.received_ms, m.peer, \
      m.sending_application, m.sending_facility, m.control_id, m.outcome, m.reason, m.raw, \
-     m.n_received, m.message_type, m.ack_code, m.peer_identity, p.key, m.version, m.location, \
-     m.device, m.last_received_ms, m.observations \
+     m.n_received, m.message_type, m.ack_code, m.peer_identity, m.raw_encoding, p.key, \
+     m.version, m.location, m.device, m.last_received_ms, m.observations \
      FROM messages m LEFT JOIN patients p ON p.id = m.patient WHERE m.id = ?1";
 
 pub(super) fn read_message(conn: &Connection, id: i64) -> rusqlite::Result<Option<MessageDetail>> {
@@ -572,19 +579,19 @@ pub(super) fn read_message(conn: &Connection, id: i64) -> rusqlite::Result<Optio
     let Some(row) = rows.next()? else {
         return Ok(None);
     };
-    let observations = match row.get_ref(18)?.as_bytes_or_null()? {
-        Some(text) => decode_observations(18, text)?,
+    let observations = match row.get_ref(19)?.as_bytes_or_null()? {
+        Some(text) => decode_observations(19, text)?,
         None => Vec::new(),
     };
     Ok(Some(MessageDetail {
         sending_application: row.get(3)?,
         sending_facility: row.get(4)?,
-        version: row.get(14)?,
-        location: row.get(15)?,
-        device: row.get(16)?,
-        last_received_at: row.get::<_, Option<i64>>(17)?.map(instant),
+        version: row.get(15)?,
+        location: row.get(16)?,
+        device: row.get(17)?,
+        last_received_at: row.get::<_, Option<i64>>(18)?.map(instant),
         observations,
-        summary: message_summary(row, row.get(13)?)?,
+        summary: message_summary(row, row.get(14)?)?,
     }))
 }
 

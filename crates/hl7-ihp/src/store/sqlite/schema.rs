@@ -35,6 +35,10 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         sql: include_str!("migrations/0006_peer_identity.sql"),
         then: None,
     },
+    Migration {
+        sql: include_str!("migrations/0007_smaller_rows.sql"),
+        then: None,
+    },
 ];
 
 /// Opening sets WAL mode and migrates, steps in which SQLite answers "locked" at once,

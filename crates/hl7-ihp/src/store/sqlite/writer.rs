@@ -169,7 +169,10 @@ pub(super) struct Row {
     pub(super) observations: Option<String>,
     /// The ACK code it is answered with when stored as new.
     pub(super) ack_code: Option<String>,
+    /// The bytes as stored (compressed when that makes them smaller) and their
+    /// `raw_encoding` (store/sqlite/raw.rs).
     pub(super) raw: Vec<u8>,
+    pub(super) raw_encoding: Option<i64>,
 }
 
 impl Row {
@@ -179,6 +182,7 @@ impl Row {
             (Some(key), true) => Some(key_hash(key)),
             _ => None,
         };
+        let (raw, raw_encoding) = raw::encode(message.raw);
         let mut row = Row {
             received_ms: message.received_at.as_millisecond(),
             peer: message.peer,
@@ -195,7 +199,8 @@ impl Row {
             n_observations: 0,
             observations: None,
             ack_code: message.ack_code,
-            raw: message.raw,
+            raw,
+            raw_encoding,
         };
         if let Some(content) = message.content {
             row.message_type = Some(format!("{}^{}", content.message_type, content.trigger));
@@ -334,9 +339,9 @@ pub(super) const UPDATE_PATIENT: &str = "UPDATE patients SET patient_id = ?2, as
 pub(super) const INSERT_MESSAGE: &str = "INSERT INTO messages (id, received_ms, peer, \
      sending_application, sending_facility, control_id, hash, outcome, reason, message_type, \
      version, location, device, patient, n_observations, sent_ms, key_hash, hash_prefix, \
-     observations, raw, ack_code, peer_identity) \
+     observations, raw, ack_code, peer_identity, raw_encoding) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
-     ?19, ?20, ?21, ?22)";
+     ?19, ?20, ?21, ?22, ?23)";
 
 pub(super) const COUNT_REPEAT: &str = "UPDATE messages \
      SET n_received = n_received + 1, last_received_ms = ?2 WHERE id = ?1";
@@ -727,6 +732,7 @@ pub(super) fn write_message(
         row.raw,
         row.ack_code,
         row.peer_identity,
+        row.raw_encoding,
     ])?;
     if let Some(patient) = patient {
         let entry = Entry {
