@@ -36,6 +36,8 @@ mod encoded;
 mod keys;
 mod pool;
 mod raw;
+#[cfg(test)]
+mod raw_tests;
 mod readers;
 mod schema;
 mod tail;
