@@ -61,16 +61,15 @@ pub(super) fn encode(raw: Vec<u8>) -> (Vec<u8>, Option<i64>) {
     let compressed = COMPRESSOR.with(|cell| {
         let mut cell = cell.borrow_mut();
         if cell.is_none() {
-            *cell = Compressor::with_prepared_dictionary(encoder_dictionary()).ok();
+            let mut compressor = Compressor::with_prepared_dictionary(encoder_dictionary()).ok()?;
+            // The content size goes in the frame header (zstd's default), the checksum
+            // does not: the hash column holds the bytes' SHA-256.
+            compressor
+                .set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(false))
+                .ok()?;
+            *cell = Some(compressor);
         }
-        let compressor = cell.as_mut()?;
-        // The content size goes in the frame header (zstd's default), the checksum does
-        // not: SQLite's pages are what a damaged disk would show, and the hash column holds
-        // the bytes' SHA-256.
-        compressor
-            .set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(false))
-            .ok()?;
-        compressor.compress(&raw).ok()
+        cell.as_mut()?.compress(&raw).ok()
     });
     match compressed {
         Some(compressed) if compressed.len() < raw.len() => (compressed, Some(ZSTD_DICTIONARY_1)),

@@ -199,7 +199,10 @@ async fn a_version_6_database_reads_after_the_migration() {
     assert_eq!(version, MIGRATIONS.len() as i64);
     let detail = store.message(1).await.unwrap().unwrap();
     assert!(detail.summary.raw.as_deref() == Some(&old.raw[..]));
-    assert_eq!(detail.observations, old.content.as_ref().unwrap().observations);
+    assert_eq!(
+        detail.observations,
+        old.content.as_ref().unwrap().observations
+    );
     // The same message again is still recognised as a duplicate of the old row.
     let again = store.commit(vec![old.clone()]).await.unwrap();
     assert!(matches!(again[0], Stored::Duplicate { .. }), "{again:?}");
