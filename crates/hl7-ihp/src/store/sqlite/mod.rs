@@ -36,6 +36,9 @@ mod encoded;
 mod keys;
 mod merge;
 mod pool;
+mod raw;
+#[cfg(test)]
+mod raw_tests;
 mod readers;
 mod schema;
 mod tail;

@@ -431,11 +431,15 @@ const REPLAYED_AS: &str = "(SELECT r.id FROM messages r WHERE r.replay_of = m.id
 
 /// The columns [`message_summary`] reads, over `messages m`; the bytes only when asked for.
 pub(super) fn summary_columns(with_raw: bool) -> String {
-    let raw = if with_raw { "m.raw" } else { "NULL" };
+    let (raw, encoding) = if with_raw {
+        ("m.raw", "m.raw_encoding")
+    } else {
+        ("NULL", "NULL")
+    };
     format!(
         "m.id, m.received_ms, m.peer, m.sending_application, m.sending_facility, \
          m.control_id, m.outcome, m.reason, {raw}, m.n_received, m.message_type, m.ack_code, \
-         m.peer_identity, m.replay_of, {REPLAYED_AS}"
+         m.peer_identity, m.replay_of, {REPLAYED_AS}, {encoding}"
     )
 }
 
@@ -462,6 +466,9 @@ pub(super) fn messages_query(with_raw: bool, refused: bool) -> String {
     )
 }
 
+/// The column of `raw_encoding` in [`summary_columns`].
+const RAW_ENCODING: usize = 15;
+
 /// A message read as [`summary_columns`], about the patient with this key.
 pub(super) fn message_summary(
     row: &rusqlite::Row<'_>,
@@ -484,7 +491,7 @@ pub(super) fn message_summary(
         control_id: row.get::<_, Option<String>>(5)?.unwrap_or_default(),
         outcome: outcome_of(row.get_ref(6)?.as_str()?),
         reason: row.get(7)?,
-        raw: row.get(8)?,
+        raw: raw::read(row, 8, RAW_ENCODING)?,
         n_received: row.get::<_, i64>(9)?.max(1) as u64,
         message_type: row.get(10)?,
         patient,
@@ -580,7 +587,7 @@ pub(super) fn read_messages(
             sql_limit(filter.limit),
         ])?;
         while let Some(row) = rows.next()? {
-            let patient = row.get(15)?;
+            let patient = row.get(16)?;
             messages.push(message_summary(row, patient)?);
         }
         add_merge_notes(conn, &mut messages)?;
@@ -620,20 +627,20 @@ pub(super) fn read_message(conn: &Connection, id: i64) -> rusqlite::Result<Optio
     let Some(row) = rows.next()? else {
         return Ok(None);
     };
-    let observations = match row.get_ref(20)?.as_bytes_or_null()? {
-        Some(text) => decode_observations(20, text)?,
+    let observations = match row.get_ref(21)?.as_bytes_or_null()? {
+        Some(text) => decode_observations(21, text)?,
         None => Vec::new(),
     };
     Ok(Some(MessageDetail {
         sending_application: row.get(3)?,
         sending_facility: row.get(4)?,
-        version: row.get(16)?,
-        location: row.get(17)?,
-        device: row.get(18)?,
-        last_received_at: row.get::<_, Option<i64>>(19)?.map(instant),
+        version: row.get(17)?,
+        location: row.get(18)?,
+        device: row.get(19)?,
+        last_received_at: row.get::<_, Option<i64>>(20)?.map(instant),
         observations,
         summary: {
-            let mut summary = [message_summary(row, row.get(15)?)?];
+            let mut summary = [message_summary(row, row.get(16)?)?];
             add_merge_notes(conn, &mut summary)?;
             let [summary] = summary;
             summary

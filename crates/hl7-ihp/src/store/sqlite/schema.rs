@@ -43,6 +43,10 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         sql: include_str!("migrations/0008_replay_links.sql"),
         then: None,
     },
+    Migration {
+        sql: include_str!("migrations/0009_smaller_rows.sql"),
+        then: None,
+    },
 ];
 
 /// Opening sets WAL mode and migrates, steps in which SQLite answers "locked" at once,

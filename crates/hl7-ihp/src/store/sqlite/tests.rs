@@ -466,7 +466,7 @@ async fn the_writer_recovers_after_a_failed_transaction() {
     // A full disk: the database may not grow by a single page.
     let n_pages = count(&sql(dir.path()), "PRAGMA page_count");
     exec(&store, &format!("PRAGMA max_page_count = {n_pages}")).await;
-    let big = "OBX|".repeat(50_000);
+    let big = incompressible(200_000);
     let batch = vec![
         oru("2", Some(patient("P2", "NEW", false)), &["2"], ""),
         oru("3", Some(patient("P1", "EVE", false)), &["3"], &big),
@@ -741,7 +741,7 @@ async fn a_refusal_rolled_back_with_its_transaction_is_not_counted_on() {
     let n_pages = count(&sql(dir.path()), "PRAGMA page_count");
     exec(&store, &format!("PRAGMA max_page_count = {n_pages}")).await;
     // The refused frame is written first, then the group fails on the big message.
-    let big = "OBX|".repeat(50_000);
+    let big = incompressible(200_000);
     let failing = vec![
         crate::store::contract::rejected("R", ""),
         oru("2", None, &["2"], &big),
@@ -810,4 +810,18 @@ async fn a_trend_read_in_two_halves_is_the_trend_read_in_one() {
     let n_values: u64 = parallel[0].buckets.iter().map(|b| b.count).sum();
     assert_eq!(n_values, n as u64);
     assert_eq!(parallel[0].code_text, format!("TEXT {}", (n - 1) / 5000));
+}
+
+/// Text that compression does not shrink (the stored bytes are zstd): a frame that needs
+/// about `n` bytes of pages whatever the encoding.
+fn incompressible(n: usize) -> String {
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            char::from(b'A' + (state % 26) as u8)
+        })
+        .collect()
 }

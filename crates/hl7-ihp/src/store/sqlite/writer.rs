@@ -172,7 +172,10 @@ pub(super) struct Row {
     pub(super) ack_code: Option<String>,
     /// Accepted patient merges only: whom to merge into `patient`.
     pub(super) merge: Option<MergeRequest>,
+    /// The bytes as stored (compressed when that makes them smaller) and their
+    /// `raw_encoding` (store/sqlite/raw.rs).
     pub(super) raw: Vec<u8>,
+    pub(super) raw_encoding: Option<i64>,
     /// The message this one replays.
     pub(super) replay_of: Option<i64>,
 }
@@ -184,6 +187,7 @@ impl Row {
             (Some(key), true) => Some(key_hash(key)),
             _ => None,
         };
+        let (raw, raw_encoding) = raw::encode(message.raw);
         let mut row = Row {
             received_ms: message.received_at.as_millisecond(),
             peer: message.peer,
@@ -201,7 +205,8 @@ impl Row {
             observations: None,
             ack_code: message.ack_code,
             merge: None,
-            raw: message.raw,
+            raw,
+            raw_encoding,
             replay_of: message.replay_of,
         };
         if let Some(content) = message.content {
@@ -342,9 +347,9 @@ pub(super) const UPDATE_PATIENT: &str = "UPDATE patients SET patient_id = ?2, as
 pub(super) const INSERT_MESSAGE: &str = "INSERT INTO messages (id, received_ms, peer, \
      sending_application, sending_facility, control_id, hash, outcome, reason, message_type, \
      version, location, device, patient, n_observations, sent_ms, key_hash, hash_prefix, \
-     observations, raw, ack_code, peer_identity, replay_of) \
+     observations, raw, ack_code, peer_identity, replay_of, raw_encoding) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
-     ?19, ?20, ?21, ?22, ?23)";
+     ?19, ?20, ?21, ?22, ?23, ?24)";
 
 pub(super) const COUNT_REPEAT: &str = "UPDATE messages \
      SET n_received = n_received + 1, last_received_ms = ?2 WHERE id = ?1";
@@ -777,6 +782,7 @@ pub(super) fn write_message(
         ack_code,
         row.peer_identity,
         row.replay_of,
+        row.raw_encoding,
     ])?;
     if let Some(patient) = patient {
         let entry = Entry {
