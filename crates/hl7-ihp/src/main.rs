@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         Command::Completions(args) => commands::manual::completions(&args),
         Command::Man(args) => commands::manual::man(&args),
         Command::Backup(args) => commands::backup::run(&args),
+        Command::Purge(args) => commands::purge::run(&args),
     };
     match result {
         Ok(code) => code,

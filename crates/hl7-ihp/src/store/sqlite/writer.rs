@@ -18,6 +18,8 @@ pub(super) struct Writer {
     pub(super) counters: Arc<Counters>,
     pub(super) checkpoint: Arc<CheckpointSignal>,
     pub(super) failures: FailureLog,
+    /// The next transaction does the occasional checks (a purge asks for them first).
+    pub(super) check_next: bool,
 }
 
 /// What a transaction did to the patient tail: undone if it rolls back, completed (the
@@ -307,7 +309,10 @@ pub(super) struct Tally {
     pub(super) n_reused_control_ids: u64,
 }
 
-pub(super) const SELECT_NEXT_ID: &str = "SELECT coalesce(max(id), 0) + 1 FROM messages";
+/// Above every message stored, and above every one a purge removed (`purged_through`), so
+/// that an id is never handed out twice even when every message is gone.
+pub(super) const SELECT_NEXT_ID: &str = "SELECT max(coalesce((SELECT max(id) FROM messages), 0), \
+     coalesce((SELECT value FROM meta WHERE name = 'purged_through'), 0)) + 1";
 
 pub(super) const FIND_KEY: &str = "SELECT message FROM message_keys \
      WHERE sent_ms = ?1 AND key_hash = ?2 AND hash_prefix = ?3";
@@ -401,6 +406,13 @@ impl Writer {
                         return;
                     }
                 },
+            };
+            let first = match first {
+                Request::Purge { request, reply } => {
+                    self.purge(request, reply);
+                    continue;
+                }
+                first => first,
             };
             if !first.is_write() {
                 self.control(first);
@@ -515,6 +527,9 @@ impl Writer {
                         Request::SetWatermark { reply, .. } => {
                             let _ = reply.send(Err(error));
                         }
+                        Request::Purge { reply, .. } => {
+                            let _ = reply.send(Err(error));
+                        }
                         #[cfg(test)]
                         Request::Hold(_) | Request::Exec { .. } => {}
                     }
@@ -541,7 +556,9 @@ impl Writer {
             self.conn.execute_batch("ROLLBACK")?;
         }
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        change.check_age = move_all || self.n_transactions.is_multiple_of(AGE_CHECK_EVERY);
+        change.check_age = move_all
+            || std::mem::take(&mut self.check_next)
+            || self.n_transactions.is_multiple_of(AGE_CHECK_EVERY);
         change.move_all = move_all;
         let result = write_group(
             &self.conn,
@@ -573,8 +590,8 @@ impl Writer {
             Request::Exec { sql, reply } => {
                 let _ = reply.send(self.conn.execute_batch(&sql).map_err(database_error));
             }
-            Request::Commit { .. } | Request::SetWatermark { .. } => {
-                unreachable!("writes run in groups")
+            Request::Commit { .. } | Request::SetWatermark { .. } | Request::Purge { .. } => {
+                unreachable!("writes run in groups, purges alone")
             }
         }
     }
@@ -634,6 +651,7 @@ pub(super) fn write_group(
                 }
                 done.push(Done::Watermark);
             }
+            Request::Purge { .. } => unreachable!("purges run alone"),
             #[cfg(test)]
             Request::Hold(_) | Request::Exec { .. } => unreachable!("controls run alone"),
         }
