@@ -45,6 +45,8 @@ mod patients;
 // Running it as a service: `config --print`/`--example`, completions, man pages, and
 // deploy/hl7-ihp.service (its hardening keys; `systemd-analyze verify` where installed).
 mod running;
+// Retention: `--retention` under load, `hl7-ihp purge` and its dry run.
+mod retention;
 // `hl7-ihp receive`: framing, ACK rules, duplicates, limits, logs, shutdown.
 mod receive;
 // The receiver in-process through the library: server::bind and server::run.
