@@ -63,14 +63,20 @@ mllp=$(free_port); http=$(free_port)
 start_receiver "$data/data" "$mllp" "$http" --retention "$SIZE_RETENTION"
 load "$mllp" 16 "${SIZE_RUN}s" --rate "$RATE" >"$data/steady.json" &
 sender=$!
-for t in $(seq 5 5 "$SIZE_RUN"); do
+started=$(date +%s)
+while [ $(( $(date +%s) - started )) -lt "$SIZE_RUN" ]; do
   sleep 5
-  python3 - "$t" "$(size_mb "$data/data")" "$(metric "$http" hl7ihp_store_messages_total)" \
+  python3 - "$(( $(date +%s) - started ))" "$data/data" "$(metric "$http" hl7ihp_store_messages_total)" \
     "$(metric "$http" hl7ihp_purged_messages_total)" >>"$out" <<'PY'
-import json, sys
-t, mb, stored, purged = (int(x) for x in sys.argv[1:])
-print(json.dumps(dict(bench="retention-size", t_s=t, store_mb=mb, stored=stored,
-                      purged=purged, kept=stored - purged)))
+import json, os, sqlite3, sys
+t, data, stored, purged = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+db = os.path.join(data, "hl7-ihp.sqlite3")
+size = lambda p: round(os.path.getsize(p) / 1e6, 1) if os.path.exists(p) else 0
+conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+pages, free = (conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "freelist_count"))
+print(json.dumps(dict(bench="retention-size", t_s=t, db_mb=size(db), wal_mb=size(db + "-wal"),
+                      pages=pages, free_pages=free, stored=stored, purged=purged,
+                      kept=stored - purged)))
 PY
   tail -1 "$out"
 done

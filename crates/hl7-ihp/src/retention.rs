@@ -17,11 +17,15 @@ use crate::metrics::Extra;
 use crate::shutdown::Shutdown;
 use crate::store::{PurgeCursor, PurgeReport, PurgeRequest, Store};
 
-/// Messages removed per step (one transaction of the writer): about 5 ms of its time.
-pub const STEP_MESSAGES: usize = 500;
+/// Messages removed per step (one transaction of the writer). Measured with 1,000 patients
+/// on a busy 2-core machine: about 19 µs of the writer per message removed (mostly the
+/// patient index's leaf pages, one per patient in the step), 500 a step took 9.5 ms at the
+/// median; 250 keep a commit group's wait near 5 ms.
+pub const STEP_MESSAGES: usize = 250;
 
-/// Pause between two steps of a round, so that commit groups always get the writer.
-const STEP_PAUSE: Duration = Duration::from_millis(10);
+/// Pause between two steps of a round, so that commit groups always get the writer; with
+/// the step's own time it bounds removal to about 25,000 messages a second.
+const STEP_PAUSE: Duration = Duration::from_millis(5);
 
 /// A round starts at most this often...
 const ROUND_EVERY: Duration = Duration::from_secs(10);
@@ -301,7 +305,17 @@ mod tests {
         );
         assert_eq!(parse_retention("10s"), Ok(Some(Duration::from_secs(10))));
         assert_eq!(parse_retention("5m"), Ok(Some(Duration::from_secs(300))));
-        for bad in ["", "0d", "10", "10ms", "d", "-1d", "1y", "36601d", "99999999999999999999d"] {
+        for bad in [
+            "",
+            "0d",
+            "10",
+            "10ms",
+            "d",
+            "-1d",
+            "1y",
+            "36601d",
+            "99999999999999999999d",
+        ] {
             assert!(parse_retention(bad).is_err(), "{bad:?}");
         }
     }

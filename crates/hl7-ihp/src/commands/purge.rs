@@ -15,7 +15,7 @@ use crate::store::{self, PurgeCursor, PurgeReport, PurgeRequest, StoreOptions};
 
 /// Steps of `purge` remove this many messages each: no receiver waits for the writer, so
 /// larger steps than the background's cost nobody anything.
-const COMMAND_STEP: usize = 8 * STEP_MESSAGES;
+const COMMAND_STEP: usize = 16 * STEP_MESSAGES;
 
 /// Runs `hl7-ihp purge`. Exit status 0 when done (or counted), 1 when the store fails, 2 for
 /// a bad time or a data directory held by a receiver.
@@ -84,7 +84,11 @@ pub fn run(args: &PurgeArgs) -> anyhow::Result<ExitCode> {
     drop(store);
     drop(data_dir);
     let report = result?;
-    let verb = if args.dry_run { "would remove" } else { "removed" };
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
     println!(
         "purge: {verb} {} accepted messages and {} refused frames ({:.1} s)",
         report.n_accepted,

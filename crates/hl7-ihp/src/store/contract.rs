@@ -1736,7 +1736,12 @@ pub async fn trends_summarise_each_code_per_bucket(open: Open) {
 /// [`oru`] received at `received_ms` (its MSH-7 a second per message later, so that the
 /// earlier ones' keys settle).
 fn aged(control_id: &str, who: &str, received_ms: i64, n: i64) -> NewMessage {
-    let mut message = oru(control_id, Some(patient(who, "EVE", false)), &["1", "2"], "");
+    let mut message = oru(
+        control_id,
+        Some(patient(who, "EVE", false)),
+        &["1", "2"],
+        "",
+    );
     message.received_at = jiff::Timestamp::from_millisecond(received_ms).unwrap();
     if let Some(key) = message.key.as_mut() {
         key.sent_ms = Some(1_704_067_200_000 + n * 1000);
@@ -1818,7 +1823,10 @@ pub async fn purges_remove_only_what_retention_allows(open: Open) {
     assert_eq!(ids(store.as_ref()).await, [a, b, c, junk, d]);
 
     let report = store.purge(purge_before(cutoff)).await.unwrap();
-    assert_eq!((report.n_accepted, report.n_refused, report.n_held_back), (2, 0, 1));
+    assert_eq!(
+        (report.n_accepted, report.n_refused, report.n_held_back),
+        (2, 0, 1)
+    );
     assert!(!report.more);
     assert_eq!(ids(store.as_ref()).await, [c, junk, d]);
     assert_eq!(store.stats().n_purged, 2);
@@ -1855,7 +1863,10 @@ pub async fn purges_remove_only_what_retention_allows(open: Open) {
     drop(store);
     let store = open(dir.path(), &options());
     let report = store.purge(purge_before(cutoff)).await.unwrap();
-    assert_eq!((report.n_accepted, report.n_refused, report.n_held_back), (1, 0, 0));
+    assert_eq!(
+        (report.n_accepted, report.n_refused, report.n_held_back),
+        (1, 0, 0)
+    );
     assert_eq!(report.held_by, None);
     assert_eq!(ids(store.as_ref()).await, [junk, d, again]);
     let report = store

@@ -217,7 +217,10 @@ fn full_records_name_their_control_id() {
     // Guards the load test's reading of the files: the key it looks for is the one written.
     let (_dir, receiver) = start(&["--patient-files", "ndjson", "--json-fields", "full"]);
     let mut client = Client::connect(receiver.mllp);
-    assert_eq!(ack_field(&client.exchange(&vitals("K1", "PK", 70)), "MSA-1"), "AA");
+    assert_eq!(
+        ack_field(&client.exchange(&vitals("K1", "PK", 70)), "MSA-1"),
+        "AA"
+    );
     let data = receiver.data_dir.clone();
     let (status, logs) = receiver.terminate();
     assert!(status.success(), "{logs}");
@@ -288,7 +291,9 @@ fn purge_dry_run_and_purge_on_a_stopped_store() {
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stdout.contains("would remove 0 accepted messages")
-            && stdout.contains("20 older accepted messages held back: not yet in the ndjson patient files"),
+            && stdout.contains(
+                "20 older accepted messages held back: not yet in the ndjson patient files"
+            ),
         "{stdout}"
     );
     // A bad time is a usage error.
@@ -317,16 +322,27 @@ fn purge_dry_run_and_purge_on_a_stopped_store() {
         "{stdout}"
     );
     assert_eq!(n_messages(), 0);
-    let patients = count(&database(&data), "SELECT count(*) FROM patients WHERE id > ?1", 0);
+    let patients = count(
+        &database(&data),
+        "SELECT count(*) FROM patients WHERE id > ?1",
+        0,
+    );
     assert_eq!(patients, 1, "the patient's row stays");
 
     // A receiver started again goes on with new ids and files, and still recognises nothing
     // removed as a duplicate.
     let receiver = common::Receiver::start(&data, &[]);
     let mut client = Client::connect(receiver.mllp);
-    assert_eq!(ack_field(&client.exchange(&vitals("D0", "PD", 1)), "MSA-1"), "AA");
+    assert_eq!(
+        ack_field(&client.exchange(&vitals("D0", "PD", 1)), "MSA-1"),
+        "AA"
+    );
     let (status, logs) = receiver.terminate();
     assert!(status.success(), "{logs}");
-    let min_id = count(&database(&data), "SELECT min(id) FROM messages WHERE id > ?1", 0);
+    let min_id = count(
+        &database(&data),
+        "SELECT min(id) FROM messages WHERE id > ?1",
+        0,
+    );
     assert!(min_id > 21, "ids go on after the removed ones: {min_id}");
 }

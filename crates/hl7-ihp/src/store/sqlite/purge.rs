@@ -50,10 +50,16 @@ impl Writer {
             self.check_next = true;
             self.run_group(Vec::new(), 0, false);
         }
-        if self.counters.file.as_ref().is_some_and(FileWatch::known_lost) {
+        if self
+            .counters
+            .file
+            .as_ref()
+            .is_some_and(FileWatch::known_lost)
+        {
             let _ = reply.send(Err(StoreError::Database(FILE_LOST.into())));
             return;
         }
+        let started = Instant::now();
         let result = self.purge_transaction(&request);
         if let Ok(report) = &result
             && !request.dry_run
@@ -62,6 +68,12 @@ impl Writer {
             counters
                 .n_purged
                 .fetch_add(report.n_accepted + report.n_refused, Ordering::Relaxed);
+            // How long the writer was busy with it: what a commit group may have waited.
+            tracing::debug!(
+                n_removed = report.n_accepted + report.n_refused,
+                step_us = started.elapsed().as_micros() as u64,
+                "purge step"
+            );
         }
         let _ = reply.send(result.map_err(database_error));
     }
@@ -100,10 +112,7 @@ fn accepted_bound(
     let keys = meta_value(conn, KEY_INDEX_THROUGH)?;
     let patients = meta_value(conn, PATIENT_INDEX_THROUGH)?;
     let indexed = keys.min(patients);
-    let mut bound = (
-        indexed,
-        Some(HoldReason::IndexPending { through: indexed }),
-    );
+    let mut bound = (indexed, Some(HoldReason::IndexPending { through: indexed }));
     for exporter in exporters {
         let through = meta_value(conn, &format!("{EXPORT_WATERMARK_PREFIX}{exporter}"))?;
         if through < bound.0 {
@@ -121,7 +130,10 @@ fn accepted_bound(
 
 /// One step: the accepted messages first, then the refused frames, at most
 /// `max_messages` in all (a dry run counts without a limit).
-pub(super) fn purge_step(conn: &Connection, request: &PurgeRequest) -> rusqlite::Result<PurgeReport> {
+pub(super) fn purge_step(
+    conn: &Connection,
+    request: &PurgeRequest,
+) -> rusqlite::Result<PurgeReport> {
     let limit = if request.dry_run {
         usize::MAX
     } else {
@@ -134,13 +146,29 @@ pub(super) fn purge_step(conn: &Connection, request: &PurgeRequest) -> rusqlite:
     let mut doomed = Vec::new();
     if let Some(cutoff) = request.accepted_before_ms {
         let (bound, reason) = accepted_bound(conn, &request.exporters)?;
-        scan_accepted(conn, cutoff, bound, reason, limit, request.dry_run, &mut report, &mut doomed)?;
+        scan_accepted(
+            conn,
+            cutoff,
+            bound,
+            reason,
+            limit,
+            request.dry_run,
+            &mut report,
+            &mut doomed,
+        )?;
     }
     let left = limit.saturating_sub(usize::try_from(report.n_accepted).unwrap_or(usize::MAX));
     if let Some(cutoff) = request.refused_before_ms
         && left > 0
     {
-        scan_refused(conn, cutoff, left, request.dry_run, &mut report, &mut doomed)?;
+        scan_refused(
+            conn,
+            cutoff,
+            left,
+            request.dry_run,
+            &mut report,
+            &mut doomed,
+        )?;
     }
     if !request.dry_run && !doomed.is_empty() {
         remove(conn, &doomed)?;

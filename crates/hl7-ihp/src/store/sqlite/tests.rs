@@ -830,7 +830,12 @@ async fn purges_wait_for_the_indexes_and_take_their_rows() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let who = || Some(patient("P1", "EVE", false));
-    let first = new_id(&store.commit(vec![oru("1", who(), &["1"], "")]).await.unwrap()[0]);
+    let first = new_id(
+        &store
+            .commit(vec![oru("1", who(), &["1"], "")])
+            .await
+            .unwrap()[0],
+    );
     let report = store.purge(purge_all_before(i64::MAX)).await.unwrap();
     assert_eq!(report.n_accepted, 0);
     assert_eq!(report.n_held_back, 1);
@@ -848,7 +853,12 @@ async fn purges_wait_for_the_indexes_and_take_their_rows() {
             verdict: Verdict::Accept
         }]
     );
-    let second = new_id(&store.commit(vec![oru("2", who(), &["1"], "")]).await.unwrap()[0]);
+    let second = new_id(
+        &store
+            .commit(vec![oru("2", who(), &["1"], "")])
+            .await
+            .unwrap()[0],
+    );
     drop(store);
     {
         let conn = sql(dir.path());
@@ -869,13 +879,19 @@ async fn purges_wait_for_the_indexes_and_take_their_rows() {
     );
     assert_eq!(count(&conn, "SELECT count(*) FROM message_keys"), 1);
     assert_eq!(
-        count(&conn, "SELECT count(*) FROM patient_messages WHERE message = 2"),
+        count(
+            &conn,
+            "SELECT count(*) FROM patient_messages WHERE message = 2"
+        ),
         1
     );
     assert_eq!(count(&conn, "SELECT count(*) FROM patient_messages"), 1);
     assert_eq!(count(&conn, "SELECT count(*) FROM patients"), 1);
     assert_eq!(
-        count(&conn, "SELECT value FROM meta WHERE name = 'purged_through'"),
+        count(
+            &conn,
+            "SELECT value FROM meta WHERE name = 'purged_through'"
+        ),
         first
     );
     assert_eq!(second, 2);
