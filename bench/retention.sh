@@ -8,7 +8,8 @@
 # one during which everything the fill stored ages out and is purged.
 # Size: a steady RATE (default 2000 msg/s, 16 connections) for SIZE_RUN (default 90s) with
 # --retention SIZE_RETENTION (default 15s); the size of the database file and its WAL every
-# 5 s. Writes $RESULTS/retention.jsonl.
+# 5 s. EXTRA_FLAGS go to every receiver (e.g. `--patient-files off`: no export bound, the
+# purge's own cost). Writes $RESULTS/retention.jsonl.
 source "$(dirname "$0")/lib.sh"
 FILL=${FILL:-20s}
 MEASURE=${MEASURE:-20s}
@@ -35,8 +36,9 @@ size_mb() { # size_mb DATA_DIR: database and WAL, MB
 for mode in off on; do
   data=$(mktemp -d)
   mllp=$(free_port); http=$(free_port)
-  flags=()
-  [ "$mode" = on ] && flags=(--retention "$RETENTION")
+  # shellcheck disable=SC2206
+  flags=(${EXTRA_FLAGS:-})
+  [ "$mode" = on ] && flags+=(--retention "$RETENTION")
   start_receiver "$data/data" "$mllp" "$http" "${flags[@]}"
   load "$mllp" 64 "$FILL" >/dev/null
   before=$(metric "$http" hl7ihp_purged_messages_total)
@@ -60,7 +62,8 @@ done
 # The size over time under a steady rate.
 data=$(mktemp -d)
 mllp=$(free_port); http=$(free_port)
-start_receiver "$data/data" "$mllp" "$http" --retention "$SIZE_RETENTION"
+# shellcheck disable=SC2086
+start_receiver "$data/data" "$mllp" "$http" --retention "$SIZE_RETENTION" ${EXTRA_FLAGS:-}
 load "$mllp" 16 "${SIZE_RUN}s" --rate "$RATE" >"$data/steady.json" &
 sender=$!
 started=$(date +%s)

@@ -398,6 +398,8 @@ impl SqliteStore {
             checkpoint: Arc::clone(&checkpoint),
             failures: FailureLog::default(),
             check_next: false,
+            stale: None,
+            unswept: 0,
         };
         let writer = std::thread::Builder::new()
             .name("store-writer".into())

@@ -21,6 +21,19 @@ use crate::store::{HoldReason, PurgeReport, PurgeRequest};
 /// The `meta` row holding the highest message id ever removed: the next id is above it.
 pub(super) const PURGED_THROUGH: &str = "purged_through";
 
+/// The `meta` row below which (inclusive) every accepted message has been removed.
+const PURGED_ACCEPTED_THROUGH: &str = "purged_accepted_through";
+
+/// The `meta` row below which (inclusive) the removed messages' `patient_messages` entries
+/// are gone too.
+const PURGE_SWEPT_THROUGH: &str = "purge_swept_through";
+
+/// The patient index entries of removed messages are deleted per patient, a range each, at
+/// the end of a round or once this many are waiting: one by one they would cost a leaf page
+/// of the index per message (each message's patient has its own page), several times what
+/// the message's own row costs.
+const SWEEP_AFTER: usize = 20_000;
+
 /// A step reads at most this many rows per message it may remove: refused frames kept
 /// among accepted ones (or the reverse) are passed over without holding the writer long.
 const SCAN_FACTOR: usize = 8;
@@ -87,10 +100,34 @@ impl Writer {
         } else {
             "BEGIN IMMEDIATE"
         })?;
-        let result = purge_step(&self.conn, request);
+        let result = purge_step(&self.conn, request).and_then(|(report, entries)| {
+            let sweep =
+                !request.dry_run && (!report.more || self.unswept + entries.len() >= SWEEP_AFTER);
+            if sweep {
+                sweep_entries(&self.conn, self.stale.as_ref(), &entries)?;
+            }
+            Ok((report, entries, sweep))
+        });
         let result = match result {
-            Ok(report) if request.dry_run => self.conn.execute_batch("ROLLBACK").map(|()| report),
-            Ok(report) => self.conn.execute_batch("COMMIT").map(|()| report),
+            Ok((report, ..)) if request.dry_run => {
+                self.conn.execute_batch("ROLLBACK").map(|()| report)
+            }
+            Ok((report, entries, sweep)) => self.conn.execute_batch("COMMIT").map(|()| {
+                // Only what committed: the patients whose entries wait for the next sweep.
+                if sweep {
+                    self.stale = Some(HashMap::new());
+                    self.unswept = 0;
+                } else {
+                    if let Some(stale) = self.stale.as_mut() {
+                        for (patient, id) in &entries {
+                            let through = stale.entry(*patient).or_insert(*id);
+                            *through = (*through).max(*id);
+                        }
+                    }
+                    self.unswept += entries.len();
+                }
+                report
+            }),
             Err(error) => Err(error),
         };
         if result.is_err()
@@ -101,6 +138,48 @@ impl Writer {
         }
         result
     }
+}
+
+/// Deletes the `patient_messages` entries of the removed accepted messages: per patient, the
+/// range up to `purged_accepted_through`. The patients are those of `stale` and `entries`
+/// when the writer knows them all since the last sweep, else every patient (once after a
+/// start that left entries unswept).
+fn sweep_entries(
+    conn: &Connection,
+    stale: Option<&HashMap<i64, i64>>,
+    entries: &[(i64, i64)],
+) -> rusqlite::Result<()> {
+    let through = meta_value(conn, PURGED_ACCEPTED_THROUGH)?;
+    if through <= meta_value(conn, PURGE_SWEPT_THROUGH)? {
+        return Ok(());
+    }
+    let patients: Vec<i64> = match stale {
+        Some(stale) => {
+            let mut patients: Vec<i64> = stale
+                .keys()
+                .copied()
+                .chain(entries.iter().map(|(patient, _)| *patient))
+                .collect();
+            patients.sort_unstable();
+            patients.dedup();
+            patients
+        }
+        None => conn
+            .prepare("SELECT id FROM patients ORDER BY id")?
+            .query_map([], |row| row.get(0))?
+            .collect::<rusqlite::Result<_>>()?,
+    };
+    let mut delete =
+        conn.prepare_cached("DELETE FROM patient_messages WHERE patient = ?1 AND message <= ?2")?;
+    for patient in patients {
+        delete.execute([patient, through])?;
+    }
+    conn.execute(
+        "INSERT INTO meta (name, value) VALUES (?1, ?2) \
+         ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
+        params![PURGE_SWEPT_THROUGH, through],
+    )?;
+    Ok(())
 }
 
 /// The highest accepted message id that may go, and what sets it when it is not the
@@ -133,7 +212,7 @@ fn accepted_bound(
 pub(super) fn purge_step(
     conn: &Connection,
     request: &PurgeRequest,
-) -> rusqlite::Result<PurgeReport> {
+) -> rusqlite::Result<(PurgeReport, Vec<(i64, i64)>)> {
     let limit = if request.dry_run {
         usize::MAX
     } else {
@@ -171,9 +250,13 @@ pub(super) fn purge_step(
         )?;
     }
     if !request.dry_run && !doomed.is_empty() {
-        remove(conn, &doomed)?;
+        remove(conn, &doomed, report.cursor.accepted_after)?;
     }
-    Ok(report)
+    let entries = doomed
+        .iter()
+        .filter_map(|d| d.patient.map(|patient| (patient, d.id)))
+        .collect();
+    Ok((report, entries))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -305,12 +388,11 @@ fn scan_refused(
     Ok(())
 }
 
-/// Deletes the messages with their patient index entries and duplicate keys, and records
-/// the highest id removed.
-fn remove(conn: &Connection, doomed: &[Doomed]) -> rusqlite::Result<()> {
+/// Deletes the messages with their duplicate keys, and records the highest id removed and
+/// how far every accepted message is gone (their patient index entries go in the next
+/// sweep, [`sweep_entries`]).
+fn remove(conn: &Connection, doomed: &[Doomed], accepted_through: i64) -> rusqlite::Result<()> {
     let mut message = conn.prepare_cached("DELETE FROM messages WHERE id = ?1")?;
-    let mut entry =
-        conn.prepare_cached("DELETE FROM patient_messages WHERE patient = ?1 AND message = ?2")?;
     let mut key = conn.prepare_cached(
         "DELETE FROM message_keys \
          WHERE sent_ms = ?1 AND key_hash = ?2 AND hash_prefix = ?3 AND message = ?4",
@@ -318,9 +400,6 @@ fn remove(conn: &Connection, doomed: &[Doomed]) -> rusqlite::Result<()> {
     let mut highest = 0;
     for d in doomed {
         message.execute([d.id])?;
-        if let Some(patient) = d.patient {
-            entry.execute([patient, d.id])?;
-        }
         if let Some((sent, key_hash, prefix)) = d.key {
             key.execute([sent, key_hash, prefix, d.id])?;
         }
@@ -330,6 +409,11 @@ fn remove(conn: &Connection, doomed: &[Doomed]) -> rusqlite::Result<()> {
         "INSERT INTO meta (name, value) VALUES (?1, ?2) \
          ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
         params![PURGED_THROUGH, highest],
+    )?;
+    conn.execute(
+        "INSERT INTO meta (name, value) VALUES (?1, ?2) \
+         ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
+        params![PURGED_ACCEPTED_THROUGH, accepted_through],
     )?;
     Ok(())
 }

@@ -20,6 +20,11 @@ pub(super) struct Writer {
     pub(super) failures: FailureLog,
     /// The next transaction does the occasional checks (a purge asks for them first).
     pub(super) check_next: bool,
+    /// Purges: the patients whose index entries of removed messages wait for the next
+    /// sweep, with the highest such message; `None` when not known (since the start).
+    pub(super) stale: Option<HashMap<i64, i64>>,
+    /// Purges: removed messages whose index entries wait for the next sweep.
+    pub(super) unswept: usize,
 }
 
 /// What a transaction did to the patient tail: undone if it rolls back, completed (the
