@@ -37,6 +37,9 @@ pub enum Command {
     /// Copy the store, also while a receiver runs on it, into one self-contained file, and
     /// check the copy.
     Backup(BackupArgs),
+    /// Remove old messages once (what `receive --retention` does in the background), or
+    /// with `--dry-run` count what would go; the receiver must be stopped.
+    Purge(PurgeArgs),
     /// Print the structure of HL7 v2 files (one message, a batch, or MLLP-framed messages).
     Parse(ParseArgs),
     /// Show `receive`'s effective settings (`--print`, with receive's flags) or a commented
@@ -222,6 +225,48 @@ pub struct ReplayArgs {
     /// flags, as `receive` reads them), and `--data-dir` / `--store`.
     #[command(flatten)]
     pub receive: ReceiveArgs,
+}
+
+/// `hl7-ihp purge`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("what").required(true).multiple(true).args(["before", "rejected_before"])))]
+pub struct PurgeArgs {
+    /// Remove accepted messages (and their observations) received before TIME: an RFC 3339
+    /// time (`2026-01-31T00:00:00Z`) or a duration ago (`30d`, `12h`).
+    #[arg(long, value_name = "TIME")]
+    pub before: Option<String>,
+    /// Remove refused frames (errors and rejects) received before TIME.
+    #[arg(long, value_name = "TIME")]
+    pub rejected_before: Option<String>,
+    /// Only count what would go, and what is held back and why.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The patient files that must hold a message before it goes, as `receive
+    /// --patient-files` keeps them: `json`, `ndjson`, `both` or `off` (no such bound).
+    #[arg(
+        long,
+        env = "HL7IHP_PATIENT_FILES",
+        default_value = "json",
+        value_name = "json|ndjson|both|off",
+        value_parser = parse_patient_files
+    )]
+    pub patient_files: crate::export::PatientFiles,
+    /// The receiver's data directory.
+    #[command(flatten)]
+    pub store: DataDir,
+}
+
+fn parse_patient_files(text: &str) -> Result<crate::export::PatientFiles, String> {
+    use crate::export::PatientFiles;
+    crate::config::values::choice(
+        text,
+        &[
+            ("json", PatientFiles::Json),
+            ("ndjson", PatientFiles::Ndjson),
+            ("both", PatientFiles::Both),
+            ("off", PatientFiles::Off),
+        ],
+    )
 }
 
 /// `hl7-ihp send`.

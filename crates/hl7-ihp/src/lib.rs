@@ -50,6 +50,7 @@ pub mod mllp;
 pub mod net;
 pub mod rate_limit;
 pub mod reload;
+pub mod retention;
 pub mod sender;
 pub mod server;
 pub mod shutdown;

@@ -33,6 +33,7 @@ fn main() -> ExitCode {
         Command::Man(args) => commands::manual::man(&args),
         Command::Backup(args) => commands::backup::run(&args),
         Command::Replay(args) => commands::replay::run(&args),
+        Command::Purge(args) => commands::purge::run(&args),
     };
     match result {
         Ok(code) => code,

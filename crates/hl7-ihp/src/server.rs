@@ -224,6 +224,17 @@ pub async fn run(
         exporter_stop,
     ));
 
+    // Retention: removes old messages in small steps through the writer, off the ACK path.
+    let purge_counters = Arc::new(crate::retention::PurgeCounters::default());
+    let (stop_purger, purger_stop) = Shutdown::new();
+    let purger = tokio::spawn(crate::retention::run(
+        Arc::clone(&store),
+        config.retention,
+        config.export.files,
+        Arc::clone(&purge_counters),
+        purger_stop,
+    ));
+
     // The live view behind the API's patients, devices, stats and events; only when HTTP
     // serves it. It follows the store like the exporter, off the ACK path.
     let (stop_live, live_stop) = Shutdown::new();
@@ -243,7 +254,12 @@ pub async fn run(
         .map(|(listener, (live, _))| {
             let state = HttpState {
                 metrics: Arc::clone(&metrics),
-                extra: extra_metrics(Arc::clone(&store), Arc::clone(&budget), Arc::clone(&audit)),
+                extra: extra_metrics(
+                    Arc::clone(&store),
+                    Arc::clone(&budget),
+                    Arc::clone(&audit),
+                    Arc::clone(&purge_counters),
+                ),
                 store: Arc::clone(&store),
                 access: http::access::Access::new(config.http.token.as_ref()),
                 live: Arc::clone(live),
@@ -324,6 +340,10 @@ pub async fn run(
     {
         tracing::error!(%error, "the live view task failed");
     }
+    stop_purger.trigger();
+    if let Err(error) = purger.await {
+        tracing::error!(%error, "the retention task failed");
+    }
     stop_exporter.trigger();
     match exporter.await {
         Ok(Ok(())) => {}
@@ -350,6 +370,7 @@ fn extra_metrics(
     store: Arc<dyn Store>,
     budget: Arc<PartialBudget>,
     audit: Arc<Audit>,
+    purges: Arc<crate::retention::PurgeCounters>,
 ) -> ExtraMetrics {
     Arc::new(move || {
         let stats = store.stats();
@@ -402,5 +423,8 @@ fn extra_metrics(
                 value: i64::try_from(budget.held()).unwrap_or(i64::MAX),
             },
         ]
+        .into_iter()
+        .chain(purges.extras())
+        .collect()
     })
 }

@@ -7,6 +7,7 @@ pub mod demo;
 pub mod inspect;
 pub mod manual;
 pub mod parse;
+pub mod purge;
 pub mod receive;
 pub mod replay;
 pub mod send;

@@ -17,6 +17,7 @@ use super::values::{
 };
 use crate::export::{Fields, PatientFiles};
 use crate::net::allow::AddressList;
+use crate::retention::{RetentionConfig, parse_retention};
 use crate::store::{StoreLocation, StoreOptions};
 use crate::tls::ServerTlsFiles;
 
@@ -136,6 +137,12 @@ declare_settings! {
     timezone: Option<TimeZone> = time_zone, "ZONE", optional "none: times without an offset stay as written";
     /// Log lines as `text` or `json`.
     log_format: LogFormat = log_format_of, "text|json", default "text";
+    /// Remove accepted messages and their observations received longer ago than this, e.g.
+    /// `90d`, `12h`, in the background; only those the patient files already hold.
+    retention: Option<Duration> = parse_retention, "DURATION|off", default "off";
+    /// Remove refused frames (errors and rejects) received longer ago than this; `off`
+    /// keeps them for inspection, whatever --retention says.
+    retention_rejected: Option<Duration> = parse_retention, "DURATION|off", default "off";
 }
 
 /// Every setting of `receive`'s table, in its order: what `config --example` describes.
@@ -455,6 +462,8 @@ pub struct ReceiveConfig {
     pub export: ExportConfig,
     /// The live view behind the API's patients, devices and event stream.
     pub live: LiveConfig,
+    /// What the purger removes (`--retention`, `--retention-rejected`).
+    pub retention: RetentionConfig,
     /// Database and patient files, unless `--store` puts the database elsewhere.
     pub data_dir: PathBuf,
     /// The audit trail's file.
@@ -588,6 +597,10 @@ impl ReceiveConfig {
             live: LiveConfig {
                 stale_after: s.stale_after,
                 offline_after: s.offline_after,
+            },
+            retention: RetentionConfig {
+                accepted: s.retention,
+                refused: s.retention_rejected,
             },
             data_dir: s.data_dir,
             audit_log: s.audit_log,

@@ -14,8 +14,8 @@ use sha2::{Digest, Sha256};
 use super::{
     ChangeCursor, Content, FilePosition, Health, MergeRequest, MessageFilter, MessageKey,
     MessageSummary, NewMessage, ObservationData, ObservationQuery, ObservationRow, Outcome,
-    PatientData, PatientSummary, RecordPosition, Store, StoreOptions, Stored, TrendBucket,
-    TrendQuery, Verdict,
+    PatientData, PatientSummary, PurgeCursor, PurgeRequest, RecordPosition, Store, StoreOptions,
+    Stored, TrendBucket, TrendQuery, Verdict,
 };
 
 /// Opens a fresh (or, given the same folder again, the same) store of one backend in `dir`.
@@ -55,6 +55,8 @@ macro_rules! store_contract {
             a_merge_in_the_same_batch_as_the_prior_patients_messages,
             the_change_feed_reports_both_patients_of_a_merge,
             a_merged_patients_file_positions_go_when_the_watermark_passes_the_merge,
+            purges_remove_only_what_retention_allows,
+            purges_go_in_bounded_steps_and_never_reuse_ids,
         );
     };
     (@tests $open:expr; $($name:ident),* $(,)?) => {
@@ -2161,4 +2163,204 @@ pub async fn a_merged_patients_file_positions_go_when_the_watermark_passes_the_m
         keys(store.export_files("ndjson", None).await.unwrap()),
         ["B"]
     );
+}
+
+/// [`oru`] received at `received_ms` (its MSH-7 a second per message later, so that the
+/// earlier ones' keys settle).
+fn aged(control_id: &str, who: &str, received_ms: i64, n: i64) -> NewMessage {
+    let mut message = oru(
+        control_id,
+        Some(patient(who, "EVE", false)),
+        &["1", "2"],
+        "",
+    );
+    message.received_at = jiff::Timestamp::from_millisecond(received_ms).unwrap();
+    if let Some(key) = message.key.as_mut() {
+        key.sent_ms = Some(1_704_067_200_000 + n * 1000);
+    }
+    message
+}
+
+/// A purge of everything received before `before_ms` that the `json` files hold.
+fn purge_before(before_ms: i64) -> PurgeRequest {
+    PurgeRequest {
+        accepted_before_ms: Some(before_ms),
+        refused_before_ms: None,
+        exporters: vec!["json".into()],
+        max_messages: 500,
+        cursor: PurgeCursor::START,
+        dry_run: false,
+    }
+}
+
+async fn ids(store: &dyn Store) -> Vec<i64> {
+    let mut ids: Vec<i64> = store
+        .messages(MessageFilter::default())
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// A purge removes the messages received before the cutoff that the patient files hold,
+/// with their records and their duplicate keys, and nothing else: not a newer message, not
+/// one above the exporter's watermark (counted as held back, and still a duplicate when
+/// sent again), not a refused frame unless asked; a dry run only counts.
+pub async fn purges_remove_only_what_retention_allows(open: Open) {
+    const OLD: i64 = 1_700_000_000_000;
+    const NEW: i64 = OLD + 3_600_000;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &options());
+    let stored = store
+        .commit(vec![
+            aged("1", "P1", OLD, 1),
+            aged("2", "P1", OLD + 1, 2),
+            aged("3", "P2", OLD + 2, 3),
+        ])
+        .await
+        .unwrap();
+    let [a, b, c] = [0, 1, 2].map(|n| new_id(&stored[n]));
+    let mut junk = rejected("9", "");
+    junk.received_at = jiff::Timestamp::from_millisecond(OLD + 3).unwrap();
+    let junk = new_id(&store.commit(vec![junk]).await.unwrap()[0]);
+    let d = new_id(&store.commit(vec![aged("4", "P1", NEW, 20)]).await.unwrap()[0]);
+    // The patient files hold a and b only.
+    store
+        .set_export_watermark("json", ChangeCursor::at(b))
+        .await
+        .unwrap();
+    // Reopened: whatever a backend keeps in memory is written out.
+    drop(store);
+    let store = open(dir.path(), &options());
+
+    let cutoff = NEW - 1;
+    let dry = store
+        .purge(PurgeRequest {
+            dry_run: true,
+            ..purge_before(cutoff)
+        })
+        .await
+        .unwrap();
+    assert_eq!((dry.n_accepted, dry.n_refused, dry.n_held_back), (2, 0, 1));
+    assert_eq!(
+        dry.held_by,
+        Some(super::HoldReason::NotExported {
+            exporter: "json".into(),
+            through: b
+        })
+    );
+    assert_eq!(ids(store.as_ref()).await, [a, b, c, junk, d]);
+
+    let report = store.purge(purge_before(cutoff)).await.unwrap();
+    assert_eq!(
+        (report.n_accepted, report.n_refused, report.n_held_back),
+        (2, 0, 1)
+    );
+    assert!(!report.more);
+    assert_eq!(ids(store.as_ref()).await, [c, junk, d]);
+    assert_eq!(store.stats().n_purged, 2);
+    assert!(store.message(a).await.unwrap().is_none());
+    // P1 keeps only d's records; the patient stays.
+    assert_eq!(n_records(store.as_ref(), "P1").await, 2);
+    assert_eq!(n_records(store.as_ref(), "P2").await, 2);
+    let patients = store.patients().await.unwrap();
+    assert_eq!(patients.len(), 2);
+    // A kept message's key still recognises its retransmission; a removed one's is gone
+    // with it (it is outside the window).
+    assert_eq!(
+        store.commit(vec![aged("3", "P2", NEW, 3)]).await.unwrap(),
+        vec![Stored::Duplicate {
+            id: c,
+            verdict: Verdict::Accept
+        }]
+    );
+    assert_eq!(
+        store.commit(vec![aged("4", "P1", NEW, 20)]).await.unwrap(),
+        vec![Stored::Duplicate {
+            id: d,
+            verdict: Verdict::Accept
+        }]
+    );
+    let again = new_id(&store.commit(vec![aged("1", "P1", NEW, 1)]).await.unwrap()[0]);
+    assert!(again > d);
+
+    // Once the files hold c, it goes; the refused frame only when asked for.
+    store
+        .set_export_watermark("json", ChangeCursor::at(d))
+        .await
+        .unwrap();
+    drop(store);
+    let store = open(dir.path(), &options());
+    let report = store.purge(purge_before(cutoff)).await.unwrap();
+    assert_eq!(
+        (report.n_accepted, report.n_refused, report.n_held_back),
+        (1, 0, 0)
+    );
+    assert_eq!(report.held_by, None);
+    assert_eq!(ids(store.as_ref()).await, [junk, d, again]);
+    let report = store
+        .purge(PurgeRequest {
+            refused_before_ms: Some(cutoff),
+            ..purge_before(cutoff)
+        })
+        .await
+        .unwrap();
+    assert_eq!((report.n_accepted, report.n_refused), (0, 1));
+    assert_eq!(ids(store.as_ref()).await, [d, again]);
+    assert!(
+        store
+            .messages(MessageFilter {
+                rejected_only: true,
+                ..MessageFilter::default()
+            })
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// A purge step removes at most its batch and says there is more; the next goes on from
+/// its cursor. Without patient files nothing bounds it. Ids are never handed out again,
+/// also when every message is gone and the store is reopened.
+pub async fn purges_go_in_bounded_steps_and_never_reuse_ids(open: Open) {
+    const OLD: i64 = 1_700_000_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &options());
+    let batch: Vec<NewMessage> = (0..10)
+        .map(|n| aged(&format!("{n}"), &format!("P{}", n % 3), OLD + n, n))
+        .collect();
+    let stored = store.commit(batch).await.unwrap();
+    let last = new_id(&stored[9]);
+    drop(store);
+    let store = open(dir.path(), &options());
+    let mut request = PurgeRequest {
+        exporters: Vec::new(),
+        max_messages: 3,
+        ..purge_before(OLD + 1_000)
+    };
+    let mut steps = Vec::new();
+    loop {
+        let report = store.purge(request.clone()).await.unwrap();
+        assert!(report.n_accepted <= 3);
+        steps.push(report.n_accepted);
+        if !report.more {
+            break;
+        }
+        request.cursor = report.cursor;
+    }
+    assert_eq!(steps.iter().sum::<u64>(), 10, "{steps:?}");
+    assert!(steps.len() >= 4, "{steps:?}");
+    assert!(ids(store.as_ref()).await.is_empty());
+    drop(store);
+    let store = open(dir.path(), &options());
+    let next = new_id(
+        &store
+            .commit(vec![aged("new", "P1", OLD + 5_000, 50)])
+            .await
+            .unwrap()[0],
+    );
+    assert!(next > last, "{next} after {last}");
 }

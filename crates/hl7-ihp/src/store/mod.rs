@@ -306,6 +306,8 @@ pub struct StoreStats {
     /// MSH-10) and other bytes was already stored: a sender reusing control ids. Counted
     /// only when duplicates are checked.
     pub n_reused_control_ids: u64,
+    /// Messages removed by purges (retention and `hl7-ihp purge`).
+    pub n_purged: u64,
 }
 
 /// A patient for `hl7-ihp patients` and the API.
@@ -757,11 +759,122 @@ pub trait Store: StoreRead {
         files: Vec<(String, FilePosition)>,
     ) -> StoreFuture<'a, ()>;
 
+    /// Removes (or with `dry_run` only counts) old messages, one bounded step: see
+    /// [`PurgeRequest`]. A step that reports `more` is followed by another from its cursor.
+    /// Never removes a message above an exporter's watermark, nor one whose duplicate key or
+    /// patient index entry is still only in memory; a message's duplicate key and patient
+    /// index entry go with it, its patient's row stays.
+    fn purge(&self, request: PurgeRequest) -> StoreFuture<'_, PurgeReport>;
+
     /// The counters, cheap to read (for `/metrics`).
     fn stats(&self) -> StoreStats;
 
     /// Whether storing works now, cheap to read (for `/healthz`).
     fn health(&self) -> Health;
+}
+
+/// What one [`Store::purge`] step is asked to remove (docs/storage.md, "Retention").
+///
+/// Messages go oldest first, by the time received: the step stops at the first message (in
+/// commit order) received at or after the cutoff, so a message received inside the window is
+/// never removed (one committed out of time order waits until the next step passes it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PurgeRequest {
+    /// Accepted messages received before this instant (ms since the Unix epoch) go; `None`
+    /// keeps them.
+    pub accepted_before_ms: Option<i64>,
+    /// Refused frames (errors and rejects) received before this go; `None` keeps them.
+    pub refused_before_ms: Option<i64>,
+    /// The exporters whose patient files must hold a message before it goes (`json`,
+    /// `ndjson`): only messages at or below each one's watermark are removed. Empty when
+    /// patient files are off.
+    pub exporters: Vec<String>,
+    /// At most this many messages removed in this step (one transaction).
+    pub max_messages: usize,
+    /// Where the previous step stopped ([`PurgeCursor::START`] for the first).
+    pub cursor: PurgeCursor,
+    /// Count only: nothing is removed.
+    pub dry_run: bool,
+}
+
+/// Where a purge stopped: the messages up to it were looked at (removed, or kept for being
+/// of the other kind). Opaque to its users.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PurgeCursor {
+    accepted_after: i64,
+    refused_after: i64,
+}
+
+impl PurgeCursor {
+    /// Nothing looked at yet.
+    pub const START: PurgeCursor = PurgeCursor {
+        accepted_after: 0,
+        refused_after: 0,
+    };
+
+    /// A cursor at positions a backend handed out (the last accepted and refused message
+    /// looked at).
+    pub fn at(accepted_after: i64, refused_after: i64) -> PurgeCursor {
+        PurgeCursor {
+            accepted_after,
+            refused_after,
+        }
+    }
+
+    /// The last accepted and refused positions looked at.
+    pub fn positions(self) -> (i64, i64) {
+        (self.accepted_after, self.refused_after)
+    }
+}
+
+/// Why old accepted messages are kept for now ([`PurgeReport::held_by`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HoldReason {
+    /// The exporter's patient files do not hold them yet: its watermark is `through`.
+    NotExported {
+        /// The exporter (`json`, `ndjson`).
+        exporter: String,
+        /// Its watermark.
+        through: i64,
+    },
+    /// Their duplicate keys or patient index entries are still in the writer's memory.
+    IndexPending {
+        /// Every message up to here is in both indexes.
+        through: i64,
+    },
+}
+
+impl std::fmt::Display for HoldReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HoldReason::NotExported { exporter, through } => write!(
+                f,
+                "not yet in the {exporter} patient files (their watermark is message {through})"
+            ),
+            HoldReason::IndexPending { through } => write!(
+                f,
+                "their duplicate keys or patient index entries are not yet written (indexes complete through message {through})"
+            ),
+        }
+    }
+}
+
+/// What a [`Store::purge`] step did (or, dry, would do).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PurgeReport {
+    /// Accepted messages removed (with their observations, keys and index entries).
+    pub n_accepted: u64,
+    /// Refused frames removed.
+    pub n_refused: u64,
+    /// Accepted messages older than the cutoff kept because of `held_by` (counted up to a
+    /// bound per step; a dry run counts them all).
+    pub n_held_back: u64,
+    /// Why the step stopped before the cutoff, if it did.
+    pub held_by: Option<HoldReason>,
+    /// Where the next step starts.
+    pub cursor: PurgeCursor,
+    /// Whether this step stopped at its batch limit with more to remove.
+    pub more: bool,
 }
 
 /// How the receiver's store behaves, beyond where it is.

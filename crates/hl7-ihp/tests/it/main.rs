@@ -47,6 +47,8 @@ mod merge;
 // Running it as a service: `config --print`/`--example`, completions, man pages, and
 // deploy/hl7-ihp.service (its hardening keys; `systemd-analyze verify` where installed).
 mod running;
+// Retention: `--retention` under load, `hl7-ihp purge` and its dry run.
+mod retention;
 // `hl7-ihp receive`: framing, ACK rules, duplicates, limits, logs, shutdown.
 mod receive;
 // `hl7-ihp replay`: locally with a fixed setting, idempotent, dry runs, `--to`.

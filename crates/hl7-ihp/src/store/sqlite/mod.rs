@@ -36,6 +36,7 @@ mod encoded;
 mod keys;
 mod merge;
 mod pool;
+mod purge;
 mod raw;
 #[cfg(test)]
 mod raw_tests;
@@ -290,6 +291,8 @@ struct Counters {
     n_duplicates: AtomicU64,
     n_repeated: AtomicU64,
     n_reused_control_ids: AtomicU64,
+    /// Messages removed by purges (retention, `hl7-ihp purge`).
+    n_purged: AtomicU64,
 }
 
 /// Work for the writer thread.
@@ -304,6 +307,11 @@ enum Request {
         /// The exporter's name and its files' positions.
         files: Option<(String, Vec<(String, FilePosition)>)>,
         reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// One purge step, run as its own transaction between groups.
+    Purge {
+        request: crate::store::PurgeRequest,
+        reply: oneshot::Sender<Result<crate::store::PurgeReport, StoreError>>,
     },
     /// Tests: the writer waits until the sender is dropped, so that batches pile up.
     #[cfg(test)]
@@ -394,6 +402,9 @@ impl SqliteStore {
             counters: Arc::clone(&counters),
             checkpoint: Arc::clone(&checkpoint),
             failures: FailureLog::default(),
+            check_next: false,
+            stale: None,
+            unswept: 0,
         };
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
@@ -621,6 +632,17 @@ impl Store for SqliteStore {
         })
     }
 
+    fn purge(
+        &self,
+        request: crate::store::PurgeRequest,
+    ) -> StoreFuture<'_, crate::store::PurgeReport> {
+        Box::pin(async move {
+            let (reply, answer) = oneshot::channel();
+            self.send(Request::Purge { request, reply }).await?;
+            answer.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+
     fn stats(&self) -> StoreStats {
         let counters = &self.inner.counters;
         StoreStats {
@@ -630,6 +652,7 @@ impl Store for SqliteStore {
             n_duplicates: counters.n_duplicates.load(Ordering::Relaxed),
             n_repeated: counters.n_repeated.load(Ordering::Relaxed),
             n_reused_control_ids: counters.n_reused_control_ids.load(Ordering::Relaxed),
+            n_purged: counters.n_purged.load(Ordering::Relaxed),
         }
     }
 

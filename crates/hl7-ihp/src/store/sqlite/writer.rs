@@ -19,6 +19,13 @@ pub(super) struct Writer {
     pub(super) counters: Arc<Counters>,
     pub(super) checkpoint: Arc<CheckpointSignal>,
     pub(super) failures: FailureLog,
+    /// The next transaction does the occasional checks (a purge asks for them first).
+    pub(super) check_next: bool,
+    /// Purges: the patients whose index entries of removed messages wait for the next
+    /// sweep, with the highest such message; `None` when not known (since the start).
+    pub(super) stale: Option<HashMap<i64, i64>>,
+    /// Purges: removed messages whose index entries wait for the next sweep.
+    pub(super) unswept: usize,
 }
 
 /// What a transaction did to the patient tail: undone if it rolls back, completed (the
@@ -318,9 +325,15 @@ pub(super) struct Tally {
     pub(super) n_duplicates: u64,
     pub(super) n_repeated: u64,
     pub(super) n_reused_control_ids: u64,
+    /// Patient merges made: they move index entries from one patient to another, so the
+    /// purge's record of whose entries wait for a sweep no longer holds.
+    pub(super) n_merges: u64,
 }
 
-pub(super) const SELECT_NEXT_ID: &str = "SELECT coalesce(max(id), 0) + 1 FROM messages";
+/// Above every message stored, and above every one a purge removed (`purged_through`), so
+/// that an id is never handed out twice even when every message is gone.
+pub(super) const SELECT_NEXT_ID: &str = "SELECT max(coalesce((SELECT max(id) FROM messages), 0), \
+     coalesce((SELECT value FROM meta WHERE name = 'purged_through'), 0)) + 1";
 
 pub(super) const FIND_KEY: &str = "SELECT message FROM message_keys \
      WHERE sent_ms = ?1 AND key_hash = ?2 AND hash_prefix = ?3";
@@ -419,6 +432,13 @@ impl Writer {
                     }
                 },
             };
+            let first = match first {
+                Request::Purge { request, reply } => {
+                    self.purge(request, reply);
+                    continue;
+                }
+                first => first,
+            };
             if !first.is_write() {
                 self.control(first);
                 continue;
@@ -485,6 +505,10 @@ impl Writer {
         match result {
             Ok(done) => {
                 self.failures.succeeded();
+                if tally.n_merges > 0 {
+                    // The next sweep looks at every patient (purge.rs, `sweep_entries`).
+                    self.stale = None;
+                }
                 let counters = &self.counters;
                 counters.health.set(None);
                 counters.n_transactions.fetch_add(1, Ordering::Relaxed);
@@ -532,6 +556,9 @@ impl Writer {
                         Request::SetWatermark { reply, .. } => {
                             let _ = reply.send(Err(error));
                         }
+                        Request::Purge { reply, .. } => {
+                            let _ = reply.send(Err(error));
+                        }
                         #[cfg(test)]
                         Request::Hold(_) | Request::Exec { .. } => {}
                     }
@@ -558,7 +585,9 @@ impl Writer {
             self.conn.execute_batch("ROLLBACK")?;
         }
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        change.check_age = move_all || self.n_transactions.is_multiple_of(AGE_CHECK_EVERY);
+        change.check_age = move_all
+            || std::mem::take(&mut self.check_next)
+            || self.n_transactions.is_multiple_of(AGE_CHECK_EVERY);
         change.move_all = move_all;
         let result = write_group(
             &self.conn,
@@ -590,8 +619,8 @@ impl Writer {
             Request::Exec { sql, reply } => {
                 let _ = reply.send(self.conn.execute_batch(&sql).map_err(database_error));
             }
-            Request::Commit { .. } | Request::SetWatermark { .. } => {
-                unreachable!("writes run in groups")
+            Request::Commit { .. } | Request::SetWatermark { .. } | Request::Purge { .. } => {
+                unreachable!("writes run in groups, purges alone")
             }
         }
     }
@@ -655,6 +684,7 @@ pub(super) fn write_group(
                 statements.set_meta.execute(params![name, id])?;
                 done.push(Done::Watermark);
             }
+            Request::Purge { .. } => unreachable!("purges run alone"),
             #[cfg(test)]
             Request::Hold(_) | Request::Exec { .. } => unreachable!("controls run alone"),
         }
@@ -740,6 +770,9 @@ pub(super) fn write_message(
         .err(),
         _ => None,
     };
+    if row.merge.is_some() && refusal.is_none() {
+        tally.n_merges += 1;
+    }
     let patient = match (&row.patient, &refusal) {
         (Some(patient), None) => Some(patient_row(statements, state, patient, row.received_ms)?),
         _ => None,
