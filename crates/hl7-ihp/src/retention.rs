@@ -100,20 +100,29 @@ pub fn parse_age(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
-/// Parses `hl7-ihp purge`'s times: RFC 3339 (`2026-01-31T00:00:00Z`) or a duration ago
-/// (`30d`), as milliseconds since the epoch, given the time now.
-pub fn parse_before(text: &str, now: jiff::Timestamp) -> Result<i64, String> {
+/// Parses the times `hl7-ihp purge` and `hl7-ihp replay` take: RFC 3339
+/// (`2026-01-31T00:00:00Z`), `now`, or a duration ago (`30d`, `2h`, `90m`, `0s`), given the
+/// time now.
+pub fn parse_time(text: &str, now: jiff::Timestamp) -> Result<jiff::Timestamp, String> {
+    const EXPECTED: &str =
+        "expected an RFC 3339 time such as 2026-01-31T00:00:00Z, `now`, or a duration ago such as 30d, 2h or 90m";
     let text = text.trim();
-    if let Ok(time) = text.parse::<jiff::Timestamp>() {
-        return Ok(time.as_millisecond());
+    if text == "now" || text.strip_suffix(['s', 'm', 'h', 'd']) == Some("0") {
+        return Ok(now);
     }
-    let age = parse_age(text).map_err(|_| {
-        "expected an RFC 3339 time such as 2026-01-31T00:00:00Z or a duration ago such as 30d"
-            .to_owned()
-    })?;
-    Ok(now
-        .as_millisecond()
-        .saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX)))
+    if let Ok(time) = text.parse::<jiff::Timestamp>() {
+        return Ok(time);
+    }
+    let age = parse_age(text).map_err(|_| EXPECTED.to_owned())?;
+    jiff::SignedDuration::try_from(age)
+        .ok()
+        .and_then(|age| now.checked_sub(age).ok())
+        .ok_or_else(|| "the duration goes back too far".to_owned())
+}
+
+/// [`parse_time`] as milliseconds since the epoch (`hl7-ihp purge --before`).
+pub fn parse_before(text: &str, now: jiff::Timestamp) -> Result<i64, String> {
+    parse_time(text, now).map(jiff::Timestamp::as_millisecond)
 }
 
 /// The exporters whose watermarks bound a purge, by the patient files kept.
@@ -335,6 +344,8 @@ mod tests {
             Ok(now.as_millisecond() - 86_400_000)
         );
         assert!(parse_before("yesterday", now).is_err());
+        assert_eq!(parse_before("now", now), Ok(now.as_millisecond()));
+        assert_eq!(parse_before("0s", now), Ok(now.as_millisecond()));
     }
 
     #[test]

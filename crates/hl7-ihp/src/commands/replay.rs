@@ -12,7 +12,7 @@ use futures_util::future::join_all;
 use serde::Serialize;
 
 use crate::cli::ReplayArgs;
-use crate::config::{ReceiveConfig, SendTls, values};
+use crate::config::{ReceiveConfig, SendTls};
 use crate::datadir::{self, DataDirError};
 use crate::events::Events;
 use crate::ingest::{Ingest, IngestSettings, Original, Replayed, oversized_length};
@@ -70,27 +70,9 @@ fn usage(message: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// `--since`/`--until`: an RFC 3339 time, or a duration before `now` (`2h`).
+/// `--since`/`--until`: as `purge --before` reads its time.
 fn time(text: &str, now: jiff::Timestamp) -> Result<jiff::Timestamp, String> {
-    if let Ok(time) = text.parse::<jiff::Timestamp>() {
-        return Ok(time);
-    }
-    // Days too, which durations of the settings do not take.
-    let days = text
-        .strip_suffix('d')
-        .and_then(|n| n.parse::<u64>().ok())
-        .and_then(|n| n.checked_mul(86_400))
-        .map(Duration::from_secs);
-    let ago = days
-        .or_else(|| values::parse_duration(text))
-        .ok_or_else(|| {
-            "expected an RFC 3339 time (2026-12-01T08:00:00Z) or a duration ago (2h, 90m, 7d)"
-                .to_owned()
-        })?;
-    jiff::SignedDuration::try_from(ago)
-        .ok()
-        .and_then(|ago| now.checked_sub(ago).ok())
-        .ok_or_else(|| "the duration goes back too far".to_owned())
+    crate::retention::parse_time(text, now)
 }
 
 /// Which stored messages: every condition given holds (AND).
