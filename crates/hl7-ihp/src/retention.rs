@@ -104,8 +104,7 @@ pub fn parse_age(text: &str) -> Result<Duration, String> {
 /// (`2026-01-31T00:00:00Z`), `now`, or a duration ago (`30d`, `2h`, `90m`, `0s`), given the
 /// time now.
 pub fn parse_time(text: &str, now: jiff::Timestamp) -> Result<jiff::Timestamp, String> {
-    const EXPECTED: &str =
-        "expected an RFC 3339 time such as 2026-01-31T00:00:00Z, `now`, or a duration ago such as 30d, 2h or 90m";
+    const EXPECTED: &str = "expected an RFC 3339 time such as 2026-01-31T00:00:00Z, `now`, or a duration ago such as 30d, 2h or 90m";
     let text = text.trim();
     if text == "now" || text.strip_suffix(['s', 'm', 'h', 'd']) == Some("0") {
         return Ok(now);

@@ -996,3 +996,73 @@ async fn removed_messages_index_entries_are_swept_at_a_rounds_end() {
     assert_eq!(count(&sql(dir.path()), "SELECT count(*) FROM messages"), 4);
     assert_eq!(entries(dir.path()), 4);
 }
+
+/// A merge between two purge steps of a round moves the prior's index entries, including
+/// those of messages the first step removed, to the survivor: the round's sweep must still
+/// take them (it then looks at every patient, not only at those its steps noted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_between_purge_steps_leaves_no_entry_of_a_removed_message() {
+    const OLD: i64 = 1_700_000_000_000;
+    const NEW: i64 = OLD + 3_600_000;
+    let aged = |control_id: &str, who: &str, received_ms: i64| {
+        let mut message = oru(control_id, Some(patient(who, "EVE", false)), &["1"], "");
+        message.received_at = jiff::Timestamp::from_millisecond(received_ms).unwrap();
+        message
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let stored = store
+        .commit(vec![
+            aged("1", "A", OLD),
+            aged("2", "C", OLD + 1),
+            aged("3", "B", NEW),
+        ])
+        .await
+        .unwrap();
+    let a1 = new_id(&stored[0]);
+    // Reopened: the keys and index entries are in their tables.
+    drop(store);
+    let store = open(dir.path());
+    // A round that removes nothing but sweeps: from here on the writer keeps the list of
+    // patients whose entries wait.
+    let report = store.purge(purge_all_before(OLD - 1)).await.unwrap();
+    assert_eq!((report.n_accepted, report.more), (0, false));
+    // One message per step: A's goes, and its entry waits for the round's sweep.
+    let step = |cursor| crate::store::PurgeRequest {
+        max_messages: 1,
+        cursor,
+        ..purge_all_before(NEW - 1)
+    };
+    let first = store
+        .purge(step(crate::store::PurgeCursor::START))
+        .await
+        .unwrap();
+    assert_eq!((first.n_accepted, first.more), (1, true));
+    // A merges into B: A's entries, the removed message's too, are B's now.
+    let merged = store
+        .commit(vec![crate::store::contract::merge("M", "B", "A", "A40")])
+        .await
+        .unwrap();
+    assert!(matches!(merged[0], Stored::New { .. }), "{merged:?}");
+    // The next steps (C's message, then nothing) end the round with its sweep.
+    let mut cursor = first.cursor;
+    let mut n_removed = 0;
+    for _ in 0..4 {
+        let report = store.purge(step(cursor)).await.unwrap();
+        n_removed += report.n_accepted;
+        cursor = report.cursor;
+        if !report.more {
+            break;
+        }
+    }
+    assert_eq!(n_removed, 1);
+    drop(store);
+    let conn = sql(dir.path());
+    assert_eq!(
+        count(
+            &conn,
+            &format!("SELECT count(*) FROM patient_messages WHERE message = {a1}")
+        ),
+        0
+    );
+}
