@@ -442,11 +442,7 @@ fn local(
         }
         out.flush()?;
         summary(&selection, &counts, args.dry_run, None);
-        anyhow::Ok(if counts.failed > 0 || !selection.unknown.is_empty() {
-            ExitCode::from(1)
-        } else {
-            ExitCode::SUCCESS
-        })
+        anyhow::Ok(exit_code(&selection, &counts))
     });
     // The runtime, then the store (it closes and checkpoints), then the lock.
     drop(ingest);
@@ -465,6 +461,15 @@ fn write_report(report: &mut Option<&mut Report>, line: &ReportLine) -> anyhow::
 
 /// The last line (standard error, so that standard output stays one line per message) and
 /// what was not selected.
+/// 1 when a store write or a send failed or an `--id` is not in the store, else 0.
+fn exit_code(selection: &Selection, counts: &Counts) -> ExitCode {
+    if counts.failed > 0 || !selection.unknown.is_empty() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 fn summary(selection: &Selection, counts: &Counts, dry_run: bool, to: Option<&str>) {
     for id in &selection.unknown {
         eprintln!("hl7-ihp: no message #{id} in the store");
@@ -625,11 +630,7 @@ fn remote(
         }
         out.flush()?;
         summary(&selection, &counts, args.dry_run, Some(to));
-        anyhow::Ok(if counts.failed > 0 || !selection.unknown.is_empty() {
-            ExitCode::from(1)
-        } else {
-            ExitCode::SUCCESS
-        })
+        anyhow::Ok(exit_code(&selection, &counts))
     });
     drop(runtime);
     drop(store);

@@ -124,6 +124,19 @@ impl Folder {
         Ok(rustix::fs::renameat(&self.fd, temp, &self.fd, name)?)
     }
 
+    /// Removes these files (a merged-away patient's) and syncs the folder, on a blocking
+    /// thread: done once every one is gone, or the first error.
+    pub async fn remove_all(self: std::sync::Arc<Self>, names: Vec<String>) -> io::Result<()> {
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            for name in &names {
+                self.remove(name)?;
+            }
+            self.sync()
+        })
+        .await
+        .unwrap_or_else(|_| Err(io::Error::other("file remover task failed")))
+    }
+
     /// Removes the file `name` (a merged-away patient's); no such file is no error. The
     /// removal is durable after [`Folder::sync`].
     pub fn remove(&self, name: &str) -> io::Result<()> {

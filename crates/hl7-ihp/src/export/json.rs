@@ -170,21 +170,12 @@ impl Sink for JsonSink {
         _read: ChangeCursor,
     ) -> Result<Flushed, StoreError> {
         if !self.merged_away.is_empty() {
-            let folder = Arc::clone(&self.folder);
             let names: Vec<String> = self
                 .merged_away
                 .iter()
                 .map(|key| file_name(key, self.name_case))
                 .collect();
-            let removed = tokio::task::spawn_blocking(move || -> io::Result<()> {
-                for name in &names {
-                    folder.remove(name)?;
-                }
-                folder.sync()
-            })
-            .await
-            .unwrap_or_else(|_| Err(io::Error::other("file remover task failed")));
-            match removed {
+            match Arc::clone(&self.folder).remove_all(names).await {
                 Ok(()) => self.merged_away.clear(),
                 Err(error) => {
                     return Ok(Flushed {
