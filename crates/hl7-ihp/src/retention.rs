@@ -272,7 +272,9 @@ async fn round(
             .fetch_add(report.n_refused, Ordering::Relaxed);
         n_accepted += report.n_accepted;
         n_refused += report.n_refused;
-        if !report.more {
+        // A step that neither removed nor moved on (never expected) ends the round too.
+        let stuck = report.cursor == request.cursor && report.n_accepted + report.n_refused == 0;
+        if !report.more || stuck {
             if n_accepted + n_refused > 0 || report.n_held_back > 0 {
                 tracing::debug!(
                     n_accepted,

@@ -71,7 +71,11 @@ pub fn run(args: &PurgeArgs) -> anyhow::Result<ExitCode> {
             let report = store.purge(request.clone()).await.context("purging")?;
             total.n_accepted += report.n_accepted;
             total.n_refused += report.n_refused;
-            if !report.more {
+            // Done, or (never expected) a step that neither removed nor moved on: stop
+            // rather than ask again forever.
+            let stuck =
+                report.cursor == request.cursor && report.n_accepted + report.n_refused == 0;
+            if !report.more || stuck {
                 total.n_held_back = report.n_held_back;
                 total.held_by = report.held_by;
                 return Ok(total);
