@@ -306,7 +306,10 @@ fn local(
             // group instead of one per message); the lines stay in the selection's order.
             let replays = join_all(chunk.iter().map(|message| async {
                 let raw = message.raw.as_deref().unwrap_or_default();
-                if message.replayed_as.is_some() || not_replayable(message, raw).is_some() {
+                if message.replayed_as.is_some()
+                    || refused_replay(message).is_some()
+                    || not_replayable(message, raw).is_some()
+                {
                     return None;
                 }
                 let original = Original {
@@ -334,6 +337,17 @@ fn local(
                     writeln!(out, "{name} → already replayed as #{replay}")?;
                     line.result = "already_replayed";
                     line.message = Some(replay);
+                    write_report(&mut report, &line)?;
+                    continue;
+                }
+                if let Some(original) = refused_replay(message) {
+                    counts.already += 1;
+                    writeln!(
+                        out,
+                        "{name} → is a replay of #{original}, not replayed again"
+                    )?;
+                    line.result = "already_replayed";
+                    line.message = Some(original);
                     write_report(&mut report, &line)?;
                     continue;
                 }
@@ -461,6 +475,15 @@ fn write_report(report: &mut Option<&mut Report>, line: &ReportLine) -> anyhow::
 
 /// The last line (standard error, so that standard output stays one line per message) and
 /// what was not selected.
+/// The original of a refused replay's result (a patient merge the store refused is kept
+/// so): replaying that again would keep its bytes a third time. An accepted replay is left
+/// to the duplicate check.
+fn refused_replay(message: &MessageSummary) -> Option<i64> {
+    message
+        .replay_of
+        .filter(|_| message.outcome != Outcome::Accept)
+}
+
 /// 1 when a store write or a send failed or an `--id` is not in the store, else 0.
 fn exit_code(selection: &Selection, counts: &Counts) -> ExitCode {
     if counts.failed > 0 || !selection.unknown.is_empty() {

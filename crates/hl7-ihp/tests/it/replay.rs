@@ -289,3 +289,60 @@ fn replay_to_a_mutual_tls_receiver_presents_our_certificate() {
     let (code, _, _) = replay(&first.data_dir, &["--rejected", "--to-tls-ca", pki.ca()]);
     assert_eq!(code, 2);
 }
+
+/// A patient merge the store refuses when it is replayed (here: into a patient merged away
+/// since) is kept as an error linked to its original, as a device's would be; that kept
+/// result is itself refused, and a second replay of the refused messages stores nothing.
+#[test]
+fn a_merge_the_store_refuses_on_replay_is_kept_once() {
+    let (_dir, receiver) = start(&[]);
+    let data_dir = receiver.data_dir.clone();
+    let mut client = Client::connect(receiver.mllp);
+    let merge = |control_id: &str, survivor: &str, prior: &str| {
+        format!(
+            "MSH|^~\\&|ADT|HOSP|HL7IHP|IHP|20261126110000||ADT^A40^ADT_A39|{control_id}|P|2.5\r\
+             EVN|A40|20261126110000\rPID|||{survivor}||Doe^Jane||19700101|F\rMRG|{prior}\r"
+        )
+        .into_bytes()
+    };
+    for (message, code) in [
+        (oru("A1", "A", 70), "AA"),
+        (oru("B1", "B", 71), "AA"),
+        (oru("C1", "C", 72), "AA"),
+        // A into C: both known, so the merge is made.
+        (merge("M1", "C", "A"), "AA"),
+        // A was merged away: a merge into it is refused by the store.
+        (merge("M2", "A", "B"), "AE"),
+    ] {
+        assert_eq!(ack_field(&client.exchange(&message), "MSA-1"), code);
+    }
+    drop(client);
+    let (status, _) = receiver.terminate();
+    assert!(status.success());
+    let before = rows(&data_dir);
+    assert_eq!(before.len(), 5);
+    assert_eq!(before[4].2, "error");
+
+    let (code, stdout, stderr) = replay(&data_dir, &["--rejected"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("#5 ADT^A40 ctl=M2 → kept as #6, refused (AE)"),
+        "{stdout}"
+    );
+    let after = rows(&data_dir);
+    assert_eq!(after.len(), 6);
+    assert_eq!(after[5], (6, "M2".into(), "error".into(), Some(5)));
+
+    // Again: the original was replayed, and the kept result is a replay itself.
+    let (code, stdout, stderr) = replay(&data_dir, &["--rejected"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("#5 ADT^A40 ctl=M2 → already replayed as #6"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("#6 ADT^A40 ctl=M2 → is a replay of #5, not replayed again"),
+        "{stdout}"
+    );
+    assert_eq!(rows(&data_dir), after);
+}
