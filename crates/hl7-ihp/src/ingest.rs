@@ -27,6 +27,7 @@ use crate::store::{
     Content, MergeRequest, MessageKey, NewMessage, ObservationData, PatientData, Store, Stored,
     Verdict, instant_ms,
 };
+use crate::waveform::{Waveforms, is_waveform_row};
 
 /// What ingest needs to know of the settings.
 #[derive(Clone, Debug)]
@@ -118,6 +119,8 @@ struct Prepared {
     accept_ack_type: String,
     application_ack_type: String,
     error: Option<AckError>,
+    /// Its waveform rows, counted when the store keeps it as new ([`crate::waveform`]).
+    waveforms: Waveforms,
 }
 
 impl Ingest {
@@ -204,6 +207,13 @@ impl Ingest {
             };
             let (outcome, error) = answer(prepared, stored);
             self.count(outcome, stored);
+            if outcome == Outcome::Accept
+                && matches!(stored, Ok(Stored::New { .. }))
+                && prepared.waveforms.any()
+            {
+                Metrics::inc(&self.metrics.waveform_messages);
+                Metrics::add(&self.metrics.waveform_observations, prepared.waveforms.rows);
+            }
             let code = choose_ack(
                 &prepared.accept_ack_type,
                 &prepared.application_ack_type,
@@ -486,6 +496,7 @@ impl Ingest {
             Metrics::inc(&self.metrics.charset_unknown);
         }
         let extract = extract(message);
+        let waveforms = Waveforms::of(&extract);
         let raw = message.raw();
         let key = key_of(&extract);
         let missing = extract.header.missing_required();
@@ -584,6 +595,7 @@ impl Ingest {
             }),
             verdict,
             error,
+            waveforms,
         }
     }
 
@@ -787,9 +799,15 @@ fn content_of(
     // Only observation times are resolved: the duplicate key files MSH-7 as written
     // (`key_of`), so a retransmission is found whatever the zone was when it first came.
     let message_offset = extract.header.time.and_then(|time| time.offset());
+    // Waveform rows (a W01's, NA/MA anywhere) stay in the raw message only: no observation,
+    // so no record, plot point or latest vital (`crate::waveform`). The others are numbered
+    // among themselves, as the store reads an observation's index back from its position.
+    let waveform_message =
+        crate::waveform::is_waveform_message(&extract.header.message_type, &extract.header.trigger);
     let observations = extract
         .observations
         .iter()
+        .filter(|obx| !is_waveform_row(waveform_message, obx))
         .enumerate()
         .map(|(index, obx)| {
             let time = match (obx.time, time_zone) {
@@ -943,6 +961,97 @@ mod tests {
         assert_eq!(
             observed(bytes, None),
             [at("2026-07-01T08:30:00", "2026-07-01T08:30:00Z")]
+        );
+    }
+
+    fn content(bytes: &[u8]) -> Content {
+        let message = hl7::parse(bytes).unwrap();
+        let received_at: jiff::Timestamp = "2026-07-01T12:00:00Z".parse().unwrap();
+        content_of(&extract(&message), PatientIdentity::Id, None, received_at)
+    }
+
+    const WAVEFORM_W01: &[u8] = b"MSH|^~\\&|DEV|FAC|||20260701120000||ORU^W01|W1|P|2.4\r\
+        PID|||P1\r\
+        OBX|1|CD|131330^MDC_ECG_ELEC_POTL_II^MDC|1|1^II\r\
+        OBX|2|NM|SRATE^Sampling rate^L|1|250|Hz\r\
+        OBX|3|NA|131330^MDC_ECG_ELEC_POTL_II^MDC|1|10^12^-3^900|uV\r";
+
+    const NUMERICS_WITH_ARRAY: &[u8] = b"MSH|^~\\&|DEV|FAC|||20260701120000||ORU^R01|W2|P|2.6\r\
+        PID|||P1\r\
+        OBX|1|NA|131330^MDC_ECG_ELEC_POTL_II^MDC|1.2.1.2|10^12^-3^900|uV\r\
+        OBX|2|NM|147842^MDC_ECG_HEART_RATE^MDC|1.2.1.1|72|/min|||||R\r";
+
+    #[test]
+    fn a_w01_is_kept_without_observations() {
+        let content = content(WAVEFORM_W01);
+        assert_eq!(
+            (content.message_type.as_str(), content.trigger.as_str()),
+            ("ORU", "W01")
+        );
+        assert_eq!(content.patient.map(|p| p.key), Some("P1".into()));
+        assert!(
+            content.observations.is_empty(),
+            "{:?}",
+            content.observations
+        );
+    }
+
+    #[test]
+    fn an_array_row_is_skipped_and_the_numerics_beside_it_kept() {
+        let observations = content(NUMERICS_WITH_ARRAY).observations;
+        assert_eq!(observations.len(), 1, "{observations:?}");
+        let heart_rate = &observations[0];
+        assert_eq!(heart_rate.index, 0, "numbered as the store reads it back");
+        assert_eq!(heart_rate.code, "147842");
+        assert_eq!(heart_rate.numeric, Some(72.0));
+    }
+
+    /// Waveform rows are counted once per new accepted message: a retransmission adds
+    /// nothing, and the raw message keeps every sample.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waveform_rows_are_counted_once_and_kept_raw() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&dir.path().join(SQLITE_FILE_NAME), SqliteOptions::default())
+                .unwrap(),
+        );
+        let metrics = Arc::new(Metrics::default());
+        let ingest = Ingest::new(
+            Arc::clone(&store),
+            IngestSettings {
+                ack_mode: AckMode::Auto,
+                ack_application: "IHP".into(),
+                ack_facility: "HOSP".into(),
+                patient_identity: PatientIdentity::Id,
+                time_zone: None,
+            },
+            Arc::clone(&metrics),
+            Events::new(),
+            Arc::new(RateLimit::default()),
+        );
+        let peer = &Peer::tcp(0, "127.0.0.1:4000".parse().unwrap());
+        for frame in [WAVEFORM_W01, NUMERICS_WITH_ARRAY, WAVEFORM_W01] {
+            let acks = ingest.frame(frame, peer).await;
+            let ack = hl7::parse(&acks[0]).unwrap();
+            assert_eq!(ack.get("MSA-1"), Some(&b"AA"[..]));
+        }
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        assert_eq!(get(&metrics.waveform_messages), 2);
+        assert_eq!(get(&metrics.waveform_observations), 3 + 1);
+        assert_eq!(get(&metrics.messages_duplicate), 1);
+        let messages = store
+            .messages(MessageFilter {
+                with_raw: true,
+                ..MessageFilter::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(messages.len(), 2);
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.raw.as_deref() == WAVEFORM_W01.strip_suffix(b"\r")),
+            "the W01 is kept byte for byte (its last segment terminator is the frame's)"
         );
     }
 

@@ -57,3 +57,4 @@ pub mod shutdown;
 pub mod store;
 pub mod terminal;
 pub mod tls;
+pub mod waveform;

@@ -64,6 +64,10 @@ pub struct Metrics {
     pub acks_sent: AtomicU64,
     /// Connection tasks that panicked (a bug; the server goes on).
     pub connection_panics: AtomicU64,
+    /// New accepted messages with a waveform (an `ORU^W01` or an `NA`/`MA` row).
+    pub waveform_messages: AtomicU64,
+    /// Their waveform OBX rows, stored raw and not extracted ([`crate::waveform`]).
+    pub waveform_observations: AtomicU64,
 }
 
 impl Metrics {
@@ -83,7 +87,7 @@ impl Metrics {
     pub fn render(&self, extra: &[Extra]) -> String {
         let mut out = String::with_capacity(2048);
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let counters: [(&str, &str, u64); 25] = [
+        let counters: [(&str, &str, u64); 27] = [
             (
                 "hl7ihp_connections_accepted_total",
                 "Connections accepted.",
@@ -204,6 +208,16 @@ impl Metrics {
                 "hl7ihp_messages_rejected_total",
                 "Messages answered AR/CR.",
                 get(&self.messages_rejected),
+            ),
+            (
+                "hl7ihp_waveform_messages_total",
+                "New accepted messages with a waveform (ORU^W01, or an NA/MA row).",
+                get(&self.waveform_messages),
+            ),
+            (
+                "hl7ihp_waveform_observations_total",
+                "Waveform OBX rows stored raw and not extracted as observations.",
+                get(&self.waveform_observations),
             ),
         ];
         for (name, help, value) in counters {
