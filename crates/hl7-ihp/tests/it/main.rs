@@ -65,3 +65,5 @@ mod terminal;
 mod tidy;
 // `--timezone`: times without an offset in the patient files and the API.
 mod timezone;
+// Waveforms (ORU^W01, NA rows): kept raw and counted, never records.
+mod waveform;
