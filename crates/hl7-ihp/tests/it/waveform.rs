@@ -38,12 +38,18 @@ fn a_w01_is_kept_raw_and_counted_and_leaves_the_records_to_the_numerics() {
     let mut patients = Value::Null;
     wait_until("the W01's patient in the API", || {
         patients = get_json(&receiver, "/api/v1/patients");
-        patients["patients"].as_array().is_some_and(|p| p.len() == 1)
+        patients["patients"]
+            .as_array()
+            .is_some_and(|p| p.len() == 1)
     });
     let key = patients["patients"][0]["key"].as_str().unwrap().to_owned();
     assert_eq!(patients["patients"][0]["id"], "MRN-1042");
     let observations = get_json(&receiver, &format!("/api/v1/patients/{key}/observations"));
-    assert_eq!(observations["records"], Value::Array(Vec::new()), "{observations}");
+    assert_eq!(
+        observations["records"],
+        Value::Array(Vec::new()),
+        "{observations}"
+    );
 
     // The R01 beside it (IHE PCD-01, MSH-15/16 `AL|NE`, so a commit accept): its heart rate
     // is the patient's one record; its NA row is not.
