@@ -64,6 +64,8 @@ pub struct Metrics {
     pub acks_sent: AtomicU64,
     /// Connection tasks that panicked (a bug; the server goes on).
     pub connection_panics: AtomicU64,
+    /// Messages read as bare HL7, without MLLP framing (`--framing auto|none`).
+    pub unframed_messages: AtomicU64,
 }
 
 impl Metrics {
@@ -83,7 +85,7 @@ impl Metrics {
     pub fn render(&self, extra: &[Extra]) -> String {
         let mut out = String::with_capacity(2048);
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let counters: [(&str, &str, u64); 25] = [
+        let counters: [(&str, &str, u64); 26] = [
             (
                 "hl7ihp_connections_accepted_total",
                 "Connections accepted.",
@@ -204,6 +206,11 @@ impl Metrics {
                 "hl7ihp_messages_rejected_total",
                 "Messages answered AR/CR.",
                 get(&self.messages_rejected),
+            ),
+            (
+                "hl7ihp_unframed_messages_total",
+                "Messages read as bare HL7, without MLLP framing.",
+                get(&self.unframed_messages),
             ),
         ];
         for (name, help, value) in counters {
