@@ -4,9 +4,10 @@
 //! [`BareCodec`] is a tokio-util [`Decoder`] yielding the same [`MllpItem`]s as the MLLP codec,
 //! with the same bounds:
 //!
-//! - a message starts at `MSH` at a segment start (the stream's start, or after a CR or LF);
-//!   bytes before the first one are skipped and counted;
-//! - a message ends where the next `MSH` begins at a segment start, or when the caller says
+//! - a message starts at `MSH` at a segment start (the stream's start, or after a CR or LF),
+//!   a batch at `FHS` or `BHS`; bytes before the first one are skipped and counted;
+//! - a message ends where the next `MSH` (or `FHS`, `BHS`) begins at a segment start, a batch
+//!   where the next batch begins (its own `MSH`s do not end it), or when the caller says
 //!   the line went quiet ([`BareCodec::end_by_gap`]: the stream has no end marker, so only a
 //!   timer can tell that the last message is whole), or at the end of the stream;
 //! - a message longer than the limit is discarded as it arrives, keeping only its first bytes,
@@ -92,9 +93,9 @@ pub struct BareStats {
 enum State {
     /// Between messages: looking for `MSH` at a segment start.
     Idle,
-    /// Inside a message starting at the buffer's start; `scanned` bytes were looked at and
-    /// hold no boundary.
-    Message { scanned: usize },
+    /// Inside a message (or batch, by `opened`) starting at the buffer's start; `scanned`
+    /// bytes were looked at and hold no boundary.
+    Message { scanned: usize, opened: usize },
     /// Inside an oversized message: `len` bytes were dropped, `head` holds the first of them.
     Discard { len: usize, head: Vec<u8> },
 }
@@ -116,30 +117,51 @@ impl Default for BareCodec {
     }
 }
 
-/// Whether `buf[at..]` starts with `MSH`: `Some(true)`/`Some(false)`, or `None` if the buffer
-/// ends before three bytes could say.
-fn msh_at(buf: &[u8], at: usize) -> Option<bool> {
+/// Which message or batch opener, if any, starts `buf[at..]` (as an index into [`OPENERS`]):
+/// `Some(Some(i))`, `Some(None)` for none, or `None` if the buffer ends before three bytes
+/// could say.
+fn opener_at(buf: &[u8], at: usize) -> Option<Option<usize>> {
     let rest = &buf[at.min(buf.len())..];
     let n = rest.len().min(3);
-    if rest[..n] != b"MSH"[..n] {
-        Some(false)
-    } else if n == 3 {
-        Some(true)
-    } else {
-        None
+    let mut partial = false;
+    for (i, id) in OPENERS.iter().enumerate() {
+        if id[..n] == rest[..n] {
+            if n == 3 {
+                return Some(Some(i));
+            }
+            partial = true;
+        }
+    }
+    if partial { None } else { Some(None) }
+}
+
+/// The index of `MSH`, `FHS` and `BHS` in [`OPENERS`].
+const MSH: usize = 0;
+const FHS: usize = 1;
+const BHS: usize = 2;
+
+/// Whether an opener ends a message that `opened` opened: anything ends a message; inside a
+/// batch its own `MSH`s do not, only the next batch (`FHS`, or `BHS` for a batch without a
+/// file header) does.
+fn ends(opened: usize, next: usize) -> bool {
+    match opened {
+        FHS => next == FHS,
+        BHS => next != MSH,
+        _ => true,
     }
 }
 
-/// Where the next boundary is in `buf`, looking from `from` (a position after which no CR or
-/// LF was seen yet): `Ok(at)` when `MSH` starts at `at`, a segment start; `Err(scanned)` when
-/// there is none, `scanned` being how far the next call need not look again.
-fn next_boundary(buf: &[u8], from: usize) -> Result<usize, usize> {
+/// Where the next boundary is in `buf` for a message opened by `opened`, looking from `from`
+/// (a position after which no CR or LF was seen yet): `Ok(at)` when an opener that ends it
+/// starts at `at`, a segment start; `Err(scanned)` when there is none, `scanned` being how
+/// far the next call need not look again.
+fn next_boundary(buf: &[u8], from: usize, opened: usize) -> Result<usize, usize> {
     let mut from = from;
     while let Some(found) = memchr2(b'\r', b'\n', &buf[from..]) {
         let at = from + found + 1;
-        match msh_at(buf, at) {
-            Some(true) => return Ok(at),
-            Some(false) => from = at,
+        match opener_at(buf, at) {
+            Some(Some(next)) if ends(opened, next) => return Ok(at),
+            Some(_) => from = at,
             // The terminator is seen again next time, as the next bytes arrive.
             None => return Err(from + found),
         }
@@ -257,13 +279,13 @@ impl Decoder for BareCodec {
                         return Ok(None);
                     }
                     if self.at_segment_start {
-                        match msh_at(buf, 0) {
-                            Some(true) => {
-                                self.state = State::Message { scanned: 0 };
+                        match opener_at(buf, 0) {
+                            Some(Some(opened)) => {
+                                self.state = State::Message { scanned: 0, opened };
                                 continue;
                             }
                             None => return Ok(None),
-                            Some(false) => {}
+                            Some(None) => {}
                         }
                     }
                     // Noise: skip to the next segment start and look again.
@@ -275,15 +297,15 @@ impl Decoder for BareCodec {
                         return Ok(None);
                     }
                 }
-                State::Message { scanned } => {
+                State::Message { scanned, opened } => {
                     // Not at 0: the message's own `MSH` is not its end.
-                    match next_boundary(buf, scanned.max(1).min(buf.len())) {
+                    match next_boundary(buf, scanned.max(1).min(buf.len()), opened) {
                         Ok(at) => return Ok(Some(self.finish(buf, at))),
                         Err(scanned) => {
                             if scanned > self.max_len {
                                 self.discard(buf, scanned);
                             } else {
-                                self.state = State::Message { scanned };
+                                self.state = State::Message { scanned, opened };
                             }
                             return Ok(None);
                         }
@@ -291,10 +313,10 @@ impl Decoder for BareCodec {
                 }
                 State::Discard { .. } => {
                     // The byte before the buffer may have been a terminator.
-                    if self.at_segment_start && msh_at(buf, 0) == Some(true) {
+                    if self.at_segment_start && matches!(opener_at(buf, 0), Some(Some(_))) {
                         return Ok(Some(self.finish(buf, 0)));
                     }
-                    match next_boundary(buf, 0) {
+                    match next_boundary(buf, 0, MSH) {
                         Ok(at) => return Ok(Some(self.finish(buf, at))),
                         Err(scanned) => {
                             self.discard(buf, scanned);
@@ -405,7 +427,11 @@ mod tests {
         for len in 2..9 {
             let chunks: Vec<&[u8]> = input.chunks(len).collect();
             let items = run(&mut BareCodec::default(), &chunks, true);
-            assert_eq!(items, [frame(ONE), frame(TWO), frame(ONE)], "chunks of {len}");
+            assert_eq!(
+                items,
+                [frame(ONE), frame(TWO), frame(ONE)],
+                "chunks of {len}"
+            );
         }
     }
 
@@ -415,7 +441,10 @@ mod tests {
         let items = run(&mut BareCodec::default(), &[lf], true);
         assert_eq!(
             items,
-            [frame(b"MSH|^~\\&|A\nPID|1\n"), frame(b"MSH|^~\\&|B\nPID|2\n")]
+            [
+                frame(b"MSH|^~\\&|A\nPID|1\n"),
+                frame(b"MSH|^~\\&|B\nPID|2\n")
+            ]
         );
         let crlf = b"MSH|^~\\&|A\r\nPID|1\r\nMSH|^~\\&|B\r\nPID|2\r\n";
         let chunks: Vec<&[u8]> = crlf.chunks(3).collect();
@@ -434,6 +463,24 @@ mod tests {
         let input = b"MSH|^~\\&|A\rOBX|1|ST|X||MSH text\r";
         let items = run(&mut BareCodec::default(), &[input], true);
         assert_eq!(items, [frame(input)]);
+    }
+
+    #[test]
+    fn a_batch_is_one_item_up_to_the_next_batch() {
+        let batch: &[u8] = b"FHS|^~\\&\rBHS|^~\\&\rMSH|^~\\&|A\rPID|1\rMSH|^~\\&|B\rBTS|2\rFTS|1\r";
+        let bhs: &[u8] = b"BHS|^~\\&\rMSH|^~\\&|C\rBTS|1\r";
+        let mut input = bhs.to_vec();
+        input.extend(bhs);
+        input.extend(batch);
+        input.extend(batch);
+        input.extend(ONE);
+        let chunks: Vec<&[u8]> = input.chunks(5).collect();
+        let items = run(&mut BareCodec::default(), &chunks, true);
+        // A batch ends only at the next batch (a file's only at the next file): an MSH
+        // after it stays in it.
+        let mut last = batch.to_vec();
+        last.extend(ONE);
+        assert_eq!(items, [frame(bhs), frame(bhs), frame(batch), frame(&last)]);
     }
 
     #[test]

@@ -78,7 +78,9 @@ impl Close {
 #[derive(Debug)]
 enum Framer {
     /// `auto`, before the first bytes said which.
-    Sniffing { max_frame_bytes: usize },
+    Sniffing {
+        max_frame_bytes: usize,
+    },
     Mllp(MllpCodec),
     Bare(BareCodec),
 }
