@@ -68,6 +68,8 @@ pub struct Metrics {
     pub waveform_messages: AtomicU64,
     /// Their waveform OBX rows, stored raw and not extracted ([`crate::waveform`]).
     pub waveform_observations: AtomicU64,
+    /// Messages read as bare HL7, without MLLP framing (`--framing auto|none`).
+    pub unframed_messages: AtomicU64,
 }
 
 impl Metrics {
@@ -87,7 +89,7 @@ impl Metrics {
     pub fn render(&self, extra: &[Extra]) -> String {
         let mut out = String::with_capacity(2048);
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let counters: [(&str, &str, u64); 27] = [
+        let counters: [(&str, &str, u64); 28] = [
             (
                 "hl7ihp_connections_accepted_total",
                 "Connections accepted.",
@@ -218,6 +220,11 @@ impl Metrics {
                 "hl7ihp_waveform_observations_total",
                 "Waveform OBX rows stored raw and not extracted as observations.",
                 get(&self.waveform_observations),
+            ),
+            (
+                "hl7ihp_unframed_messages_total",
+                "Messages read as bare HL7, without MLLP framing.",
+                get(&self.unframed_messages),
             ),
         ];
         for (name, help, value) in counters {

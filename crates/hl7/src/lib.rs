@@ -2,6 +2,7 @@
 //!
 //! Modules:
 //! - [`mllp`]: the MLLP framing codec (`0x0B` payload `0x1C 0x0D`) for tokio-util.
+//! - [`bare`]: bare HL7 without MLLP framing (messages cut at `MSH` or a quiet gap).
 //! - [`parse`](mod@parse): the zero-copy parser, for one message or a batch.
 //! - [`message`]: views of a parsed message: segments, fields, repetitions, components.
 //! - [`path`]: HL7 paths such as `OBX[2]-3.1`.
@@ -14,6 +15,7 @@
 #![deny(missing_docs)]
 
 pub mod ack;
+pub mod bare;
 pub mod charset;
 pub mod error;
 pub mod escape;

@@ -132,6 +132,7 @@ async fn demo(
             deadline: None,
             verbose: false,
             tls: None,
+            bare: false,
         };
         let source = Source::new(Scenario::Vitals { patients }, &run_id, index, patients);
         monitors.spawn(link::connection(

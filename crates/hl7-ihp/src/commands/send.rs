@@ -10,7 +10,7 @@ use anyhow::Context;
 use rustls::pki_types::ServerName;
 
 use crate::cli::SendArgs;
-use crate::config::{ConfigError, ScenarioKind, SendConfig, SendTls};
+use crate::config::{ConfigError, ScenarioKind, SendConfig, SendFraming, SendTls};
 use crate::sender::link::TlsClient;
 use crate::sender::load::{self, Plan, Summary};
 use crate::sender::simulator::Scenario;
@@ -57,6 +57,7 @@ pub fn run(args: &SendArgs) -> anyhow::Result<ExitCode> {
         duration,
         ack_timeout,
         retry_for,
+        framing,
         ..
     } = config;
     let load = args.connections.is_some();
@@ -78,6 +79,7 @@ pub fn run(args: &SendArgs) -> anyhow::Result<ExitCode> {
         deadline: duration.map(|d| started + d),
         verbose: !load,
         tls,
+        bare: framing == SendFraming::None,
     };
     let runtime = super::runtime()?;
     let summary = runtime.block_on(load::run_connections(

@@ -25,7 +25,7 @@ pub use receive::{
     PatientIdentity, RECEIVE_SETTINGS, ReceiveArgs, ReceiveConfig, ReceiveFlags, StoreConfig,
     log_format,
 };
-pub use send::{ScenarioKind, SendConfig, SendFlags, SendTls};
+pub use send::{ScenarioKind, SendConfig, SendFlags, SendFraming, SendTls};
 pub use settings::{Effective, Fallback, SettingDoc, Source};
 pub use values::parse_duration;
 

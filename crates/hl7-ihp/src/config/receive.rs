@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 use hl7::ack::AckMode;
+use hl7::bare::Framing;
 use jiff::tz::TimeZone;
 
 use super::ConfigError;
@@ -143,6 +144,13 @@ declare_settings! {
     /// Remove refused frames (errors and rejects) received longer ago than this; `off`
     /// keeps them for inspection, whatever --retention says.
     retention_rejected: Option<Duration> = parse_retention, "DURATION|off", default "off";
+    /// Framing on the plain MLLP listener: `mllp`, `none` (bare HL7, as some monitors
+    /// write it), or `auto` (bare HL7 when a connection starts with MSH, FHS or BHS
+    /// instead of 0x0B). The TLS listener is MLLP only.
+    framing: Framing = framing_of, "mllp|auto|none", default "auto";
+    /// Quiet time after which a bare HL7 message is taken as whole (it also ends at the
+    /// next MSH), e.g. `200ms`; within --frame-timeout.
+    unframed_gap: Duration = positive_duration, "DURATION", default "200ms";
 }
 
 /// Every setting of `receive`'s table, in its order: what `config --example` describes.
@@ -222,6 +230,17 @@ fn json_fields(text: &str) -> Result<Fields, String> {
     )
 }
 
+fn framing_of(text: &str) -> Result<Framing, String> {
+    choice(
+        text,
+        &[
+            ("mllp", Framing::Mllp),
+            ("auto", Framing::Auto),
+            ("none", Framing::None),
+        ],
+    )
+}
+
 fn log_format_of(text: &str) -> Result<LogFormat, String> {
     choice(
         text,
@@ -244,6 +263,10 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Deadline from a frame's first byte to its end.
     pub frame_timeout: Duration,
+    /// How the connections' messages are framed.
+    pub framing: Framing,
+    /// Quiet time that ends a bare HL7 message.
+    pub unframed_gap: Duration,
 }
 
 /// Limits of the HTTP side, its own so that HTTP can never starve MLLP.
@@ -555,6 +578,8 @@ impl ReceiveConfig {
                     max_connections_per_peer: s.max_connections_per_peer,
                     idle_timeout: s.idle_timeout,
                     frame_timeout: s.frame_timeout,
+                    framing: s.framing,
+                    unframed_gap: s.unframed_gap,
                 },
                 ack_mode: s.ack_mode,
                 ack_application: s.ack_application,

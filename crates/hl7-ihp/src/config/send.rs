@@ -36,6 +36,25 @@ declare_settings! {
     tls_key: Option<PathBuf> = path, "FILE", optional "none";
     /// Name the receiver's certificate must carry, a DNS name or an IP address (needs --tls).
     tls_server_name: Option<String> = server_name, "NAME", optional "the host of --to";
+    /// `mllp`, or `none` to write bare HL7 and read bare ACKs, as some monitors do (not
+    /// with --tls).
+    framing: SendFraming = send_framing, "mllp|none", default "mllp";
+}
+
+/// How `send` frames what it writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendFraming {
+    /// MLLP, `0x0B` payload `0x1C 0x0D`.
+    Mllp,
+    /// Bare HL7: the message's bytes as they are, and the ACK read the same way.
+    None,
+}
+
+fn send_framing(text: &str) -> Result<SendFraming, String> {
+    choice(
+        text,
+        &[("mllp", SendFraming::Mllp), ("none", SendFraming::None)],
+    )
 }
 
 /// The validated settings of `hl7-ihp send`.
@@ -55,6 +74,8 @@ pub struct SendConfig {
     pub retry_for: Duration,
     /// MLLP over TLS (`--tls`), with these files; `None`: plain MLLP.
     pub tls: Option<SendTls>,
+    /// MLLP or bare HL7.
+    pub framing: SendFraming,
 }
 
 /// What `send --tls` connects with.
@@ -131,6 +152,9 @@ impl SendConfig {
             }
             None
         };
+        if tls.is_some() && s.framing == SendFraming::None {
+            return Err(error("framing", "none is for plain TCP, not with --tls"));
+        }
         Ok(SendConfig {
             interval: s.interval,
             scenario: s.scenario,
@@ -139,6 +163,7 @@ impl SendConfig {
             ack_timeout: s.ack_timeout,
             retry_for: s.retry_for,
             tls,
+            framing: s.framing,
         })
     }
 }
@@ -168,6 +193,7 @@ mod tests {
                 ack_timeout: Duration::from_secs(10),
                 retry_for: Duration::from_secs(60),
                 tls: None,
+                framing: SendFraming::Mllp,
             }
         );
     }

@@ -15,12 +15,18 @@
 //! [`PartialBudget`](crate::mllp::budget::PartialBudget); a connection told to close by it closes. The buffer grows by doubling
 //! up to one largest frame plus one read, not beyond, and a buffer that a large frame grew is
 //! given back once it holds little again, so memory follows what is in flight.
+//!
+//! The framing is `--framing`'s: MLLP, bare HL7 (no framing bytes; a message ends at the next
+//! `MSH` or when the line has been quiet for `--unframed-gap`, bounded by the frame deadline),
+//! or decided from the connection's first bytes (after the PROXY header and TLS). A bare
+//! connection's ACKs go back bare too.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use hl7::mllp::{MllpCodec, MllpItem, MllpStats};
+use hl7::bare::{BareCodec, BareStats, Framing, Sniffed};
+use hl7::mllp::{MllpCodec, MllpError, MllpItem, MllpStats};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -68,6 +74,69 @@ impl Close {
     }
 }
 
+/// The decoder of one connection: chosen by the setting, or by its first bytes.
+#[derive(Debug)]
+enum Framer {
+    /// `auto`, before the first bytes said which.
+    Sniffing {
+        max_frame_bytes: usize,
+    },
+    Mllp(MllpCodec),
+    Bare(BareCodec),
+}
+
+impl Framer {
+    fn new(framing: Framing, max_frame_bytes: usize) -> Framer {
+        match framing {
+            Framing::Mllp => Framer::Mllp(MllpCodec::with_max_frame_len(max_frame_bytes)),
+            Framing::None => Framer::Bare(BareCodec::with_max_len(max_frame_bytes)),
+            Framing::Auto => Framer::Sniffing { max_frame_bytes },
+        }
+    }
+
+    fn decode(&mut self, buffer: &mut BytesMut) -> Result<Option<MllpItem>, MllpError> {
+        if let Framer::Sniffing { max_frame_bytes } = *self {
+            *self = match hl7::bare::sniff(buffer) {
+                Sniffed::Undecided => return Ok(None),
+                Sniffed::Mllp => Framer::Mllp(MllpCodec::with_max_frame_len(max_frame_bytes)),
+                Sniffed::Bare => Framer::Bare(BareCodec::with_max_len(max_frame_bytes)),
+            };
+        }
+        match self {
+            Framer::Sniffing { .. } => Ok(None),
+            Framer::Mllp(codec) => codec.decode(buffer),
+            Framer::Bare(codec) => codec.decode(buffer),
+        }
+    }
+
+    /// The line went quiet: the bare message in hand is whole.
+    fn end_by_gap(&mut self, buffer: &mut BytesMut) -> Option<MllpItem> {
+        match self {
+            Framer::Bare(codec) => codec.end_by_gap(buffer),
+            Framer::Sniffing { .. } | Framer::Mllp(_) => None,
+        }
+    }
+
+    fn in_frame(&self) -> bool {
+        match self {
+            Framer::Sniffing { .. } => false,
+            Framer::Mllp(codec) => codec.in_frame(),
+            Framer::Bare(codec) => codec.in_frame(),
+        }
+    }
+
+    fn is_bare(&self) -> bool {
+        matches!(self, Framer::Bare(_))
+    }
+}
+
+/// What the framing counters said at the last look, to add only what is new.
+#[derive(Default)]
+struct Counted {
+    mllp: MllpStats,
+    bare: BareStats,
+}
+
 /// Serves one connection (plain TCP or TLS) until the peer closes, a timeout fires, the
 /// partial-frame budget tells it to close, or shutdown is asked for (then the message in
 /// hand is finished and answered first). Returns why it ended and how many frames it read.
@@ -82,9 +151,13 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> (Close, u64) {
     // A frame never needs more: past the limit the codec discards what it has read.
     let most_buffered = limits.max_frame_bytes.saturating_add(READ_CHUNK + 2);
-    let mut codec = MllpCodec::with_max_frame_len(limits.max_frame_bytes);
+    let mut codec = Framer::new(limits.framing, limits.max_frame_bytes);
     let mut buffer = BytesMut::with_capacity(READ_CHUNK);
-    let mut counted = MllpStats::default();
+    let mut counted = Counted::default();
+    // Set when a bare message's read waited out the quiet gap, or the peer closed after one:
+    // the message in hand is whole.
+    let mut quiet = false;
+    let mut peer_closed = false;
     let mut n_frames = 0u64;
     // Set by each complete frame; the frame deadline by the first byte of an unfinished one.
     let mut idle_deadline = Instant::now() + limits.idle_timeout;
@@ -92,7 +165,11 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let close = 'connection: loop {
         // Everything already buffered first: a read may have brought several frames.
         loop {
-            let decoded = codec.decode(&mut buffer);
+            let decoded = if std::mem::take(&mut quiet) {
+                Ok(codec.end_by_gap(&mut buffer))
+            } else {
+                codec.decode(&mut buffer)
+            };
             // Counted before the answer goes out, so a sender that reads its ACK and then
             // the metrics sees them.
             count_framing(&codec, &mut counted, &metrics);
@@ -114,7 +191,8 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                         .await
                 }
             };
-            if let Err(close) = write_acks(&mut stream, &acks, limits.frame_timeout).await {
+            let bare = codec.is_bare();
+            if let Err(close) = write_acks(&mut stream, &acks, bare, limits.frame_timeout).await {
                 break 'connection close;
             }
             Metrics::add(&metrics.acks_sent, acks.len() as u64);
@@ -123,6 +201,9 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             if *shutdown.borrow() {
                 break 'connection Close::Shutdown;
             }
+        }
+        if peer_closed {
+            break Close::PeerClosed;
         }
         give_back(&mut buffer);
         charge.set(if codec.in_frame() {
@@ -136,14 +217,20 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         if *shutdown.borrow() {
             break Close::Shutdown;
         }
-        let (deadline, on_timeout) = if codec.in_frame() {
+        let (deadline, on_timeout, by_gap) = if codec.in_frame() {
             // A frame's first byte was read by now; a restart inside it keeps the deadline.
             let deadline =
                 *frame_deadline.get_or_insert_with(|| Instant::now() + limits.frame_timeout);
-            (deadline, Close::FrameTimeout)
+            // A bare message has no end marker: a quiet line ends it, within the deadline.
+            let gap = Instant::now() + limits.unframed_gap;
+            if codec.is_bare() && gap < deadline {
+                (gap, Close::FrameTimeout, true)
+            } else {
+                (deadline, Close::FrameTimeout, false)
+            }
         } else {
             frame_deadline = None;
-            (idle_deadline, Close::IdleTimeout)
+            (idle_deadline, Close::IdleTimeout, false)
         };
         make_room(&mut buffer, most_buffered);
         tokio::select! {
@@ -155,9 +242,15 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buffer)) => match read {
+                Err(_) if by_gap => quiet = true,
                 Err(_) => {
                     Metrics::inc(&metrics.connections_timed_out);
                     break on_timeout;
+                }
+                // A bare message in hand ends with the stream; it is answered before closing.
+                Ok(Ok(0)) if codec.is_bare() && codec.in_frame() => {
+                    quiet = true;
+                    peer_closed = true;
                 }
                 Ok(Ok(0)) => break Close::PeerClosed,
                 Ok(Ok(_)) => {}
@@ -222,9 +315,11 @@ fn give_back(buffer: &mut BytesMut) {
     }
 }
 
+/// Writes the ACKs, MLLP-framed or, on a bare connection, as they are.
 async fn write_acks<S: AsyncWrite + Unpin>(
     stream: &mut S,
     acks: &[Vec<u8>],
+    bare: bool,
     timeout: Duration,
 ) -> Result<(), Close> {
     if acks.is_empty() {
@@ -232,7 +327,11 @@ async fn write_acks<S: AsyncWrite + Unpin>(
     }
     let mut out = Vec::with_capacity(acks.iter().map(|a| a.len() + 3).sum());
     for ack in acks {
-        out.extend_from_slice(&hl7::mllp::frame(ack));
+        if bare {
+            out.extend_from_slice(ack);
+        } else {
+            out.extend_from_slice(&hl7::mllp::frame(ack));
+        }
     }
     // A TLS stream buffers what it encrypts: flush, so the ACK leaves now.
     let write = async {
@@ -247,8 +346,27 @@ async fn write_acks<S: AsyncWrite + Unpin>(
 }
 
 /// Adds what the codec counted since the last call to the shared metrics.
-fn count_framing(codec: &MllpCodec, counted: &mut MllpStats, metrics: &Metrics) {
-    let now = codec.stats();
+fn count_framing(codec: &Framer, counted: &mut Counted, metrics: &Metrics) {
+    match codec {
+        Framer::Sniffing { .. } => {}
+        Framer::Mllp(codec) => count_mllp(codec.stats(), &mut counted.mllp, metrics),
+        Framer::Bare(codec) => {
+            let now = codec.stats();
+            let was = counted.bare;
+            Metrics::add(
+                &metrics.mllp_bytes_skipped,
+                now.n_bytes_skipped - was.n_bytes_skipped,
+            );
+            Metrics::add(
+                &metrics.unframed_messages,
+                (now.n_messages + now.n_oversized) - (was.n_messages + was.n_oversized),
+            );
+            counted.bare = now;
+        }
+    }
+}
+
+fn count_mllp(now: MllpStats, counted: &mut MllpStats, metrics: &Metrics) {
     Metrics::add(
         &metrics.mllp_bytes_skipped,
         now.n_bytes_skipped - counted.n_bytes_skipped,

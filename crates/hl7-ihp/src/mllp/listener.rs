@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hl7::bare::Framing;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -407,6 +408,11 @@ async fn connection(
                 .negotiated_cipher_suite()
                 .map(|s| format!("{:?}", s.suite()));
             opened(&gate, &ingest, &metrics, &peer, version, suite);
+            // `--framing` is the plain listener's: TLS devices speak MLLP.
+            let limits = Limits {
+                framing: Framing::Mllp,
+                ..limits
+            };
             connection::serve(stream, &peer, ingest, limits, metrics, charge, shutdown).await
         }
     };

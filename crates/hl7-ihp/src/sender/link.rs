@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use hl7::ack::{AckCode, Outcome};
+use hl7::bare::BareCodec;
 use hl7::mllp::{MllpCodec, MllpItem};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -159,7 +160,7 @@ pub async fn connection(
                 let connected = tokio::select! {
                     biased;
                     _ = stop.clone().into_requested() => break None,
-                    connected = Link::connect(&plan.to, plan.tls.as_ref()) => connected,
+                    connected = Link::connect(&plan.to, plan.tls.as_ref(), plan.bare) => connected,
                 };
                 match connected {
                     Ok(link) => {
@@ -318,10 +319,15 @@ fn tls_reason(error: &std::io::Error, tls: Option<&TlsClient>) -> Option<String>
     Some(format!("TLS: {why}"))
 }
 
-/// An open MLLP connection with its read buffer.
+/// How long a bare ACK's bytes must have stopped coming before it is taken as whole.
+const BARE_ACK_GAP: Duration = Duration::from_millis(100);
+
+/// An open MLLP (or bare HL7) connection with its read buffer.
 struct Link {
     stream: Transport,
     codec: MllpCodec,
+    /// `Some` on a bare connection: messages go out and ACKs come back without MLLP bytes.
+    bare: Option<BareCodec>,
     buffer: BytesMut,
     /// Whether an ACK came on this connection yet.
     answered: bool,
@@ -331,7 +337,7 @@ struct Link {
 
 impl Link {
     /// Connects, and over TLS completes the handshake, within [`CONNECT_TIMEOUT`].
-    async fn connect(to: &str, tls: Option<&TlsClient>) -> std::io::Result<Link> {
+    async fn connect(to: &str, tls: Option<&TlsClient>, bare: bool) -> std::io::Result<Link> {
         let address: SocketAddr = match to.parse() {
             Ok(address) => address,
             Err(_) => tokio::net::lookup_host(to)
@@ -357,6 +363,7 @@ impl Link {
         Ok(Link {
             stream,
             codec: MllpCodec::new(),
+            bare: bare.then(BareCodec::default),
             buffer: BytesMut::with_capacity(4096),
             answered: false,
             last_text: String::new(),
@@ -382,7 +389,11 @@ impl Link {
     }
 
     async fn deliver(&mut self, message: &Outgoing, timeout: Duration) -> Delivery {
-        let framed = hl7::mllp::frame(&message.bytes);
+        let framed = if self.bare.is_some() {
+            message.bytes.to_vec()
+        } else {
+            hl7::mllp::frame(&message.bytes)
+        };
         // One deadline for writing and for the ACK: a receiver that stops reading cannot
         // hold the message (nor Ctrl+C, which waits for it) longer than the ACK timeout.
         let deadline = tokio::time::Instant::now() + timeout;
@@ -394,8 +405,15 @@ impl Link {
         if !message.expects_ack {
             return Delivery::Answered(None);
         }
+        // Set when a bare ACK's bytes stopped coming: what is buffered is the whole ACK.
+        let mut quiet = false;
         loop {
-            match self.codec.decode(&mut self.buffer) {
+            let decoded = match self.bare.as_mut() {
+                None => self.codec.decode(&mut self.buffer),
+                Some(codec) if std::mem::take(&mut quiet) => Ok(codec.end_by_gap(&mut self.buffer)),
+                Some(codec) => codec.decode(&mut self.buffer),
+            };
+            match decoded {
                 Ok(Some(MllpItem::Frame(frame))) => {
                     self.answered = true;
                     let Ok(ack) = hl7::parse(&frame) else {
@@ -423,7 +441,14 @@ impl Link {
                 Ok(None) => {}
             }
             self.buffer.reserve(4096);
-            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buffer)).await {
+            let in_ack = self.bare.as_ref().is_some_and(BareCodec::in_frame);
+            let until = if in_ack {
+                deadline.min(tokio::time::Instant::now() + BARE_ACK_GAP)
+            } else {
+                deadline
+            };
+            match tokio::time::timeout_at(until, self.stream.read_buf(&mut self.buffer)).await {
+                Err(_) if in_ack && until < deadline => quiet = true,
                 Err(_) => return Delivery::Retry("got no ACK in time"),
                 Ok(Ok(0)) => return self.failed(None, "lost its connection"),
                 Ok(Err(error)) => return self.failed(Some(&error), "lost its connection"),
@@ -478,7 +503,7 @@ impl Session {
         for _ in 0..2 {
             let link = match self.link.as_mut() {
                 Some(link) => link,
-                None => match Link::connect(&self.to, self.tls.as_ref()).await {
+                None => match Link::connect(&self.to, self.tls.as_ref(), false).await {
                     Ok(link) => self.link.insert(link),
                     Err(error) => {
                         why = reason(&error, self.tls.as_ref());

@@ -72,6 +72,8 @@ pub struct Plan {
     pub verbose: bool,
     /// Connect over TLS with this; `None`: plain MLLP.
     pub tls: Option<super::link::TlsClient>,
+    /// Write bare HL7 and read bare ACKs (`--framing none`), as some monitors do.
+    pub bare: bool,
 }
 
 /// What a run sent and measured.

@@ -36,6 +36,8 @@ mod data_dir;
 mod demo;
 // Limits under attack: deadlines, the partial-frame budget, the HTTP side, log floods.
 mod hardening;
+// Unframed HL7: bare messages beside MLLP ones, `send --framing none`, `--framing mllp`.
+mod framing;
 // deploy/haproxy.cfg run by the real HAProxy in front of a receiver.
 mod haproxy;
 // `hl7-ihp parse`.
