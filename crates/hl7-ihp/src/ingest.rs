@@ -1006,6 +1006,17 @@ mod tests {
         assert_eq!(heart_rate.numeric, Some(72.0));
     }
 
+    /// The settings the tests over a real store ingest with.
+    fn test_settings() -> IngestSettings {
+        IngestSettings {
+            ack_mode: AckMode::Auto,
+            ack_application: "IHP".into(),
+            ack_facility: "HOSP".into(),
+            patient_identity: PatientIdentity::Id,
+            time_zone: None,
+        }
+    }
+
     /// Waveform rows are counted once per new accepted message: a retransmission adds
     /// nothing, and the raw message keeps every sample.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1018,13 +1029,7 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let ingest = Ingest::new(
             Arc::clone(&store),
-            IngestSettings {
-                ack_mode: AckMode::Auto,
-                ack_application: "IHP".into(),
-                ack_facility: "HOSP".into(),
-                patient_identity: PatientIdentity::Id,
-                time_zone: None,
-            },
+            test_settings(),
             Arc::clone(&metrics),
             Events::new(),
             Arc::new(RateLimit::default()),
@@ -1068,13 +1073,7 @@ mod tests {
         let subscription = events.subscribe();
         let ingest = Ingest::new(
             Arc::clone(&store),
-            IngestSettings {
-                ack_mode: AckMode::Auto,
-                ack_application: "IHP".into(),
-                ack_facility: "HOSP".into(),
-                patient_identity: PatientIdentity::Id,
-                time_zone: None,
-            },
+            test_settings(),
             Arc::new(Metrics::default()),
             events,
             Arc::new(RateLimit::default()),
