@@ -437,7 +437,10 @@ fn a_deleted_database_file_fails_health_and_gets_rejects() {
     let ack = client.exchange(&oru("DEL-2", "P1", 2));
     assert_eq!(ack_field(&ack, "MSA-1"), "AR");
     assert_eq!(ack_field(&ack, "ERR-3.1"), "207");
-    assert!(receiver.logs().contains("deleted or replaced"));
+    // The log reaches the test through a reader thread on the child's stderr: wait for it.
+    wait_until("the lost file in the log", || {
+        receiver.logs().contains("deleted or replaced")
+    });
 }
 
 #[test]
