@@ -206,8 +206,12 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             break Close::PeerClosed;
         }
         give_back(&mut buffer);
+        // The charge covers the buffer the next read needs before it is allocated: charged
+        // after the fact, a thousand connections growing at once outran the budget by one
+        // doubling each.
+        let grow_to = room_needed(&mut buffer, most_buffered);
         charge.set(if codec.in_frame() {
-            buffer.capacity()
+            grow_to.unwrap_or(buffer.capacity())
         } else {
             0
         });
@@ -232,7 +236,9 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             frame_deadline = None;
             (idle_deadline, Close::IdleTimeout, false)
         };
-        make_room(&mut buffer, most_buffered);
+        if let Some(capacity) = grow_to {
+            grow(&mut buffer, capacity);
+        }
         tokio::select! {
             () = charge.told() => break Close::OverBudget,
             changed = shutdown.changed() => {
@@ -291,16 +297,31 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 /// Makes room for one read, doubling the buffer like `Vec` does but never past `most` (or
 /// one read more than it holds): `BytesMut::reserve` would double a 1 MiB frame's buffer to
 /// 2 MiB, which the budget would then count.
+#[cfg(test)]
 fn make_room(buffer: &mut BytesMut, most: usize) {
-    if buffer.capacity() - buffer.len() >= READ_CHUNK || buffer.try_reclaim(READ_CHUNK) {
-        return;
+    if let Some(capacity) = room_needed(buffer, most) {
+        grow(buffer, capacity);
     }
-    let wanted = buffer
-        .capacity()
-        .saturating_mul(2)
-        .min(most)
-        .max(buffer.len() + READ_CHUNK);
-    let mut grown = BytesMut::with_capacity(wanted);
+}
+
+/// The capacity `buffer` must grow to for one read, or `None` when it has room (perhaps
+/// after reclaiming consumed space in place), so that the growth is charged first.
+fn room_needed(buffer: &mut BytesMut, most: usize) -> Option<usize> {
+    if buffer.capacity() - buffer.len() >= READ_CHUNK || buffer.try_reclaim(READ_CHUNK) {
+        return None;
+    }
+    Some(
+        buffer
+            .capacity()
+            .saturating_mul(2)
+            .min(most)
+            .max(buffer.len() + READ_CHUNK),
+    )
+}
+
+/// Moves `buffer` into a new allocation of `capacity` bytes.
+fn grow(buffer: &mut BytesMut, capacity: usize) {
+    let mut grown = BytesMut::with_capacity(capacity);
     grown.extend_from_slice(buffer);
     *buffer = grown;
 }

@@ -507,14 +507,17 @@ fn a_removed_ndjson_stream_is_rebuilt_whole_and_both_outputs_run_together() {
             && read_json(&json)
                 .is_some_and(|d| d["Records"].as_array().is_some_and(|r| r.len() == 6))
     });
-    let (_, body) = receiver.http_get("/metrics");
-    for output in ["json", "ndjson"] {
-        assert!(
+    // The files are written before the exporter's watermark: wait for the lag to reach 0.
+    let mut body = String::new();
+    wait_until("both outputs caught up", || {
+        body = receiver.http_get("/metrics").1;
+        ["json", "ndjson"].iter().all(|output| {
             body.contains(&format!(
-                "hl7ihp_export_lag_messages{{output=\"{output}\"}} 0"
-            )),
-            "{body}"
-        );
+                "hl7ihp_export_lag_messages{{output=\"{output}\"}} 0\n"
+            ))
+        })
+    });
+    for output in ["json", "ndjson"] {
         assert!(body.contains(&format!(
             "hl7ihp_export_lag_seconds{{output=\"{output}\"}} 0.000"
         )));
