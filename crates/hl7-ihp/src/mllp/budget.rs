@@ -13,8 +13,12 @@
 //! largest holders are told to close until the total is an eighth below the limit, so that
 //! a steady attack costs one scan per eighth of the budget, not one per read.
 //!
-//! A told connection's charge leaves the total at once, since it closes at its next step;
-//! otherwise every read elsewhere would find the budget still exceeded and close more.
+//! A told connection's charge stays in the total until it has closed and freed its buffer:
+//! on a starved machine a told connection may wait a while for its next step, and the
+//! memory it holds meanwhile is real. The connections told in one scan are those that bring
+//! the total an eighth below the limit counting their charges as gone; when earlier told
+//! connections have not closed yet, a later scan tells more, so the memory held stays near
+//! the limit however late the closes come.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering};
@@ -97,6 +101,10 @@ impl PartialBudget {
         self.total.fetch_add(delta, Ordering::Relaxed) + delta
     }
 
+    fn total(&self) -> isize {
+        self.total.load(Ordering::Relaxed)
+    }
+
     /// Over the limit: tells the largest holders to close until the total is an eighth
     /// below it.
     fn enforce(&self) {
@@ -112,15 +120,14 @@ impl PartialBudget {
             .filter(|&(bytes, _)| bytes > 0)
             .collect();
         holders.sort_unstable_by_key(|&(bytes, _)| std::cmp::Reverse(bytes));
-        let target = self.limit - self.limit / 8;
+        let target = (self.limit - self.limit / 8) as isize;
         let (mut n_told, mut n_bytes) = (0usize, 0usize);
-        for (_, slot) in holders {
-            if self.held() <= target {
+        for (bytes, slot) in holders {
+            if self.total() - n_bytes as isize <= target {
                 break;
             }
+            // The slot's charge stays in the total until its connection has closed.
             slot.told.store(true, Ordering::Relaxed);
-            let bytes = slot.bytes.swap(0, Ordering::Relaxed);
-            self.add(-(bytes as isize));
             let tell = slot
                 .tell
                 .lock()
@@ -148,7 +155,7 @@ impl Charge {
     /// holders (perhaps this one) are told to close.
     pub fn set(&self, bytes: usize) {
         // Unchanged (nothing held between frames, the usual case) touches nothing shared; a
-        // told connection is closing and its charge already left the total.
+        // told connection is closing and its charge leaves the total when it has closed.
         if self.slot.bytes.load(Ordering::Relaxed) == bytes || self.is_told() {
             return;
         }
@@ -175,9 +182,11 @@ impl Charge {
 
 impl Drop for Charge {
     fn drop(&mut self) {
+        // Under the lock, so that a scan never counts a charge twice or tells a closed slot.
+        let mut slots = self.budget.lock();
+        slots.remove(&self.id);
         let bytes = self.slot.bytes.swap(0, Ordering::Relaxed);
         self.budget.add(-(bytes as isize));
-        self.budget.lock().remove(&self.id);
     }
 }
 
@@ -216,19 +225,43 @@ mod tests {
         let small = budget.open();
         small.set(200);
         assert!(small.is_told(), "the largest holder is told first");
-        assert_eq!(budget.held(), 680);
         assert!(charges.iter().all(|c| !c.is_told()));
-        // Told connections change nothing more; closing gives nothing back twice.
+        // Its buffer is held until it closes; told, it changes nothing more.
+        assert_eq!(budget.held(), 880);
         small.set(500);
-        assert_eq!(budget.held(), 680);
+        assert_eq!(budget.held(), 880);
         drop(small);
         assert_eq!(budget.held(), 680);
         let big = budget.open();
         big.set(150);
         // 830 > 800: 150 (big) alone brings it to 680 <= 700.
         assert!(big.is_told());
-        assert_eq!(budget.held(), 680);
         assert!(charges.iter().all(|c| !c.is_told()));
+        drop(big);
+        assert_eq!(budget.held(), 680);
+    }
+
+    #[test]
+    fn told_connections_that_have_not_closed_yet_still_count() {
+        let budget = PartialBudget::new(800);
+        let charges: Vec<Charge> = (0..8).map(|_| budget.open()).collect();
+        for charge in &charges[..7] {
+            charge.set(100);
+        }
+        // 900 > 800: one is told, and it has not closed (a starved task) when more arrives.
+        charges[7].set(200);
+        assert!(charges[7].is_told());
+        assert_eq!(budget.held(), 900);
+        let late = budget.open();
+        late.set(50);
+        // 950, of which the told one's 200 is still held: this scan tells the largest until
+        // the total less what it told is <= 700, three of the 100s (950 - 300 = 650).
+        assert!(!late.is_told());
+        let n_told = charges.iter().filter(|c| c.is_told()).count();
+        assert_eq!(n_told, 4, "the one told before and three of the 100s");
+        drop(charges);
+        drop(late);
+        assert_eq!(budget.held(), 0);
     }
 
     #[tokio::test]
