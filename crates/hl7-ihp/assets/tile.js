@@ -86,7 +86,10 @@ export function createTile(patient, { link = true, sources = false, thresholds =
   });
   parts.foot = h("div", { class: "tile-foot" });
   const body = [head, parts.banner, h("div", { class: "vitals" }, cells.map((c) => c.root)), parts.foot];
-  const root = link ? h("a", { class: "tile", data: { key: patient.key } }, body) : h("div", { class: "tile big" }, body);
+  // An unassigned device has no patient view (no records under a patient): not a link.
+  const root = link && patient.unassigned !== true
+    ? h("a", { class: "tile", data: { key: patient.key } }, body)
+    : h("div", { class: link ? "tile" : "tile big", data: { key: patient.key } }, body);
   const tile = { root, parts, cells, patient, thresholds, visible };
   updateTile(tile, patient, thresholds);
   return tile;
@@ -99,12 +102,20 @@ export function updateTile(tile, patient, thresholds) {
   const { root, parts } = tile;
   if (root.tagName === "A") setAttr(root, "href", `/patients/${encodeURIComponent(patient.key)}`);
   setAttr(root, "data-message", patient.last_message_id);
-  setText(parts.name, patient.name || "(no name)");
-  toggle(parts.name, "unknown", !patient.name);
-  const details = [patient.id || patient.key, sexLetter(patient.sex), ageYears(patient.birth_date)].filter(Boolean).join(" · ");
+  // A device whose messages name no patient: marked, and named by its device id.
+  const unassigned = patient.unassigned === true;
+  toggle(root, "unassigned", unassigned);
+  setText(parts.name, unassigned ? "Unassigned" : patient.name || "(no name)");
+  toggle(parts.name, "unknown", !unassigned && !patient.name);
+  toggle(parts.name, "unassigned-mark", unassigned);
+  const details = unassigned
+    ? `device ${patient.device || patient.key}`
+    : [patient.id || patient.key, sexLetter(patient.sex), ageYears(patient.birth_date)].filter(Boolean).join(" · ");
   setText(parts.pid, details);
-  setAttr(parts.pid, "title", [patient.identifiers, patient.birth_date && `born ${patient.birth_date}`, patient.device && `device ${patient.device}`].filter(Boolean).join(", "));
-  setText(parts.where, location(patient.location) || patient.device || "");
+  setAttr(parts.pid, "title", unassigned
+    ? "no patient (PID-3 empty or absent): shown under its device"
+    : [patient.identifiers, patient.birth_date && `born ${patient.birth_date}`, patient.device && `device ${patient.device}`].filter(Boolean).join(", "));
+  setText(parts.where, location(patient.location) || (unassigned ? "no location" : patient.device) || "");
   let worst = 0;
   const sparks = new Map((patient.sparklines || []).map((sp) => [sp.code, sp]));
   for (const c of tile.cells) {

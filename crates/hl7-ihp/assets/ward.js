@@ -196,9 +196,11 @@ export function mount(main, ctx) {
 
   function summarize() {
     let n = 0;
+    let unassigned = 0;
     const counts = { critical: 0, warning: 0, stale: 0, offline: 0, novalues: 0 };
     for (const tile of tiles.values()) {
-      n++;
+      if (tile.root.classList.contains("unassigned")) unassigned++;
+      else n++;
       const severity = Number(tile.root.dataset.severity || 0);
       const status = tile.root.dataset.status;
       if (status === "stale") counts.stale++;
@@ -207,7 +209,7 @@ export function mount(main, ctx) {
       if (status === "live" && severity === 2) counts.critical++;
       else if (status === "live" && severity === 1) counts.warning++;
     }
-    const parts = [h("span", { class: "count", text: `${n} patient${n === 1 ? "" : "s"}` })];
+    const parts = [h("span", { class: "count", text: `${n} patient${n === 1 ? "" : "s"}${unassigned > 0 ? ` · ${unassigned} unassigned` : ""}` })];
     const words = { critical: "critical", warning: "warning", stale: "stale", offline: "offline", novalues: "no values" };
     for (const [kind, count] of Object.entries(counts)) {
       // A chip sorts the ward so that those patients come first.

@@ -296,6 +296,11 @@ pub struct SendArgs {
     /// MLLP over TLS (see --tls-ca, --tls-cert, --tls-key, --tls-server-name).
     #[arg(long)]
     pub tls: bool,
+    /// Play --patients monitors whose messages name no patient (an empty PID, PV1-3 and
+    /// OBX-18's EUI-64, no ADT), as an XH80X sends: the receiver shows them as unassigned
+    /// devices. Implies the vitals scenario's messages.
+    #[arg(long, conflicts_with = "file")]
+    pub no_patient: bool,
     /// The settings validated by `config::SendConfig`.
     #[command(flatten)]
     pub settings: SendFlags,

@@ -57,4 +57,5 @@ pub mod shutdown;
 pub mod store;
 pub mod terminal;
 pub mod tls;
+pub mod unassigned;
 pub mod waveform;

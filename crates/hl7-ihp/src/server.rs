@@ -202,7 +202,10 @@ pub async fn run(
     }
     let budget = PartialBudget::new(config.mllp.limits.max_partial_bytes);
     let events = Events::new();
-    let export_counters = Arc::new(ExportCounters::new(config.export.files));
+    let export_counters = Arc::new(ExportCounters::with_devices(
+        config.export.files,
+        config.export.device_files,
+    ));
     let (stop_tx, stop_rx) = watch::channel(false);
     // Checked and prepared by `datadir::prepare`; the exporter opens it again itself.
     let patients_dir = data_dir.patients_dir().to_path_buf();
@@ -217,6 +220,7 @@ pub async fn run(
             max_records: config.export.json_max_records,
             min_interval: config.export.json_min_interval,
             name_case: data_dir.name_case(),
+            device_files: config.export.device_files,
             ..ExportOptions::default()
         },
         events.clone(),

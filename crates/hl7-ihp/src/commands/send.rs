@@ -41,6 +41,10 @@ pub fn run(args: &SendArgs) -> anyhow::Result<ExitCode> {
     };
     let scenario = if !args.file.is_empty() {
         Scenario::Files(read_files(&args.file)?)
+    } else if args.no_patient {
+        Scenario::Unassigned {
+            devices: args.patients.max(1),
+        }
     } else {
         match config.scenario {
             ScenarioKind::Seed => Scenario::Seed {

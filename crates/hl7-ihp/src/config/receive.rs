@@ -151,6 +151,10 @@ declare_settings! {
     /// Quiet time after which a bare HL7 message is taken as whole (it also ends at the
     /// next MSH), e.g. `200ms`; within --frame-timeout.
     unframed_gap: Duration = positive_duration, "DURATION", default "200ms";
+    /// Also keep `device_<id>.json` in the patients folder for each device whose messages
+    /// name no patient (PID-3 empty or absent): the patient files' shape, with the device
+    /// and its location (docs/patient-files.md, "Unassigned devices").
+    device_files: bool = switch, "on|off", default "off";
 }
 
 /// Every setting of `receive`'s table, in its order: what `config --example` describes.
@@ -470,6 +474,8 @@ pub struct ExportConfig {
     pub json_max_records: usize,
     /// Least time between two rewrites of one JSON file.
     pub json_min_interval: Duration,
+    /// `device_<id>.json` for unassigned devices.
+    pub device_files: bool,
 }
 
 /// The validated settings of `hl7-ihp receive`, grouped by the part that uses them.
@@ -618,6 +624,7 @@ impl ReceiveConfig {
                 fields: s.json_fields,
                 json_max_records: s.json_max_records,
                 json_min_interval: s.json_min_interval,
+                device_files: s.device_files,
             },
             live: LiveConfig {
                 stale_after: s.stale_after,

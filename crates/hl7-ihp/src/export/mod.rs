@@ -40,6 +40,7 @@
 //! No log line names a patient or a file (file names contain patient ids): failures are
 //! logged as counts with the operating system's error.
 
+mod devices;
 pub mod files;
 mod json;
 pub mod names;
@@ -59,7 +60,10 @@ use crate::store::{ChangeCursor, FeedMessage, FilePosition, Store, StoreError, S
 
 pub use crate::documents::patient::Fields;
 pub use files::{Folder, Identity, prepare_dir};
-pub use names::{FILE_PREFIX, FILE_SUFFIX, NDJSON_SUFFIX, NameCase, file_name, ndjson_file_name};
+pub use names::{
+    DEVICE_FILE_PREFIX, FILE_PREFIX, FILE_SUFFIX, NDJSON_SUFFIX, NameCase, device_file_name,
+    file_name, ndjson_file_name,
+};
 
 /// Default for [`ExportOptions::max_records`] (README, "Patient files", for the numbers).
 pub const DEFAULT_MAX_RECORDS: usize = 200;
@@ -119,6 +123,8 @@ pub enum Output {
     Json,
     /// The NDJSON streams.
     Ndjson,
+    /// The unassigned devices' JSON documents, `device_<id>.json` (`--device-files on`).
+    Devices,
 }
 
 impl Output {
@@ -127,6 +133,7 @@ impl Output {
         match self {
             Output::Json => "json",
             Output::Ndjson => "ndjson",
+            Output::Devices => "devices",
         }
     }
 }
@@ -148,6 +155,20 @@ pub struct ExportOptions {
     /// How file names treat upper-case letters: what the folder's file system needs, as
     /// [`Folder::probe_case`] found at start (not a setting).
     pub name_case: NameCase,
+    /// Also `device_<id>.json` for each unassigned device (`--device-files`), with the
+    /// patient files' keys, record cap and interval.
+    pub device_files: bool,
+}
+
+impl ExportOptions {
+    /// Every output these options keep: the patient files', then the devices'.
+    pub fn outputs(&self) -> Vec<Output> {
+        let mut outputs = self.files.outputs().to_vec();
+        if self.device_files {
+            outputs.push(Output::Devices);
+        }
+        outputs
+    }
 }
 
 impl Default for ExportOptions {
@@ -159,6 +180,7 @@ impl Default for ExportOptions {
             min_interval: DEFAULT_MIN_INTERVAL,
             rest_factor: DEFAULT_REST_FACTOR,
             name_case: NameCase::default(),
+            device_files: false,
         }
     }
 }
@@ -215,11 +237,21 @@ pub struct ExportCounters {
 impl ExportCounters {
     /// Counters for the outputs of `files`.
     pub fn new(files: PatientFiles) -> ExportCounters {
+        ExportCounters::with_devices(files, false)
+    }
+
+    /// Counters for the outputs of `files`, and of the device files with `device_files`.
+    pub fn with_devices(files: PatientFiles, device_files: bool) -> ExportCounters {
+        let options = ExportOptions {
+            files,
+            device_files,
+            ..ExportOptions::default()
+        };
         ExportCounters {
-            outputs: files
+            outputs: options
                 .outputs()
-                .iter()
-                .map(|&output| (output, OutputCounters::default()))
+                .into_iter()
+                .map(|output| (output, OutputCounters::default()))
                 .collect(),
         }
     }
@@ -315,7 +347,8 @@ pub async fn run(
     counters: Arc<ExportCounters>,
     shutdown: Shutdown,
 ) -> Result<(), ExportError> {
-    if options.files.outputs().is_empty() {
+    let outputs = options.outputs();
+    if outputs.is_empty() {
         return Ok(());
     }
     // Opened once: every write, sync and removal goes through this handle, so a symbolic
@@ -335,7 +368,7 @@ pub async fn run(
         );
     }
     let mut tasks = Vec::new();
-    for &output in options.files.outputs() {
+    for output in outputs {
         let context = Context {
             store: Arc::clone(&store),
             folder: Arc::clone(&folder),
@@ -353,6 +386,10 @@ pub async fn run(
                 }
                 Output::Ndjson => {
                     let sink = ndjson::NdjsonSink::new(&context);
+                    follow(sink, context, subscription, shutdown).await
+                }
+                Output::Devices => {
+                    let sink = devices::DeviceSink::new(&context);
                     follow(sink, context, subscription, shutdown).await
                 }
             }

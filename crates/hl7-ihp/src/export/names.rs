@@ -62,9 +62,22 @@ pub fn ndjson_file_name(key: &str, case: NameCase) -> String {
     file_name_ending(key, case, NDJSON_SUFFIX)
 }
 
+/// The prefix of an unassigned device's file (`--device-files on`).
+pub const DEVICE_FILE_PREFIX: &str = "device_";
+
+/// An unassigned device's JSON document: `device_<id>.json`, the id encoded exactly as
+/// [`file_name`] encodes a patient's (so as safe, injective and bounded).
+pub fn device_file_name(device: &str, case: NameCase) -> String {
+    named(DEVICE_FILE_PREFIX, device, case, FILE_SUFFIX)
+}
+
 fn file_name_ending(key: &str, case: NameCase, suffix: &str) -> String {
-    let mut name = String::with_capacity(FILE_PREFIX.len() + key.len() + suffix.len());
-    name.push_str(FILE_PREFIX);
+    named(FILE_PREFIX, key, case, suffix)
+}
+
+fn named(prefix: &str, key: &str, case: NameCase, suffix: &str) -> String {
+    let mut name = String::with_capacity(prefix.len() + key.len() + suffix.len());
+    name.push_str(prefix);
     name.push_str(&encode_id(key.as_bytes(), case));
     name.push_str(suffix);
     name
@@ -108,6 +121,25 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn device_files_are_named_as_patient_files_are() {
+        for case in [NameCase::Sensitive, NameCase::Insensitive] {
+            for id in ["0123456789ABCDEF", "GW/ICU 2", "..", "", &"x".repeat(300)] {
+                let patient = file_name(id, case);
+                let device = device_file_name(id, case);
+                assert_eq!(
+                    device.strip_prefix(DEVICE_FILE_PREFIX),
+                    patient.strip_prefix(FILE_PREFIX),
+                    "{id:?}"
+                );
+            }
+        }
+        assert_eq!(
+            device_file_name("0123456789ABCDEF", NameCase::Sensitive),
+            "device_0123456789ABCDEF.json"
+        );
+    }
 
     fn is_name_char(c: char) -> bool {
         c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '%' | '~')

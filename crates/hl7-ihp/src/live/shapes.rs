@@ -77,6 +77,10 @@ pub struct PatientBody {
     pub values_missing: bool,
     /// 0 nothing abnormal, 1 a warning, 2 a critical value among `latest`.
     pub severity: u8,
+    /// A device whose messages name no patient (PID-3 empty or absent, as IHE PCD-01
+    /// allows): `key` is `device:` and the device's id (OBX-18.1's equipment id, such as an
+    /// EUI-64, else MSH-3), `device` that id, the patient fields empty.
+    pub unassigned: bool,
     /// The latest value of each code (and sub-id), in the order they first came.
     pub latest: Vec<Reading>,
     /// The numeric vitals' most recent values.

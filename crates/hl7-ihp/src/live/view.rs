@@ -77,6 +77,11 @@ pub struct PatientSnapshot {
 impl PatientSnapshot {
     fn new(body: &PatientBody, last_ms: Option<i64>, json: String) -> PatientSnapshot {
         let location = body.location.as_deref().unwrap_or("");
+        // An unassigned device is found by its id.
+        let id = match (&body.device, body.unassigned) {
+            (Some(device), true) => device.as_str(),
+            _ => body.id.as_str(),
+        };
         PatientSnapshot {
             key: body.key.clone(),
             id: body.id.clone(),
@@ -84,7 +89,7 @@ impl PatientSnapshot {
             location: body.location.clone(),
             last_ms,
             severity: body.severity,
-            search: format!("{}\n{}\n{location}", body.id, body.name).to_lowercase(),
+            search: format!("{id}\n{}\n{location}", body.name).to_lowercase(),
             body: json,
         }
     }
@@ -407,6 +412,16 @@ impl View {
                 if fresh && touched_set.insert(patient.key.clone()) {
                     touched_patients.push(patient.key.clone());
                 }
+            } else if let Some((stand_in, device)) = unassigned_of(message) {
+                // No patient: the device's own tile, beside the patients'.
+                fresh = self.apply_to_patient(&stand_in, message, readings, &mut changes);
+                if let Some(state) = self.patients.get_mut(&stand_in.key) {
+                    state.body.unassigned = true;
+                    state.body.device = Some(device);
+                }
+                if fresh && touched_set.insert(stand_in.key.clone()) {
+                    touched_patients.push(stand_in.key.clone());
+                }
             }
             for (id, kind) in device_ids(message) {
                 if self.apply_to_device(&id, kind, message, &mut changes)
@@ -657,7 +672,35 @@ fn body_of(patient: &PatientData) -> PatientBody {
         severity: 0,
         latest: Vec::new(),
         sparklines: Vec::new(),
+        unassigned: false,
     }
+}
+
+/// The stand-in patient under which an accepted message without a patient is shown: its
+/// device ([`crate::unassigned::device_key`]: OBX-18.1, else MSH-3), keyed `device:<id>`,
+/// with empty patient fields. `None` for a message without observations (it measured
+/// nothing).
+fn unassigned_of(message: &FeedMessage) -> Option<(PatientData, String)> {
+    if message.patient.is_some() {
+        return None;
+    }
+    let application = message
+        .device
+        .as_deref()
+        .or(message.sending_application.as_deref())
+        .unwrap_or("");
+    let id = crate::unassigned::device_key(&message.observations, application)?;
+    let data = PatientData {
+        key: format!("{}{id}", crate::unassigned::KEY_PREFIX),
+        id: String::new(),
+        assigning_authority: String::new(),
+        identifiers: String::new(),
+        name: String::new(),
+        birth_date: String::new(),
+        sex: String::new(),
+        is_update: false,
+    };
+    Some((data, id))
 }
 
 /// Keeps `kept` as the latest reading of its code and sub-id.

@@ -74,6 +74,12 @@ pub enum Scenario {
     },
     /// The user's files, in order, in a loop, as they are.
     Files(Vec<(String, Vec<u8>)>),
+    /// `devices` bedside monitors whose messages name no patient (`send --no-patient`):
+    /// an empty PID segment, PV1-3 and OBX-18's EUI-64, no ADT, as an XH80X sends.
+    Unassigned {
+        /// How many monitors in all connections together.
+        devices: usize,
+    },
 }
 
 /// The messages of one connection.
@@ -124,6 +130,15 @@ impl Source {
                 .filter(|p| p % n_connections.max(1) == index)
                 .map(|p| Monitor::new(p, &mut rng))
                 .collect(),
+            Scenario::Unassigned { devices } => (0..*devices)
+                .filter(|p| p % n_connections.max(1) == index)
+                .map(|p| Monitor {
+                    no_patient: true,
+                    // Already "admitted": a device without a patient sends no ADT.
+                    admitted: true,
+                    ..Monitor::new(p, &mut rng)
+                })
+                .collect(),
             _ => Vec::new(),
         };
         let fixed = match &scenario {
@@ -138,7 +153,7 @@ impl Source {
                 .iter()
                 .map(|(name, bytes)| Outgoing::from_bytes(bytes.clone(), name.clone()))
                 .collect(),
-            Scenario::Vitals { .. } => Vec::new(),
+            Scenario::Vitals { .. } | Scenario::Unassigned { .. } => Vec::new(),
         };
         Source {
             scenario,
@@ -154,7 +169,10 @@ impl Source {
     /// True when this connection has something to send (a vitals connection may have no
     /// patient when there are more connections than patients).
     pub fn is_empty(&self) -> bool {
-        matches!(self.scenario, Scenario::Vitals { .. }) && self.monitors.is_empty()
+        matches!(
+            self.scenario,
+            Scenario::Vitals { .. } | Scenario::Unassigned { .. }
+        ) && self.monitors.is_empty()
     }
 
     /// The next message.
@@ -179,7 +197,7 @@ impl Source {
             Scenario::Seed { verbatim: true } | Scenario::Files(_) => {
                 self.fixed[(n % self.fixed.len() as u64) as usize].clone()
             }
-            Scenario::Vitals { .. } => {
+            Scenario::Vitals { .. } | Scenario::Unassigned { .. } => {
                 let index = (n % self.monitors.len().max(1) as u64) as usize;
                 let rng = &mut self.rng;
                 let Some(monitor) = self.monitors.get_mut(index) else {
@@ -371,6 +389,8 @@ struct Monitor {
     birth_date: String,
     sex: &'static str,
     admitted: bool,
+    /// An empty PID (no PID-3), as a monitor without an admitted patient sends.
+    no_patient: bool,
     metrics: Vec<Metric>,
 }
 
@@ -390,6 +410,7 @@ impl Monitor {
             ),
             sex: if patient.is_multiple_of(2) { "F" } else { "M" },
             admitted: false,
+            no_patient: false,
             metrics: VITALS
                 .iter()
                 .map(|vital| Metric {
@@ -408,6 +429,9 @@ impl Monitor {
     }
 
     fn patient_segments(&self) -> String {
+        if self.no_patient {
+            return format!("PID|||\rPV1||I|ICU^^{bed}^HOSP\r", bed = self.bed);
+        }
         format!(
             "PID|||{mrn}^^^HOSP^MR||{family}^{given}||{dob}|{sex}\rPV1||I|ICU^^{bed}^HOSP\r",
             mrn = self.mrn,

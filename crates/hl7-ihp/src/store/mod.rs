@@ -350,6 +350,18 @@ pub struct PatientRecords {
     pub records: Vec<ObservationRow>,
 }
 
+/// An unassigned device's records (a message without a patient is kept under its device:
+/// `crate::unassigned::device_key`), for `device_<id>.json`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeviceRecords {
+    /// The device's id: OBX-18.1, else MSH-3.
+    pub device: String,
+    /// PV1-3 of its newest message that had one.
+    pub location: Option<String>,
+    /// The records, newest first.
+    pub records: Vec<ObservationRow>,
+}
+
 /// A stored frame for `hl7-ihp messages` and the API.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MessageSummary {
@@ -677,6 +689,18 @@ pub trait StoreRead: Send + Sync + 'static {
 
     /// Stored frames, newest first.
     fn messages(&self, filter: MessageFilter) -> StoreFuture<'_, Vec<MessageSummary>>;
+
+    /// An unassigned device's records, newest first, at most `limit` (`None`: all);
+    /// `None` when the store has no message of that device. A backend without device keys
+    /// knows none.
+    fn device_records<'a>(
+        &'a self,
+        device: &'a str,
+        limit: Option<usize>,
+    ) -> StoreFuture<'a, Option<DeviceRecords>> {
+        let _ = (device, limit);
+        Box::pin(async { Ok(None) })
+    }
 
     /// The change feed: patients whose records changed after `after`, looking at no more
     /// than `limit` messages, in commit order. How the exporter learns what to rewrite,

@@ -69,3 +69,5 @@ mod tidy;
 mod timezone;
 // Waveforms (ORU^W01, NA rows): kept raw and counted, never records.
 mod waveform;
+// Messages without a patient (empty or absent PID-3): stored, shown under their device.
+mod unassigned;

@@ -55,11 +55,11 @@ use self::schema::*;
 use self::tail::*;
 use self::writer::*;
 use super::{
-    ChangeCursor, Changes, Feed, FeedMessage, FilePosition, Health, MergeNote, MessageDetail,
-    MessageFilter, MessageKey, MessageSummary, NewMessage, ObservationData, ObservationQuery,
-    ObservationRow, Outcome, PatientData, PatientRecords, PatientSummary, Store, StoreError,
-    StoreFuture, StoreRead, StoreStats, Stored, TrendBucket, TrendQuery, TrendSeries, Verdict,
-    outcome_name,
+    ChangeCursor, Changes, DeviceRecords, Feed, FeedMessage, FilePosition, Health, MergeNote,
+    MessageDetail, MessageFilter, MessageKey, MessageSummary, NewMessage, ObservationData,
+    ObservationQuery, ObservationRow, Outcome, PatientData, PatientRecords, PatientSummary, Store,
+    StoreError, StoreFuture, StoreRead, StoreStats, Stored, TrendBucket, TrendQuery, TrendSeries,
+    Verdict, outcome_name,
 };
 
 /// Page size of a new database (an existing one keeps its own). A vitals ORU's row (its
@@ -497,6 +497,17 @@ impl StoreRead for SqliteStore {
         }))
     }
 
+    fn device_records<'a>(
+        &'a self,
+        device: &'a str,
+        limit: Option<usize>,
+    ) -> StoreFuture<'a, Option<DeviceRecords>> {
+        let device = device.to_owned();
+        Box::pin(self.read(Cost::Quick, move |conn| {
+            read_device_records(conn, &device, limit)
+        }))
+    }
+
     fn messages(&self, filter: MessageFilter) -> StoreFuture<'_, Vec<MessageSummary>> {
         let tail = self.inner.tail.clone();
         Box::pin(self.read(Cost::Slow, move |conn| {
@@ -701,6 +712,14 @@ impl StoreRead for SqliteReader {
 
     fn messages(&self, filter: MessageFilter) -> StoreFuture<'_, Vec<MessageSummary>> {
         self.store.messages(filter)
+    }
+
+    fn device_records<'a>(
+        &'a self,
+        device: &'a str,
+        limit: Option<usize>,
+    ) -> StoreFuture<'a, Option<DeviceRecords>> {
+        self.store.device_records(device, limit)
     }
 
     fn changes_since(&self, after: ChangeCursor, limit: usize) -> StoreFuture<'_, Changes> {

@@ -333,6 +333,41 @@ pub(super) fn read_patient_records(
     Ok(Some(PatientRecords { patient, records }))
 }
 
+/// An unassigned device's records, newest first (the `messages_by_device_key` index), up
+/// to `limit`, with the newest PV1-3 its messages had; `None` when it has no message.
+pub(super) fn read_device_records(
+    conn: &Connection,
+    device: &str,
+    limit: Option<usize>,
+) -> rusqlite::Result<Option<DeviceRecords>> {
+    let limit = limit.unwrap_or(usize::MAX);
+    let mut statement = conn.prepare_cached(&format!(
+        "SELECT {RECORD_COLUMNS}, m.location FROM messages m \
+         WHERE m.device_key = ?1 ORDER BY m.id DESC"
+    ))?;
+    let mut rows = statement.query([device])?;
+    let mut found = false;
+    let mut location: Option<String> = None;
+    let mut records = Vec::new();
+    while let Some(row) = rows.next()? {
+        found = true;
+        if location.is_none() {
+            location = row.get::<_, Option<String>>(5)?.filter(|l| !l.is_empty());
+        }
+        if records.len() < limit {
+            push_records(row, limit, &mut records)?;
+        }
+        if records.len() >= limit && location.is_some() {
+            break;
+        }
+    }
+    Ok(found.then(|| DeviceRecords {
+        device: device.to_owned(),
+        location,
+        records,
+    }))
+}
+
 /// Adds the records of a message read as [`RECORD_COLUMNS`], in OBX order, up to `limit`.
 pub(super) fn push_records(
     row: &rusqlite::Row<'_>,

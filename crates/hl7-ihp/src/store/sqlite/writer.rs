@@ -171,6 +171,9 @@ pub(super) struct Row {
     pub(super) location: Option<String>,
     /// Accepted messages only.
     pub(super) device: Option<String>,
+    /// Accepted messages without a patient, with observations: their device
+    /// (`crate::unassigned::device_key`).
+    pub(super) device_key: Option<String>,
     pub(super) patient: Option<PatientData>,
     pub(super) n_observations: i64,
     /// The observations as JSON (`observations` column), when there are any.
@@ -207,6 +210,7 @@ impl Row {
             version: None,
             location: None,
             device: None,
+            device_key: None,
             patient: None,
             n_observations: 0,
             observations: None,
@@ -221,6 +225,10 @@ impl Row {
             row.version = Some(content.version);
             row.location = content.location;
             if accepted {
+                if content.patient.is_none() {
+                    row.device_key =
+                        crate::unassigned::device_key(&content.observations, &content.device);
+                }
                 row.device = Some(content.device);
                 row.patient = content.patient;
                 row.merge = content.merge;
@@ -360,9 +368,9 @@ pub(super) const UPDATE_PATIENT: &str = "UPDATE patients SET patient_id = ?2, as
 pub(super) const INSERT_MESSAGE: &str = "INSERT INTO messages (id, received_ms, peer, \
      sending_application, sending_facility, control_id, hash, outcome, reason, message_type, \
      version, location, device, patient, n_observations, sent_ms, key_hash, hash_prefix, \
-     observations, raw, ack_code, peer_identity, replay_of, raw_encoding) \
+     observations, raw, ack_code, peer_identity, replay_of, raw_encoding, device_key) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
-     ?19, ?20, ?21, ?22, ?23, ?24)";
+     ?19, ?20, ?21, ?22, ?23, ?24, ?25)";
 
 pub(super) const COUNT_REPEAT: &str = "UPDATE messages \
      SET n_received = n_received + 1, last_received_ms = ?2 WHERE id = ?1";
@@ -816,6 +824,7 @@ pub(super) fn write_message(
         row.peer_identity,
         row.replay_of,
         row.raw_encoding,
+        row.device_key.as_ref().filter(|_| accepted),
     ])?;
     if let Some(patient) = patient {
         let entry = Entry {
