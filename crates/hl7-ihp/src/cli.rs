@@ -296,6 +296,10 @@ pub struct SendArgs {
     /// MLLP over TLS (see --tls-ca, --tls-cert, --tls-key, --tls-server-name).
     #[arg(long)]
     pub tls: bool,
+    /// Vitals scenario: every 10th message of a monitor is an ORU^R40 alarm report (IHE
+    /// PCD-04, SpO2 low) for its patient, alternately raised and cleared.
+    #[arg(long)]
+    pub alarm: bool,
     /// The settings validated by `config::SendConfig`.
     #[command(flatten)]
     pub settings: SendFlags,

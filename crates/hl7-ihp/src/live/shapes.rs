@@ -77,6 +77,9 @@ pub struct PatientBody {
     pub values_missing: bool,
     /// 0 nothing abnormal, 1 a warning, 2 a critical value among `latest`.
     pub severity: u8,
+    /// Their most recent alarms (`ORU^R40`), newest first, at most 10; the banner on the
+    /// tile is the first one while its state is `active` or `latched`.
+    pub alarms: Vec<super::alarms::AlarmView>,
     /// The latest value of each code (and sub-id), in the order they first came.
     pub latest: Vec<Reading>,
     /// The numeric vitals' most recent values.

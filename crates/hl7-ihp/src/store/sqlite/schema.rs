@@ -47,6 +47,10 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         sql: include_str!("migrations/0009_smaller_rows.sql"),
         then: None,
     },
+    Migration {
+        sql: include_str!("migrations/0010_alarms.sql"),
+        then: None,
+    },
 ];
 
 /// Opening sets WAL mode and migrates, steps in which SQLite answers "locked" at once,
