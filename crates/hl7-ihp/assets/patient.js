@@ -7,6 +7,7 @@ import { h, setText } from "./dom.js";
 import { createTile, updateTile, tickTile } from "./tile.js";
 import { VITALS, VITAL_BY_NAME, NIBP, unitLabel, preciseTime, parseTime, alertWords, stateWord } from "./format.js";
 import { trendChart, parseRange } from "./plot.js";
+import { alarmRows } from "./alarm.js";
 
 const RANGES = {
   "15m": { label: "15 min", ms: 15 * 60_000, bucket: "10s", bucketMs: 10_000 },
@@ -34,11 +35,18 @@ export function mount(main, ctx) {
   const records = h("tbody");
   const more = h("button", { type: "button", class: "more", text: "Older records", hidden: true });
   const status = h("p", { class: "empty", hidden: true });
+  const alarmBody = h("tbody");
+  const alarmSection = h("section", { class: "section alarms", hidden: true },
+    h("div", { class: "section-head" }, h("h2", { text: "Alarms" }), h("span", { class: "hint", text: "the most recent, newest first (ORU^R40)" })),
+    h("table", { class: "list alarm-list" },
+      h("thead", {}, h("tr", {}, ["Since", "Alarm", "Type", "Priority", "State", "Measurement", "Source", "Message"].map((t) => h("th", { text: t })))),
+      alarmBody));
   main.replaceChildren(
     h("div", { class: "toolbar" }, h("a", { href: "/", text: "← Ward" }), h("h1", { text: "Patient" })),
     h("p", { class: "link-banner", role: "alert", text: "No connection to the receiver: the values shown are not being updated." }),
     status,
     headSlot,
+    alarmSection,
     h("div", { class: "ranges", role: "group", "aria-label": "Time range" }, h("strong", { text: "Trends" }), buttons, hint),
     trends,
     h("section", { class: "section" },
@@ -65,6 +73,8 @@ export function mount(main, ctx) {
       headSlot.replaceChildren(tile.root);
     }
     updateTile(tile, p, live.thresholds);
+    alarmBody.replaceChildren(...alarmRows(p.alarms));
+    alarmSection.hidden = !(p.alarms && p.alarms.length);
     document.title = `${p.name || p.key} · hl7-ihp`;
   }
 

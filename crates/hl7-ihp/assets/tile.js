@@ -5,6 +5,7 @@
 import { h, s, setText, setAttr, toggle } from "./dom.js";
 import { VITAL_BY_NAME, NIBP, alertWords, stateWord, unitLabel, number, valueTime, shortAge, age, localDateTime, location, parseTime, now, sexLetter, ageYears } from "./format.js";
 import { drawSparkline, parseRange } from "./plot.js";
+import { createAlarmBanner } from "./alarm.js";
 
 /** The cells of a tile: one vital each, or the three NIBP values in one. */
 const CELLS = [
@@ -67,6 +68,7 @@ export function createTile(patient, { link = true, sources = false, thresholds =
   );
   parts.banner = h("div", { class: "banner", role: "status" },
     (parts.bannerWord = h("strong")), " ", (parts.bannerText = h("span")));
+  parts.alarm = createAlarmBanner();
   const cells = CELLS.map((cell) => {
     const c = { cell };
     c.label = h("span", { class: "v-label" });
@@ -85,7 +87,7 @@ export function createTile(patient, { link = true, sources = false, thresholds =
     return c;
   });
   parts.foot = h("div", { class: "tile-foot" });
-  const body = [head, parts.banner, h("div", { class: "vitals" }, cells.map((c) => c.root)), parts.foot];
+  const body = [head, parts.alarm.root, parts.banner, h("div", { class: "vitals" }, cells.map((c) => c.root)), parts.foot];
   // An unassigned device has no patient view (no records under a patient): not a link.
   const root = link && patient.unassigned !== true
     ? h("a", { class: "tile", data: { key: patient.key } }, body)
@@ -122,6 +124,8 @@ export function updateTile(tile, patient, thresholds) {
     worst = Math.max(worst, updateCell(tile, c, patient, sparks));
   }
   setAttr(root, "data-severity", worst);
+  parts.alarm.update(patient.alarms);
+  toggle(root, "alarmed", !parts.alarm.root.hidden);
   tickTile(tile);
 }
 

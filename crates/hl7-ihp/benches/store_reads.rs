@@ -189,6 +189,7 @@ fn message(n: i64, at_ms: i64) -> NewMessage {
             location: Some("ICU^03^A".into()),
             observations,
             merge: None,
+            alarms: Vec::new(),
         }),
     }
 }

@@ -301,6 +301,10 @@ pub struct SendArgs {
     /// devices. Implies the vitals scenario's messages.
     #[arg(long, conflicts_with = "file")]
     pub no_patient: bool,
+    /// Vitals scenario: every 10th message of a monitor is an ORU^R40 alarm report (IHE
+    /// PCD-04, SpO2 low) for its patient, alternately raised and cleared.
+    #[arg(long)]
+    pub alarm: bool,
     /// The settings validated by `config::SendConfig`.
     #[command(flatten)]
     pub settings: SendFlags,

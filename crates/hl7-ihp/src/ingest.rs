@@ -532,6 +532,10 @@ impl Ingest {
         };
         let accept_ack_type = extract.header.accept_ack_type.to_string();
         let application_ack_type = extract.header.application_ack_type.to_string();
+        // An alarm report: its OBR groups are alarms (`crate::alarm`), its rows no records.
+        if let Some(content) = content.as_mut() {
+            content.alarms = crate::alarm::alarms_of(message, &extract, received_at);
+        }
         // A patient merge: the message alone may already be wrong (docs/acks.md, "Patient
         // merges"); what passes goes to the store, which checks the rest in its writer.
         if let Some(content) = content.as_mut()
@@ -802,12 +806,16 @@ fn content_of(
     // Waveform rows (a W01's, NA/MA anywhere) stay in the raw message only: no observation,
     // so no record, plot point or latest vital (`crate::waveform`). The others are numbered
     // among themselves, as the store reads an observation's index back from its position.
+    // An alarm report's rows (`ORU^R40`) are its alarms, never observations
+    // (`crate::alarm`): `prepare` reads them into `Content::alarms`.
     let waveform_message =
         crate::waveform::is_waveform_message(&extract.header.message_type, &extract.header.trigger);
+    let alarm_message =
+        crate::alarm::is_alarm_message(&extract.header.message_type, &extract.header.trigger);
     let observations = extract
         .observations
         .iter()
-        .filter(|obx| !is_waveform_row(waveform_message, obx))
+        .filter(|obx| !alarm_message && !is_waveform_row(waveform_message, obx))
         .enumerate()
         .map(|(index, obx)| {
             let time = match (obx.time, time_zone) {
@@ -850,6 +858,7 @@ fn content_of(
         location: extract.location.as_ref().map(|l| l.to_string()),
         observations,
         merge: None,
+        alarms: Vec::new(),
     }
 }
 

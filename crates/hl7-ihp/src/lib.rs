@@ -31,6 +31,7 @@
 //! - [`reload`]: SIGHUP and the TLS files' watcher.
 //! - [`metrics`], [`logging`], [`ids`]: counters, log set-up, base-36 ids.
 
+pub mod alarm;
 pub mod audit;
 pub mod cli;
 pub mod commands;

@@ -84,6 +84,11 @@ pub fn run(args: &SendArgs) -> anyhow::Result<ExitCode> {
         verbose: !load,
         tls,
         bare: framing == SendFraming::None,
+        alarm_every: if args.alarm {
+            crate::sender::alarms::ALARM_EVERY
+        } else {
+            0
+        },
     };
     let runtime = super::runtime()?;
     let summary = runtime.block_on(load::run_connections(

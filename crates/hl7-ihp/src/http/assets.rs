@@ -51,6 +51,7 @@ const ASSETS: &[Asset] = &[
     asset!("patient.js", JS),
     asset!("operations.js", JS),
     asset!("messages.js", JS),
+    asset!("alarm.js", JS),
 ];
 
 /// The shell's name in [`ASSETS`].

@@ -10,7 +10,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement
 use utoipa::openapi::{self, RefOr, ResponseBuilder};
 
 use super::access::OPEN_PATHS;
-use super::api::{messages, observations};
+use super::api::{alarms, messages, observations};
 
 /// The name of the bearer scheme in the document.
 const BEARER: &str = "bearer";
@@ -32,13 +32,20 @@ const BEARER: &str = "bearer";
         observations::trends,
         messages::messages,
         messages::message,
+        alarms::alarms,
     ),
-    components(schemas(super::problem::Problem)),
+    components(schemas(
+        super::problem::Problem,
+        alarms::AlarmsPage,
+        crate::live::alarms::AlarmView,
+        crate::live::alarms::AlarmMeasurementView
+    )),
     tags(
         (name = "operations", description = "Health and metrics"),
         (name = "patients", description = "Patients and their observations"),
         (name = "messages", description = "The message browser"),
         (name = "meta", description = "This document"),
+        (name = "alarms", description = "Alarm reports (ORU^R40, IHE PCD-04)"),
     ),
 )]
 pub struct ApiDoc;

@@ -40,8 +40,8 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
     ),
     responses(
         (status = 200,
-            description = "Server-sent events: `observation`, `patient`, `rejected`, `status` \
-                and `reset`, each with an `id` and JSON `data`",
+            description = "Server-sent events: `observation`, `patient`, `rejected`, `status`, \
+                `alarm` (an AlarmView) and `reset`, each with an `id` and JSON `data`",
             content_type = "text/event-stream", body = String),
         BadParameter,
     )

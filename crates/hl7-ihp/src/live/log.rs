@@ -30,6 +30,8 @@ pub enum EventKind {
     Status,
     /// The events after the client's last id are no longer known.
     Reset,
+    /// An alarm of an `ORU^R40` ([`super::alarms::AlarmView`]).
+    Alarm,
 }
 
 impl EventKind {
@@ -41,6 +43,7 @@ impl EventKind {
             EventKind::Rejected => "rejected",
             EventKind::Status => "status",
             EventKind::Reset => "reset",
+            EventKind::Alarm => "alarm",
         }
     }
 }

@@ -19,6 +19,7 @@
 //!
 //! No log line here carries patient data: counts and store errors only.
 
+pub mod alarms;
 pub mod log;
 pub mod minutes;
 pub mod shapes;

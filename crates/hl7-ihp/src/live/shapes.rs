@@ -81,6 +81,9 @@ pub struct PatientBody {
     /// allows): `key` is `device:` and the device's id (OBX-18.1's equipment id, such as an
     /// EUI-64, else MSH-3), `device` that id, the patient fields empty.
     pub unassigned: bool,
+    /// Their most recent alarms (`ORU^R40`), newest first, at most 10; the banner on the
+    /// tile is the first one while its state is `active` or `latched`.
+    pub alarms: Vec<super::alarms::AlarmView>,
     /// The latest value of each code (and sub-id), in the order they first came.
     pub latest: Vec<Reading>,
     /// The numeric vitals' most recent values.

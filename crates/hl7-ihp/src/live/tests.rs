@@ -169,6 +169,13 @@ impl StoreRead for FakeStore {
     fn message(&self, _id: i64) -> StoreFuture<'_, Option<crate::store::MessageDetail>> {
         ready(None)
     }
+
+    fn alarms(
+        &self,
+        _query: crate::store::AlarmQuery,
+    ) -> StoreFuture<'_, Vec<crate::store::AlarmRow>> {
+        ready(Vec::new())
+    }
 }
 
 fn patient(key: &str, name: &str) -> PatientData {
@@ -226,6 +233,7 @@ fn message(
         patient: Some(patient(key, name)),
         observations: obs,
         merged_from: None,
+        alarms: Vec::new(),
     }
 }
 

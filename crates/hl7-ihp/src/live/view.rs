@@ -406,9 +406,13 @@ impl View {
                 .collect();
             let observation =
                 (announce && !readings.is_empty()).then(|| observation_json(message, &readings));
+            let alarms = super::alarms::AlarmView::of_message(message);
             let mut fresh = true;
             if let Some(patient) = &message.patient {
                 fresh = self.apply_to_patient(patient, message, readings, &mut changes);
+                if fresh && let Some(state) = self.patients.get_mut(&patient.key) {
+                    super::alarms::remember(&mut state.body.alarms, &alarms);
+                }
                 if fresh && touched_set.insert(patient.key.clone()) {
                     touched_patients.push(patient.key.clone());
                 }
@@ -421,6 +425,12 @@ impl View {
                 }
                 if fresh && touched_set.insert(stand_in.key.clone()) {
                     touched_patients.push(stand_in.key.clone());
+                }
+            }
+            if fresh && announce {
+                for alarm in &alarms {
+                    let json = serde_json::to_string(alarm).unwrap_or_else(|_| "{}".into());
+                    changes.events.push((EventKind::Alarm, json));
                 }
             }
             for (id, kind) in device_ids(message) {
@@ -670,6 +680,7 @@ fn body_of(patient: &PatientData) -> PatientBody {
         last_message_id: None,
         values_missing: false,
         severity: 0,
+        alarms: Vec::new(),
         latest: Vec::new(),
         sparklines: Vec::new(),
         unassigned: false,

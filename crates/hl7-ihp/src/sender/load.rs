@@ -74,6 +74,8 @@ pub struct Plan {
     pub tls: Option<super::link::TlsClient>,
     /// Write bare HL7 and read bare ACKs (`--framing none`), as some monitors do.
     pub bare: bool,
+    /// `--alarm`: every this many messages of a vitals connection is an `ORU^R40`; 0: none.
+    pub alarm_every: u64,
 }
 
 /// What a run sent and measured.
@@ -164,7 +166,8 @@ pub async fn run_connections(
         if plan.count == Some(0) {
             continue;
         }
-        let source = Source::new(scenario.clone(), &run_id, index, connections);
+        let source = Source::new(scenario.clone(), &run_id, index, connections)
+            .with_alarms(plan.alarm_every);
         if source.is_empty() {
             continue;
         }

@@ -2,6 +2,7 @@
 //! ([`simulator`]), one connection that sends and checks ACKs ([`link`]), and many of them
 //! with a tally ([`load`]).
 
+pub mod alarms;
 pub mod link;
 pub mod load;
 pub mod simulator;

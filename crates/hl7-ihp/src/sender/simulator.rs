@@ -95,6 +95,9 @@ pub struct Source {
     fixed: Vec<Outgoing>,
     rng: Rng,
     clock: Clock,
+    /// `send --alarm`: every this many messages of a vitals connection is an alarm report
+    /// (`ORU^R40`) of the monitor whose turn it is ([`super::alarms`]); 0: none.
+    alarm_every: u64,
 }
 
 /// Now as an HL7 DTM with the local offset, formatted once a second: the load generator
@@ -163,7 +166,15 @@ impl Source {
             fixed,
             rng,
             clock: Clock::default(),
+            alarm_every: 0,
         }
+    }
+
+    /// With `every` > 0, every `every`-th message of a vitals connection is an `ORU^R40`
+    /// alarm report for the same patient (`send --alarm`).
+    pub fn with_alarms(mut self, every: u64) -> Source {
+        self.alarm_every = every;
+        self
     }
 
     /// True when this connection has something to send (a vitals connection may have no
@@ -203,7 +214,14 @@ impl Source {
                 let Some(monitor) = self.monitors.get_mut(index) else {
                     return Outgoing::from_bytes(Vec::new(), String::new());
                 };
-                let (bytes, label) = monitor.next_message(&control_id, self.clock.now(), rng);
+                let alarm = self.alarm_every > 0
+                    && monitor.admitted
+                    && (n + 1).is_multiple_of(self.alarm_every);
+                let (bytes, label) = if alarm {
+                    monitor.alarm_message(&control_id, self.clock.now())
+                } else {
+                    monitor.next_message(&control_id, self.clock.now(), rng)
+                };
                 // What `from_bytes` would read back (a test checks it): MSH-15 AL asks
                 // for an ACK.
                 Outgoing {
@@ -392,6 +410,8 @@ struct Monitor {
     /// An empty PID (no PID-3), as a monitor without an admitted patient sends.
     no_patient: bool,
     metrics: Vec<Metric>,
+    /// Alarm reports sent (`send --alarm`).
+    n_alarms: u64,
 }
 
 impl Monitor {
@@ -411,6 +431,7 @@ impl Monitor {
             sex: if patient.is_multiple_of(2) { "F" } else { "M" },
             admitted: false,
             no_patient: false,
+            n_alarms: 0,
             metrics: VITALS
                 .iter()
                 .map(|vital| Metric {
@@ -441,6 +462,18 @@ impl Monitor {
             sex = self.sex,
             bed = self.bed
         )
+    }
+
+    /// An `ORU^R40` alarm report for this monitor's patient ([`super::alarms`]).
+    fn alarm_message(&mut self, control_id: &str, now: &str) -> (Vec<u8>, String) {
+        let head = format!(
+            "{}{}",
+            self.header("ORU^R40^ORU_R40", control_id, now),
+            self.patient_segments()
+        );
+        let text = super::alarms::alarm_report(&head, control_id, &self.eui64, now, self.n_alarms);
+        self.n_alarms += 1;
+        (text.into_bytes(), format!("ORU^R40 alarm {}", self.bed))
     }
 
     /// An ADT^A01 the first time, then ORU^R01 with drifting values.

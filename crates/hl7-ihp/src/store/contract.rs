@@ -146,6 +146,7 @@ pub fn oru(
                 .map(|(n, value)| observation(n as u32, value))
                 .collect(),
             merge: None,
+            alarms: Vec::new(),
         }),
     }
 }

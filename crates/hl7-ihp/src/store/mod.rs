@@ -176,6 +176,9 @@ pub struct Content {
     /// alone: the prior patient, whom the store merges into [`Content::patient`] if its
     /// state allows (docs/acks.md, "Patient merges").
     pub merge: Option<MergeRequest>,
+    /// The alarms of an `ORU^R40` (none for any other message): kept in the `alarms` table,
+    /// never as observations ([`crate::alarm`]).
+    pub alarms: Vec<crate::alarm::AlarmData>,
 }
 
 /// A merge of the prior patient (MRG-1) into the surviving one (PID-3), as a message asks.
@@ -199,6 +202,34 @@ pub struct MergeNote {
     pub survivor: String,
     /// The event that asked for it: `A40`, `A34` or `A47`.
     pub event: String,
+}
+
+/// Which alarms to read ([`StoreRead::alarms`]), newest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AlarmQuery {
+    /// Only this patient's (by key).
+    pub patient: Option<String>,
+    /// Only alarms in this state (`active`, `inactive`, `latched`, …).
+    pub state: Option<String>,
+    /// Only alarms stored before this one (the next page).
+    pub before: Option<i64>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// An alarm as stored, with its message and patient.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlarmRow {
+    /// The alarm's id, increasing in commit order.
+    pub id: i64,
+    /// The `ORU^R40` it came in.
+    pub message_id: i64,
+    /// When that message arrived.
+    pub received_at: jiff::Timestamp,
+    /// The patient's key, when the message named one.
+    pub patient: Option<String>,
+    /// The alarm.
+    pub alarm: crate::alarm::AlarmData,
 }
 
 /// One frame (or one message of a batch frame) to keep.
@@ -480,6 +511,8 @@ pub struct FeedMessage {
     /// The prior patient's key when this message merged them into [`FeedMessage::patient`]:
     /// their history is now the survivor's and their files go away.
     pub merged_from: Option<String>,
+    /// The alarms of an accepted `ORU^R40`, in order ([`crate::alarm`]).
+    pub alarms: Vec<crate::alarm::AlarmData>,
 }
 
 impl FeedMessage {
@@ -753,6 +786,9 @@ pub trait StoreRead: Send + Sync + 'static {
 
     /// One stored frame with its bytes; `None` for an unknown id.
     fn message(&self, id: i64) -> StoreFuture<'_, Option<MessageDetail>>;
+
+    /// Alarms, newest first ([`AlarmQuery`]).
+    fn alarms(&self, query: AlarmQuery) -> StoreFuture<'_, Vec<AlarmRow>>;
 }
 
 /// The store the receiver writes to; SQLite now, PostgreSQL later (docs/storage.md). Held as

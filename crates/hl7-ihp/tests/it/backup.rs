@@ -85,7 +85,7 @@ fn backup_during_load_holds_every_message_acknowledged_before_it() {
     assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
     assert!(
         stdout.starts_with(&format!("backup: {}, ", copy.display()))
-            && stdout.contains(" messages, schema 10, ")
+            && stdout.contains(" messages, schema 11, ")
             && stdout.trim_end().ends_with("integrity ok"),
         "{stdout}"
     );

@@ -36,6 +36,8 @@ mod data_dir;
 mod demo;
 // Limits under attack: deadlines, the partial-frame budget, the HTTP side, log floods.
 mod hardening;
+// Alarms: ORU^R40 in the API, the event stream and the patient view, never records.
+mod alarms;
 // Unframed HL7: bare messages beside MLLP ones, `send --framing none`, `--framing mllp`.
 mod framing;
 // deploy/haproxy.cfg run by the real HAProxy in front of a receiver.

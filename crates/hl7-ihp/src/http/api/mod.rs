@@ -7,6 +7,7 @@
 //! - [`observations`]: `/patients/{key}/observations` and `/patients/{key}/trends`.
 //! - [`messages`]: `/messages` and `/messages/{id}`, with the parsed tree of a message.
 
+pub mod alarms;
 pub mod messages;
 pub mod observations;
 pub mod params;
@@ -30,6 +31,7 @@ pub fn routes() -> Router<HttpState> {
         .route("/api/v1/patients/{key}/trends", get(observations::trends))
         .route("/api/v1/messages", get(messages::messages))
         .route("/api/v1/messages/{id}", get(messages::message))
+        .route("/api/v1/alarms", get(alarms::alarms))
         .route("/api/v1/openapi.json", get(openapi_document))
         // Below every route under /api/v1, more specific routes win: what is left is unknown.
         .route("/api/v1", any(not_found))

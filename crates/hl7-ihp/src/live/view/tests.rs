@@ -76,6 +76,7 @@ fn message(
             })
             .collect(),
         merged_from: None,
+        alarms: Vec::new(),
     }
 }
 
@@ -436,5 +437,64 @@ fn location_and_device_are_kept_when_a_message_lacks_them() {
     assert_eq!(
         changes.devices[0].location, None,
         "a device shows its last message"
+    );
+}
+
+#[test]
+fn an_alarm_report_is_announced_and_kept_newest_first_without_readings() {
+    let mut view = View::new(config());
+    let alarm = |index: u32, state: &str| crate::alarm::AlarmData {
+        index,
+        source: "EUI-1".into(),
+        type_code: "196670".into(),
+        type_text: "MDC_EVT_LO_VAL_LT_LIM".into(),
+        type_system: "MDC".into(),
+        text: "SPO2 LOW".into(),
+        priority: "medium".into(),
+        state: state.into(),
+        ..Default::default()
+    };
+    let mut r40 = message(1, T0, Some(patient("100234", "Anna Berg")), Vec::new());
+    r40.message_type = Some("ORU^R40".into());
+    r40.alarms = vec![alarm(0, "active"), alarm(1, "latched")];
+    let changes = view.apply(&[r40], T0 + 800, true);
+    assert_eq!(names(&changes.events), ["alarm", "alarm", "patient"]);
+    let first = json(&changes.events[0].1);
+    assert_eq!(first["patient"], "100234");
+    assert_eq!(first["message_id"], 1);
+    assert_eq!(first["state"], "active");
+    let body = json(&changes.events[2].1);
+    assert_eq!(body["latest"], serde_json::json!([]));
+    // Newest first: the message's last alarm leads.
+    assert_eq!(body["alarms"][0]["index"], 1, "{body}");
+    assert_eq!(body["alarms"][1]["index"], 0);
+
+    // Later alarms push older ones out past the bound.
+    let more: Vec<FeedMessage> = (2..20)
+        .map(|id| {
+            let mut m = message(
+                id,
+                T0 + id,
+                Some(patient("100234", "Anna Berg")),
+                Vec::new(),
+            );
+            m.alarms = vec![alarm(0, "inactive")];
+            m
+        })
+        .collect();
+    let changes = view.apply(&more, T0 + 900, true);
+    let body = json(&changes.events.last().unwrap().1);
+    let kept = body["alarms"].as_array().unwrap();
+    assert_eq!(kept.len(), crate::live::alarms::MAX_ALARMS_PER_PATIENT);
+    assert_eq!(kept[0]["message_id"], 19);
+
+    // Without a patient: announced all the same.
+    let mut lone = message(30, T0 + 1000, None, Vec::new());
+    lone.alarms = vec![alarm(0, "active")];
+    let changes = view.apply(&[lone], T0 + 1100, true);
+    assert_eq!(names(&changes.events), ["alarm"]);
+    assert_eq!(
+        json(&changes.events[0].1)["patient"],
+        serde_json::Value::Null
     );
 }

@@ -30,6 +30,7 @@ use rusqlite::{CachedStatement, Connection, OpenFlags, OptionalExtension, params
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
+mod alarms;
 pub mod backup;
 mod checkpoint;
 mod encoded;
@@ -55,11 +56,11 @@ use self::schema::*;
 use self::tail::*;
 use self::writer::*;
 use super::{
-    ChangeCursor, Changes, DeviceRecords, Feed, FeedMessage, FilePosition, Health, MergeNote,
-    MessageDetail, MessageFilter, MessageKey, MessageSummary, NewMessage, ObservationData,
-    ObservationQuery, ObservationRow, Outcome, PatientData, PatientRecords, PatientSummary, Store,
-    StoreError, StoreFuture, StoreRead, StoreStats, Stored, TrendBucket, TrendQuery, TrendSeries,
-    Verdict, outcome_name,
+    AlarmQuery, AlarmRow, ChangeCursor, Changes, DeviceRecords, Feed, FeedMessage, FilePosition,
+    Health, MergeNote, MessageDetail, MessageFilter, MessageKey, MessageSummary, NewMessage,
+    ObservationData, ObservationQuery, ObservationRow, Outcome, PatientData, PatientRecords,
+    PatientSummary, Store, StoreError, StoreFuture, StoreRead, StoreStats, Stored, TrendBucket,
+    TrendQuery, TrendSeries, Verdict, outcome_name,
 };
 
 /// Page size of a new database (an existing one keeps its own). A vitals ORU's row (its
@@ -603,6 +604,10 @@ impl StoreRead for SqliteStore {
     fn message(&self, id: i64) -> StoreFuture<'_, Option<MessageDetail>> {
         Box::pin(self.read(Cost::Quick, move |conn| read_message(conn, id)))
     }
+
+    fn alarms(&self, query: AlarmQuery) -> StoreFuture<'_, Vec<AlarmRow>> {
+        Box::pin(self.read(Cost::Quick, move |conn| alarms::read_alarms(conn, &query)))
+    }
 }
 
 impl Store for SqliteStore {
@@ -772,6 +777,10 @@ impl StoreRead for SqliteReader {
 
     fn message(&self, id: i64) -> StoreFuture<'_, Option<MessageDetail>> {
         self.store.message(id)
+    }
+
+    fn alarms(&self, query: AlarmQuery) -> StoreFuture<'_, Vec<AlarmRow>> {
+        self.store.alarms(query)
     }
 }
 

@@ -393,6 +393,8 @@ fn scan_refused(
 /// sweep, [`sweep_entries`]).
 fn remove(conn: &Connection, doomed: &[Doomed], accepted_through: i64) -> rusqlite::Result<()> {
     let mut message = conn.prepare_cached("DELETE FROM messages WHERE id = ?1")?;
+    // An alarm goes with its message (schema version 10).
+    let mut alarms = conn.prepare_cached("DELETE FROM alarms WHERE message = ?1")?;
     let mut key = conn.prepare_cached(
         "DELETE FROM message_keys \
          WHERE sent_ms = ?1 AND key_hash = ?2 AND hash_prefix = ?3 AND message = ?4",
@@ -400,6 +402,7 @@ fn remove(conn: &Connection, doomed: &[Doomed], accepted_through: i64) -> rusqli
     let mut highest = 0;
     for d in doomed {
         message.execute([d.id])?;
+        alarms.execute([d.id])?;
         if let Some((sent, key_hash, prefix)) = d.key {
             key.execute([sent, key_hash, prefix, d.id])?;
         }

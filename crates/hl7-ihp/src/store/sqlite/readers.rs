@@ -762,6 +762,7 @@ pub(super) fn feed_message(
         patient,
         observations,
         merged_from: None,
+        alarms: Vec::new(),
     })
 }
 
@@ -798,6 +799,7 @@ pub(super) fn read_feed(
         message.merged_from = row.get(18)?;
         messages.push(message);
     }
+    super::alarms::attach(conn, &mut messages)?;
     let next = messages.last().map_or(after, |m| ChangeCursor::at(m.id));
     Ok(Feed { messages, next })
 }
@@ -825,6 +827,7 @@ pub(super) fn read_patient_feed(
             Ok(messages.len() < limit)
         })?;
     }
+    super::alarms::attach(conn, &mut messages)?;
     Ok(Some((patient, messages)))
 }
 

@@ -51,6 +51,10 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         sql: include_str!("migrations/0010_device_key.sql"),
         then: None,
     },
+    Migration {
+        sql: include_str!("migrations/0011_alarms.sql"),
+        then: None,
+    },
 ];
 
 /// Opening sets WAL mode and migrates, steps in which SQLite answers "locked" at once,

@@ -188,6 +188,8 @@ pub(super) struct Row {
     pub(super) raw_encoding: Option<i64>,
     /// The message this one replays.
     pub(super) replay_of: Option<i64>,
+    /// Accepted alarm reports only: their alarms (`alarms` table).
+    pub(super) alarms: Vec<crate::alarm::AlarmData>,
 }
 
 impl Row {
@@ -219,6 +221,7 @@ impl Row {
             raw,
             raw_encoding,
             replay_of: message.replay_of,
+            alarms: Vec::new(),
         };
         if let Some(content) = message.content {
             row.message_type = Some(format!("{}^{}", content.message_type, content.trigger));
@@ -232,6 +235,7 @@ impl Row {
                 row.device = Some(content.device);
                 row.patient = content.patient;
                 row.merge = content.merge;
+                row.alarms = content.alarms;
                 row.n_observations = content.observations.len() as i64;
                 row.observations = encode_observations(&content.observations);
             }
@@ -397,6 +401,7 @@ pub(super) struct Statements<'c> {
     pub(super) set_meta: CachedStatement<'c>,
     pub(super) find_merge: CachedStatement<'c>,
     pub(super) find_patient_row: CachedStatement<'c>,
+    pub(super) insert_alarm: CachedStatement<'c>,
 }
 
 impl<'c> Statements<'c> {
@@ -414,6 +419,7 @@ impl<'c> Statements<'c> {
             set_meta: conn.prepare_cached(SET_META)?,
             find_merge: conn.prepare_cached(super::merge::FIND_MERGE)?,
             find_patient_row: conn.prepare_cached(super::merge::FIND_PATIENT_ROW)?,
+            insert_alarm: conn.prepare_cached(super::alarms::INSERT_ALARM)?,
         })
     }
 }
@@ -826,6 +832,11 @@ pub(super) fn write_message(
         row.raw_encoding,
         row.device_key.as_ref().filter(|_| accepted),
     ])?;
+    if accepted {
+        for alarm in &row.alarms {
+            super::alarms::insert(&mut statements.insert_alarm, id, alarm)?;
+        }
+    }
     if let Some(patient) = patient {
         let entry = Entry {
             message: id,
