@@ -58,3 +58,4 @@ pub mod store;
 pub mod terminal;
 pub mod tls;
 pub mod waveform;
+pub mod query;

@@ -68,4 +68,5 @@ mod tidy;
 // `--timezone`: times without an offset in the patient files and the API.
 mod timezone;
 // Waveforms (ORU^W01, NA rows): kept raw and counted, never records.
+mod query;
 mod waveform;
