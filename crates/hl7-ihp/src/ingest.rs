@@ -22,12 +22,12 @@ use crate::config::PatientIdentity;
 use crate::events::Events;
 use crate::ids::base36;
 use crate::metrics::Metrics;
+use crate::query::{PatientQuery, QueryKind};
 use crate::rate_limit::{Level, RateLimit};
 use crate::store::{
     Content, MergeRequest, MessageKey, NewMessage, ObservationData, PatientData, Store, Stored,
     Verdict, instant_ms,
 };
-use crate::query::{PatientQuery, QueryKind};
 use crate::waveform::{Waveforms, is_waveform_row};
 
 /// What ingest needs to know of the settings.

@@ -217,7 +217,10 @@ pub fn build_response(
         msh_fields.extend(std::iter::repeat_n(String::new(), 5));
         msh_fields.push(charset);
     }
-    segments.push(format!("MSH{field_sep}{}", msh_fields.join(&field_sep.to_string())));
+    segments.push(format!(
+        "MSH{field_sep}{}",
+        msh_fields.join(&field_sep.to_string())
+    ));
     segments.push(format!("MSA{field_sep}AA{field_sep}{}", raw(10)));
     let echo = |id: &str| {
         message
@@ -280,9 +283,7 @@ pub fn build_response(
                     .join(&comp.to_string())
             })
             .unwrap_or_default();
-        segments.push(format!(
-            "PV1{field_sep}1{field_sep}{field_sep}{location}"
-        ));
+        segments.push(format!("PV1{field_sep}1{field_sep}{field_sep}{location}"));
     }
     let mut out = segments.join("\r");
     out.push('\r');
@@ -333,7 +334,10 @@ mod tests {
         assert!(out.starts_with("MSH|^~\\&|HL7IHP|IHP|VS8|WARD|"), "{out}");
         assert!(out.contains("|ADR^A19^ADR_A19|A1-0|P|2.3.1\r"), "{out}");
         assert!(out.contains("\rMSA|AA|Q1\rQRD|"), "{out}");
-        assert!(out.contains("\rPID|1||P1||Doe\\F\\X^Jane||19700102|F\r"), "{out}");
+        assert!(
+            out.contains("\rPID|1||P1||Doe\\F\\X^Jane||19700102|F\r"),
+            "{out}"
+        );
         assert!(out.contains("\rPV1|1||ICU^1^2\r"), "{out}");
     }
 
@@ -348,7 +352,10 @@ mod tests {
         let out = build_response(&message, QueryKind::Q22, &[], &OPTIONS);
         let out = String::from_utf8(out).unwrap();
         assert!(out.contains("|RSP^K22^RSP_K22|"), "{out}");
-        assert!(out.contains("\rMSA|AA|Q2\rQAK|TAG7|NF\rQPD|IHE PDQ Query|TAG7|"), "{out}");
+        assert!(
+            out.contains("\rMSA|AA|Q2\rQAK|TAG7|NF\rQPD|IHE PDQ Query|TAG7|"),
+            "{out}"
+        );
         assert!(!out.contains("PID|"), "{out}");
     }
 

@@ -125,7 +125,10 @@ fn queries_find_known_patients_and_are_kept_as_queries_not_data() {
     drop(asker);
     let (status, logs) = receiver.terminate();
     assert!(status.success(), "{logs}");
-    assert!(!logs.contains("Mustermann"), "no patient data in logs: {logs}");
+    assert!(
+        !logs.contains("Mustermann"),
+        "no patient data in logs: {logs}"
+    );
     assert_eq!(std::fs::read(&file).unwrap(), file_before);
     let data_dir = dir.path().join("data");
     let (code, out, err) = run(&["messages", "--data-dir", data_dir.to_str().unwrap()]);
