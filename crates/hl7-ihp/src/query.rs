@@ -278,7 +278,7 @@ pub fn build_response(
             .as_deref()
             .map(|l| {
                 l.split('^')
-                    .map(|c| text(c))
+                    .map(&text)
                     .collect::<Vec<_>>()
                     .join(&comp.to_string())
             })
