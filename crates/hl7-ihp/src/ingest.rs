@@ -22,6 +22,7 @@ use crate::config::PatientIdentity;
 use crate::events::Events;
 use crate::ids::base36;
 use crate::metrics::Metrics;
+use crate::query::{PatientQuery, QueryKind};
 use crate::rate_limit::{Level, RateLimit};
 use crate::store::{
     Content, MergeRequest, MessageKey, NewMessage, ObservationData, PatientData, Store, Stored,
@@ -121,6 +122,9 @@ struct Prepared {
     error: Option<AckError>,
     /// Its waveform rows, counted when the store keeps it as new ([`crate::waveform`]).
     waveforms: Waveforms,
+    /// A demographic query that can be answered ([`crate::query`]): answered with the
+    /// patients found instead of an ACK once it is stored.
+    query: Option<(QueryKind, PatientQuery)>,
 }
 
 impl Ingest {
@@ -229,9 +233,42 @@ impl Ingest {
             let control_id = self.next_control_id();
             let time = ack_time();
             let options = self.ack_options(&control_id, &time);
+            if let (Outcome::Accept, Some((kind, query))) = (outcome, &prepared.query) {
+                acks.push(self.answer_query(message, *kind, query, &options).await);
+                continue;
+            }
             acks.push(build_ack(message, code, error.as_ref(), &options));
         }
         acks
+    }
+
+    /// The answer to a stored query: the patients found, or a reject when the store
+    /// cannot be read now (the query itself is kept).
+    async fn answer_query(
+        &self,
+        message: &Message<'_>,
+        kind: QueryKind,
+        query: &PatientQuery,
+        options: &AckOptions<'_>,
+    ) -> Vec<u8> {
+        match crate::query::find_patients(self.store.as_ref(), query).await {
+            Ok(found) => {
+                Metrics::inc(&self.metrics.queries_answered);
+                if found.is_empty() {
+                    Metrics::inc(&self.metrics.queries_not_found);
+                }
+                crate::query::build_response(message, kind, &found, options)
+            }
+            Err(_) => {
+                Metrics::inc(&self.metrics.store_failures);
+                let error = AckError {
+                    code: ErrorCode::ApplicationInternal,
+                    location: None,
+                    text: "the patients could not be searched; ask again later".into(),
+                };
+                build_ack(message, AckCode::AR, Some(&error), options)
+            }
+        }
     }
 
     /// One `message_received` event: who sent what about whom (the key, never the name)
@@ -536,6 +573,27 @@ impl Ingest {
         if let Some(content) = content.as_mut() {
             content.alarms = crate::alarm::alarms_of(message, &extract, received_at);
         }
+        // A demographic query is kept, but about no one and with no observations: it never
+        // reaches a patient's records or files (docs/acks.md, "Queries").
+        let mut query = None;
+        if let Some(content) = content.as_mut()
+            && let Some(kind) = crate::query::query_kind(&content.message_type, &content.trigger)
+        {
+            content.patient = None;
+            content.observations.clear();
+            content.location = None;
+            match crate::query::read_query(message, kind) {
+                Ok(asked) => query = Some((kind, asked)),
+                Err(reason) => {
+                    error = Some(AckError {
+                        code: ErrorCode::RequiredFieldMissing,
+                        location: None,
+                        text: reason.clone(),
+                    });
+                    verdict = Verdict::Error { reason };
+                }
+            }
+        }
         // A patient merge: the message alone may already be wrong (docs/acks.md, "Patient
         // merges"); what passes goes to the store, which checks the rest in its writer.
         if let Some(content) = content.as_mut()
@@ -600,6 +658,7 @@ impl Ingest {
             verdict,
             error,
             waveforms,
+            query,
         }
     }
 

@@ -49,6 +49,7 @@ pub mod merges;
 pub mod metrics;
 pub mod mllp;
 pub mod net;
+pub mod query;
 pub mod rate_limit;
 pub mod reload;
 pub mod retention;

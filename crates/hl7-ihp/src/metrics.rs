@@ -70,6 +70,10 @@ pub struct Metrics {
     pub waveform_observations: AtomicU64,
     /// Messages read as bare HL7, without MLLP framing (`--framing auto|none`).
     pub unframed_messages: AtomicU64,
+    /// Demographic queries answered with the patients found ([`crate::query`]).
+    pub queries_answered: AtomicU64,
+    /// Of those, the ones that found nobody (`NF`).
+    pub queries_not_found: AtomicU64,
 }
 
 impl Metrics {
@@ -89,7 +93,7 @@ impl Metrics {
     pub fn render(&self, extra: &[Extra]) -> String {
         let mut out = String::with_capacity(2048);
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let counters: [(&str, &str, u64); 28] = [
+        let counters: [(&str, &str, u64); 30] = [
             (
                 "hl7ihp_connections_accepted_total",
                 "Connections accepted.",
@@ -225,6 +229,16 @@ impl Metrics {
                 "hl7ihp_unframed_messages_total",
                 "Messages read as bare HL7, without MLLP framing.",
                 get(&self.unframed_messages),
+            ),
+            (
+                "hl7ihp_queries_answered_total",
+                "Demographic queries (QRY^A19, QBP^Q22) answered with the patients found.",
+                get(&self.queries_answered),
+            ),
+            (
+                "hl7ihp_queries_not_found_total",
+                "Demographic queries that found nobody (NF).",
+                get(&self.queries_not_found),
             ),
         ];
         for (name, help, value) in counters {

@@ -73,6 +73,8 @@ pub struct Listeners {
     pub http: Option<TcpListener>,
     /// HTTPS's configuration, when HTTP is served over TLS.
     pub http_tls: Option<Arc<ServerTls>>,
+    /// The extra plain MLLP listener of `--query-listen`.
+    pub mllp_query: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -86,6 +88,11 @@ impl Listeners {
         self.mllp_tls
             .as_ref()
             .and_then(|(l, _)| l.local_addr().ok())
+    }
+
+    /// The `--query-listen` listener's address.
+    pub fn mllp_query_addr(&self) -> Option<SocketAddr> {
+        self.mllp_query.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The HTTP listener's address.
@@ -123,11 +130,16 @@ pub async fn bind(config: &ReceiveConfig) -> Result<Listeners, ServerError> {
         Some(address) => Some(bind(address).await?),
         None => None,
     };
+    let mllp_query = match config.mllp.query_listen {
+        Some(address) => Some(bind(address).await?),
+        None => None,
+    };
     Ok(Listeners {
         mllp,
         mllp_tls,
         http,
         http_tls,
+        mllp_query,
     })
 }
 
@@ -146,6 +158,7 @@ pub async fn run(
         mllp_tls,
         http: http_listener,
         http_tls,
+        mllp_query,
     } = listeners;
     let (_hangup_sender, hangups) = reload::hangups();
     let (stop_audit, audit_stop) = Shutdown::new();
@@ -312,7 +325,9 @@ pub async fn run(
     let mut accepts = Vec::new();
     let plain = mllp.map(|listener| (listener, Transport::Tcp));
     let tls = mllp_tls.map(|(listener, tls)| (listener, Transport::Tls(tls)));
-    for (listener, transport) in plain.into_iter().chain(tls) {
+    // `--query-listen` is one more plain listener with the same ingest (and framing).
+    let query = mllp_query.map(|listener| (listener, Transport::Tcp));
+    for (listener, transport) in plain.into_iter().chain(tls).chain(query) {
         accepts.push(tokio::spawn(listener::run(
             listener,
             transport,

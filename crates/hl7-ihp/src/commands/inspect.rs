@@ -198,6 +198,14 @@ pub fn messages(args: &MessagesArgs) -> anyhow::Result<ExitCode> {
                 terminal::cell(&merge.survivor, terminal::ID_WIDTH)
             ));
         }
+        if let Some(kind) = message
+            .message_type
+            .as_deref()
+            .filter(|t| crate::query::is_query(t))
+        {
+            // A demographic query: kept and answered, never data about a patient.
+            detail.push_str(&format!("  [query {}]", terminal::escape(kind)));
+        }
         if let Some(identity) = &message.peer_identity {
             // Who the TLS client certificate says it is: device text, escaped and cut.
             detail.push_str(&format!(

@@ -45,6 +45,7 @@ pub fn run(args: &ReceiveArgs) -> anyhow::Result<ExitCode> {
         tracing::info!(
             mllp = %off(mllp_address),
             mllp_tls = %off(tls_address),
+            mllp_query = %off(listeners.mllp_query_addr()),
             mutual_tls = listeners.mllp_tls.as_ref().is_some_and(|(_, tls)| tls.requires_client_certificate()),
             http = %off(http_address),
             https = listeners.http_tls.is_some(),

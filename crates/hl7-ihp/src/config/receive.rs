@@ -155,6 +155,10 @@ declare_settings! {
     /// name no patient (PID-3 empty or absent): the patient files' shape, with the device
     /// and its location (docs/patient-files.md, "Unassigned devices").
     device_files: bool = switch, "on|off", default "off";
+    /// An extra plain MLLP address for devices that ask demographic queries (QRY^A19,
+    /// QBP^Q22) on a port of their own, e.g. `0.0.0.0:3502` (a Mindray VS8), or `off`; it
+    /// answers every message as --listen does.
+    query_listen: Option<SocketAddr> = address_or_off, "ADDR|off", default "off";
 }
 
 /// Every setting of `receive`'s table, in its order: what `config --example` describes.
@@ -325,6 +329,8 @@ pub struct MllpConfig {
     pub patient_identity: PatientIdentity,
     /// `--timezone`: where a time without an offset is read; `None` leaves it as written.
     pub time_zone: Option<TimeZone>,
+    /// `--query-listen`: an extra plain listener (demographic queries), `None` when off.
+    pub query_listen: Option<SocketAddr>,
 }
 
 /// What the HTTP side needs.
@@ -559,6 +565,7 @@ impl ReceiveConfig {
         ReceiveConfig {
             mllp: MllpConfig {
                 listen: s.listen,
+                query_listen: s.query_listen,
                 // Checked by `check_tls`: a TLS address comes with a certificate and a key.
                 tls: s
                     .listen_tls
@@ -728,6 +735,18 @@ impl ReceiveConfig {
                 format!(
                     "--require-tls is on and {address} is not a loopback address: use \
                      --listen-tls, or --listen off, or bind --listen to 127.0.0.1"
+                ),
+            ));
+        }
+        if let Some(address) = self.mllp.query_listen
+            && !address.ip().is_loopback()
+        {
+            return Err(ConfigError::new(
+                "query_listen",
+                "--query-listen, HL7IHP_QUERY_LISTEN or the config file",
+                format!(
+                    "--require-tls is on and {address} is not a loopback address: bind \
+                     --query-listen to 127.0.0.1, or leave it off"
                 ),
             ));
         }

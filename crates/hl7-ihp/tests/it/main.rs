@@ -70,6 +70,7 @@ mod tidy;
 // `--timezone`: times without an offset in the patient files and the API.
 mod timezone;
 // Waveforms (ORU^W01, NA rows): kept raw and counted, never records.
+mod query;
 mod waveform;
 // Messages without a patient (empty or absent PID-3): stored, shown under their device.
 mod unassigned;

@@ -91,6 +91,9 @@ pub struct MessageItem {
     /// `MSH-9.1^MSH-9.2` of an accepted message.
     #[schema(required = true)]
     pub message_type: Option<String>,
+    /// What the message is: `query` for a demographic query (QRY^A19, QBP^Q22: answered
+    /// with the patients found, never data), else `data`.
+    pub kind: String,
     /// The answer's family.
     pub outcome: OutcomeName,
     /// Why, for errors and rejects.
@@ -130,6 +133,15 @@ pub struct MergeItem {
     pub event: String,
 }
 
+/// `query` or `data`: what [`MessageItem::kind`] says of a stored type.
+pub fn message_kind(message_type: Option<&str>) -> &'static str {
+    if message_type.is_some_and(crate::query::is_query) {
+        "query"
+    } else {
+        "data"
+    }
+}
+
 impl MessageItem {
     fn new(summary: MessageSummary, application: Option<String>, facility: Option<String>) -> Self {
         MessageItem {
@@ -140,6 +152,7 @@ impl MessageItem {
             sending_application: application,
             sending_facility: facility,
             control_id: summary.control_id,
+            kind: message_kind(summary.message_type.as_deref()).to_owned(),
             message_type: summary.message_type,
             outcome: summary.outcome.into(),
             reason: summary.reason,
