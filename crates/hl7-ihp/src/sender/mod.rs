@@ -4,4 +4,5 @@
 
 pub mod link;
 pub mod load;
+pub mod serve;
 pub mod simulator;

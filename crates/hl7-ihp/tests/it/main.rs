@@ -69,3 +69,5 @@ mod tidy;
 mod timezone;
 // Waveforms (ORU^W01, NA rows): kept raw and counted, never records.
 mod waveform;
+// Client mode: `receive --connect` to `send --serve` devices, restarts, bare, TLS.
+mod client;
