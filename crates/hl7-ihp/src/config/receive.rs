@@ -924,6 +924,38 @@ mod tests {
     }
 
     #[test]
+    fn links_come_from_a_list_in_the_file_or_commas_on_the_flag() {
+        let (_dir, path) = config_file(
+            "listen = \"off\"\nconnect = [\"bed-12=10.0.0.5:4001\", \"10.0.0.6:4001\"]\nconnect_framing = \"none\"\n",
+        );
+        let mut args = ReceiveArgs::default();
+        args.config = Some(path);
+        let config = ReceiveConfig::from_args(&args).unwrap();
+        let links = &config.links.targets;
+        assert_eq!(links.len(), 2);
+        assert_eq!(
+            (links[0].name.as_str(), links[0].address.as_str()),
+            ("bed-12", "10.0.0.5:4001")
+        );
+        assert_eq!(links[1].name, "10.0.0.6:4001");
+        assert_eq!(links[1].framing, Framing::None);
+        assert_eq!(config.mllp.listen, None);
+        assert!(config.links.tls.is_none());
+        let config = ReceiveConfig::from_args(&flags(|f| {
+            f.connect = Some("a=h:1,b=h:2".into());
+            f.connect_tls = Some("on".into());
+        }))
+        .unwrap();
+        assert_eq!(config.links.targets.len(), 2);
+        assert!(config.links.tls.is_some());
+        // TLS files without TLS, and no listener and no link, are refused.
+        let message = error(flags(|f| f.connect_tls_ca = Some("ca.pem".into())));
+        assert!(message.contains("`connect_tls_ca`"), "{message}");
+        let message = error(flags(|f| f.listen = Some("off".into())));
+        assert!(message.contains("`listen`"), "{message}");
+    }
+
+    #[test]
     fn invalid_settings_name_themselves() {
         let message = error(flags(|f| f.listen = Some("nowhere".into())));
         assert!(
