@@ -928,8 +928,10 @@ mod tests {
         let (_dir, path) = config_file(
             "listen = \"off\"\nconnect = [\"bed-12=10.0.0.5:4001\", \"10.0.0.6:4001\"]\nconnect_framing = \"none\"\n",
         );
-        let mut args = ReceiveArgs::default();
-        args.config = Some(path);
+        let args = ReceiveArgs {
+            config: Some(path),
+            ..ReceiveArgs::default()
+        };
         let config = ReceiveConfig::from_args(&args).unwrap();
         let links = &config.links.targets;
         assert_eq!(links.len(), 2);
