@@ -102,6 +102,11 @@ export function mount(main, ctx) {
   const rejected = h("tbody", { id: "rejected" });
   const deviceRows = h("tbody", { id: "devices" });
   const deviceHint = h("span", { class: "hint" });
+  // The --connect links (client mode): shown only when there are some.
+  const linkRows = h("tbody", { id: "links" });
+  const linkSection = h("section", { class: "section", id: "links-section", hidden: true },
+    h("div", { class: "section-head" }, h("h2", { text: "Device links" }), h("span", { class: "hint", text: "devices that serve, connected to with --connect" })),
+    h("table", { class: "list" }, h("thead", {}, h("tr", {}, ["State", "Link", "Address", "Since", "Last message", "Messages", "Reconnects", "Last error"].map((t) => h("th", { text: t })))), linkRows));
   main.replaceChildren(
     h("div", { class: "toolbar" }, h("h1", { text: "Operations" })),
     h("p", { class: "link-banner", role: "alert", text: "No connection to the receiver: the figures shown are not being updated." }),
@@ -116,6 +121,7 @@ export function mount(main, ctx) {
     h("section", { class: "section" },
       h("div", { class: "section-head" }, h("h2", { text: "Devices" }), deviceHint),
       h("table", { class: "list" }, h("thead", {}, h("tr", {}, ["Status", "Device", "Kind", "Sender (MSH-3)", "Patient", "Location", "Last message", "Messages"].map((t) => h("th", { text: t })))), deviceRows)),
+    linkSection,
   );
 
   function choose(id) {
@@ -174,6 +180,7 @@ export function mount(main, ctx) {
       const body = await api("/api/v1/devices", { signal });
       devices = body.devices.sort((a, b) => (RANK[a.status] ?? 3) - (RANK[b.status] ?? 3) || String(a.id).localeCompare(String(b.id)));
       drawDevices();
+      drawLinks(body.links || []);
       drawStats();
     } catch (error) {
       if (!signal.aborted) deviceRows.replaceChildren(h("tr", {}, h("td", { colspan: 8, class: "error-text", text: error.message })));
@@ -197,6 +204,24 @@ export function mount(main, ctx) {
         h("td", { text: location(d.location) }),
         when,
         h("td", { class: "num", text: (d.n_messages ?? 0).toLocaleString() }));
+    }));
+  }
+
+  const LINK_STATE = { connected: "live", connecting: "stale", retrying: "offline", stopped: "offline" };
+  function drawLinks(links) {
+    linkSection.hidden = links.length === 0;
+    linkRows.replaceChildren(...links.map((l) => {
+      const since = parseTime(l.since);
+      const last = l.last_message_at ? parseTime(l.last_message_at) : null;
+      return h("tr", { data: { state: l.state } },
+        h("td", {}, h("span", { class: `badge ${LINK_STATE[l.state] || "offline"}`, text: l.state })),
+        h("td", { class: "mono", text: l.name }),
+        h("td", { class: "mono", text: `${l.address}${l.transport === "tls" ? " (TLS)" : ""}` }),
+        h("td", { title: preciseTime(since), text: `${localTime(since)} · ${age(since)}` }),
+        h("td", { text: last ? `${localTime(last)} · ${age(last)}` : "none yet" }),
+        h("td", { class: "num", text: (l.n_messages ?? 0).toLocaleString() }),
+        h("td", { class: "num", text: (l.n_reconnects ?? 0).toLocaleString() }),
+        h("td", { text: l.last_error || "" }));
     }));
   }
 
@@ -246,6 +271,7 @@ export function mount(main, ctx) {
   // The export's lag and the connection count change without events.
   const every = setInterval(() => {
     loadStats();
+    if (!linkSection.hidden) loadDevices();
   }, 10_000);
 
   loadStats();

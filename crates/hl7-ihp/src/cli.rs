@@ -308,6 +308,11 @@ pub struct SendArgs {
     /// The settings validated by `config::SendConfig`.
     #[command(flatten)]
     pub settings: SendFlags,
+    /// Play a device that serves: listen on ADDR (port 0: any; the first line printed is
+    /// `serving on ADDR`) and push the messages to whoever connects, waiting for each ACK
+    /// (with --tls, --tls-cert and --tls-key are this device's certificate).
+    #[arg(long, value_name = "ADDR", conflicts_with = "connections")]
+    pub serve: Option<std::net::SocketAddr>,
 }
 
 /// `hl7-ihp demo`.

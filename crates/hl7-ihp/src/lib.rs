@@ -43,6 +43,7 @@ pub mod export;
 pub mod http;
 pub mod ids;
 pub mod ingest;
+pub mod links;
 pub mod live;
 pub mod logging;
 pub mod merges;

@@ -22,6 +22,7 @@ use crate::export::{self, ExportCounters, ExportOptions};
 use crate::http::ExtraMetrics;
 use crate::http::{self, HttpState};
 use crate::ingest::{Ingest, IngestSettings};
+use crate::links::{LinkContext, Links};
 use crate::live::{self, Live};
 use crate::metrics::{Extra, Metrics};
 use crate::mllp::budget::PartialBudget;
@@ -184,10 +185,39 @@ pub async fn run(
         let scheme = if http_tls.is_some() { "https" } else { "http" };
         described.push(format!("{scheme} {address}"));
     }
+    for target in &config.links.targets {
+        described.push(format!("link {} {}", target.name, target.address));
+    }
     audit.record(AuditEvent::ReceiverStarted {
         version: env!("CARGO_PKG_VERSION"),
         listeners: described,
     });
+    // The links' TLS files are loaded before anything is opened: a bad one stops the start.
+    let link_tls = match &config.links.tls {
+        None => None,
+        Some(tls) => {
+            let client = crate::tls::client_config(
+                tls.ca.as_deref(),
+                tls.cert_and_key
+                    .as_ref()
+                    .map(|(cert, key)| (cert.as_path(), key.as_path())),
+            )?;
+            let server_name = match &tls.server_name {
+                // Checked by the setting's parser.
+                Some(name) => Some(
+                    rustls::pki_types::ServerName::try_from(name.clone())
+                        .map_err(|_| ServerError::Task("bad --connect-tls-server-name".into()))?,
+                ),
+                None => None,
+            };
+            Some(crate::links::LinkTls {
+                config: client,
+                server_name,
+            })
+        }
+    };
+    let link_targets = config.links.targets.clone();
+    let links = Links::new(&link_targets, link_tls.is_some());
     let store_config = config.store;
     let store = tokio::task::spawn_blocking(move || {
         store::open(&store_config.location, &store_config.options)
@@ -280,6 +310,7 @@ pub async fn run(
                 store: Arc::clone(&store),
                 access: http::access::Access::new(config.http.token.as_ref()),
                 live: Arc::clone(live),
+                links: Arc::clone(&links),
             };
             tokio::spawn(http::serve::run(
                 listener,
@@ -335,6 +366,26 @@ pub async fn run(
             Arc::clone(&ingest),
             Arc::clone(&metrics),
             Arc::clone(&budget),
+            stop_rx.clone(),
+        )));
+    }
+    if !link_targets.is_empty() {
+        let numbers = {
+            let gate = Arc::clone(&gate);
+            Arc::new(move || gate.next_connection_number())
+        };
+        accepts.push(tokio::spawn(crate::links::run(
+            link_targets,
+            Arc::clone(&links),
+            LinkContext {
+                ingest: Arc::clone(&ingest),
+                limits: config.mllp.limits,
+                metrics: Arc::clone(&metrics),
+                budget: Arc::clone(&budget),
+                audit: Arc::clone(&audit),
+                tls: link_tls,
+                numbers,
+            },
             stop_rx.clone(),
         )));
     }

@@ -13,6 +13,7 @@ use crate::cli::SendArgs;
 use crate::config::{ConfigError, ScenarioKind, SendConfig, SendFraming, SendTls};
 use crate::sender::link::TlsClient;
 use crate::sender::load::{self, Plan, Summary};
+use crate::sender::serve::ServePlan;
 use crate::sender::simulator::Scenario;
 
 /// Runs `hl7-ihp send`.
@@ -22,6 +23,9 @@ pub fn run(args: &SendArgs) -> anyhow::Result<ExitCode> {
         Ok(config) => config,
         Err(error) => return Ok(super::invalid_setting(&error)),
     };
+    if let Some(address) = args.serve {
+        return serve(args, &config, address);
+    }
     // Loaded once per run: every connection and reconnection shares it.
     let tls = match &config.tls {
         None => None,
@@ -39,22 +43,7 @@ pub fn run(args: &SendArgs) -> anyhow::Result<ExitCode> {
             Some(TlsClient::new(client_config, name))
         }
     };
-    let scenario = if !args.file.is_empty() {
-        Scenario::Files(read_files(&args.file)?)
-    } else if args.no_patient {
-        Scenario::Unassigned {
-            devices: args.patients.max(1),
-        }
-    } else {
-        match config.scenario {
-            ScenarioKind::Seed => Scenario::Seed {
-                verbatim: args.verbatim,
-            },
-            ScenarioKind::Vitals => Scenario::Vitals {
-                patients: args.patients.max(1),
-            },
-        }
-    };
+    let scenario = scenario_of(args, &config)?;
     let SendConfig {
         interval,
         rate,
@@ -108,6 +97,88 @@ pub fn run(args: &SendArgs) -> anyhow::Result<ExitCode> {
     let bounded = args.count.is_some() || duration.is_some();
     let failed = summary.negative > 0 || summary.unacknowledged > 0;
     Ok(if bounded && failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// What to send: `--file`s, else the scenario.
+fn scenario_of(args: &SendArgs, config: &SendConfig) -> anyhow::Result<Scenario> {
+    Ok(if !args.file.is_empty() {
+        Scenario::Files(read_files(&args.file)?)
+    } else if args.no_patient {
+        Scenario::Unassigned {
+            devices: args.patients.max(1),
+        }
+    } else {
+        match config.scenario {
+            ScenarioKind::Seed => Scenario::Seed {
+                verbatim: args.verbatim,
+            },
+            ScenarioKind::Vitals => Scenario::Vitals {
+                patients: args.patients.max(1),
+            },
+        }
+    })
+}
+
+/// `send --serve ADDR`: the simulator as a device that serves (`sender::serve`).
+fn serve(
+    args: &SendArgs,
+    config: &SendConfig,
+    address: std::net::SocketAddr,
+) -> anyhow::Result<ExitCode> {
+    let tls = match &config.tls {
+        None => None,
+        Some(tls) => {
+            let Some((cert, key)) = tls.cert_and_key.clone() else {
+                return Ok(super::invalid_setting(&ConfigError::new(
+                    "tls_cert",
+                    "--tls-cert",
+                    "--serve with --tls needs this device's --tls-cert FILE and --tls-key FILE"
+                        .into(),
+                )));
+            };
+            let files = crate::tls::ServerTlsFiles {
+                cert,
+                key,
+                client_ca: None,
+                crl: None,
+            };
+            Some(crate::tls::ServerTls::load(files)?.config())
+        }
+    };
+    let scenario = scenario_of(args, config)?;
+    let plan = ServePlan {
+        period: Some(config.interval.unwrap_or(Duration::from_secs(1))).filter(|p| !p.is_zero()),
+        count: args.count,
+        ack_timeout: config.ack_timeout,
+        bare: config.framing == SendFraming::None,
+        tls,
+    };
+    let runtime = super::runtime()?;
+    let summary = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address}"))?;
+        let bound = listener.local_addr()?;
+        println!("serving on {bound}");
+        anyhow::Ok(crate::sender::serve::run(listener, scenario, plan).await)
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        println!(
+            "served {} receiver(s) · sent {} · acknowledged {} · negative {} · retransmitted {}",
+            summary.connections,
+            summary.sent,
+            summary.acknowledged,
+            summary.negative,
+            summary.retransmitted
+        );
+    }
+    Ok(if summary.negative > 0 {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS

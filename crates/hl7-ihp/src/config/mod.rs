@@ -21,9 +21,9 @@ pub mod values;
 
 pub use demo::{DemoConfig, DemoFlags};
 pub use receive::{
-    ExportConfig, HTTP_TOKEN_ENV, HttpConfig, HttpLimits, HttpToken, Limits, LogFormat, MllpConfig,
-    PatientIdentity, RECEIVE_SETTINGS, ReceiveArgs, ReceiveConfig, ReceiveFlags, StoreConfig,
-    log_format,
+    ConnectTls, ExportConfig, HTTP_TOKEN_ENV, HttpConfig, HttpLimits, HttpToken, Limits,
+    LinksConfig, LogFormat, MllpConfig, PatientIdentity, RECEIVE_SETTINGS, ReceiveArgs,
+    ReceiveConfig, ReceiveFlags, StoreConfig, log_format,
 };
 pub use send::{ScenarioKind, SendConfig, SendFlags, SendFraming, SendTls};
 pub use settings::{Effective, Fallback, SettingDoc, Source};

@@ -17,6 +17,7 @@ use super::values::{
     text,
 };
 use crate::export::{Fields, PatientFiles};
+use crate::links::LinkTarget;
 use crate::net::allow::AddressList;
 use crate::retention::{RetentionConfig, parse_retention};
 use crate::store::{StoreLocation, StoreOptions};
@@ -159,6 +160,54 @@ declare_settings! {
     /// QBP^Q22) on a port of their own, e.g. `0.0.0.0:3502` (a Mindray VS8), or `off`; it
     /// answers every message as --listen does.
     query_listen: Option<SocketAddr> = address_or_off, "ADDR|off", default "off";
+    /// Devices or gateways that serve HL7 (they push to whoever connects) to connect to,
+    /// as `NAME=HOST:PORT` (or `HOST:PORT`, named by its address), comma-separated; in the
+    /// file also a list of such strings. Read and answered as on the listener, reconnected
+    /// with back-off (0.5 s doubling to 30 s).
+    connect: Vec<LinkTarget> = LinkTarget::parse_list, "NAME=HOST:PORT,...", default "";
+    /// Framing on the --connect links: `mllp`, `none` (bare HL7) or `auto` (from the
+    /// first bytes).
+    connect_framing: Framing = framing_of, "mllp|auto|none", default "auto";
+    /// TLS on every --connect link, the device's certificate checked against
+    /// --connect-tls-ca and the link's host (or --connect-tls-server-name).
+    connect_tls: bool = switch, "on|off", default "off";
+    /// CA certificates, PEM, that the devices' certificates must come from (needs
+    /// --connect-tls on).
+    connect_tls_ca: Option<PathBuf> = path, "FILE", optional "the system's CA bundle";
+    /// Client certificate chain to present to the devices, PEM (with --connect-tls-key).
+    connect_tls_cert: Option<PathBuf> = path, "FILE", optional "no client certificate";
+    /// Private key of --connect-tls-cert, PEM.
+    connect_tls_key: Option<PathBuf> = path, "FILE", optional "no client certificate";
+    /// Name every device's certificate must carry, a DNS name or an IP address.
+    connect_tls_server_name: Option<String> = server_name, "NAME", optional "each link's host";
+}
+
+/// A name a server certificate can carry: a DNS name or an IP address literal.
+fn server_name(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    rustls::pki_types::ServerName::try_from(text)
+        .map(|_| text.to_owned())
+        .map_err(|_| "expected a DNS name or an IP address".into())
+}
+
+/// The `--connect` links (client mode) and their TLS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinksConfig {
+    /// The links, each with `--connect-framing`.
+    pub targets: Vec<LinkTarget>,
+    /// `--connect-tls on`: its files; `None`: plain TCP.
+    pub tls: Option<ConnectTls>,
+}
+
+/// What `--connect-tls` connects with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectTls {
+    /// Trusted CAs; `None`: the system's bundle.
+    pub ca: Option<PathBuf>,
+    /// Our client certificate chain and its key, both or neither.
+    pub cert_and_key: Option<(PathBuf, PathBuf)>,
+    /// The name to check every device's certificate against; `None`: each link's host.
+    pub server_name: Option<String>,
 }
 
 /// Every setting of `receive`'s table, in its order: what `config --example` describes.
@@ -505,6 +554,8 @@ pub struct ReceiveConfig {
     pub audit_log: Option<PathBuf>,
     /// Log format.
     pub log_format: LogFormat,
+    /// The `--connect` links.
+    pub links: LinksConfig,
 }
 
 impl ReceiveConfig {
@@ -644,6 +695,22 @@ impl ReceiveConfig {
             data_dir: s.data_dir,
             audit_log: s.audit_log,
             log_format: s.log_format,
+            links: LinksConfig {
+                targets: s
+                    .connect
+                    .into_iter()
+                    .map(|target| LinkTarget {
+                        framing: s.connect_framing,
+                        ..target
+                    })
+                    .collect(),
+                // Checked by `check_tls`: a key goes with a certificate.
+                tls: s.connect_tls.then(|| ConnectTls {
+                    ca: s.connect_tls_ca,
+                    cert_and_key: s.connect_tls_cert.zip(s.connect_tls_key),
+                    server_name: s.connect_tls_server_name,
+                }),
+            },
         }
     }
 }
@@ -662,7 +729,30 @@ fn check_tls(s: &ReceiveSettings) -> Result<(), ConfigError> {
             reason.to_owned(),
         )
     };
-    if s.listen.is_none() && s.listen_tls.is_none() {
+    if s.connect_tls {
+        if s.connect_tls_cert.is_some() != s.connect_tls_key.is_some() {
+            return Err(error(
+                "connect_tls_cert",
+                "--connect-tls-cert and --connect-tls-key go together",
+            ));
+        }
+    } else {
+        for (name, given) in [
+            ("connect_tls_ca", s.connect_tls_ca.is_some()),
+            ("connect_tls_cert", s.connect_tls_cert.is_some()),
+            ("connect_tls_key", s.connect_tls_key.is_some()),
+            (
+                "connect_tls_server_name",
+                s.connect_tls_server_name.is_some(),
+            ),
+        ] {
+            if given {
+                return Err(error(name, "has no effect without --connect-tls on"));
+            }
+        }
+    }
+    // Client mode alone needs no listener: the links are the receiver's devices.
+    if s.listen.is_none() && s.listen_tls.is_none() && s.connect.is_empty() {
         return Err(error(
             "listen",
             "`off` leaves nothing to listen on: give --listen-tls ADDR too, or an address",
@@ -857,6 +947,40 @@ mod tests {
         assert!(!config.store.options.dedupe);
         assert_eq!(config.export.json_max_records, 5);
         assert_eq!(config.mllp.limits.idle_timeout, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn links_come_from_a_list_in_the_file_or_commas_on_the_flag() {
+        let (_dir, path) = config_file(
+            "listen = \"off\"\nconnect = [\"bed-12=10.0.0.5:4001\", \"10.0.0.6:4001\"]\nconnect_framing = \"none\"\n",
+        );
+        let args = ReceiveArgs {
+            config: Some(path),
+            ..ReceiveArgs::default()
+        };
+        let config = ReceiveConfig::from_args(&args).unwrap();
+        let links = &config.links.targets;
+        assert_eq!(links.len(), 2);
+        assert_eq!(
+            (links[0].name.as_str(), links[0].address.as_str()),
+            ("bed-12", "10.0.0.5:4001")
+        );
+        assert_eq!(links[1].name, "10.0.0.6:4001");
+        assert_eq!(links[1].framing, Framing::None);
+        assert_eq!(config.mllp.listen, None);
+        assert!(config.links.tls.is_none());
+        let config = ReceiveConfig::from_args(&flags(|f| {
+            f.connect = Some("a=h:1,b=h:2".into());
+            f.connect_tls = Some("on".into());
+        }))
+        .unwrap();
+        assert_eq!(config.links.targets.len(), 2);
+        assert!(config.links.tls.is_some());
+        // TLS files without TLS, and no listener and no link, are refused.
+        let message = error(flags(|f| f.connect_tls_ca = Some("ca.pem".into())));
+        assert!(message.contains("`connect_tls_ca`"), "{message}");
+        let message = error(flags(|f| f.listen = Some("off".into())));
+        assert!(message.contains("`listen`"), "{message}");
     }
 
     #[test]

@@ -338,7 +338,16 @@ pub fn given(
         toml::Value::String(s) => Ok(Some(given(s))),
         toml::Value::Integer(i) => Ok(Some(given(i.to_string()))),
         toml::Value::Boolean(b) => Ok(Some(given(if b { "on" } else { "off" }.to_owned()))),
-        _ => Err(given(String::new()).error("expected a string, a number or a boolean".into())),
+        // A list of strings (`connect = ["bed-12=10.0.0.5:4001", …]`) as the flag's commas.
+        toml::Value::Array(items) if items.iter().all(toml::Value::is_str) => Ok(Some(given(
+            items
+                .iter()
+                .filter_map(toml::Value::as_str)
+                .collect::<Vec<_>>()
+                .join(","),
+        ))),
+        _ => Err(given(String::new())
+            .error("expected a string, a number, a boolean or a list of strings".into())),
     }
 }
 

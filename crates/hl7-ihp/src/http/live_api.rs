@@ -153,7 +153,8 @@ async fn patient(
         .ok_or_else(|| ApiError::not_found("patient"))
 }
 
-/// Every device: OBX-18's equipment id, else the sending application.
+/// Every device: OBX-18's equipment id, else the sending application; and the state of each
+/// `--connect` link.
 #[utoipa::path(
     get,
     path = "/api/v1/devices",
@@ -170,6 +171,7 @@ async fn devices(
 ) -> Json<DeviceList> {
     Json(DeviceList {
         devices: state.live.devices(now_ms()),
+        links: state.links.statuses(),
     })
 }
 

@@ -155,6 +155,9 @@ pub struct DeviceView {
 pub struct DeviceList {
     /// The devices, by id.
     pub devices: Vec<DeviceView>,
+    /// The `--connect` links to devices that serve (client mode), in configuration order;
+    /// empty without them.
+    pub links: Vec<crate::links::LinkStatus>,
 }
 
 /// Messages received in one minute.

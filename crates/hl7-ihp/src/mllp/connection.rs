@@ -141,6 +141,31 @@ struct Counted {
 /// partial-frame budget tells it to close, or shutdown is asked for (then the message in
 /// hand is finished and answered first). Returns why it ended and how many frames it read.
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    peer: &Peer,
+    ingest: Arc<Ingest>,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    charge: Charge,
+    shutdown: watch::Receiver<bool>,
+) -> (Close, u64) {
+    serve_observed(
+        stream,
+        peer,
+        ingest,
+        limits,
+        metrics,
+        charge,
+        shutdown,
+        &|| {},
+    )
+    .await
+}
+
+/// [`serve`], calling `on_frame` for each frame read (before it is ingested): a
+/// `--connect` link's message count and last message time.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve_observed<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     peer: &Peer,
     ingest: Arc<Ingest>,
@@ -148,6 +173,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     metrics: Arc<Metrics>,
     mut charge: Charge,
     mut shutdown: watch::Receiver<bool>,
+    on_frame: &(dyn Fn() + Sync),
 ) -> (Close, u64) {
     // A frame never needs more: past the limit the codec discards what it has read.
     let most_buffered = limits.max_frame_bytes.saturating_add(READ_CHUNK + 2);
@@ -182,6 +208,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             };
             n_frames += 1;
+            on_frame();
             frame_deadline = None;
             let acks = match item {
                 MllpItem::Frame(frame) => ingest.frame(&frame, peer).await,

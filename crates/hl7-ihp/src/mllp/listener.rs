@@ -120,6 +120,12 @@ impl Gate {
             next_connection: AtomicU64::new(1),
         })
     }
+
+    /// The next connection number, for a `--connect` link's connection too (one numbering
+    /// in the audit trail).
+    pub fn next_connection_number(&self) -> u64 {
+        self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
 }
 
 /// What a listener speaks.
@@ -365,6 +371,7 @@ async fn connection(
         via,
         tls: false,
         identity: None,
+        link: None,
     };
     let limits = gate.limits;
     let (close, n_frames) = match transport {

@@ -24,6 +24,8 @@ pub struct Peer {
     /// The TLS client certificate's subject and subject alternative names
     /// (`CN=monitor-7,O=Ward 3; DNS:monitor-7.example`), when the client sent one.
     pub identity: Option<Arc<str>>,
+    /// The `--connect` link's name, when we connected to the device (client mode).
+    pub link: Option<Arc<str>>,
 }
 
 impl Peer {
@@ -35,6 +37,7 @@ impl Peer {
             via: None,
             tls: false,
             identity: None,
+            link: None,
         }
     }
 

@@ -5,4 +5,5 @@
 pub mod alarms;
 pub mod link;
 pub mod load;
+pub mod serve;
 pub mod simulator;

@@ -74,3 +74,5 @@ mod query;
 mod waveform;
 // Messages without a patient (empty or absent PID-3): stored, shown under their device.
 mod unassigned;
+// Client mode: `receive --connect` to `send --serve` devices, restarts, bare, TLS.
+mod client;

@@ -79,6 +79,7 @@ impl Api {
                 },
                 None,
             ),
+            links: Arc::new(crate::links::Links::default()),
         };
         Api {
             _dir: dir,
