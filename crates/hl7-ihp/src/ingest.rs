@@ -27,6 +27,7 @@ use crate::store::{
     Content, MergeRequest, MessageKey, NewMessage, ObservationData, PatientData, Store, Stored,
     Verdict, instant_ms,
 };
+use crate::marks::{PlaceholderValues, mark_of};
 use crate::waveform::{Waveforms, is_waveform_row};
 
 /// What ingest needs to know of the settings.
@@ -44,6 +45,9 @@ pub struct IngestSettings {
     /// MSH-7's offset, else this zone's ([`hl7::timestamp::Timestamp::resolve`]). `None`
     /// keeps it as written, read as UTC for ordering.
     pub time_zone: Option<TimeZone>,
+    /// Each sending application's placeholders for "no value" (`--placeholder-values`):
+    /// such values are stored marked, never as numbers (`crate::marks`).
+    pub placeholder_values: PlaceholderValues,
 }
 
 /// Turns frames into stored messages and ACK bytes.
@@ -526,6 +530,7 @@ impl Ingest {
                     &extract,
                     self.settings.patient_identity,
                     self.settings.time_zone.as_ref(),
+                    &self.settings.placeholder_values,
                     received_at,
                 )),
             ),
@@ -765,6 +770,7 @@ fn content_of(
     extract: &Extract<'_>,
     identity: PatientIdentity,
     time_zone: Option<&TimeZone>,
+    placeholders: &PlaceholderValues,
     received_at: jiff::Timestamp,
 ) -> Content {
     let patient = extract.patient.as_ref().and_then(|patient| {
@@ -804,6 +810,13 @@ fn content_of(
     // among themselves, as the store reads an observation's index back from its position.
     let waveform_message =
         crate::waveform::is_waveform_message(&extract.header.message_type, &extract.header.trigger);
+    // MSH-3.1: the placeholders are configured by the application's name.
+    let application = extract
+        .header
+        .sending_application
+        .split('^')
+        .next()
+        .unwrap_or_default();
     let observations = extract
         .observations
         .iter()
@@ -821,6 +834,18 @@ fn content_of(
                 ),
                 None => (received_text.clone(), received_at.as_millisecond()),
             };
+            // A value that is not a measurement is kept as sent, marked, and is no number.
+            let mark = mark_of(
+                crate::marks::Row {
+                    value_type: &obx.value_type,
+                    value: &obx.value,
+                    numeric: obx.numeric,
+                    abnormal_flags: &obx.abnormal_flags,
+                    status: &obx.status,
+                },
+                application,
+                placeholders,
+            );
             ObservationData {
                 index: u32::try_from(index).unwrap_or(u32::MAX),
                 value_type: obx.value_type.to_string(),
@@ -829,7 +854,7 @@ fn content_of(
                 code_system: obx.code_system.to_string(),
                 sub_id: obx.sub_id.to_string(),
                 value: obx.value.to_string(),
-                numeric: obx.numeric,
+                numeric: obx.numeric.filter(|_| mark.is_none()),
                 units: obx.units.to_string(),
                 units_text: obx.units_text.to_string(),
                 reference_range: obx.reference_range.to_string(),
@@ -838,6 +863,7 @@ fn content_of(
                 observed_at,
                 observed_ms,
                 equipment: obx.equipment.to_string(),
+                mark,
             }
         })
         .collect();
@@ -887,6 +913,7 @@ mod tests {
             &extract(&message),
             PatientIdentity::Id,
             time_zone,
+            &PlaceholderValues::default(),
             received_at,
         )
         .observations
@@ -967,7 +994,13 @@ mod tests {
     fn content(bytes: &[u8]) -> Content {
         let message = hl7::parse(bytes).unwrap();
         let received_at: jiff::Timestamp = "2026-07-01T12:00:00Z".parse().unwrap();
-        content_of(&extract(&message), PatientIdentity::Id, None, received_at)
+        content_of(
+            &extract(&message),
+            PatientIdentity::Id,
+            None,
+            &PlaceholderValues::default(),
+            received_at,
+        )
     }
 
     const WAVEFORM_W01: &[u8] = b"MSH|^~\\&|DEV|FAC|||20260701120000||ORU^W01|W1|P|2.4\r\
@@ -1014,6 +1047,7 @@ mod tests {
             ack_facility: "HOSP".into(),
             patient_identity: PatientIdentity::Id,
             time_zone: None,
+            placeholder_values: PlaceholderValues::default(),
         }
     }
 

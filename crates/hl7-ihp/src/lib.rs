@@ -44,6 +44,7 @@ pub mod ids;
 pub mod ingest;
 pub mod live;
 pub mod logging;
+pub mod marks;
 pub mod merges;
 pub mod metrics;
 pub mod mllp;

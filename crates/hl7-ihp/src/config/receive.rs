@@ -17,6 +17,7 @@ use super::values::{
     text,
 };
 use crate::export::{Fields, PatientFiles};
+use crate::marks::PlaceholderValues;
 use crate::net::allow::AddressList;
 use crate::retention::{RetentionConfig, parse_retention};
 use crate::store::{StoreLocation, StoreOptions};
@@ -151,6 +152,11 @@ declare_settings! {
     /// Quiet time after which a bare HL7 message is taken as whole (it also ends at the
     /// next MSH), e.g. `200ms`; within --frame-timeout.
     unframed_gap: Duration = positive_duration, "DURATION", default "200ms";
+    /// Values that mean "no value" per sending application (MSH-3), stored marked and never
+    /// as numbers: `APP=V,V;APP=V`, `*` for every application, `off` for none (in the file
+    /// also a list of `APP=V,V` strings). The default names only XH80X monitors.
+    placeholder_values: PlaceholderValues = PlaceholderValues::parse, "APP=V,...;...|off",
+        default "XH80X=-999,-99.9";
 }
 
 /// Every setting of `receive`'s table, in its order: what `config --example` describes.
@@ -321,6 +327,8 @@ pub struct MllpConfig {
     pub patient_identity: PatientIdentity,
     /// `--timezone`: where a time without an offset is read; `None` leaves it as written.
     pub time_zone: Option<TimeZone>,
+    /// `--placeholder-values`: each sending application's values for "no value".
+    pub placeholder_values: PlaceholderValues,
 }
 
 /// What the HTTP side needs.
@@ -586,6 +594,7 @@ impl ReceiveConfig {
                 ack_facility: s.ack_facility,
                 patient_identity: s.patient_identity,
                 time_zone: s.timezone,
+                placeholder_values: s.placeholder_values,
             },
             http: HttpConfig {
                 listen: s.http,

@@ -309,6 +309,10 @@ impl Given {
     }
 }
 
+/// Settings whose text is a `;`-separated list, which the config file may also give as a
+/// TOML list of strings.
+const LIST_SETTINGS: &[&str] = &["placeholder_values"];
+
 /// The first source that gives a setting: its flag (clap has already read the environment
 /// variable into it), else the config file's key. The key is taken from the file either way,
 /// so that what is left at the end names no setting.
@@ -338,6 +342,14 @@ pub fn given(
         toml::Value::String(s) => Ok(Some(given(s))),
         toml::Value::Integer(i) => Ok(Some(given(i.to_string()))),
         toml::Value::Boolean(b) => Ok(Some(given(if b { "on" } else { "off" }.to_owned()))),
+        // A setting whose text is a `;`-separated list may be a TOML list of strings.
+        toml::Value::Array(items) if LIST_SETTINGS.contains(&name) => {
+            let texts: Option<Vec<&str>> = items.iter().map(toml::Value::as_str).collect();
+            match texts {
+                Some(texts) => Ok(Some(given(texts.join(";")))),
+                None => Err(given(String::new()).error("expected a list of strings".into())),
+            }
+        }
         _ => Err(given(String::new()).error("expected a string, a number or a boolean".into())),
     }
 }
