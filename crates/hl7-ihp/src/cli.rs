@@ -296,6 +296,12 @@ pub struct SendArgs {
     /// MLLP over TLS (see --tls-ca, --tls-cert, --tls-key, --tls-server-name).
     #[arg(long)]
     pub tls: bool,
+    /// Play a monitor in demo mode: every OBX flagged `DEMO` in OBX-8.
+    #[arg(long)]
+    pub demo: bool,
+    /// Play a monitor that sends placeholders: every other numeric value is `-999`.
+    #[arg(long)]
+    pub placeholders: bool,
     /// The settings validated by `config::SendConfig`.
     #[command(flatten)]
     pub settings: SendFlags,

@@ -133,6 +133,7 @@ async fn demo(
             verbose: false,
             tls: None,
             bare: false,
+            values: Default::default(),
         };
         let source = Source::new(Scenario::Vitals { patients }, &run_id, index, patients);
         monitors.spawn(link::connection(

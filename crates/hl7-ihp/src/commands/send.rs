@@ -80,6 +80,10 @@ pub fn run(args: &SendArgs) -> anyhow::Result<ExitCode> {
         verbose: !load,
         tls,
         bare: framing == SendFraming::None,
+        values: crate::sender::values::ValueFlags {
+            demo: args.demo,
+            placeholders: args.placeholders,
+        },
     };
     let runtime = super::runtime()?;
     let summary = runtime.block_on(load::run_connections(

@@ -74,6 +74,8 @@ pub struct Plan {
     pub tls: Option<super::link::TlsClient>,
     /// Write bare HL7 and read bare ACKs (`--framing none`), as some monitors do.
     pub bare: bool,
+    /// `--demo`, `--placeholders`: how the messages' values are rewritten.
+    pub values: super::values::ValueFlags,
 }
 
 /// What a run sent and measured.
@@ -164,7 +166,8 @@ pub async fn run_connections(
         if plan.count == Some(0) {
             continue;
         }
-        let source = Source::new(scenario.clone(), &run_id, index, connections);
+        let source =
+            Source::new(scenario.clone(), &run_id, index, connections).with_values(plan.values);
         if source.is_empty() {
             continue;
         }

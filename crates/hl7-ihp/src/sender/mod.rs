@@ -5,3 +5,4 @@
 pub mod link;
 pub mod load;
 pub mod simulator;
+pub mod values;

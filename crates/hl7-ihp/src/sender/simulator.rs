@@ -89,6 +89,8 @@ pub struct Source {
     fixed: Vec<Outgoing>,
     rng: Rng,
     clock: Clock,
+    /// `--demo`, `--placeholders`, and the numeric rows seen so far.
+    values: (super::values::ValueFlags, u64),
 }
 
 /// Now as an HL7 DTM with the local offset, formatted once a second: the load generator
@@ -148,7 +150,15 @@ impl Source {
             fixed,
             rng,
             clock: Clock::default(),
+            values: Default::default(),
         }
+    }
+
+    /// The same source, its messages' values rewritten as `flags` ask
+    /// ([`super::values::rewrite`]).
+    pub fn with_values(mut self, flags: super::values::ValueFlags) -> Source {
+        self.values.0 = flags;
+        self
     }
 
     /// True when this connection has something to send (a vitals connection may have no
@@ -159,6 +169,16 @@ impl Source {
 
     /// The next message.
     pub fn next_message(&mut self) -> Outgoing {
+        let mut outgoing = self.next_as_made();
+        let (flags, counter) = &mut self.values;
+        if flags.demo || flags.placeholders {
+            outgoing.bytes = super::values::rewrite(&outgoing.bytes, *flags, counter);
+        }
+        outgoing
+    }
+
+    /// The next message before `--demo`/`--placeholders`.
+    fn next_as_made(&mut self) -> Outgoing {
         let n = self.n_sent;
         self.n_sent += 1;
         let control_id = format!("{}-{}", self.prefix, base36(n));

@@ -69,3 +69,5 @@ mod tidy;
 mod timezone;
 // Waveforms (ORU^W01, NA rows): kept raw and counted, never records.
 mod waveform;
+// Values that are not measurements (demo, placeholders, OBX-11 X, empty): stored marked.
+mod values;

@@ -631,7 +631,7 @@ mod tests {
             "{}",
             "[[\"unterminated]]",
             "[[\"NM\",\"c\",\"t\",\"s\",\"\",\"v\",\"x\",\"u\",\"\",\"\",\"\",\"F\",\"t\",1,\"e\"]]",
-            "[[\"NM\",\"c\",\"t\",\"s\",\"\",\"v\",null,\"u\",\"\",\"\",\"\",\"F\",\"t\",1,\"e\",\"extra\"]]",
+            "[[\"NM\",\"c\",\"t\",\"s\",\"\",\"v\",null,\"u\",\"\",\"\",\"\",\"F\",\"t\",1,\"e\",\"demo\",\"more\"]]",
             "[[\"NM\",\"c\",\"t\",\"s\",\"\",\"v\",null,\"u\",\"\",\"\",\"\",\"F\",\"t\",1,\"e\"],]",
         ] {
             let error = decode(column.as_bytes()).expect_err(column);
@@ -641,6 +641,28 @@ mod tests {
                     .starts_with("malformed observations column at byte")
             );
         }
+    }
+
+    #[test]
+    fn a_mark_is_a_sixteenth_value_only_when_there_is_one() {
+        use crate::marks::Mark;
+        let mut marked = observation(1, "c1", Some(-999.0));
+        marked.mark = Some(Mark::Placeholder);
+        let plain = observation(2, "c2", Some(72.0));
+        let column = encode_observations(&[marked.clone(), plain.clone()]).unwrap();
+        assert!(column.contains(r#","placeholder"]"#), "{column}");
+        let decoded = decode(column.as_bytes()).unwrap();
+        // The writer drops a marked value's number.
+        assert_eq!(decoded[0].mark, Some(Mark::Placeholder));
+        assert_eq!(decoded[0].numeric, None);
+        assert_eq!(decoded[1], ObservationData { index: 1, ..plain });
+        // The general scanner (whitespace) reads the same, and an unknown name is no mark.
+        let spaced = column.replace(',', ", ");
+        assert_eq!(decode(spaced.as_bytes()).unwrap(), decoded);
+        let unknown = column.replace("placeholder", "later");
+        assert_eq!(decode(unknown.as_bytes()).unwrap()[0].mark, None);
+        let numbered = column.replace(r#""placeholder""#, "7");
+        assert!(decode(numbered.as_bytes()).is_err());
     }
 
     #[test]
