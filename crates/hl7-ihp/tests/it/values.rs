@@ -227,3 +227,74 @@ fn placeholder_values_are_per_application_and_replace_the_defaults() {
     let (status, logs) = receiver.terminate();
     assert!(status.success(), "{logs}");
 }
+
+#[test]
+fn send_demo_and_placeholders_play_such_monitors() {
+    // The simulator's monitors are `MONITOR` (MSH-3.1): configured, their -999 is marked.
+    let (_dir, receiver) = start(&[
+        "--json-min-interval",
+        "0s",
+        "--placeholder-values",
+        "MONITOR=-999",
+    ]);
+    let to = receiver.mllp.to_string();
+    let send = |flag: &str, patients: &str| {
+        let (code, out, err) = run(&[
+            "send", "--to", &to, "--scenario", "vitals", "--patients", patients, "--count",
+            "2", "--interval", "0ms", flag,
+        ]);
+        assert_eq!(code, 0, "{out}{err}");
+    };
+    // One patient each: the ADT^A01, then one ORU of seven vitals.
+    send("--demo", "1");
+    let mut records = Vec::new();
+    wait_until("the demo ORU's records", || {
+        records = file_records(&receiver, "MRN00001");
+        records.len() == 7
+    });
+    assert!(
+        records
+            .iter()
+            .all(|r| r["Mark"] == "demo" && r["AbnormalFlags"] == "DEMO"),
+        "{records:?}"
+    );
+    assert_eq!(trend_counts_now(&receiver, "MRN00001"), 0);
+    let patient = get_json(&receiver, "/api/v1/patients/MRN00001");
+    let latest = patient["latest"].as_array().unwrap();
+    assert_eq!(latest.len(), 7, "{patient}");
+    assert!(latest.iter().all(|r| r["numeric"].is_null() && r["mark"] == "demo"));
+
+    drop(records);
+    send("--placeholders", "1");
+    // The same monitor (MRN00001) again: now every other value is -999, marked.
+    let mut records = Vec::new();
+    wait_until("the placeholder ORU's records", || {
+        records = file_records(&receiver, "MRN00001");
+        records.len() == 14
+    });
+    let newest = &records[..7];
+    let placeholders = newest.iter().filter(|r| r["Mark"] == "placeholder").count();
+    assert_eq!(placeholders, 4, "the 1st, 3rd, 5th and 7th of seven: {newest:?}");
+    assert!(
+        newest
+            .iter()
+            .all(|r| (r["ObservationValue"] == "-999") == (r["Mark"] == "placeholder")),
+        "{newest:?}"
+    );
+    // The three real values are the only points.
+    assert_eq!(trend_counts_now(&receiver, "MRN00001"), 3);
+    let (status, logs) = receiver.terminate();
+    assert!(status.success(), "{logs}");
+}
+
+/// Trend points of the last hour (the simulator's times are now).
+fn trend_counts_now(receiver: &Receiver, key: &str) -> u64 {
+    let trends = get_json(receiver, &format!("/api/v1/patients/{key}/trends"));
+    trends["series"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{trends}"))
+        .iter()
+        .flat_map(|s| s["buckets"].as_array().unwrap().clone())
+        .map(|b| b["count"].as_u64().unwrap())
+        .sum()
+}
