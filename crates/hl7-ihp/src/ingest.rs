@@ -21,13 +21,13 @@ use crate::audit::{Audit, AuditEvent};
 use crate::config::PatientIdentity;
 use crate::events::Events;
 use crate::ids::base36;
+use crate::marks::{PlaceholderValues, mark_of};
 use crate::metrics::Metrics;
 use crate::rate_limit::{Level, RateLimit};
 use crate::store::{
     Content, MergeRequest, MessageKey, NewMessage, ObservationData, PatientData, Store, Stored,
     Verdict, instant_ms,
 };
-use crate::marks::{PlaceholderValues, mark_of};
 use crate::waveform::{Waveforms, is_waveform_row};
 
 /// What ingest needs to know of the settings.

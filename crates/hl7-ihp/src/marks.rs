@@ -46,9 +46,14 @@ impl Mark {
 
     /// The mark a stored name names; `None` for a name this version does not know.
     pub fn from_name(name: &str) -> Option<Mark> {
-        [Mark::Demo, Mark::NotObtained, Mark::Empty, Mark::Placeholder]
-            .into_iter()
-            .find(|mark| mark.name() == name)
+        [
+            Mark::Demo,
+            Mark::NotObtained,
+            Mark::Empty,
+            Mark::Placeholder,
+        ]
+        .into_iter()
+        .find(|mark| mark.name() == name)
     }
 }
 
@@ -195,10 +200,19 @@ mod tests {
 
     #[test]
     fn demo_in_any_repetition_of_obx_8_marks_demo_first() {
-        assert_eq!(mark_of(row("72", "DEMO", "F"), "VS8", &defaults()), Some(Mark::Demo));
-        assert_eq!(mark_of(row("72", "H~demo", "F"), "VS8", &defaults()), Some(Mark::Demo));
+        assert_eq!(
+            mark_of(row("72", "DEMO", "F"), "VS8", &defaults()),
+            Some(Mark::Demo)
+        );
+        assert_eq!(
+            mark_of(row("72", "H~demo", "F"), "VS8", &defaults()),
+            Some(Mark::Demo)
+        );
         // Demo wins over the other marks.
-        assert_eq!(mark_of(row("", "DEMO", "X"), "XH80X", &defaults()), Some(Mark::Demo));
+        assert_eq!(
+            mark_of(row("", "DEMO", "X"), "XH80X", &defaults()),
+            Some(Mark::Demo)
+        );
         // Only a whole repetition: a flag that merely contains the letters is no mark.
         assert_eq!(mark_of(row("72", "DEMOX", "F"), "VS8", &defaults()), None);
     }
@@ -209,22 +223,40 @@ mod tests {
             mark_of(row("0", "", "X"), "VS8", &defaults()),
             Some(Mark::NotObtained)
         );
-        assert_eq!(mark_of(row("", "", "F"), "VS8", &defaults()), Some(Mark::Empty));
-        assert_eq!(mark_of(row("  ", "", "F"), "VS8", &defaults()), Some(Mark::Empty));
+        assert_eq!(
+            mark_of(row("", "", "F"), "VS8", &defaults()),
+            Some(Mark::Empty)
+        );
+        assert_eq!(
+            mark_of(row("  ", "", "F"), "VS8", &defaults()),
+            Some(Mark::Empty)
+        );
     }
 
     #[test]
     fn placeholders_are_per_application_and_compare_as_numbers() {
         let p = defaults();
-        assert_eq!(mark_of(row("-999", "", "F"), "XH80X", &p), Some(Mark::Placeholder));
-        assert_eq!(mark_of(row("-99.90", "", "F"), "xh80x", &p), Some(Mark::Placeholder));
+        assert_eq!(
+            mark_of(row("-999", "", "F"), "XH80X", &p),
+            Some(Mark::Placeholder)
+        );
+        assert_eq!(
+            mark_of(row("-99.90", "", "F"), "xh80x", &p),
+            Some(Mark::Placeholder)
+        );
         // Another application's -999 is a number (unless `*` is configured).
         assert_eq!(mark_of(row("-999", "", "F"), "VS8", &p), None);
         // -100 is nobody's placeholder by default: it can be a real value.
         assert_eq!(mark_of(row("-100", "", "F"), "XH80X", &p), None);
         let every = PlaceholderValues::parse("*=-999; XH80X = -100").unwrap();
-        assert_eq!(mark_of(row("-999", "", "F"), "VS8", &every), Some(Mark::Placeholder));
-        assert_eq!(mark_of(row("-100", "", "F"), "XH80X", &every), Some(Mark::Placeholder));
+        assert_eq!(
+            mark_of(row("-999", "", "F"), "VS8", &every),
+            Some(Mark::Placeholder)
+        );
+        assert_eq!(
+            mark_of(row("-100", "", "F"), "XH80X", &every),
+            Some(Mark::Placeholder)
+        );
         assert_eq!(mark_of(row("-100", "", "F"), "VS8", &every), None);
         // Text values are never placeholders.
         let text = Row {
@@ -244,13 +276,21 @@ mod tests {
         assert!(PlaceholderValues::parse("XH80X=inf").is_err());
         assert_eq!(
             PlaceholderValues::parse("A=1;B=2,3").unwrap().entries,
-            vec![("A".to_owned(), vec![1.0]), ("B".to_owned(), vec![2.0, 3.0])]
+            vec![
+                ("A".to_owned(), vec![1.0]),
+                ("B".to_owned(), vec![2.0, 3.0])
+            ]
         );
     }
 
     #[test]
     fn names_round_trip() {
-        for mark in [Mark::Demo, Mark::NotObtained, Mark::Empty, Mark::Placeholder] {
+        for mark in [
+            Mark::Demo,
+            Mark::NotObtained,
+            Mark::Empty,
+            Mark::Placeholder,
+        ] {
             assert_eq!(Mark::from_name(mark.name()), Some(mark));
             assert_eq!(
                 serde_json::to_string(&mark).unwrap(),

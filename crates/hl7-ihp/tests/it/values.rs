@@ -80,7 +80,11 @@ fn demo_placeholder_not_obtained_and_empty_values_are_stored_marked_and_never_nu
         "devices/xh80x-placeholders.hl7",
         "devices/obx11-x.hl7",
     ] {
-        assert_eq!(ack_field(&client.exchange(&sample(name)), "MSA-1"), "CA", "{name}");
+        assert_eq!(
+            ack_field(&client.exchange(&sample(name)), "MSA-1"),
+            "CA",
+            "{name}"
+        );
     }
 
     // The VS8 in demo mode: six values stored as sent, each marked, none a number.
@@ -136,7 +140,10 @@ fn demo_placeholder_not_obtained_and_empty_values_are_stored_marked_and_never_nu
         vec![("151562".to_owned(), 1)]
     );
     assert_eq!(latest(&receiver, "MRN-3310", "151562")["numeric"], 16.0);
-    assert_eq!(latest(&receiver, "MRN-3310", "150456")["numeric"], Value::Null);
+    assert_eq!(
+        latest(&receiver, "MRN-3310", "150456")["numeric"],
+        Value::Null
+    );
 
     // OBX-11 `X` (the MDS row and an NIBP `0`) and an empty SpO2: marked; the heart rate
     // is the one point.
@@ -203,9 +210,15 @@ fn placeholder_values_are_per_application_and_replace_the_defaults() {
     let testdev = String::from_utf8(crate::common::oru("T-1", "P-7", 72))
         .unwrap()
         .replace("|72|/min|", "|-999|/min|");
-    assert_eq!(ack_field(&client.exchange(testdev.as_bytes()), "MSA-1"), "AA");
     assert_eq!(
-        ack_field(&client.exchange(&sample("devices/xh80x-placeholders.hl7")), "MSA-1"),
+        ack_field(&client.exchange(testdev.as_bytes()), "MSA-1"),
+        "AA"
+    );
+    assert_eq!(
+        ack_field(
+            &client.exchange(&sample("devices/xh80x-placeholders.hl7")),
+            "MSA-1"
+        ),
         "CA"
     );
     let mut records = Vec::new();
@@ -221,7 +234,10 @@ fn placeholder_values_are_per_application_and_replace_the_defaults() {
         records = file_records(&receiver, "MRN-3310");
         records.len() == 4
     });
-    assert!(records.iter().all(|r| r.get("Mark").is_none()), "{records:?}");
+    assert!(
+        records.iter().all(|r| r.get("Mark").is_none()),
+        "{records:?}"
+    );
     assert_eq!(latest(&receiver, "MRN-3310", "147842")["numeric"], -999.0);
     drop(client);
     let (status, logs) = receiver.terminate();
@@ -240,8 +256,18 @@ fn send_demo_and_placeholders_play_such_monitors() {
     let to = receiver.mllp.to_string();
     let send = |flag: &str, patients: &str| {
         let (code, out, err) = run(&[
-            "send", "--to", &to, "--scenario", "vitals", "--patients", patients, "--count",
-            "2", "--interval", "0ms", flag,
+            "send",
+            "--to",
+            &to,
+            "--scenario",
+            "vitals",
+            "--patients",
+            patients,
+            "--count",
+            "2",
+            "--interval",
+            "0ms",
+            flag,
         ]);
         assert_eq!(code, 0, "{out}{err}");
     };
@@ -262,7 +288,11 @@ fn send_demo_and_placeholders_play_such_monitors() {
     let patient = get_json(&receiver, "/api/v1/patients/MRN00001");
     let latest = patient["latest"].as_array().unwrap();
     assert_eq!(latest.len(), 7, "{patient}");
-    assert!(latest.iter().all(|r| r["numeric"].is_null() && r["mark"] == "demo"));
+    assert!(
+        latest
+            .iter()
+            .all(|r| r["numeric"].is_null() && r["mark"] == "demo")
+    );
 
     drop(records);
     send("--placeholders", "1");
@@ -274,7 +304,10 @@ fn send_demo_and_placeholders_play_such_monitors() {
     });
     let newest = &records[..7];
     let placeholders = newest.iter().filter(|r| r["Mark"] == "placeholder").count();
-    assert_eq!(placeholders, 4, "the 1st, 3rd, 5th and 7th of seven: {newest:?}");
+    assert_eq!(
+        placeholders, 4,
+        "the 1st, 3rd, 5th and 7th of seven: {newest:?}"
+    );
     assert!(
         newest
             .iter()
