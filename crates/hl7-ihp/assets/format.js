@@ -177,8 +177,11 @@ export function alertWords(alert, flags) {
   return limit ? `${direction} ${limit}` : direction;
 }
 
-/** What a value that is not a number is shown as: `NAV`, `NO VALUE`, `INVALID`. */
+/** What a value that is not a number is shown as: `DEMO`, `NAV`, `NO VALUE`, `INVALID`. */
 export function stateWord(value) {
+  // A monitor in demo mode (OBX-8 DEMO): simulated, not the patient's; other marks
+  // (not obtained, empty, a placeholder such as -999) are no value.
+  if (value.mark === "demo") return "DEMO";
   if (value.state === "invalid") return "INVALID";
   if ((value.value || "").trim().toUpperCase() === "NAV") return "NAV";
   return "NO VALUE";

@@ -153,6 +153,7 @@ fn message(n: i64, at_ms: i64) -> NewMessage {
                 observed_at: at.strftime("%Y-%m-%dT%H:%M:%S+00:00").to_string(),
                 observed_ms: at_ms,
                 equipment: "0123456789ABCDEF".into(),
+                mark: None,
             }
         })
         .collect();

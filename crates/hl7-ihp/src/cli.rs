@@ -305,6 +305,12 @@ pub struct SendArgs {
     /// PCD-04, SpO2 low) for its patient, alternately raised and cleared.
     #[arg(long)]
     pub alarm: bool,
+    /// Play a monitor in demo mode: every OBX flagged `DEMO` in OBX-8.
+    #[arg(long)]
+    pub demo: bool,
+    /// Play a monitor that sends placeholders: every other numeric value is `-999`.
+    #[arg(long)]
+    pub placeholders: bool,
     /// The settings validated by `config::SendConfig`.
     #[command(flatten)]
     pub settings: SendFlags,

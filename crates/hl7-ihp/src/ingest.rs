@@ -21,6 +21,7 @@ use crate::audit::{Audit, AuditEvent};
 use crate::config::PatientIdentity;
 use crate::events::Events;
 use crate::ids::base36;
+use crate::marks::{PlaceholderValues, mark_of};
 use crate::metrics::Metrics;
 use crate::query::{PatientQuery, QueryKind};
 use crate::rate_limit::{Level, RateLimit};
@@ -45,6 +46,9 @@ pub struct IngestSettings {
     /// MSH-7's offset, else this zone's ([`hl7::timestamp::Timestamp::resolve`]). `None`
     /// keeps it as written, read as UTC for ordering.
     pub time_zone: Option<TimeZone>,
+    /// Each sending application's placeholders for "no value" (`--placeholder-values`):
+    /// such values are stored marked, never as numbers (`crate::marks`).
+    pub placeholder_values: PlaceholderValues,
 }
 
 /// Turns frames into stored messages and ACK bytes.
@@ -563,6 +567,7 @@ impl Ingest {
                     &extract,
                     self.settings.patient_identity,
                     self.settings.time_zone.as_ref(),
+                    &self.settings.placeholder_values,
                     received_at,
                 )),
             ),
@@ -828,6 +833,7 @@ fn content_of(
     extract: &Extract<'_>,
     identity: PatientIdentity,
     time_zone: Option<&TimeZone>,
+    placeholders: &PlaceholderValues,
     received_at: jiff::Timestamp,
 ) -> Content {
     let patient = extract.patient.as_ref().and_then(|patient| {
@@ -871,6 +877,13 @@ fn content_of(
         crate::waveform::is_waveform_message(&extract.header.message_type, &extract.header.trigger);
     let alarm_message =
         crate::alarm::is_alarm_message(&extract.header.message_type, &extract.header.trigger);
+    // MSH-3.1: the placeholders are configured by the application's name.
+    let application = extract
+        .header
+        .sending_application
+        .split('^')
+        .next()
+        .unwrap_or_default();
     let observations = extract
         .observations
         .iter()
@@ -888,6 +901,18 @@ fn content_of(
                 ),
                 None => (received_text.clone(), received_at.as_millisecond()),
             };
+            // A value that is not a measurement is kept as sent, marked, and is no number.
+            let mark = mark_of(
+                crate::marks::Row {
+                    value_type: &obx.value_type,
+                    value: &obx.value,
+                    numeric: obx.numeric,
+                    abnormal_flags: &obx.abnormal_flags,
+                    status: &obx.status,
+                },
+                application,
+                placeholders,
+            );
             ObservationData {
                 index: u32::try_from(index).unwrap_or(u32::MAX),
                 value_type: obx.value_type.to_string(),
@@ -896,7 +921,7 @@ fn content_of(
                 code_system: obx.code_system.to_string(),
                 sub_id: obx.sub_id.to_string(),
                 value: obx.value.to_string(),
-                numeric: obx.numeric,
+                numeric: obx.numeric.filter(|_| mark.is_none()),
                 units: obx.units.to_string(),
                 units_text: obx.units_text.to_string(),
                 reference_range: obx.reference_range.to_string(),
@@ -905,6 +930,7 @@ fn content_of(
                 observed_at,
                 observed_ms,
                 equipment: obx.equipment.to_string(),
+                mark,
             }
         })
         .collect();
@@ -955,6 +981,7 @@ mod tests {
             &extract(&message),
             PatientIdentity::Id,
             time_zone,
+            &PlaceholderValues::default(),
             received_at,
         )
         .observations
@@ -1035,7 +1062,13 @@ mod tests {
     fn content(bytes: &[u8]) -> Content {
         let message = hl7::parse(bytes).unwrap();
         let received_at: jiff::Timestamp = "2026-07-01T12:00:00Z".parse().unwrap();
-        content_of(&extract(&message), PatientIdentity::Id, None, received_at)
+        content_of(
+            &extract(&message),
+            PatientIdentity::Id,
+            None,
+            &PlaceholderValues::default(),
+            received_at,
+        )
     }
 
     const WAVEFORM_W01: &[u8] = b"MSH|^~\\&|DEV|FAC|||20260701120000||ORU^W01|W1|P|2.4\r\
@@ -1082,6 +1115,7 @@ mod tests {
             ack_facility: "HOSP".into(),
             patient_identity: PatientIdentity::Id,
             time_zone: None,
+            placeholder_values: PlaceholderValues::default(),
         }
     }
 

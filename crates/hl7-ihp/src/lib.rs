@@ -46,6 +46,7 @@ pub mod ingest;
 pub mod links;
 pub mod live;
 pub mod logging;
+pub mod marks;
 pub mod merges;
 pub mod metrics;
 pub mod mllp;

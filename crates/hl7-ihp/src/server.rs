@@ -338,6 +338,7 @@ pub async fn run(
                 ack_facility: config.mllp.ack_facility,
                 patient_identity: config.mllp.patient_identity,
                 time_zone: config.mllp.time_zone,
+                placeholder_values: config.mllp.placeholder_values,
             },
             Arc::clone(&metrics),
             events,

@@ -48,6 +48,7 @@ mod tests {
             observed_at: String::new(),
             observed_ms: 0,
             equipment: equipment.into(),
+            mark: None,
         }
     }
 

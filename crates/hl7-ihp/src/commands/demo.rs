@@ -134,6 +134,7 @@ async fn demo(
             tls: None,
             bare: false,
             alarm_every: 0,
+            values: Default::default(),
         };
         let source = Source::new(Scenario::Vitals { patients }, &run_id, index, patients);
         monitors.spawn(link::connection(

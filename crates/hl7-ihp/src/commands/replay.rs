@@ -288,6 +288,7 @@ fn local(
             ack_facility: config.mllp.ack_facility.clone(),
             patient_identity: config.mllp.patient_identity,
             time_zone: config.mllp.time_zone.clone(),
+            placeholder_values: config.mllp.placeholder_values.clone(),
         },
         Arc::new(Metrics::default()),
         Events::new(),

@@ -78,6 +78,10 @@ pub fn run(args: &SendArgs) -> anyhow::Result<ExitCode> {
         } else {
             0
         },
+        values: crate::sender::values::ValueFlags {
+            demo: args.demo,
+            placeholders: args.placeholders,
+        },
     };
     let runtime = super::runtime()?;
     let summary = runtime.block_on(load::run_connections(

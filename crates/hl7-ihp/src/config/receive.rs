@@ -18,6 +18,7 @@ use super::values::{
 };
 use crate::export::{Fields, PatientFiles};
 use crate::links::LinkTarget;
+use crate::marks::PlaceholderValues;
 use crate::net::allow::AddressList;
 use crate::retention::{RetentionConfig, parse_retention};
 use crate::store::{StoreLocation, StoreOptions};
@@ -180,6 +181,11 @@ declare_settings! {
     connect_tls_key: Option<PathBuf> = path, "FILE", optional "no client certificate";
     /// Name every device's certificate must carry, a DNS name or an IP address.
     connect_tls_server_name: Option<String> = server_name, "NAME", optional "each link's host";
+    /// Values that mean "no value" per sending application (MSH-3), stored marked and never
+    /// as numbers: `APP=V,V;APP=V`, `*` for every application, `off` for none (in the file
+    /// also a list of `APP=V,V` strings). The default names only XH80X monitors.
+    placeholder_values: PlaceholderValues = PlaceholderValues::parse, "APP=V,...;...|off",
+        default "XH80X=-999,-99.9";
 }
 
 /// A name a server certificate can carry: a DNS name or an IP address literal.
@@ -380,6 +386,8 @@ pub struct MllpConfig {
     pub time_zone: Option<TimeZone>,
     /// `--query-listen`: an extra plain listener (demographic queries), `None` when off.
     pub query_listen: Option<SocketAddr>,
+    /// `--placeholder-values`: each sending application's values for "no value".
+    pub placeholder_values: PlaceholderValues,
 }
 
 /// What the HTTP side needs.
@@ -650,6 +658,7 @@ impl ReceiveConfig {
                 ack_facility: s.ack_facility,
                 patient_identity: s.patient_identity,
                 time_zone: s.timezone,
+                placeholder_values: s.placeholder_values,
             },
             http: HttpConfig {
                 listen: s.http,

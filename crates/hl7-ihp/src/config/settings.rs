@@ -309,6 +309,10 @@ impl Given {
     }
 }
 
+/// Settings whose text is a `;`-separated list, which the config file may also give as a
+/// TOML list of strings.
+const LIST_SETTINGS: &[&str] = &["placeholder_values"];
+
 /// The first source that gives a setting: its flag (clap has already read the environment
 /// variable into it), else the config file's key. The key is taken from the file either way,
 /// so that what is left at the end names no setting.
@@ -338,14 +342,16 @@ pub fn given(
         toml::Value::String(s) => Ok(Some(given(s))),
         toml::Value::Integer(i) => Ok(Some(given(i.to_string()))),
         toml::Value::Boolean(b) => Ok(Some(given(if b { "on" } else { "off" }.to_owned()))),
-        // A list of strings (`connect = ["bed-12=10.0.0.5:4001", …]`) as the flag's commas.
-        toml::Value::Array(items) if items.iter().all(toml::Value::is_str) => Ok(Some(given(
-            items
-                .iter()
-                .filter_map(toml::Value::as_str)
-                .collect::<Vec<_>>()
-                .join(","),
-        ))),
+        // A list of strings: a `;`-separated setting's items (`placeholder_values`), else
+        // the flag's commas (`connect = ["bed-12=10.0.0.5:4001", …]`).
+        toml::Value::Array(items) => {
+            let texts: Option<Vec<&str>> = items.iter().map(toml::Value::as_str).collect();
+            let separator = if LIST_SETTINGS.contains(&name) { ";" } else { "," };
+            match texts {
+                Some(texts) => Ok(Some(given(texts.join(separator)))),
+                None => Err(given(String::new()).error("expected a list of strings".into())),
+            }
+        }
         _ => Err(given(String::new())
             .error("expected a string, a number, a boolean or a list of strings".into())),
     }

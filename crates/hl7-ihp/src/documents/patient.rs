@@ -5,6 +5,8 @@
 
 use serde::Serialize;
 
+use crate::marks::Mark;
+
 use crate::store::{FeedMessage, ObservationData, ObservationRow, PatientData, PatientRecords};
 
 /// Writes a received time as `utc_text` does, straight into the output.
@@ -108,6 +110,10 @@ pub struct Record<'a> {
     /// MSH-10 of the message.
     #[serde(rename = "MessageControlID")]
     pub message_control_id: &'a str,
+    /// Why the value is not a measurement (`demo`, `not-obtained`, `empty`,
+    /// `placeholder`); only present on a marked record, in both shapes.
+    #[serde(rename = "Mark", skip_serializing_if = "Option::is_none")]
+    pub mark: Option<Mark>,
 }
 
 /// Which keys the patient files (and `hl7-ihp show`) write (`--json-fields`).
@@ -163,6 +169,8 @@ struct PrototypeRecord<'a> {
     reference_range: &'a str,
     #[serde(rename = "AbnormalFlags")]
     abnormal_flags: &'a str,
+    #[serde(rename = "Mark", skip_serializing_if = "Option::is_none")]
+    mark: Option<Mark>,
 }
 
 /// One record's inputs: an observation and its message's context.
@@ -235,6 +243,7 @@ pub fn record(source: RecordSource<'_>) -> Record<'_> {
         equipment_id: &observation.equipment,
         received_at: source.received_at,
         message_control_id: source.control_id,
+        mark: observation.mark,
     }
 }
 
@@ -269,6 +278,7 @@ pub fn write_record(out: &mut Vec<u8>, source: RecordSource<'_>, fields: Fields)
                     units: &o.units,
                     reference_range: &o.reference_range,
                     abnormal_flags: &o.abnormal_flags,
+                    mark: o.mark,
                 },
             )
         }
@@ -407,6 +417,7 @@ pub(crate) mod tests {
             observed_at: "2002-02-15T07:30:00".into(),
             observed_ms: 1_013_758_200_000,
             equipment: String::new(),
+            mark: None,
         }
     }
 

@@ -5,6 +5,7 @@
 
 use serde::Serialize;
 
+use crate::marks::Mark;
 use crate::store::{ObservationData, utc_text};
 
 /// The bedside vitals the ward view lays out, whatever code system names them.
@@ -66,8 +67,9 @@ impl VitalKind {
 pub enum ValueState {
     /// A value to show.
     Ok,
-    /// No value: OBX-5 empty, `NAV`, or result status `X` (cannot be obtained) or `N`
-    /// (not asked for).
+    /// No value: OBX-5 empty, `NAV`, result status `X` (cannot be obtained) or `N`
+    /// (not asked for), or a value marked as no measurement (demo mode, a placeholder:
+    /// `crate::marks`).
     Missing,
     /// A value not to trust: result status `W` (wrong), or a numeric type whose value is
     /// not a number.
@@ -124,7 +126,8 @@ fn state_of(observation: &ObservationData) -> ValueState {
     if status.eq_ignore_ascii_case("W") {
         return ValueState::Invalid;
     }
-    if value.is_empty()
+    if observation.mark.is_some()
+        || value.is_empty()
         || value.eq_ignore_ascii_case("NAV")
         || status.eq_ignore_ascii_case("X")
         || status.eq_ignore_ascii_case("N")
@@ -251,6 +254,11 @@ pub struct Reading {
     pub message_id: i64,
     /// Its OBX's index within the message, from 0.
     pub index: u32,
+    /// Why the value is not a measurement (`demo`, `not-obtained`, `empty`,
+    /// `placeholder`), then `state` is `missing` and `numeric` null; `null` for a
+    /// measurement.
+    #[schema(required = true)]
+    pub mark: Option<Mark>,
 }
 
 impl Reading {
@@ -281,6 +289,7 @@ impl Reading {
             received_at: utc_text(received_at),
             message_id,
             index: observation.index,
+            mark: observation.mark,
         }
     }
 }
@@ -307,6 +316,7 @@ mod tests {
             observed_at: "2026-12-01T12:00:00".into(),
             observed_ms: 0,
             equipment: String::new(),
+            mark: None,
         }
     }
 

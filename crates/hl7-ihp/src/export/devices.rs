@@ -270,6 +270,7 @@ mod tests {
             observed_at: "2026-11-26T10:19:58".into(),
             observed_ms: 0,
             equipment: "0123456789ABCDEF".into(),
+            mark: None,
         };
         let records = DeviceRecords {
             device: "0123456789ABCDEF".into(),

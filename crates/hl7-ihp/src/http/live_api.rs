@@ -50,6 +50,7 @@ pub fn routes() -> Router<HttpState> {
         Reading,
         VitalKind,
         ValueState,
+        crate::marks::Mark,
         Alert,
         AlertLevel,
         DeviceList,

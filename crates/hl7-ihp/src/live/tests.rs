@@ -209,6 +209,7 @@ fn heart_rate(value: &str, flags: &str) -> ObservationData {
         observed_at: String::new(),
         observed_ms: now_ms(),
         equipment: String::new(),
+        mark: None,
     }
 }
 

@@ -76,6 +76,8 @@ pub struct Plan {
     pub bare: bool,
     /// `--alarm`: every this many messages of a vitals connection is an `ORU^R40`; 0: none.
     pub alarm_every: u64,
+    /// `--demo`, `--placeholders`: how the messages' values are rewritten.
+    pub values: super::values::ValueFlags,
 }
 
 /// What a run sent and measured.
@@ -167,7 +169,8 @@ pub async fn run_connections(
             continue;
         }
         let source = Source::new(scenario.clone(), &run_id, index, connections)
-            .with_alarms(plan.alarm_every);
+            .with_alarms(plan.alarm_every)
+            .with_values(plan.values);
         if source.is_empty() {
             continue;
         }

@@ -7,3 +7,4 @@ pub mod link;
 pub mod load;
 pub mod serve;
 pub mod simulator;
+pub mod values;

@@ -98,6 +98,8 @@ pub struct Source {
     /// `send --alarm`: every this many messages of a vitals connection is an alarm report
     /// (`ORU^R40`) of the monitor whose turn it is ([`super::alarms`]); 0: none.
     alarm_every: u64,
+    /// `--demo`, `--placeholders`, and the numeric rows seen so far.
+    values: (super::values::ValueFlags, u64),
 }
 
 /// Now as an HL7 DTM with the local offset, formatted once a second: the load generator
@@ -167,6 +169,7 @@ impl Source {
             rng,
             clock: Clock::default(),
             alarm_every: 0,
+            values: Default::default(),
         }
     }
 
@@ -174,6 +177,13 @@ impl Source {
     /// alarm report for the same patient (`send --alarm`).
     pub fn with_alarms(mut self, every: u64) -> Source {
         self.alarm_every = every;
+        self
+    }
+
+    /// The same source, its messages' values rewritten as `flags` ask
+    /// ([`super::values::rewrite`]).
+    pub fn with_values(mut self, flags: super::values::ValueFlags) -> Source {
+        self.values.0 = flags;
         self
     }
 
@@ -188,6 +198,16 @@ impl Source {
 
     /// The next message.
     pub fn next_message(&mut self) -> Outgoing {
+        let mut outgoing = self.next_as_made();
+        let (flags, counter) = &mut self.values;
+        if flags.demo || flags.placeholders {
+            outgoing.bytes = super::values::rewrite(&outgoing.bytes, *flags, counter);
+        }
+        outgoing
+    }
+
+    /// The next message before `--demo`/`--placeholders`.
+    fn next_as_made(&mut self) -> Outgoing {
         let n = self.n_sent;
         self.n_sent += 1;
         let control_id = format!("{}-{}", self.prefix, base36(n));

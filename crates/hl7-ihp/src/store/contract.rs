@@ -112,6 +112,7 @@ pub fn observation(index: u32, value: &str) -> ObservationData {
         observed_at: "2002-02-15T07:30:00".into(),
         observed_ms: 1_013_758_200_000 + i64::from(index),
         equipment: "0012345678ABCDEF".into(),
+        mark: None,
     }
 }
 

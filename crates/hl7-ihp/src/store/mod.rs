@@ -152,6 +152,9 @@ pub struct ObservationData {
     pub observed_ms: i64,
     /// OBX-18.1, the equipment (device EUI-64 in IHE PCD-01).
     pub equipment: String,
+    /// Why the value is not a measurement (demo mode, not obtained, empty, a placeholder),
+    /// decided at ingest (`crate::marks`); a marked row has no `numeric`.
+    pub mark: Option<crate::marks::Mark>,
 }
 
 /// What an accepted message holds.

@@ -70,9 +70,12 @@ mod tidy;
 // `--timezone`: times without an offset in the patient files and the API.
 mod timezone;
 // Waveforms (ORU^W01, NA rows): kept raw and counted, never records.
-mod query;
 mod waveform;
+// Demographic queries (QRY^A19, QBP^Q22) answered from the store, on --query-listen too.
+mod query;
 // Messages without a patient (empty or absent PID-3): stored, shown under their device.
 mod unassigned;
 // Client mode: `receive --connect` to `send --serve` devices, restarts, bare, TLS.
 mod client;
+// Values that are not measurements (demo, placeholders, OBX-11 X, empty): stored marked.
+mod values;

@@ -62,6 +62,7 @@ impl Api {
                 ack_facility: String::new(),
                 patient_identity: PatientIdentity::Id,
                 time_zone: None,
+                placeholder_values: Default::default(),
             },
             Arc::clone(&metrics),
             events.clone(),

@@ -47,6 +47,7 @@ fn observation(index: u32, code: &str, value: &str, range: &str, flags: &str) ->
         observed_at: String::new(),
         observed_ms: 0,
         equipment: "EUI-1".into(),
+        mark: None,
     }
 }
 

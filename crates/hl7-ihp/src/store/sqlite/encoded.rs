@@ -1,5 +1,7 @@
 //! The `observations` column read in place: each OBX's fifteen values as slices of the
-//! column's JSON, turned into text or numbers only when a read needs them.
+//! column's JSON, turned into text or numbers only when a read needs them. A marked OBX
+//! (`crate::marks`) has a sixteenth, its mark's name; the others (and every row written
+//! before marks existed) have fifteen.
 //!
 //! A trend over a day of one-second vitals reads 600,000 observations; building each one's
 //! ten strings (what deserializing the whole array does) would cost most of the read. Here
@@ -47,6 +49,8 @@ pub(super) struct Malformed {
 /// number, or `null`).
 pub(super) struct Encoded<'a> {
     tokens: [&'a [u8]; N_FIELDS],
+    /// The optional sixteenth value, the mark's name (a string token).
+    mark: Option<&'a [u8]>,
     /// Where the observation starts in the column, for errors.
     position: usize,
 }
@@ -141,7 +145,18 @@ impl<'a> Encoded<'a> {
             observed_at: text(field::OBSERVED_AT)?,
             observed_ms: self.integer(field::OBSERVED_MS)?,
             equipment: text(field::EQUIPMENT)?,
+            mark: self.mark()?,
         })
+    }
+
+    /// The observation's mark; a name this version does not know reads as no mark.
+    pub(super) fn mark(&self) -> Result<Option<crate::marks::Mark>, Malformed> {
+        let Some(token) = self.mark else {
+            return Ok(None);
+        };
+        let inner = string_inner(token).ok_or_else(|| self.malformed())?;
+        let name = std::str::from_utf8(inner).map_err(|_| self.malformed())?;
+        Ok(crate::marks::Mark::from_name(name))
     }
 }
 
@@ -246,10 +261,20 @@ pub(super) fn each_observation<'a, E: From<Malformed>>(
             }
             *token = scanner.scalar()?;
         }
+        let mut mark = None;
         if !scanner.closes()? {
-            return Err(scanner.malformed().into());
+            scanner.comma()?;
+            mark = Some(scanner.scalar()?);
+            if !scanner.closes()? {
+                return Err(scanner.malformed().into());
+            }
         }
-        if each(index, &Encoded { tokens, position })?.is_break() {
+        let encoded = Encoded {
+            tokens,
+            mark,
+            position,
+        };
+        if each(index, &encoded)?.is_break() {
             return Ok(());
         }
         index = index.saturating_add(1);
@@ -327,13 +352,36 @@ fn compact<'a, E: From<Malformed>>(
             };
             *token = &rest[..len];
             at += len;
-            let separator = if n + 1 < N_FIELDS { b',' } else { b']' };
-            if column.get(at) != Some(&separator) {
-                return stopped(position, index);
+            if n + 1 < N_FIELDS {
+                if column.get(at) != Some(&b',') {
+                    return stopped(position, index);
+                }
+                at += 1;
             }
-            at += 1;
         }
-        if each(index, &Encoded { tokens, position })?.is_break() {
+        // Fifteen values, or a sixteenth string (the mark).
+        let mut mark = None;
+        if column.get(at) == Some(&b',') {
+            let rest = column.get(at + 1..).unwrap_or_default();
+            let Some(len) = (rest.first() == Some(&b'"'))
+                .then(|| string_len(rest))
+                .flatten()
+            else {
+                return stopped(position, index);
+            };
+            mark = Some(&rest[..len]);
+            at += 1 + len;
+        }
+        if column.get(at) != Some(&b']') {
+            return stopped(position, index);
+        }
+        at += 1;
+        let encoded = Encoded {
+            tokens,
+            mark,
+            position,
+        };
+        if each(index, &encoded)?.is_break() {
             return Ok(Compact::Done);
         }
         index = index.saturating_add(1);
@@ -487,6 +535,7 @@ mod tests {
             observed_at: "2026-12-01T12:00:00".into(),
             observed_ms: -1_764_590_400_000,
             equipment: "\n\t".into(),
+            mark: None,
         }
     }
 
@@ -582,7 +631,7 @@ mod tests {
             "{}",
             "[[\"unterminated]]",
             "[[\"NM\",\"c\",\"t\",\"s\",\"\",\"v\",\"x\",\"u\",\"\",\"\",\"\",\"F\",\"t\",1,\"e\"]]",
-            "[[\"NM\",\"c\",\"t\",\"s\",\"\",\"v\",null,\"u\",\"\",\"\",\"\",\"F\",\"t\",1,\"e\",\"extra\"]]",
+            "[[\"NM\",\"c\",\"t\",\"s\",\"\",\"v\",null,\"u\",\"\",\"\",\"\",\"F\",\"t\",1,\"e\",\"demo\",\"more\"]]",
             "[[\"NM\",\"c\",\"t\",\"s\",\"\",\"v\",null,\"u\",\"\",\"\",\"\",\"F\",\"t\",1,\"e\"],]",
         ] {
             let error = decode(column.as_bytes()).expect_err(column);
@@ -592,6 +641,28 @@ mod tests {
                     .starts_with("malformed observations column at byte")
             );
         }
+    }
+
+    #[test]
+    fn a_mark_is_a_sixteenth_value_only_when_there_is_one() {
+        use crate::marks::Mark;
+        let mut marked = observation(1, "c1", Some(-999.0));
+        marked.mark = Some(Mark::Placeholder);
+        let plain = observation(2, "c2", Some(72.0));
+        let column = encode_observations(&[marked.clone(), plain.clone()]).unwrap();
+        assert!(column.contains(r#","placeholder"]"#), "{column}");
+        let decoded = decode(column.as_bytes()).unwrap();
+        // The writer drops a marked value's number.
+        assert_eq!(decoded[0].mark, Some(Mark::Placeholder));
+        assert_eq!(decoded[0].numeric, None);
+        assert_eq!(decoded[1], ObservationData { index: 1, ..plain });
+        // The general scanner (whitespace) reads the same, and an unknown name is no mark.
+        let spaced = column.replace(',', ", ");
+        assert_eq!(decode(spaced.as_bytes()).unwrap(), decoded);
+        let unknown = column.replace("placeholder", "later");
+        assert_eq!(decode(unknown.as_bytes()).unwrap()[0].mark, None);
+        let numbered = column.replace(r#""placeholder""#, "7");
+        assert!(decode(numbered.as_bytes()).is_err());
     }
 
     #[test]
