@@ -226,6 +226,12 @@ export function setVisible(tile, visible) {
   if (visible) for (const c of tile.cells) drawSpark(c);
 }
 
+/** Whether every latest value is marked demo (a monitor in demo mode, OBX-8 `DEMO`). */
+function demoOnly(patient) {
+  const latest = patient.latest || [];
+  return latest.length > 0 && latest.every((r) => r.mark === "demo");
+}
+
 /** The parts that change with time alone: ages and the status. */
 export function tickTile(tile) {
   const { patient, parts, root } = tile;
@@ -237,6 +243,9 @@ export function tickTile(tile) {
   if (status === "stale" || status === "offline") {
     setText(parts.bannerWord, status === "stale" ? "STALE" : "OFFLINE");
     setText(parts.bannerText, `no message for ${age(lastAt).replace(" ago", "")}, values below are old`);
+  } else if (noValues && demoOnly(patient)) {
+    setText(parts.bannerWord, "DEMO MODE");
+    setText(parts.bannerText, "the monitor sends simulated values (DEMO), not the patient's");
   } else if (noValues) {
     setText(parts.bannerWord, "NO VALUES");
     setText(parts.bannerText, "the monitor sends messages without any valid value");

@@ -207,9 +207,11 @@ pub fn messages(args: &MessagesArgs) -> anyhow::Result<ExitCode> {
             detail.push_str(&format!("  [query {}]", terminal::escape(kind)));
         }
         if let Some(identity) = &message.peer_identity {
-            // Who the TLS client certificate says it is: device text, escaped and cut.
+            // Who the TLS client certificate says it is, or the `--connect` link it came on
+            // (`link=NAME`, then the device's certificate over TLS): device text, escaped.
+            let label = if identity.starts_with("link=") { "" } else { "TLS " };
             detail.push_str(&format!(
-                "  [TLS {}]",
+                "  [{label}{}]",
                 terminal::cell(identity, terminal::REASON_WIDTH)
             ));
         }
