@@ -209,7 +209,11 @@ pub fn messages(args: &MessagesArgs) -> anyhow::Result<ExitCode> {
         if let Some(identity) = &message.peer_identity {
             // Who the TLS client certificate says it is, or the `--connect` link it came on
             // (`link=NAME`, then the device's certificate over TLS): device text, escaped.
-            let label = if identity.starts_with("link=") { "" } else { "TLS " };
+            let label = if identity.starts_with("link=") {
+                ""
+            } else {
+                "TLS "
+            };
             detail.push_str(&format!(
                 "  [{label}{}]",
                 terminal::cell(identity, terminal::REASON_WIDTH)

@@ -361,9 +361,15 @@ pub fn assemble<'a>(out: &mut Vec<u8>, header: &[u8], lines: impl IntoIterator<I
 pub fn render_document(records: &PatientRecords, fields: Fields) -> Vec<u8> {
     let mut header = Vec::new();
     write_header(&mut header, &records.patient, fields);
-    let mut lines = Vec::with_capacity(records.records.len() * 160);
-    let mut ends = Vec::with_capacity(records.records.len());
-    for row in &records.records {
+    render_with_header(&header, &records.records, fields)
+}
+
+/// A document of `header` (up to its `"Records":[`, as [`write_header`] writes it) and
+/// `rows` as records, in the layout of [`assemble`]: patient and device files alike.
+pub fn render_with_header(header: &[u8], rows: &[ObservationRow], fields: Fields) -> Vec<u8> {
+    let mut lines = Vec::with_capacity(rows.len() * 160);
+    let mut ends = Vec::with_capacity(rows.len());
+    for row in rows {
         write_record(&mut lines, RecordSource::from(row), fields);
         ends.push(lines.len());
     }
@@ -371,7 +377,7 @@ pub fn render_document(records: &PatientRecords, fields: Fields) -> Vec<u8> {
     let mut start = 0;
     assemble(
         &mut out,
-        &header,
+        header,
         ends.iter().map(|&end| {
             let line = &lines[start..end];
             start = end;

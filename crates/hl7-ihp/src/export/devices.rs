@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{Context, Flushed, Folder, NameCase, Sink, device_file_name, record_limit};
-use crate::documents::patient::{Fields, RecordSource, assemble, write_header, write_record};
+use crate::documents::patient::{Fields, render_with_header, write_header};
 use crate::store::{
     ChangeCursor, DeviceRecords, FeedMessage, Outcome, PatientData, Store, StoreError,
 };
@@ -107,24 +107,7 @@ pub(crate) fn render_device_document(records: &DeviceRecords, fields: Fields) ->
     header.extend_from_slice(br#","Location":"#);
     let _ = serde_json::to_writer(&mut header, &records.location);
     header.extend_from_slice(TAIL);
-    let mut lines = Vec::with_capacity(records.records.len() * 160);
-    let mut ends = Vec::with_capacity(records.records.len());
-    for row in &records.records {
-        write_record(&mut lines, RecordSource::from(row), fields);
-        ends.push(lines.len());
-    }
-    let mut out = Vec::with_capacity(header.len() + lines.len() + 2 * ends.len() + 8);
-    let mut start = 0;
-    assemble(
-        &mut out,
-        &header,
-        ends.iter().map(|&end| {
-            let line = &lines[start..end];
-            start = end;
-            line
-        }),
-    );
-    out
+    render_with_header(&header, &records.records, fields)
 }
 
 impl Sink for DeviceSink {
@@ -193,20 +176,9 @@ impl Sink for DeviceSink {
             .iter()
             .map(|(_, temp, name)| (temp.clone(), name.clone()))
             .collect();
-        let synced = tokio::task::spawn_blocking(move || -> io::Result<()> {
-            if let Err(error) = folder.sync_files() {
-                for (temp, _) in &names {
-                    folder.remove_temp(temp);
-                }
-                return Err(error);
-            }
-            for (temp, name) in &names {
-                folder.rename(temp, name)?;
-            }
-            folder.sync()
-        })
-        .await
-        .unwrap_or_else(|_| Err(io::Error::other("folder sync task failed")));
+        let synced = tokio::task::spawn_blocking(move || folder.publish(&names))
+            .await
+            .unwrap_or_else(|_| Err(io::Error::other("folder sync task failed")));
         if let Err(error) = synced {
             // Still pending: written again at the next flush.
             let n = written.len();

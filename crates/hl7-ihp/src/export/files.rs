@@ -151,6 +151,23 @@ impl Folder {
         let _ = rustix::fs::unlinkat(&self.fd, temp, AtFlags::empty());
     }
 
+    /// Publishes files written under temporary names: makes their data durable
+    /// ([`Folder::sync_files`]), renames each `(temp, name)` into place, then syncs the
+    /// folder; on a failed data sync the temporary files are removed and nothing is renamed.
+    /// Blocking: run it off the async workers.
+    pub fn publish(&self, names: &[(String, String)]) -> io::Result<()> {
+        if let Err(error) = self.sync_files() {
+            for (temp, _) in names {
+                self.remove_temp(temp);
+            }
+            return Err(error);
+        }
+        for (temp, name) in names {
+            self.rename(temp, name)?;
+        }
+        self.sync()
+    }
+
     /// Makes the data of every file written in the folder's file system durable
     /// (`syncfs`): one call for a batch of files instead of an `fsync` each.
     pub fn sync_files(&self) -> io::Result<()> {

@@ -300,21 +300,9 @@ impl Sink for JsonSink {
             .iter()
             .map(|(_, name, temp, _)| (temp.clone(), name.clone()))
             .collect();
-        let synced = tokio::task::spawn_blocking(move || -> io::Result<()> {
-            let synced = folder.sync_files();
-            if let Err(error) = synced {
-                for (temp, _) in &names {
-                    folder.remove_temp(temp);
-                }
-                return Err(error);
-            }
-            for (temp, name) in &names {
-                folder.rename(temp, name)?;
-            }
-            folder.sync()
-        })
-        .await
-        .unwrap_or_else(|_| Err(io::Error::other("folder sync task failed")));
+        let synced = tokio::task::spawn_blocking(move || folder.publish(&names))
+            .await
+            .unwrap_or_else(|_| Err(io::Error::other("folder sync task failed")));
         if let Err(error) = synced {
             // Some may have been renamed: their state is unknown, so all are rebuilt.
             let n = renames.len();
