@@ -61,10 +61,7 @@ impl QueryAnswer {
     pub fn read(bytes: &[u8]) -> Option<QueryAnswer> {
         let message = hl7::parse(bytes).ok()?;
         let field = |text: std::borrow::Cow<'_, str>| terminal::escape(&text).into_owned();
-        let code = message
-            .get_text("MSA-1")
-            .map(|c| field(c))
-            .unwrap_or_default();
+        let code = message.get_text("MSA-1").map(&field).unwrap_or_default();
         let status = message
             .segment("QAK")
             .map(|qak| field(qak.field(2).raw_text()));
