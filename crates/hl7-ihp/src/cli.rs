@@ -319,6 +319,28 @@ pub struct SendArgs {
     /// (with --tls, --tls-cert and --tls-key are this device's certificate).
     #[arg(long, value_name = "ADDR", conflicts_with = "connections")]
     pub serve: Option<std::net::SocketAddr>,
+    /// Send one demographic query for the patient id ID to --to and print the answer: the
+    /// MSA code, QAK-2 where there is one, and a line per patient found (exit 0 when the
+    /// answer is MSA AA, found or not, 1 otherwise).
+    #[arg(
+        long,
+        value_name = "ID",
+        conflicts_with_all = ["serve", "connections", "file", "count", "no_patient", "alarm"]
+    )]
+    pub query: Option<String>,
+    /// Which query --query sends: a19 (QRY^A19, v2.3.1, the id in QRD-8, as a Mindray VS8
+    /// sends it) or q22 (QBP^Q22, IHE PDQ, `@PID.3.1^ID` in QPD-3).
+    #[arg(
+        long,
+        value_name = "KIND",
+        default_value = "a19",
+        value_parser = ["a19", "q22"],
+        requires = "query"
+    )]
+    pub query_kind: String,
+    /// With --query-kind q22: ask for this family name too (`@PID.5.1` in QPD-3).
+    #[arg(long, value_name = "FAMILY", requires = "query")]
+    pub query_name: Option<String>,
 }
 
 /// `hl7-ihp demo`.

@@ -11,9 +11,12 @@ use rustls::pki_types::ServerName;
 
 use crate::cli::SendArgs;
 use crate::config::{ConfigError, ScenarioKind, SendConfig, SendFraming, SendTls};
-use crate::sender::link::TlsClient;
+use crate::query::QueryKind;
+use crate::sender::link::{Session, TlsClient};
 use crate::sender::load::{self, Plan, Summary};
+use crate::sender::query::{QueryAnswer, QuerySpec};
 use crate::sender::serve::ServePlan;
+use crate::sender::simulator::Outgoing;
 use crate::sender::simulator::Scenario;
 
 /// Runs `hl7-ihp send`.
@@ -43,6 +46,9 @@ pub fn run(args: &SendArgs) -> anyhow::Result<ExitCode> {
             Some(TlsClient::new(client_config, name))
         }
     };
+    if let Some(id) = &args.query {
+        return query(args, &config, tls, id);
+    }
     let scenario = scenario_of(args, &config)?;
     let SendConfig {
         interval,
@@ -186,6 +192,75 @@ fn serve(
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
+    })
+}
+
+/// `send --query ID`: one demographic query (`sender::query`) to `--to`, its answer printed.
+fn query(
+    args: &SendArgs,
+    config: &SendConfig,
+    tls: Option<TlsClient>,
+    id: &str,
+) -> anyhow::Result<ExitCode> {
+    let kind = if args.query_kind == "q22" {
+        QueryKind::Q22
+    } else {
+        QueryKind::A19
+    };
+    if args.query_name.is_some() && kind == QueryKind::A19 {
+        return Ok(super::invalid_setting(&ConfigError::new(
+            "query_name",
+            "--query-name",
+            "a QRY^A19 asks for an id only: give --query-kind q22 with --query-name".into(),
+        )));
+    }
+    if config.framing == SendFraming::None {
+        return Ok(super::invalid_setting(&ConfigError::new(
+            "framing",
+            "--framing",
+            "--query is sent with MLLP framing only: leave --framing at mllp".into(),
+        )));
+    }
+    let spec = QuerySpec {
+        kind,
+        id: id.to_owned(),
+        family: args.query_name.clone(),
+    };
+    let now = crate::sender::simulator::hl7_now();
+    let control_id = format!("Q-{now}-{}", std::process::id());
+    let bytes = crate::sender::query::build(&spec, &control_id, &now);
+    let outgoing = Outgoing::from_bytes(bytes, "query".into());
+    let runtime = super::runtime()?;
+    let answer = runtime.block_on(async {
+        Session::new(&args.to, tls)
+            .send(&outgoing, config.ack_timeout)
+            .await
+    });
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(why) => {
+            eprintln!(
+                "hl7-ihp: no answer from {}: {why}",
+                crate::terminal::escape(&args.to)
+            );
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let Some(read) = QueryAnswer::read(&answer.bytes) else {
+        eprintln!("hl7-ihp: the answer is not an HL7 message");
+        return Ok(ExitCode::from(1));
+    };
+    println!("{}", read.headline());
+    if !answer.text.is_empty() {
+        println!("  {}", crate::terminal::escape(&answer.text));
+    }
+    for patient in &read.patients {
+        println!("{patient}");
+    }
+    Ok(if read.accepted() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     })
 }
 

@@ -333,6 +333,8 @@ struct Link {
     answered: bool,
     /// The text of the last ACK read (MSA-3, else ERR-8), for `replay --to`'s report.
     last_text: String,
+    /// The bytes of the last ACK read, for `send --query` (a query's answer is its ACK).
+    last_answer: Vec<u8>,
 }
 
 impl Link {
@@ -367,6 +369,7 @@ impl Link {
             buffer: BytesMut::with_capacity(4096),
             answered: false,
             last_text: String::new(),
+            last_answer: Vec::new(),
         })
     }
 
@@ -430,6 +433,8 @@ impl Link {
                         continue;
                     }
                     self.last_text = ack_text(&ack);
+                    self.last_answer.clear();
+                    self.last_answer.extend_from_slice(&frame);
                     return match code {
                         Some(code) => Delivery::Answered(Some(code)),
                         None => Delivery::Retry("got an ACK without a valid MSA-1"),
@@ -475,6 +480,9 @@ pub struct Answer {
     pub code: Option<AckCode>,
     /// MSA-3, else ERR-8, as sent (device text: escape it before printing).
     pub text: String,
+    /// The answer's bytes (not framed), empty when none was awaited: a query's answer
+    /// (`ADR^A19`, `RSP^K22`) carries the patients found.
+    pub bytes: Vec<u8>,
 }
 
 /// One connection for sending messages one at a time and reading each one's answer, with
@@ -513,12 +521,15 @@ impl Session {
             };
             match link.deliver(message, timeout).await {
                 Delivery::Answered(code) => {
-                    let text = if code.is_some() {
-                        std::mem::take(&mut link.last_text)
+                    let (text, bytes) = if code.is_some() {
+                        (
+                            std::mem::take(&mut link.last_text),
+                            std::mem::take(&mut link.last_answer),
+                        )
                     } else {
-                        String::new()
+                        (String::new(), Vec::new())
                     };
-                    return Ok(Answer { code, text });
+                    return Ok(Answer { code, text, bytes });
                 }
                 Delivery::Retry(reason) => why = reason.to_owned(),
                 Delivery::Refused(reason) => why = reason,

@@ -199,6 +199,39 @@ fn an_unframed_serving_device_is_read_bare_and_answered_bare() {
 }
 
 #[test]
+fn an_unframed_device_killed_and_restarted_is_reconnected_and_nothing_acknowledged_is_lost() {
+    // Issue 13 part 9: a serving device that pushes bare HL7 and restarts mid-run.
+    let dir = tempfile::tempdir().unwrap();
+    let bare = ["--framing", "none", "--interval", "50ms"];
+    let mut first = Device::spawn("127.0.0.1:0", &bare);
+    let addr = first.addr;
+    let connect = format!("bare-bed={addr}");
+    let receiver =
+        Receiver::start_listening(&dir.path().join("data"), "off", &["--connect", &connect]);
+    first.wait_for_acks(3);
+    wait_until("the link to be up", || {
+        link_metric(&receiver, "hl7ihp_link_up", "bare-bed") == 1
+    });
+    // SIGKILL mid-run: a bare message may be cut short, written and never answered.
+    first.kill();
+    let mut second = Device::spawn(&addr.to_string(), &[&bare[..], &["--count", "3"]].concat());
+    second.wait_exit();
+    assert_eq!(second.acked.len(), 3, "{:?}", second.acked);
+    wait_until("a reconnect on /metrics", || {
+        link_metric(&receiver, "hl7ihp_link_reconnects_total", "bare-bed") >= 1
+    });
+    let table = stored(&receiver);
+    for id in first.acked.iter().chain(&second.acked) {
+        assert!(
+            table.contains(id.as_str()),
+            "{id} acknowledged but not stored:\n{table}"
+        );
+    }
+    let (status, logs) = receiver.terminate();
+    assert!(status.success(), "{logs}");
+}
+
+#[test]
 fn a_tls_link_checks_the_devices_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(&dir.path().join("pki"));

@@ -136,3 +136,52 @@ fn queries_find_known_patients_and_are_kept_as_queries_not_data() {
     assert_eq!(out.matches("[query QRY^A19]").count(), 3, "{out}");
     assert_eq!(out.matches("[query QBP^Q22]").count(), 3, "{out}");
 }
+
+#[test]
+fn send_query_prints_the_patients_found_and_exits_by_the_msa_code() {
+    let (_dir, receiver) = start(&["--json-min-interval", "0s"]);
+    let mut client = Client::connect(receiver.mllp);
+    let adt = sample("devices/adt-a01-for-queries.hl7");
+    assert_eq!(ack_field(&client.exchange(&adt), "MSA-1"), "AA");
+    drop(client);
+    let to = receiver.mllp.to_string();
+    let send = |extra: &[&str]| {
+        let mut args = vec!["send", "--to", to.as_str()];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+
+    // QRY^A19 for the known id: its PID and PV1-3 on one line.
+    let (code, out, err) = send(&["--query", "MRN-2001"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "MSA AA", "{out}");
+    assert_eq!(
+        lines[1], "PID MRN-2001 · Mustermann^Erika · 19640812 · F · ICU^^BED07^HOSP",
+        "{out}"
+    );
+    // An unknown id: answered AA with nobody, exit 0.
+    let (code, out, err) = send(&["--query", "NOBODY"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.trim(), "MSA AA · no match", "{out}");
+
+    // QBP^Q22 by id and family name, and for nobody (QAK NF).
+    let q22 = ["--query-kind", "q22", "--query-name", "mustermann"];
+    let (code, out, err) = send(&[&["--query", "MRN-2001"][..], &q22].concat());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("MSA AA · QAK OK\n"), "{out}");
+    assert!(out.contains("PID MRN-2001 · Mustermann^Erika"), "{out}");
+    let (code, out, err) = send(&["--query", "NOBODY", "--query-kind", "q22"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.trim(), "MSA AA · QAK NF · no match", "{out}");
+
+    // A query the receiver cannot answer (an empty QRD-8) is an AE: exit 1.
+    let (code, out, err) = send(&["--query", ""]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.starts_with("MSA AE"), "{out}");
+    // A19 asks for an id only: a usage error.
+    let (code, _, err) = send(&["--query", "MRN-2001", "--query-name", "x"]);
+    assert_eq!(code, 2, "{err}");
+    let (status, logs) = receiver.terminate();
+    assert!(status.success(), "{logs}");
+}
