@@ -346,7 +346,11 @@ pub fn given(
         // the flag's commas (`connect = ["bed-12=10.0.0.5:4001", …]`).
         toml::Value::Array(items) => {
             let texts: Option<Vec<&str>> = items.iter().map(toml::Value::as_str).collect();
-            let separator = if LIST_SETTINGS.contains(&name) { ";" } else { "," };
+            let separator = if LIST_SETTINGS.contains(&name) {
+                ";"
+            } else {
+                ","
+            };
             match texts {
                 Some(texts) => Ok(Some(given(texts.join(separator)))),
                 None => Err(given(String::new()).error("expected a list of strings".into())),
