@@ -2,8 +2,10 @@
 //! XH80X sends an empty PID) belongs to no patient, so it is kept and shown under its
 //! device. [`device_key`] is the one rule for that device's id, used by the store (the
 //! `device_key` column), the live view (the `device:<id>` tile) and the device files
-//! (`--device-files on`, `device_<id>.json`).
+//! (`--device-files on`, `device_<id>.json`); [`message_device_key`] adds an alarm report's
+//! source, so a device that only sends alarms has a tile too.
 
+use crate::alarm::AlarmData;
 use crate::store::ObservationData;
 
 /// The prefix of an unassigned device's key in the live view's patients (`device:<id>`)
@@ -24,6 +26,24 @@ pub fn device_key(observations: &[ObservationData], sending_application: &str) -
         .find(|e| !e.is_empty())
         .or_else(|| Some(sending_application.trim()).filter(|a| !a.is_empty()))
         .map(str::to_owned)
+}
+
+/// The device of a message without a patient, alarm reports included: [`device_key`] of
+/// its observations, else the source of its first alarm (`ORU^R40`: OBX-18.1 of the alarm
+/// rows, else MSH-3, [`AlarmData::source`]). `None` for a message that measured nothing
+/// and raised no alarm.
+pub fn message_device_key(
+    observations: &[ObservationData],
+    alarms: &[AlarmData],
+    sending_application: &str,
+) -> Option<String> {
+    device_key(observations, sending_application).or_else(|| {
+        alarms
+            .iter()
+            .map(|a| a.source.trim())
+            .find(|s| !s.is_empty())
+            .map(str::to_owned)
+    })
 }
 
 #[cfg(test)]
@@ -63,5 +83,23 @@ mod tests {
         assert_eq!(device_key(&none, "GW-ICU2").as_deref(), Some("GW-ICU2"));
         assert_eq!(device_key(&none, ""), None);
         assert_eq!(device_key(&[], "GW-ICU2"), None);
+    }
+
+    #[test]
+    fn an_alarm_report_is_under_its_source() {
+        let alarm = AlarmData {
+            source: "0018F4FFFE9A0C22".into(),
+            ..AlarmData::default()
+        };
+        assert_eq!(
+            message_device_key(&[], std::slice::from_ref(&alarm), "MASIMO_PSN").as_deref(),
+            Some("0018F4FFFE9A0C22")
+        );
+        // Observations come first, as for any message.
+        assert_eq!(
+            message_device_key(&[observation("")], &[alarm], "GW").as_deref(),
+            Some("GW")
+        );
+        assert_eq!(message_device_key(&[], &[], "GW"), None);
     }
 }

@@ -9,7 +9,8 @@
 //!   [`POLL`] without being told, so what another writer of the same store adds is seen too.
 //! - At start it fills itself from the store: the patients silent the shortest first (at
 //!   most [`view::MAX_PATIENTS`]), each with their last [`SEED_MESSAGES_PER_PATIENT`]
-//!   messages ([`StoreRead::patient_feed`]), and the per-minute counts from the messages of
+//!   messages ([`StoreRead::patient_feed`]), then the unassigned devices' tiles the same
+//!   way ([`StoreRead::device_feeds`]), and the per-minute counts from the messages of
 //!   the last 24 h (at most [`MAX_SEED_MESSAGES`]).
 //! - The task owns the state ([`view::View`]); readers get immutable snapshots (each
 //!   patient's JSON rendered once per change) behind a lock held only to swap pointers, so
@@ -415,6 +416,20 @@ async fn seed(live: &Live, store: &dyn StoreRead, view: &mut View) -> Result<See
         for message in &mut messages {
             message.patient.get_or_insert_with(|| data.clone());
         }
+        let applied = view.apply(&messages, now_ms(), false);
+        merge(&mut changes, applied);
+        if changes.patients.len() >= 256 {
+            live.publish(std::mem::take(&mut changes));
+        }
+    }
+    // The unassigned devices' tiles, as the patients': their messages carry no patient,
+    // so applying them makes the `device:<id>` entries (the view's bound counts them too).
+    let feeds = store
+        .device_feeds(view::MAX_PATIENTS, SEED_MESSAGES_PER_PATIENT)
+        .await?;
+    for mut messages in feeds {
+        messages.retain(|m| m.id <= cursor.position());
+        messages.reverse();
         let applied = view.apply(&messages, now_ms(), false);
         merge(&mut changes, applied);
         if changes.patients.len() >= 256 {

@@ -422,6 +422,9 @@ impl View {
                 if let Some(state) = self.patients.get_mut(&stand_in.key) {
                     state.body.unassigned = true;
                     state.body.device = Some(device);
+                    if fresh {
+                        super::alarms::remember(&mut state.body.alarms, &alarms);
+                    }
                 }
                 if fresh && touched_set.insert(stand_in.key.clone()) {
                     touched_patients.push(stand_in.key.clone());
@@ -689,8 +692,9 @@ fn body_of(patient: &PatientData) -> PatientBody {
 
 /// The stand-in patient under which an accepted message without a patient is shown: its
 /// device ([`crate::unassigned::device_key`]: OBX-18.1, else MSH-3), keyed `device:<id>`,
-/// with empty patient fields. `None` for a message without observations (it measured
-/// nothing).
+/// with empty patient fields; an alarm report without observations is under its alarms'
+/// source ([`crate::unassigned::message_device_key`]). `None` for a message without
+/// observations or alarms (it measured nothing).
 fn unassigned_of(message: &FeedMessage) -> Option<(PatientData, String)> {
     if message.patient.is_some() {
         return None;
@@ -700,7 +704,8 @@ fn unassigned_of(message: &FeedMessage) -> Option<(PatientData, String)> {
         .as_deref()
         .or(message.sending_application.as_deref())
         .unwrap_or("");
-    let id = crate::unassigned::device_key(&message.observations, application)?;
+    let id =
+        crate::unassigned::message_device_key(&message.observations, &message.alarms, application)?;
     let data = PatientData {
         key: format!("{}{id}", crate::unassigned::KEY_PREFIX),
         id: String::new(),

@@ -214,6 +214,8 @@ pub struct AlarmQuery {
     pub patient: Option<String>,
     /// Only alarms in this state (`active`, `inactive`, `latched`, …).
     pub state: Option<String>,
+    /// Only alarms this device raised (their source: OBX-18.1, else MSH-3).
+    pub device: Option<String>,
     /// Only alarms stored before this one (the next page).
     pub before: Option<i64>,
     /// At most this many.
@@ -736,6 +738,19 @@ pub trait StoreRead: Send + Sync + 'static {
     ) -> StoreFuture<'a, Option<DeviceRecords>> {
         let _ = (device, limit);
         Box::pin(async { Ok(None) })
+    }
+
+    /// The unassigned devices' newest messages as feed messages (without a patient): at
+    /// most `n_devices` devices, the one heard from last first, each with at most `limit`
+    /// messages, newest first. How the live view shows their tiles at start, as
+    /// [`StoreRead::patient_feed`] does patients'. A backend without device keys knows none.
+    fn device_feeds(
+        &self,
+        n_devices: usize,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<Vec<FeedMessage>>> {
+        let _ = (n_devices, limit);
+        Box::pin(async { Ok(Vec::new()) })
     }
 
     /// The change feed: patients whose records changed after `after`, looking at no more

@@ -103,10 +103,44 @@ fn an_r40_is_an_alarm_in_the_api_and_the_event_stream_and_never_a_record() {
     assert_eq!(newest["state"], "latched");
     assert_eq!(newest["measurement"]["value"], "148");
 
+    // ... and shown on its device's tile (the alarm's source, OBX-18.1), made for it: the
+    // device has sent nothing else. The tile draws from this entry.
+    let mut tile = None;
+    wait_until("the device's tile with the alarm", || {
+        let list = get_json(&receiver, "/api/v1/patients");
+        tile = list["patients"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["key"] == "device:0018F4FFFE9A0C22"))
+            .cloned();
+        tile.as_ref()
+            .is_some_and(|t| t["alarms"].as_array().is_some_and(|a| !a.is_empty()))
+    });
+    let tile = tile.unwrap();
+    assert_eq!(tile["unassigned"], true, "{tile}");
+    assert_eq!(tile["device"], "0018F4FFFE9A0C22");
+    assert!(
+        tile["location"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("ICU^14")),
+        "{tile}"
+    );
+    assert_eq!(tile["alarms"][0]["priority"], "high", "{tile}");
+    assert_eq!(tile["alarms"][0]["state"], "latched");
+    assert_eq!(tile["alarms"][0]["patient"], Value::Null);
+    assert_eq!(tile["latest"], Value::Array(Vec::new()), "{tile}");
+    // The patient's alarm stays on the patient's tile only.
+    let patient = get_json(&receiver, "/api/v1/patients/7012345");
+    assert_eq!(patient["alarms"].as_array().unwrap().len(), 1, "{patient}");
+
     // The filters and paging.
     assert_eq!(alarms(&receiver, "?patient=7012345").len(), 1);
     assert_eq!(alarms(&receiver, "?state=latched").len(), 1);
     assert_eq!(alarms(&receiver, "?state=inactive").len(), 0);
+    let by_device = alarms(&receiver, "?device=0018F4FFFE9A0C22");
+    assert_eq!(by_device.len(), 1, "{by_device:?}");
+    assert_eq!(by_device[0]["state"], "latched");
+    assert_eq!(alarms(&receiver, "?device=0018F4FFFE9A0C21").len(), 1);
+    assert_eq!(alarms(&receiver, "?device=NOBODY").len(), 0);
     let page = get_json(&receiver, "/api/v1/alarms?limit=1");
     assert_eq!(page["alarms"].as_array().unwrap().len(), 1);
     let cursor = page["next_cursor"].as_str().unwrap().to_owned();

@@ -118,6 +118,48 @@ fn messages_without_a_patient_are_shown_under_their_device() {
 }
 
 #[test]
+fn unassigned_devices_are_listed_again_after_a_restart_before_any_new_message() {
+    let (dir, receiver) = start(&[]);
+    let mut client = Client::connect(receiver.mllp);
+    let xh80x = sample("devices/xh80x-no-pid.hl7");
+    assert_eq!(ack_field(&client.exchange(&xh80x), "MSA-1"), "AA");
+    // A device that only sends alarms.
+    let r40 = sample("devices/masimo-r40-alarm-no-patient.hl7");
+    assert_eq!(ack_field(&client.exchange(&r40), "MSA-1"), "CA");
+    wait_until("both devices in the patients' list", || {
+        let list = get_json(&receiver, "/api/v1/patients");
+        entry(&list, "device:0123456789ABCDEF").is_some()
+            && entry(&list, "device:0018F4FFFE9A0C22").is_some()
+    });
+    drop(client);
+    let (status, logs) = receiver.terminate();
+    assert!(status.success(), "{logs}");
+
+    // The same data directory, and no message since: the tiles come from the store.
+    let receiver = Receiver::start(&dir.path().join("data"), &[]);
+    let mut list = Value::Null;
+    wait_until("both devices seeded from the store", || {
+        list = get_json(&receiver, "/api/v1/patients");
+        entry(&list, "device:0123456789ABCDEF").is_some()
+            && entry(&list, "device:0018F4FFFE9A0C22").is_some()
+    });
+    assert_eq!(list["patients"].as_array().unwrap().len(), 2, "{list}");
+    let xh = entry(&list, "device:0123456789ABCDEF").unwrap();
+    assert_eq!(xh["unassigned"], true, "{xh}");
+    assert_eq!(xh["device"], "0123456789ABCDEF");
+    assert_eq!(xh["location"], "ICU^BED12");
+    let latest = xh["latest"].as_array().unwrap();
+    assert_eq!(latest.len(), 5, "{latest:?}");
+    let heart = latest.iter().find(|r| r["code"] == "147842").unwrap();
+    assert_eq!(heart["numeric"], 88.0, "{heart}");
+    let masimo = entry(&list, "device:0018F4FFFE9A0C22").unwrap();
+    assert_eq!(masimo["unassigned"], true, "{masimo}");
+    assert_eq!(masimo["alarms"][0]["state"], "latched", "{masimo}");
+    let (status, logs) = receiver.terminate();
+    assert!(status.success(), "{logs}");
+}
+
+#[test]
 fn send_no_patient_plays_unassigned_monitors() {
     let (_dir, receiver) = start(&[]);
     let to = receiver.mllp.to_string();

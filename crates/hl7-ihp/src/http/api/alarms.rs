@@ -1,5 +1,5 @@
 //! `GET /api/v1/alarms`: stored alarms (`ORU^R40`, IHE PCD-04) newest first, filtered by
-//! patient and state, paged by an opaque cursor.
+//! patient, state and device, paged by an opaque cursor.
 
 use axum::Json;
 use axum::extract::State;
@@ -21,6 +21,9 @@ pub struct AlarmsParams {
     patient: Option<String>,
     /// Only alarms in this state (`active`, `inactive`, `latched`, …; case ignored).
     state: Option<String>,
+    /// Only alarms this device raised (`source`: OBX-18.1, else MSH-3), with or without a
+    /// patient.
+    device: Option<String>,
     /// At most this many alarms.
     #[param(value_type = Option<u32>, minimum = 1, maximum = 1000, default = 100)]
     limit: Option<String>,
@@ -61,6 +64,7 @@ pub async fn alarms(
         .alarms(AlarmQuery {
             patient: query.patient,
             state: query.state,
+            device: query.device,
             before,
             // One more than asked: whether there is a next page, without an empty one.
             limit: limit + 1,

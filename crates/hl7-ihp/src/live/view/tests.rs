@@ -489,13 +489,30 @@ fn an_alarm_report_is_announced_and_kept_newest_first_without_readings() {
     assert_eq!(kept.len(), crate::live::alarms::MAX_ALARMS_PER_PATIENT);
     assert_eq!(kept[0]["message_id"], 19);
 
-    // Without a patient: announced all the same.
+    // Without a patient: announced all the same, and on its source device's tile (made
+    // for it: the device has sent nothing else).
     let mut lone = message(30, T0 + 1000, None, Vec::new());
     lone.alarms = vec![alarm(0, "active")];
     let changes = view.apply(&[lone], T0 + 1100, true);
-    assert_eq!(names(&changes.events), ["alarm"]);
+    assert_eq!(names(&changes.events), ["alarm", "patient"]);
     assert_eq!(
         json(&changes.events[0].1)["patient"],
         serde_json::Value::Null
     );
+    let tile = json(&changes.events[1].1);
+    assert_eq!(tile["key"], "device:EUI-1", "{tile}");
+    assert_eq!(tile["unassigned"], true);
+    assert_eq!(tile["device"], "EUI-1");
+    assert_eq!(tile["location"], "ICU^03^A");
+    assert_eq!(tile["alarms"][0]["state"], "active", "{tile}");
+    assert_eq!(tile["latest"], serde_json::json!([]));
+
+    // The device's next alarm joins the first on the same tile.
+    let mut again = message(31, T0 + 1200, None, Vec::new());
+    again.alarms = vec![alarm(0, "inactive")];
+    let changes = view.apply(&[again], T0 + 1300, true);
+    let tile = json(&changes.events[1].1);
+    assert_eq!(tile["key"], "device:EUI-1");
+    assert_eq!(tile["alarms"].as_array().unwrap().len(), 2, "{tile}");
+    assert_eq!(tile["alarms"][0]["state"], "inactive");
 }

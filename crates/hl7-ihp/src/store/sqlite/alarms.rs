@@ -98,7 +98,7 @@ pub(super) fn read_alarms(
          FROM alarms a JOIN messages m ON m.id = a.message \
          LEFT JOIN patients p ON p.id = m.patient \
          WHERE a.id < ?1 AND (?2 IS NULL OR p.key = ?2) AND (?3 IS NULL OR a.state = ?3) \
-         ORDER BY a.id DESC LIMIT ?4"
+         AND (?5 IS NULL OR a.source = ?5) ORDER BY a.id DESC LIMIT ?4"
     );
     let mut statement = conn.prepare_cached(&sql)?;
     let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
@@ -106,7 +106,8 @@ pub(super) fn read_alarms(
         query.before.unwrap_or(i64::MAX),
         query.patient,
         query.state.as_deref().map(str::to_ascii_lowercase),
-        limit
+        limit,
+        query.device,
     ])?;
     let mut found = Vec::new();
     while let Some(row) = rows.next()? {

@@ -557,6 +557,16 @@ impl StoreRead for SqliteStore {
         Box::pin(self.read(Cost::Quick, read_feed_head))
     }
 
+    fn device_feeds(
+        &self,
+        n_devices: usize,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<Vec<FeedMessage>>> {
+        Box::pin(self.read(Cost::Slow, move |conn| {
+            read_device_feeds(conn, n_devices, limit)
+        }))
+    }
+
     fn patient_feed<'a>(
         &'a self,
         key: &'a str,
@@ -749,6 +759,14 @@ impl StoreRead for SqliteReader {
 
     fn feed_head(&self) -> StoreFuture<'_, ChangeCursor> {
         self.store.feed_head()
+    }
+
+    fn device_feeds(
+        &self,
+        n_devices: usize,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<Vec<FeedMessage>>> {
+        self.store.device_feeds(n_devices, limit)
     }
 
     fn patient_feed<'a>(

@@ -804,6 +804,38 @@ pub(super) fn read_feed(
     Ok(Feed { messages, next })
 }
 
+/// The unassigned devices' newest messages ([`crate::store::StoreRead::device_feeds`]):
+/// the devices by their newest message (the partial `messages_by_device_key` index: the
+/// cost is that of the devices' messages, none of the patients'), then each one's newest.
+pub(super) fn read_device_feeds(
+    conn: &Connection,
+    n_devices: usize,
+    limit: usize,
+) -> rusqlite::Result<Vec<Vec<FeedMessage>>> {
+    let mut devices = conn.prepare_cached(
+        "SELECT device_key, max(id) AS newest FROM messages WHERE device_key IS NOT NULL \
+         GROUP BY device_key ORDER BY newest DESC LIMIT ?1",
+    )?;
+    let keys = devices
+        .query_map([sql_limit(Some(n_devices))], |row| row.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    let mut statement = conn.prepare_cached(&format!(
+        "SELECT {FEED_COLUMNS} FROM messages m WHERE m.device_key = ?1 \
+         ORDER BY m.id DESC LIMIT ?2"
+    ))?;
+    let mut feeds = Vec::with_capacity(keys.len());
+    for key in keys {
+        let mut rows = statement.query(params![key, sql_limit(Some(limit))])?;
+        let mut messages = Vec::new();
+        while let Some(row) = rows.next()? {
+            messages.push(feed_message(row, None)?);
+        }
+        super::alarms::attach(conn, &mut messages)?;
+        feeds.push(messages);
+    }
+    Ok(feeds)
+}
+
 pub(super) fn read_feed_head(conn: &Connection) -> rusqlite::Result<ChangeCursor> {
     conn.query_row("SELECT coalesce(max(id), 0) FROM messages", [], |row| {
         row.get(0)

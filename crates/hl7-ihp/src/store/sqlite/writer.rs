@@ -255,8 +255,11 @@ impl Row {
             row.location = content.location;
             if accepted {
                 if content.patient.is_none() {
-                    row.device_key =
-                        crate::unassigned::device_key(&content.observations, &content.device);
+                    row.device_key = crate::unassigned::message_device_key(
+                        &content.observations,
+                        &content.alarms,
+                        &content.device,
+                    );
                 }
                 row.device = Some(content.device);
                 row.patient = content.patient;
