@@ -93,7 +93,8 @@ pub fn server() -> Option<&'static TestServer> {
     server.as_ref()
 }
 
-/// `pg_config --bindir`, else Debian's folder for version 15, if it holds the binaries.
+/// `pg_config --bindir`, else a Debian folder `/usr/lib/postgresql/<version>/bin`, if it
+/// holds the binaries.
 fn find_binaries() -> Option<PathBuf> {
     let from_config = Command::new("pg_config")
         .arg("--bindir")
@@ -102,9 +103,15 @@ fn find_binaries() -> Option<PathBuf> {
         .ok()
         .filter(|o| o.status.success())
         .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
-    [from_config, Some(PathBuf::from("/usr/lib/postgresql/15/bin"))]
-        .into_iter()
+    // Debian's folders, newest version first (15 is what CI installs).
+    let mut debian: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|dir| dir.flatten().map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    debian.sort();
+    debian.reverse();
+    std::iter::once(from_config)
         .flatten()
+        .chain(debian)
         .find(|bin| {
             ["initdb", "postgres", "psql", "pg_isready"]
                 .iter()
