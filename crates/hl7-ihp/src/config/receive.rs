@@ -953,17 +953,16 @@ mod tests {
             f.store = Some("postgres://hl7:secret@db/hl7".into());
         }))
         .unwrap();
-        assert!(matches!(
-            config.store.location,
-            StoreLocation::Postgres(_)
-        ));
+        assert!(matches!(config.store.location, StoreLocation::Postgres(_)));
         let debug = format!("{config:?}");
         assert!(!debug.contains("secret"), "{debug}");
         let message = error(flags(|f| {
             f.store = Some("postgres://hl7:secret@db:port/hl7".into());
         }));
         assert!(
-            message.starts_with("invalid setting `store` (--store or HL7IHP_STORE): invalid PostgreSQL"),
+            message.starts_with(
+                "invalid setting `store` (--store or HL7IHP_STORE): invalid PostgreSQL"
+            ),
             "{message}"
         );
         assert!(!message.contains("secret"), "{message}");
@@ -980,7 +979,10 @@ mod tests {
         }))
         .unwrap();
         let debug = format!("{config:?}");
-        assert!(!debug.contains("s3cret") && debug.contains("password from a file"), "{debug}");
+        assert!(
+            !debug.contains("s3cret") && debug.contains("password from a file"),
+            "{debug}"
+        );
         let message = error(flags(|f| {
             f.store_password_file = Some(file.display().to_string());
         }));

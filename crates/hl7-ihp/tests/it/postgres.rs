@@ -74,14 +74,19 @@ fn a_receiver_killed_with_sigkill_loses_nothing_it_acknowledged() {
             })
         })
         .collect();
-    wait_until("200 acknowledged messages", || acked.lock().unwrap().len() >= 200);
+    wait_until("200 acknowledged messages", || {
+        acked.lock().unwrap().len() >= 200
+    });
     receiver.kill();
     stop.store(true, Ordering::Relaxed);
     for sender in senders {
         sender.join().unwrap();
     }
     let stored: BTreeSet<String> = server
-        .psql(&db, "SELECT control_id FROM messages WHERE outcome = 'accepted'")
+        .psql(
+            &db,
+            "SELECT control_id FROM messages WHERE outcome = 'accepted'",
+        )
         .lines()
         .map(str::to_string)
         .collect();

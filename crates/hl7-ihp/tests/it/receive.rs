@@ -236,7 +236,10 @@ fn an_unreachable_postgres_store_stops_the_start_without_showing_its_password() 
     ]);
     assert_ne!(status, 0, "{stderr}");
     assert!(stderr.contains("PostgreSQL"), "{stderr}");
-    assert!(!stderr.contains("s3cret"), "the password is not shown: {stderr}");
+    assert!(
+        !stderr.contains("s3cret"),
+        "the password is not shown: {stderr}"
+    );
     // A location without a user is a configuration error, named by where it came from.
     let output = std::process::Command::new(common::binary())
         .arg("receive")

@@ -225,7 +225,10 @@ pub struct PgStore {
 
 impl PgStore {
     /// Connects, creates or migrates the schema, and starts the writer. Blocking.
-    pub fn open(location: &PostgresLocation, options: &StoreOptions) -> Result<PgStore, StoreError> {
+    pub fn open(
+        location: &PostgresLocation,
+        options: &StoreOptions,
+    ) -> Result<PgStore, StoreError> {
         let runtime = Runtime::start()?;
         let config = location.config()?;
         let pool = Arc::new(Pool::new(config.clone(), runtime.handle.clone(), N_READERS));
@@ -412,7 +415,10 @@ mod location_tests {
             .unwrap()
             .with_password("s3cret".into());
         let debug = format!("{from_file:?}");
-        assert!(!debug.contains("s3cret") && debug.contains("file"), "{debug}");
+        assert!(
+            !debug.contains("s3cret") && debug.contains("file"),
+            "{debug}"
+        );
     }
 
     #[test]

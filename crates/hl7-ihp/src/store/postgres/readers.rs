@@ -89,18 +89,16 @@ fn observations(json: Option<&str>) -> Result<Vec<ObservationData>, StoreError> 
 
 impl MessageRow {
     fn from(row: &PgRow) -> Result<MessageRow, StoreError> {
-        let patient = row
-            .get::<_, Option<String>>(19)
-            .map(|key| PatientData {
-                key,
-                id: row.get(20),
-                assigning_authority: row.get(21),
-                identifiers: row.get(22),
-                name: row.get(23),
-                birth_date: row.get(24),
-                sex: row.get(25),
-                is_update: false,
-            });
+        let patient = row.get::<_, Option<String>>(19).map(|key| PatientData {
+            key,
+            id: row.get(20),
+            assigning_authority: row.get(21),
+            identifiers: row.get(22),
+            name: row.get(23),
+            birth_date: row.get(24),
+            sex: row.get(25),
+            is_update: false,
+        });
         let raw = match row.get::<_, Option<Vec<u8>>>(26) {
             Some(stored) => {
                 let encoding: Option<i16> = row.get(27);
@@ -302,10 +300,7 @@ impl StoreRead for Pool {
                         key: row.get(0),
                         name: row.get(1),
                         n_observations: u64::try_from(row.get::<_, i64>(2)).unwrap_or(0),
-                        last_received_at: row
-                            .get::<_, Option<i64>>(3)
-                            .map(time)
-                            .transpose()?,
+                        last_received_at: row.get::<_, Option<i64>>(3).map(time).transpose()?,
                         last_message: row.get(4),
                     })
                 })
@@ -443,20 +438,24 @@ impl StoreRead for Pool {
         Box::pin(async move {
             let client = self.get().await?;
             let rows = match keys {
-                Some(keys) => client
-                    .query(
-                        "SELECT patient_key, through, length FROM export_files
+                Some(keys) => {
+                    client
+                        .query(
+                            "SELECT patient_key, through, length FROM export_files
                          WHERE exporter = $1 AND patient_key = ANY($2)",
-                        &[&exporter, &keys],
-                    )
-                    .await,
-                None => client
-                    .query(
-                        "SELECT patient_key, through, length FROM export_files
+                            &[&exporter, &keys],
+                        )
+                        .await
+                }
+                None => {
+                    client
+                        .query(
+                            "SELECT patient_key, through, length FROM export_files
                          WHERE exporter = $1",
-                        &[&exporter],
-                    )
-                    .await,
+                            &[&exporter],
+                        )
+                        .await
+                }
             }
             .map_err(fail)?;
             Ok(rows
@@ -486,9 +485,7 @@ impl StoreRead for Pool {
                 .iter()
                 .map(|row| MessageRow::from(row)?.feed_message())
                 .collect::<Result<Vec<_>, _>>()?;
-            let next = messages
-                .last()
-                .map_or(after, |m| ChangeCursor::at(m.id));
+            let next = messages.last().map_or(after, |m| ChangeCursor::at(m.id));
             Ok(Feed { messages, next })
         })
     }
@@ -544,8 +541,12 @@ impl StoreRead for Pool {
             if query.limit == 0 {
                 return Ok(Some(records));
             }
-            let from_ms = query.since_ms.map_or(i64::MIN, |s| s.saturating_sub(HOUR_MS));
-            let to_ms = query.until_ms.map_or(i64::MAX, |u| u.saturating_add(HOUR_MS));
+            let from_ms = query
+                .since_ms
+                .map_or(i64::MIN, |s| s.saturating_sub(HOUR_MS));
+            let to_ms = query
+                .until_ms
+                .map_or(i64::MAX, |u| u.saturating_add(HOUR_MS));
             let mut upper = query.after.map_or(i64::MAX, |a| a.message_id);
             loop {
                 let page = record_messages(&client, id, upper, from_ms, to_ms, PAGE).await?;

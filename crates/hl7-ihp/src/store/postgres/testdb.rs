@@ -45,7 +45,11 @@ impl TestServer {
     /// Makes a new, empty database and returns its name.
     pub fn create_database(&self) -> String {
         static N: AtomicU64 = AtomicU64::new(0);
-        let name = format!("t_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "t_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
         self.psql("postgres", &format!("CREATE DATABASE {name}"));
         name
     }
@@ -209,7 +213,10 @@ fn start(bin: PathBuf) -> TestServer {
             return server;
         }
     }
-    panic!("the test PostgreSQL did not start; see {}/log", dir.display());
+    panic!(
+        "the test PostgreSQL did not start; see {}/log",
+        dir.display()
+    );
 }
 
 /// Starts the server on `port`, with a watchdog that stops it and removes `dir` once this
@@ -255,6 +262,8 @@ fn run(
             .is_ok_and(|s| s.success());
         if ready {
             watch(child.id(), dir);
+            // Not waited for: it runs until the watchdog stops it, after this process.
+            RUNNING.lock().map(|mut r| r.push(child)).ok();
             return Some(TestServer {
                 port,
                 bin: bin.to_path_buf(),
@@ -264,6 +273,7 @@ fn run(
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("the test PostgreSQL was not ready within {START_DEADLINE:?}");
 }
 
@@ -271,8 +281,7 @@ fn run(
 /// (however it ends: the pipe's other side is only here), then stops the server at once
 /// (SIGQUIT) and removes its directory.
 fn watch(pid: u32, dir: &Path) {
-    static WATCHDOG: OnceLock<std::process::ChildStdin> = OnceLock::new();
-    let mut watchdog = Command::new("sh")
+    let watchdog = Command::new("sh")
         .arg("-c")
         .arg(
             "cat >/dev/null; kill -QUIT \"$1\" 2>/dev/null; \
@@ -286,10 +295,12 @@ fn watch(pid: u32, dir: &Path) {
         .stderr(Stdio::null())
         .spawn()
         .expect("start the test server's watchdog");
-    if let Some(stdin) = watchdog.stdin.take() {
-        let _ = WATCHDOG.set(stdin);
-    }
+    // Kept with its standard input open until this process ends.
+    RUNNING.lock().map(|mut r| r.push(watchdog)).ok();
 }
+
+/// The server and its watchdog: owned here, never waited for.
+static RUNNING: std::sync::Mutex<Vec<std::process::Child>> = std::sync::Mutex::new(Vec::new());
 
 #[cfg(test)]
 mod tests {

@@ -88,13 +88,16 @@ contract_on_postgres!(
 use crate::store::contract::{new_id, oru, patient};
 use crate::store::{ChangeCursor, Health, Stored, Verdict};
 
-/// Two stores on one database: what two receivers behind a balancer are.
-fn two_receivers() -> Option<(
+/// The test server, the database's name and two stores on it.
+type TwoReceivers = (
     &'static testdb::TestServer,
     String,
     Arc<dyn Store>,
     Arc<dyn Store>,
-)> {
+);
+
+/// Two stores on one database: what two receivers behind a balancer are.
+fn two_receivers() -> Option<TwoReceivers> {
     let server = testdb::server()?;
     let db = server.create_database();
     let location = PostgresLocation::parse(&server.url(&db)).unwrap();
@@ -150,7 +153,11 @@ async fn the_feed_is_in_commit_order_with_two_receivers_writing() {
         let mut seen = Vec::new();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
         while seen.len() < N_TASKS * N_EACH {
-            assert!(std::time::Instant::now() < deadline, "the feed stopped at {}", seen.len());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the feed stopped at {}",
+                seen.len()
+            );
             let feed = follower.feed(cursor, 7).await.unwrap();
             seen.extend(feed.messages.iter().map(|m| m.id));
             cursor = feed.next;
@@ -187,7 +194,10 @@ async fn a_lost_database_fails_commits_and_recovers() {
     };
     new_id(&a.commit(vec![oru("0", None, &["1"], "")]).await.unwrap()[0]);
     // Nobody may connect, and everyone connected is thrown out.
-    server.psql("postgres", &format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false"));
+    server.psql(
+        "postgres",
+        &format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false"),
+    );
     server.psql(
         "postgres",
         &format!(
@@ -198,21 +208,33 @@ async fn a_lost_database_fails_commits_and_recovers() {
     let mut n = 0;
     loop {
         n += 1;
-        let result = a.commit(vec![oru(&format!("down{n}"), None, &["1"], "")]).await;
+        let result = a
+            .commit(vec![oru(&format!("down{n}"), None, &["1"], "")])
+            .await;
         if result.is_err() {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "commits kept working");
     }
-    assert!(matches!(a.health(), Health::Failing { .. }), "{:?}", a.health());
-    server.psql("postgres", &format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"));
+    assert!(
+        matches!(a.health(), Health::Failing { .. }),
+        "{:?}",
+        a.health()
+    );
+    server.psql(
+        "postgres",
+        &format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"),
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         if let Ok(stored) = a.commit(vec![oru("back", None, &["1"], "")]).await {
             new_id(&stored[0]);
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "storing did not resume");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "storing did not resume"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(a.health(), Health::Ok);

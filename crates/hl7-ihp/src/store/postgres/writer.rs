@@ -187,8 +187,11 @@ impl Row {
                 row.merge = content.merge;
                 row.n_observations = i32::try_from(content.observations.len()).unwrap_or(i32::MAX);
                 if !content.observations.is_empty() {
-                    let encoded: Vec<JsonObservation> =
-                        content.observations.iter().map(JsonObservation::from).collect();
+                    let encoded: Vec<JsonObservation> = content
+                        .observations
+                        .iter()
+                        .map(JsonObservation::from)
+                        .collect();
                     row.observations = serde_json::to_string(&encoded).ok();
                 }
             }
@@ -221,7 +224,8 @@ pub(super) struct Statements {
     count_repeats: Statement,
 }
 
-const FIND_KEYS: &str = "SELECT k.sending_application, k.sending_facility, k.control_id, k.hash, k.message
+const FIND_KEYS: &str =
+    "SELECT k.sending_application, k.sending_facility, k.control_id, k.hash, k.message
     FROM message_keys k
     JOIN (SELECT DISTINCT * FROM unnest($1::text[], $2::text[], $3::text[])) AS u (a, f, c)
       ON k.sending_application = u.a AND k.sending_facility = u.f AND k.control_id = u.c";
@@ -229,7 +233,8 @@ const FIND_KEYS: &str = "SELECT k.sending_application, k.sending_facility, k.con
 const FIND_REFUSED: &str = "SELECT hash, max(id) FROM messages
     WHERE outcome <> 'accepted' AND hash = ANY($1::bytea[]) GROUP BY hash";
 
-const FIND_PATIENTS: &str = "SELECT key, patient_id, assigning_authority, identifiers, name, birth_date, sex
+const FIND_PATIENTS: &str =
+    "SELECT key, patient_id, assigning_authority, identifiers, name, birth_date, sex
     FROM patients WHERE key = ANY($1::text[])";
 
 const LAST_ID: &str = "SELECT value FROM counters WHERE name = 'message_id'";
@@ -468,7 +473,10 @@ struct PatientChange {
 fn merge_fields(stored: &mut PatientData, message: &PatientData) {
     let pairs = [
         (&mut stored.id, &message.id),
-        (&mut stored.assigning_authority, &message.assigning_authority),
+        (
+            &mut stored.assigning_authority,
+            &message.assigning_authority,
+        ),
         (&mut stored.identifiers, &message.identifiers),
         (&mut stored.name, &message.name),
         (&mut stored.birth_date, &message.birth_date),
@@ -509,7 +517,10 @@ async fn write(
     let mut patient_keys: Vec<&str> = Vec::new();
     for row in rows {
         let accepted = row.verdict == Verdict::Accept;
-        if accepted && dedupe && let Some(key) = &row.key {
+        if accepted
+            && dedupe
+            && let Some(key) = &row.key
+        {
             apps.push(key.sending_application.as_str());
             facs.push(key.sending_facility.as_str());
             ctrls.push(key.control_id.as_str());
@@ -657,7 +668,8 @@ async fn write(
         let text = |f: fn(&PatientData) -> &str| -> Vec<&str> {
             touched.iter().map(|p| f(&p.data)).collect()
         };
-        let number = |f: fn(&PatientChange) -> i64| -> Vec<i64> { touched.iter().map(|p| f(p)).collect() };
+        let number =
+            |f: fn(&PatientChange) -> i64| -> Vec<i64> { touched.iter().map(|p| f(p)).collect() };
         transaction
             .query(
                 &statements.upsert_patients,
@@ -699,7 +711,11 @@ async fn write(
             .collect();
         let patient: Vec<Option<i64>> = new_rows
             .iter()
-            .map(|(_, r)| r.patient.as_ref().and_then(|p| patient_ids.get(&p.key).copied()))
+            .map(|(_, r)| {
+                r.patient
+                    .as_ref()
+                    .and_then(|p| patient_ids.get(&p.key).copied())
+            })
             .collect();
         let n_observations: Vec<i32> = new_rows.iter().map(|(_, r)| r.n_observations).collect();
         let replay_of: Vec<Option<i64>> = new_rows.iter().map(|(_, r)| r.replay_of).collect();
@@ -738,9 +754,18 @@ async fn write(
         if new_keys.is_empty() {
             return Ok(Vec::new());
         }
-        let apps: Vec<&str> = new_keys.iter().map(|(_, _, k)| k.sending_application.as_str()).collect();
-        let facs: Vec<&str> = new_keys.iter().map(|(_, _, k)| k.sending_facility.as_str()).collect();
-        let ctrls: Vec<&str> = new_keys.iter().map(|(_, _, k)| k.control_id.as_str()).collect();
+        let apps: Vec<&str> = new_keys
+            .iter()
+            .map(|(_, _, k)| k.sending_application.as_str())
+            .collect();
+        let facs: Vec<&str> = new_keys
+            .iter()
+            .map(|(_, _, k)| k.sending_facility.as_str())
+            .collect();
+        let ctrls: Vec<&str> = new_keys
+            .iter()
+            .map(|(_, _, k)| k.control_id.as_str())
+            .collect();
         let hashes: Vec<&[u8]> = new_keys.iter().map(|(_, r, _)| r.hash.as_slice()).collect();
         let sent: Vec<Option<i64>> = new_keys.iter().map(|(_, _, k)| k.sent_ms).collect();
         let ids: Vec<i64> = new_keys.iter().map(|(id, _, _)| *id).collect();

@@ -90,7 +90,10 @@ pub(in crate::store) enum Undecodable {
 }
 
 /// The bytes as received, from `raw` and `raw_encoding` as stored.
-pub(in crate::store) fn decode(stored: Vec<u8>, encoding: Option<i64>) -> Result<Vec<u8>, Undecodable> {
+pub(in crate::store) fn decode(
+    stored: Vec<u8>,
+    encoding: Option<i64>,
+) -> Result<Vec<u8>, Undecodable> {
     match encoding {
         None => Ok(stored),
         Some(ZSTD_DICTIONARY_1) => {
