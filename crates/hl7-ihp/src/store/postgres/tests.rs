@@ -73,16 +73,15 @@ contract_on_postgres!(
     trends_summarise_each_code_per_bucket,
 );
 
-// Not run against PostgreSQL yet, because this stage returns `StoreError::Unsupported` for
-// them (docs/storage.md, "PostgreSQL"):
-// - patient merges: a_merge_of_two_known_patients_moves_the_history,
+// Not run against PostgreSQL yet (docs/storage.md, "PostgreSQL"):
+// - patient merges, which this stage stores as refused (answered AE, see the test below): a_merge_of_two_known_patients_moves_the_history,
 //   a_merge_into_an_unknown_patient_renames,
 //   a_merge_of_two_unknown_patients_is_recorded_for_later_messages,
 //   merges_the_store_contradicts_are_refused_and_change_nothing,
 //   a_merge_in_the_same_batch_as_the_prior_patients_messages,
 //   the_change_feed_reports_both_patients_of_a_merge,
 //   a_merged_patients_file_positions_go_when_the_watermark_passes_the_merge;
-// - retention: purges_remove_only_what_retention_allows,
+// - retention, which returns `StoreError::Unsupported`: purges_remove_only_what_retention_allows,
 //   purges_go_in_bounded_steps_and_never_reuse_ids.
 
 use crate::store::contract::{new_id, oru, patient};
@@ -238,4 +237,49 @@ async fn a_lost_database_fails_commits_and_recovers() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(a.health(), Health::Ok);
+}
+
+/// A patient merge is kept as an error about no one (answered AE with its refused ACK
+/// code), judged again when it comes back, and the messages committed with it are stored
+/// as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merges_are_refused_for_now_without_failing_their_batch() {
+    let Some((_, _, a, _)) = two_receivers() else {
+        return;
+    };
+    let who = |key: &str| Some(patient(key, "X", false));
+    let stored = a
+        .commit(vec![
+            oru("a1", who("A"), &["1"], ""),
+            crate::store::contract::merge("m1", "B", "A", "A40"),
+            oru("b1", who("B"), &["2"], ""),
+        ])
+        .await
+        .unwrap();
+    new_id(&stored[0]);
+    new_id(&stored[2]);
+    let Stored::Refused { id, reason } = &stored[1] else {
+        panic!("expected a refusal, got {:?}", stored[1]);
+    };
+    assert!(
+        reason.contains("not supported on PostgreSQL yet"),
+        "{reason}"
+    );
+    let detail = a.message(*id).await.unwrap().unwrap();
+    assert_eq!(detail.summary.outcome, crate::store::Outcome::Error);
+    assert_eq!(detail.summary.ack_code.as_deref(), Some("AE"));
+    assert_eq!(detail.summary.patient, None);
+    let again = a
+        .commit(vec![crate::store::contract::merge("m1", "B", "A", "A40")])
+        .await
+        .unwrap();
+    assert!(matches!(again[0], Stored::Refused { .. }), "{:?}", again[0]);
+    let keys: Vec<String> = a
+        .patients()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.key)
+        .collect();
+    assert_eq!(keys, ["A", "B"]);
 }

@@ -19,9 +19,12 @@ use tokio_postgres::{Client, Config, Statement};
 
 use super::{db_error, pool};
 use crate::store::{
-    ChangeCursor, FilePosition, Health, MergeRequest, MessageKey, NewMessage, ObservationData,
-    PatientData, StoreError, StoreStats, Stored, Verdict, outcome_name,
+    ChangeCursor, FilePosition, Health, MessageKey, NewMessage, ObservationData, PatientData,
+    StoreError, StoreStats, Stored, Verdict, outcome_name,
 };
+
+/// The reason a patient merge is refused with in this stage.
+const MERGES_UNSUPPORTED: &str = "patient merges are not supported on PostgreSQL yet";
 
 /// The advisory lock key every commit takes before it assigns ids (`'hl7f'`).
 pub(super) const FEED_LOCK: i64 = 0x686c_3766;
@@ -144,7 +147,9 @@ pub(super) struct Row {
     location: Option<String>,
     device: Option<String>,
     patient: Option<PatientData>,
-    merge: Option<MergeRequest>,
+    /// Set for a patient merge: this stage stores it as an error with this reason
+    /// (`Stored::Refused`, answered AE) instead of making it.
+    merge_refusal: Option<String>,
     n_observations: i32,
     observations: Option<String>,
     ack_code: Option<String>,
@@ -169,7 +174,7 @@ impl Row {
             location: None,
             device: None,
             patient: None,
-            merge: None,
+            merge_refusal: None,
             n_observations: 0,
             observations: None,
             ack_code: message.ack_code,
@@ -181,10 +186,20 @@ impl Row {
             row.message_type = Some(format!("{}^{}", content.message_type, content.trigger));
             row.version = Some(content.version);
             row.location = content.location;
+            if let (true, Some(merge)) = (accepted, &content.merge) {
+                // Refused as SQLite refuses a merge its state contradicts: an error about
+                // no one, with the merge's refused ACK code, nothing else changed.
+                let reason = MERGES_UNSUPPORTED.to_string();
+                row.verdict = Verdict::Error {
+                    reason: reason.clone(),
+                };
+                row.ack_code.clone_from(&merge.refused_ack_code);
+                row.merge_refusal = Some(reason);
+                return row;
+            }
             if accepted {
                 row.device = Some(content.device);
                 row.patient = content.patient;
-                row.merge = content.merge;
                 row.n_observations = i32::try_from(content.observations.len()).unwrap_or(i32::MAX);
                 if !content.observations.is_empty() {
                     let encoded: Vec<JsonObservation> = content
@@ -499,9 +514,6 @@ async fn write(
     rows: &[Row],
     dedupe: bool,
 ) -> Result<(Vec<Stored>, Tally), StoreError> {
-    if rows.iter().any(|r| r.merge.is_some()) {
-        return Err(StoreError::Unsupported("patient merges"));
-    }
     let fail = |e: tokio_postgres::Error| db_error("store transaction failed", &e);
     let transaction = client.transaction().await.map_err(fail)?;
     transaction
@@ -525,7 +537,7 @@ async fn write(
             facs.push(key.sending_facility.as_str());
             ctrls.push(key.control_id.as_str());
         }
-        if !accepted {
+        if !accepted && row.merge_refusal.is_none() {
             refused_hashes.push(&row.hash);
         }
         if let Some(patient) = &row.patient
@@ -610,7 +622,11 @@ async fn write(
                 known.push((row.hash.clone(), next_id + 1));
             }
         }
-        if !accepted && let Some(&id) = refusals.get(&row.hash) {
+        // A refused merge is judged again when it comes back (its verdict was Accept).
+        if !accepted
+            && row.merge_refusal.is_none()
+            && let Some(&id) = refusals.get(&row.hash)
+        {
             let repeat = repeats.entry(id).or_insert((0, row.received_ms));
             repeat.0 += 1;
             repeat.1 = row.received_ms;
@@ -620,7 +636,7 @@ async fn write(
         }
         next_id += 1;
         let id = next_id;
-        if !accepted {
+        if !accepted && row.merge_refusal.is_none() {
             refusals.insert(row.hash.clone(), id);
         }
         if accepted && let Some(key) = &row.key {
@@ -645,7 +661,13 @@ async fn write(
             change.last_received_ms = row.received_ms;
         }
         tally.n_stored += 1;
-        stored.push(Stored::New { id });
+        stored.push(match &row.merge_refusal {
+            Some(reason) => Stored::Refused {
+                id,
+                reason: reason.clone(),
+            },
+            None => Stored::New { id },
+        });
         new_rows.push((id, row));
     }
 
