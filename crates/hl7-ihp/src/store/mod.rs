@@ -288,9 +288,6 @@ pub enum StoreError {
         /// The newest version this program knows.
         supported: i64,
     },
-    /// The backend cannot do this yet (PostgreSQL's first stage: docs/storage.md).
-    #[error("not supported on PostgreSQL yet: {0}")]
-    Unsupported(&'static str),
 }
 
 /// Counters since the store was opened, for metrics.

@@ -7,6 +7,7 @@
 //! (`NoTls`): put the database on a trusted network or a local socket.
 
 mod pool;
+mod purge;
 mod readers;
 mod schema;
 mod writer;
@@ -366,8 +367,18 @@ impl Store for PgStore {
         })
     }
 
-    fn purge(&self, _request: PurgeRequest) -> StoreFuture<'_, PurgeReport> {
-        Box::pin(async { Err(StoreError::Unsupported("retention (purge)")) })
+    fn purge(&self, request: PurgeRequest) -> StoreFuture<'_, PurgeReport> {
+        Box::pin(async move {
+            let mut client = self.reader.pool.get().await?;
+            let report = purge::step(&mut client, &request).await?;
+            if !request.dry_run {
+                self.counters.n_purged.fetch_add(
+                    report.n_accepted + report.n_refused,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
+            Ok(report)
+        })
     }
 
     fn stats(&self) -> StoreStats {

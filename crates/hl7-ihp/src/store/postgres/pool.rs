@@ -44,6 +44,12 @@ impl std::ops::Deref for Pooled<'_> {
     }
 }
 
+impl std::ops::DerefMut for Pooled<'_> {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.client.as_mut().expect("a lent connection")
+    }
+}
+
 impl Drop for Pooled<'_> {
     fn drop(&mut self) {
         if let Some(client) = self.client.take()

@@ -71,18 +71,19 @@ contract_on_postgres!(
     observations_page_in_record_order_while_data_arrives,
     observations_are_filtered_by_code_and_observation_time,
     trends_summarise_each_code_per_bucket,
+    purges_remove_only_what_retention_allows,
+    purges_go_in_bounded_steps_and_never_reuse_ids,
 );
 
 // Not run against PostgreSQL yet (docs/storage.md, "PostgreSQL"):
-// - patient merges, which this stage stores as refused (answered AE, see the test below): a_merge_of_two_known_patients_moves_the_history,
+// patient merges, which this stage stores as refused (answered AE, see the test below):
+//   a_merge_of_two_known_patients_moves_the_history,
 //   a_merge_into_an_unknown_patient_renames,
 //   a_merge_of_two_unknown_patients_is_recorded_for_later_messages,
 //   merges_the_store_contradicts_are_refused_and_change_nothing,
 //   a_merge_in_the_same_batch_as_the_prior_patients_messages,
 //   the_change_feed_reports_both_patients_of_a_merge,
-//   a_merged_patients_file_positions_go_when_the_watermark_passes_the_merge;
-// - retention, which returns `StoreError::Unsupported`: purges_remove_only_what_retention_allows,
-//   purges_go_in_bounded_steps_and_never_reuse_ids.
+//   a_merged_patients_file_positions_go_when_the_watermark_passes_the_merge.
 
 use crate::store::contract::{new_id, oru, patient};
 use crate::store::{ChangeCursor, Health, Stored, Verdict};

@@ -51,6 +51,8 @@ pub(super) struct Counters {
     n_duplicates: AtomicU64,
     n_repeated: AtomicU64,
     n_reused_control_ids: AtomicU64,
+    /// Messages removed by purges.
+    pub(super) n_purged: AtomicU64,
 }
 
 impl Counters {
@@ -62,7 +64,7 @@ impl Counters {
             n_duplicates: self.n_duplicates.load(Ordering::Relaxed),
             n_repeated: self.n_repeated.load(Ordering::Relaxed),
             n_reused_control_ids: self.n_reused_control_ids.load(Ordering::Relaxed),
-            n_purged: 0,
+            n_purged: self.n_purged.load(Ordering::Relaxed),
         }
     }
 }
@@ -455,19 +457,13 @@ impl Writer {
                     .n_failed_transactions
                     .fetch_add(1, Ordering::Relaxed);
                 // A connection that failed a transaction may be broken: the next one is new.
-                if !matches!(error, StoreError::Unsupported(_)) {
-                    self.client = None;
-                    self.set_health(Health::Failing {
-                        reason: error.to_string(),
-                    });
-                }
+                self.client = None;
                 let text = error.to_string();
+                self.set_health(Health::Failing {
+                    reason: text.clone(),
+                });
                 for (_, reply) in replies {
-                    let error = match &error {
-                        StoreError::Unsupported(what) => StoreError::Unsupported(what),
-                        _ => StoreError::Database(text.clone()),
-                    };
-                    let _ = reply.send(Err(error));
+                    let _ = reply.send(Err(StoreError::Database(text.clone())));
                 }
             }
         }
