@@ -736,7 +736,7 @@ pub trait StoreRead: Send + Sync + 'static {
     fn message(&self, id: i64) -> StoreFuture<'_, Option<MessageDetail>>;
 }
 
-/// The store the receiver writes to; SQLite now, PostgreSQL later (docs/storage.md). Held as
+/// The store the receiver writes to: SQLite or PostgreSQL (docs/storage.md). Held as
 /// `Arc<dyn Store>`.
 ///
 /// `commit` is the ACK path: it returns once the batch is durable.
@@ -974,7 +974,7 @@ pub enum BackupError {
 /// one consistent snapshot (every message acknowledged before the call is in it), a single
 /// self-contained SQLite file with permissions 0600, replaced atomically when `force` allows
 /// an existing `dest`, then opened read-only and checked. `progress` is called after each
-/// step. Blocking. Only SQLite stores can be copied this way (the only backend so far).
+/// step. Blocking. Only SQLite stores can be copied this way (PostgreSQL has its own tools).
 pub fn backup(
     location: &StoreLocation,
     dest: &Path,
