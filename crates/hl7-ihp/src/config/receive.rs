@@ -74,9 +74,12 @@ declare_settings! {
     audit_log: Option<PathBuf> = path, "FILE", optional "no audit trail";
     /// Directory for the database and the patient files.
     data_dir: PathBuf = path, "DIR", default "./data";
-    /// Where messages are stored: a SQLite file, as PATH or sqlite:PATH.
+    /// Where messages are stored: a SQLite file, as PATH or sqlite:PATH, or PostgreSQL,
+    /// postgres://user[:password]@host[:port]/db (no TLS to the database yet).
     store: Option<StoreLocation> = StoreLocation::parse, "LOCATION",
         optional "hl7-ihp.sqlite3 in the data directory";
+    /// File whose first line is the PostgreSQL password of --store (instead of the URL's).
+    store_password_file: Option<PathBuf> = path, "FILE", optional "the URL's password, if any";
     /// HTTP address for /healthz, /metrics and the API, or `off`.
     http: Option<SocketAddr> = address_or_off, "ADDR|off", default "127.0.0.1:8080";
     /// Serve HTTPS instead with this certificate chain, PEM (needs --http-tls-key).
@@ -456,6 +459,33 @@ fn read_token_file(path: &std::path::Path) -> Result<HttpToken, String> {
     Ok(token)
 }
 
+/// `--store` with the password of `--store-password-file` (its first line, trimmed), which
+/// only a PostgreSQL location takes.
+fn with_password_file(
+    store: Option<StoreLocation>,
+    path: &std::path::Path,
+) -> Result<StoreLocation, ConfigError> {
+    let error = |reason: String| {
+        ConfigError::new(
+            "store_password_file",
+            "--store-password-file, HL7IHP_STORE_PASSWORD_FILE or the config file",
+            reason,
+        )
+    };
+    let Some(StoreLocation::Postgres(location)) = store else {
+        return Err(error("a password file needs a postgres:// --store".into()));
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| error(format!("cannot read {}: {e}", path.display())))?;
+    let password = text.lines().next().unwrap_or_default().trim();
+    if password.is_empty() {
+        return Err(error(format!("{} holds no password", path.display())));
+    }
+    Ok(StoreLocation::Postgres(
+        location.with_password(password.to_string()),
+    ))
+}
+
 /// The token from `--http-token-file` or [`HTTP_TOKEN_ENV`] (not both), if either is given.
 fn http_token(
     file: Option<&std::path::Path>,
@@ -585,6 +615,9 @@ impl ReceiveConfig {
         };
         let mut settings = ReceiveSettings::resolve(&args.settings, file)?;
         let token = http_token(settings.http_token_file.take().as_deref(), token_env)?;
+        if let Some(path) = settings.store_password_file.take() {
+            settings.store = Some(with_password_file(settings.store.take(), &path)?);
+        }
         // One frame at the limit (whose buffer is up to two reads larger than the frame)
         // must never be closed for being alone over the budget.
         let least = settings
@@ -1075,14 +1108,44 @@ mod tests {
             config.store.location,
             StoreLocation::in_data_dir(Path::new("/srv/hl7"))
         );
-        let message = error(flags(|f| {
+        let config = ReceiveConfig::from_args(&flags(|f| {
             f.store = Some("postgres://hl7:secret@db/hl7".into());
+        }))
+        .unwrap();
+        assert!(matches!(config.store.location, StoreLocation::Postgres(_)));
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("secret"), "{debug}");
+        let message = error(flags(|f| {
+            f.store = Some("postgres://hl7:secret@db:port/hl7".into());
         }));
         assert!(
-            message.starts_with("invalid setting `store` (--store or HL7IHP_STORE): PostgreSQL"),
+            message.starts_with(
+                "invalid setting `store` (--store or HL7IHP_STORE): invalid PostgreSQL"
+            ),
             "{message}"
         );
         assert!(!message.contains("secret"), "{message}");
+    }
+
+    #[test]
+    fn the_store_password_comes_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let config = ReceiveConfig::from_args(&flags(|f| {
+            f.store = Some("postgres://hl7@db/hl7".into());
+            f.store_password_file = Some(file.display().to_string());
+        }))
+        .unwrap();
+        let debug = format!("{config:?}");
+        assert!(
+            !debug.contains("s3cret") && debug.contains("password from a file"),
+            "{debug}"
+        );
+        let message = error(flags(|f| {
+            f.store_password_file = Some(file.display().to_string());
+        }));
+        assert!(message.contains("needs a postgres://"), "{message}");
     }
 
     #[test]

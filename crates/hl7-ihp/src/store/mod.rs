@@ -8,6 +8,7 @@
 
 #[cfg(test)]
 pub mod contract;
+pub mod postgres;
 pub mod sqlite;
 
 use std::collections::HashMap;
@@ -671,13 +672,16 @@ pub enum Health {
 pub enum StoreLocation {
     /// A SQLite database file.
     Sqlite(PathBuf),
+    /// A PostgreSQL database: `postgres://…`, its password never shown.
+    Postgres(postgres::PostgresLocation),
 }
 
 impl std::fmt::Debug for StoreLocation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // A future network location carries a password: `Debug` shows only what is safe.
+        // A network location carries a password: `Debug` shows only what is safe.
         match self {
             StoreLocation::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
+            StoreLocation::Postgres(location) => write!(f, "{location:?}"),
         }
     }
 }
@@ -691,15 +695,16 @@ impl StoreLocation {
         StoreLocation::Sqlite(data_dir.join(SQLITE_FILE_NAME))
     }
 
-    /// Parses `--store`: `sqlite:PATH` or a path names a SQLite file; `postgres://…` is
-    /// recognised and refused until that backend exists.
+    /// Parses `--store`: `sqlite:PATH` or a path names a SQLite file,
+    /// `postgres://user[:password]@host[:port]/db[?…]` (or `postgresql://`) a PostgreSQL
+    /// database. An error never repeats the text (it may hold a password).
     pub fn parse(text: &str) -> Result<StoreLocation, String> {
         let text = text.trim();
         if text.is_empty() {
             return Err("empty store location".into());
         }
         if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-            return Err("PostgreSQL is not supported by this build yet; use a SQLite file".into());
+            return postgres::PostgresLocation::parse(text).map(StoreLocation::Postgres);
         }
         let path = text.strip_prefix("sqlite:").unwrap_or(text);
         if path.is_empty() || path.contains("://") {
@@ -809,7 +814,7 @@ pub trait StoreRead: Send + Sync + 'static {
     fn alarms(&self, query: AlarmQuery) -> StoreFuture<'_, Vec<AlarmRow>>;
 }
 
-/// The store the receiver writes to; SQLite now, PostgreSQL later (docs/storage.md). Held as
+/// The store the receiver writes to: SQLite or PostgreSQL (docs/storage.md). Held as
 /// `Arc<dyn Store>`.
 ///
 /// `commit` is the ACK path: it returns once the batch is durable.
@@ -982,6 +987,9 @@ pub fn open(
                 ..sqlite::SqliteOptions::default()
             },
         )?)),
+        StoreLocation::Postgres(location) => {
+            Ok(Arc::new(postgres::PgStore::open(location, options)?))
+        }
     }
 }
 
@@ -1044,7 +1052,7 @@ pub enum BackupError {
 /// one consistent snapshot (every message acknowledged before the call is in it), a single
 /// self-contained SQLite file with permissions 0600, replaced atomically when `force` allows
 /// an existing `dest`, then opened read-only and checked. `progress` is called after each
-/// step. Blocking. Only SQLite stores can be copied this way (the only backend so far).
+/// step. Blocking. Only SQLite stores can be copied this way (PostgreSQL has its own tools).
 pub fn backup(
     location: &StoreLocation,
     dest: &Path,
@@ -1053,6 +1061,11 @@ pub fn backup(
 ) -> Result<BackupSummary, BackupError> {
     match location {
         StoreLocation::Sqlite(path) => sqlite::backup::backup(path, dest, options, progress),
+        // PostgreSQL's own tools back it up (pg_dump, pg_basebackup): docs/storage.md.
+        StoreLocation::Postgres(_) => Err(BackupError::Database(
+            "a PostgreSQL store is backed up with PostgreSQL's own tools (pg_dump, pg_basebackup)"
+                .into(),
+        )),
     }
 }
 
@@ -1061,5 +1074,6 @@ pub fn backup(
 pub fn open_read_only(location: &StoreLocation) -> Result<Arc<dyn StoreRead>, StoreError> {
     match location {
         StoreLocation::Sqlite(path) => Ok(Arc::new(sqlite::SqliteReader::open(path)?)),
+        StoreLocation::Postgres(location) => Ok(Arc::new(postgres::PgReader::open(location)?)),
     }
 }

@@ -65,6 +65,11 @@ mod send;
 mod send_tls;
 // Device text never reaches a terminal raw: escaped, and cut when long.
 mod terminal;
+// The PostgreSQL store through the real binary: receive, inspect, SIGKILL.
+mod postgres;
+// A real PostgreSQL for those tests, shared with the unit tests.
+#[path = "../../src/store/postgres/testdb.rs"]
+mod pg_server;
 // House rules checked over the source tree.
 mod tidy;
 // `--timezone`: times without an offset in the patient files and the API.

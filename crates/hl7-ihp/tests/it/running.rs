@@ -114,7 +114,7 @@ fn config_print_shows_sources_and_hides_the_token() {
 fn config_print_refuses_an_invalid_setting_as_receive_does() {
     for args in [
         &["--json-max-records", "many"][..],
-        &["--store", "postgres://hl7:s3cret@db/hl7"],
+        &["--store", "postgres://hl7:s3cret@db:port/hl7"],
         &["--http", "0.0.0.0:8080"],
     ] {
         let print = run(&[&["config", "--print"], args].concat(), &[]);

@@ -38,7 +38,7 @@ mod keys;
 mod merge;
 mod pool;
 mod purge;
-mod raw;
+pub(in crate::store) mod raw;
 #[cfg(test)]
 mod raw_tests;
 mod readers;

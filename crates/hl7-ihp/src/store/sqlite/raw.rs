@@ -54,7 +54,7 @@ thread_local! {
 /// What to store for these bytes: the compressed form and its `raw_encoding`, or the bytes
 /// themselves and NULL when compressing does not make them smaller (or fails, which zstd
 /// does only when out of memory).
-pub(super) fn encode(raw: Vec<u8>) -> (Vec<u8>, Option<i64>) {
+pub(in crate::store) fn encode(raw: Vec<u8>) -> (Vec<u8>, Option<i64>) {
     if raw.len() < MIN_COMPRESSED {
         return (raw, None);
     }
@@ -80,7 +80,7 @@ pub(super) fn encode(raw: Vec<u8>) -> (Vec<u8>, Option<i64>) {
 /// A stored `raw` could not be decoded: an encoding this program does not know, or damaged
 /// bytes. Says which, never what: the column holds patient data.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum Undecodable {
+pub(in crate::store) enum Undecodable {
     /// `raw_encoding` holds a number no version of this program wrote.
     #[error("unknown raw encoding {0}")]
     Unknown(i64),
@@ -90,7 +90,10 @@ pub(super) enum Undecodable {
 }
 
 /// The bytes as received, from `raw` and `raw_encoding` as stored.
-pub(super) fn decode(stored: Vec<u8>, encoding: Option<i64>) -> Result<Vec<u8>, Undecodable> {
+pub(in crate::store) fn decode(
+    stored: Vec<u8>,
+    encoding: Option<i64>,
+) -> Result<Vec<u8>, Undecodable> {
     match encoding {
         None => Ok(stored),
         Some(ZSTD_DICTIONARY_1) => {

@@ -1,0 +1,862 @@
+//! The writer task: takes every waiting batch, writes them in one transaction with array
+//! parameters (the statements' text never depends on the batch's size), commits with
+//! `synchronous_commit = on` and only then answers each caller (group commit).
+//!
+//! Commit order is feed order: each transaction takes the feed lock
+//! (`pg_advisory_xact_lock(FEED_LOCK)`, held until it commits or rolls back) before it
+//! looks anything up or hands out message ids, so with several receivers on one database
+//! the ids are given in the order the transactions commit, and the duplicate check of one
+//! receiver sees what another committed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Config, Statement};
+
+use super::{db_error, pool};
+use crate::store::{
+    ChangeCursor, FilePosition, Health, MessageKey, NewMessage, ObservationData, PatientData,
+    StoreError, StoreStats, Stored, Verdict, outcome_name,
+};
+
+/// The reason a patient merge is refused with in this stage.
+const MERGES_UNSUPPORTED: &str = "patient merges are not supported on PostgreSQL yet";
+
+/// The advisory lock key every commit takes before it assigns ids (`'hl7f'`).
+pub(super) const FEED_LOCK: i64 = 0x686c_3766;
+
+/// How often an idle writer checks its connection, so `/healthz` notices a database that
+/// went away without traffic, and one that came back.
+const IDLE_CHECK: Duration = Duration::from_secs(2);
+
+/// A request to the writer.
+pub(super) enum Request {
+    /// Store these rows, in order, in the next transaction.
+    Commit {
+        rows: Vec<Row>,
+        reply: oneshot::Sender<Result<Vec<Stored>, StoreError>>,
+    },
+}
+
+/// The counters behind [`StoreStats`].
+#[derive(Default)]
+pub(super) struct Counters {
+    n_transactions: AtomicU64,
+    n_failed_transactions: AtomicU64,
+    n_stored: AtomicU64,
+    n_duplicates: AtomicU64,
+    n_repeated: AtomicU64,
+    n_reused_control_ids: AtomicU64,
+    /// Messages removed by purges.
+    pub(super) n_purged: AtomicU64,
+}
+
+impl Counters {
+    pub(super) fn stats(&self) -> StoreStats {
+        StoreStats {
+            n_transactions: self.n_transactions.load(Ordering::Relaxed),
+            n_failed_transactions: self.n_failed_transactions.load(Ordering::Relaxed),
+            n_stored: self.n_stored.load(Ordering::Relaxed),
+            n_duplicates: self.n_duplicates.load(Ordering::Relaxed),
+            n_repeated: self.n_repeated.load(Ordering::Relaxed),
+            n_reused_control_ids: self.n_reused_control_ids.load(Ordering::Relaxed),
+            n_purged: self.n_purged.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One observation in the `observations` JSON column.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(super) struct JsonObservation {
+    pub(super) index: u32,
+    pub(super) value_type: String,
+    pub(super) code: String,
+    pub(super) code_text: String,
+    pub(super) code_system: String,
+    pub(super) sub_id: String,
+    pub(super) value: String,
+    pub(super) numeric: Option<f64>,
+    pub(super) units: String,
+    pub(super) units_text: String,
+    pub(super) reference_range: String,
+    pub(super) abnormal_flags: String,
+    pub(super) status: String,
+    pub(super) observed_at: String,
+    pub(super) observed_ms: i64,
+    pub(super) equipment: String,
+}
+
+impl From<&ObservationData> for JsonObservation {
+    fn from(o: &ObservationData) -> Self {
+        JsonObservation {
+            index: o.index,
+            value_type: o.value_type.clone(),
+            code: o.code.clone(),
+            code_text: o.code_text.clone(),
+            code_system: o.code_system.clone(),
+            sub_id: o.sub_id.clone(),
+            value: o.value.clone(),
+            numeric: o.numeric,
+            units: o.units.clone(),
+            units_text: o.units_text.clone(),
+            reference_range: o.reference_range.clone(),
+            abnormal_flags: o.abnormal_flags.clone(),
+            status: o.status.clone(),
+            observed_at: o.observed_at.clone(),
+            observed_ms: o.observed_ms,
+            equipment: o.equipment.clone(),
+        }
+    }
+}
+
+impl From<JsonObservation> for ObservationData {
+    fn from(o: JsonObservation) -> Self {
+        ObservationData {
+            index: o.index,
+            value_type: o.value_type,
+            code: o.code,
+            code_text: o.code_text,
+            code_system: o.code_system,
+            sub_id: o.sub_id,
+            value: o.value,
+            numeric: o.numeric,
+            units: o.units,
+            units_text: o.units_text,
+            reference_range: o.reference_range,
+            abnormal_flags: o.abnormal_flags,
+            status: o.status,
+            observed_at: o.observed_at,
+            observed_ms: o.observed_ms,
+            equipment: o.equipment,
+        }
+    }
+}
+
+/// A message prepared for the writer on the caller's thread: its JSON and compressed bytes.
+pub(super) struct Row {
+    received_ms: i64,
+    peer: String,
+    peer_identity: Option<String>,
+    key: Option<MessageKey>,
+    hash: Vec<u8>,
+    verdict: Verdict,
+    message_type: Option<String>,
+    version: Option<String>,
+    location: Option<String>,
+    device: Option<String>,
+    patient: Option<PatientData>,
+    /// Set for a patient merge: this stage stores it as an error with this reason
+    /// (`Stored::Refused`, answered AE) instead of making it.
+    merge_refusal: Option<String>,
+    n_observations: i32,
+    observations: Option<String>,
+    ack_code: Option<String>,
+    raw: Vec<u8>,
+    raw_encoding: Option<i16>,
+    replay_of: Option<i64>,
+}
+
+impl Row {
+    pub(super) fn new(message: NewMessage) -> Row {
+        let accepted = message.verdict == Verdict::Accept;
+        let (raw, raw_encoding) = crate::store::sqlite::raw::encode(message.raw);
+        let mut row = Row {
+            received_ms: message.received_at.as_millisecond(),
+            peer: message.peer,
+            peer_identity: message.peer_identity,
+            key: message.key,
+            hash: message.hash.to_vec(),
+            verdict: message.verdict,
+            message_type: None,
+            version: None,
+            location: None,
+            device: None,
+            patient: None,
+            merge_refusal: None,
+            n_observations: 0,
+            observations: None,
+            ack_code: message.ack_code,
+            raw,
+            raw_encoding: raw_encoding.and_then(|e| i16::try_from(e).ok()),
+            replay_of: message.replay_of,
+        };
+        if let Some(content) = message.content {
+            row.message_type = Some(format!("{}^{}", content.message_type, content.trigger));
+            row.version = Some(content.version);
+            row.location = content.location;
+            if let (true, Some(merge)) = (accepted, &content.merge) {
+                // Refused as SQLite refuses a merge its state contradicts: an error about
+                // no one, with the merge's refused ACK code, nothing else changed.
+                let reason = MERGES_UNSUPPORTED.to_string();
+                row.verdict = Verdict::Error {
+                    reason: reason.clone(),
+                };
+                row.ack_code.clone_from(&merge.refused_ack_code);
+                row.merge_refusal = Some(reason);
+                return row;
+            }
+            if accepted {
+                row.device = Some(content.device);
+                row.patient = content.patient;
+                row.n_observations = i32::try_from(content.observations.len()).unwrap_or(i32::MAX);
+                if !content.observations.is_empty() {
+                    let encoded: Vec<JsonObservation> = content
+                        .observations
+                        .iter()
+                        .map(JsonObservation::from)
+                        .collect();
+                    row.observations = serde_json::to_string(&encoded).ok();
+                }
+            }
+        }
+        row
+    }
+}
+
+/// The writer's state.
+pub(super) struct Writer {
+    pub(super) config: Config,
+    pub(super) client: Option<(Client, Statements)>,
+    pub(super) requests: mpsc::Receiver<Request>,
+    pub(super) dedupe: bool,
+    pub(super) max_batch: usize,
+    pub(super) counters: Arc<Counters>,
+    pub(super) health: Arc<Mutex<Health>>,
+}
+
+/// The statements of a transaction, prepared once per connection.
+pub(super) struct Statements {
+    find_keys: Statement,
+    find_refused: Statement,
+    find_patients: Statement,
+    last_id: Statement,
+    set_last_id: Statement,
+    upsert_patients: Statement,
+    insert_messages: Statement,
+    insert_keys: Statement,
+    count_repeats: Statement,
+}
+
+const FIND_KEYS: &str =
+    "SELECT k.sending_application, k.sending_facility, k.control_id, k.hash, k.message
+    FROM message_keys k
+    JOIN (SELECT DISTINCT * FROM unnest($1::text[], $2::text[], $3::text[])) AS u (a, f, c)
+      ON k.sending_application = u.a AND k.sending_facility = u.f AND k.control_id = u.c";
+
+const FIND_REFUSED: &str = "SELECT hash, max(id) FROM messages
+    WHERE outcome <> 'accepted' AND hash = ANY($1::bytea[]) GROUP BY hash";
+
+const FIND_PATIENTS: &str =
+    "SELECT key, patient_id, assigning_authority, identifiers, name, birth_date, sex
+    FROM patients WHERE key = ANY($1::text[])";
+
+const LAST_ID: &str = "SELECT value FROM counters WHERE name = 'message_id'";
+
+const SET_LAST_ID: &str = "UPDATE counters SET value = $1 WHERE name = 'message_id'";
+
+const UPSERT_PATIENTS: &str = "INSERT INTO patients AS p (key, patient_id, assigning_authority,
+        identifiers, name, birth_date, sex, created_ms, updated_ms, n_observations, last_message,
+        last_received_ms)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+        $7::text[], $8::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[])
+    ON CONFLICT (key) DO UPDATE SET
+        patient_id = excluded.patient_id, assigning_authority = excluded.assigning_authority,
+        identifiers = excluded.identifiers, name = excluded.name,
+        birth_date = excluded.birth_date, sex = excluded.sex, updated_ms = excluded.updated_ms,
+        n_observations = p.n_observations + excluded.n_observations,
+        last_message = excluded.last_message, last_received_ms = excluded.last_received_ms
+    RETURNING key, id";
+
+const INSERT_MESSAGES: &str = "INSERT INTO messages (id, received_ms, peer, peer_identity,
+        sending_application, sending_facility, control_id, hash, outcome, reason, message_type,
+        version, location, device, patient, n_observations, observations, ack_code, replay_of,
+        raw_encoding, raw)
+    SELECT id, received_ms, peer, peer_identity, app, fac, ctrl, hash, outcome, reason,
+        message_type, version, location, device, patient, n_observations, observations::jsonb,
+        ack_code, replay_of, raw_encoding, raw
+    FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[],
+        $7::text[], $8::bytea[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
+        $14::text[], $15::int8[], $16::int4[], $17::text[], $18::text[], $19::int8[],
+        $20::int2[], $21::bytea[])
+      AS u (id, received_ms, peer, peer_identity, app, fac, ctrl, hash, outcome, reason,
+        message_type, version, location, device, patient, n_observations, observations,
+        ack_code, replay_of, raw_encoding, raw)";
+
+const INSERT_KEYS: &str = "INSERT INTO message_keys (sending_application, sending_facility,
+        control_id, hash, sent_ms, message)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::int8[], $6::int8[])
+    ON CONFLICT DO NOTHING RETURNING message";
+
+const COUNT_REPEATS: &str = "UPDATE messages m
+    SET n_received = m.n_received + u.n, last_received_ms = u.last
+    FROM unnest($1::int8[], $2::int8[], $3::int8[]) AS u (id, n, last) WHERE m.id = u.id";
+
+impl Statements {
+    async fn prepare(client: &Client) -> Result<Statements, tokio_postgres::Error> {
+        let (find_keys, find_refused, find_patients, last_id, set_last_id) = tokio::try_join!(
+            client.prepare(FIND_KEYS),
+            client.prepare(FIND_REFUSED),
+            client.prepare(FIND_PATIENTS),
+            client.prepare(LAST_ID),
+            client.prepare(SET_LAST_ID),
+        )?;
+        let (upsert_patients, insert_messages, insert_keys, count_repeats) = tokio::try_join!(
+            client.prepare(UPSERT_PATIENTS),
+            client.prepare(INSERT_MESSAGES),
+            client.prepare(INSERT_KEYS),
+            client.prepare(COUNT_REPEATS),
+        )?;
+        Ok(Statements {
+            find_keys,
+            find_refused,
+            find_patients,
+            last_id,
+            set_last_id,
+            upsert_patients,
+            insert_messages,
+            insert_keys,
+            count_repeats,
+        })
+    }
+}
+
+/// What one transaction counted, added to [`Counters`] once it commits.
+#[derive(Default)]
+struct Tally {
+    n_stored: u64,
+    n_duplicates: u64,
+    n_repeated: u64,
+    n_reused_control_ids: u64,
+}
+
+/// The writer's loop: until every [`super::PgStore`] handle is gone.
+pub(super) async fn run(mut writer: Writer) {
+    loop {
+        let first = match tokio::time::timeout(IDLE_CHECK, writer.requests.recv()).await {
+            Ok(Some(request)) => request,
+            Ok(None) => return,
+            Err(_) => {
+                writer.check_idle().await;
+                continue;
+            }
+        };
+        let mut group = vec![first];
+        let mut n_rows = group.iter().map(Request::n_rows).sum::<usize>();
+        while n_rows < writer.max_batch {
+            match writer.requests.try_recv() {
+                Ok(request) => {
+                    n_rows += request.n_rows();
+                    group.push(request);
+                }
+                Err(_) => break,
+            }
+        }
+        writer.commit_group(group).await;
+    }
+}
+
+impl Request {
+    fn n_rows(&self) -> usize {
+        match self {
+            Request::Commit { rows, .. } => rows.len(),
+        }
+    }
+}
+
+impl Writer {
+    fn set_health(&self, health: Health) {
+        if let Ok(mut current) = self.health.lock() {
+            if *current != health {
+                match &health {
+                    Health::Ok => tracing::info!("PostgreSQL store works again"),
+                    Health::Failing { reason } => tracing::warn!(
+                        %reason,
+                        "PostgreSQL store failing; messages get a reject until storing works again"
+                    ),
+                }
+            }
+            *current = health;
+        }
+    }
+
+    async fn connection(&mut self) -> Result<&mut (Client, Statements), StoreError> {
+        if self.client.as_ref().is_some_and(|(c, _)| c.is_closed()) {
+            self.client = None;
+        }
+        if self.client.is_none() {
+            let client = pool::connect(&self.config).await?;
+            let statements = Statements::prepare(&client)
+                .await
+                .map_err(|e| db_error("cannot prepare the writer's statements", &e))?;
+            self.client = Some((client, statements));
+        }
+        self.client.as_mut().ok_or(StoreError::Closed)
+    }
+
+    async fn check_idle(&mut self) {
+        let result = match self.connection().await {
+            Ok((client, _)) => client
+                .simple_query("")
+                .await
+                .map(|_| ())
+                .map_err(|e| db_error("PostgreSQL does not answer", &e)),
+            Err(error) => Err(error),
+        };
+        match result {
+            Ok(()) => self.set_health(Health::Ok),
+            Err(error) => {
+                self.client = None;
+                self.set_health(Health::Failing {
+                    reason: error.to_string(),
+                });
+            }
+        }
+    }
+
+    async fn commit_group(&mut self, group: Vec<Request>) {
+        let mut rows = Vec::new();
+        let mut replies = Vec::new();
+        for request in group {
+            match request {
+                Request::Commit { rows: mut r, reply } => {
+                    replies.push((r.len(), reply));
+                    rows.append(&mut r);
+                }
+            }
+        }
+        let dedupe = self.dedupe;
+        let result = match self.connection().await {
+            Ok((client, statements)) => write(client, statements, &rows, dedupe).await,
+            Err(error) => Err(error),
+        };
+        match result {
+            Ok((mut stored, tally)) => {
+                let c = &self.counters;
+                c.n_transactions.fetch_add(1, Ordering::Relaxed);
+                c.n_stored.fetch_add(tally.n_stored, Ordering::Relaxed);
+                c.n_duplicates
+                    .fetch_add(tally.n_duplicates, Ordering::Relaxed);
+                c.n_repeated.fetch_add(tally.n_repeated, Ordering::Relaxed);
+                c.n_reused_control_ids
+                    .fetch_add(tally.n_reused_control_ids, Ordering::Relaxed);
+                self.set_health(Health::Ok);
+                // Answered in order: each caller its own part of the group.
+                let mut rest = std::mem::take(&mut stored);
+                for (n, reply) in replies {
+                    let tail = rest.split_off(n.min(rest.len()));
+                    let _ = reply.send(Ok(rest));
+                    rest = tail;
+                }
+            }
+            Err(error) => {
+                self.counters
+                    .n_failed_transactions
+                    .fetch_add(1, Ordering::Relaxed);
+                // A connection that failed a transaction may be broken: the next one is new.
+                self.client = None;
+                let text = error.to_string();
+                self.set_health(Health::Failing {
+                    reason: text.clone(),
+                });
+                for (_, reply) in replies {
+                    let _ = reply.send(Err(StoreError::Database(text.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// A patient's fields as the transaction leaves them, with what its messages add.
+struct PatientChange {
+    data: PatientData,
+    n_observations: i64,
+    last_message: i64,
+    last_received_ms: i64,
+    created_ms: i64,
+}
+
+/// Merges what a message says about a patient into the stored fields (as SQLite does): an
+/// ADT replaces every field it carries, other messages only fill in empty ones.
+fn merge_fields(stored: &mut PatientData, message: &PatientData) {
+    let pairs = [
+        (&mut stored.id, &message.id),
+        (
+            &mut stored.assigning_authority,
+            &message.assigning_authority,
+        ),
+        (&mut stored.identifiers, &message.identifiers),
+        (&mut stored.name, &message.name),
+        (&mut stored.birth_date, &message.birth_date),
+        (&mut stored.sex, &message.sex),
+    ];
+    for (field, new) in pairs {
+        if new.is_empty() {
+            continue;
+        }
+        if message.is_update || field.is_empty() {
+            field.clone_from(new);
+        }
+    }
+}
+
+/// One transaction: the feed lock, the lookups, the decisions, the writes, the commit.
+async fn write(
+    client: &mut Client,
+    statements: &Statements,
+    rows: &[Row],
+    dedupe: bool,
+) -> Result<(Vec<Stored>, Tally), StoreError> {
+    let fail = |e: tokio_postgres::Error| db_error("store transaction failed", &e);
+    let transaction = client.transaction().await.map_err(fail)?;
+    transaction
+        .batch_execute(&format!(
+            "SET LOCAL synchronous_commit TO on; SELECT pg_advisory_xact_lock({FEED_LOCK})"
+        ))
+        .await
+        .map_err(fail)?;
+
+    // The lookups, pipelined on the one connection.
+    let (mut apps, mut facs, mut ctrls) = (Vec::new(), Vec::new(), Vec::new());
+    let mut refused_hashes: Vec<&[u8]> = Vec::new();
+    let mut patient_keys: Vec<&str> = Vec::new();
+    for row in rows {
+        let accepted = row.verdict == Verdict::Accept;
+        if accepted
+            && dedupe
+            && let Some(key) = &row.key
+        {
+            apps.push(key.sending_application.as_str());
+            facs.push(key.sending_facility.as_str());
+            ctrls.push(key.control_id.as_str());
+        }
+        if !accepted && row.merge_refusal.is_none() {
+            refused_hashes.push(&row.hash);
+        }
+        if let Some(patient) = &row.patient
+            && !patient_keys.contains(&patient.key.as_str())
+        {
+            patient_keys.push(&patient.key);
+        }
+    }
+    let key_params: [&(dyn ToSql + Sync); 3] = [&apps, &facs, &ctrls];
+    let refused_params: [&(dyn ToSql + Sync); 1] = [&refused_hashes];
+    let patient_params: [&(dyn ToSql + Sync); 1] = [&patient_keys];
+    let (found_keys, found_refused, found_patients, last_id) = tokio::try_join!(
+        transaction.query(&statements.find_keys, &key_params),
+        transaction.query(&statements.find_refused, &refused_params),
+        transaction.query(&statements.find_patients, &patient_params),
+        transaction.query_one(&statements.last_id, &[]),
+    )
+    .map_err(fail)?;
+    type KeyText = (String, String, String);
+    let mut keys: HashMap<KeyText, Vec<(Vec<u8>, i64)>> = HashMap::new();
+    for row in found_keys {
+        keys.entry((row.get(0), row.get(1), row.get(2)))
+            .or_default()
+            .push((row.get(3), row.get(4)));
+    }
+    let mut refusals: HashMap<Vec<u8>, i64> = found_refused
+        .into_iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let mut patients: HashMap<String, PatientChange> = HashMap::new();
+    for row in found_patients {
+        let key: String = row.get(0);
+        patients.insert(
+            key.clone(),
+            PatientChange {
+                data: PatientData {
+                    key,
+                    id: row.get(1),
+                    assigning_authority: row.get(2),
+                    identifiers: row.get(3),
+                    name: row.get(4),
+                    birth_date: row.get(5),
+                    sex: row.get(6),
+                    is_update: false,
+                },
+                n_observations: 0,
+                last_message: 0,
+                last_received_ms: 0,
+                created_ms: 0,
+            },
+        );
+    }
+    let mut next_id: i64 = last_id.get(0);
+
+    // The decisions, in order: later messages of the batch see the earlier ones.
+    let mut tally = Tally::default();
+    let mut stored = Vec::with_capacity(rows.len());
+    let mut new_rows: Vec<(i64, &Row)> = Vec::new();
+    let mut new_keys: Vec<(i64, &Row, &MessageKey)> = Vec::new();
+    let mut repeats: HashMap<i64, (i64, i64)> = HashMap::new();
+    for row in rows {
+        let accepted = row.verdict == Verdict::Accept;
+        if accepted && let Some(key) = &row.key {
+            let text = (
+                key.sending_application.clone(),
+                key.sending_facility.clone(),
+                key.control_id.clone(),
+            );
+            if dedupe {
+                let known = keys.entry(text).or_default();
+                if let Some((_, id)) = known.iter().find(|(hash, _)| *hash == row.hash) {
+                    tally.n_duplicates += 1;
+                    stored.push(Stored::Duplicate {
+                        id: *id,
+                        verdict: Verdict::Accept,
+                    });
+                    continue;
+                }
+                if !known.is_empty() {
+                    tally.n_reused_control_ids += 1;
+                }
+                known.push((row.hash.clone(), next_id + 1));
+            }
+        }
+        // A refused merge is judged again when it comes back (its verdict was Accept).
+        if !accepted
+            && row.merge_refusal.is_none()
+            && let Some(&id) = refusals.get(&row.hash)
+        {
+            let repeat = repeats.entry(id).or_insert((0, row.received_ms));
+            repeat.0 += 1;
+            repeat.1 = row.received_ms;
+            tally.n_repeated += 1;
+            stored.push(Stored::Repeated { id });
+            continue;
+        }
+        next_id += 1;
+        let id = next_id;
+        if !accepted && row.merge_refusal.is_none() {
+            refusals.insert(row.hash.clone(), id);
+        }
+        if accepted && let Some(key) = &row.key {
+            new_keys.push((id, row, key));
+        }
+        if let Some(patient) = &row.patient {
+            let change = patients
+                .entry(patient.key.clone())
+                .or_insert_with(|| PatientChange {
+                    data: PatientData {
+                        is_update: false,
+                        ..patient.clone()
+                    },
+                    n_observations: 0,
+                    last_message: 0,
+                    last_received_ms: 0,
+                    created_ms: row.received_ms,
+                });
+            merge_fields(&mut change.data, patient);
+            change.n_observations += i64::from(row.n_observations);
+            change.last_message = id;
+            change.last_received_ms = row.received_ms;
+        }
+        tally.n_stored += 1;
+        stored.push(match &row.merge_refusal {
+            Some(reason) => Stored::Refused {
+                id,
+                reason: reason.clone(),
+            },
+            None => Stored::New { id },
+        });
+        new_rows.push((id, row));
+    }
+
+    // The writes.
+    let touched: Vec<&PatientChange> = patients.values().filter(|p| p.last_message > 0).collect();
+    let mut patient_ids: HashMap<String, i64> = HashMap::new();
+    let set_last_id = async {
+        if new_rows.is_empty() {
+            Ok(0)
+        } else {
+            transaction
+                .execute(&statements.set_last_id, &[&next_id])
+                .await
+        }
+    };
+    let upsert = async {
+        if touched.is_empty() {
+            return Ok(Vec::new());
+        }
+        let text = |f: fn(&PatientData) -> &str| -> Vec<&str> {
+            touched.iter().map(|p| f(&p.data)).collect()
+        };
+        let number =
+            |f: fn(&PatientChange) -> i64| -> Vec<i64> { touched.iter().map(|p| f(p)).collect() };
+        transaction
+            .query(
+                &statements.upsert_patients,
+                &[
+                    &text(|d| &d.key),
+                    &text(|d| &d.id),
+                    &text(|d| &d.assigning_authority),
+                    &text(|d| &d.identifiers),
+                    &text(|d| &d.name),
+                    &text(|d| &d.birth_date),
+                    &text(|d| &d.sex),
+                    &number(|p| p.created_ms.max(p.last_received_ms)),
+                    &number(|p| p.n_observations),
+                    &number(|p| p.last_message),
+                    &number(|p| p.last_received_ms),
+                ],
+            )
+            .await
+    };
+    let (_, upserted) = tokio::try_join!(set_last_id, upsert).map_err(fail)?;
+    for row in upserted {
+        patient_ids.insert(row.get(0), row.get(1));
+    }
+
+    let messages = async {
+        if new_rows.is_empty() {
+            return Ok(0);
+        }
+        let col = |f: fn(&Row) -> Option<&str>| -> Vec<Option<&str>> {
+            new_rows.iter().map(|(_, r)| f(r)).collect()
+        };
+        let ids: Vec<i64> = new_rows.iter().map(|(id, _)| *id).collect();
+        let received: Vec<i64> = new_rows.iter().map(|(_, r)| r.received_ms).collect();
+        let peers: Vec<&str> = new_rows.iter().map(|(_, r)| r.peer.as_str()).collect();
+        let hashes: Vec<&[u8]> = new_rows.iter().map(|(_, r)| r.hash.as_slice()).collect();
+        let outcomes: Vec<&str> = new_rows
+            .iter()
+            .map(|(_, r)| outcome_name(r.verdict.outcome()))
+            .collect();
+        let patient: Vec<Option<i64>> = new_rows
+            .iter()
+            .map(|(_, r)| {
+                r.patient
+                    .as_ref()
+                    .and_then(|p| patient_ids.get(&p.key).copied())
+            })
+            .collect();
+        let n_observations: Vec<i32> = new_rows.iter().map(|(_, r)| r.n_observations).collect();
+        let replay_of: Vec<Option<i64>> = new_rows.iter().map(|(_, r)| r.replay_of).collect();
+        let encoding: Vec<Option<i16>> = new_rows.iter().map(|(_, r)| r.raw_encoding).collect();
+        let raw: Vec<&[u8]> = new_rows.iter().map(|(_, r)| r.raw.as_slice()).collect();
+        transaction
+            .execute(
+                &statements.insert_messages,
+                &[
+                    &ids,
+                    &received,
+                    &peers,
+                    &col(|r| r.peer_identity.as_deref()),
+                    &col(|r| r.key.as_ref().map(|k| k.sending_application.as_str())),
+                    &col(|r| r.key.as_ref().map(|k| k.sending_facility.as_str())),
+                    &col(|r| r.key.as_ref().map(|k| k.control_id.as_str())),
+                    &hashes,
+                    &outcomes,
+                    &col(|r| r.verdict.reason()),
+                    &col(|r| r.message_type.as_deref()),
+                    &col(|r| r.version.as_deref()),
+                    &col(|r| r.location.as_deref()),
+                    &col(|r| r.device.as_deref()),
+                    &patient,
+                    &n_observations,
+                    &col(|r| r.observations.as_deref()),
+                    &col(|r| r.ack_code.as_deref()),
+                    &replay_of,
+                    &encoding,
+                    &raw,
+                ],
+            )
+            .await
+    };
+    let insert_keys = async {
+        if new_keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let apps: Vec<&str> = new_keys
+            .iter()
+            .map(|(_, _, k)| k.sending_application.as_str())
+            .collect();
+        let facs: Vec<&str> = new_keys
+            .iter()
+            .map(|(_, _, k)| k.sending_facility.as_str())
+            .collect();
+        let ctrls: Vec<&str> = new_keys
+            .iter()
+            .map(|(_, _, k)| k.control_id.as_str())
+            .collect();
+        let hashes: Vec<&[u8]> = new_keys.iter().map(|(_, r, _)| r.hash.as_slice()).collect();
+        let sent: Vec<Option<i64>> = new_keys.iter().map(|(_, _, k)| k.sent_ms).collect();
+        let ids: Vec<i64> = new_keys.iter().map(|(id, _, _)| *id).collect();
+        transaction
+            .query(
+                &statements.insert_keys,
+                &[&apps, &facs, &ctrls, &hashes, &sent, &ids],
+            )
+            .await
+    };
+    let count_repeats = async {
+        if repeats.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<i64> = repeats.keys().copied().collect();
+        let n: Vec<i64> = ids.iter().map(|id| repeats[id].0).collect();
+        let last: Vec<i64> = ids.iter().map(|id| repeats[id].1).collect();
+        transaction
+            .execute(&statements.count_repeats, &[&ids, &n, &last])
+            .await
+    };
+    let (_, inserted_keys, _) =
+        tokio::try_join!(messages, insert_keys, count_repeats).map_err(fail)?;
+    if dedupe {
+        let n_expected = new_keys.len();
+        if inserted_keys.len() != n_expected {
+            // Another writer stored one of these keys although the feed lock should have
+            // made it visible to the lookup: roll back, the senders retry.
+            return Err(StoreError::Database(
+                "a duplicate key was stored concurrently; rolled back".into(),
+            ));
+        }
+    }
+    transaction.commit().await.map_err(fail)?;
+    Ok((stored, tally))
+}
+
+/// An exporter's watermark and its files' positions, in one transaction.
+pub(super) async fn set_export_progress(
+    client: &Client,
+    exporter: &str,
+    cursor: ChangeCursor,
+    files: Vec<(String, FilePosition)>,
+) -> Result<(), StoreError> {
+    let fail = |e: tokio_postgres::Error| db_error("cannot record the export progress", &e);
+    let name = format!("export:{exporter}");
+    let keys: Vec<&str> = files.iter().map(|(k, _)| k.as_str()).collect();
+    let through: Vec<i64> = files.iter().map(|(_, p)| p.through).collect();
+    let length: Vec<i64> = files
+        .iter()
+        .map(|(_, p)| i64::try_from(p.length).unwrap_or(i64::MAX))
+        .collect();
+    // One statement is one transaction: a reader never sees one part without the other.
+    client
+        .execute(
+            "WITH mark AS (
+                 INSERT INTO meta (name, value) VALUES ($1, $2)
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value
+             )
+             INSERT INTO export_files (exporter, patient_key, through, length)
+             SELECT $3, * FROM unnest($4::text[], $5::int8[], $6::int8[])
+             ON CONFLICT (exporter, patient_key)
+             DO UPDATE SET through = excluded.through, length = excluded.length",
+            &[
+                &name,
+                &cursor.position(),
+                &exporter,
+                &keys,
+                &through,
+                &length,
+            ],
+        )
+        .await
+        .map_err(fail)?;
+    Ok(())
+}
