@@ -6,6 +6,7 @@
 //! runtime ending never leaves a connection half-driven. No TLS to the database yet
 //! (`NoTls`): put the database on a trusted network or a local socket.
 
+mod alarms;
 mod pool;
 mod purge;
 mod readers;
@@ -23,10 +24,10 @@ use pool::Pool;
 use writer::{Counters, Request};
 
 use super::{
-    ChangeCursor, Changes, Feed, FeedMessage, FilePosition, Health, MessageDetail, MessageFilter,
-    ObservationQuery, ObservationRow, PatientData, PatientRecords, PatientSummary, PurgeReport,
-    PurgeRequest, Store, StoreError, StoreFuture, StoreOptions, StoreRead, StoreStats, Stored,
-    TrendQuery, TrendSeries,
+    AlarmQuery, AlarmRow, ChangeCursor, Changes, DeviceRecords, Feed, FeedMessage, FilePosition,
+    Health, MessageDetail, MessageFilter, ObservationQuery, ObservationRow, PatientData,
+    PatientRecords, PatientSummary, PurgeReport, PurgeRequest, Store, StoreError, StoreFuture,
+    StoreOptions, StoreRead, StoreStats, Stored, TrendQuery, TrendSeries,
 };
 
 /// Reader connections per store (the writer has its own).
@@ -292,6 +293,23 @@ macro_rules! delegate_reads {
                 filter: MessageFilter,
             ) -> StoreFuture<'_, Vec<super::MessageSummary>> {
                 self.$($path)+.messages(filter)
+            }
+            fn device_records<'a>(
+                &'a self,
+                device: &'a str,
+                limit: Option<usize>,
+            ) -> StoreFuture<'a, Option<DeviceRecords>> {
+                self.$($path)+.device_records(device, limit)
+            }
+            fn device_feeds(
+                &self,
+                n_devices: usize,
+                limit: usize,
+            ) -> StoreFuture<'_, Vec<Vec<FeedMessage>>> {
+                self.$($path)+.device_feeds(n_devices, limit)
+            }
+            fn alarms(&self, query: AlarmQuery) -> StoreFuture<'_, Vec<AlarmRow>> {
+                self.$($path)+.alarms(query)
             }
             fn changes_since(&self, after: ChangeCursor, limit: usize) -> StoreFuture<'_, Changes> {
                 self.$($path)+.changes_since(after, limit)

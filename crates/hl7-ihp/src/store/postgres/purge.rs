@@ -184,6 +184,11 @@ pub(super) async fn step(
             )
             .await
             .map_err(fail)?;
+        // An alarm goes with its message (schema version 2).
+        transaction
+            .execute("DELETE FROM alarms WHERE message = ANY($1)", &[&doomed])
+            .await
+            .map_err(fail)?;
         transaction
             .execute("DELETE FROM messages WHERE id = ANY($1)", &[&doomed])
             .await

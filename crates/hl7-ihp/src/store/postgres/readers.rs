@@ -10,10 +10,10 @@ use super::db_error;
 use super::pool::Pool;
 use super::writer::JsonObservation;
 use crate::store::{
-    ChangeCursor, Changes, Feed, FeedMessage, FilePosition, MessageDetail, MessageFilter,
-    MessageSummary, ObservationData, ObservationQuery, ObservationRow, Outcome, PatientData,
-    PatientRecords, PatientSummary, StoreError, StoreFuture, StoreRead, TrendBucket, TrendQuery,
-    TrendSeries, outcome_name,
+    AlarmQuery, AlarmRow, ChangeCursor, Changes, DeviceRecords, Feed, FeedMessage, FilePosition,
+    MessageDetail, MessageFilter, MessageSummary, ObservationData, ObservationQuery,
+    ObservationRow, Outcome, PatientData, PatientRecords, PatientSummary, StoreError, StoreFuture,
+    StoreRead, TrendBucket, TrendQuery, TrendSeries, outcome_name,
 };
 
 /// How far from their arrival observations are looked for by time filters (as SQLite's).
@@ -173,6 +173,7 @@ impl MessageRow {
             device: self.device,
             patient: self.patient,
             merged_from: None,
+            alarms: Vec::new(),
         })
     }
 }
@@ -481,10 +482,11 @@ impl StoreRead for Pool {
                 .query(&sql, &[&after.position(), &limit(Some(n))])
                 .await
                 .map_err(fail)?;
-            let messages = rows
+            let mut messages = rows
                 .iter()
                 .map(|row| MessageRow::from(row)?.feed_message())
                 .collect::<Result<Vec<_>, _>>()?;
+            super::alarms::attach(&client, &mut messages).await?;
             let next = messages.last().map_or(after, |m| ChangeCursor::at(m.id));
             Ok(Feed { messages, next })
         })
@@ -498,6 +500,118 @@ impl StoreRead for Pool {
                 .await
                 .map_err(fail)?;
             Ok(ChangeCursor::at(row.get(0)))
+        })
+    }
+
+    fn device_records<'a>(
+        &'a self,
+        device: &'a str,
+        n: Option<usize>,
+    ) -> StoreFuture<'a, Option<DeviceRecords>> {
+        Box::pin(async move {
+            let client = self.get().await?;
+            let wanted = n.unwrap_or(usize::MAX);
+            let mut found = false;
+            let mut location: Option<String> = None;
+            let mut records = Vec::new();
+            let mut upper = i64::MAX;
+            // Pages of the device's messages, newest first (the partial
+            // `messages_by_device_key` index), until enough records and a location are read.
+            loop {
+                let rows = client
+                    .query(
+                        "SELECT id, control_id, received_ms, device, observations::text, location
+                         FROM messages WHERE device_key = $1 AND id <= $2
+                         ORDER BY id DESC LIMIT $3",
+                        &[&device, &upper, &PAGE],
+                    )
+                    .await
+                    .map_err(fail)?;
+                for row in &rows {
+                    found = true;
+                    if location.is_none() {
+                        location = row.get::<_, Option<String>>(5).filter(|l| !l.is_empty());
+                    }
+                    if records.len() < wanted {
+                        let message = RecordMessage {
+                            id: row.get(0),
+                            control_id: row.get::<_, Option<String>>(1).unwrap_or_default(),
+                            received_at: time(row.get(2))?,
+                            device: row.get::<_, Option<String>>(3).unwrap_or_default(),
+                            observations: observations(row.get::<_, Option<&str>>(4))?,
+                        };
+                        for observation in &message.observations {
+                            if records.len() >= wanted {
+                                break;
+                            }
+                            records.push(message.record(observation));
+                        }
+                    }
+                    if records.len() >= wanted && location.is_some() {
+                        break;
+                    }
+                }
+                let done = records.len() >= wanted && location.is_some();
+                match rows.last() {
+                    Some(last) if !done && rows.len() as i64 == PAGE => {
+                        upper = last.get::<_, i64>(0) - 1;
+                    }
+                    _ => break,
+                }
+            }
+            Ok(found.then(|| DeviceRecords {
+                device: device.to_owned(),
+                location,
+                records,
+            }))
+        })
+    }
+
+    fn device_feeds(&self, n_devices: usize, n: usize) -> StoreFuture<'_, Vec<Vec<FeedMessage>>> {
+        Box::pin(async move {
+            let client = self.get().await?;
+            // The devices by their newest message, then each one's newest messages.
+            let keys: Vec<String> = client
+                .query(
+                    "SELECT device_key, max(id) AS newest FROM messages
+                     WHERE device_key IS NOT NULL
+                     GROUP BY device_key ORDER BY newest DESC LIMIT $1",
+                    &[&limit(Some(n_devices))],
+                )
+                .await
+                .map_err(fail)?
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+            let sql = format!(
+                "{} WHERE m.device_key = $1 ORDER BY m.id DESC LIMIT $2",
+                select(false)
+            );
+            let mut feeds = Vec::with_capacity(keys.len());
+            for key in keys {
+                let rows = client
+                    .query(&sql, &[&key, &limit(Some(n))])
+                    .await
+                    .map_err(fail)?;
+                let mut messages = rows
+                    .iter()
+                    .map(|row| {
+                        let mut message = MessageRow::from(row)?.feed_message()?;
+                        message.patient = None;
+                        Ok(message)
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                super::alarms::attach(&client, &mut messages).await?;
+                feeds.push(messages);
+            }
+            Ok(feeds)
+        })
+    }
+
+    fn alarms(&self, query: AlarmQuery) -> StoreFuture<'_, Vec<AlarmRow>> {
+        Box::pin(async move {
+            let client = self.get().await?;
+            super::alarms::read_alarms(&client, &query).await
         })
     }
 
@@ -519,10 +633,11 @@ impl StoreRead for Pool {
                 .query(&sql, &[&id, &limit(Some(n))])
                 .await
                 .map_err(fail)?;
-            let messages = rows
+            let mut messages = rows
                 .iter()
                 .map(|row| MessageRow::from(row)?.feed_message())
                 .collect::<Result<Vec<_>, _>>()?;
+            super::alarms::attach(&client, &mut messages).await?;
             Ok(Some((patient, messages)))
         })
     }

@@ -8,7 +8,10 @@ use super::db_error;
 use crate::store::StoreError;
 
 /// The migrations in order: version n is `MIGRATIONS[n - 1]`.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_schema.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_schema.sql"),
+    include_str!("migrations/0002_alarms_devices.sql"),
+];
 
 /// The advisory lock key that serialises migrations (`'hl7m'`).
 const MIGRATION_LOCK: i64 = 0x686c_376d;

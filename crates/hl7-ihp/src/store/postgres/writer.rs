@@ -88,6 +88,11 @@ pub(super) struct JsonObservation {
     pub(super) observed_at: String,
     pub(super) observed_ms: i64,
     pub(super) equipment: String,
+    /// Why the value is not a measurement (`crate::marks`), by its name; absent when it is
+    /// one (and in every row written before marks existed). A name this version does not
+    /// know reads as no mark.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) mark: Option<String>,
 }
 
 impl From<&ObservationData> for JsonObservation {
@@ -100,7 +105,9 @@ impl From<&ObservationData> for JsonObservation {
             code_system: o.code_system.clone(),
             sub_id: o.sub_id.clone(),
             value: o.value.clone(),
-            numeric: o.numeric,
+            // A marked value is never a number, whatever the caller left in `numeric` (as
+            // SQLite's writer): no trend point or latest vital from it.
+            numeric: o.numeric.filter(|n| n.is_finite() && o.mark.is_none()),
             units: o.units.clone(),
             units_text: o.units_text.clone(),
             reference_range: o.reference_range.clone(),
@@ -109,6 +116,7 @@ impl From<&ObservationData> for JsonObservation {
             observed_at: o.observed_at.clone(),
             observed_ms: o.observed_ms,
             equipment: o.equipment.clone(),
+            mark: o.mark.map(|m| m.name().to_owned()),
         }
     }
 }
@@ -132,6 +140,7 @@ impl From<JsonObservation> for ObservationData {
             observed_at: o.observed_at,
             observed_ms: o.observed_ms,
             equipment: o.equipment,
+            mark: o.mark.as_deref().and_then(crate::marks::Mark::from_name),
         }
     }
 }
@@ -148,6 +157,8 @@ pub(super) struct Row {
     version: Option<String>,
     location: Option<String>,
     device: Option<String>,
+    /// Accepted messages without a patient: their device (`crate::unassigned`).
+    device_key: Option<String>,
     patient: Option<PatientData>,
     /// Set for a patient merge: this stage stores it as an error with this reason
     /// (`Stored::Refused`, answered AE) instead of making it.
@@ -158,6 +169,8 @@ pub(super) struct Row {
     raw: Vec<u8>,
     raw_encoding: Option<i16>,
     replay_of: Option<i64>,
+    /// Accepted alarm reports only: their alarms (`alarms` table).
+    alarms: Vec<crate::alarm::AlarmData>,
 }
 
 impl Row {
@@ -175,6 +188,7 @@ impl Row {
             version: None,
             location: None,
             device: None,
+            device_key: None,
             patient: None,
             merge_refusal: None,
             n_observations: 0,
@@ -183,6 +197,7 @@ impl Row {
             raw,
             raw_encoding: raw_encoding.and_then(|e| i16::try_from(e).ok()),
             replay_of: message.replay_of,
+            alarms: Vec::new(),
         };
         if let Some(content) = message.content {
             row.message_type = Some(format!("{}^{}", content.message_type, content.trigger));
@@ -200,8 +215,16 @@ impl Row {
                 return row;
             }
             if accepted {
+                if content.patient.is_none() {
+                    row.device_key = crate::unassigned::message_device_key(
+                        &content.observations,
+                        &content.alarms,
+                        &content.device,
+                    );
+                }
                 row.device = Some(content.device);
                 row.patient = content.patient;
+                row.alarms = content.alarms;
                 row.n_observations = i32::try_from(content.observations.len()).unwrap_or(i32::MAX);
                 if !content.observations.is_empty() {
                     let encoded: Vec<JsonObservation> = content
@@ -239,6 +262,7 @@ pub(super) struct Statements {
     insert_messages: Statement,
     insert_keys: Statement,
     count_repeats: Statement,
+    insert_alarms: Statement,
 }
 
 const FIND_KEYS: &str =
@@ -274,17 +298,38 @@ const UPSERT_PATIENTS: &str = "INSERT INTO patients AS p (key, patient_id, assig
 const INSERT_MESSAGES: &str = "INSERT INTO messages (id, received_ms, peer, peer_identity,
         sending_application, sending_facility, control_id, hash, outcome, reason, message_type,
         version, location, device, patient, n_observations, observations, ack_code, replay_of,
-        raw_encoding, raw)
+        raw_encoding, raw, device_key)
     SELECT id, received_ms, peer, peer_identity, app, fac, ctrl, hash, outcome, reason,
         message_type, version, location, device, patient, n_observations, observations::jsonb,
-        ack_code, replay_of, raw_encoding, raw
+        ack_code, replay_of, raw_encoding, raw, device_key
     FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[],
         $7::text[], $8::bytea[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
         $14::text[], $15::int8[], $16::int4[], $17::text[], $18::text[], $19::int8[],
-        $20::int2[], $21::bytea[])
+        $20::int2[], $21::bytea[], $22::text[])
       AS u (id, received_ms, peer, peer_identity, app, fac, ctrl, hash, outcome, reason,
         message_type, version, location, device, patient, n_observations, observations,
-        ack_code, replay_of, raw_encoding, raw)";
+        ack_code, replay_of, raw_encoding, raw, device_key)";
+
+/// Every alarm of the batch's new accepted alarm reports, in message and alarm order (so
+/// their ids, handed out under the feed lock, are in commit order).
+const INSERT_ALARMS: &str = "INSERT INTO alarms (message, idx, source, type_code, type_text,
+        type_system, text, priority, kind, state, phase, inactivation, flags, measurement_code,
+        measurement_text, measurement_value, measurement_numeric, measurement_units,
+        measurement_limit, started_at, started_ms)
+    SELECT message, idx, source, type_code, type_text, type_system, text, priority, kind,
+        state, phase, inactivation, flags, measurement_code, measurement_text,
+        measurement_value, measurement_numeric, measurement_units, measurement_limit,
+        started_at, started_ms
+    FROM unnest($1::int8[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[],
+        $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
+        $14::text[], $15::text[], $16::text[], $17::float8[], $18::text[], $19::text[],
+        $20::text[], $21::int8[])
+      WITH ORDINALITY
+      AS u (message, idx, source, type_code, type_text, type_system, text, priority, kind,
+        state, phase, inactivation, flags, measurement_code, measurement_text,
+        measurement_value, measurement_numeric, measurement_units, measurement_limit,
+        started_at, started_ms, n)
+    ORDER BY n";
 
 const INSERT_KEYS: &str = "INSERT INTO message_keys (sending_application, sending_facility,
         control_id, hash, sent_ms, message)
@@ -304,11 +349,12 @@ impl Statements {
             client.prepare(LAST_ID),
             client.prepare(SET_LAST_ID),
         )?;
-        let (upsert_patients, insert_messages, insert_keys, count_repeats) = tokio::try_join!(
+        let (upsert_patients, insert_messages, insert_keys, count_repeats, insert_alarms) = tokio::try_join!(
             client.prepare(UPSERT_PATIENTS),
             client.prepare(INSERT_MESSAGES),
             client.prepare(INSERT_KEYS),
             client.prepare(COUNT_REPEATS),
+            client.prepare(INSERT_ALARMS),
         )?;
         Ok(Statements {
             find_keys,
@@ -320,6 +366,7 @@ impl Statements {
             insert_messages,
             insert_keys,
             count_repeats,
+            insert_alarms,
         })
     }
 }
@@ -764,6 +811,11 @@ async fn write(
                     &replay_of,
                     &encoding,
                     &raw,
+                    &col(|r| {
+                        r.device_key
+                            .as_deref()
+                            .filter(|_| r.verdict == Verdict::Accept)
+                    }),
                 ],
             )
             .await
@@ -805,8 +857,65 @@ async fn write(
             .execute(&statements.count_repeats, &[&ids, &n, &last])
             .await
     };
-    let (_, inserted_keys, _) =
-        tokio::try_join!(messages, insert_keys, count_repeats).map_err(fail)?;
+    let insert_alarms = async {
+        let alarms: Vec<(i64, &crate::alarm::AlarmData)> = new_rows
+            .iter()
+            .filter(|(_, r)| r.verdict == Verdict::Accept)
+            .flat_map(|(id, r)| r.alarms.iter().map(move |a| (*id, a)))
+            .collect();
+        if alarms.is_empty() {
+            return Ok(0);
+        }
+        let text = |f: fn(&crate::alarm::AlarmData) -> &str| -> Vec<&str> {
+            alarms.iter().map(|(_, a)| f(a)).collect()
+        };
+        let measured = |f: fn(&crate::alarm::AlarmMeasurement) -> &str| -> Vec<Option<&str>> {
+            alarms
+                .iter()
+                .map(|(_, a)| a.measurement.as_ref().map(f))
+                .collect()
+        };
+        let messages: Vec<i64> = alarms.iter().map(|(id, _)| *id).collect();
+        let indexes: Vec<i32> = alarms
+            .iter()
+            .map(|(_, a)| i32::try_from(a.index).unwrap_or(i32::MAX))
+            .collect();
+        let numeric: Vec<Option<f64>> = alarms
+            .iter()
+            .map(|(_, a)| a.measurement.as_ref().and_then(|m| m.numeric))
+            .collect();
+        let started_ms: Vec<i64> = alarms.iter().map(|(_, a)| a.started_ms).collect();
+        transaction
+            .execute(
+                &statements.insert_alarms,
+                &[
+                    &messages,
+                    &indexes,
+                    &text(|a| &a.source),
+                    &text(|a| &a.type_code),
+                    &text(|a| &a.type_text),
+                    &text(|a| &a.type_system),
+                    &text(|a| &a.text),
+                    &text(|a| &a.priority),
+                    &text(|a| &a.kind),
+                    &text(|a| &a.state),
+                    &text(|a| &a.phase),
+                    &text(|a| &a.inactivation),
+                    &text(|a| &a.flags),
+                    &measured(|m| &m.code),
+                    &measured(|m| &m.code_text),
+                    &measured(|m| &m.value),
+                    &numeric,
+                    &measured(|m| &m.units),
+                    &measured(|m| &m.limit),
+                    &text(|a| &a.started_at),
+                    &started_ms,
+                ],
+            )
+            .await
+    };
+    let (_, inserted_keys, _, _) =
+        tokio::try_join!(messages, insert_keys, count_repeats, insert_alarms).map_err(fail)?;
     if dedupe {
         let n_expected = new_keys.len();
         if inserted_keys.len() != n_expected {
