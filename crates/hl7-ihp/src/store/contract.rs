@@ -57,6 +57,9 @@ macro_rules! store_contract {
             a_merged_patients_file_positions_go_when_the_watermark_passes_the_merge,
             purges_remove_only_what_retention_allows,
             purges_go_in_bounded_steps_and_never_reuse_ids,
+            alarms_are_stored_read_filtered_and_purged,
+            marked_values_read_back_marked_and_never_as_numbers,
+            observations_without_a_patient_are_their_devices,
         );
     };
     (@tests $open:expr; $($name:ident),* $(,)?) => {
@@ -2365,4 +2368,284 @@ pub async fn purges_go_in_bounded_steps_and_never_reuse_ids(open: Open) {
             .unwrap()[0],
     );
     assert!(next > last, "{next} after {last}");
+}
+
+/// One alarm of an `ORU^R40` as ingest extracts it.
+pub fn alarm(index: u32, source: &str, state: &str, measured: bool) -> crate::alarm::AlarmData {
+    crate::alarm::AlarmData {
+        index,
+        source: source.into(),
+        type_code: "196670".into(),
+        type_text: "MDC_EVT_LO_VAL_LT_LIM".into(),
+        type_system: "MDC".into(),
+        text: "SPO2 LOW".into(),
+        priority: "high".into(),
+        kind: "physiological".into(),
+        state: state.into(),
+        phase: "start".into(),
+        inactivation: String::new(),
+        flags: "PH~SP".into(),
+        measurement: measured.then(|| crate::alarm::AlarmMeasurement {
+            code: "150456".into(),
+            code_text: "MDC_PULS_OXIM_SAT_O2".into(),
+            value: "88".into(),
+            numeric: Some(88.0),
+            units: "262688^MDC_DIM_PERCENT".into(),
+            limit: "90-100".into(),
+        }),
+        started_at: "2024-01-01T00:00:00Z".into(),
+        started_ms: 1_704_067_200_000 + i64::from(index),
+    }
+}
+
+/// An accepted `ORU^R40` with these alarms and no observations.
+pub fn alarm_report(
+    control_id: &str,
+    patient: Option<PatientData>,
+    alarms: Vec<crate::alarm::AlarmData>,
+) -> NewMessage {
+    let mut message = oru(control_id, patient, &[], "OBR|1\r");
+    let content = message.content.as_mut().expect("oru has content");
+    content.trigger = "R40".into();
+    content.alarms = alarms;
+    message
+}
+
+/// Alarms of accepted `ORU^R40`s read back whole, newest first, filtered by patient, state
+/// (without regard to case), source device, paged by id; the feed's alarm reports carry
+/// them in order; a refused report stores none; a report without a patient belongs to its
+/// alarm's source; a purge takes them with their message.
+pub async fn alarms_are_stored_read_filtered_and_purged(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &options());
+    let with_patient = alarm_report(
+        "a1",
+        Some(patient("P1", "EVE", false)),
+        vec![
+            alarm(0, "MON-1", "active", true),
+            alarm(1, "MON-1", "inactive", false),
+        ],
+    );
+    let without_patient = alarm_report("a2", None, vec![alarm(0, "MON-2", "latched", false)]);
+    let mut refused = alarm_report("a3", None, vec![alarm(0, "MON-3", "active", false)]);
+    refused.verdict = Verdict::Reject {
+        reason: "message type not allowed".into(),
+    };
+    let stored = store
+        .commit(vec![with_patient, without_patient, refused])
+        .await
+        .unwrap();
+    let [m1, m2, _] = [0, 1, 2].map(|n| new_id(&stored[n]));
+
+    let all = store
+        .alarms(super::AlarmQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let summary: Vec<(i64, Option<&str>, &str, u32)> = all
+        .iter()
+        .map(|r| {
+            (
+                r.message_id,
+                r.patient.as_deref(),
+                r.alarm.source.as_str(),
+                r.alarm.index,
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (m2, None, "MON-2", 0),
+            (m1, Some("P1"), "MON-1", 1),
+            (m1, Some("P1"), "MON-1", 0)
+        ]
+    );
+    assert!(all.windows(2).all(|w| w[0].id > w[1].id));
+    assert_eq!(all[2].alarm, alarm(0, "MON-1", "active", true));
+    assert_eq!(all[0].alarm, alarm(0, "MON-2", "latched", false));
+    assert_eq!(
+        all[0].received_at,
+        jiff::Timestamp::from_millisecond(1_700_000_000_123).unwrap()
+    );
+
+    let query =
+        |patient: Option<&str>, state: Option<&str>, device: Option<&str>| super::AlarmQuery {
+            patient: patient.map(str::to_owned),
+            state: state.map(str::to_owned),
+            device: device.map(str::to_owned),
+            before: None,
+            limit: 10,
+        };
+    let ids = |rows: Vec<super::AlarmRow>| rows.iter().map(|r| r.id).collect::<Vec<_>>();
+    let by_patient = store.alarms(query(Some("P1"), None, None)).await.unwrap();
+    assert_eq!(ids(by_patient), [all[1].id, all[2].id]);
+    let active = store
+        .alarms(query(None, Some("ACTIVE"), None))
+        .await
+        .unwrap();
+    assert_eq!(ids(active), [all[2].id]);
+    let by_device = store
+        .alarms(query(None, None, Some("MON-2")))
+        .await
+        .unwrap();
+    assert_eq!(ids(by_device), [all[0].id]);
+    let page = store
+        .alarms(super::AlarmQuery {
+            before: Some(all[0].id),
+            limit: 1,
+            ..query(None, None, None)
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(page), [all[1].id]);
+
+    let feed = store.feed(ChangeCursor::START, 10).await.unwrap();
+    let alarms_of = |id: i64| {
+        feed.messages
+            .iter()
+            .find(|m| m.id == id)
+            .map(|m| m.alarms.clone())
+            .unwrap()
+    };
+    assert_eq!(
+        alarms_of(m1),
+        [
+            alarm(0, "MON-1", "active", true),
+            alarm(1, "MON-1", "inactive", false)
+        ]
+    );
+    assert_eq!(alarms_of(m2), [alarm(0, "MON-2", "latched", false)]);
+    assert!(feed.messages[2].alarms.is_empty(), "a refused report");
+    let (_, patient_feed) = store.patient_feed("P1", 10).await.unwrap().unwrap();
+    assert_eq!(patient_feed[0].alarms.len(), 2);
+    // The report without a patient is its alarm source's; the refused one is no one's.
+    let devices = store.device_feeds(10, 10).await.unwrap();
+    assert_eq!(devices.len(), 1);
+    assert_eq!(devices[0][0].id, m2);
+    assert_eq!(devices[0][0].alarms, [alarm(0, "MON-2", "latched", false)]);
+    assert_eq!(store.patients().await.unwrap()[0].n_observations, 0);
+
+    let head = store.feed_head().await.unwrap();
+    store.set_export_watermark("json", head).await.unwrap();
+    // Reopened: whatever a backend keeps in memory (SQLite's pending keys) is written out.
+    drop(store);
+    let store = open(dir.path(), &options());
+    let report = store
+        .purge(purge_before(1_700_000_000_123 + 3_600_000))
+        .await
+        .unwrap();
+    assert_eq!(report.n_accepted, 2, "{report:?}");
+    assert!(
+        store
+            .alarms(query(None, None, None))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// A marked value (`crate::marks`) reads back with its mark and never as a number,
+/// whatever number it was given; an unmarked one beside it is untouched; no trend has it.
+pub async fn marked_values_read_back_marked_and_never_as_numbers(open: Open) {
+    use crate::marks::Mark;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &options());
+    let mut message = oru("1", Some(patient("P1", "EVE", false)), &["-999", "90"], "");
+    message.content.as_mut().unwrap().observations[0].mark = Some(Mark::Placeholder);
+    let id = new_id(&store.commit(vec![message]).await.unwrap()[0]);
+    let marked = ObservationData {
+        mark: Some(Mark::Placeholder),
+        numeric: None,
+        ..observation(0, "-999")
+    };
+    let expected = [marked, observation(1, "90")];
+
+    let records = store.patient_records("P1", None).await.unwrap().unwrap();
+    let read: Vec<ObservationData> = records
+        .records
+        .iter()
+        .map(|r| r.observation.clone())
+        .collect();
+    assert_eq!(read, expected);
+    let detail = store.message(id).await.unwrap().unwrap();
+    assert_eq!(detail.observations, expected);
+    let feed = store.feed(ChangeCursor::START, 10).await.unwrap();
+    assert_eq!(feed.messages[0].observations, expected);
+    let trends = store
+        .trends(
+            "P1",
+            TrendQuery {
+                code: None,
+                since_ms: 0,
+                until_ms: 2_000_000_000_000,
+                bucket_ms: 1_000_000_000_000,
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let counts: Vec<u64> = trends
+        .iter()
+        .flat_map(|s| s.buckets.iter().map(|b| b.count))
+        .collect();
+    assert_eq!(counts, [1]);
+}
+
+/// Accepted observations without a patient are their device's (the first OBX-18.1): its
+/// records newest first, limited, with its location; its feed without a patient; an
+/// unknown device has none, and a patient's messages are no device's.
+pub async fn observations_without_a_patient_are_their_devices(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &options());
+    let stored = store
+        .commit(vec![
+            oru("1", None, &["5", "6"], ""),
+            oru("2", Some(patient("P1", "EVE", false)), &["7"], ""),
+            oru("3", None, &["8"], ""),
+        ])
+        .await
+        .unwrap();
+    let [first, _, last] = [0, 1, 2].map(|n| new_id(&stored[n]));
+    let device = "0012345678ABCDEF";
+
+    let records = store.device_records(device, None).await.unwrap().unwrap();
+    assert_eq!(records.device, device);
+    assert_eq!(records.location.as_deref(), Some("ICU^1"));
+    let read: Vec<(i64, String)> = records
+        .records
+        .iter()
+        .map(|r| (r.message_id, r.observation.value.clone()))
+        .collect();
+    assert_eq!(
+        read,
+        [
+            (last, "8".to_string()),
+            (first, "5".to_string()),
+            (first, "6".to_string())
+        ]
+    );
+    let limited = store
+        .device_records(device, Some(2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(limited.records.len(), 2);
+    assert!(
+        store
+            .device_records("NO-SUCH", None)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let feeds = store.device_feeds(10, 10).await.unwrap();
+    assert_eq!(feeds.len(), 1);
+    let ids: Vec<i64> = feeds[0].iter().map(|m| m.id).collect();
+    assert_eq!(ids, [last, first]);
+    assert!(feeds[0].iter().all(|m| m.patient.is_none()));
+    assert_eq!(store.device_feeds(10, 1).await.unwrap()[0].len(), 1);
+    assert!(store.device_feeds(0, 10).await.unwrap().is_empty());
 }

@@ -73,6 +73,9 @@ contract_on_postgres!(
     trends_summarise_each_code_per_bucket,
     purges_remove_only_what_retention_allows,
     purges_go_in_bounded_steps_and_never_reuse_ids,
+    alarms_are_stored_read_filtered_and_purged,
+    marked_values_read_back_marked_and_never_as_numbers,
+    observations_without_a_patient_are_their_devices,
 );
 
 // Not run against PostgreSQL yet (docs/storage.md, "PostgreSQL"):
