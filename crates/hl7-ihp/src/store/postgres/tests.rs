@@ -287,3 +287,74 @@ async fn merges_are_refused_for_now_without_failing_their_batch() {
         .collect();
     assert_eq!(keys, ["A", "B"]);
 }
+
+/// A database of schema version 1 with a message on it is migrated to version 2 at
+/// start: the old row reads back (its observations have no `mark` field: no mark), has no
+/// device key, and the store then writes alarms and device keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_database_is_migrated_and_its_rows_read_back() {
+    use crate::store::StoreRead as _;
+    let Some(server) = testdb::server() else {
+        return;
+    };
+    let db = server.create_database();
+    server.psql(
+        &db,
+        "CREATE TABLE schema_version (
+             version    integer PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         )",
+    );
+    server.psql(&db, include_str!("migrations/0001_schema.sql"));
+    server.psql(&db, "INSERT INTO schema_version (version) VALUES (1)");
+    let observation = crate::store::contract::observation(0, "42");
+    let mut old = serde_json::to_value(super::writer::JsonObservation::from(&observation))
+        .expect("an observation as JSON");
+    old.as_object_mut().expect("an object").remove("mark");
+    server.psql(
+        &db,
+        &format!(
+            "UPDATE counters SET value = 1 WHERE name = 'message_id';
+             INSERT INTO messages (id, received_ms, peer, hash, outcome, message_type, device,
+                 n_observations, observations, raw)
+             VALUES (1, 1700000000123, 'peer', '\\x00', 'accepted', 'ORU^R01', 'DEV', 1,
+                 '[{old}]'::jsonb, 'MSH|')"
+        ),
+    );
+
+    let location = PostgresLocation::parse(&server.url(&db)).unwrap();
+    let store = PgStore::open(&location, &StoreOptions::default()).unwrap();
+    assert_eq!(
+        server.psql(&db, "SELECT max(version) FROM schema_version"),
+        "2"
+    );
+    let detail = store.message(1).await.unwrap().unwrap();
+    assert_eq!(detail.observations, [observation]);
+    assert_eq!(
+        server.psql(
+            &db,
+            "SELECT count(*) FROM messages WHERE device_key IS NOT NULL"
+        ),
+        "0"
+    );
+
+    let report = crate::store::contract::alarm_report(
+        "a1",
+        None,
+        vec![crate::store::contract::alarm(0, "MON-1", "active", true)],
+    );
+    let id = new_id(&store.commit(vec![report]).await.unwrap()[0]);
+    assert_eq!(id, 2);
+    let alarms = store
+        .alarms(crate::store::AlarmQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(alarms.len(), 1);
+    assert_eq!(
+        server.psql(&db, "SELECT device_key FROM messages WHERE id = 2"),
+        "MON-1"
+    );
+}
