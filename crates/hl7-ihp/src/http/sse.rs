@@ -54,6 +54,8 @@ pub async fn events(
     let last_event_id = headers
         .get("last-event-id")
         .and_then(|value| value.to_str().ok());
+    // From a consistent start: what the view was filled with, then every later event.
+    state.live.seeded().await;
     let stream = event_stream(Arc::clone(&state.live), last_event_id);
     Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
 }

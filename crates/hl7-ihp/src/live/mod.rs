@@ -110,6 +110,8 @@ pub struct Live {
     minutes: Mutex<Minutes>,
     export: Option<Arc<ExportCounters>>,
     closed: watch::Sender<bool>,
+    /// True once [`run`] has filled the view from the store (or stopped).
+    seeded: watch::Sender<bool>,
     /// [`POLL`], shorter in tests.
     poll: Duration,
 }
@@ -133,6 +135,7 @@ impl Live {
             minutes: Mutex::default(),
             export,
             closed: watch::Sender::new(false),
+            seeded: watch::Sender::new(false),
             poll,
         })
     }
@@ -146,10 +149,12 @@ impl Live {
             offline_after: Duration::from_secs(300),
         };
         let live = Live::with_poll(config, None, POLL);
-        Arc::new(Live {
+        let live = Arc::new(Live {
             log: EventLog::with_window("TEST".into(), window, capacity),
             ..Arc::into_inner(live).expect("not shared yet")
-        })
+        });
+        live.seeded.send_replace(true);
+        live
     }
 
     /// Publishes one event (tests of the event stream).
@@ -246,8 +251,18 @@ impl Live {
         let _ = closed.wait_for(|closed| *closed).await;
     }
 
+    /// Completes once the view has been filled from the store (or the task has stopped).
+    /// An event stream starts only then: a message stored while the view was being filled
+    /// is part of the filled view and announced to no one, so a client that had connected
+    /// before it would never hear of it.
+    pub async fn seeded(&self) {
+        let mut seeded = self.seeded.subscribe();
+        let _ = seeded.wait_for(|seeded| *seeded).await;
+    }
+
     /// Says that the task has stopped.
     fn close(&self) {
+        self.seeded.send_replace(true);
         self.closed.send_replace(true);
     }
 
@@ -367,6 +382,7 @@ pub async fn run(
             () = &mut shutdown => break None,
         }
     };
+    live.seeded.send_replace(true);
     if let Some(Seeded {
         cursor,
         counted_up_to,
