@@ -8,7 +8,6 @@ use tokio_postgres::types::ToSql;
 
 use super::db_error;
 use super::pool::Pool;
-use super::writer::JsonObservation;
 use crate::store::{
     AlarmQuery, AlarmRow, ChangeCursor, Changes, DeviceRecords, Feed, FeedMessage, FilePosition,
     MessageDetail, MessageFilter, MessageSummary, ObservationData, ObservationQuery,
@@ -27,13 +26,18 @@ fn fail(e: tokio_postgres::Error) -> StoreError {
 }
 
 /// The columns every message read selects, in the order [`MessageRow::from`] reads them.
+///
+/// The replay link is grouped by `replay_of` so that PostgreSQL answers it from the
+/// `messages_replays` index: as a bare `min(id)` it was planned as a walk of the primary key
+/// filtered by `replay_of`, once per message read (118 ms per read of the change feed at
+/// 13,000 messages, the writer starved of CPU).
 fn select(with_raw: bool) -> String {
     format!(
         "SELECT m.id, m.received_ms, m.peer, m.peer_identity, m.sending_application,
              m.sending_facility, m.control_id, m.outcome, m.reason, m.message_type, m.version,
              m.location, m.device, m.n_received, m.last_received_ms, m.ack_code, m.replay_of,
              m.observations::text,
-             (SELECT min(r.id) FROM messages r WHERE r.replay_of = m.id),
+             (SELECT min(r.id) FROM messages r WHERE r.replay_of = m.id GROUP BY r.replay_of),
              p.key, p.patient_id, p.assigning_authority, p.identifiers, p.name, p.birth_date,
              p.sex, {}, m.raw_encoding
          FROM messages m LEFT JOIN patients p ON p.id = m.patient",
@@ -82,9 +86,8 @@ fn observations(json: Option<&str>) -> Result<Vec<ObservationData>, StoreError> 
     let Some(json) = json else {
         return Ok(Vec::new());
     };
-    let decoded: Vec<JsonObservation> = serde_json::from_str(json)
-        .map_err(|_| StoreError::Database("a stored observations column is damaged".into()))?;
-    Ok(decoded.into_iter().map(ObservationData::from).collect())
+    crate::store::sqlite::encoded::decode(json.as_bytes())
+        .map_err(|e| StoreError::Database(format!("a stored observations column is damaged: {e}")))
 }
 
 impl MessageRow {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use super::testdb;
 use super::{PgStore, PostgresLocation};
-use crate::store::{Store, StoreOptions};
+use crate::store::{ObservationData, Store, StoreOptions};
 
 /// The database a test folder's store lives in: a fresh one the first time, the same one
 /// when the folder is opened again (the contract reopens stores).
@@ -288,9 +288,10 @@ async fn merges_are_refused_for_now_without_failing_their_batch() {
     assert_eq!(keys, ["A", "B"]);
 }
 
-/// A database of schema version 1 with a message on it is migrated to version 2 at
-/// start: the old row reads back (its observations have no `mark` field: no mark), has no
-/// device key, and the store then writes alarms and device keys.
+/// A database of schema version 1 with a message on it is migrated to the current version
+/// at start: the old row reads back (an observation without a `mark` field has no mark; a
+/// marked one, as version 2 wrote it, keeps its mark through version 3's compact layout), has
+/// no device key, and the store then writes alarms and device keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_1_database_is_migrated_and_its_rows_read_back() {
     use crate::store::StoreRead as _;
@@ -308,17 +309,23 @@ async fn a_version_1_database_is_migrated_and_its_rows_read_back() {
     server.psql(&db, include_str!("migrations/0001_schema.sql"));
     server.psql(&db, "INSERT INTO schema_version (version) VALUES (1)");
     let observation = crate::store::contract::observation(0, "42");
-    let mut old = serde_json::to_value(super::writer::JsonObservation::from(&observation))
-        .expect("an observation as JSON");
+    let mut old =
+        serde_json::to_value(JsonObservation::from(&observation)).expect("an observation as JSON");
     old.as_object_mut().expect("an object").remove("mark");
+    // Version 2 added a mark to a value that is not a measurement; version 3 keeps it.
+    let mut marked = crate::store::contract::observation(1, "-999");
+    marked.mark = Some(crate::marks::Mark::Placeholder);
+    marked.numeric = None;
+    let marked_json =
+        serde_json::to_value(JsonObservation::from(&marked)).expect("an observation as JSON");
     server.psql(
         &db,
         &format!(
             "UPDATE counters SET value = 1 WHERE name = 'message_id';
              INSERT INTO messages (id, received_ms, peer, hash, outcome, message_type, device,
                  n_observations, observations, raw)
-             VALUES (1, 1700000000123, 'peer', '\\x00', 'accepted', 'ORU^R01', 'DEV', 1,
-                 '[{old}]'::jsonb, 'MSH|')"
+             VALUES (1, 1700000000123, 'peer', '\\x00', 'accepted', 'ORU^R01', 'DEV', 2,
+                 '[{old}, {marked_json}]'::jsonb, 'MSH|')"
         ),
     );
 
@@ -326,10 +333,21 @@ async fn a_version_1_database_is_migrated_and_its_rows_read_back() {
     let store = PgStore::open(&location, &StoreOptions::default()).unwrap();
     assert_eq!(
         server.psql(&db, "SELECT max(version) FROM schema_version"),
-        "2"
+        super::schema::supported().to_string()
     );
     let detail = store.message(1).await.unwrap().unwrap();
-    assert_eq!(detail.observations, [observation]);
+    assert_eq!(detail.observations, [observation, marked]);
+    // SQL users read them through the `observations` view.
+    assert_eq!(
+        server.psql(
+            &db,
+            "SELECT position, code, value, numeric, mark FROM observations ORDER BY position"
+        ),
+        format!(
+            "0|{}|42|42|\n1|{}|-999||placeholder",
+            detail.observations[0].code, detail.observations[1].code
+        )
+    );
     assert_eq!(
         server.psql(
             &db,
@@ -357,4 +375,57 @@ async fn a_version_1_database_is_migrated_and_its_rows_read_back() {
         server.psql(&db, "SELECT device_key FROM messages WHERE id = 2"),
         "MON-1"
     );
+}
+
+/// One observation as versions 1 and 2 kept it in the `observations` column (a `jsonb`
+/// object per observation), for the migration tests.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct JsonObservation {
+    index: u32,
+    value_type: String,
+    code: String,
+    code_text: String,
+    code_system: String,
+    sub_id: String,
+    value: String,
+    numeric: Option<f64>,
+    units: String,
+    units_text: String,
+    reference_range: String,
+    abnormal_flags: String,
+    status: String,
+    observed_at: String,
+    observed_ms: i64,
+    equipment: String,
+    /// Why the value is not a measurement (`crate::marks`), by its name; absent when it is
+    /// one (and in every row written before marks existed). A name this version does not
+    /// know reads as no mark.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mark: Option<String>,
+}
+
+impl From<&ObservationData> for JsonObservation {
+    fn from(o: &ObservationData) -> Self {
+        JsonObservation {
+            index: o.index,
+            value_type: o.value_type.clone(),
+            code: o.code.clone(),
+            code_text: o.code_text.clone(),
+            code_system: o.code_system.clone(),
+            sub_id: o.sub_id.clone(),
+            value: o.value.clone(),
+            // A marked value is never a number, whatever the caller left in `numeric` (as
+            // SQLite's writer): no trend point or latest vital from it.
+            numeric: o.numeric.filter(|n| n.is_finite() && o.mark.is_none()),
+            units: o.units.clone(),
+            units_text: o.units_text.clone(),
+            reference_range: o.reference_range.clone(),
+            abnormal_flags: o.abnormal_flags.clone(),
+            status: o.status.clone(),
+            observed_at: o.observed_at.clone(),
+            observed_ms: o.observed_ms,
+            equipment: o.equipment.clone(),
+            mark: o.mark.map(|m| m.name().to_owned()),
+        }
+    }
 }

@@ -18,9 +18,10 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, Statement};
 
 use super::{db_error, pool};
+use crate::store::sqlite::encoded::encode_observations;
 use crate::store::{
-    ChangeCursor, FilePosition, Health, MessageKey, NewMessage, ObservationData, PatientData,
-    StoreError, StoreStats, Stored, Verdict, outcome_name,
+    ChangeCursor, FilePosition, Health, MessageKey, NewMessage, PatientData, StoreError,
+    StoreStats, Stored, Verdict, outcome_name,
 };
 
 /// The reason a patient merge is refused with in this stage.
@@ -65,82 +66,6 @@ impl Counters {
             n_repeated: self.n_repeated.load(Ordering::Relaxed),
             n_reused_control_ids: self.n_reused_control_ids.load(Ordering::Relaxed),
             n_purged: self.n_purged.load(Ordering::Relaxed),
-        }
-    }
-}
-
-/// One observation in the `observations` JSON column.
-#[derive(serde::Serialize, serde::Deserialize)]
-pub(super) struct JsonObservation {
-    pub(super) index: u32,
-    pub(super) value_type: String,
-    pub(super) code: String,
-    pub(super) code_text: String,
-    pub(super) code_system: String,
-    pub(super) sub_id: String,
-    pub(super) value: String,
-    pub(super) numeric: Option<f64>,
-    pub(super) units: String,
-    pub(super) units_text: String,
-    pub(super) reference_range: String,
-    pub(super) abnormal_flags: String,
-    pub(super) status: String,
-    pub(super) observed_at: String,
-    pub(super) observed_ms: i64,
-    pub(super) equipment: String,
-    /// Why the value is not a measurement (`crate::marks`), by its name; absent when it is
-    /// one (and in every row written before marks existed). A name this version does not
-    /// know reads as no mark.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) mark: Option<String>,
-}
-
-impl From<&ObservationData> for JsonObservation {
-    fn from(o: &ObservationData) -> Self {
-        JsonObservation {
-            index: o.index,
-            value_type: o.value_type.clone(),
-            code: o.code.clone(),
-            code_text: o.code_text.clone(),
-            code_system: o.code_system.clone(),
-            sub_id: o.sub_id.clone(),
-            value: o.value.clone(),
-            // A marked value is never a number, whatever the caller left in `numeric` (as
-            // SQLite's writer): no trend point or latest vital from it.
-            numeric: o.numeric.filter(|n| n.is_finite() && o.mark.is_none()),
-            units: o.units.clone(),
-            units_text: o.units_text.clone(),
-            reference_range: o.reference_range.clone(),
-            abnormal_flags: o.abnormal_flags.clone(),
-            status: o.status.clone(),
-            observed_at: o.observed_at.clone(),
-            observed_ms: o.observed_ms,
-            equipment: o.equipment.clone(),
-            mark: o.mark.map(|m| m.name().to_owned()),
-        }
-    }
-}
-
-impl From<JsonObservation> for ObservationData {
-    fn from(o: JsonObservation) -> Self {
-        ObservationData {
-            index: o.index,
-            value_type: o.value_type,
-            code: o.code,
-            code_text: o.code_text,
-            code_system: o.code_system,
-            sub_id: o.sub_id,
-            value: o.value,
-            numeric: o.numeric,
-            units: o.units,
-            units_text: o.units_text,
-            reference_range: o.reference_range,
-            abnormal_flags: o.abnormal_flags,
-            status: o.status,
-            observed_at: o.observed_at,
-            observed_ms: o.observed_ms,
-            equipment: o.equipment,
-            mark: o.mark.as_deref().and_then(crate::marks::Mark::from_name),
         }
     }
 }
@@ -226,14 +151,8 @@ impl Row {
                 row.patient = content.patient;
                 row.alarms = content.alarms;
                 row.n_observations = i32::try_from(content.observations.len()).unwrap_or(i32::MAX);
-                if !content.observations.is_empty() {
-                    let encoded: Vec<JsonObservation> = content
-                        .observations
-                        .iter()
-                        .map(JsonObservation::from)
-                        .collect();
-                    row.observations = serde_json::to_string(&encoded).ok();
-                }
+                // SQLite's layout (store/sqlite/encoded.rs), stored as written (migration 3).
+                row.observations = encode_observations(&content.observations);
             }
         }
         row
@@ -261,6 +180,7 @@ pub(super) struct Statements {
     upsert_patients: Statement,
     insert_messages: Statement,
     insert_keys: Statement,
+    insert_keys_any: Statement,
     count_repeats: Statement,
     insert_alarms: Statement,
 }
@@ -292,22 +212,22 @@ const UPSERT_PATIENTS: &str = "INSERT INTO patients AS p (key, patient_id, assig
         identifiers = excluded.identifiers, name = excluded.name,
         birth_date = excluded.birth_date, sex = excluded.sex, updated_ms = excluded.updated_ms,
         n_observations = p.n_observations + excluded.n_observations,
-        last_message = excluded.last_message, last_received_ms = excluded.last_received_ms
-    RETURNING key, id";
+        last_message = excluded.last_message, last_received_ms = excluded.last_received_ms";
 
 const INSERT_MESSAGES: &str = "INSERT INTO messages (id, received_ms, peer, peer_identity,
         sending_application, sending_facility, control_id, hash, outcome, reason, message_type,
         version, location, device, patient, n_observations, observations, ack_code, replay_of,
         raw_encoding, raw, device_key)
     SELECT id, received_ms, peer, peer_identity, app, fac, ctrl, hash, outcome, reason,
-        message_type, version, location, device, patient, n_observations, observations::jsonb,
-        ack_code, replay_of, raw_encoding, raw, device_key
+        message_type, version, location, device,
+        (SELECT p.id FROM patients p WHERE p.key = u.patient_key), n_observations,
+        observations::json, ack_code, replay_of, raw_encoding, raw, device_key
     FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[],
         $7::text[], $8::bytea[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
-        $14::text[], $15::int8[], $16::int4[], $17::text[], $18::text[], $19::int8[],
+        $14::text[], $15::text[], $16::int4[], $17::text[], $18::text[], $19::int8[],
         $20::int2[], $21::bytea[], $22::text[])
       AS u (id, received_ms, peer, peer_identity, app, fac, ctrl, hash, outcome, reason,
-        message_type, version, location, device, patient, n_observations, observations,
+        message_type, version, location, device, patient_key, n_observations, observations,
         ack_code, replay_of, raw_encoding, raw, device_key)";
 
 /// Every alarm of the batch's new accepted alarm reports, in message and alarm order (so
@@ -331,10 +251,17 @@ const INSERT_ALARMS: &str = "INSERT INTO alarms (message, idx, source, type_code
         started_at, started_ms, n)
     ORDER BY n";
 
+/// The new messages' duplicate keys, with duplicate recognition on: the writer found none of
+/// them stored, under the feed lock, so one that is (a conflict) fails the transaction.
 const INSERT_KEYS: &str = "INSERT INTO message_keys (sending_application, sending_facility,
         control_id, hash, sent_ms, message)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::int8[], $6::int8[])";
+
+/// The same without duplicate recognition: every copy is stored, the first one's key kept.
+const INSERT_KEYS_ANY: &str = "INSERT INTO message_keys (sending_application, sending_facility,
+        control_id, hash, sent_ms, message)
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::int8[], $6::int8[])
-    ON CONFLICT DO NOTHING RETURNING message";
+    ON CONFLICT DO NOTHING";
 
 const COUNT_REPEATS: &str = "UPDATE messages m
     SET n_received = m.n_received + u.n, last_received_ms = u.last
@@ -349,13 +276,14 @@ impl Statements {
             client.prepare(LAST_ID),
             client.prepare(SET_LAST_ID),
         )?;
-        let (upsert_patients, insert_messages, insert_keys, count_repeats, insert_alarms) = tokio::try_join!(
+        let (upsert_patients, insert_messages, insert_keys, insert_keys_any) = tokio::try_join!(
             client.prepare(UPSERT_PATIENTS),
             client.prepare(INSERT_MESSAGES),
             client.prepare(INSERT_KEYS),
-            client.prepare(COUNT_REPEATS),
-            client.prepare(INSERT_ALARMS),
+            client.prepare(INSERT_KEYS_ANY),
         )?;
+        let (count_repeats, insert_alarms) =
+            tokio::try_join!(client.prepare(COUNT_REPEATS), client.prepare(INSERT_ALARMS),)?;
         Ok(Statements {
             find_keys,
             find_refused,
@@ -365,6 +293,7 @@ impl Statements {
             upsert_patients,
             insert_messages,
             insert_keys,
+            insert_keys_any,
             count_repeats,
             insert_alarms,
         })
@@ -558,13 +487,12 @@ async fn write(
     dedupe: bool,
 ) -> Result<(Vec<Stored>, Tally), StoreError> {
     let fail = |e: tokio_postgres::Error| db_error("store transaction failed", &e);
-    let transaction = client.transaction().await.map_err(fail)?;
-    transaction
-        .batch_execute(&format!(
-            "SET LOCAL synchronous_commit TO on; SELECT pg_advisory_xact_lock({FEED_LOCK})"
-        ))
-        .await
-        .map_err(fail)?;
+    // No `Transaction` guard: its BEGIN would be a round trip of its own. On any error the
+    // caller drops this connection, and PostgreSQL rolls the transaction back.
+    let transaction: &Client = client;
+    let begin = format!(
+        "BEGIN; SET LOCAL synchronous_commit TO on; SELECT pg_advisory_xact_lock({FEED_LOCK})"
+    );
 
     // The lookups, pipelined on the one connection.
     let (mut apps, mut facs, mut ctrls) = (Vec::new(), Vec::new(), Vec::new());
@@ -592,7 +520,11 @@ async fn write(
     let key_params: [&(dyn ToSql + Sync); 3] = [&apps, &facs, &ctrls];
     let refused_params: [&(dyn ToSql + Sync); 1] = [&refused_hashes];
     let patient_params: [&(dyn ToSql + Sync); 1] = [&patient_keys];
-    let (found_keys, found_refused, found_patients, last_id) = tokio::try_join!(
+    // Round trip 1: the transaction, the feed lock and the lookups, pipelined (PostgreSQL
+    // runs them in order, so the lookups see every transaction that held the lock before).
+    let (_, found_keys, found_refused, found_patients, last_id) = tokio::try_join!(
+        biased;
+        transaction.batch_execute(&begin),
         transaction.query(&statements.find_keys, &key_params),
         transaction.query(&statements.find_refused, &refused_params),
         transaction.query(&statements.find_patients, &patient_params),
@@ -716,7 +648,6 @@ async fn write(
 
     // The writes.
     let touched: Vec<&PatientChange> = patients.values().filter(|p| p.last_message > 0).collect();
-    let mut patient_ids: HashMap<String, i64> = HashMap::new();
     let set_last_id = async {
         if new_rows.is_empty() {
             Ok(0)
@@ -728,7 +659,7 @@ async fn write(
     };
     let upsert = async {
         if touched.is_empty() {
-            return Ok(Vec::new());
+            return Ok(0);
         }
         let text = |f: fn(&PatientData) -> &str| -> Vec<&str> {
             touched.iter().map(|p| f(&p.data)).collect()
@@ -736,7 +667,7 @@ async fn write(
         let number =
             |f: fn(&PatientChange) -> i64| -> Vec<i64> { touched.iter().map(|p| f(p)).collect() };
         transaction
-            .query(
+            .execute(
                 &statements.upsert_patients,
                 &[
                     &text(|d| &d.key),
@@ -754,11 +685,6 @@ async fn write(
             )
             .await
     };
-    let (_, upserted) = tokio::try_join!(set_last_id, upsert).map_err(fail)?;
-    for row in upserted {
-        patient_ids.insert(row.get(0), row.get(1));
-    }
-
     let messages = async {
         if new_rows.is_empty() {
             return Ok(0);
@@ -774,13 +700,10 @@ async fn write(
             .iter()
             .map(|(_, r)| outcome_name(r.verdict.outcome()))
             .collect();
-        let patient: Vec<Option<i64>> = new_rows
+        // By key: the patients' rows are written by the statement before this one.
+        let patient: Vec<Option<&str>> = new_rows
             .iter()
-            .map(|(_, r)| {
-                r.patient
-                    .as_ref()
-                    .and_then(|p| patient_ids.get(&p.key).copied())
-            })
+            .map(|(_, r)| r.patient.as_ref().map(|p| p.key.as_str()))
             .collect();
         let n_observations: Vec<i32> = new_rows.iter().map(|(_, r)| r.n_observations).collect();
         let replay_of: Vec<Option<i64>> = new_rows.iter().map(|(_, r)| r.replay_of).collect();
@@ -822,7 +745,7 @@ async fn write(
     };
     let insert_keys = async {
         if new_keys.is_empty() {
-            return Ok(Vec::new());
+            return Ok(0);
         }
         let apps: Vec<&str> = new_keys
             .iter()
@@ -839,11 +762,13 @@ async fn write(
         let hashes: Vec<&[u8]> = new_keys.iter().map(|(_, r, _)| r.hash.as_slice()).collect();
         let sent: Vec<Option<i64>> = new_keys.iter().map(|(_, _, k)| k.sent_ms).collect();
         let ids: Vec<i64> = new_keys.iter().map(|(id, _, _)| *id).collect();
+        let insert = if dedupe {
+            &statements.insert_keys
+        } else {
+            &statements.insert_keys_any
+        };
         transaction
-            .query(
-                &statements.insert_keys,
-                &[&apps, &facs, &ctrls, &hashes, &sent, &ids],
-            )
+            .execute(insert, &[&apps, &facs, &ctrls, &hashes, &sent, &ids])
             .await
     };
     let count_repeats = async {
@@ -914,19 +839,22 @@ async fn write(
             )
             .await
     };
-    let (_, inserted_keys, _, _) =
-        tokio::try_join!(messages, insert_keys, count_repeats, insert_alarms).map_err(fail)?;
-    if dedupe {
-        let n_expected = new_keys.len();
-        if inserted_keys.len() != n_expected {
-            // Another writer stored one of these keys although the feed lock should have
-            // made it visible to the lookup: roll back, the senders retry.
-            return Err(StoreError::Database(
-                "a duplicate key was stored concurrently; rolled back".into(),
-            ));
-        }
-    }
-    transaction.commit().await.map_err(fail)?;
+    // Round trip 2: every write and the commit, pipelined, in this order (`biased`: each is
+    // sent as it is first polled). A write that fails aborts the transaction, so the COMMIT
+    // behind it rolls back; its error is what this returns. With duplicate recognition on,
+    // a key stored concurrently (which the feed lock rules out) is such a failure: the
+    // keys' insert has no ON CONFLICT then, and the senders retry.
+    tokio::try_join!(
+        biased;
+        set_last_id,
+        upsert,
+        messages,
+        insert_keys,
+        count_repeats,
+        insert_alarms,
+        transaction.batch_execute("COMMIT"),
+    )
+    .map_err(fail)?;
     Ok((stored, tally))
 }
 

@@ -41,7 +41,7 @@ pub(super) mod field {
 /// never what: the column holds patient data.
 #[derive(Debug, thiserror::Error)]
 #[error("malformed observations column at byte {position}")]
-pub(super) struct Malformed {
+pub(in crate::store) struct Malformed {
     position: usize,
 }
 
@@ -410,8 +410,79 @@ fn string_len(bytes: &[u8]) -> Option<usize> {
     }
 }
 
+/// One observation in the `observations` column, in the order the migration documents.
+pub(in crate::store) type EncodedObservation<S> =
+    (S, S, S, S, S, S, Option<f64>, S, S, S, S, S, S, i64, S);
+
+/// An observation as written: its fifteen values, and a marked one's mark after them
+/// (`encoded`'s sixteenth value).
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum Written<'a> {
+    Plain(EncodedObservation<&'a str>),
+    Marked(
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+        Option<f64>,
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+        i64,
+        &'a str,
+        &'static str,
+    ),
+}
+
+/// The column of a message's observations, as both stores write it (`None` without any).
+pub(in crate::store) fn encode_observations(observations: &[ObservationData]) -> Option<String> {
+    if observations.is_empty() {
+        return None;
+    }
+    let encoded: Vec<Written<'_>> = observations
+        .iter()
+        .map(|o| {
+            // JSON has no infinities; a value that overflowed a double is no number, and a
+            // marked value is none either (`crate::marks`).
+            let numeric = o.numeric.filter(|n| n.is_finite() && o.mark.is_none());
+            let plain = (
+                o.value_type.as_str(),
+                o.code.as_str(),
+                o.code_text.as_str(),
+                o.code_system.as_str(),
+                o.sub_id.as_str(),
+                o.value.as_str(),
+                numeric,
+                o.units.as_str(),
+                o.units_text.as_str(),
+                o.reference_range.as_str(),
+                o.abnormal_flags.as_str(),
+                o.status.as_str(),
+                o.observed_at.as_str(),
+                o.observed_ms,
+                o.equipment.as_str(),
+            );
+            match o.mark {
+                None => Written::Plain(plain),
+                Some(mark) => {
+                    let (a, b, c, d, e, f, g, h, i, j, k, l, m, n, p) = plain;
+                    Written::Marked(a, b, c, d, e, f, g, h, i, j, k, l, m, n, p, mark.name())
+                }
+            }
+        })
+        .collect();
+    // Strings, numbers and arrays only: serializing cannot fail.
+    Some(serde_json::to_string(&encoded).expect("observations serialize"))
+}
+
 /// Decodes a whole column: every observation, in order.
-pub(super) fn decode(column: &[u8]) -> Result<Vec<ObservationData>, Malformed> {
+pub(in crate::store) fn decode(column: &[u8]) -> Result<Vec<ObservationData>, Malformed> {
     let mut observations = Vec::new();
     each_observation(column, |index, encoded| {
         observations.push(encoded.to_data(index)?);
@@ -514,7 +585,7 @@ impl<'a> Scanner<'a> {
 mod tests {
     use proptest::prelude::*;
 
-    use super::super::encode_observations;
+    use super::encode_observations;
     use super::*;
 
     fn observation(index: u32, text: &str, numeric: Option<f64>) -> ObservationData {

@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 mod alarms;
 pub mod backup;
 mod checkpoint;
-mod encoded;
+pub(in crate::store) mod encoded;
 mod keys;
 mod merge;
 mod pool;
@@ -49,6 +49,7 @@ mod tests;
 mod writer;
 
 use self::checkpoint::*;
+use self::encoded::encode_observations;
 use self::keys::*;
 use self::pool::*;
 use self::readers::*;

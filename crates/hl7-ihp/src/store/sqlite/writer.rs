@@ -4,35 +4,6 @@
 use super::*;
 use crate::store::MergeRequest;
 
-/// One observation in the `observations` column, in the order the migration documents.
-pub(super) type EncodedObservation<S> = (S, S, S, S, S, S, Option<f64>, S, S, S, S, S, S, i64, S);
-
-/// An observation as written: its fifteen values, and a marked one's mark after them
-/// (`encoded`'s sixteenth value).
-#[derive(serde::Serialize)]
-#[serde(untagged)]
-enum Written<'a> {
-    Plain(EncodedObservation<&'a str>),
-    Marked(
-        &'a str,
-        &'a str,
-        &'a str,
-        &'a str,
-        &'a str,
-        &'a str,
-        Option<f64>,
-        &'a str,
-        &'a str,
-        &'a str,
-        &'a str,
-        &'a str,
-        &'a str,
-        i64,
-        &'a str,
-        &'static str,
-    ),
-}
-
 pub(super) struct Writer {
     pub(super) conn: Connection,
     pub(super) requests: mpsc::Receiver<Request>,
@@ -271,46 +242,6 @@ impl Row {
         }
         row
     }
-}
-
-pub(super) fn encode_observations(observations: &[ObservationData]) -> Option<String> {
-    if observations.is_empty() {
-        return None;
-    }
-    let encoded: Vec<Written<'_>> = observations
-        .iter()
-        .map(|o| {
-            // JSON has no infinities; a value that overflowed a double is no number, and a
-            // marked value is none either (`crate::marks`).
-            let numeric = o.numeric.filter(|n| n.is_finite() && o.mark.is_none());
-            let plain = (
-                o.value_type.as_str(),
-                o.code.as_str(),
-                o.code_text.as_str(),
-                o.code_system.as_str(),
-                o.sub_id.as_str(),
-                o.value.as_str(),
-                numeric,
-                o.units.as_str(),
-                o.units_text.as_str(),
-                o.reference_range.as_str(),
-                o.abnormal_flags.as_str(),
-                o.status.as_str(),
-                o.observed_at.as_str(),
-                o.observed_ms,
-                o.equipment.as_str(),
-            );
-            match o.mark {
-                None => Written::Plain(plain),
-                Some(mark) => {
-                    let (a, b, c, d, e, f, g, h, i, j, k, l, m, n, p) = plain;
-                    Written::Marked(a, b, c, d, e, f, g, h, i, j, k, l, m, n, p, mark.name())
-                }
-            }
-        })
-        .collect();
-    // Strings, numbers and arrays only: serializing cannot fail.
-    Some(serde_json::to_string(&encoded).expect("observations serialize"))
 }
 
 /// A patient row as stored.
