@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 
-use tokio_postgres::{Client, Row};
+use tokio_postgres::Row;
+
+use super::pool::Pooled;
 
 use super::db_error;
 use crate::alarm::{AlarmData, AlarmMeasurement};
@@ -55,7 +57,7 @@ fn alarm_at(row: &Row) -> AlarmData {
 /// by patient key, state (compared lower-cased, as stored), source device and the id
 /// cursor, as SQLite's.
 pub(super) async fn read_alarms(
-    client: &Client,
+    client: &Pooled<'_>,
     query: &AlarmQuery,
 ) -> Result<Vec<AlarmRow>, StoreError> {
     let sql = format!(
@@ -99,7 +101,7 @@ pub(super) async fn read_alarms(
 /// Fills [`FeedMessage::alarms`] of the accepted alarm reports among `messages`, in one
 /// statement for all of them.
 pub(super) async fn attach(
-    client: &Client,
+    client: &Pooled<'_>,
     messages: &mut [FeedMessage],
 ) -> Result<(), StoreError> {
     let ids: Vec<i64> = messages

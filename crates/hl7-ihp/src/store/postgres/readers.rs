@@ -7,7 +7,7 @@ use tokio_postgres::Row as PgRow;
 use tokio_postgres::types::ToSql;
 
 use super::db_error;
-use super::pool::Pool;
+use super::pool::{Pool, Pooled};
 use crate::store::{
     AlarmQuery, AlarmRow, ChangeCursor, Changes, DeviceRecords, Feed, FeedMessage, FilePosition,
     MessageDetail, MessageFilter, MessageSummary, ObservationData, ObservationQuery,
@@ -182,7 +182,7 @@ impl MessageRow {
 }
 
 async fn patient_row(
-    client: &tokio_postgres::Client,
+    client: &Pooled<'_>,
     key: &str,
 ) -> Result<Option<(i64, PatientData)>, StoreError> {
     let row = client
@@ -222,7 +222,7 @@ struct RecordMessage {
 /// A page of a patient's messages with observations, newest first, at or below `upper`,
 /// received within `[from_ms, to_ms)`.
 async fn record_messages(
-    client: &tokio_postgres::Client,
+    client: &Pooled<'_>,
     patient: i64,
     upper: i64,
     from_ms: i64,
