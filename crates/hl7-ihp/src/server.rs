@@ -245,6 +245,7 @@ pub async fn run(
     }
     let budget = PartialBudget::new(config.mllp.limits.max_partial_bytes);
     let events = Events::new();
+    store.watch_other_writers(events.clone());
     let export_counters = Arc::new(ExportCounters::with_devices(
         config.export.files,
         config.export.device_files,

@@ -854,6 +854,12 @@ pub trait Store: StoreRead {
 
     /// Whether storing works now, cheap to read (for `/healthz`).
     fn health(&self) -> Health;
+
+    /// From now on, tells `events` of the commits other writers of the same store make
+    /// (other receivers, a replay, a migration), so that what follows the change feed wakes
+    /// for them as for this receiver's own. Nothing where no one else writes: a SQLite store
+    /// has one receiver per data directory, and its followers also poll.
+    fn watch_other_writers(&self, _events: crate::events::Events) {}
 }
 
 /// What one [`Store::purge`] step is asked to remove (docs/storage.md, "Retention").

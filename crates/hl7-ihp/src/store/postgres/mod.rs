@@ -7,6 +7,7 @@
 //! (`NoTls`): put the database on a trusted network or a local socket.
 
 mod alarms;
+mod listen;
 mod pool;
 mod purge;
 mod readers;
@@ -219,6 +220,7 @@ impl PgReader {
 /// The receiver's PostgreSQL store: a writer task with its own connection that commits
 /// every waiting batch in one transaction (group commit), and a pool of readers.
 pub struct PgStore {
+    location: PostgresLocation,
     reader: PgReader,
     requests: tokio::sync::mpsc::Sender<Request>,
     counters: Arc<Counters>,
@@ -252,6 +254,7 @@ impl PgStore {
             health: Arc::clone(&health),
         }));
         Ok(PgStore {
+            location: location.clone(),
             reader: PgReader {
                 pool,
                 _runtime: runtime,
@@ -401,6 +404,15 @@ impl Store for PgStore {
 
     fn stats(&self) -> StoreStats {
         self.counters.stats()
+    }
+
+    fn watch_other_writers(&self, events: crate::events::Events) {
+        if let Ok(config) = self.location.config() {
+            self.reader
+                ._runtime
+                .handle
+                .spawn(listen::run(config, events));
+        }
     }
 
     fn health(&self) -> Health {

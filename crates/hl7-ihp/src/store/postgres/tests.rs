@@ -188,6 +188,35 @@ async fn the_feed_is_in_commit_order_with_two_receivers_writing() {
     assert_eq!(stored, (N_TASKS * N_EACH) as u64);
 }
 
+/// A commit on one receiver wakes what follows the feed on the other (LISTEN/NOTIFY), long
+/// before the live view's 30 s poll would have read it; its own commits wake it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_on_one_receiver_wakes_the_followers_of_the_other() {
+    let Some((_server, _db, a, b)) = two_receivers() else {
+        return;
+    };
+    let events = crate::events::Events::new();
+    let mut woken = events.subscribe();
+    a.watch_other_writers(events.clone());
+    // The listener's first wake-up says it listens: whatever came before is read then.
+    let deadline = std::time::Duration::from_secs(20);
+    tokio::time::timeout(deadline, woken.changed())
+        .await
+        .expect("the listener started");
+    let before = woken.n_commits();
+    new_id(&b.commit(vec![oru("w1", None, &["1"], "")]).await.unwrap()[0]);
+    tokio::time::timeout(deadline, woken.changed())
+        .await
+        .expect("a commit of the other receiver woke this one's followers");
+    assert!(woken.n_commits() > before);
+    let n = woken.n_commits();
+    new_id(&a.commit(vec![oru("w2", None, &["1"], "")]).await.unwrap()[0]);
+    tokio::time::timeout(deadline, woken.changed())
+        .await
+        .expect("its own commit woke it");
+    assert!(woken.n_commits() > n);
+}
+
 /// The database going away fails commits (the devices get a reject) and `/healthz`, and
 /// storing resumes by itself when it comes back, without reopening the store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

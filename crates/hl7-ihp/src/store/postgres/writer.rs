@@ -839,6 +839,12 @@ async fn write(
             )
             .await
     };
+    // Other receivers' exporters and live views wake when this commits (`listen`).
+    let commit = if new_rows.is_empty() {
+        "COMMIT".to_string()
+    } else {
+        format!("NOTIFY {}; COMMIT", super::listen::CHANNEL)
+    };
     // Round trip 2: every write and the commit, pipelined, in this order (`biased`: each is
     // sent as it is first polled). A write that fails aborts the transaction, so the COMMIT
     // behind it rolls back; its error is what this returns. With duplicate recognition on,
@@ -852,7 +858,7 @@ async fn write(
         insert_keys,
         count_repeats,
         insert_alarms,
-        transaction.batch_execute("COMMIT"),
+        transaction.batch_execute(&commit),
     )
     .map_err(fail)?;
     Ok((stored, tally))
