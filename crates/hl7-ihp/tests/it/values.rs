@@ -27,12 +27,20 @@ fn file_records(receiver: &Receiver, key: &str) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-/// The samples' observation times fall on 2026-12-01.
-const DAY: &str = "since=2026-12-01T00:00:00Z&until=2026-12-02T00:00:00Z&bucket=1h";
+/// A window that holds the samples' observation times (2026-12-01) and the messages'
+/// received times (now): trends look at both. A fixed day stopped holding the second once
+/// the clock passed it.
+fn window() -> String {
+    let until = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
+    format!("since=2026-12-01T00:00:00Z&until={until}&bucket=24h")
+}
 
 /// Each code's trend points (their count over all buckets) for a patient.
 fn trend_counts(receiver: &Receiver, key: &str) -> Vec<(String, u64)> {
-    let trends = get_json(receiver, &format!("/api/v1/patients/{key}/trends?{DAY}"));
+    let trends = get_json(
+        receiver,
+        &format!("/api/v1/patients/{key}/trends?{}", window()),
+    );
     trends["series"]
         .as_array()
         .unwrap_or_else(|| panic!("{trends}"))
