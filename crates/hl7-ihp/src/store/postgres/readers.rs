@@ -11,7 +11,7 @@ use super::pool::Pool;
 use super::writer::JsonObservation;
 use crate::store::{
     AlarmQuery, AlarmRow, ChangeCursor, Changes, DeviceRecords, Feed, FeedMessage, FilePosition,
-    MessageDetail, MessageFilter, MessageSummary, ObservationData, ObservationQuery,
+    MergeNote, MessageDetail, MessageFilter, MessageSummary, ObservationData, ObservationQuery,
     ObservationRow, Outcome, PatientData, PatientRecords, PatientSummary, StoreError, StoreFuture,
     StoreRead, TrendBucket, TrendQuery, TrendSeries, outcome_name,
 };
@@ -35,8 +35,9 @@ fn select(with_raw: bool) -> String {
              m.observations::text,
              (SELECT min(r.id) FROM messages r WHERE r.replay_of = m.id),
              p.key, p.patient_id, p.assigning_authority, p.identifiers, p.name, p.birth_date,
-             p.sex, {}, m.raw_encoding
-         FROM messages m LEFT JOIN patients p ON p.id = m.patient",
+             p.sex, {}, m.raw_encoding, g.prior_key, g.survivor_key, g.event
+         FROM messages m LEFT JOIN patients p ON p.id = m.patient
+         LEFT JOIN patient_merges g ON g.message = m.id",
         if with_raw { "m.raw" } else { "NULL::bytea" }
     )
 }
@@ -64,6 +65,8 @@ struct MessageRow {
     replayed_as: Option<i64>,
     patient: Option<PatientData>,
     raw: Option<Vec<u8>>,
+    /// The patient merge the message made, if it made one.
+    merge: Option<MergeNote>,
 }
 
 fn outcome(name: &str) -> Result<Outcome, StoreError> {
@@ -131,6 +134,11 @@ impl MessageRow {
             replayed_as: row.get(18),
             patient,
             raw,
+            merge: row.get::<_, Option<String>>(28).map(|prior| MergeNote {
+                prior,
+                survivor: row.get(29),
+                event: row.get(30),
+            }),
         })
     }
 
@@ -151,7 +159,7 @@ impl MessageRow {
             message_type: self.message_type.clone(),
             patient: self.patient.as_ref().map(|p| p.key.clone()),
             ack_code: self.ack_code.clone(),
-            merge: None,
+            merge: self.merge.clone(),
             raw: self.raw.clone(),
             replay_of: self.replay_of,
             replayed_as: self.replayed_as,
@@ -172,7 +180,7 @@ impl MessageRow {
             location: self.location,
             device: self.device,
             patient: self.patient,
-            merged_from: None,
+            merged_from: self.merge.map(|m| m.prior),
             alarms: Vec::new(),
         })
     }
@@ -411,6 +419,24 @@ impl StoreRead for Pool {
                     && !patients.contains(&key)
                 {
                     patients.push(key);
+                }
+            }
+            // A merge changed the prior patient too: their records are gone (now the
+            // survivor's), so their files must go.
+            if next > after {
+                let merged = client
+                    .query(
+                        "SELECT prior_key FROM patient_merges WHERE message > $1 AND message <= $2
+                         ORDER BY message",
+                        &[&after.position(), &next.position()],
+                    )
+                    .await
+                    .map_err(fail)?;
+                for row in &merged {
+                    let key: String = row.get(0);
+                    if !patients.contains(&key) {
+                        patients.push(key);
+                    }
                 }
             }
             Ok(Changes { patients, next })
