@@ -238,7 +238,10 @@ fn retention_and_purge_remove_old_messages_from_postgres() {
     let ack = client.exchange(&oru("NEW0", "RET", 1));
     assert_eq!(ack_field(&ack, "MSA-1"), "AA");
     assert_eq!(
-        server.psql(&db, "SELECT max(id) FROM messages WHERE control_id = 'NEW0'"),
+        server.psql(
+            &db,
+            "SELECT max(id) FROM messages WHERE control_id = 'NEW0'"
+        ),
         "12"
     );
 
@@ -275,7 +278,10 @@ fn retention_and_purge_remove_old_messages_from_postgres() {
         "{stdout}"
     );
     assert_eq!(
-        server.psql(&db, "SELECT count(*) FROM messages WHERE outcome <> 'accepted'"),
+        server.psql(
+            &db,
+            "SELECT count(*) FROM messages WHERE outcome <> 'accepted'"
+        ),
         "0"
     );
     drop(receiver);

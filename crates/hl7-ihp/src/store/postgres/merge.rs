@@ -112,22 +112,24 @@ pub(super) async fn write_merge(
         .map_err(fail)?
         .get(0);
     let id = last + 1;
-    let result = match merge_patients(transaction, merge, &survivor.key, id, row.received_ms)
-        .await?
-    {
-        Ok(()) => write_rows(transaction, statements, one, dedupe).await?,
-        Err(reason) => {
-            let refused = row.clone().refuse(reason);
-            write_rows(transaction, statements, std::slice::from_ref(&refused), dedupe).await?
-        }
-    };
+    let result =
+        match merge_patients(transaction, merge, &survivor.key, id, row.received_ms).await? {
+            Ok(()) => write_rows(transaction, statements, one, dedupe).await?,
+            Err(reason) => {
+                let refused = row.clone().refuse(reason);
+                write_rows(
+                    transaction,
+                    statements,
+                    std::slice::from_ref(&refused),
+                    dedupe,
+                )
+                .await?
+            }
+        };
     match result.0.first() {
-        Some(Stored::New { id: got } | Stored::Refused { id: got, .. }) if *got == id => {
-            Ok(result)
-        }
+        Some(Stored::New { id: got } | Stored::Refused { id: got, .. }) if *got == id => Ok(result),
         _ => Err(StoreError::Database(
-            "a patient merge was not stored with the id it was recorded under; rolled back"
-                .into(),
+            "a patient merge was not stored with the id it was recorded under; rolled back".into(),
         )),
     }
 }

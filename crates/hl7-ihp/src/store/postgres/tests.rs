@@ -203,9 +203,12 @@ async fn a_merge_on_one_receiver_holds_on_the_other() {
         return;
     };
     let who = |key: &str| Some(patient(key, "X", false));
-    a.commit(vec![oru("a1", who("A"), &["1"], ""), oru("b1", who("B"), &["2"], "")])
-        .await
-        .unwrap();
+    a.commit(vec![
+        oru("a1", who("A"), &["1"], ""),
+        oru("b1", who("B"), &["2"], ""),
+    ])
+    .await
+    .unwrap();
     let merge = crate::store::contract::merge("m1", "B", "A", "A40");
     let merge_id = new_id(&a.commit(vec![merge.clone()]).await.unwrap()[0]);
     assert_eq!(
@@ -215,7 +218,11 @@ async fn a_merge_on_one_receiver_holds_on_the_other() {
             verdict: Verdict::Accept
         }]
     );
-    let later = new_id(&b.commit(vec![oru("a2", who("A"), &["3"], "")]).await.unwrap()[0]);
+    let later = new_id(
+        &b.commit(vec![oru("a2", who("A"), &["3"], "")])
+            .await
+            .unwrap()[0],
+    );
     let detail = a.message(later).await.unwrap().unwrap();
     assert_eq!(detail.summary.patient.as_deref(), Some("B"));
     let keys: Vec<String> = a
@@ -227,7 +234,11 @@ async fn a_merge_on_one_receiver_holds_on_the_other() {
         .collect();
     assert_eq!(keys, ["B"]);
     let records = b.patient_records("B", None).await.unwrap().unwrap();
-    let ids: Vec<&str> = records.records.iter().map(|r| r.control_id.as_str()).collect();
+    let ids: Vec<&str> = records
+        .records
+        .iter()
+        .map(|r| r.control_id.as_str())
+        .collect();
     assert_eq!(ids, ["a2", "b1", "a1"]);
 }
 
