@@ -369,6 +369,13 @@ pub struct DataDir {
     /// in the data directory].
     #[arg(long = "store", env = "HL7IHP_STORE", value_name = "LOCATION")]
     pub store: Option<String>,
+    /// File whose first line is the PostgreSQL password of --store (instead of the URL's).
+    #[arg(
+        long = "store-password-file",
+        env = "HL7IHP_STORE_PASSWORD_FILE",
+        value_name = "FILE"
+    )]
+    pub store_password_file: Option<PathBuf>,
 }
 
 fn parse_fields(text: &str) -> Result<crate::export::Fields, String> {

@@ -11,8 +11,18 @@ use crate::export;
 use crate::store::{self, MessageFilter, StoreLocation, StoreRead, outcome_name, utc_text};
 use crate::terminal;
 
-/// The store `--data-dir` or `--store` names, as a location.
+/// The store `--data-dir` or `--store` names, as a location, with the password of
+/// `--store-password-file` (read as `receive` reads it) when given.
 pub fn location(args: &DataDir) -> anyhow::Result<StoreLocation> {
+    let location = named_location(args)?;
+    match &args.store_password_file {
+        Some(path) => crate::config::receive::with_password_file(Some(location), path)
+            .map_err(|e| anyhow::anyhow!("{e}")),
+        None => Ok(location),
+    }
+}
+
+fn named_location(args: &DataDir) -> anyhow::Result<StoreLocation> {
     Ok(match &args.store {
         Some(text) => match StoreLocation::parse(text) {
             Ok(location) => location,

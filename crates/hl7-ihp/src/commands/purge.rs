@@ -1,7 +1,8 @@
 //! `hl7-ihp purge`: removes old messages once, as `receive --retention` does in the
-//! background, or counts what would go with `--dry-run`. It writes to the store, so it
-//! takes the data directory's lock like `receive`: a running receiver is refused (it purges
-//! with `--retention`).
+//! background, or counts what would go with `--dry-run`. On SQLite it writes to the store,
+//! so it takes the data directory's lock like `receive`: a running receiver is refused (it
+//! purges with `--retention`). A PostgreSQL store is shared by several receivers by design
+//! and each purge step is a transaction of its own: no lock, a running receiver is fine.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -37,8 +38,12 @@ pub fn run(args: &PurgeArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let location = super::inspect::location(&args.store)?;
-    // The lock, as `receive` takes it: one writer per data directory.
-    let data_dir = match datadir::prepare(&args.store.path) {
+    // The lock, as `receive` takes it: one writer per data directory (SQLite only).
+    let data_dir = match &location {
+        store::StoreLocation::Postgres(_) => None,
+        _ => Some(datadir::prepare(&args.store.path)),
+    };
+    let data_dir = match data_dir.transpose() {
         Ok(data_dir) => data_dir,
         Err(DataDirError::Held { path, holder }) => {
             eprintln!(

@@ -261,14 +261,21 @@ struct Counts {
 }
 
 /// Replays into this data directory: takes its lock (as `receive` does), opens the store
-/// and runs each message's bytes through ingest with the receiving settings given.
+/// and runs each message's bytes through ingest with the receiving settings given. A
+/// PostgreSQL store is shared by several receivers by design: no lock is taken, a running
+/// receiver is fine, and its exporter (the lease holder's) writes the replayed messages'
+/// patient files, as any other receiver's messages.
 fn local(
     args: &ReplayArgs,
     config: ReceiveConfig,
     selector: &Selector,
     mut report: Option<&mut Report>,
 ) -> anyhow::Result<ExitCode> {
-    let data_dir = match datadir::prepare(&config.data_dir) {
+    let data_dir = match &config.store.location {
+        store::StoreLocation::Postgres(_) => None,
+        _ => Some(datadir::prepare(&config.data_dir)),
+    };
+    let data_dir = match data_dir.transpose() {
         Ok(data_dir) => data_dir,
         Err(error @ DataDirError::Held { .. }) => {
             return Ok(usage(&format!(

@@ -461,7 +461,7 @@ fn read_token_file(path: &std::path::Path) -> Result<HttpToken, String> {
 
 /// `--store` with the password of `--store-password-file` (its first line, trimmed), which
 /// only a PostgreSQL location takes.
-fn with_password_file(
+pub(crate) fn with_password_file(
     store: Option<StoreLocation>,
     path: &std::path::Path,
 ) -> Result<StoreLocation, ConfigError> {

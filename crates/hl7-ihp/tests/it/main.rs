@@ -67,6 +67,9 @@ mod send_tls;
 mod terminal;
 // The PostgreSQL store through the real binary: receive, inspect, SIGKILL.
 mod postgres;
+// Operations on PostgreSQL through the real binary: merges, replay, retention and purge,
+// the inspection commands with a password file.
+mod pg_operations;
 // A real PostgreSQL for those tests, shared with the unit tests.
 #[path = "../../src/store/postgres/testdb.rs"]
 mod pg_server;

@@ -8,6 +8,7 @@
 
 mod alarms;
 mod listen;
+mod merge;
 mod pool;
 mod purge;
 mod readers;

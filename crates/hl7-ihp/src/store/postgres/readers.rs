@@ -10,7 +10,7 @@ use super::db_error;
 use super::pool::{Pool, Pooled};
 use crate::store::{
     AlarmQuery, AlarmRow, ChangeCursor, Changes, DeviceRecords, Feed, FeedMessage, FilePosition,
-    MessageDetail, MessageFilter, MessageSummary, ObservationData, ObservationQuery,
+    MergeNote, MessageDetail, MessageFilter, MessageSummary, ObservationData, ObservationQuery,
     ObservationRow, Outcome, PatientData, PatientRecords, PatientSummary, StoreError, StoreFuture,
     StoreRead, TrendBucket, TrendQuery, TrendSeries, outcome_name,
 };
@@ -39,8 +39,9 @@ fn select(with_raw: bool) -> String {
              m.observations::text,
              (SELECT min(r.id) FROM messages r WHERE r.replay_of = m.id GROUP BY r.replay_of),
              p.key, p.patient_id, p.assigning_authority, p.identifiers, p.name, p.birth_date,
-             p.sex, {}, m.raw_encoding
-         FROM messages m LEFT JOIN patients p ON p.id = m.patient",
+             p.sex, {}, m.raw_encoding, g.prior_key, g.survivor_key, g.event
+         FROM messages m LEFT JOIN patients p ON p.id = m.patient
+         LEFT JOIN patient_merges g ON g.message = m.id",
         if with_raw { "m.raw" } else { "NULL::bytea" }
     )
 }
@@ -68,6 +69,8 @@ struct MessageRow {
     replayed_as: Option<i64>,
     patient: Option<PatientData>,
     raw: Option<Vec<u8>>,
+    /// The patient merge the message made, if it made one.
+    merge: Option<MergeNote>,
 }
 
 fn outcome(name: &str) -> Result<Outcome, StoreError> {
@@ -134,6 +137,11 @@ impl MessageRow {
             replayed_as: row.get(18),
             patient,
             raw,
+            merge: row.get::<_, Option<String>>(28).map(|prior| MergeNote {
+                prior,
+                survivor: row.get(29),
+                event: row.get(30),
+            }),
         })
     }
 
@@ -154,7 +162,7 @@ impl MessageRow {
             message_type: self.message_type.clone(),
             patient: self.patient.as_ref().map(|p| p.key.clone()),
             ack_code: self.ack_code.clone(),
-            merge: None,
+            merge: self.merge.clone(),
             raw: self.raw.clone(),
             replay_of: self.replay_of,
             replayed_as: self.replayed_as,
@@ -175,7 +183,7 @@ impl MessageRow {
             location: self.location,
             device: self.device,
             patient: self.patient,
-            merged_from: None,
+            merged_from: self.merge.map(|m| m.prior),
             alarms: Vec::new(),
         })
     }
@@ -414,6 +422,24 @@ impl StoreRead for Pool {
                     && !patients.contains(&key)
                 {
                     patients.push(key);
+                }
+            }
+            // A merge changed the prior patient too: their records are gone (now the
+            // survivor's), so their files must go.
+            if next > after {
+                let merged = client
+                    .query(
+                        "SELECT prior_key FROM patient_merges WHERE message > $1 AND message <= $2
+                         ORDER BY message",
+                        &[&after.position(), &next.position()],
+                    )
+                    .await
+                    .map_err(fail)?;
+                for row in &merged {
+                    let key: String = row.get(0);
+                    if !patients.contains(&key) {
+                        patients.push(key);
+                    }
                 }
             }
             Ok(Changes { patients, next })

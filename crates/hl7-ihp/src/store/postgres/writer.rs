@@ -20,12 +20,9 @@ use tokio_postgres::{Client, Config, Statement};
 use super::{db_error, pool};
 use crate::store::sqlite::encoded::encode_observations;
 use crate::store::{
-    ChangeCursor, FilePosition, Health, MessageKey, NewMessage, PatientData, StoreError,
-    StoreStats, Stored, Verdict, outcome_name,
+    ChangeCursor, FilePosition, Health, MergeRequest, MessageKey, NewMessage, PatientData,
+    StoreError, StoreStats, Stored, Verdict, outcome_name,
 };
-
-/// The reason a patient merge is refused with in this stage.
-const MERGES_UNSUPPORTED: &str = "patient merges are not supported on PostgreSQL yet";
 
 /// The advisory lock key every commit takes before it assigns ids (`'hl7f'`).
 pub(super) const FEED_LOCK: i64 = 0x686c_3766;
@@ -71,12 +68,13 @@ impl Counters {
 }
 
 /// A message prepared for the writer on the caller's thread: its JSON and compressed bytes.
+#[derive(Clone)]
 pub(super) struct Row {
-    received_ms: i64,
+    pub(super) received_ms: i64,
     peer: String,
     peer_identity: Option<String>,
-    key: Option<MessageKey>,
-    hash: Vec<u8>,
+    pub(super) key: Option<MessageKey>,
+    pub(super) hash: Vec<u8>,
     verdict: Verdict,
     message_type: Option<String>,
     version: Option<String>,
@@ -84,9 +82,12 @@ pub(super) struct Row {
     device: Option<String>,
     /// Accepted messages without a patient: their device (`crate::unassigned`).
     device_key: Option<String>,
-    patient: Option<PatientData>,
-    /// Set for a patient merge: this stage stores it as an error with this reason
-    /// (`Stored::Refused`, answered AE) instead of making it.
+    pub(super) patient: Option<PatientData>,
+    /// An accepted patient merge (ADT^A40, A34, A47): whom to merge into `patient`, checked
+    /// and made in the writer's transaction (`merge.rs`).
+    pub(super) merge: Option<MergeRequest>,
+    /// Set for a patient merge the store refused: stored as an error with this reason
+    /// (`Stored::Refused`, answered with its refused ACK code).
     merge_refusal: Option<String>,
     n_observations: i32,
     observations: Option<String>,
@@ -115,6 +116,7 @@ impl Row {
             device: None,
             device_key: None,
             patient: None,
+            merge: None,
             merge_refusal: None,
             n_observations: 0,
             observations: None,
@@ -128,18 +130,8 @@ impl Row {
             row.message_type = Some(format!("{}^{}", content.message_type, content.trigger));
             row.version = Some(content.version);
             row.location = content.location;
-            if let (true, Some(merge)) = (accepted, &content.merge) {
-                // Refused as SQLite refuses a merge its state contradicts: an error about
-                // no one, with the merge's refused ACK code, nothing else changed.
-                let reason = MERGES_UNSUPPORTED.to_string();
-                row.verdict = Verdict::Error {
-                    reason: reason.clone(),
-                };
-                row.ack_code.clone_from(&merge.refused_ack_code);
-                row.merge_refusal = Some(reason);
-                return row;
-            }
             if accepted {
+                row.merge = content.merge;
                 if content.patient.is_none() {
                     row.device_key = crate::unassigned::message_device_key(
                         &content.observations,
@@ -156,6 +148,25 @@ impl Row {
             }
         }
         row
+    }
+
+    /// The row of a merge the store refused (as SQLite's writer): an error about no one
+    /// with the merge's refused ACK code; no device, observations, alarms or duplicate key.
+    pub(super) fn refuse(mut self, reason: String) -> Row {
+        self.verdict = Verdict::Error {
+            reason: reason.clone(),
+        };
+        if let Some(merge) = self.merge.take() {
+            self.ack_code = merge.refused_ack_code;
+        }
+        self.merge_refusal = Some(reason);
+        self.device = None;
+        self.device_key = None;
+        self.patient = None;
+        self.n_observations = 0;
+        self.observations = None;
+        self.alarms = Vec::new();
+        self
     }
 }
 
@@ -174,8 +185,8 @@ pub(super) struct Writer {
 pub(super) struct Statements {
     find_keys: Statement,
     find_refused: Statement,
-    find_patients: Statement,
-    last_id: Statement,
+    pub(super) find_patients: Statement,
+    pub(super) last_id: Statement,
     set_last_id: Statement,
     upsert_patients: Statement,
     insert_messages: Statement,
@@ -302,11 +313,20 @@ impl Statements {
 
 /// What one transaction counted, added to [`Counters`] once it commits.
 #[derive(Default)]
-struct Tally {
+pub(super) struct Tally {
     n_stored: u64,
     n_duplicates: u64,
     n_repeated: u64,
     n_reused_control_ids: u64,
+}
+
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        self.n_stored += other.n_stored;
+        self.n_duplicates += other.n_duplicates;
+        self.n_repeated += other.n_repeated;
+        self.n_reused_control_ids += other.n_reused_control_ids;
+    }
 }
 
 /// The writer's loop: until every [`super::PgStore`] handle is gone.
@@ -479,7 +499,9 @@ fn merge_fields(stored: &mut PatientData, message: &PatientData) {
     }
 }
 
-/// One transaction: the feed lock, the lookups, the decisions, the writes, the commit.
+/// One transaction: the feed lock, then the rows, then the commit. A patient merge
+/// (`merge.rs`) is a step of its own, between the rows before it and the rows after it,
+/// so that those see the patients as it leaves them, as on SQLite.
 async fn write(
     client: &mut Client,
     statements: &Statements,
@@ -489,11 +511,58 @@ async fn write(
     let fail = |e: tokio_postgres::Error| db_error("store transaction failed", &e);
     // No `Transaction` guard: its BEGIN would be a round trip of its own. On any error the
     // caller drops this connection, and PostgreSQL rolls the transaction back.
-    let transaction: &Client = client;
+    let db: &Client = client;
     let begin = format!(
         "BEGIN; SET LOCAL synchronous_commit TO on; SELECT pg_advisory_xact_lock({FEED_LOCK})"
     );
+    if !rows.iter().any(|r| r.merge.is_some()) {
+        // The usual batch: two round trips, the BEGIN with the lookups, the COMMIT with
+        // the writes.
+        return write_rows(db, statements, rows, dedupe, Some(&begin), true).await;
+    }
+    db.batch_execute(&begin).await.map_err(fail)?;
+    let mut stored = Vec::with_capacity(rows.len());
+    let mut tally = Tally::default();
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let n = rest
+            .iter()
+            .position(|r| r.merge.is_some())
+            .unwrap_or(rest.len());
+        let (before, merge) = rest.split_at(n);
+        if !before.is_empty() {
+            let (s, t) = write_rows(db, statements, before, dedupe, None, false).await?;
+            stored.extend(s);
+            tally.add(t);
+        }
+        let Some((merge, after)) = merge.split_first() else {
+            break;
+        };
+        let (s, t) = super::merge::write_merge(db, statements, merge, dedupe).await?;
+        stored.extend(s);
+        tally.add(t);
+        rest = after;
+    }
+    // A merge message is always stored (made or refused): the others are told.
+    db.batch_execute(&format!("NOTIFY {}; COMMIT", super::listen::CHANNEL))
+        .await
+        .map_err(fail)?;
+    Ok((stored, tally))
+}
 
+/// Rows without a merge: the lookups, the decisions, the writes. `begin`, when given,
+/// opens the transaction and takes the feed lock in the lookups' round trip; otherwise the
+/// transaction is open and holds the lock. With `commit` it commits in the writes' round
+/// trip.
+pub(super) async fn write_rows(
+    transaction: &Client,
+    statements: &Statements,
+    rows: &[Row],
+    dedupe: bool,
+    begin: Option<&str>,
+    commit: bool,
+) -> Result<(Vec<Stored>, Tally), StoreError> {
+    let fail = |e: tokio_postgres::Error| db_error("store transaction failed", &e);
     // The lookups, pipelined on the one connection.
     let (mut apps, mut facs, mut ctrls) = (Vec::new(), Vec::new(), Vec::new());
     let mut refused_hashes: Vec<&[u8]> = Vec::new();
@@ -522,9 +591,15 @@ async fn write(
     let patient_params: [&(dyn ToSql + Sync); 1] = [&patient_keys];
     // Round trip 1: the transaction, the feed lock and the lookups, pipelined (PostgreSQL
     // runs them in order, so the lookups see every transaction that held the lock before).
+    let begin_now = async {
+        match begin {
+            Some(sql) => transaction.batch_execute(sql).await,
+            None => Ok(()),
+        }
+    };
     let (_, found_keys, found_refused, found_patients, last_id) = tokio::try_join!(
         biased;
-        transaction.batch_execute(&begin),
+        begin_now,
         transaction.query(&statements.find_keys, &key_params),
         transaction.query(&statements.find_refused, &refused_params),
         transaction.query(&statements.find_patients, &patient_params),
@@ -542,8 +617,14 @@ async fn write(
         .into_iter()
         .map(|row| (row.get(0), row.get(1)))
         .collect();
+    // Keys merged away (rare: only looked for when a key has no row) lead to their
+    // survivors, whose rows are read too.
+    let (redirect, found_survivors) =
+        super::merge::survivors(transaction, statements, &patient_keys, &found_patients)
+            .await
+            .map_err(fail)?;
     let mut patients: HashMap<String, PatientChange> = HashMap::new();
-    for row in found_patients {
+    for row in found_patients.into_iter().chain(found_survivors) {
         let key: String = row.get(0);
         patients.insert(
             key.clone(),
@@ -618,10 +699,15 @@ async fn write(
             new_keys.push((id, row, key));
         }
         if let Some(patient) = &row.patient {
+            // Merged away: the message joins the survivor, whose data it does not change
+            // (what it says of the patient is the prior identity's).
+            let survivor = redirect.get(&patient.key);
+            let key = survivor.unwrap_or(&patient.key);
             let change = patients
-                .entry(patient.key.clone())
+                .entry(key.clone())
                 .or_insert_with(|| PatientChange {
                     data: PatientData {
+                        key: key.clone(),
                         is_update: false,
                         ..patient.clone()
                     },
@@ -630,7 +716,9 @@ async fn write(
                     last_received_ms: 0,
                     created_ms: row.received_ms,
                 });
-            merge_fields(&mut change.data, patient);
+            if survivor.is_none() {
+                merge_fields(&mut change.data, patient);
+            }
             change.n_observations += i64::from(row.n_observations);
             change.last_message = id;
             change.last_received_ms = row.received_ms;
@@ -703,7 +791,11 @@ async fn write(
         // By key: the patients' rows are written by the statement before this one.
         let patient: Vec<Option<&str>> = new_rows
             .iter()
-            .map(|(_, r)| r.patient.as_ref().map(|p| p.key.as_str()))
+            .map(|(_, r)| {
+                r.patient
+                    .as_ref()
+                    .map(|p| redirect.get(&p.key).unwrap_or(&p.key).as_str())
+            })
             .collect();
         let n_observations: Vec<i32> = new_rows.iter().map(|(_, r)| r.n_observations).collect();
         let replay_of: Vec<Option<i64>> = new_rows.iter().map(|(_, r)| r.replay_of).collect();
@@ -840,16 +932,24 @@ async fn write(
             .await
     };
     // Other receivers' exporters and live views wake when this commits (`listen`).
-    let commit = if new_rows.is_empty() {
+    let commit_sql = if new_rows.is_empty() {
         "COMMIT".to_string()
     } else {
         format!("NOTIFY {}; COMMIT", super::listen::CHANNEL)
     };
-    // Round trip 2: every write and the commit, pipelined, in this order (`biased`: each is
-    // sent as it is first polled). A write that fails aborts the transaction, so the COMMIT
-    // behind it rolls back; its error is what this returns. With duplicate recognition on,
-    // a key stored concurrently (which the feed lock rules out) is such a failure: the
-    // keys' insert has no ON CONFLICT then, and the senders retry.
+    let commit_now = async {
+        if commit {
+            transaction.batch_execute(&commit_sql).await
+        } else {
+            Ok(())
+        }
+    };
+    // Round trip 2: every write (and the commit, unless a merge follows), pipelined, in
+    // this order (`biased`: each is sent as it is first polled). A write that fails aborts
+    // the transaction, so the COMMIT behind it rolls back; its error is what this returns.
+    // With duplicate recognition on, a key stored concurrently (which the feed lock rules
+    // out) is such a failure: the keys' insert has no ON CONFLICT then, and the senders
+    // retry.
     tokio::try_join!(
         biased;
         set_last_id,
@@ -858,7 +958,7 @@ async fn write(
         insert_keys,
         count_repeats,
         insert_alarms,
-        transaction.batch_execute(&commit),
+        commit_now,
     )
     .map_err(fail)?;
     Ok((stored, tally))
@@ -880,11 +980,19 @@ pub(super) async fn set_export_progress(
         .map(|(_, p)| i64::try_from(p.length).unwrap_or(i64::MAX))
         .collect();
     // One statement is one transaction: a reader never sees one part without the other.
+    // `forget`: the file positions of the patients merged away by the merges the watermark
+    // passes (read from the old watermark: the statement's snapshot), as SQLite's
+    // `forget_merged_files`; the exporter removed their files before it let it pass.
     client
         .execute(
             "WITH mark AS (
                  INSERT INTO meta (name, value) VALUES ($1, $2)
                  ON CONFLICT (name) DO UPDATE SET value = excluded.value
+             ), forget AS (
+                 DELETE FROM export_files
+                 WHERE exporter = $3 AND patient_key <> ALL($4::text[]) AND patient_key IN
+                     (SELECT prior_key FROM patient_merges WHERE message <= $2 AND message >
+                         coalesce((SELECT value FROM meta WHERE name = $1), 0))
              )
              INSERT INTO export_files (exporter, patient_key, through, length)
              SELECT $3, * FROM unnest($4::text[], $5::int8[], $6::int8[])
