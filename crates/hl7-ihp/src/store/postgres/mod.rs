@@ -7,6 +7,7 @@
 //! (`NoTls`): put the database on a trusted network or a local socket.
 
 mod alarms;
+mod lease;
 mod pool;
 mod purge;
 mod readers;
@@ -220,6 +221,8 @@ impl PgReader {
 /// every waiting batch in one transaction (group commit), and a pool of readers.
 pub struct PgStore {
     reader: PgReader,
+    /// For the leases' own connections.
+    config: tokio_postgres::Config,
     requests: tokio::sync::mpsc::Sender<Request>,
     counters: Arc<Counters>,
     health: Arc<Mutex<Health>>,
@@ -243,7 +246,7 @@ impl PgStore {
         let health = Arc::new(Mutex::new(Health::Ok));
         let (requests, queue) = tokio::sync::mpsc::channel(MAX_QUEUED);
         runtime.handle.spawn(writer::run(writer::Writer {
-            config,
+            config: config.clone(),
             client: None,
             requests: queue,
             dedupe: options.dedupe,
@@ -252,6 +255,7 @@ impl PgStore {
             health: Arc::clone(&health),
         }));
         Ok(PgStore {
+            config,
             reader: PgReader {
                 pool,
                 _runtime: runtime,
@@ -381,8 +385,27 @@ impl Store for PgStore {
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let client = self.reader.pool.get().await?;
-            writer::set_export_progress(&client, exporter, cursor, files).await
+            writer::set_export_progress(&client, exporter, cursor, files, None).await
         })
+    }
+
+    fn set_export_progress_fenced<'a>(
+        &'a self,
+        exporter: &'a str,
+        cursor: ChangeCursor,
+        files: Vec<(String, FilePosition)>,
+        lease: &'a str,
+        fence: i64,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let client = self.reader.pool.get().await?;
+            writer::set_export_progress(&client, exporter, cursor, files, Some((lease, fence)))
+                .await
+        })
+    }
+
+    fn lease(&self, name: &str) -> crate::store::lease::Lease {
+        lease::start(&self.config, &self.reader._runtime.handle, name)
     }
 
     fn purge(&self, request: PurgeRequest) -> StoreFuture<'_, PurgeReport> {

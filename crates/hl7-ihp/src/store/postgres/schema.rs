@@ -11,6 +11,7 @@ use crate::store::StoreError;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_schema.sql"),
     include_str!("migrations/0002_alarms_devices.sql"),
+    include_str!("migrations/0003_leases.sql"),
 ];
 
 /// The advisory lock key that serialises migrations (`'hl7m'`).
