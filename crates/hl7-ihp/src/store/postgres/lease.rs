@@ -152,6 +152,10 @@ async fn keep(
         let step = async {
             let connection = match client.take() {
                 Some(c) if !c.is_closed() => c,
+                // The lock lived on the connection that closed: a new one holds nothing.
+                _ if held.is_some() => {
+                    return Err(StoreError::Database("the lease's connection closed".into()));
+                }
                 _ => connect(&config).await?,
             };
             let result = match held {
@@ -238,6 +242,95 @@ mod tests {
         assert_eq!(lock_key("export"), lock_key("export"));
         assert_ne!(lock_key("export"), lock_key("link:bed-12"));
         assert_ne!(lock_key("link:bed-12"), lock_key("link:bed-13"));
+    }
+
+    use crate::store::postgres::{PgStore, PostgresLocation, testdb};
+    use crate::store::{ChangeCursor, FilePosition, Store, StoreError, StoreOptions, StoreRead};
+
+    const DEADLINE: Duration = Duration::from_secs(60);
+
+    fn open(url: &str) -> PgStore {
+        let location = PostgresLocation::parse(url).expect("the test server's URL");
+        PgStore::open(&location, &StoreOptions::default()).expect("open the store")
+    }
+
+    async fn within<T>(what: &str, work: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(DEADLINE, work)
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+    }
+
+    fn position(through: i64) -> FilePosition {
+        FilePosition { through, length: 10 }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_connection_loses_the_lease_and_a_stale_fence_is_refused() {
+        let Some(server) = testdb::server() else {
+            return;
+        };
+        let db = server.create_database();
+        let url = server.url(&db);
+        let (a, b) = tokio::task::spawn_blocking(move || (open(&url), open(&url)))
+            .await
+            .unwrap();
+        let mut lease_a = a.lease("export");
+        let first = within("A to take the lease", lease_a.acquired()).await;
+        assert_eq!(first, 1, "the first acquisition");
+        a.set_export_progress_fenced("json", ChangeCursor::at(5), vec![], "export", first)
+            .await
+            .expect("the holder's write");
+
+        // A's own connection ends (as when PostgreSQL or the network drops it): the lease is
+        // lost at once, and taken again with the next fence, nobody else wanting it.
+        server.psql(
+            &db,
+            "SELECT pg_terminate_backend(pid) FROM pg_locks
+             WHERE locktype = 'advisory' AND objsubid = 2 AND granted
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        );
+        within("A to notice the loss", lease_a.lost(first)).await;
+        let second = within("A to take it again", lease_a.acquired()).await;
+        assert_eq!(second, first + 1);
+
+        // B wants it too; A gives it up (its connection closes): B takes it with the next fence.
+        let mut lease_b = b.lease("export");
+        assert_eq!(lease_b.fence(), None, "one holder at a time");
+        drop(lease_a);
+        let third = within("B to take the lease", lease_b.acquired()).await;
+        assert_eq!(third, second + 1);
+
+        // A's write with its old fence is refused, and moves nothing.
+        let stale = a
+            .set_export_progress_fenced(
+                "json",
+                ChangeCursor::at(99),
+                vec![("P1".into(), position(99))],
+                "export",
+                second,
+            )
+            .await;
+        assert!(
+            matches!(&stale, Err(StoreError::LeaseLost { fence, .. }) if *fence == second),
+            "{stale:?}"
+        );
+        assert_eq!(a.export_watermark("json").await.unwrap(), ChangeCursor::at(5));
+        assert!(a.export_files("json", None).await.unwrap().is_empty());
+        // B's write with the current fence goes through.
+        b.set_export_progress_fenced(
+            "json",
+            ChangeCursor::at(7),
+            vec![("P1".into(), position(7))],
+            "export",
+            third,
+        )
+        .await
+        .expect("the new holder's write");
+        assert_eq!(a.export_watermark("json").await.unwrap(), ChangeCursor::at(7));
+        assert_eq!(
+            server.psql(&db, "SELECT fence FROM leases WHERE name = 'export'"),
+            third.to_string()
+        );
     }
 
     #[test]
