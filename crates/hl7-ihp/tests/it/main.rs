@@ -67,6 +67,8 @@ mod send_tls;
 mod terminal;
 // The PostgreSQL store through the real binary: receive, inspect, SIGKILL.
 mod postgres;
+// Leases on PostgreSQL: one exporter and one reader per link among receivers, failover.
+mod leases;
 // A real PostgreSQL for those tests, shared with the unit tests.
 #[path = "../../src/store/postgres/testdb.rs"]
 mod pg_server;
