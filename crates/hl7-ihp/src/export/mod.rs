@@ -372,8 +372,10 @@ pub async fn run(
             fence = waiting.acquired() => fence,
             () = shutdown.requested() => return Ok(()),
         };
-        match run_outputs(&store, &folder, &options, &events, &counters, &lease, fence, &shutdown)
-            .await?
+        match run_outputs(
+            &store, &folder, &options, &events, &counters, &lease, fence, &shutdown,
+        )
+        .await?
         {
             Ended::Shutdown => return Ok(()),
             Ended::LeaseLost => {

@@ -153,6 +153,11 @@ impl Lease {
     pub async fn lost(&self, fence: i64) {
         let mut watch = self.clone();
         while watch.holds(fence) {
+            if watch.freshness.is_none() {
+                // Nothing grows stale: only a new state can end it.
+                watch.changed().await;
+                continue;
+            }
             tokio::select! {
                 () = watch.changed() => {}
                 () = tokio::time::sleep(Duration::from_millis(250)) => {}
@@ -255,8 +260,14 @@ mod tests {
         assert!(lease.holds(1));
         let mut text = String::new();
         leases.render_metrics(&mut text);
-        assert!(text.contains("hl7ihp_lease_held{name=\"export\"} 1"), "{text}");
-        assert!(text.contains("hl7ihp_lease_fence{name=\"export\"} 1"), "{text}");
+        assert!(
+            text.contains("hl7ihp_lease_held{name=\"export\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hl7ihp_lease_fence{name=\"export\"} 1"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -134,9 +134,10 @@ fn one_exporter_at_a_time_and_another_takes_over_when_it_is_killed() {
     );
     assert!(other.logs().contains("lease taken"), "{}", other.logs());
     send(&other, "AFTER-", 30, &mut sent);
-    wait_until("every message in the patient files after the takeover", || {
-        files_complete(&data, &sent)
-    });
+    wait_until(
+        "every message in the patient files after the takeover",
+        || files_complete(&data, &sent),
+    );
     let records = file_records(&data);
     assert_eq!(records.len(), sent.len(), "only what was sent");
     assert!(records.values().all(|n| *n == 2), "each record once");

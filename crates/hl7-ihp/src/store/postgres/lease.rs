@@ -261,7 +261,10 @@ mod tests {
     }
 
     fn position(through: i64) -> FilePosition {
-        FilePosition { through, length: 10 }
+        FilePosition {
+            through,
+            length: 10,
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -314,7 +317,10 @@ mod tests {
             matches!(&stale, Err(StoreError::LeaseLost { fence, .. }) if *fence == second),
             "{stale:?}"
         );
-        assert_eq!(a.export_watermark("json").await.unwrap(), ChangeCursor::at(5));
+        assert_eq!(
+            a.export_watermark("json").await.unwrap(),
+            ChangeCursor::at(5)
+        );
         assert!(a.export_files("json", None).await.unwrap().is_empty());
         // B's write with the current fence goes through.
         b.set_export_progress_fenced(
@@ -326,7 +332,10 @@ mod tests {
         )
         .await
         .expect("the new holder's write");
-        assert_eq!(a.export_watermark("json").await.unwrap(), ChangeCursor::at(7));
+        assert_eq!(
+            a.export_watermark("json").await.unwrap(),
+            ChangeCursor::at(7)
+        );
         assert_eq!(
             server.psql(&db, "SELECT fence FROM leases WHERE name = 'export'"),
             third.to_string()
