@@ -42,7 +42,9 @@
 //!   is recorded fenced ([`Store::set_export_progress_fenced`]), so a receiver that lost the
 //!   lease writes no file and cannot move a watermark. When the lease is lost they stop and
 //!   drop what they held; when it is taken (again), they start over from the store's
-//!   watermarks, as after a restart. On SQLite the lease is always held.
+//!   watermarks, as after a restart. Other receivers' commits are not announced on this
+//!   one's events, so with a shared store an output also reads the feed every
+//!   [`SHARED_POLL`]. On SQLite the lease is always held.
 //!
 //! No log line names a patient or a file (file names contain patient ids): failures are
 //! logged as counts with the operating system's error.
@@ -89,6 +91,9 @@ pub const MAX_READS_PER_ROUND: usize = 8;
 pub const MAX_PENDING_BYTES: usize = 64 << 20;
 /// How long after a failure (store error, file not written) an output tries again.
 pub const RETRY_DELAY: Duration = Duration::from_secs(1);
+/// How often an output reads the feed without a commit announced, when other receivers
+/// share the store: their commits are not announced on this receiver's events.
+pub const SHARED_POLL: Duration = Duration::from_secs(1);
 /// The longest a watermark that moved waits before it is recorded, when no file was written
 /// (messages without records, such as rejected frames, move it too).
 pub const PERSIST_EVERY: Duration = Duration::from_secs(1);
@@ -663,6 +668,10 @@ async fn follow<S: Sink>(
         }
         if sink.watermark(cursor) > persisted {
             let at = persisted_at + PERSIST_EVERY;
+            wake = Some(wake.map_or(at, |w| w.min(at)));
+        }
+        if lease.is_shared() {
+            let at = Instant::now() + SHARED_POLL;
             wake = Some(wake.map_or(at, |w| w.min(at)));
         }
         tokio::select! {

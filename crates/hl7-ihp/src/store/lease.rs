@@ -91,6 +91,12 @@ impl Lease {
         }
     }
 
+    /// Whether other receivers may share the store (the lease can be lost): then what they
+    /// commit is not announced on this receiver's events, and a follower polls the feed.
+    pub fn is_shared(&self) -> bool {
+        self.freshness.is_some()
+    }
+
     /// The lease's name.
     pub fn name(&self) -> &str {
         &self.name
