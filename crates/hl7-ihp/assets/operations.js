@@ -207,7 +207,7 @@ export function mount(main, ctx) {
     }));
   }
 
-  const LINK_STATE = { connected: "live", connecting: "stale", retrying: "offline", stopped: "offline" };
+  const LINK_STATE = { connected: "live", connecting: "stale", retrying: "offline", stopped: "offline", standby: "stale" };
   function drawLinks(links) {
     linkSection.hidden = links.length === 0;
     linkRows.replaceChildren(...links.map((l) => {

@@ -17,6 +17,12 @@
 //! long as the returned [`DataDir`], and the kernel drops it when the process ends, however
 //! it ends, so a crash leaves no stale lock. The inspection commands (`patients`, `show`,
 //! `messages`) take no lock: they only read, and SQLite lets them beside the receiver.
+//!
+//! With a PostgreSQL store, receivers may share one data directory ([`prepare_shared`]):
+//! the store keeps no state in the directory, and the store's `export` lease decides which
+//! of them writes `patients/`. They take a *shared* `flock` instead, so a receiver or a
+//! command that needs the directory alone (a SQLite store, `demo`, `purge`, `replay`) is
+//! still refused while any of them runs, and they are refused while it does.
 
 use std::fs::{self, File};
 use std::io::{self, Read as _, Write as _};
@@ -160,6 +166,26 @@ impl std::fmt::Display for Holder {
 /// missing, takes its lock, makes it owner-only if it was not, and checks and prepares
 /// `patients/`. Nothing in the directory is changed before the lock is held.
 pub fn prepare(path: &Path) -> Result<DataDir, DataDirError> {
+    prepare_with(path, Sharing::Exclusive)
+}
+
+/// Prepares the data directory `path` as [`prepare`] does, for a receiver that may share it
+/// with others on the same PostgreSQL store: the lock is a shared one, so only a holder of
+/// the exclusive lock is refused (and refuses it), and no pid is written.
+pub fn prepare_shared(path: &Path) -> Result<DataDir, DataDirError> {
+    prepare_with(path, Sharing::Shared)
+}
+
+/// Who may hold a data directory beside this process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sharing {
+    /// Nobody: a SQLite store, whose writer keeps state in memory.
+    Exclusive,
+    /// Other receivers on the same PostgreSQL store.
+    Shared,
+}
+
+fn prepare_with(path: &Path, sharing: Sharing) -> Result<DataDir, DataDirError> {
     let unusable = |source| DataDirError::Unusable {
         path: path.to_path_buf(),
         source,
@@ -182,7 +208,7 @@ pub fn prepare(path: &Path) -> Result<DataDir, DataDirError> {
         }
         Err(error) => return Err(unusable(error)),
     }
-    let lock = lock(path)?;
+    let lock = lock(path, sharing)?;
     make_owner_only(path)?;
     let patients = path.join(PATIENTS_DIR_NAME);
     let name_case = prepare_patients(&patients)?;
@@ -249,9 +275,9 @@ fn prepare_patients(patients: &Path) -> Result<NameCase, DataDirError> {
     Ok(name_case)
 }
 
-/// Takes the exclusive lock on the data directory's lock file and writes this process's pid
-/// into it.
-fn lock(data_dir: &Path) -> Result<File, DataDirError> {
+/// Takes the lock on the data directory's lock file; an exclusive holder writes this
+/// process's pid into it.
+fn lock(data_dir: &Path, sharing: Sharing) -> Result<File, DataDirError> {
     let lock_path = data_dir.join(LOCK_FILE_NAME);
     // Not truncated on opening: until this process holds the lock, the pid in the file is
     // the holder's, and a refused receiver reads it from there.
@@ -267,7 +293,11 @@ fn lock(data_dir: &Path) -> Result<File, DataDirError> {
             path: data_dir.to_path_buf(),
             source,
         })?;
-    if let Err(error) = flock(&file, FlockOperation::NonBlockingLockExclusive) {
+    let operation = match sharing {
+        Sharing::Exclusive => FlockOperation::NonBlockingLockExclusive,
+        Sharing::Shared => FlockOperation::NonBlockingLockShared,
+    };
+    if let Err(error) = flock(&file, operation) {
         if error == rustix::io::Errno::WOULDBLOCK {
             let mut text = String::new();
             let _ = file.read_to_string(&mut text);
@@ -282,6 +312,11 @@ fn lock(data_dir: &Path) -> Result<File, DataDirError> {
             path: data_dir.to_path_buf(),
             source: error.into(),
         });
+    }
+    if sharing == Sharing::Shared {
+        // The pid of one of several holders would name the wrong one: the file keeps the
+        // last exclusive holder's.
+        return Ok(file);
     }
     let written = (|| {
         file.set_permissions(fs::Permissions::from_mode(0o600))?;
@@ -298,6 +333,25 @@ fn lock(data_dir: &Path) -> Result<File, DataDirError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_holders_share_and_exclude_an_exclusive_one() {
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join("data");
+        let first = prepare_shared(&path).unwrap();
+        let second = prepare_shared(&path).unwrap();
+        assert!(
+            matches!(prepare(&path), Err(DataDirError::Held { .. })),
+            "a SQLite receiver is refused beside PostgreSQL ones"
+        );
+        drop((first, second));
+        let exclusive = prepare(&path).unwrap();
+        assert!(matches!(
+            prepare_shared(&path),
+            Err(DataDirError::Held { .. })
+        ));
+        drop(exclusive);
+    }
 
     #[test]
     fn a_second_lock_is_refused_naming_the_holder_and_freed_with_the_first() {

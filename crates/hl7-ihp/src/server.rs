@@ -225,6 +225,9 @@ pub async fn run(
     .await
     .map_err(|error| ServerError::Task(format!("opening the store: {error}")))??;
     let metrics = Arc::new(Metrics::default());
+    // Who of several receivers on one store writes the patient files and reads each link
+    // (store::lease); on SQLite every lease is held.
+    let leases = crate::store::lease::Leases::new(Arc::clone(&store));
     // The TLS files are watched from the start: a renewed certificate needs no restart.
     let (stop_watchers, watchers_stop) = Shutdown::new();
     let mut watchers = Vec::new();
@@ -269,6 +272,7 @@ pub async fn run(
         },
         events.clone(),
         Arc::clone(&export_counters),
+        leases.take(crate::store::lease::EXPORT_LEASE),
         exporter_stop,
     ));
 
@@ -312,6 +316,7 @@ pub async fn run(
                 access: http::access::Access::new(config.http.token.as_ref()),
                 live: Arc::clone(live),
                 links: Arc::clone(&links),
+                leases: Arc::clone(&leases),
             };
             tokio::spawn(http::serve::run(
                 listener,
@@ -387,6 +392,7 @@ pub async fn run(
                 audit: Arc::clone(&audit),
                 tls: link_tls,
                 numbers,
+                leases: Arc::clone(&leases),
             },
             stop_rx.clone(),
         )));

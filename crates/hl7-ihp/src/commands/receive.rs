@@ -17,7 +17,13 @@ pub fn run(args: &ReceiveArgs) -> anyhow::Result<ExitCode> {
     };
     // Before binding: a directory the receiver cannot use, or one another receiver holds,
     // is a configuration error, not a server that says "listening" and then fails.
-    let data_dir = match datadir::prepare(&config.data_dir) {
+    // With PostgreSQL, receivers on one store may share the directory: its lease decides who
+    // writes the patient files (docs/storage.md, "Leases").
+    let prepare = match config.store.location {
+        crate::store::StoreLocation::Postgres(_) => datadir::prepare_shared,
+        crate::store::StoreLocation::Sqlite(_) => datadir::prepare,
+    };
+    let data_dir = match prepare(&config.data_dir) {
         Ok(data_dir) => data_dir,
         Err(error) => {
             eprintln!("hl7-ihp: {error}");

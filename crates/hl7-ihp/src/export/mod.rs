@@ -36,6 +36,16 @@
 //!   records that belong there and kept, a torn last line is cut, so no record is ever
 //!   written twice or skipped.
 //! - At shutdown a final flush, without the intervals, makes every file current.
+//! - One writer among several receivers (docs/patient-files.md): the outputs run only while
+//!   this receiver holds the store's `export` lease ([`crate::store::lease`]). Before each
+//!   flush they check it is still held with the fence they started under, and their progress
+//!   is recorded fenced ([`Store::set_export_progress_fenced`]), so a receiver that lost the
+//!   lease writes no file and cannot move a watermark. When the lease is lost they stop and
+//!   drop what they held; when it is taken (again), they start over from the store's
+//!   watermarks, as after a restart. Other receivers' commits are announced on this one's
+//!   events by the store (`Store::watch_other_writers`, PostgreSQL's LISTEN/NOTIFY); with a
+//!   shared store an output also reads the feed every [`SHARED_POLL`], a safety net for a
+//!   wake-up lost with the listener's connection. On SQLite the lease is always held.
 //!
 //! No log line names a patient or a file (file names contain patient ids): failures are
 //! logged as counts with the operating system's error.
@@ -56,6 +66,7 @@ use tokio::time::Instant;
 
 use crate::events::Events;
 use crate::shutdown::Shutdown;
+use crate::store::lease::Lease;
 use crate::store::{ChangeCursor, FeedMessage, FilePosition, Store, StoreError, StoreRead};
 
 pub use crate::documents::patient::Fields;
@@ -81,6 +92,9 @@ pub const MAX_READS_PER_ROUND: usize = 8;
 pub const MAX_PENDING_BYTES: usize = 64 << 20;
 /// How long after a failure (store error, file not written) an output tries again.
 pub const RETRY_DELAY: Duration = Duration::from_secs(1);
+/// How often an output reads the feed without a commit announced, when other receivers
+/// share the store: a safety net, their commits are announced (`Store::watch_other_writers`).
+pub const SHARED_POLL: Duration = Duration::from_secs(10);
 /// The longest a watermark that moved waits before it is recorded, when no file was written
 /// (messages without records, such as rejected frames, move it too).
 pub const PERSIST_EVERY: Duration = Duration::from_secs(1);
@@ -333,8 +347,9 @@ pub enum ExportError {
     Task,
 }
 
-/// Keeps the patient files `options.files` asks for in `patients_dir` current until
-/// `shutdown` is requested, then makes them current one last time and returns.
+/// Keeps the patient files `options.files` asks for in `patients_dir` current while this
+/// receiver holds `lease` (the store's `export` lease), until `shutdown` is requested, then
+/// makes them current one last time (if it still holds the lease) and returns.
 ///
 /// Each output's first read starts at once, so files left behind by a crash or a stop catch
 /// up. Errors during normal running are logged and retried; only the final flush's are
@@ -345,22 +360,70 @@ pub async fn run(
     options: ExportOptions,
     events: Events,
     counters: Arc<ExportCounters>,
-    shutdown: Shutdown,
+    lease: Lease,
+    mut shutdown: Shutdown,
 ) -> Result<(), ExportError> {
-    let outputs = options.outputs();
-    if outputs.is_empty() {
+    if options.outputs().is_empty() {
         return Ok(());
     }
     // Opened once: every write, sync and removal goes through this handle, so a symbolic
     // link put in place of the folder later is never followed.
-    let (folder, n_stale) = tokio::task::spawn_blocking(move || -> io::Result<_> {
-        let folder = prepare_dir(&patients_dir)?;
-        let n_stale = folder.remove_stale_temp_files();
-        Ok((Arc::new(folder), n_stale))
-    })
-    .await
-    .map_err(|_| ExportError::Folder(io::Error::other("folder task failed")))?
-    .map_err(ExportError::Folder)?;
+    let folder = tokio::task::spawn_blocking(move || prepare_dir(&patients_dir).map(Arc::new))
+        .await
+        .map_err(|_| ExportError::Folder(io::Error::other("folder task failed")))?
+        .map_err(ExportError::Folder)?;
+    let mut waiting = lease.clone();
+    loop {
+        let fence = tokio::select! {
+            fence = waiting.acquired() => fence,
+            () = shutdown.requested() => return Ok(()),
+        };
+        match run_outputs(
+            &store, &folder, &options, &events, &counters, &lease, fence, &shutdown,
+        )
+        .await?
+        {
+            Ended::Shutdown => return Ok(()),
+            Ended::LeaseLost => {
+                tracing::info!(
+                    fence,
+                    "patient files: the export lease is lost; stopped writing them"
+                );
+            }
+        }
+    }
+}
+
+/// Why the outputs stopped without an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ended {
+    /// Shutdown was requested; the final flush ran.
+    Shutdown,
+    /// This receiver no longer holds the lease: nothing more was written.
+    LeaseLost,
+}
+
+/// Runs every output under the lease taken with `fence` until shutdown or until the lease
+/// is lost.
+#[allow(clippy::too_many_arguments)]
+async fn run_outputs(
+    store: &Arc<dyn Store>,
+    folder: &Arc<Folder>,
+    options: &ExportOptions,
+    events: &Events,
+    counters: &Arc<ExportCounters>,
+    lease: &Lease,
+    fence: i64,
+    shutdown: &Shutdown,
+) -> Result<Ended, ExportError> {
+    // Left by an earlier holder (this receiver's last run, or one that died holding the
+    // lease): only the holder writes temporary files, so they are nobody's now.
+    let n_stale = {
+        let folder = Arc::clone(folder);
+        tokio::task::spawn_blocking(move || folder.remove_stale_temp_files())
+            .await
+            .unwrap_or(0)
+    };
     if n_stale > 0 {
         tracing::info!(
             n_stale,
@@ -368,13 +431,15 @@ pub async fn run(
         );
     }
     let mut tasks = Vec::new();
-    for output in outputs {
+    for output in options.outputs() {
         let context = Context {
-            store: Arc::clone(&store),
-            folder: Arc::clone(&folder),
+            store: Arc::clone(store),
+            folder: Arc::clone(folder),
             options: options.clone(),
-            counters: Arc::clone(&counters),
+            counters: Arc::clone(counters),
             output,
+            lease: lease.clone(),
+            fence,
         };
         let subscription = events.subscribe();
         let shutdown = shutdown.clone();
@@ -395,11 +460,14 @@ pub async fn run(
             }
         }));
     }
-    let mut result = Ok(());
+    let mut result = Ok(Ended::Shutdown);
     for task in tasks {
         let outcome = task.await.unwrap_or(Err(ExportError::Task));
-        if result.is_ok() {
-            result = outcome;
+        match (&result, outcome) {
+            (Err(_), _) => {}
+            (_, Err(error)) => result = Err(error),
+            (_, Ok(Ended::LeaseLost)) => result = Ok(Ended::LeaseLost),
+            (_, Ok(Ended::Shutdown)) => {}
         }
     }
     result
@@ -412,6 +480,9 @@ pub(crate) struct Context {
     pub(crate) options: ExportOptions,
     counters: Arc<ExportCounters>,
     output: Output,
+    /// The export lease, and the fence it was taken with for this run.
+    lease: Lease,
+    fence: i64,
 }
 
 impl Context {
@@ -466,9 +537,10 @@ async fn follow<S: Sink>(
     context: Context,
     mut events: Subscription,
     mut shutdown: Shutdown,
-) -> Result<(), ExportError> {
+) -> Result<Ended, ExportError> {
     let name = context.output.name();
     let store = Arc::clone(&context.store);
+    let (lease, fence) = (context.lease.clone(), context.fence);
     let mut persisted = loop {
         match store.export_watermark(name).await {
             Ok(cursor) => break cursor,
@@ -476,11 +548,13 @@ async fn follow<S: Sink>(
                 tracing::warn!(output = name, %error, "patient files: watermark not read; will retry");
                 tokio::select! {
                     () = tokio::time::sleep(RETRY_DELAY) => {}
-                    () = shutdown.requested() => return Ok(()),
+                    () = shutdown.requested() => return Ok(Ended::Shutdown),
+                    () = lease.lost(fence) => return Ok(Ended::LeaseLost),
                 }
             }
         }
     };
+    let lease_name = lease.name().to_owned();
     let counters = context.counters();
     counters
         .watermark
@@ -498,6 +572,7 @@ async fn follow<S: Sink>(
             tokio::select! {
                 () = tokio::time::sleep_until(not_before) => {}
                 () = shutdown.requested() => break,
+                () = lease.lost(fence) => return Ok(Ended::LeaseLost),
             }
         }
         let round_start = Instant::now();
@@ -530,7 +605,10 @@ async fn follow<S: Sink>(
             }
         }
 
-        // Write what is due, paced.
+        // Write what is due, paced; only while the lease is still ours.
+        if !lease.holds(fence) {
+            return Ok(Ended::LeaseLost);
+        }
         let now = Instant::now();
         if retry_at.is_none_or(|at| now >= at) {
             match sink.flush(now, false, cursor).await {
@@ -550,12 +628,16 @@ async fn follow<S: Sink>(
                     {
                         let files: Vec<(String, FilePosition)> =
                             unrecorded.iter().map(|(k, p)| (k.clone(), *p)).collect();
-                        match store.set_export_progress(name, watermark, files).await {
+                        match store
+                            .set_export_progress_fenced(name, watermark, files, &lease_name, fence)
+                            .await
+                        {
                             Ok(()) => {
                                 unrecorded.clear();
                                 persisted = watermark;
                                 persisted_at = Instant::now();
                             }
+                            Err(StoreError::LeaseLost { .. }) => return Ok(Ended::LeaseLost),
                             Err(error) => {
                                 tracing::warn!(output = name, %error, "patient files: progress not recorded; will retry");
                             }
@@ -589,10 +671,15 @@ async fn follow<S: Sink>(
             let at = persisted_at + PERSIST_EVERY;
             wake = Some(wake.map_or(at, |w| w.min(at)));
         }
+        if lease.is_shared() {
+            let at = Instant::now() + SHARED_POLL;
+            wake = Some(wake.map_or(at, |w| w.min(at)));
+        }
         tokio::select! {
             () = events.changed(), if !failed => {}
             () = sleep_until(wake) => {}
             () = shutdown.requested() => break,
+            () = lease.lost(fence) => return Ok(Ended::LeaseLost),
         }
     }
 
@@ -605,13 +692,23 @@ async fn follow<S: Sink>(
         let caught_up = feed.messages.len() < FEED_BATCH || feed.next <= cursor;
         cursor = feed.next;
         if caught_up || sink.pending_bytes() >= MAX_PENDING_BYTES {
+            if !lease.holds(fence) {
+                return Ok(Ended::LeaseLost);
+            }
             let flushed = sink.flush(Instant::now(), true, cursor).await?;
             count(counters, &flushed);
             let failed = flushed.failed;
             let watermark = sink.watermark(cursor);
             unrecorded.extend(flushed.files);
             let files: Vec<(String, FilePosition)> = unrecorded.drain().collect();
-            store.set_export_progress(name, watermark, files).await?;
+            match store
+                .set_export_progress_fenced(name, watermark, files, &lease_name, fence)
+                .await
+            {
+                Ok(()) => {}
+                Err(StoreError::LeaseLost { .. }) => return Ok(Ended::LeaseLost),
+                Err(error) => return Err(error.into()),
+            }
             counters
                 .watermark
                 .store(watermark.position(), Ordering::Relaxed);
@@ -619,7 +716,7 @@ async fn follow<S: Sink>(
                 return Err(ExportError::Files { n_failed, error });
             }
             if caught_up {
-                return Ok(());
+                return Ok(Ended::Shutdown);
             }
         }
     }

@@ -41,6 +41,8 @@ pub struct HttpState {
     pub live: Arc<crate::live::Live>,
     /// The `--connect` links' states (none without client mode).
     pub links: Arc<crate::links::Links>,
+    /// The leases this receiver asked for (`/metrics`).
+    pub leases: Arc<crate::store::lease::Leases>,
 }
 
 /// The router: every path but the dashboard's files behind [`access::require_token`], which
@@ -132,6 +134,7 @@ async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     let mut text = state.metrics.render(&(state.extra)());
     state.links.render_metrics(&mut text);
+    state.leases.render_metrics(&mut text);
     if let Some(counters) = state.live.export_counters() {
         export_metrics(&mut text, &*state.store, counters).await;
     }

@@ -11,6 +11,13 @@
 //! link's name as part of the peer's identity, and its state is kept in [`Links`] for
 //! `/metrics`, `/api/v1/devices` and the dashboard. Link names are configuration, never
 //! patient data; a link's last error is an I/O or TLS reason, never message content.
+//!
+//! With several receivers on one store, each link is read by one of them at a time: a link
+//! connects only while this receiver holds its lease `link:<name>` ([`crate::store::lease`]),
+//! is shown as `standby` while another receiver holds it, and when the lease is lost its
+//! connection finishes the message in hand and closes, so a device is never read twice.
+//! When the holder dies, its lock is released and another receiver's link connects within
+//! seconds. On SQLite every lease is held.
 
 pub mod target;
 
@@ -75,6 +82,9 @@ pub enum LinkPhase {
     Retrying,
     /// Shut down.
     Stopped,
+    /// Held by another receiver on the same store (its lease `link:<name>`): not connected
+    /// here, ready to take over.
+    Standby,
 }
 
 /// One link's state as `/api/v1/devices` shows it.
@@ -84,7 +94,8 @@ pub struct LinkStatus {
     pub name: String,
     /// The configured `HOST:PORT`.
     pub address: String,
-    /// `connecting`, `connected`, `retrying` or `stopped`.
+    /// `connecting`, `connected`, `retrying`, `stopped`, or `standby` (another receiver
+    /// holds the link).
     pub state: LinkPhase,
     /// When the link entered this state (RFC 3339, UTC).
     pub since: String,
@@ -293,6 +304,8 @@ pub struct LinkContext {
     pub tls: Option<LinkTls>,
     /// Hands out connection numbers, shared with the listeners'.
     pub numbers: Arc<dyn Fn() -> u64 + Send + Sync>,
+    /// Where each link's lease comes from.
+    pub leases: Arc<crate::store::lease::Leases>,
 }
 
 /// Runs every link until shutdown; returns when all have stopped.
@@ -355,10 +368,22 @@ async fn run_link(
         framing: target.framing,
         ..context.limits
     };
+    let mut lease = context
+        .leases
+        .take(&crate::store::lease::link_lease(&target.name));
     loop {
         if *shutdown.borrow() {
             break;
         }
+        let Some(fence) = lease.fence() else {
+            // Another receiver reads this device (or the store cannot say): wait for the lease.
+            state.set_phase(LinkPhase::Standby, None);
+            tokio::select! {
+                _ = lease.acquired() => {}
+                _ = shutdown.changed() => {}
+            }
+            continue;
+        };
         let attempt = tokio::select! {
             attempt = tokio::time::timeout(CONNECT_TIMEOUT, connect(&target, context.tls.as_ref())) => attempt,
             _ = shutdown.changed() => break,
@@ -372,10 +397,24 @@ async fn run_link(
                 }
                 connected_before = true;
                 let started = tokio::time::Instant::now();
-                let close =
-                    serve(&target, &state, &context, limits, stream, shutdown.clone()).await;
-                if close == Close::Shutdown {
+                let close = serve_leased(
+                    &target,
+                    &state,
+                    &context,
+                    limits,
+                    stream,
+                    shutdown.clone(),
+                    &lease,
+                    fence,
+                )
+                .await;
+                if *shutdown.borrow() {
                     break;
+                }
+                if close == Close::Shutdown {
+                    // The lease was lost: closed after the message in hand, no back-off.
+                    tracing::info!(link = %target.name, "link handed over: its lease is lost");
+                    continue;
                 }
                 if started.elapsed() >= STABLE_AFTER {
                     failures = 0;
@@ -446,6 +485,42 @@ async fn connect(target: &LinkTarget, tls: Option<&LinkTls>) -> Result<Stream, S
         .and_then(|cert| crate::tls::identity::describe(cert))
         .map(Arc::from);
     Ok(Stream::Tls(Box::new(stream), address, identity))
+}
+
+/// Serves a connected link while this receiver holds its lease (taken with `fence`): when
+/// the lease is lost, the connection is asked to stop as at shutdown (the message in hand
+/// is answered, then it closes).
+#[allow(clippy::too_many_arguments)]
+async fn serve_leased(
+    target: &LinkTarget,
+    state: &LinkState,
+    context: &LinkContext,
+    limits: Limits,
+    stream: Stream,
+    mut shutdown: watch::Receiver<bool>,
+    lease: &crate::store::lease::Lease,
+    fence: i64,
+) -> Close {
+    let (stop, stopped) = watch::channel(*shutdown.borrow());
+    let serving = serve(target, state, context, limits, stream, stopped);
+    tokio::pin!(serving);
+    let mut watching_shutdown = true;
+    let mut watching_lease = true;
+    loop {
+        tokio::select! {
+            close = &mut serving => return close,
+            changed = shutdown.changed(), if watching_shutdown => {
+                if changed.is_err() || *shutdown.borrow() {
+                    watching_shutdown = false;
+                    let _ = stop.send(true);
+                }
+            }
+            () = lease.lost(fence), if watching_lease => {
+                watching_lease = false;
+                let _ = stop.send(true);
+            }
+        }
+    }
 }
 
 /// Serves one connected link with the listeners' connection loop; audits its open and close.

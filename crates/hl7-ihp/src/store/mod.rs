@@ -8,6 +8,7 @@
 
 #[cfg(test)]
 pub mod contract;
+pub mod lease;
 pub mod postgres;
 pub mod sqlite;
 
@@ -312,6 +313,15 @@ pub enum StoreError {
     /// The store is shutting down or its writer is gone.
     #[error("store closed")]
     Closed,
+    /// A fenced write (a lease's job) carried a fencing number that is no longer the
+    /// lease's: another receiver took the lease since; nothing was written.
+    #[error("the {name} lease was taken by another receiver (fence {fence} is stale)")]
+    LeaseLost {
+        /// The lease.
+        name: String,
+        /// The stale fencing number the write carried.
+        fence: i64,
+    },
     /// The database was written by a newer version of this program; opening it could
     /// damage it, so it is refused.
     #[error(
@@ -841,6 +851,28 @@ pub trait Store: StoreRead {
         cursor: ChangeCursor,
         files: Vec<(String, FilePosition)>,
     ) -> StoreFuture<'a, ()>;
+
+    /// Records an exporter's progress as [`Store::set_export_progress`] does, only while
+    /// `fence` is still the fencing number of the lease `lease`; otherwise nothing is
+    /// written and the answer is [`StoreError::LeaseLost`]. Checked in the same transaction
+    /// as the write. A store only one receiver can open has nothing to check.
+    fn set_export_progress_fenced<'a>(
+        &'a self,
+        exporter: &'a str,
+        cursor: ChangeCursor,
+        files: Vec<(String, FilePosition)>,
+        lease: &'a str,
+        fence: i64,
+    ) -> StoreFuture<'a, ()> {
+        let _ = (lease, fence);
+        self.set_export_progress(exporter, cursor, files)
+    }
+
+    /// The lease `name` ([`lease`]): whether this receiver holds it and with which fencing
+    /// number. Held for good with fence 1 on a store only one receiver can open.
+    fn lease(&self, name: &str) -> lease::Lease {
+        lease::Lease::always_held(name)
+    }
 
     /// Removes (or with `dry_run` only counts) old messages, one bounded step: see
     /// [`PurgeRequest`]. A step that reports `more` is followed by another from its cursor.

@@ -11,16 +11,16 @@ use crate::common::{self, DEADLINE, Receiver, lines_of, metric, wait_until};
 use crate::pki::Pki;
 
 /// A `send --serve` device: its process, its output's lines and its bound address.
-struct Device {
+pub(crate) struct Device {
     child: Child,
     lines: Lines<String>,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// Control ids it saw answered AA, in order.
-    acked: Vec<String>,
+    pub(crate) acked: Vec<String>,
 }
 
 impl Device {
-    fn spawn(listen: &str, extra: &[&str]) -> Device {
+    pub(crate) fn spawn(listen: &str, extra: &[&str]) -> Device {
         let mut child = Command::new(common::binary())
             .args(["send", "--serve", listen])
             .args(extra)
@@ -44,7 +44,7 @@ impl Device {
     }
 
     /// Reads the lines printed so far; an `AA` line's first word is its control id.
-    fn read(&mut self) {
+    pub(crate) fn read(&mut self) {
         while let Ok(line) = self.lines.try_recv() {
             let words: Vec<&str> = line.split_whitespace().collect();
             if words.last() == Some(&"AA") {
@@ -54,7 +54,7 @@ impl Device {
     }
 
     /// Waits until it has seen `n` messages answered AA.
-    fn wait_for_acks(&mut self, n: usize) {
+    pub(crate) fn wait_for_acks(&mut self, n: usize) {
         let start = Instant::now();
         loop {
             self.read();

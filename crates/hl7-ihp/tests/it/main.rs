@@ -70,6 +70,8 @@ mod postgres;
 // Operations on PostgreSQL through the real binary: merges, replay, retention and purge,
 // the inspection commands with a password file.
 mod pg_operations;
+// Leases on PostgreSQL: one exporter and one reader per link among receivers, failover.
+mod leases;
 // A real PostgreSQL for those tests, shared with the unit tests.
 #[path = "../../src/store/postgres/testdb.rs"]
 mod pg_server;

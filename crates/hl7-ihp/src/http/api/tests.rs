@@ -81,6 +81,7 @@ impl Api {
                 None,
             ),
             links: Arc::new(crate::links::Links::default()),
+            leases: Arc::new(crate::store::lease::Leases::default()),
         };
         Api {
             _dir: dir,

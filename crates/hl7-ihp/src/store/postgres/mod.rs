@@ -7,6 +7,7 @@
 //! (`NoTls`): put the database on a trusted network or a local socket.
 
 mod alarms;
+mod lease;
 mod listen;
 mod merge;
 mod pool;
@@ -221,8 +222,9 @@ impl PgReader {
 /// The receiver's PostgreSQL store: a writer task with its own connection that commits
 /// every waiting batch in one transaction (group commit), and a pool of readers.
 pub struct PgStore {
-    location: PostgresLocation,
     reader: PgReader,
+    /// For the connections of its own: the leases', the commit listener's.
+    config: tokio_postgres::Config,
     requests: tokio::sync::mpsc::Sender<Request>,
     counters: Arc<Counters>,
     health: Arc<Mutex<Health>>,
@@ -246,7 +248,7 @@ impl PgStore {
         let health = Arc::new(Mutex::new(Health::Ok));
         let (requests, queue) = tokio::sync::mpsc::channel(MAX_QUEUED);
         runtime.handle.spawn(writer::run(writer::Writer {
-            config,
+            config: config.clone(),
             client: None,
             requests: queue,
             dedupe: options.dedupe,
@@ -255,7 +257,7 @@ impl PgStore {
             health: Arc::clone(&health),
         }));
         Ok(PgStore {
-            location: location.clone(),
+            config,
             reader: PgReader {
                 pool,
                 _runtime: runtime,
@@ -385,8 +387,27 @@ impl Store for PgStore {
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let client = self.reader.pool.get().await?;
-            writer::set_export_progress(&client, exporter, cursor, files).await
+            writer::set_export_progress(&client, exporter, cursor, files, None).await
         })
+    }
+
+    fn set_export_progress_fenced<'a>(
+        &'a self,
+        exporter: &'a str,
+        cursor: ChangeCursor,
+        files: Vec<(String, FilePosition)>,
+        lease: &'a str,
+        fence: i64,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let client = self.reader.pool.get().await?;
+            writer::set_export_progress(&client, exporter, cursor, files, Some((lease, fence)))
+                .await
+        })
+    }
+
+    fn lease(&self, name: &str) -> crate::store::lease::Lease {
+        lease::start(&self.config, &self.reader._runtime.handle, name)
     }
 
     fn purge(&self, request: PurgeRequest) -> StoreFuture<'_, PurgeReport> {
@@ -408,12 +429,10 @@ impl Store for PgStore {
     }
 
     fn watch_other_writers(&self, events: crate::events::Events) {
-        if let Ok(config) = self.location.config() {
-            self.reader
-                ._runtime
-                .handle
-                .spawn(listen::run(config, events));
-        }
+        self.reader
+            ._runtime
+            .handle
+            .spawn(listen::run(self.config.clone(), events));
     }
 
     fn health(&self) -> Health {

@@ -12,6 +12,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_schema.sql"),
     include_str!("migrations/0002_alarms_devices.sql"),
     include_str!("migrations/0003_compact_observations.sql"),
+    include_str!("migrations/0004_leases.sql"),
 ];
 
 /// The advisory lock key that serialises migrations (`'hl7m'`).

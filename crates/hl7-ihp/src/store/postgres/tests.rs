@@ -316,7 +316,8 @@ async fn a_version_1_database_is_migrated_and_its_rows_read_back() {
     let store = PgStore::open(&location, &StoreOptions::default()).unwrap();
     assert_eq!(
         server.psql(&db, "SELECT max(version) FROM schema_version"),
-        super::schema::supported().to_string()
+        super::schema::supported().to_string(),
+        "migrated to the newest version"
     );
     let detail = store.message(1).await.unwrap().unwrap();
     assert_eq!(detail.observations, [observation, marked]);

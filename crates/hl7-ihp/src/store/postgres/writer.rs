@@ -970,6 +970,7 @@ pub(super) async fn set_export_progress(
     exporter: &str,
     cursor: ChangeCursor,
     files: Vec<(String, FilePosition)>,
+    fence: Option<(&str, i64)>,
 ) -> Result<(), StoreError> {
     let fail = |e: tokio_postgres::Error| db_error("cannot record the export progress", &e);
     let name = format!("export:{exporter}");
@@ -983,21 +984,59 @@ pub(super) async fn set_export_progress(
     // `forget`: the file positions of the patients merged away by the merges the watermark
     // passes (read from the old watermark: the statement's snapshot), as SQLite's
     // `forget_merged_files`; the exporter removed their files before it let it pass.
-    client
-        .execute(
-            "WITH mark AS (
-                 INSERT INTO meta (name, value) VALUES ($1, $2)
+    let Some((lease, fence)) = fence else {
+        client
+            .execute(
+                "WITH mark AS (
+                     INSERT INTO meta (name, value) VALUES ($1, $2)
+                     ON CONFLICT (name) DO UPDATE SET value = excluded.value
+                 ), forget AS (
+                     DELETE FROM export_files
+                     WHERE exporter = $3 AND patient_key <> ALL($4::text[]) AND patient_key IN
+                         (SELECT prior_key FROM patient_merges WHERE message <= $2 AND message >
+                             coalesce((SELECT value FROM meta WHERE name = $1), 0))
+                 )
+                 INSERT INTO export_files (exporter, patient_key, through, length)
+                 SELECT $3, * FROM unnest($4::text[], $5::int8[], $6::int8[])
+                 ON CONFLICT (exporter, patient_key)
+                 DO UPDATE SET through = excluded.through, length = excluded.length",
+                &[
+                    &name,
+                    &cursor.position(),
+                    &exporter,
+                    &keys,
+                    &through,
+                    &length,
+                ],
+            )
+            .await
+            .map_err(fail)?;
+        return Ok(());
+    };
+    // Fenced (docs/storage.md, "Leases"): every part writes only when the lease's row still
+    // has this fence, read `FOR SHARE` in the same statement, so a receiver taking the lease
+    // waits for this write to end, or this write sees its new fence and writes nothing.
+    let row = client
+        .query_one(
+            "WITH lease AS (
+                 SELECT fence FROM leases WHERE name = $7 AND fence = $8 FOR SHARE
+             ), mark AS (
+                 INSERT INTO meta (name, value) SELECT $1, $2 FROM lease
                  ON CONFLICT (name) DO UPDATE SET value = excluded.value
              ), forget AS (
                  DELETE FROM export_files
-                 WHERE exporter = $3 AND patient_key <> ALL($4::text[]) AND patient_key IN
+                 WHERE exporter = $3 AND patient_key <> ALL($4::text[])
+                   AND EXISTS (SELECT 1 FROM lease) AND patient_key IN
                      (SELECT prior_key FROM patient_merges WHERE message <= $2 AND message >
                          coalesce((SELECT value FROM meta WHERE name = $1), 0))
+             ), files AS (
+                 INSERT INTO export_files (exporter, patient_key, through, length)
+                 SELECT $3, f.k, f.t, f.l
+                 FROM unnest($4::text[], $5::int8[], $6::int8[]) AS f(k, t, l) CROSS JOIN lease
+                 ON CONFLICT (exporter, patient_key)
+                 DO UPDATE SET through = excluded.through, length = excluded.length
              )
-             INSERT INTO export_files (exporter, patient_key, through, length)
-             SELECT $3, * FROM unnest($4::text[], $5::int8[], $6::int8[])
-             ON CONFLICT (exporter, patient_key)
-             DO UPDATE SET through = excluded.through, length = excluded.length",
+             SELECT count(*) FROM lease",
             &[
                 &name,
                 &cursor.position(),
@@ -1005,9 +1044,17 @@ pub(super) async fn set_export_progress(
                 &keys,
                 &through,
                 &length,
+                &lease,
+                &fence,
             ],
         )
         .await
         .map_err(fail)?;
+    if row.get::<_, i64>(0) == 0 {
+        return Err(StoreError::LeaseLost {
+            name: lease.to_owned(),
+            fence,
+        });
+    }
     Ok(())
 }
