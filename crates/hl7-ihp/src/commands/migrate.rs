@@ -67,7 +67,8 @@ pub fn run(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
     };
     let mut last_line: Option<Instant> = None;
     let mut show = |p: &Progress| {
-        let due = last_line.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY) || p.n_copied == p.n_total;
+        let due =
+            last_line.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY) || p.n_copied == p.n_total;
         if due {
             last_line = Some(Instant::now());
             eprintln!("migrate: {}", progress_line(p));
@@ -93,7 +94,11 @@ pub fn run(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(1))
             }
         }
-        Err(error @ (MigrateError::NotEmpty { .. } | MigrateError::OtherSource | MigrateError::InUse)) => {
+        Err(
+            error @ (MigrateError::NotEmpty { .. }
+            | MigrateError::OtherSource
+            | MigrateError::InUse),
+        ) => {
             eprintln!("hl7-ihp: {error}");
             Ok(ExitCode::from(2))
         }
@@ -136,16 +141,26 @@ fn source(from: &Path) -> Result<(PathBuf, Option<PathBuf>), String> {
     if from.is_dir() {
         let database = from.join(SQLITE_FILE_NAME);
         if !database.is_file() {
-            return Err(format!("--from: no {SQLITE_FILE_NAME} in {}", from.display()));
+            return Err(format!(
+                "--from: no {SQLITE_FILE_NAME} in {}",
+                from.display()
+            ));
         }
         return Ok((database, Some(from.to_path_buf())));
     }
     if !from.is_file() {
-        return Err(format!("--from: no data directory or database at {}", from.display()));
+        return Err(format!(
+            "--from: no data directory or database at {}",
+            from.display()
+        ));
     }
-    let folder = from
-        .parent()
-        .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p });
+    let folder = from.parent().map(|p| {
+        if p.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            p
+        }
+    });
     let is_data_dir = folder.is_some_and(|f| f.join(LOCK_FILE_NAME).exists())
         || from.file_name().is_some_and(|n| n == SQLITE_FILE_NAME);
     Ok((
@@ -180,7 +195,10 @@ fn table(report: &MigrateReport) -> String {
         .map(|row| row.name.len())
         .max()
         .unwrap_or(0);
-    let mut out = format!("{:<width$}  {:>12}  {:>12}\n", "COUNT", "SQLITE", "POSTGRESQL");
+    let mut out = format!(
+        "{:<width$}  {:>12}  {:>12}\n",
+        "COUNT", "SQLITE", "POSTGRESQL"
+    );
     for row in &report.counts {
         let mark = if row.source == row.target {
             ""
@@ -238,7 +256,13 @@ mod tests {
         };
         let text = table(&report);
         assert!(!report.verified());
-        assert!(text.lines().nth(1).is_some_and(|l| !l.contains("DIFFERS")), "{text}");
-        assert!(text.lines().nth(2).is_some_and(|l| l.ends_with("DIFFERS")), "{text}");
+        assert!(
+            text.lines().nth(1).is_some_and(|l| !l.contains("DIFFERS")),
+            "{text}"
+        );
+        assert!(
+            text.lines().nth(2).is_some_and(|l| l.ends_with("DIFFERS")),
+            "{text}"
+        );
     }
 }

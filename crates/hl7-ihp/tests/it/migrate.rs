@@ -103,17 +103,30 @@ fn a_sqlite_store_moves_to_postgres_whole_and_a_receiver_there_carries_on() {
 
     let db = server.create_database();
     let url = server.url(&db);
-    let (code, out, err) = common::run(&["migrate", "--from", data.to_str().unwrap(), "--to", &url]);
+    let (code, out, err) =
+        common::run(&["migrate", "--from", data.to_str().unwrap(), "--to", &url]);
     assert_eq!(code, 0, "{out}\n{err}");
-    assert!(out.contains("verified") && !out.contains("DIFFERS"), "{out}");
-    for name in ["messages accepted", "messages rejected", "alarms", "patient merges"] {
+    assert!(
+        out.contains("verified") && !out.contains("DIFFERS"),
+        "{out}"
+    );
+    for name in [
+        "messages accepted",
+        "messages rejected",
+        "alarms",
+        "patient merges",
+    ] {
         assert!(out.contains(name), "{out}");
     }
     assert!(err.contains("messages (100%)"), "{err}");
     assert_eq!(count(server, &db, "SELECT count(*) FROM patient_merges"), 1);
     assert_eq!(count(server, &db, "SELECT count(*) FROM alarms"), 2);
     assert_eq!(
-        count(server, &db, "SELECT sum(n_received) FROM messages WHERE outcome = 'rejected'"),
+        count(
+            server,
+            &db,
+            "SELECT sum(n_received) FROM messages WHERE outcome = 'rejected'"
+        ),
         2
     );
     assert!(count(server, &db, "SELECT count(*) FROM export_files") > 0);
@@ -122,10 +135,14 @@ fn a_sqlite_store_moves_to_postgres_whole_and_a_receiver_there_carries_on() {
     let postgres = ["--store", url.as_str()];
     let after = inspected(&postgres);
     for (sqlite_text, postgres_text) in before.iter().zip(&after) {
-        assert_eq!(without_merge_notes(sqlite_text), without_merge_notes(postgres_text));
+        assert_eq!(
+            without_merge_notes(sqlite_text),
+            without_merge_notes(postgres_text)
+        );
     }
     // Running it again changes nothing and verifies again.
-    let (code, out, err) = common::run(&["migrate", "--from", data.to_str().unwrap(), "--to", &url]);
+    let (code, out, err) =
+        common::run(&["migrate", "--from", data.to_str().unwrap(), "--to", &url]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(inspected(&postgres), after);
 
@@ -137,11 +154,18 @@ fn a_sqlite_store_moves_to_postgres_whole_and_a_receiver_there_carries_on() {
     let mut client = Client::connect(receiver.mllp);
     let ack = client.exchange(&oru("MIG-1", "MIG-B", 61));
     assert_eq!(ack_field(&ack, "MSA-1"), "AA", "{}", receiver.logs());
-    assert_eq!(count(server, &db, "SELECT count(*) FROM messages"), n_before);
+    assert_eq!(
+        count(server, &db, "SELECT count(*) FROM messages"),
+        n_before
+    );
     let ack = client.exchange(&oru("MIG-NEW-1", "MIG-B", 70));
     assert_eq!(ack_field(&ack, "MSA-1"), "AA");
     assert_eq!(
-        count(server, &db, "SELECT min(id) FROM messages WHERE control_id = 'MIG-NEW-1'"),
+        count(
+            server,
+            &db,
+            "SELECT min(id) FROM messages WHERE control_id = 'MIG-NEW-1'"
+        ),
         max_before + 1
     );
     drop(client);
@@ -191,21 +215,44 @@ fn a_migration_killed_with_sigkill_continues_where_it_stopped() {
     let stopped_at = through(server, &db);
     assert!(stopped_at < N, "the copy finished before it was killed");
     // Whole batches only: what was copied is exactly the messages up to the mark.
-    assert_eq!(count(server, &db, "SELECT count(*) FROM messages"), stopped_at);
-    assert_eq!(count(server, &db, "SELECT max(id) FROM messages"), stopped_at);
+    assert_eq!(
+        count(server, &db, "SELECT count(*) FROM messages"),
+        stopped_at
+    );
+    assert_eq!(
+        count(server, &db, "SELECT max(id) FROM messages"),
+        stopped_at
+    );
 
-    let (code, out, err) = common::run(&["migrate", "--from", data.to_str().unwrap(), "--to", &url]);
+    let (code, out, err) =
+        common::run(&["migrate", "--from", data.to_str().unwrap(), "--to", &url]);
     assert_eq!(code, 0, "{out}\n{err}");
-    assert!(out.contains(&format!("continued after message {stopped_at}")), "{out}");
+    assert!(
+        out.contains(&format!("continued after message {stopped_at}")),
+        "{out}"
+    );
     assert!(!out.contains("DIFFERS"), "{out}");
     assert_eq!(count(server, &db, "SELECT count(*) FROM messages"), N);
-    assert_eq!(count(server, &db, "SELECT count(DISTINCT id) FROM messages"), N);
-    assert_eq!(count(server, &db, "SELECT count(*) FROM message_keys"), N);
     assert_eq!(
-        count(server, &db, "SELECT value FROM counters WHERE name = 'message_id'"),
+        count(server, &db, "SELECT count(DISTINCT id) FROM messages"),
         N
     );
-    let sqlite = run_ok(&["messages", "--limit", "0", "--data-dir", data.to_str().unwrap()]);
+    assert_eq!(count(server, &db, "SELECT count(*) FROM message_keys"), N);
+    assert_eq!(
+        count(
+            server,
+            &db,
+            "SELECT value FROM counters WHERE name = 'message_id'"
+        ),
+        N
+    );
+    let sqlite = run_ok(&[
+        "messages",
+        "--limit",
+        "0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
     let postgres = run_ok(&["messages", "--limit", "0", "--store", &url]);
     assert_eq!(sqlite, postgres);
 }
@@ -224,12 +271,18 @@ fn a_target_with_other_data_and_a_running_receivers_store_are_refused() {
     let url = server.url(&db);
     let (_pg_dir, receiver) = common::start(&["--store", &url]);
     let mut client = Client::connect(receiver.mllp);
-    assert_eq!(ack_field(&client.exchange(&oru("OTHER-1", "OTHER", 1)), "MSA-1"), "AA");
+    assert_eq!(
+        ack_field(&client.exchange(&oru("OTHER-1", "OTHER", 1)), "MSA-1"),
+        "AA"
+    );
     drop(client);
     let _ = receiver.terminate();
     let (code, _, err) = common::run(&["migrate", "--from", data.to_str().unwrap(), "--to", &url]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("already holds an hl7-ihp store (messages)"), "{err}");
+    assert!(
+        err.contains("already holds an hl7-ihp store (messages)"),
+        "{err}"
+    );
     assert_eq!(count(server, &db, "SELECT count(*) FROM messages"), 1);
 
     // A data directory its receiver still holds.
@@ -241,6 +294,7 @@ fn a_target_with_other_data_and_a_running_receivers_store_are_refused() {
     assert!(err.contains("holds the data directory"), "{err}");
     let _ = receiver.terminate();
     // A URL that is not PostgreSQL's.
-    let (code, _, err) = common::run(&["migrate", "--from", data.to_str().unwrap(), "--to", "x.db"]);
+    let (code, _, err) =
+        common::run(&["migrate", "--from", data.to_str().unwrap(), "--to", "x.db"]);
     assert_eq!(code, 2, "{err}");
 }

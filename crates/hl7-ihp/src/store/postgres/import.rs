@@ -259,7 +259,8 @@ async fn run(
     let statements = Statements::prepare(client).await.map_err(fail)?;
 
     // The reader: batches in id order, each with what its transaction needs besides.
-    let (batches, mut incoming) = tokio::sync::mpsc::channel::<Result<Batch, StoreError>>(READ_AHEAD);
+    let (batches, mut incoming) =
+        tokio::sync::mpsc::channel::<Result<Batch, StoreError>>(READ_AHEAD);
     let batch_size = options.batch.max(1);
     let reader = std::thread::Builder::new()
         .name("hl7-ihp-migrate-read".into())
@@ -433,7 +434,8 @@ const RAISE_COUNTER: &str =
 
 /// Moves `migrate:through` on only from where this batch started: a second migration run
 /// at the same time finds it moved and rolls back.
-const SET_THROUGH: &str = "UPDATE meta SET value = $2 WHERE name = 'migrate:through' AND value = $1";
+const SET_THROUGH: &str =
+    "UPDATE meta SET value = $2 WHERE name = 'migrate:through' AND value = $1";
 
 impl Statements {
     async fn prepare(client: &Client) -> Result<Statements, tokio_postgres::Error> {
@@ -508,9 +510,8 @@ async fn write_batch(
         .map_err(fail)?;
 
     let m = &batch.messages;
-    let col = |f: fn(&SourceMessage) -> Option<&str>| -> Vec<Option<&str>> {
-        m.iter().map(f).collect()
-    };
+    let col =
+        |f: fn(&SourceMessage) -> Option<&str>| -> Vec<Option<&str>> { m.iter().map(f).collect() };
     let ids: Vec<i64> = m.iter().map(|r| r.id).collect();
     let received: Vec<i64> = m.iter().map(|r| r.received_ms).collect();
     let peers: Vec<&str> = m.iter().map(|r| r.peer.as_str()).collect();
@@ -521,8 +522,7 @@ async fn write_batch(
         .iter()
         .map(|r| i32::try_from(r.n_observations).unwrap_or(i32::MAX))
         .collect();
-    let observations: Vec<Option<&str>> =
-        batch.observations.iter().map(|o| o.as_deref()).collect();
+    let observations: Vec<Option<&str>> = batch.observations.iter().map(|o| o.as_deref()).collect();
     let n_received: Vec<i64> = m.iter().map(|r| r.n_received).collect();
     let last_received: Vec<Option<i64>> = m.iter().map(|r| r.last_received_ms).collect();
     let replay_of: Vec<Option<i64>> = m.iter().map(|r| r.replay_of).collect();
@@ -595,10 +595,8 @@ async fn write_batch(
         .map(|i| a.iter().map(|r| r.measurement[i].as_deref()).collect())
         .collect();
     let alarm_numeric: Vec<Option<f64>> = a.iter().map(|r| r.measurement_numeric).collect();
-    let alarm_units: Vec<Option<&str>> =
-        a.iter().map(|r| r.measurement_units.as_deref()).collect();
-    let alarm_limit: Vec<Option<&str>> =
-        a.iter().map(|r| r.measurement_limit.as_deref()).collect();
+    let alarm_units: Vec<Option<&str>> = a.iter().map(|r| r.measurement_units.as_deref()).collect();
+    let alarm_limit: Vec<Option<&str>> = a.iter().map(|r| r.measurement_limit.as_deref()).collect();
     let alarm_started_at: Vec<&str> = a.iter().map(|r| r.started_at.as_str()).collect();
     let alarm_started_ms: Vec<i64> = a.iter().map(|r| r.started_ms).collect();
     let mut alarm_params: Vec<&(dyn ToSql + Sync)> = vec![&alarm_ids, &alarm_messages, &alarm_idx];

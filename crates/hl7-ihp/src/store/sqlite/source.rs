@@ -139,11 +139,9 @@ impl Source {
     pub fn fingerprint(&self) -> Result<i64, StoreError> {
         let hash: Option<Vec<u8>> = self
             .conn
-            .query_row(
-                "SELECT hash FROM messages ORDER BY id LIMIT 1",
-                [],
-                |row| row.get(0),
-            )
+            .query_row("SELECT hash FROM messages ORDER BY id LIMIT 1", [], |row| {
+                row.get(0)
+            })
             .optional()
             .map_err(fail)?;
         Ok(hash
@@ -167,15 +165,21 @@ impl Source {
     /// How many messages have ids above `after`.
     pub fn count_after(&self, after: i64) -> Result<u64, StoreError> {
         self.conn
-            .query_row("SELECT count(*) FROM messages WHERE id > ?1", [after], |row| {
-                row.get::<_, i64>(0)
-            })
+            .query_row(
+                "SELECT count(*) FROM messages WHERE id > ?1",
+                [after],
+                |row| row.get::<_, i64>(0),
+            )
             .map(|n| u64::try_from(n).unwrap_or(0))
             .map_err(fail)
     }
 
     /// At most `limit` messages with ids above `after`, in id order.
-    pub fn messages_after(&self, after: i64, limit: usize) -> Result<Vec<SourceMessage>, StoreError> {
+    pub fn messages_after(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<SourceMessage>, StoreError> {
         let mut statement = self
             .conn
             .prepare_cached(
