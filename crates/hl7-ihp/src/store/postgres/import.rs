@@ -171,7 +171,8 @@ struct TargetState {
     source: Option<i64>,
     through: Option<i64>,
     done: bool,
-    has_messages: bool,
+    /// The highest message id stored, 0 for none.
+    max_message: i64,
     has_patients: bool,
     last_id: i64,
 }
@@ -182,7 +183,7 @@ async fn target_state(client: &Client) -> Result<TargetState, StoreError> {
             "SELECT (SELECT value FROM meta WHERE name = $1),
                     (SELECT value FROM meta WHERE name = $2),
                     EXISTS (SELECT 1 FROM meta WHERE name = $3),
-                    EXISTS (SELECT 1 FROM messages),
+                    (SELECT coalesce(max(id), 0) FROM messages),
                     EXISTS (SELECT 1 FROM patients),
                     (SELECT value FROM counters WHERE name = 'message_id')",
             &[&SOURCE_META, &THROUGH_META, &DONE_META],
@@ -193,29 +194,30 @@ async fn target_state(client: &Client) -> Result<TargetState, StoreError> {
         source: row.get(0),
         through: row.get(1),
         done: row.get(2),
-        has_messages: row.get(3),
+        max_message: row.get(3),
         has_patients: row.get(4),
         last_id: row.get::<_, Option<i64>>(5).unwrap_or(0),
     })
 }
 
 /// Where this run starts: after the last message a run before committed, or at the
-/// beginning of a new migration (recorded first, so an interrupted one is known as ours).
-async fn start_point(client: &mut Client, fingerprint: i64) -> Result<i64, MigrateError> {
+/// beginning of a new migration (recorded first, so an interrupted one is known as ours);
+/// and whether a run before finished.
+async fn start_point(client: &mut Client, fingerprint: i64) -> Result<(i64, bool), MigrateError> {
     let state = target_state(client).await?;
     match (state.source, state.through) {
         (Some(found), _) if found != fingerprint => Err(MigrateError::OtherSource),
         (Some(_), Some(through)) => {
-            if state.done && state.last_id > through {
+            if state.done && state.max_message > through {
                 return Err(MigrateError::InUse);
             }
-            Ok(through)
+            Ok((through, state.done))
         }
         (Some(_), None) => Err(MigrateError::NotEmpty {
             what: "a migration mark without its progress",
         }),
         (None, _) => {
-            let what = if state.has_messages {
+            let what = if state.max_message > 0 {
                 Some("messages")
             } else if state.has_patients {
                 Some("patients")
@@ -241,7 +243,7 @@ async fn start_point(client: &mut Client, fingerprint: i64) -> Result<i64, Migra
                 .await
                 .map_err(fail)?;
             transaction.commit().await.map_err(fail)?;
-            Ok(0)
+            Ok((0, false))
         }
     }
 }
@@ -254,8 +256,18 @@ async fn run(
 ) -> Result<MigrateReport, MigrateError> {
     let started = Instant::now();
     let fingerprint = source.fingerprint()?;
-    let resumed_after = start_point(client, fingerprint).await?;
+    let (resumed_after, done) = start_point(client, fingerprint).await?;
     let n_total = source.count_after(resumed_after)?;
+    if done && n_total == 0 {
+        // Finished before, and nothing new: only verify (the last step again could move
+        // a watermark the receivers moved on since back).
+        return Ok(MigrateReport {
+            resumed_after,
+            n_copied: 0,
+            counts: verify(client, &source).await?,
+            elapsed: started.elapsed(),
+        });
+    }
     let statements = Statements::prepare(client).await.map_err(fail)?;
 
     // The reader: batches in id order, each with what its transaction needs besides.

@@ -6,7 +6,8 @@
 
 use super::*;
 
-/// A message row as stored, with what PostgreSQL's rows need besides.
+/// A message row as stored, with what PostgreSQL's rows need besides; a field without a
+/// comment is the `messages` column of its name.
 pub(in crate::store) struct SourceMessage {
     pub id: i64,
     pub received_ms: i64,
@@ -39,7 +40,7 @@ pub(in crate::store) struct SourceMessage {
     pub sent_ms: Option<i64>,
 }
 
-/// A patient row.
+/// A patient row: each field the `patients` column of its name.
 pub(in crate::store) struct SourcePatient {
     pub id: i64,
     pub key: String,
@@ -53,7 +54,7 @@ pub(in crate::store) struct SourcePatient {
     pub updated_ms: i64,
 }
 
-/// A patient merge row.
+/// A patient merge row: each field the `patient_merges` column of its name.
 pub(in crate::store) struct SourceMerge {
     pub prior_key: String,
     pub survivor_key: String,
@@ -63,7 +64,9 @@ pub(in crate::store) struct SourceMerge {
     pub n_messages: i64,
 }
 
-/// An alarm row.
+/// An alarm row: each field the `alarms` column of its name, the text columns in
+/// [`ALARM_TEXTS`]' order in `texts`, and `measurement_code`, `_text`, `_value` in
+/// `measurement`.
 pub(in crate::store) struct SourceAlarm {
     pub id: i64,
     pub message: i64,
@@ -92,7 +95,7 @@ pub(in crate::store) const ALARM_TEXTS: [&str; 11] = [
     "flags",
 ];
 
-/// An exporter's file position.
+/// An exporter's file position (`export_files`; `patient` there).
 pub(in crate::store) struct SourceFile {
     pub exporter: String,
     pub patient_key: String,
