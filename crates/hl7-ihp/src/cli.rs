@@ -55,6 +55,9 @@ pub enum Command {
     /// linked to the original, and replaying twice stores nothing twice.
     // Boxed as `Receive` is: it carries receive's flags.
     Replay(Box<ReplayArgs>),
+    /// Copy a SQLite store (a stopped receiver's) into an empty PostgreSQL store, keeping
+    /// message ids; resumable, and verified by counts at the end.
+    Migrate(MigrateArgs),
 }
 
 /// `hl7-ihp config`.
@@ -384,4 +387,30 @@ fn parse_fields(text: &str) -> Result<crate::export::Fields, String> {
         "full" => Ok(crate::export::Fields::Full),
         _ => Err("expected prototype or full".into()),
     }
+}
+
+/// Messages `hl7-ihp migrate` copies per transaction unless told otherwise.
+pub const DEFAULT_MIGRATE_BATCH: u64 = 2_000;
+
+/// `hl7-ihp migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The SQLite store: a data directory (its hl7-ihp.sqlite3) or a database file. A data
+    /// directory's lock is taken: its receiver must be stopped.
+    #[arg(long, value_name = "DIR|FILE")]
+    pub from: PathBuf,
+    /// The PostgreSQL store to fill: postgres://user[:password]@host[:port]/db. Created or
+    /// brought to the current schema; it must hold no messages but those of an unfinished
+    /// migration of the same store, which this run continues.
+    #[arg(long, value_name = "URL")]
+    pub to: String,
+    /// The database password, from the first line of FILE (instead of in --to).
+    #[arg(long, value_name = "FILE")]
+    pub store_password_file: Option<PathBuf>,
+    /// Messages per transaction.
+    #[arg(long, default_value_t = DEFAULT_MIGRATE_BATCH, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub batch: u64,
+    /// At most N messages per second, to spare a database that serves others meanwhile.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_rate: Option<u32>,
 }

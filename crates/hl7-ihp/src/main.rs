@@ -34,6 +34,7 @@ fn main() -> ExitCode {
         Command::Backup(args) => commands::backup::run(&args),
         Command::Replay(args) => commands::replay::run(&args),
         Command::Purge(args) => commands::purge::run(&args),
+        Command::Migrate(args) => commands::migrate::run(&args),
     };
     match result {
         Ok(code) => code,

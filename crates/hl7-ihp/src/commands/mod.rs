@@ -6,6 +6,7 @@ pub mod config;
 pub mod demo;
 pub mod inspect;
 pub mod manual;
+pub mod migrate;
 pub mod parse;
 pub mod purge;
 pub mod receive;

@@ -89,3 +89,5 @@ mod unassigned;
 mod client;
 // Values that are not measurements (demo, placeholders, OBX-11 X, empty): stored marked.
 mod values;
+// `hl7-ihp migrate`: SQLite into PostgreSQL, read back the same, resumed after SIGKILL.
+mod migrate;

@@ -7,6 +7,7 @@
 //! (`NoTls`): put the database on a trusted network or a local socket.
 
 mod alarms;
+pub mod import;
 mod lease;
 mod listen;
 mod merge;

@@ -43,6 +43,7 @@ pub(in crate::store) mod raw;
 mod raw_tests;
 mod readers;
 mod schema;
+pub(in crate::store) mod source;
 mod tail;
 #[cfg(test)]
 mod tests;
