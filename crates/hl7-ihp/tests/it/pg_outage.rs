@@ -467,3 +467,72 @@ fn two_receivers_through_a_postgres_restart_and_a_sigkill_store_each_acknowledge
         acked.len(),
     );
 }
+
+#[test]
+fn a_frozen_postgres_gets_rejects_within_the_ack_timeout_not_silence() {
+    let Some(server) = pg_server::private_server() else {
+        return;
+    };
+    let db = server.create_database();
+    let url = server.url(&db);
+    let (_dir, receiver) = crate::common::start(&["--store", &url]);
+    let health = HealthWatch::start(&receiver);
+    let targets: Vec<_> = (0..4)
+        .map(|_| Arc::new(Mutex::new(receiver.mllp)))
+        .collect();
+    let load = Load::start("FRZ", &targets);
+    wait_until("50 messages acknowledged", || load.n_accepted() >= 50);
+
+    let frozen = Instant::now();
+    server.freeze();
+    wait_until("every sender rejected twice while PostgreSQL is frozen", || {
+        let answers = load.answers();
+        (0..targets.len()).all(|s| {
+            answers
+                .iter()
+                .filter(|a| a.sender == s && !a.accepted() && a.sent >= frozen)
+                .count()
+                >= 2
+        })
+    });
+    wait_until("/healthz failing", || health.first(503, frozen).is_some());
+    let thawed = Instant::now();
+    server.thaw();
+    wait_until("every sender acknowledged AA again", || {
+        let answers = load.answers();
+        (0..targets.len())
+            .all(|s| answers.iter().any(|a| a.sender == s && a.accepted() && a.sent >= thawed))
+    });
+    wait_until("/healthz ok again", || health.first(200, thawed).is_some());
+    let (answers, broken) = load.finish();
+
+    assert!(broken.is_empty(), "connections broke: {broken:?}");
+    let longest = check_answers(&answers);
+    assert!(
+        longest < ACK_TIMEOUT,
+        "an ACK took {longest:?}, longer than the ACK timeout {ACK_TIMEOUT:?}"
+    );
+    let acked = assert_stored_once(&server, &db, &answers);
+    let first_reject = answers
+        .iter()
+        .filter(|a| !a.accepted() && a.answered >= frozen)
+        .map(|a| a.answered)
+        .min()
+        .expect("a reject");
+    let first_accept_again = answers
+        .iter()
+        .filter(|a| a.accepted() && a.sent >= thawed)
+        .map(|a| a.answered)
+        .min()
+        .expect("an AA");
+    println!(
+        "frozen PostgreSQL: freeze → first AR {}; freeze → /healthz 503 {}; thaw → first AA \
+         {}; longest ACK wait {}; {} AR/207, {} messages stored once",
+        ms(first_reject - frozen),
+        ms(health.first(503, frozen).expect("failing") - frozen),
+        ms(first_accept_again.saturating_duration_since(thawed)),
+        ms(longest),
+        answers.iter().filter(|a| !a.accepted()).count(),
+        acked.len(),
+    );
+}

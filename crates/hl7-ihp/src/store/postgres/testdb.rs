@@ -441,8 +441,59 @@ impl PrivateServer {
     }
 }
 
+impl PrivateServer {
+    /// The postmaster and its children (backends, background processes), by pid.
+    fn processes(&self) -> Vec<String> {
+        let Some(postmaster) = std::fs::read_to_string(self.data.join("postmaster.pid"))
+            .ok()
+            .and_then(|text| text.lines().next().map(str::to_owned))
+        else {
+            return Vec::new();
+        };
+        let mut pids = vec![postmaster.clone()];
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // `pid (comm) state ppid …`: the name may hold spaces, so after the last ')'.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1));
+            if ppid == Some(postmaster.as_str()) {
+                pids.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        pids
+    }
+
+    fn signal(&self, signal: &str) {
+        let pids = self.processes();
+        assert!(!pids.is_empty(), "the server is not running");
+        let status = Command::new("kill")
+            .arg(signal)
+            .args(&pids)
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
+    /// Freezes the server (SIGSTOP to all its processes): connections stay open and nothing
+    /// answers, as with a hung host or a network that drops packets without a reset.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen server go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+}
+
 impl Drop for PrivateServer {
     fn drop(&mut self) {
+        // A frozen server would not stop.
+        let _ = Command::new("kill")
+            .arg("-CONT")
+            .args(self.processes())
+            .status();
         let _ = self.pg_ctl(&["stop", "-m", "immediate"]);
         let _ = std::fs::remove_dir_all(&self.server.dir);
     }
