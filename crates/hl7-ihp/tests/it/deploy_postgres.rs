@@ -21,7 +21,11 @@ fn postgres_present() -> bool {
         .filter(|o| o.status.success())
         .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
     let debian = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| d.flatten().map(|e| e.path().join("bin")).collect::<Vec<_>>())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path().join("bin"))
+                .collect::<Vec<_>>()
+        })
         .unwrap_or_default();
     from_config
         .into_iter()
@@ -32,14 +36,17 @@ fn postgres_present() -> bool {
 #[test]
 fn the_postgres_example_stores_each_message_once_behind_haproxy_and_stops_on_interrupt() {
     let haproxy = runs("haproxy", &["-v"]) || runs("/usr/sbin/haproxy", &["-v"]);
-    if !peer_present("deploy_postgres", haproxy, "haproxy", "apt-get install haproxy")
-        || !peer_present(
-            "deploy_postgres",
-            postgres_present(),
-            "PostgreSQL",
-            "apt-get install postgresql",
-        )
-    {
+    if !peer_present(
+        "deploy_postgres",
+        haproxy,
+        "haproxy",
+        "apt-get install haproxy",
+    ) || !peer_present(
+        "deploy_postgres",
+        postgres_present(),
+        "PostgreSQL",
+        "apt-get install postgresql",
+    ) {
         return;
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/postgres/run.sh");
@@ -88,7 +95,10 @@ fn the_postgres_example_stores_each_message_once_behind_haproxy_and_stops_on_int
         output.contains("stored once: 3 messages"),
         "six sent, three stored: {output}"
     );
-    assert!(output.contains("CNTRL-3456"), "`messages` lists them: {output}");
+    assert!(
+        output.contains("CNTRL-3456"),
+        "`messages` lists them: {output}"
+    );
     let folder = output
         .lines()
         .find_map(|l| l.split("(data in ").nth(1))
@@ -114,5 +124,9 @@ fn the_postgres_example_stores_each_message_once_behind_haproxy_and_stops_on_int
     };
     let errors = errors.join().unwrap_or_default();
     assert_eq!(status.code(), Some(130), "{output}\n{errors}");
-    assert!(!folder.exists(), "its folder is removed: {}", folder.display());
+    assert!(
+        !folder.exists(),
+        "its folder is removed: {}",
+        folder.display()
+    );
 }

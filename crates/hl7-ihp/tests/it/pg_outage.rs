@@ -94,7 +94,12 @@ impl Load {
     }
 
     fn n_accepted(&self) -> usize {
-        self.answers.lock().unwrap().iter().filter(|a| a.accepted()).count()
+        self.answers
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| a.accepted())
+            .count()
     }
 
     /// Stops the senders and returns every answer, in the order they came.
@@ -251,7 +256,10 @@ fn assert_stored_once(server: &PrivateServer, db: &str, answers: &[Answer]) -> B
         .map(|a| a.control_id.clone())
         .collect();
     let stored = stored_counts(server, db);
-    let lost: Vec<&String> = acked.iter().filter(|id| !stored.contains_key(*id)).collect();
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|id| !stored.contains_key(*id))
+        .collect();
     assert!(lost.is_empty(), "acknowledged AA but not stored: {lost:?}");
     let twice: Vec<(&String, &u64)> = stored.iter().filter(|(_, n)| **n != 1).collect();
     assert!(twice.is_empty(), "stored more than once: {twice:?}");
@@ -319,12 +327,19 @@ fn postgres_stopped_gets_rejects_and_started_again_stores_without_a_restart() {
     let started = Instant::now();
     wait_until("every sender acknowledged AA again", || {
         let answers = load.answers();
-        (0..targets.len())
-            .all(|s| answers.iter().any(|a| a.sender == s && a.accepted() && a.sent >= started))
+        (0..targets.len()).all(|s| {
+            answers
+                .iter()
+                .any(|a| a.sender == s && a.accepted() && a.sent >= started)
+        })
     });
-    wait_until("/healthz ok again", || health.first(200, start_called).is_some());
+    wait_until("/healthz ok again", || {
+        health.first(200, start_called).is_some()
+    });
     let n_before = load.n_accepted();
-    wait_until("100 more acknowledged", || load.n_accepted() >= n_before + 100);
+    wait_until("100 more acknowledged", || {
+        load.n_accepted() >= n_before + 100
+    });
     let (answers, broken) = load.finish();
     let logs = receiver.logs();
 
@@ -387,7 +402,8 @@ fn postgres_stopped_gets_rejects_and_started_again_stores_without_a_restart() {
 fn start_receiver(data: &std::path::Path, listen: &str, url: &str) -> Receiver {
     let deadline = Instant::now() + RECONNECT_FOR;
     loop {
-        let started = std::panic::catch_unwind(|| Receiver::start_on(data, listen, &["--store", url]));
+        let started =
+            std::panic::catch_unwind(|| Receiver::start_on(data, listen, &["--store", url]));
         match started {
             Ok(receiver) => return receiver,
             Err(panic) if Instant::now() >= deadline => std::panic::resume_unwind(panic),
@@ -397,8 +413,7 @@ fn start_receiver(data: &std::path::Path, listen: &str, url: &str) -> Receiver {
 }
 
 #[test]
-fn two_receivers_through_a_postgres_restart_and_a_sigkill_store_each_acknowledged_message_once()
-{
+fn two_receivers_through_a_postgres_restart_and_a_sigkill_store_each_acknowledged_message_once() {
     let Some(server) = pg_server::private_server() else {
         return;
     };
@@ -440,7 +455,9 @@ fn two_receivers_through_a_postgres_restart_and_a_sigkill_store_each_acknowledge
         })
     });
     let n_before = load.n_accepted();
-    wait_until("200 more acknowledged", || load.n_accepted() >= n_before + 200);
+    wait_until("200 more acknowledged", || {
+        load.n_accepted() >= n_before + 200
+    });
     let (answers, broken) = load.finish();
 
     let longest = check_answers(&answers);
@@ -485,23 +502,29 @@ fn a_frozen_postgres_gets_rejects_within_the_ack_timeout_not_silence() {
 
     let frozen = Instant::now();
     server.freeze();
-    wait_until("every sender rejected twice while PostgreSQL is frozen", || {
-        let answers = load.answers();
-        (0..targets.len()).all(|s| {
-            answers
-                .iter()
-                .filter(|a| a.sender == s && !a.accepted() && a.sent >= frozen)
-                .count()
-                >= 2
-        })
-    });
+    wait_until(
+        "every sender rejected twice while PostgreSQL is frozen",
+        || {
+            let answers = load.answers();
+            (0..targets.len()).all(|s| {
+                answers
+                    .iter()
+                    .filter(|a| a.sender == s && !a.accepted() && a.sent >= frozen)
+                    .count()
+                    >= 2
+            })
+        },
+    );
     wait_until("/healthz failing", || health.first(503, frozen).is_some());
     let thawed = Instant::now();
     server.thaw();
     wait_until("every sender acknowledged AA again", || {
         let answers = load.answers();
-        (0..targets.len())
-            .all(|s| answers.iter().any(|a| a.sender == s && a.accepted() && a.sent >= thawed))
+        (0..targets.len()).all(|s| {
+            answers
+                .iter()
+                .any(|a| a.sender == s && a.accepted() && a.sent >= thawed)
+        })
     });
     wait_until("/healthz ok again", || health.first(200, thawed).is_some());
     let (answers, broken) = load.finish();

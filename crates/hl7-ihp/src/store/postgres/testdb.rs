@@ -357,11 +357,7 @@ pub fn private_server() -> Option<PrivateServer> {
     );
     private_watch(&data, &dir);
     let mut private = PrivateServer {
-        server: TestServer {
-            port: 0,
-            bin,
-            dir,
-        },
+        server: TestServer { port: 0, bin, dir },
         data,
         user,
     };
@@ -538,7 +534,9 @@ mod tests {
 
     #[test]
     fn a_private_server_stops_and_starts_on_its_port_with_its_data() {
-        let Some(server) = private_server() else { return };
+        let Some(server) = private_server() else {
+            return;
+        };
         let db = server.create_database();
         server.psql(&db, "CREATE TABLE t (n int); INSERT INTO t VALUES (7)");
         let port = server.port;
