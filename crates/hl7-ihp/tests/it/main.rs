@@ -42,6 +42,8 @@ mod alarms;
 mod framing;
 // deploy/haproxy.cfg run by the real HAProxy in front of a receiver.
 mod haproxy;
+// deploy/postgres/run.sh: two receivers behind HAProxy on one PostgreSQL, run as a user would.
+mod deploy_postgres;
 // `hl7-ihp parse`.
 mod parse_cli;
 // The patient JSON files and the inspection commands.
@@ -72,6 +74,9 @@ mod postgres;
 mod pg_operations;
 // Leases on PostgreSQL: one exporter and one reader per link among receivers, failover.
 mod leases;
+// PostgreSQL stopped, started and restarted under load: rejects, never AA, then storing
+// again; two receivers, a SIGKILL and a restart: each acknowledged message stored once.
+mod pg_outage;
 // A real PostgreSQL for those tests, shared with the unit tests.
 #[path = "../../src/store/postgres/testdb.rs"]
 mod pg_server;

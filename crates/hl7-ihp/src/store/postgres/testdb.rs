@@ -302,6 +302,221 @@ fn watch(pid: u32, dir: &Path) {
 /// The server and its watchdog: owned here, never waited for.
 static RUNNING: std::sync::Mutex<Vec<std::process::Child>> = std::sync::Mutex::new(Vec::new());
 
+/// A server of a test's own, which the test may stop, start and restart (same port, same
+/// data) without disturbing the shared one: for outage tests. Started with `pg_ctl`, its
+/// settings in its `postgresql.conf`; stopped at once and removed when dropped, and by a
+/// watchdog when the test binary ends first.
+#[derive(Debug)]
+pub struct PrivateServer {
+    server: TestServer,
+    data: PathBuf,
+    user: Option<(u32, u32)>,
+}
+
+impl std::ops::Deref for PrivateServer {
+    type Target = TestServer;
+    fn deref(&self) -> &TestServer {
+        &self.server
+    }
+}
+
+/// A new private server, running; `None` (after one line) without PostgreSQL binaries, and
+/// a failure under `CI=true`, as [`server`].
+pub fn private_server() -> Option<PrivateServer> {
+    let Some(bin) = find_binaries() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "PostgreSQL binaries not found (initdb, pg_ctl, postgres) and CI=true"
+        );
+        println!("skipped: PostgreSQL binaries not found");
+        return None;
+    };
+    remove_stale_dirs();
+    let user = run_as();
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
+        .tempdir()
+        .expect("a temporary directory")
+        .keep();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    if let Some((uid, gid)) = user {
+        std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown to postgres");
+    }
+    let data = dir.join("data");
+    let init = command(&bin, "initdb", user)
+        .current_dir(&dir)
+        .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C"])
+        .arg("-D")
+        .arg(&data)
+        .output()
+        .expect("run initdb");
+    assert!(
+        init.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    private_watch(&data, &dir);
+    let mut private = PrivateServer {
+        server: TestServer { port: 0, bin, dir },
+        data,
+        user,
+    };
+    // A port found free may be taken before the server binds it: try a few.
+    for _ in 0..5 {
+        private.server.port = free_port();
+        // The last setting in the file wins: a retry appends a new port.
+        let settings = format!(
+            "\nport = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+             fsync = on\nsynchronous_commit = on\nmax_connections = 300\nshared_buffers = 32MB\n",
+            private.server.port,
+            private.server.dir.display()
+        );
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(private.data.join("postgresql.conf"))
+            .and_then(|mut f| f.write_all(settings.as_bytes()))
+            .expect("write postgresql.conf");
+        if private.pg_ctl(&["start"]) {
+            return Some(private);
+        }
+    }
+    panic!(
+        "the private test PostgreSQL did not start; see {}/log",
+        private.server.dir.display()
+    );
+}
+
+impl PrivateServer {
+    /// Runs `pg_ctl ARGS` (waiting, with the start deadline) on this server's data; whether
+    /// it succeeded.
+    fn pg_ctl(&self, args: &[&str]) -> bool {
+        let deadline = START_DEADLINE.as_secs().to_string();
+        command(&self.server.bin, "pg_ctl", self.user)
+            .current_dir(&self.server.dir)
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(self.server.dir.join("log"))
+            .args(["-w", "-t", &deadline])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Stops the server at once (`pg_ctl stop -m immediate`: no checkpoint, the clients'
+    /// connections cut), as a crash would.
+    pub fn stop(&self) {
+        assert!(
+            self.pg_ctl(&["stop", "-m", "immediate"]),
+            "pg_ctl stop failed: {}",
+            self.log()
+        );
+    }
+
+    /// Starts it again on the same port with the same data (crash recovery first), and
+    /// returns once it takes connections.
+    pub fn start(&self) {
+        assert!(
+            self.pg_ctl(&["start"]),
+            "pg_ctl start failed: {}",
+            self.log()
+        );
+    }
+
+    /// `pg_ctl restart -m immediate`: stopped at once and started again, one command.
+    pub fn restart(&self) {
+        assert!(
+            self.pg_ctl(&["restart", "-m", "immediate"]),
+            "pg_ctl restart failed: {}",
+            self.log()
+        );
+    }
+}
+
+impl PrivateServer {
+    /// The postmaster and its children (backends, background processes), by pid.
+    fn processes(&self) -> Vec<String> {
+        let Some(postmaster) = std::fs::read_to_string(self.data.join("postmaster.pid"))
+            .ok()
+            .and_then(|text| text.lines().next().map(str::to_owned))
+        else {
+            return Vec::new();
+        };
+        let mut pids = vec![postmaster.clone()];
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // `pid (comm) state ppid …`: the name may hold spaces, so after the last ')'.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1));
+            if ppid == Some(postmaster.as_str()) {
+                pids.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        pids
+    }
+
+    fn signal(&self, signal: &str) {
+        let pids = self.processes();
+        assert!(!pids.is_empty(), "the server is not running");
+        let status = Command::new("kill")
+            .arg(signal)
+            .args(&pids)
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
+    /// Freezes the server (SIGSTOP to all its processes): connections stay open and nothing
+    /// answers, as with a hung host or a network that drops packets without a reset.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen server go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        // A frozen server would not stop.
+        let _ = Command::new("kill")
+            .arg("-CONT")
+            .args(self.processes())
+            .status();
+        let _ = self.pg_ctl(&["stop", "-m", "immediate"]);
+        let _ = std::fs::remove_dir_all(&self.server.dir);
+    }
+}
+
+/// A watchdog for a private server, whose process changes with each start: at this
+/// process's end it stops whichever postmaster `postmaster.pid` names, then removes `dir`.
+fn private_watch(data: &Path, dir: &Path) {
+    let watchdog = Command::new("sh")
+        .arg("-c")
+        .arg(
+            "cat >/dev/null; pid=$(head -n 1 \"$1/postmaster.pid\" 2>/dev/null); \
+             if [ -n \"$pid\" ]; then kill -QUIT \"$pid\" 2>/dev/null; n=0; \
+             while kill -0 \"$pid\" 2>/dev/null && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done; fi; \
+             rm -rf \"$2\"",
+        )
+        .arg("watchdog")
+        .arg(data)
+        .arg(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the private server's watchdog");
+    RUNNING.lock().map(|mut r| r.push(watchdog)).ok();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,5 +530,30 @@ mod tests {
         assert_eq!(server.psql(&db, "SELECT 1 + 1"), "2");
         let other = server.create_database();
         assert_ne!(db, other);
+    }
+
+    #[test]
+    fn a_private_server_stops_and_starts_on_its_port_with_its_data() {
+        let Some(server) = private_server() else {
+            return;
+        };
+        let db = server.create_database();
+        server.psql(&db, "CREATE TABLE t (n int); INSERT INTO t VALUES (7)");
+        let port = server.port;
+        server.stop();
+        assert!(
+            !Command::new(server.bin.join("pg_isready"))
+                .args(["-q", "-h", "127.0.0.1"])
+                .arg("-p")
+                .arg(port.to_string())
+                .status()
+                .is_ok_and(|s| s.success()),
+            "stopped"
+        );
+        server.start();
+        assert_eq!(server.psql(&db, "SELECT n FROM t"), "7");
+        server.restart();
+        assert_eq!(server.port, port);
+        assert_eq!(server.psql(&db, "SELECT n FROM t"), "7", "{}", server.log());
     }
 }

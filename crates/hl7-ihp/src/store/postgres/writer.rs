@@ -31,6 +31,21 @@ pub(super) const FEED_LOCK: i64 = 0x686c_3766;
 /// went away without traffic, and one that came back.
 const IDLE_CHECK: Duration = Duration::from_secs(2);
 
+/// How long one transaction (connecting again included) may take before it is given up, the
+/// connection dropped and its callers rejected: a PostgreSQL that froze, or a network that
+/// drops packets without a reset, never answers, and without a bound every device would
+/// wait past its ACK timeout (10 s by default) for nothing. A caller waits at most about two
+/// of these (a group in progress, then its own).
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The error of a transaction that ran out of [`TRANSACTION_TIMEOUT`].
+fn timed_out() -> StoreError {
+    StoreError::Database(format!(
+        "PostgreSQL did not answer within {} s",
+        TRANSACTION_TIMEOUT.as_secs()
+    ))
+}
+
 /// A request to the writer.
 pub(super) enum Request {
     /// Store these rows, in order, in the next transaction.
@@ -405,14 +420,19 @@ impl Writer {
     }
 
     async fn check_idle(&mut self) {
-        let result = match self.connection().await {
-            Ok((client, _)) => client
-                .simple_query("")
-                .await
-                .map(|_| ())
-                .map_err(|e| db_error("PostgreSQL does not answer", &e)),
-            Err(error) => Err(error),
+        let check = async {
+            match self.connection().await {
+                Ok((client, _)) => client
+                    .simple_query("")
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| db_error("PostgreSQL does not answer", &e)),
+                Err(error) => Err(error),
+            }
         };
+        let result = tokio::time::timeout(TRANSACTION_TIMEOUT, check)
+            .await
+            .unwrap_or_else(|_| Err(timed_out()));
         match result {
             Ok(()) => self.set_health(Health::Ok),
             Err(error) => {
@@ -436,10 +456,18 @@ impl Writer {
             }
         }
         let dedupe = self.dedupe;
-        let result = match self.connection().await {
-            Ok((client, statements)) => write(client, statements, &rows, dedupe).await,
-            Err(error) => Err(error),
+        let transaction = async {
+            match self.connection().await {
+                Ok((client, statements)) => write(client, statements, &rows, dedupe).await,
+                Err(error) => Err(error),
+            }
         };
+        // On a timeout the connection is dropped below, which ends the transaction on the
+        // server (rolled back, unless its COMMIT had arrived: then a retransmission is
+        // answered as a duplicate).
+        let result = tokio::time::timeout(TRANSACTION_TIMEOUT, transaction)
+            .await
+            .unwrap_or_else(|_| Err(timed_out()));
         match result {
             Ok((mut stored, tally)) => {
                 let c = &self.counters;
