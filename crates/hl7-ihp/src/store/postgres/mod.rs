@@ -430,10 +430,11 @@ impl Store for PgStore {
     }
 
     fn watch_other_writers(&self, events: crate::events::Events) {
-        self.reader
-            ._runtime
-            .handle
-            .spawn(listen::run(self.config.clone(), events));
+        self.reader._runtime.handle.spawn(listen::run(
+            self.config.clone(),
+            events,
+            Arc::clone(&self.counters),
+        ));
     }
 
     fn health(&self) -> Health {

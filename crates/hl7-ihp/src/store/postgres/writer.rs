@@ -9,7 +9,7 @@
 //! receiver sees what another committed.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -66,6 +66,9 @@ pub(super) struct Counters {
     n_reused_control_ids: AtomicU64,
     /// Messages removed by purges.
     pub(super) n_purged: AtomicU64,
+    /// The backend process id of the writer's connection now (0 before the first): the
+    /// commit listener (`listen.rs`) ignores this receiver's own notifications by it.
+    pub(super) writer_pid: AtomicI32,
 }
 
 impl Counters {
@@ -414,6 +417,12 @@ impl Writer {
             let statements = Statements::prepare(&client)
                 .await
                 .map_err(|e| db_error("cannot prepare the writer's statements", &e))?;
+            let pid: i32 = client
+                .query_one("SELECT pg_backend_pid()", &[])
+                .await
+                .map_err(|e| db_error("cannot prepare the writer's statements", &e))?
+                .get(0);
+            self.counters.writer_pid.store(pid, Ordering::Relaxed);
             self.client = Some((client, statements));
         }
         self.client.as_mut().ok_or(StoreError::Closed)
