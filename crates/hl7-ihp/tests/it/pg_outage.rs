@@ -419,8 +419,10 @@ fn two_receivers_through_a_postgres_restart_and_a_sigkill_store_each_acknowledge
     };
     let db = server.create_database();
     let url = server.url(&db);
-    let (_dir_a, a) = crate::common::start(&["--store", &url]);
-    let (_dir_b, b) = crate::common::start(&["--store", &url]);
+    // One data directory for both (a PostgreSQL store allows it): the holder of the
+    // `export` lease writes the patient files there.
+    let (_dir, a) = crate::common::start(&["--store", &url]);
+    let b = Receiver::start(&a.data_dir, &["--store", &url]);
     let (a_address, b_address) = (a.mllp, b.mllp);
     let b_data = b.data_dir.clone();
     // Two senders on each receiver.
@@ -467,14 +469,25 @@ fn two_receivers_through_a_postgres_restart_and_a_sigkill_store_each_acknowledge
     );
     let acked = assert_stored_once(&server, &db, &answers);
     let n_rejects = answers.iter().filter(|x| !x.accepted()).count();
-    // The patient files' check goes here once one exporter writes them for both receivers
-    // (the lease): each id of `acked` in its patient's file (`OUT-<sender>-<n % 7>`) once,
-    // under `a.data_dir` or `b.data_dir`.
+    // The patient files are complete: each acknowledged message's heart rate (its `n`) in
+    // its patient's file (`OUT-<sender>-<n % 7>`) once, whichever receiver took it and
+    // whichever held the `export` lease when.
+    let files_done = Instant::now();
+    let mut missing = Vec::new();
+    wait_until(
+        "every acknowledged message in the patient files, once",
+        || {
+            missing = files_missing(&a.data_dir, &acked);
+            missing.is_empty()
+        },
+    );
+    let files_done = files_done.elapsed();
     drop((a, b));
     println!(
         "restart with two receivers: pg_ctl restart -m immediate took {}; receiver B back {} \
          after the kill; {} AA, {} AR/207, {} exchanges cut by the kill or the restart; \
-         longest ACK wait {}; {} messages stored once",
+         longest ACK wait {}; {} messages stored once and in the patient files ({} after \
+         the load stopped)",
         ms(restart - restart_called),
         ms(b_back - restart_called),
         answers.len() - n_rejects,
@@ -482,7 +495,50 @@ fn two_receivers_through_a_postgres_restart_and_a_sigkill_store_each_acknowledge
         broken.len(),
         ms(longest),
         acked.len(),
+        ms(files_done),
     );
+}
+
+/// The acknowledged control ids (`TWO<sender>-<n>`) whose heart rate `n` is not in their
+/// patient's file exactly once, and any heart rate a file holds twice.
+fn files_missing(data_dir: &std::path::Path, acked: &BTreeSet<String>) -> Vec<String> {
+    let mut values: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut wrong = Vec::new();
+    for id in acked {
+        let Some((sender, n)) = id.strip_prefix("TWO").and_then(|rest| rest.split_once('-')) else {
+            wrong.push(format!("{id}: not a control id of this test"));
+            continue;
+        };
+        let Ok(n) = n.parse::<u32>() else {
+            wrong.push(format!("{id}: not a control id of this test"));
+            continue;
+        };
+        let patient = format!("OUT-{sender}-{}", n % 7);
+        let heart_rates = values.entry(patient.clone()).or_insert_with(|| {
+            let path = data_dir
+                .join("patients")
+                .join(format!("patient_{patient}.json"));
+            let records = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+                .and_then(|file| file["Records"].as_array().cloned())
+                .unwrap_or_default();
+            records
+                .iter()
+                .filter(|r| {
+                    r["ObservationID"]
+                        .as_str()
+                        .is_some_and(|o| o.contains("8867-4"))
+                })
+                .filter_map(|r| r["ObservationValue"].as_str().map(str::to_owned))
+                .collect()
+        });
+        let found = heart_rates.iter().filter(|v| **v == n.to_string()).count();
+        if found != 1 {
+            wrong.push(format!("{id}: {found} times in {patient}'s file"));
+        }
+    }
+    wrong
 }
 
 #[test]
