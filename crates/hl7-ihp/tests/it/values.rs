@@ -59,14 +59,19 @@ fn trend_counts(receiver: &Receiver, key: &str) -> Vec<(String, u64)> {
 
 /// The patient's latest reading of `code` in the live API.
 fn latest(receiver: &Receiver, key: &str, code: &str) -> Value {
-    let patient = get_json(receiver, &format!("/api/v1/patients/{key}"));
-    patient["latest"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["code"] == code)
-        .cloned()
-        .unwrap_or_else(|| panic!("no {code} in {patient}"))
+    // The live view follows the store apart from the exporter: it may be a step behind the
+    // patient file the caller waited for.
+    let mut found = Value::Null;
+    wait_until(&format!("{code} in the live view of {key}"), || {
+        let (status, body) = receiver.http_get(&format!("/api/v1/patients/{key}"));
+        let patient: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        found = patient["latest"]
+            .as_array()
+            .and_then(|latest| latest.iter().find(|r| r["code"] == code).cloned())
+            .unwrap_or(Value::Null);
+        status == 200 && !found.is_null()
+    });
+    found
 }
 
 /// A real heart rate and SpO2 for the VS8's patient, after its demo values.
@@ -293,7 +298,13 @@ fn send_demo_and_placeholders_play_such_monitors() {
         "{records:?}"
     );
     assert_eq!(trend_counts_now(&receiver, "MRN00001"), 0);
-    let patient = get_json(&receiver, "/api/v1/patients/MRN00001");
+    // The live view follows the store apart from the exporter: it may be a step behind.
+    let mut patient = Value::Null;
+    wait_until("the live view's seven latest values", || {
+        let (status, body) = receiver.http_get("/api/v1/patients/MRN00001");
+        patient = serde_json::from_str(&body).unwrap_or(Value::Null);
+        status == 200 && patient["latest"].as_array().is_some_and(|l| l.len() == 7)
+    });
     let latest = patient["latest"].as_array().unwrap();
     assert_eq!(latest.len(), 7, "{patient}");
     assert!(

@@ -181,7 +181,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start(bin: PathBuf) -> TestServer {
+/// A new cluster in a temporary directory of its own (mode 0700, owned by the user the
+/// server runs as): the directory, its data folder and that user.
+fn init(bin: &Path) -> (PathBuf, PathBuf, Option<(u32, u32)>) {
     remove_stale_dirs();
     let user = run_as();
     let dir = tempfile::Builder::new()
@@ -194,7 +196,7 @@ fn start(bin: PathBuf) -> TestServer {
         std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown to postgres");
     }
     let data = dir.join("data");
-    let init = command(&bin, "initdb", user)
+    let init = command(bin, "initdb", user)
         .current_dir(&dir)
         .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C"])
         .arg("-D")
@@ -206,6 +208,11 @@ fn start(bin: PathBuf) -> TestServer {
         "initdb failed: {}",
         String::from_utf8_lossy(&init.stderr)
     );
+    (dir, data, user)
+}
+
+fn start(bin: PathBuf) -> TestServer {
+    let (dir, data, user) = init(&bin);
     // A port found free may be taken before the server binds it: try a few.
     for _ in 0..5 {
         let port = free_port();
@@ -331,30 +338,7 @@ pub fn private_server() -> Option<PrivateServer> {
         println!("skipped: PostgreSQL binaries not found");
         return None;
     };
-    remove_stale_dirs();
-    let user = run_as();
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
-        .tempdir()
-        .expect("a temporary directory")
-        .keep();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
-    if let Some((uid, gid)) = user {
-        std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown to postgres");
-    }
-    let data = dir.join("data");
-    let init = command(&bin, "initdb", user)
-        .current_dir(&dir)
-        .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C"])
-        .arg("-D")
-        .arg(&data)
-        .output()
-        .expect("run initdb");
-    assert!(
-        init.status.success(),
-        "initdb failed: {}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    let (dir, data, user) = init(&bin);
     private_watch(&data, &dir);
     let mut private = PrivateServer {
         server: TestServer { port: 0, bin, dir },
