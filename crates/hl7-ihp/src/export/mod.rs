@@ -295,6 +295,23 @@ impl ExportCounters {
     }
 }
 
+/// Every kept output with what it has done, its watermark as the files have it: this
+/// receiver's, or the one recorded in the store when that is further, as it is on a
+/// receiver that shares a store whose `export` lease another holds (that one writes the
+/// files and records how far). A store that cannot answer leaves this receiver's.
+pub async fn current_outputs(
+    counters: &ExportCounters,
+    store: &dyn StoreRead,
+) -> Vec<(Output, OutputStats)> {
+    let mut outputs = counters.outputs();
+    for (output, stats) in &mut outputs {
+        if let Ok(recorded) = store.export_watermark(output.name()).await {
+            stats.watermark = stats.watermark.max(recorded.position());
+        }
+    }
+    outputs
+}
+
 /// How far an output's files are behind the store.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Lag {

@@ -195,11 +195,15 @@ async fn stats(
     use std::sync::atomic::Ordering;
     let now = now_ms();
     // The slowest output's lag: the files are as current as the least current of them.
-    let export = match state
-        .live
-        .export_counters()
-        .and_then(|c| c.slowest_watermark())
-    {
+    let slowest = match state.live.export_counters() {
+        Some(counters) => crate::export::current_outputs(counters, &*state.store)
+            .await
+            .into_iter()
+            .map(|(_, stats)| stats.watermark)
+            .min(),
+        None => None,
+    };
+    let export = match slowest {
         Some(watermark) => {
             let lag = crate::export::lag(&*state.store, watermark, now).await?;
             Some(ExportLag {

@@ -149,7 +149,7 @@ async fn export_metrics(
     counters: &crate::export::ExportCounters,
 ) {
     use std::fmt::Write as _;
-    let outputs = counters.outputs();
+    let outputs = crate::export::current_outputs(counters, store).await;
     let now_ms = jiff::Timestamp::now().as_millisecond();
     let mut lags = Vec::with_capacity(outputs.len());
     for (output, stats) in &outputs {

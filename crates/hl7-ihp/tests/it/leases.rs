@@ -117,6 +117,20 @@ fn one_exporter_at_a_time_and_another_takes_over_when_it_is_killed() {
         lease_metric(&other, "hl7ihp_lease_fence", "export"),
         Some(0)
     );
+    // The receiver that does not write the files reports how far the holder wrote them
+    // (the watermark the store records), not its own idle exporter's: no lag once they
+    // are written, in the API and in /metrics.
+    wait_until(
+        "no export lag on the receiver that does not hold the lease",
+        || {
+            let (status, body) = other.http_get("/api/v1/stats");
+            let stats: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let (_, metrics) = other.http_get("/metrics");
+            status == 200
+                && stats["export"]["lag_messages"] == 0
+                && metrics.contains("hl7ihp_export_lag_messages{output=\"json\"} 0")
+        },
+    );
 
     // The holder dies; the other takes the lease over within seconds and catches up,
     // messages received after the kill included.
