@@ -16,11 +16,14 @@ pub fn base36(mut n: u64) -> String {
 }
 
 /// A run id: the current time in centiseconds, six base-36 digits, so control ids stay
-/// unique across runs (they wrap every ~25 days).
+/// unique across runs (they wrap every ~25 days), and two of the process id, so that two
+/// senders started in the same centisecond (a bench's two load generators) do not send
+/// the same control ids.
 pub fn run_id() -> String {
     let ms = jiff::Timestamp::now().as_millisecond().unsigned_abs();
-    let id = base36((ms / 10) % 36u64.pow(6));
-    format!("{id:0>6}")
+    let time = base36((ms / 10) % 36u64.pow(6));
+    let process = base36(u64::from(std::process::id()) % 36u64.pow(2));
+    format!("{time:0>6}{process:0>2}")
 }
 
 #[cfg(test)]
@@ -33,6 +36,6 @@ mod tests {
         assert_eq!(base36(35), "Z");
         assert_eq!(base36(36), "10");
         assert_eq!(base36(u64::MAX), "3W5E11264SGSF");
-        assert_eq!(run_id().len(), 6);
+        assert_eq!(run_id().len(), 8);
     }
 }
