@@ -5,8 +5,18 @@
 //! waiting. The notification carries no data: the store is the truth, and a subscriber
 //! reads what changed from it, so a slow subscriber only coalesces wake-ups and never slows
 //! the ACK path.
+//!
+//! A subscriber is woken at most once every [`WAKE_GAP`]: each wake-up is a read of the
+//! store, and at hundreds of commits a second (small transactions, at a few connections)
+//! a read per commit cost the store more than the commits did.
+
+use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// The shortest time between two wake-ups of one subscription.
+pub const WAKE_GAP: Duration = Duration::from_millis(50);
 
 /// The publishing side: cheap to clone, never waits.
 #[derive(Clone, Debug)]
@@ -38,7 +48,10 @@ impl Events {
         let mut commits = self.commits.subscribe();
         // Whatever happened before subscribing is the subscriber's first read of the store.
         commits.mark_unchanged();
-        Subscription { commits }
+        Subscription {
+            commits,
+            last_wake: None,
+        }
     }
 }
 
@@ -46,16 +59,22 @@ impl Events {
 #[derive(Debug)]
 pub struct Subscription {
     commits: watch::Receiver<u64>,
+    last_wake: Option<Instant>,
 }
 
 impl Subscription {
-    /// Waits for a commit after the last one this subscription saw. Commits while the
-    /// subscriber was busy collapse into one wake-up. Never completes once every publisher
-    /// is gone.
+    /// Waits for a commit after the last one this subscription saw, and for [`WAKE_GAP`]
+    /// after the last wake-up. Commits while the subscriber was busy collapse into one
+    /// wake-up. Never completes once every publisher is gone. Cancel-safe: dropped before
+    /// it completes, it has consumed nothing.
     pub async fn changed(&mut self) {
+        if let Some(last) = self.last_wake {
+            tokio::time::sleep_until(last + WAKE_GAP).await;
+        }
         if self.commits.changed().await.is_err() {
             std::future::pending::<()>().await;
         }
+        self.last_wake = Some(Instant::now());
     }
 
     /// How many commits have been announced so far: whether messages still arrive.

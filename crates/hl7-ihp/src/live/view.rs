@@ -383,6 +383,7 @@ impl View {
         let mut touched_patients: Vec<String> = Vec::new();
         let mut touched_set: HashSet<String> = HashSet::new();
         let mut touched_devices: Vec<String> = Vec::new();
+        let mut touched_device_set: HashSet<String> = HashSet::new();
         for message in messages {
             if message.outcome != Outcome::Accept {
                 if announce {
@@ -438,7 +439,7 @@ impl View {
             }
             for (id, kind) in device_ids(message) {
                 if self.apply_to_device(&id, kind, message, &mut changes)
-                    && !touched_devices.contains(&id)
+                    && touched_device_set.insert(id.clone())
                 {
                     touched_devices.push(id);
                 }
