@@ -506,7 +506,13 @@ impl StoreRead for Pool {
     fn feed(&self, after: ChangeCursor, n: usize) -> StoreFuture<'_, Feed> {
         Box::pin(async move {
             let client = self.get().await?;
-            let sql = format!("{} WHERE m.id > $1 ORDER BY m.id LIMIT $2", select(false));
+            // The messages first, then their patients: with the limit outside the joins, the
+            // generic plan joined every patient to every message by a filter (50 ms for
+            // 1,000 messages against 5 ms this way).
+            let sql = select(false).replace(
+                "FROM messages m",
+                "FROM (SELECT * FROM messages WHERE id > $1 ORDER BY id LIMIT $2) m",
+            ) + " ORDER BY m.id";
             let rows = client
                 .query(&sql, &[&after.position(), &limit(Some(n))])
                 .await
