@@ -485,6 +485,11 @@ fn extra_metrics(
                 stats.n_reused_control_ids,
             ),
             counter(
+                "hl7ihp_store_key_races_total",
+                "PostgreSQL: transactions written again because another receiver stored one of their messages meanwhile.",
+                stats.n_key_races,
+            ),
+            counter(
                 "hl7ihp_audit_events_total",
                 "Audit events written and synced to --audit-log.",
                 audit.n_written.load(Ordering::Relaxed),

@@ -355,6 +355,9 @@ pub struct StoreStats {
     pub n_reused_control_ids: u64,
     /// Messages removed by purges (retention and `hl7-ihp purge`).
     pub n_purged: u64,
+    /// PostgreSQL: transactions written again because another receiver stored one of their
+    /// duplicate keys between their lookups and their feed lock (0 on SQLite).
+    pub n_key_races: u64,
 }
 
 /// A patient for `hl7-ihp patients` and the API.

@@ -17,7 +17,7 @@ use tokio_postgres::Client;
 use tokio_postgres::Row as PgRow;
 
 use super::db_error;
-use super::writer::{Row, Statements, Tally, write_rows};
+use super::writer::{End, Row, Statements, Tally, write_rows};
 use crate::store::{MergeRequest, MessageKey, StoreError, Stored};
 
 /// A chain of merges longer than this is not followed (as SQLite's `MAX_MERGE_HOPS`: the
@@ -98,13 +98,13 @@ pub(super) async fn write_merge(
 ) -> Result<(Vec<Stored>, Tally), StoreError> {
     let one = std::slice::from_ref(row);
     let (Some(merge), Some(survivor)) = (&row.merge, &row.patient) else {
-        return write_rows(transaction, statements, one, dedupe, None, false).await;
+        return write_rows(transaction, statements, one, dedupe, None, End::Open).await;
     };
     if dedupe
         && let Some(key) = &row.key
         && is_stored(transaction, key, &row.hash).await?
     {
-        return write_rows(transaction, statements, one, dedupe, None, false).await;
+        return write_rows(transaction, statements, one, dedupe, None, End::Open).await;
     }
     let last: i64 = transaction
         .query_one(&statements.last_id, &[])
@@ -114,7 +114,7 @@ pub(super) async fn write_merge(
     let id = last + 1;
     let result =
         match merge_patients(transaction, merge, &survivor.key, id, row.received_ms).await? {
-            Ok(()) => write_rows(transaction, statements, one, dedupe, None, false).await?,
+            Ok(()) => write_rows(transaction, statements, one, dedupe, None, End::Open).await?,
             Err(reason) => {
                 let refused = row.clone().refuse(reason);
                 write_rows(
@@ -123,7 +123,7 @@ pub(super) async fn write_merge(
                     std::slice::from_ref(&refused),
                     dedupe,
                     None,
-                    false,
+                    End::Open,
                 )
                 .await?
             }

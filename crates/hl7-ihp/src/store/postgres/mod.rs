@@ -256,6 +256,7 @@ impl PgStore {
             max_batch: MAX_BATCH,
             counters: Arc::clone(&counters),
             health: Arc::clone(&health),
+            notified: (None, false),
         }));
         Ok(PgStore {
             config,

@@ -80,6 +80,49 @@ async fn duplicates_are_recognised_across_receivers() {
     assert_eq!(b.messages(Default::default()).await.unwrap().len(), 1);
 }
 
+/// The same messages reaching both receivers at the same moment (a sender that times out
+/// and sends again through the balancer): each stored once, whichever commits first; the
+/// other's answer is a duplicate of it. A receiver's lookups run before it takes the feed
+/// lock, so the other may store a key in between: the unique index fails that transaction
+/// and the writer writes the group again with the lock taken first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_message_on_both_receivers_at_once_is_stored_once() {
+    let Some((_, _, a, b)) = two_receivers() else {
+        return;
+    };
+    const N: usize = 60;
+    let mut answers = Vec::new();
+    for n in 0..N {
+        let message = oru(
+            &format!("race{n}"),
+            Some(patient("P1", "EVE", false)),
+            &["1"],
+            "",
+        );
+        let (x, y) = tokio::join!(a.commit(vec![message.clone()]), b.commit(vec![message]));
+        answers.push((x.unwrap().remove(0), y.unwrap().remove(0)));
+    }
+    let stored = a.messages(Default::default()).await.unwrap();
+    assert_eq!(stored.len(), N, "each message once");
+    for (n, (x, y)) in answers.into_iter().enumerate() {
+        let (new, other) = match (&x, &y) {
+            (Stored::New { id }, other) | (other, Stored::New { id }) => (*id, other.clone()),
+            _ => panic!("message {n}: neither receiver stored it: {x:?}, {y:?}"),
+        };
+        assert_eq!(
+            other,
+            Stored::Duplicate {
+                id: new,
+                verdict: Verdict::Accept
+            },
+            "message {n}"
+        );
+    }
+    let patients = a.patients().await.unwrap();
+    assert_eq!(patients.len(), 1);
+    assert_eq!(patients[0].n_observations, N as u64, "counted once each");
+}
+
 /// Two receivers committing at once: every message once, ids distinct, and a reader that
 /// follows the feed while they write (taking "everything after the last id seen") misses
 /// none, because ids are handed out in commit order.

@@ -4,9 +4,17 @@
 //!
 //! Commit order is feed order: each transaction takes the feed lock
 //! (`pg_advisory_xact_lock(FEED_LOCK)`, held until it commits or rolls back) before it
-//! looks anything up or hands out message ids, so with several receivers on one database
-//! the ids are given in the order the transactions commit, and the duplicate check of one
-//! receiver sees what another committed.
+//! hands out message ids (from the `counters` row, in its writes' round trip), so with
+//! several receivers on one database the ids are given in the order the transactions
+//! commit. Its lookups (duplicate keys, refused frames, patients) run before the lock, so
+//! that one receiver's lookups overlap another's writes: a key another receiver stores in
+//! between fails the unique index ([`KEY_RACE`]), and the group is written again with the
+//! lock taken before its lookups; a patient's fields are merged with the row as it is at
+//! the write ([`UPDATE_PATIENTS`]).
+//!
+//! A commit that stores a message notifies the other receivers (`NOTIFY`, `listen.rs`), at
+//! most once every [`NOTIFY_GAP`]; one left out is sent by the next commit after the gap,
+//! or by the idle writer.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
@@ -14,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, Statement};
 
@@ -26,6 +35,17 @@ use crate::store::{
 
 /// The advisory lock key every commit takes before it assigns ids (`'hl7f'`).
 pub(super) const FEED_LOCK: i64 = 0x686c_3766;
+
+/// What a transaction fails with when a duplicate key it did not find at its lookups was
+/// stored meanwhile (by another receiver, between its lookups and its feed lock): the
+/// writer writes the group again, whose lookups then find it.
+const KEY_RACE: &str = "a duplicate key was stored concurrently; written again";
+
+/// The shortest time between two of this writer's notifications to other receivers: at
+/// hundreds of commits a second, a `NOTIFY` in every one cost each listening connection a
+/// wake-up per commit. A commit within it leaves its notification to the next commit after
+/// it, or to the idle writer when none comes ([`run`]).
+const NOTIFY_GAP: Duration = Duration::from_millis(50);
 
 /// How often an idle writer checks its connection, so `/healthz` notices a database that
 /// went away without traffic, and one that came back.
@@ -66,6 +86,8 @@ pub(super) struct Counters {
     n_reused_control_ids: AtomicU64,
     /// Messages removed by purges.
     pub(super) n_purged: AtomicU64,
+    /// Groups written again because another receiver stored one of their keys meanwhile.
+    n_key_races: AtomicU64,
     /// The backend process id of the writer's connection now (0 before the first): the
     /// commit listener (`listen.rs`) ignores this receiver's own notifications by it.
     pub(super) writer_pid: AtomicI32,
@@ -81,6 +103,7 @@ impl Counters {
             n_repeated: self.n_repeated.load(Ordering::Relaxed),
             n_reused_control_ids: self.n_reused_control_ids.load(Ordering::Relaxed),
             n_purged: self.n_purged.load(Ordering::Relaxed),
+            n_key_races: self.n_key_races.load(Ordering::Relaxed),
         }
     }
 }
@@ -197,6 +220,19 @@ pub(super) struct Writer {
     pub(super) max_batch: usize,
     pub(super) counters: Arc<Counters>,
     pub(super) health: Arc<Mutex<Health>>,
+    /// When this writer last sent a notification, and whether a commit since then has not.
+    pub(super) notified: (Option<Instant>, bool),
+}
+
+/// How [`write_rows`] ends its transaction.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum End {
+    /// Left open (a merge's transaction goes on).
+    Open,
+    /// Committed.
+    Commit,
+    /// Committed with a notification to other receivers, when it stored a message.
+    CommitAndNotify,
 }
 
 /// The statements of a transaction, prepared once per connection.
@@ -206,7 +242,8 @@ pub(super) struct Statements {
     pub(super) find_patients: Statement,
     pub(super) last_id: Statement,
     set_last_id: Statement,
-    upsert_patients: Statement,
+    insert_patients: Statement,
+    update_patients: Statement,
     insert_messages: Statement,
     insert_keys: Statement,
     insert_keys_any: Statement,
@@ -229,26 +266,50 @@ const FIND_PATIENTS: &str =
 
 const LAST_ID: &str = "SELECT value FROM counters WHERE name = 'message_id'";
 
-const SET_LAST_ID: &str = "UPDATE counters SET value = $1 WHERE name = 'message_id'";
+/// Hands out the batch's `$1` message ids (under the feed lock): the counter's new value is
+/// the last of them. The statements after it find each new row's id from it: the writer
+/// numbers its new rows -1, -2, … (`-k` is the batch's k-th new message), and `c.last - n -
+/// x` (with `c` the counter, `n` the number of new rows) turns such an `x` into the id.
+const SET_LAST_ID: &str =
+    "UPDATE counters SET value = value + $1 WHERE name = 'message_id' RETURNING value";
 
-const UPSERT_PATIENTS: &str = "INSERT INTO patients AS p (key, patient_id, assigning_authority,
-        identifiers, name, birth_date, sex, created_ms, updated_ms, n_observations, last_message,
-        last_received_ms)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-        $7::text[], $8::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[])
-    ON CONFLICT (key) DO UPDATE SET
-        patient_id = excluded.patient_id, assigning_authority = excluded.assigning_authority,
-        identifiers = excluded.identifiers, name = excluded.name,
-        birth_date = excluded.birth_date, sex = excluded.sex, updated_ms = excluded.updated_ms,
-        n_observations = p.n_observations + excluded.n_observations,
-        last_message = excluded.last_message, last_received_ms = excluded.last_received_ms";
+/// The batch's new patients, as their first message has them (their counts follow in
+/// [`UPDATE_PATIENTS`]); one another receiver stored meanwhile is left to that statement.
+const INSERT_PATIENTS: &str = "INSERT INTO patients (key, patient_id, assigning_authority,
+        identifiers, name, birth_date, sex, created_ms, updated_ms, n_observations)
+    SELECT u.key, u.id, u.aa, u.ids, u.name, u.birth, u.sex, u.created, u.created, 0
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+        $7::text[], $8::int8[]) AS u (key, id, aa, ids, name, birth, sex, created)
+    ON CONFLICT (key) DO NOTHING";
+
+/// Every patient the batch's messages name: the fields as the messages leave them, merged
+/// here with what the row holds now (the lookups ran before the feed lock, so another
+/// receiver may have changed it since): a field an ADT of this batch carried replaces the
+/// row's (`$8`…`$13` say which), another only fills an empty one; the counts add up.
+const UPDATE_PATIENTS: &str = "UPDATE patients p SET
+        patient_id = CASE WHEN u.r_id OR p.patient_id = '' THEN u.id ELSE p.patient_id END,
+        assigning_authority = CASE WHEN u.r_aa OR p.assigning_authority = '' THEN u.aa
+            ELSE p.assigning_authority END,
+        identifiers = CASE WHEN u.r_ids OR p.identifiers = '' THEN u.ids ELSE p.identifiers END,
+        name = CASE WHEN u.r_name OR p.name = '' THEN u.name ELSE p.name END,
+        birth_date = CASE WHEN u.r_birth OR p.birth_date = '' THEN u.birth ELSE p.birth_date END,
+        sex = CASE WHEN u.r_sex OR p.sex = '' THEN u.sex ELSE p.sex END,
+        updated_ms = u.received, n_observations = p.n_observations + u.n_observations,
+        last_message = c.last - $17 - u.last_message, last_received_ms = u.received
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+        $7::text[], $8::bool[], $9::bool[], $10::bool[], $11::bool[], $12::bool[], $13::bool[],
+        $14::int8[], $15::int8[], $16::int8[])
+      AS u (key, id, aa, ids, name, birth, sex, r_id, r_aa, r_ids, r_name, r_birth, r_sex,
+        n_observations, last_message, received)
+    CROSS JOIN (SELECT value AS last FROM counters WHERE name = 'message_id') c
+    WHERE p.key = u.key";
 
 const INSERT_MESSAGES: &str = "INSERT INTO messages (id, received_ms, peer, peer_identity,
         sending_application, sending_facility, control_id, hash, outcome, reason, message_type,
         version, location, device, patient, n_observations, observations, ack_code, replay_of,
         raw_encoding, raw, device_key)
-    SELECT id, received_ms, peer, peer_identity, app, fac, ctrl, hash, outcome, reason,
-        message_type, version, location, device,
+    SELECT c.last - $23 - u.id, received_ms, peer, peer_identity, app, fac, ctrl, hash, outcome,
+        reason, message_type, version, location, device,
         (SELECT p.id FROM patients p WHERE p.key = u.patient_key), n_observations,
         observations::json, ack_code, replay_of, raw_encoding, raw, device_key
     FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[],
@@ -257,7 +318,8 @@ const INSERT_MESSAGES: &str = "INSERT INTO messages (id, received_ms, peer, peer
         $20::int2[], $21::bytea[], $22::text[])
       AS u (id, received_ms, peer, peer_identity, app, fac, ctrl, hash, outcome, reason,
         message_type, version, location, device, patient_key, n_observations, observations,
-        ack_code, replay_of, raw_encoding, raw, device_key)";
+        ack_code, replay_of, raw_encoding, raw, device_key)
+    CROSS JOIN (SELECT value AS last FROM counters WHERE name = 'message_id') c";
 
 /// Every alarm of the batch's new accepted alarm reports, in message and alarm order (so
 /// their ids, handed out under the feed lock, are in commit order).
@@ -265,8 +327,8 @@ const INSERT_ALARMS: &str = "INSERT INTO alarms (message, idx, source, type_code
         type_system, text, priority, kind, state, phase, inactivation, flags, measurement_code,
         measurement_text, measurement_value, measurement_numeric, measurement_units,
         measurement_limit, started_at, started_ms)
-    SELECT message, idx, source, type_code, type_text, type_system, text, priority, kind,
-        state, phase, inactivation, flags, measurement_code, measurement_text,
+    SELECT c.last - $22 - u.message, idx, source, type_code, type_text, type_system, text,
+        priority, kind, state, phase, inactivation, flags, measurement_code, measurement_text,
         measurement_value, measurement_numeric, measurement_units, measurement_limit,
         started_at, started_ms
     FROM unnest($1::int8[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[],
@@ -278,23 +340,33 @@ const INSERT_ALARMS: &str = "INSERT INTO alarms (message, idx, source, type_code
         state, phase, inactivation, flags, measurement_code, measurement_text,
         measurement_value, measurement_numeric, measurement_units, measurement_limit,
         started_at, started_ms, n)
+    CROSS JOIN (SELECT value AS last FROM counters WHERE name = 'message_id') c
     ORDER BY n";
 
 /// The new messages' duplicate keys, with duplicate recognition on: the writer found none of
 /// them stored, under the feed lock, so one that is (a conflict) fails the transaction.
 const INSERT_KEYS: &str = "INSERT INTO message_keys (sending_application, sending_facility,
         control_id, hash, sent_ms, message)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::int8[], $6::int8[])";
+    SELECT u.a, u.f, u.c, u.h, u.s, c.last - $7 - u.m
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::int8[], $6::int8[])
+      AS u (a, f, c, h, s, m)
+    CROSS JOIN (SELECT value AS last FROM counters WHERE name = 'message_id') c";
 
 /// The same without duplicate recognition: every copy is stored, the first one's key kept.
 const INSERT_KEYS_ANY: &str = "INSERT INTO message_keys (sending_application, sending_facility,
         control_id, hash, sent_ms, message)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::int8[], $6::int8[])
+    SELECT u.a, u.f, u.c, u.h, u.s, c.last - $7 - u.m
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::int8[], $6::int8[])
+      AS u (a, f, c, h, s, m)
+    CROSS JOIN (SELECT value AS last FROM counters WHERE name = 'message_id') c
     ON CONFLICT DO NOTHING";
 
+/// Refused frames received again: an id below zero is one of this batch's new rows.
 const COUNT_REPEATS: &str = "UPDATE messages m
     SET n_received = m.n_received + u.n, last_received_ms = u.last
-    FROM unnest($1::int8[], $2::int8[], $3::int8[]) AS u (id, n, last) WHERE m.id = u.id";
+    FROM unnest($1::int8[], $2::int8[], $3::int8[]) AS u (id, n, last)
+    CROSS JOIN (SELECT value AS last FROM counters WHERE name = 'message_id') c
+    WHERE m.id = CASE WHEN u.id < 0 THEN c.last - $4 - u.id ELSE u.id END";
 
 impl Statements {
     async fn prepare(client: &Client) -> Result<Statements, tokio_postgres::Error> {
@@ -316,8 +388,9 @@ impl Statements {
             client.prepare(LAST_ID),
             client.prepare(SET_LAST_ID),
         )?;
-        let (upsert_patients, insert_messages, insert_keys, insert_keys_any) = tokio::try_join!(
-            client.prepare(UPSERT_PATIENTS),
+        let (insert_patients, update_patients, insert_messages, insert_keys, insert_keys_any) = tokio::try_join!(
+            client.prepare(INSERT_PATIENTS),
+            client.prepare(UPDATE_PATIENTS),
             client.prepare(INSERT_MESSAGES),
             client.prepare(INSERT_KEYS),
             client.prepare(INSERT_KEYS_ANY),
@@ -330,7 +403,8 @@ impl Statements {
             find_patients,
             last_id,
             set_last_id,
-            upsert_patients,
+            insert_patients,
+            update_patients,
             insert_messages,
             insert_keys,
             insert_keys_any,
@@ -361,7 +435,13 @@ impl Tally {
 /// The writer's loop: until every [`super::PgStore`] handle is gone.
 pub(super) async fn run(mut writer: Writer) {
     loop {
-        let first = match tokio::time::timeout(IDLE_CHECK, writer.requests.recv()).await {
+        // A notification a commit left out is sent once the gap is over, if no commit
+        // with one came first.
+        let wait = match writer.notified {
+            (Some(at), true) => (at + NOTIFY_GAP).saturating_duration_since(Instant::now()),
+            _ => IDLE_CHECK,
+        };
+        let first = match tokio::time::timeout(wait, writer.requests.recv()).await {
             Ok(Some(request)) => request,
             Ok(None) => return,
             Err(_) => {
@@ -428,11 +508,21 @@ impl Writer {
         self.client.as_mut().ok_or(StoreError::Closed)
     }
 
+    /// Checks the connection, with the notification a commit left out if there is one.
     async fn check_idle(&mut self) {
+        let notify = self.notified.1;
+        let sql = if notify {
+            format!("NOTIFY {}", super::listen::CHANNEL)
+        } else {
+            String::new()
+        };
+        // Sent or not (the store failing), it is not tried again: the others' exporters and
+        // live views also read the feed now and then without being told.
+        self.notified = (Some(Instant::now()), false);
         let check = async {
             match self.connection().await {
                 Ok((client, _)) => client
-                    .simple_query("")
+                    .simple_query(&sql)
                     .await
                     .map(|_| ())
                     .map_err(|e| db_error("PostgreSQL does not answer", &e)),
@@ -465,18 +555,44 @@ impl Writer {
             }
         }
         let dedupe = self.dedupe;
-        let transaction = async {
-            match self.connection().await {
-                Ok((client, statements)) => write(client, statements, &rows, dedupe).await,
-                Err(error) => Err(error),
+        // A key race (another receiver stored a key of the group between its lookups and
+        // its feed lock) is rare: the group is written once more with the lock taken before
+        // the lookups, which cannot race.
+        let mut lock_first = false;
+        let end = match self.notified.0 {
+            Some(at) if at.elapsed() < NOTIFY_GAP => End::Commit,
+            _ => End::CommitAndNotify,
+        };
+        let result = loop {
+            let transaction = async {
+                match self.connection().await {
+                    Ok((client, statements)) => {
+                        write(client, statements, &rows, dedupe, lock_first, end).await
+                    }
+                    Err(error) => Err(error),
+                }
+            };
+            // On a timeout the connection is dropped below, which ends the transaction on
+            // the server (rolled back, unless its COMMIT had arrived: then a retransmission
+            // is answered as a duplicate).
+            let result = tokio::time::timeout(TRANSACTION_TIMEOUT, transaction)
+                .await
+                .unwrap_or_else(|_| Err(timed_out()));
+            match result {
+                Err(StoreError::Database(reason)) if reason == KEY_RACE && !lock_first => {
+                    lock_first = true;
+                    self.counters.n_key_races.fetch_add(1, Ordering::Relaxed);
+                    // The pipelined COMMIT ended the failed transaction (as a rollback);
+                    // after a merge's, the ROLLBACK does.
+                    if let Some((client, _)) = &self.client
+                        && client.batch_execute("ROLLBACK").await.is_err()
+                    {
+                        self.client = None;
+                    }
+                }
+                other => break other,
             }
         };
-        // On a timeout the connection is dropped below, which ends the transaction on the
-        // server (rolled back, unless its COMMIT had arrived: then a retransmission is
-        // answered as a duplicate).
-        let result = tokio::time::timeout(TRANSACTION_TIMEOUT, transaction)
-            .await
-            .unwrap_or_else(|_| Err(timed_out()));
         match result {
             Ok((mut stored, tally)) => {
                 let c = &self.counters;
@@ -488,6 +604,15 @@ impl Writer {
                 c.n_reused_control_ids
                     .fetch_add(tally.n_reused_control_ids, Ordering::Relaxed);
                 self.set_health(Health::Ok);
+                if stored
+                    .iter()
+                    .any(|s| matches!(s, Stored::New { .. } | Stored::Refused { .. }))
+                {
+                    self.notified = match end {
+                        End::CommitAndNotify => (Some(Instant::now()), false),
+                        _ => (self.notified.0, true),
+                    };
+                }
                 // Answered in order: each caller its own part of the group.
                 let mut rest = std::mem::take(&mut stored);
                 for (n, reply) in replies {
@@ -520,12 +645,20 @@ struct PatientChange {
     n_observations: i64,
     last_message: i64,
     last_received_ms: i64,
+    /// Set for a patient this batch creates (no row was found).
     created_ms: i64,
+    /// The fields an ADT of the batch replaced ([`merge_fields`]).
+    replaced: [bool; 6],
 }
 
 /// Merges what a message says about a patient into the stored fields (as SQLite does): an
 /// ADT replaces every field it carries, other messages only fill in empty ones.
-fn merge_fields(stored: &mut PatientData, message: &PatientData) {
+///
+/// Which fields an ADT replaced is kept (`replaced`, in this order: id, assigning
+/// authority, identifiers, name, birth date, sex): the update that writes them merges them
+/// again with the row as it is then, which another receiver may have changed.
+fn merge_fields(change: &mut PatientChange, message: &PatientData) {
+    let stored = &mut change.data;
     let pairs = [
         (&mut stored.id, &message.id),
         (
@@ -537,9 +670,12 @@ fn merge_fields(stored: &mut PatientData, message: &PatientData) {
         (&mut stored.birth_date, &message.birth_date),
         (&mut stored.sex, &message.sex),
     ];
-    for (field, new) in pairs {
+    for (n, (field, new)) in pairs.into_iter().enumerate() {
         if new.is_empty() {
             continue;
+        }
+        if message.is_update {
+            change.replaced[n] = true;
         }
         if message.is_update || field.is_empty() {
             field.clone_from(new);
@@ -555,20 +691,28 @@ async fn write(
     statements: &Statements,
     rows: &[Row],
     dedupe: bool,
+    lock_first: bool,
+    end: End,
 ) -> Result<(Vec<Stored>, Tally), StoreError> {
     let fail = |e: tokio_postgres::Error| db_error("store transaction failed", &e);
     // No `Transaction` guard: its BEGIN would be a round trip of its own. On any error the
     // caller drops this connection, and PostgreSQL rolls the transaction back.
     let db: &Client = client;
-    let begin = format!(
+    let locked_begin = format!(
         "BEGIN; SET LOCAL synchronous_commit TO on; SELECT pg_advisory_xact_lock({FEED_LOCK})"
     );
     if !rows.iter().any(|r| r.merge.is_some()) {
-        // The usual batch: two round trips, the BEGIN with the lookups, the COMMIT with
-        // the writes.
-        return write_rows(db, statements, rows, dedupe, Some(&begin), true).await;
+        // The usual batch: two round trips, the BEGIN with the lookups, the feed lock and
+        // the COMMIT with the writes; after a key race, the lock before the lookups.
+        let begin = if lock_first {
+            locked_begin.as_str()
+        } else {
+            "BEGIN; SET LOCAL synchronous_commit TO on"
+        };
+        return write_rows(db, statements, rows, dedupe, Some(begin), end).await;
     }
-    db.batch_execute(&begin).await.map_err(fail)?;
+    // A merge's checks must see the store as its writes leave it: the lock from the start.
+    db.batch_execute(&locked_begin).await.map_err(fail)?;
     let mut stored = Vec::with_capacity(rows.len());
     let mut tally = Tally::default();
     let mut rest = rows;
@@ -579,7 +723,7 @@ async fn write(
             .unwrap_or(rest.len());
         let (before, merge) = rest.split_at(n);
         if !before.is_empty() {
-            let (s, t) = write_rows(db, statements, before, dedupe, None, false).await?;
+            let (s, t) = write_rows(db, statements, before, dedupe, None, End::Open).await?;
             stored.extend(s);
             tally.add(t);
         }
@@ -600,15 +744,15 @@ async fn write(
 
 /// Rows without a merge: the lookups, the decisions, the writes. `begin`, when given,
 /// opens the transaction and takes the feed lock in the lookups' round trip; otherwise the
-/// transaction is open and holds the lock. With `commit` it commits in the writes' round
-/// trip.
+/// transaction is open and holds the lock. `end` says whether it commits (and notifies) in
+/// the writes' round trip.
 pub(super) async fn write_rows(
     transaction: &Client,
     statements: &Statements,
     rows: &[Row],
     dedupe: bool,
     begin: Option<&str>,
-    commit: bool,
+    end: End,
 ) -> Result<(Vec<Stored>, Tally), StoreError> {
     let fail = |e: tokio_postgres::Error| db_error("store transaction failed", &e);
     // The lookups, pipelined on the one connection.
@@ -637,21 +781,21 @@ pub(super) async fn write_rows(
     let key_params: [&(dyn ToSql + Sync); 3] = [&apps, &facs, &ctrls];
     let refused_params: [&(dyn ToSql + Sync); 1] = [&refused_hashes];
     let patient_params: [&(dyn ToSql + Sync); 1] = [&patient_keys];
-    // Round trip 1: the transaction, the feed lock and the lookups, pipelined (PostgreSQL
-    // runs them in order, so the lookups see every transaction that held the lock before).
+    // Round trip 1: the transaction and the lookups, pipelined, before the feed lock: what
+    // another receiver commits after them is caught at the writes (a duplicate key by the
+    // unique index: the group is written again; a patient's fields merged by the update).
     let begin_now = async {
         match begin {
             Some(sql) => transaction.batch_execute(sql).await,
             None => Ok(()),
         }
     };
-    let (_, found_keys, found_refused, found_patients, last_id) = tokio::try_join!(
+    let (_, found_keys, found_refused, found_patients) = tokio::try_join!(
         biased;
         begin_now,
         transaction.query(&statements.find_keys, &key_params),
         transaction.query(&statements.find_refused, &refused_params),
         transaction.query(&statements.find_patients, &patient_params),
-        transaction.query_one(&statements.last_id, &[]),
     )
     .map_err(fail)?;
     type KeyText = (String, String, String);
@@ -691,10 +835,12 @@ pub(super) async fn write_rows(
                 last_message: 0,
                 last_received_ms: 0,
                 created_ms: 0,
+                replaced: [false; 6],
             },
         );
     }
-    let mut next_id: i64 = last_id.get(0);
+    // New rows are numbered -1, -2, …; their ids are handed out under the feed lock.
+    let mut n_new: i64 = 0;
 
     // The decisions, in order: later messages of the batch see the earlier ones.
     let mut tally = Tally::default();
@@ -723,7 +869,7 @@ pub(super) async fn write_rows(
                 if !known.is_empty() {
                     tally.n_reused_control_ids += 1;
                 }
-                known.push((row.hash.clone(), next_id + 1));
+                known.push((row.hash.clone(), -(n_new + 1)));
             }
         }
         // A refused merge is judged again when it comes back (its verdict was Accept).
@@ -738,8 +884,8 @@ pub(super) async fn write_rows(
             stored.push(Stored::Repeated { id });
             continue;
         }
-        next_id += 1;
-        let id = next_id;
+        n_new += 1;
+        let id = -n_new;
         if !accepted && row.merge_refusal.is_none() {
             refusals.insert(row.hash.clone(), id);
         }
@@ -763,9 +909,10 @@ pub(super) async fn write_rows(
                     last_message: 0,
                     last_received_ms: 0,
                     created_ms: row.received_ms,
+                    replaced: [false; 6],
                 });
             if survivor.is_none() {
-                merge_fields(&mut change.data, patient);
+                merge_fields(change, patient);
             }
             change.n_observations += i64::from(row.n_observations);
             change.last_message = id;
@@ -783,40 +930,76 @@ pub(super) async fn write_rows(
     }
 
     // The writes.
-    let touched: Vec<&PatientChange> = patients.values().filter(|p| p.last_message > 0).collect();
+    let touched: Vec<&PatientChange> = patients.values().filter(|p| p.last_message < 0).collect();
+    let lock_sql = format!("SELECT pg_advisory_xact_lock({FEED_LOCK})");
+    let lock = transaction.batch_execute(&lock_sql);
     let set_last_id = async {
         if new_rows.is_empty() {
-            Ok(0)
+            Ok(None)
         } else {
             transaction
-                .execute(&statements.set_last_id, &[&next_id])
+                .query_one(&statements.set_last_id, &[&n_new])
                 .await
+                .map(|row| Some(row.get::<_, i64>(0)))
         }
     };
-    let upsert = async {
+    let text = |set: &[&PatientChange], f: fn(&PatientData) -> &str| -> Vec<String> {
+        set.iter().map(|p| f(&p.data).to_owned()).collect()
+    };
+    let created: Vec<&PatientChange> = touched
+        .iter()
+        .copied()
+        .filter(|p| p.created_ms > 0)
+        .collect();
+    let insert_patients = async {
+        if created.is_empty() {
+            return Ok(0);
+        }
+        let times: Vec<i64> = created.iter().map(|p| p.created_ms).collect();
+        transaction
+            .execute(
+                &statements.insert_patients,
+                &[
+                    &text(&created, |d| &d.key),
+                    &text(&created, |d| &d.id),
+                    &text(&created, |d| &d.assigning_authority),
+                    &text(&created, |d| &d.identifiers),
+                    &text(&created, |d| &d.name),
+                    &text(&created, |d| &d.birth_date),
+                    &text(&created, |d| &d.sex),
+                    &times,
+                ],
+            )
+            .await
+    };
+    let update_patients = async {
         if touched.is_empty() {
             return Ok(0);
         }
-        let text = |f: fn(&PatientData) -> &str| -> Vec<&str> {
-            touched.iter().map(|p| f(&p.data)).collect()
-        };
+        let replaced = |i: usize| -> Vec<bool> { touched.iter().map(|p| p.replaced[i]).collect() };
         let number =
             |f: fn(&PatientChange) -> i64| -> Vec<i64> { touched.iter().map(|p| f(p)).collect() };
         transaction
             .execute(
-                &statements.upsert_patients,
+                &statements.update_patients,
                 &[
-                    &text(|d| &d.key),
-                    &text(|d| &d.id),
-                    &text(|d| &d.assigning_authority),
-                    &text(|d| &d.identifiers),
-                    &text(|d| &d.name),
-                    &text(|d| &d.birth_date),
-                    &text(|d| &d.sex),
-                    &number(|p| p.created_ms.max(p.last_received_ms)),
+                    &text(&touched, |d| &d.key),
+                    &text(&touched, |d| &d.id),
+                    &text(&touched, |d| &d.assigning_authority),
+                    &text(&touched, |d| &d.identifiers),
+                    &text(&touched, |d| &d.name),
+                    &text(&touched, |d| &d.birth_date),
+                    &text(&touched, |d| &d.sex),
+                    &replaced(0),
+                    &replaced(1),
+                    &replaced(2),
+                    &replaced(3),
+                    &replaced(4),
+                    &replaced(5),
                     &number(|p| p.n_observations),
                     &number(|p| p.last_message),
                     &number(|p| p.last_received_ms),
+                    &n_new,
                 ],
             )
             .await
@@ -879,6 +1062,7 @@ pub(super) async fn write_rows(
                             .as_deref()
                             .filter(|_| r.verdict == Verdict::Accept)
                     }),
+                    &n_new,
                 ],
             )
             .await
@@ -908,7 +1092,10 @@ pub(super) async fn write_rows(
             &statements.insert_keys_any
         };
         transaction
-            .execute(insert, &[&apps, &facs, &ctrls, &hashes, &sent, &ids])
+            .execute(
+                insert,
+                &[&apps, &facs, &ctrls, &hashes, &sent, &ids, &n_new],
+            )
             .await
     };
     let count_repeats = async {
@@ -919,7 +1106,7 @@ pub(super) async fn write_rows(
         let n: Vec<i64> = ids.iter().map(|id| repeats[id].0).collect();
         let last: Vec<i64> = ids.iter().map(|id| repeats[id].1).collect();
         transaction
-            .execute(&statements.count_repeats, &[&ids, &n, &last])
+            .execute(&statements.count_repeats, &[&ids, &n, &last, &n_new])
             .await
     };
     let insert_alarms = async {
@@ -975,18 +1162,19 @@ pub(super) async fn write_rows(
                     &measured(|m| &m.limit),
                     &text(|a| &a.started_at),
                     &started_ms,
+                    &n_new,
                 ],
             )
             .await
     };
     // Other receivers' exporters and live views wake when this commits (`listen`).
-    let commit_sql = if new_rows.is_empty() {
+    let commit_sql = if new_rows.is_empty() || end != End::CommitAndNotify {
         "COMMIT".to_string()
     } else {
         format!("NOTIFY {}; COMMIT", super::listen::CHANNEL)
     };
     let commit_now = async {
-        if commit {
+        if end != End::Open {
             transaction.batch_execute(&commit_sql).await
         } else {
             Ok(())
@@ -995,20 +1183,44 @@ pub(super) async fn write_rows(
     // Round trip 2: every write (and the commit, unless a merge follows), pipelined, in
     // this order (`biased`: each is sent as it is first polled). A write that fails aborts
     // the transaction, so the COMMIT behind it rolls back; its error is what this returns.
-    // With duplicate recognition on, a key stored concurrently (which the feed lock rules
-    // out) is such a failure: the keys' insert has no ON CONFLICT then, and the senders
-    // retry.
-    tokio::try_join!(
+    // With duplicate recognition on, a key another receiver stored after this one's
+    // lookups is such a failure (the keys' insert has no ON CONFLICT then): [`KEY_RACE`],
+    // and the writer writes the group again.
+    let (_, last, ..) = tokio::try_join!(
         biased;
+        lock,
         set_last_id,
-        upsert,
+        insert_patients,
+        update_patients,
         messages,
         insert_keys,
         count_repeats,
         insert_alarms,
         commit_now,
     )
-    .map_err(fail)?;
+    .map_err(|e| {
+        if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+            StoreError::Database(KEY_RACE.into())
+        } else {
+            fail(e)
+        }
+    })?;
+    // The new rows' ids, now that they are handed out: -k is the k-th.
+    if let Some(last) = last {
+        let real = |id: &mut i64| {
+            if *id < 0 {
+                *id = last - n_new - *id;
+            }
+        };
+        for answer in &mut stored {
+            match answer {
+                Stored::New { id }
+                | Stored::Refused { id, .. }
+                | Stored::Duplicate { id, .. }
+                | Stored::Repeated { id } => real(id),
+            }
+        }
+    }
     Ok((stored, tally))
 }
 

@@ -681,6 +681,7 @@ impl Store for SqliteStore {
             n_repeated: counters.n_repeated.load(Ordering::Relaxed),
             n_reused_control_ids: counters.n_reused_control_ids.load(Ordering::Relaxed),
             n_purged: counters.n_purged.load(Ordering::Relaxed),
+            n_key_races: 0,
         }
     }
 
