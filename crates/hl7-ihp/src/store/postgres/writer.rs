@@ -742,6 +742,23 @@ async fn write(
     Ok((stored, tally))
 }
 
+/// Patients' keys and six fields, one array each, in the order of [`INSERT_PATIENTS`] and
+/// [`UPDATE_PATIENTS`].
+fn patient_columns(set: &[&PatientChange]) -> [Vec<String>; 7] {
+    let column = |f: fn(&PatientData) -> &str| -> Vec<String> {
+        set.iter().map(|p| f(&p.data).to_owned()).collect()
+    };
+    [
+        column(|d| &d.key),
+        column(|d| &d.id),
+        column(|d| &d.assigning_authority),
+        column(|d| &d.identifiers),
+        column(|d| &d.name),
+        column(|d| &d.birth_date),
+        column(|d| &d.sex),
+    ]
+}
+
 /// Rows without a merge: the lookups, the decisions, the writes. `begin`, when given,
 /// opens the transaction and takes the feed lock in the lookups' round trip; otherwise the
 /// transaction is open and holds the lock. `end` says whether it commits (and notifies) in
@@ -943,9 +960,6 @@ pub(super) async fn write_rows(
                 .map(|row| Some(row.get::<_, i64>(0)))
         }
     };
-    let text = |set: &[&PatientChange], f: fn(&PatientData) -> &str| -> Vec<String> {
-        set.iter().map(|p| f(&p.data).to_owned()).collect()
-    };
     let created: Vec<&PatientChange> = touched
         .iter()
         .copied()
@@ -955,53 +969,37 @@ pub(super) async fn write_rows(
         if created.is_empty() {
             return Ok(0);
         }
+        let columns = patient_columns(&created);
         let times: Vec<i64> = created.iter().map(|p| p.created_ms).collect();
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(8);
+        params.extend(columns.iter().map(|c| c as &(dyn ToSql + Sync)));
+        params.push(&times);
         transaction
-            .execute(
-                &statements.insert_patients,
-                &[
-                    &text(&created, |d| &d.key),
-                    &text(&created, |d| &d.id),
-                    &text(&created, |d| &d.assigning_authority),
-                    &text(&created, |d| &d.identifiers),
-                    &text(&created, |d| &d.name),
-                    &text(&created, |d| &d.birth_date),
-                    &text(&created, |d| &d.sex),
-                    &times,
-                ],
-            )
+            .execute(&statements.insert_patients, &params)
             .await
     };
     let update_patients = async {
         if touched.is_empty() {
             return Ok(0);
         }
-        let replaced = |i: usize| -> Vec<bool> { touched.iter().map(|p| p.replaced[i]).collect() };
+        let columns = patient_columns(&touched);
+        let replaced: Vec<Vec<bool>> = (0..6)
+            .map(|i| touched.iter().map(|p| p.replaced[i]).collect())
+            .collect();
         let number =
             |f: fn(&PatientChange) -> i64| -> Vec<i64> { touched.iter().map(|p| f(p)).collect() };
+        let counts = [
+            number(|p| p.n_observations),
+            number(|p| p.last_message),
+            number(|p| p.last_received_ms),
+        ];
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(17);
+        params.extend(columns.iter().map(|c| c as &(dyn ToSql + Sync)));
+        params.extend(replaced.iter().map(|c| c as &(dyn ToSql + Sync)));
+        params.extend(counts.iter().map(|c| c as &(dyn ToSql + Sync)));
+        params.push(&n_new);
         transaction
-            .execute(
-                &statements.update_patients,
-                &[
-                    &text(&touched, |d| &d.key),
-                    &text(&touched, |d| &d.id),
-                    &text(&touched, |d| &d.assigning_authority),
-                    &text(&touched, |d| &d.identifiers),
-                    &text(&touched, |d| &d.name),
-                    &text(&touched, |d| &d.birth_date),
-                    &text(&touched, |d| &d.sex),
-                    &replaced(0),
-                    &replaced(1),
-                    &replaced(2),
-                    &replaced(3),
-                    &replaced(4),
-                    &replaced(5),
-                    &number(|p| p.n_observations),
-                    &number(|p| p.last_message),
-                    &number(|p| p.last_received_ms),
-                    &n_new,
-                ],
-            )
+            .execute(&statements.update_patients, &params)
             .await
     };
     let messages = async {
