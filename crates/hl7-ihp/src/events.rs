@@ -112,4 +112,24 @@ mod tests {
         let again = tokio::time::timeout(Duration::from_millis(50), first.changed()).await;
         assert!(again.is_err(), "two commits while busy are one wake-up");
     }
+
+    /// A commit right after a wake-up is told once the gap is over, never before; a wait
+    /// given up within the gap loses nothing.
+    #[tokio::test]
+    async fn a_commit_within_the_gap_wakes_after_it_and_is_not_lost() {
+        let events = Events::new();
+        let mut subscription = events.subscribe();
+        events.committed();
+        subscription.changed().await;
+        let woken_at = Instant::now();
+        events.committed();
+        // Given up (unless this machine stalled past the gap: then it was told already).
+        let early = tokio::time::timeout(Duration::from_millis(1), subscription.changed()).await;
+        if early.is_err() {
+            tokio::time::timeout(Duration::from_secs(10), subscription.changed())
+                .await
+                .expect("the commit is still told after a wait was given up");
+        }
+        assert!(Instant::now() >= woken_at + WAKE_GAP, "not within the gap");
+    }
 }
