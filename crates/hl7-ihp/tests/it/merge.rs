@@ -9,7 +9,8 @@ use serde_json::Value;
 
 use crate::common::{self, Client, ack_field, oru, start, wait_until};
 
-fn merge(event: &str, control_id: &str, survivor: &str, prior: &str) -> Vec<u8> {
+/// An ADT merge (`A40`, `A34`, …) of `prior` into `survivor`.
+pub fn merge(event: &str, control_id: &str, survivor: &str, prior: &str) -> Vec<u8> {
     format!(
         "MSH|^~\\&|ADT|HOSP|HL7IHP|IHP|20261126110000||ADT^{event}^ADT_A39|{control_id}|P|2.5\r\
          EVN|{event}|20261126110000\r\

@@ -9,17 +9,8 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::common::{self, Client, Receiver, ack_field, oru, run, wait_until};
+use crate::merge::merge;
 use crate::pg_server;
-
-fn merge(event: &str, control_id: &str, survivor: &str, prior: &str) -> Vec<u8> {
-    format!(
-        "MSH|^~\\&|ADT|HOSP|HL7IHP|IHP|20261126110000||ADT^{event}^ADT_A39|{control_id}|P|2.5\r\
-         EVN|{event}|20261126110000\r\
-         PID|||{survivor}||Doe^Jane||19700101|F\r\
-         MRG|{prior}\r"
-    )
-    .into_bytes()
-}
 
 /// `show KEY --all --store URL` as JSON: the control ids of its records, or `None` when the
 /// command finds no such patient.

@@ -284,19 +284,57 @@ fn ms(d: Duration) -> String {
     format!("{} ms", d.as_millis())
 }
 
+/// One receiver storing into a private server of its own, `/healthz` watched, and
+/// [`Self::SENDERS`] senders loading it (control ids `prefix…`).
+struct UnderLoad {
+    server: PrivateServer,
+    db: String,
+    _dir: tempfile::TempDir,
+    receiver: Receiver,
+    health: HealthWatch,
+    load: Load,
+}
+
+impl UnderLoad {
+    const SENDERS: usize = 4;
+
+    /// `None` (the test skipped, said in one line) without PostgreSQL binaries.
+    fn start(prefix: &str) -> Option<UnderLoad> {
+        let server = pg_server::private_server()?;
+        let db = server.create_database();
+        let url = server.url(&db);
+        let (dir, receiver) = crate::common::start(&["--store", &url]);
+        let health = HealthWatch::start(&receiver);
+        let targets: Vec<_> = (0..Self::SENDERS)
+            .map(|_| Arc::new(Mutex::new(receiver.mllp)))
+            .collect();
+        let load = Load::start(prefix, &targets);
+        Some(UnderLoad {
+            server,
+            db,
+            _dir: dir,
+            receiver,
+            health,
+            load,
+        })
+    }
+}
+
 #[test]
 fn postgres_stopped_gets_rejects_and_started_again_stores_without_a_restart() {
-    let Some(server) = pg_server::private_server() else {
+    // Bound in this order, dropped in the reverse: the senders first, the server last.
+    let Some(UnderLoad {
+        server,
+        db,
+        _dir,
+        receiver,
+        health,
+        load,
+    }) = UnderLoad::start("OUT")
+    else {
         return;
     };
-    let db = server.create_database();
-    let url = server.url(&db);
-    let (_dir, receiver) = crate::common::start(&["--store", &url]);
-    let health = HealthWatch::start(&receiver);
-    let targets: Vec<_> = (0..4)
-        .map(|_| Arc::new(Mutex::new(receiver.mllp)))
-        .collect();
-    let load = Load::start("OUT", &targets);
+    let n_senders = UnderLoad::SENDERS;
     wait_until("100 messages acknowledged", || load.n_accepted() >= 100);
 
     let stop_called = Instant::now();
@@ -313,7 +351,7 @@ fn postgres_stopped_gets_rejects_and_started_again_stores_without_a_restart() {
     // An outage long enough for every sender to be rejected a few times.
     wait_until("every sender rejected three times", || {
         let answers = load.answers();
-        (0..targets.len()).all(|s| {
+        (0..n_senders).all(|s| {
             answers
                 .iter()
                 .filter(|a| a.sender == s && !a.accepted() && a.sent >= stopped)
@@ -327,7 +365,7 @@ fn postgres_stopped_gets_rejects_and_started_again_stores_without_a_restart() {
     let started = Instant::now();
     wait_until("every sender acknowledged AA again", || {
         let answers = load.answers();
-        (0..targets.len()).all(|s| {
+        (0..n_senders).all(|s| {
             answers
                 .iter()
                 .any(|a| a.sender == s && a.accepted() && a.sent >= started)
@@ -543,17 +581,19 @@ fn files_missing(data_dir: &std::path::Path, acked: &BTreeSet<String>) -> Vec<St
 
 #[test]
 fn a_frozen_postgres_gets_rejects_within_the_ack_timeout_not_silence() {
-    let Some(server) = pg_server::private_server() else {
+    // Bound in this order, dropped in the reverse: the senders first, the server last.
+    let Some(UnderLoad {
+        server,
+        db,
+        _dir,
+        receiver: _receiver,
+        health,
+        load,
+    }) = UnderLoad::start("FRZ")
+    else {
         return;
     };
-    let db = server.create_database();
-    let url = server.url(&db);
-    let (_dir, receiver) = crate::common::start(&["--store", &url]);
-    let health = HealthWatch::start(&receiver);
-    let targets: Vec<_> = (0..4)
-        .map(|_| Arc::new(Mutex::new(receiver.mllp)))
-        .collect();
-    let load = Load::start("FRZ", &targets);
+    let n_senders = UnderLoad::SENDERS;
     wait_until("50 messages acknowledged", || load.n_accepted() >= 50);
 
     let frozen = Instant::now();
@@ -562,7 +602,7 @@ fn a_frozen_postgres_gets_rejects_within_the_ack_timeout_not_silence() {
         "every sender rejected twice while PostgreSQL is frozen",
         || {
             let answers = load.answers();
-            (0..targets.len()).all(|s| {
+            (0..n_senders).all(|s| {
                 answers
                     .iter()
                     .filter(|a| a.sender == s && !a.accepted() && a.sent >= frozen)
@@ -576,7 +616,7 @@ fn a_frozen_postgres_gets_rejects_within_the_ack_timeout_not_silence() {
     server.thaw();
     wait_until("every sender acknowledged AA again", || {
         let answers = load.answers();
-        (0..targets.len()).all(|s| {
+        (0..n_senders).all(|s| {
             answers
                 .iter()
                 .any(|a| a.sender == s && a.accepted() && a.sent >= thawed)

@@ -759,6 +759,11 @@ fn patient_columns(set: &[&PatientChange]) -> [Vec<String>; 7] {
     ]
 }
 
+/// Array columns as a statement's parameters, in order.
+fn parameters<T: ToSql + Sync>(columns: &[T]) -> Vec<&(dyn ToSql + Sync)> {
+    columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect()
+}
+
 /// Rows without a merge: the lookups, the decisions, the writes. `begin`, when given,
 /// opens the transaction and takes the feed lock in the lookups' round trip; otherwise the
 /// transaction is open and holds the lock. `end` says whether it commits (and notifies) in
@@ -971,8 +976,7 @@ pub(super) async fn write_rows(
         }
         let columns = patient_columns(&created);
         let times: Vec<i64> = created.iter().map(|p| p.created_ms).collect();
-        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(8);
-        params.extend(columns.iter().map(|c| c as &(dyn ToSql + Sync)));
+        let mut params = parameters(&columns);
         params.push(&times);
         transaction
             .execute(&statements.insert_patients, &params)
@@ -993,10 +997,9 @@ pub(super) async fn write_rows(
             number(|p| p.last_message),
             number(|p| p.last_received_ms),
         ];
-        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(17);
-        params.extend(columns.iter().map(|c| c as &(dyn ToSql + Sync)));
-        params.extend(replaced.iter().map(|c| c as &(dyn ToSql + Sync)));
-        params.extend(counts.iter().map(|c| c as &(dyn ToSql + Sync)));
+        let mut params = parameters(&columns);
+        params.extend(parameters(&replaced));
+        params.extend(parameters(&counts));
         params.push(&n_new);
         transaction
             .execute(&statements.update_patients, &params)
